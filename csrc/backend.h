@@ -1,0 +1,84 @@
+/*
+ * backend.h - the contract between the generic poller (poller.c) and one
+ * kernel backend (epoll.c, kqueue.c, poll.c, select.c).
+ *
+ * The generic poller owns the policy: argument checks, the fd table (current
+ * interest and generation of every registered fd), EEXIST/ENOENT for backends
+ * whose kernel does not say so itself, refusing flags a backend cannot honour,
+ * masking delivered events by current interest, and dropping events whose
+ * generation is stale.  A backend only translates:
+ *
+ *   init     create kernel state (fd >= 0: adopt that descriptor instead).
+ *   destroy  free what init made; closes the kernel descriptor unless
+ *            p->kfd was already set to -1 (closed or detached).
+ *   update   make the kernel's interest in fd equal `ev` (pe bits + flags),
+ *            tagging it with `gen`.  old == 0 means add, ev == 0 means
+ *            delete.  Returns 0 or -errno.
+ *   wait     wait up to timeout_ms and write at most max pe_raw_events
+ *            (fd, generation, pe bits; one per fd, read and write merged).
+ *            Returns the count or -errno.  The generic code filters them.
+ *
+ * Events carry pe bits: PE_READ, PE_WRITE, PE_PRI, PE_ERR, PE_HUP, PE_RDHUP.
+ */
+#ifndef PE_BACKEND_H
+#define PE_BACKEND_H
+
+#include "pyepoll.h"
+
+struct pe_raw_event {
+    int32_t  fd;
+    uint32_t events;
+    uint32_t gen;
+};
+
+struct pe_backend {
+    const char *name;
+    unsigned    caps;          /* PE_CAP_* */
+    int  (*init)(pe_poller *p, int adopt_fd);
+    void (*destroy)(pe_poller *p);
+    int  (*update)(pe_poller *p, int fd, uint32_t old, uint32_t ev,
+                   uint32_t gen);
+    int  (*wait)(pe_poller *p, struct pe_raw_event *out, int max,
+                 int timeout_ms);
+    /* Nonzero when the kernel itself reports EEXIST/ENOENT (epoll); then the
+     * generic layer asks it instead of trusting its own table, which can be
+     * stale after a registered fd was closed and its number reused. */
+    int kernel_checks;
+};
+
+/* Interest of one fd as the generic layer knows it; index = fd. */
+struct pe_fdent {
+    uint32_t ev;               /* 0: not registered */
+    uint32_t gen;
+};
+
+struct pe_poller {
+    const struct pe_backend *be;
+    int       kfd;             /* kernel descriptor (epoll/kqueue), or -1 */
+    int       closed;
+    unsigned  flags;           /* PE_POLLER_* */
+    int       nregistered;
+    uint32_t  next_gen;
+    struct pe_fdent *fds;      /* grown on demand, index = fd */
+    int       nfds;            /* length of fds */
+    struct pe_raw_event *raw;  /* scratch for wait, grown on demand */
+    int       nraw;
+    void     *state;           /* backend-private */
+};
+
+/* Current table entry for fd, or NULL when fd is beyond the table. */
+static inline struct pe_fdent *pe__fdent(pe_poller *p, int fd)
+{
+    return (fd >= 0 && fd < p->nfds) ? &p->fds[fd] : NULL;
+}
+
+/* Backends; each defined only where its OS has it. */
+extern const struct pe_backend pe__epoll_backend;
+extern const struct pe_backend pe__kqueue_backend;
+extern const struct pe_backend pe__poll_backend;
+extern const struct pe_backend pe__select_backend;
+
+/* Milliseconds to struct timespec / timeval helpers live with the backends
+ * that need them; the generic layer passes milliseconds only. */
+
+#endif /* PE_BACKEND_H */

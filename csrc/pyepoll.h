@@ -1,0 +1,280 @@
+/*
+ * pyepoll.h - the whole public C API of pyepoll's core.
+ *
+ * Conventions (everywhere in csrc/):
+ *   - functions return 0, a count, or -errno; EINTR is returned, never
+ *     swallowed, so the caller can run signal handlers and retry (PEP 475);
+ *   - nothing here knows Python: no PyObject, no printing;
+ *   - pe_ names are public, pe__ names are internal to csrc/, the rest static.
+ *
+ * The block between the PE_CDEF_BEGIN and PE_CDEF_END markers is read by
+ * build_ffi.py as cffi's cdef, so it must stay valid as both C and cdef:
+ * plain declarations, integer-literal #defines, no #if, no expressions.
+ */
+#ifndef PYEPOLL_H
+#define PYEPOLL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* PE_CDEF_BEGIN */
+
+/* ---------------------------------------------------------------- poller */
+
+/* Event bits.  They equal Linux's EPOLL* values, so the epoll backend and
+ * the select.epoll drop-in pass them through untranslated; the other
+ * backends translate to and from these. */
+#define PE_READ      0x001
+#define PE_PRI       0x002
+#define PE_WRITE     0x004
+#define PE_ERR       0x008
+#define PE_HUP       0x010
+#define PE_RDHUP     0x2000
+/* Registration flags (never reported back). */
+#define PE_EXCLUSIVE 0x10000000
+#define PE_ONESHOT   0x40000000
+#define PE_EDGE      0x80000000
+
+/* Backend capability bits, from pe_poller_caps(). */
+#define PE_CAP_EDGE      0x01
+#define PE_CAP_ONESHOT   0x02
+#define PE_CAP_EXCLUSIVE 0x04
+#define PE_CAP_FILENO    0x08
+#define PE_CAP_RDHUP     0x10
+#define PE_CAP_PRI       0x20
+
+/* pe_poller_new() flags. */
+/* RAW: event bits go to the kernel unchecked and come back unmasked
+ * (epoll only; what select.epoll does, for the drop-in). */
+#define PE_POLLER_RAW      0x01
+/* NOCLOEXEC: leave the kernel descriptor inheritable across exec. */
+#define PE_POLLER_NOCLOEXEC 0x02
+
+typedef struct pe_poller pe_poller;
+
+/* One ready descriptor.  Two 32-bit words, so Python reads a whole batch
+ * through one memoryview cast instead of per-field cdata access. */
+struct pe_event {
+    int32_t  fd;
+    uint32_t events;
+};
+
+/* Names of the backends compiled in, best first, separated by ','. */
+const char *pe_backends(void);
+
+/* backend: "epoll", "kqueue", "poll", "select" or NULL for the best.
+ * On failure returns NULL and stores -errno in *err (-ENOSYS: backend not
+ * compiled in). */
+pe_poller *pe_poller_new(const char *backend, unsigned flags, int *err);
+/* Wrap an existing kernel descriptor (epoll or kqueue) without duplicating
+ * it; registrations made elsewhere are unknown to the poller. */
+pe_poller *pe_poller_fromfd(const char *backend, int fd, unsigned flags, int *err);
+/* Close the kernel descriptor (if still open) and free. */
+void pe_poller_free(pe_poller *p);
+/* Close the kernel descriptor; later calls return -EBADF. Idempotent. */
+int pe_poller_close(pe_poller *p);
+/* Forget the kernel descriptor without closing it: for a forked child,
+ * whose number may already name an unrelated file (kqueue). */
+void pe_poller_detach(pe_poller *p);
+int pe_poller_fileno(const pe_poller *p);          /* -1 if none/closed */
+const char *pe_poller_backend(const pe_poller *p);
+unsigned pe_poller_caps(const pe_poller *p);
+int pe_poller_count(const pe_poller *p);            /* registered fds */
+
+/* -EBADF: negative fd or closed poller; -EEXIST / -ENOENT as epoll_ctl;
+ * -EINVAL: unknown event bits; -EOPNOTSUPP: a flag this backend cannot
+ * honour (e.g. PE_EDGE on poll); other -errno from the kernel. */
+int pe_poller_register(pe_poller *p, int fd, uint32_t events);
+int pe_poller_modify(pe_poller *p, int fd, uint32_t events);
+int pe_poller_unregister(pe_poller *p, int fd);
+
+/* Wait up to timeout_ms (-1: forever, 0: poll) and fill out[0..maxevents).
+ * Returns the number of events, or -errno (-EINTR included).  One event per
+ * fd; events for registrations that changed meanwhile are dropped. */
+int pe_poller_wait(pe_poller *p, struct pe_event *out, int maxevents,
+                   int timeout_ms);
+
+/* ------------------------------------------------------------------ loop */
+
+/* A connection loop: listeners, a fixed-capacity connection table, byte
+ * rings per connection, idle/read timeouts, accept/read/write in C.  Python
+ * sees batches of pe_loop_event and decides only what it must. */
+typedef struct pe_loop pe_loop;
+
+/* A connection handle: slot in the low 32 bits, generation in the high 32.
+ * Generations start at 1, so 0 is never a valid handle.  A handle whose
+ * connection closed is refused with -ESTALE, never applied to a connection
+ * that later reused the slot or the fd. */
+typedef uint64_t pe_handle;
+
+/* What a batch reports.  Every connection that was OPENed gets exactly one
+ * CLOSED, whoever closed it, after which its handle is stale. */
+enum pe_loop_event_kind {
+    PE_EV_OPEN = 1,         /* arg: listener id */
+    PE_EV_DATA = 2,         /* arg: bytes now buffered for reading */
+    PE_EV_EOF = 3,          /* peer shut down its writing side; arg 0 */
+    PE_EV_DRAINED = 4,      /* output ring emptied after a partial send */
+    PE_EV_WRITE_FULL = 5,   /* output crossed out_high; arg: bytes queued */
+    PE_EV_READ_TIMEOUT = 6, /* armed read deadline passed; still open */
+    PE_EV_CLOSED = 7,       /* arg: 0 or a positive errno (ECONNRESET,
+                               ETIMEDOUT for idle timeout, EPIPE, ...) */
+    PE_EV_WAKEUP = 8        /* pe_loop_wakeup() was called; handle 0 */
+};
+
+/* kind and arg first, then the handle as one 64-bit word: Python reads a
+ * batch through two memoryview casts ('I' for kind/arg, 'Q' for handles)
+ * and never rebuilds a handle from its parts. */
+struct pe_loop_event {
+    uint32_t  kind;
+    uint32_t  arg;
+    pe_handle handle;
+};
+
+/* Overflow policy when the table is full. */
+#define PE_OVERFLOW_BACKLOG 0   /* stop accepting; the kernel backlog holds them */
+#define PE_OVERFLOW_CLOSE   1   /* accept and close at once (counted refused) */
+
+/* pe_loop_close modes. */
+#define PE_CLOSE_FLUSH 0        /* close after queued output is sent */
+#define PE_CLOSE_NOW   1        /* close now, dropping queued output */
+#define PE_CLOSE_ABORT 2        /* send RST (SO_LINGER 0) and close now */
+
+struct pe_loop_config {
+    const char *backend;        /* NULL: best available */
+    int      edge;              /* 1: edge-triggered, 0: level-triggered */
+    uint32_t max_conns;         /* table capacity (> 0) */
+    uint32_t overflow;          /* PE_OVERFLOW_* */
+    uint32_t idle_timeout_ms;   /* 0: none; no bytes either way -> CLOSED(ETIMEDOUT) */
+    uint32_t read_timeout_ms;   /* deadline for pe_loop_arm_read_timeout; 0: none */
+    uint32_t in_high;           /* pause reading when this much is unread */
+    uint32_t in_low;            /* resume when unread falls below this */
+    uint32_t out_high;          /* report WRITE_FULL above this */
+    uint32_t out_max;           /* pe_loop_send beyond this: -ENOBUFS */
+    uint32_t accept_batch;      /* accepts per listener per wakeup (level) */
+    int      nodelay;           /* TCP_NODELAY on accepted sockets */
+    int      echo;              /* data read is sent back in C, no DATA events */
+};
+
+struct pe_loop_stats {
+    uint64_t conns_open;
+    uint64_t accepted;
+    uint64_t closed;
+    uint64_t timed_out;
+    uint64_t refused;
+    uint64_t accept_emfile;
+    uint64_t bytes_in;
+    uint64_t bytes_out;
+    uint64_t syscalls;
+    uint64_t events;
+};
+
+/* Fill cfg with defaults (level, 1024 conns, 64 KiB/16 KiB input marks,
+ * 64 KiB out_high, 16 MiB out_max, accept_batch 64, nodelay on). */
+void pe_loop_config_init(struct pe_loop_config *cfg);
+pe_loop *pe_loop_new(const struct pe_loop_config *cfg, int *err);
+/* Closes every connection (no events) and frees; listener fds are not
+ * closed (the caller owns them). */
+void pe_loop_free(pe_loop *l);
+
+/* Listening, non-blocking socket owned by the caller.  Returns an id >= 0. */
+int pe_loop_add_listener(pe_loop *l, int fd);
+int pe_loop_remove_listener(pe_loop *l, int id);
+
+/* Wait up to timeout_ms, do all I/O that is ready, and report at most max
+ * events.  Events that do not fit stay queued for the next call, which then
+ * does not block.  Returns the count or -errno (-EINTR included). */
+int pe_loop_run(pe_loop *l, struct pe_loop_event *out, int max, int timeout_ms);
+/* Thread-safe and async-signal-safe: make a blocked or the next run return
+ * with a PE_EV_WAKEUP event. */
+int pe_loop_wakeup(pe_loop *l);
+
+/* Copy up to len unread bytes out (0 when none).  Returns bytes or -errno. */
+int64_t pe_loop_read(pe_loop *l, pe_handle h, void *buf, size_t len);
+/* Queue len bytes; sent now if possible, the rest when writable.  All or
+ * nothing: -ENOBUFS if it would exceed out_max, -EPIPE after shutdown. */
+int64_t pe_loop_send(pe_loop *l, pe_handle h, const void *buf, size_t len);
+int pe_loop_close(pe_loop *l, pe_handle h, int mode);
+/* Half-close: shutdown(SHUT_WR) once queued output is sent. */
+int pe_loop_shutdown(pe_loop *l, pe_handle h);
+int pe_loop_pause_reading(pe_loop *l, pe_handle h);
+int pe_loop_resume_reading(pe_loop *l, pe_handle h);
+int pe_loop_arm_read_timeout(pe_loop *l, pe_handle h, int on);
+int pe_loop_set_token(pe_loop *l, pe_handle h, uint64_t token);
+int pe_loop_get_token(pe_loop *l, pe_handle h, uint64_t *token);
+/* Bytes waiting: unread input and unsent output. */
+int pe_loop_buffered(pe_loop *l, pe_handle h, uint32_t *in, uint32_t *out);
+/* Numeric peer address ("127.0.0.1", "::1") and port. */
+int pe_loop_peer(pe_loop *l, pe_handle h, char *host, size_t hostlen,
+                 int *port);
+int pe_loop_fileno(pe_loop *l, pe_handle h);
+void pe_loop_get_stats(const pe_loop *l, struct pe_loop_stats *out);
+
+/* ------------------------------------------------------------------ http */
+
+/* HTTP/1.x request head parser: no allocation, caller-owned output, every
+ * position an offset into the caller's buffer (so Python reads results with
+ * one memoryview cast). */
+struct pe_http_span {
+    uint32_t off;
+    uint32_t len;
+};
+
+struct pe_http_header {
+    struct pe_http_span name;
+    struct pe_http_span value;
+};
+
+/* pe_http_request.flags */
+#define PE_HTTP_CHUNKED    0x01  /* Transfer-Encoding: chunked (last coding) */
+#define PE_HTTP_CLOSE      0x02  /* Connection: close */
+#define PE_HTTP_KEEPALIVE  0x04  /* Connection: keep-alive */
+#define PE_HTTP_HAS_CL     0x08  /* Content-Length present and valid */
+#define PE_HTTP_EXPECT_100 0x10  /* Expect: 100-continue */
+#define PE_HTTP_TE_OTHER   0x20  /* a Transfer-Encoding other than chunked */
+#define PE_HTTP_UPGRADE    0x40  /* Upgrade header present */
+
+/* Return codes of pe_http_parse_request besides a positive head length. */
+#define PE_HTTP_INCOMPLETE  -2
+#define PE_HTTP_BAD         -1   /* malformed: answer 400 */
+#define PE_HTTP_TOO_MANY    -3   /* more headers than fit: answer 431 */
+#define PE_HTTP_BAD_LENGTH  -4   /* bad/duplicate/conflicting Content-Length: 400 */
+#define PE_HTTP_BAD_VERSION -5   /* not HTTP/1.0 or 1.1: 505 */
+
+struct pe_http_request {
+    uint64_t content_length;     /* valid with PE_HTTP_HAS_CL */
+    struct pe_http_span method;
+    struct pe_http_span target;
+    uint32_t minor_version;      /* 0 or 1 */
+    uint32_t flags;              /* PE_HTTP_* */
+    uint32_t nheaders;
+};
+
+/* Parse one request head at buf[0..len).  Returns the length of the head
+ * (through the blank line) when complete, or a PE_HTTP_* code < 0. */
+int pe_http_parse_request(const char *buf, size_t len,
+                          struct pe_http_request *req,
+                          struct pe_http_header *headers, uint32_t max_headers);
+
+/* Incremental chunked-body decoder state; zero it to start. */
+struct pe_http_chunked {
+    uint64_t remaining;          /* bytes left in the current chunk */
+    uint32_t state;
+    uint32_t pad;
+};
+/* Decode in place: consumes buf[0..len), moves payload bytes to the front.
+ * Returns payload bytes (>= 0) and sets *consumed; *done = 1 after the last
+ * chunk and trailers.  PE_HTTP_BAD on malformed input. */
+int64_t pe_http_decode_chunked(struct pe_http_chunked *st, char *buf,
+                               size_t len, size_t *consumed, int *done);
+
+/* PE_CDEF_END */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PYEPOLL_H */

@@ -1,0 +1,66 @@
+/*
+ * ring.h - per-connection byte ring (internal).
+ *
+ * A power-of-two circular buffer that owns memory only while it holds data:
+ * an idle connection's rings are 16 bytes each and point nowhere.  Space
+ * and data are exposed as at most two iovecs so the loop reads with readv
+ * and writes with writev across the wrap, with no copying.
+ *
+ * Buffers of the smallest size come from a per-loop pool (a LIFO stack of
+ * freed buffers), so a request/response connection that empties its ring
+ * every message does not pay malloc/free each time.
+ */
+#ifndef PE_RING_H
+#define PE_RING_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#define PE_RING_MIN 16384u          /* smallest buffer; the pooled size */
+
+struct pe_bufpool {
+    void   **bufs;                  /* free PE_RING_MIN buffers */
+    uint32_t count;
+    uint32_t limit;                 /* keep at most this many */
+};
+
+struct pe_ring {
+    char    *buf;                   /* NULL while empty */
+    uint32_t cap;                   /* 0 or a power of two >= PE_RING_MIN */
+    uint32_t head;                  /* offset of the first unread byte */
+    uint32_t len;                   /* bytes held */
+};
+
+void pe__bufpool_init(struct pe_bufpool *pool, uint32_t limit);
+void pe__bufpool_destroy(struct pe_bufpool *pool);
+
+/* Make room for at least `need` more bytes, growing by powers of two, never
+ * beyond `max` bytes held in total.  0, -ENOBUFS (would exceed max) or
+ * -ENOMEM. */
+int pe__ring_reserve(struct pe_ring *r, struct pe_bufpool *pool, size_t need,
+                     size_t max);
+
+/* Free space as up to two iovecs (after pe__ring_reserve); returns count. */
+int pe__ring_space_iov(const struct pe_ring *r, struct iovec iov[2]);
+/* Data as up to two iovecs, oldest first; returns count (0 when empty). */
+int pe__ring_data_iov(const struct pe_ring *r, struct iovec iov[2]);
+
+/* n bytes were written into the space iovecs. */
+void pe__ring_commit(struct pe_ring *r, size_t n);
+/* n bytes were taken from the front; releases the buffer when empty. */
+void pe__ring_consume(struct pe_ring *r, struct pe_bufpool *pool, size_t n);
+
+/* Copy in (reserve + copy + commit): 0 or -errno, all or nothing. */
+int pe__ring_append(struct pe_ring *r, struct pe_bufpool *pool,
+                    const void *src, size_t n, size_t max);
+/* Copy out up to n bytes and consume them; returns bytes copied. */
+size_t pe__ring_take(struct pe_ring *r, struct pe_bufpool *pool, void *dst,
+                     size_t n);
+/* Move everything from src to the end of dst (echo path). */
+int pe__ring_move(struct pe_ring *dst, struct pe_ring *src,
+                  struct pe_bufpool *pool, size_t max);
+/* Drop all data and memory. */
+void pe__ring_clear(struct pe_ring *r, struct pe_bufpool *pool);
+
+#endif /* PE_RING_H */

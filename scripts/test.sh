@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The full test suite, from a bare machine: installs what it needs, then runs
+#   1. the C unit tests (ctest + cmocka), plain, under ASan+UBSan, and under
+#      valgrind memcheck;
+#   2. a compile check of every csrc file for macOS and the BSDs (zig cc);
+#   3. pytest against the built abi3 wheel installed in a fresh venv (not
+#      the source tree);
+#   4. pytest again with the extension built with ASan+UBSan;
+#   5. every libFuzzer target for a bounded time.
+# Usage: bash scripts/test.sh        (FUZZ_SECONDS=N to change stage 5)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+WORK=${PYEPOLL_TEST_DIR:-/tmp/pyepoll-test}
+FUZZ_SECONDS=${FUZZ_SECONDS:-30}
+PY=${PYTHON:-python3}
+mkdir -p "$WORK"
+
+say() { printf '\n=== %s\n' "$*"; }
+
+say "system packages"
+need=()
+for pkg in libcmocka-dev clang valgrind ninja-build cmake curl libclang-rt-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if ((${#need[@]})); then
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+say "python environment"
+rm -rf "$WORK/venv"
+"$PY" -m venv "$WORK/venv"
+VPY="$WORK/venv/bin/python"
+"$VPY" -m pip install -q --upgrade pip
+"$VPY" -m pip install -q build "cffi>=1.17" "scikit-build-core>=0.10" cmake ninja \
+  pytest pytest-timeout hypothesis ziglang
+
+say "C unit tests"
+cmake -S "$ROOT" -B "$WORK/build-c" -G Ninja -DPYEPOLL_TESTS=ON >/dev/null
+cmake --build "$WORK/build-c"
+ctest --test-dir "$WORK/build-c" --output-on-failure
+
+say "C unit tests under ASan + UBSan"
+cmake -S "$ROOT" -B "$WORK/build-asan" -G Ninja -DPYEPOLL_TESTS=ON \
+  -DPYEPOLL_SANITIZE=ON -DCMAKE_C_COMPILER=clang >/dev/null
+cmake --build "$WORK/build-asan"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir "$WORK/build-asan" --output-on-failure
+
+say "C unit tests under valgrind memcheck"
+for t in "$WORK"/build-c/test_*; do
+  [ -x "$t" ] || continue
+  valgrind -q --leak-check=full --errors-for-leak-kinds=definite,indirect \
+    --error-exitcode=1 "$t" >"$WORK/valgrind-$(basename "$t").log" 2>&1 \
+    || { cat "$WORK/valgrind-$(basename "$t").log"; exit 1; }
+  echo "valgrind clean: $(basename "$t")"
+done
+
+say "cross-compile check (macOS, BSD)"
+PATH="$WORK/venv/bin:$PATH" bash "$ROOT/.ci/cross-compile.sh"
+
+say "wheel"
+rm -rf "$WORK/dist"
+"$VPY" -m build --wheel --outdir "$WORK/dist" "$ROOT"
+rm -rf "$WORK/venv-wheel"
+"$PY" -m venv "$WORK/venv-wheel"
+"$WORK/venv-wheel/bin/pip" install -q "$WORK"/dist/*.whl pytest pytest-timeout hypothesis
+say "pytest against the installed wheel"
+# Run from outside the source tree so `import pyepoll` finds the wheel.
+(cd "$WORK" && PYEPOLL_REQUIRE_INSTALLED=1 "$WORK/venv-wheel/bin/pytest" \
+   "$ROOT/tests/py" -p no:cacheprovider -q)
