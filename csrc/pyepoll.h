@@ -115,10 +115,14 @@ typedef uint64_t pe_handle;
  * CLOSED, whoever closed it, after which its handle is stale. */
 enum pe_loop_event_kind {
     PE_EV_OPEN = 1,         /* arg: listener id */
-    PE_EV_DATA = 2,         /* arg: bytes now buffered for reading */
-    PE_EV_EOF = 3,          /* peer shut down its writing side; arg 0 */
+    PE_EV_DATA = 2,         /* arg: bytes now buffered for reading; at most
+                               one per connection per run */
+    PE_EV_EOF = 3,          /* peer shut down its writing side; arg 0.  Once;
+                               reading stops, sending still works until the
+                               connection is closed (idle timeout applies) */
     PE_EV_DRAINED = 4,      /* output ring emptied after a partial send */
-    PE_EV_WRITE_FULL = 5,   /* output crossed out_high; arg: bytes queued */
+    PE_EV_WRITE_FULL = 5,   /* output crossed out_high; arg: bytes queued.
+                               Once, then again only after DRAINED */
     PE_EV_READ_TIMEOUT = 6, /* armed read deadline passed; still open */
     PE_EV_CLOSED = 7,       /* arg: 0 or a positive errno (ECONNRESET,
                                ETIMEDOUT for idle timeout, EPIPE, ...) */
@@ -150,15 +154,22 @@ struct pe_loop_config {
     uint32_t overflow;          /* PE_OVERFLOW_* */
     uint32_t idle_timeout_ms;   /* 0: none; no bytes either way -> CLOSED(ETIMEDOUT) */
     uint32_t read_timeout_ms;   /* deadline for pe_loop_arm_read_timeout; 0: none */
-    uint32_t in_high;           /* pause reading when this much is unread */
-    uint32_t in_low;            /* resume when unread falls below this */
+    uint32_t in_high;           /* pause reading when this much is unread (> 0);
+                                   also the most ever buffered for reading */
+    uint32_t in_low;            /* resume when unread falls below (<= in_high) */
     uint32_t out_high;          /* report WRITE_FULL above this */
     uint32_t out_max;           /* pe_loop_send beyond this: -ENOBUFS */
-    uint32_t accept_batch;      /* accepts per listener per wakeup (level) */
+    uint32_t accept_batch;      /* accepts per listener per wakeup (level;
+                                   edge mode accepts until EAGAIN) */
     int      nodelay;           /* TCP_NODELAY on accepted sockets */
-    int      echo;              /* data read is sent back in C, no DATA events */
+    int      echo;              /* data read is sent back in C: no DATA,
+                                   DRAINED or WRITE_FULL events */
 };
 
+/* Counters since pe_loop_new.  conns_open is current (connections still
+ * flushing after a PE_CLOSE_FLUSH included); syscalls counts every system
+ * call the loop made, poller waits and updates included; events counts
+ * events handed out by pe_loop_run. */
 struct pe_loop_stats {
     uint64_t conns_open;
     uint64_t accepted;
@@ -180,34 +191,52 @@ pe_loop *pe_loop_new(const struct pe_loop_config *cfg, int *err);
  * closed (the caller owns them). */
 void pe_loop_free(pe_loop *l);
 
-/* Listening, non-blocking socket owned by the caller.  Returns an id >= 0. */
+/* Listening socket owned by the caller (made non-blocking if it is not).
+ * Returns an id >= 0 (the OPEN event's arg), -EEXIST if the loop already
+ * watches that fd.  Out of descriptors (EMFILE), the loop accepts and drops
+ * one pending connection with a reserved descriptor, then stops watching
+ * its listeners until a connection closes or a second passes. */
 int pe_loop_add_listener(pe_loop *l, int fd);
-int pe_loop_remove_listener(pe_loop *l, int id);
+int pe_loop_remove_listener(pe_loop *l, int id);    /* -ENOENT: unknown id */
 
-/* Wait up to timeout_ms, do all I/O that is ready, and report at most max
- * events.  Events that do not fit stay queued for the next call, which then
- * does not block.  Returns the count or -errno (-EINTR included). */
+/* Wait up to timeout_ms (-1: until something happens; never past the next
+ * idle or read deadline), do all I/O that is ready, and report at most max
+ * events (max > 0).  Events that do not fit stay queued for the next call,
+ * which then does not block.  Returns the count or -errno (-EINTR
+ * included). */
 int pe_loop_run(pe_loop *l, struct pe_loop_event *out, int max, int timeout_ms);
 /* Thread-safe and async-signal-safe: make a blocked or the next run return
  * with a PE_EV_WAKEUP event. */
 int pe_loop_wakeup(pe_loop *l);
 
-/* Copy up to len unread bytes out (0 when none).  Returns bytes or -errno. */
+/* Copy up to len unread bytes out (0 when none).  Returns bytes or -errno.
+ * Reading below in_low resumes reading paused at in_high. */
 int64_t pe_loop_read(pe_loop *l, pe_handle h, void *buf, size_t len);
 /* Queue len bytes; sent now if possible, the rest when writable.  All or
- * nothing: -ENOBUFS if it would exceed out_max, -EPIPE after shutdown. */
+ * nothing: -ENOBUFS if queued + len would exceed out_max, -EPIPE after
+ * pe_loop_shutdown.  When the peer is gone (-EPIPE, -ECONNRESET, ...) the
+ * connection is closed: CLOSED(errno) follows, the handle is stale. */
 int64_t pe_loop_send(pe_loop *l, pe_handle h, const void *buf, size_t len);
+/* mode: PE_CLOSE_*.  The handle is stale when this returns; CLOSED(0)
+ * comes in the next batch.  FLUSH keeps sending queued output in the
+ * background (idle timeout still applies), then closes. */
 int pe_loop_close(pe_loop *l, pe_handle h, int mode);
-/* Half-close: shutdown(SHUT_WR) once queued output is sent. */
+/* Half-close: shutdown(SHUT_WR) once queued output is sent; reading goes
+ * on.  Idempotent. */
 int pe_loop_shutdown(pe_loop *l, pe_handle h);
+/* Stop / restart reading (independent of the in_high/in_low pause). */
 int pe_loop_pause_reading(pe_loop *l, pe_handle h);
 int pe_loop_resume_reading(pe_loop *l, pe_handle h);
+/* on: (re)start a deadline read_timeout_ms from now; it fires once as
+ * READ_TIMEOUT unless disarmed (on = 0).  Arriving bytes do not move it.
+ * -EINVAL when read_timeout_ms is 0. */
 int pe_loop_arm_read_timeout(pe_loop *l, pe_handle h, int on);
 int pe_loop_set_token(pe_loop *l, pe_handle h, uint64_t token);
 int pe_loop_get_token(pe_loop *l, pe_handle h, uint64_t *token);
 /* Bytes waiting: unread input and unsent output. */
 int pe_loop_buffered(pe_loop *l, pe_handle h, uint32_t *in, uint32_t *out);
-/* Numeric peer address ("127.0.0.1", "::1") and port. */
+/* Numeric peer address ("127.0.0.1", "::1") and port; -EAFNOSUPPORT for
+ * a non-IP socket, -ENOSPC if host is too short. */
 int pe_loop_peer(pe_loop *l, pe_handle h, char *host, size_t hostlen,
                  int *port);
 int pe_loop_fileno(pe_loop *l, pe_handle h);

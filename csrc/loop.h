@@ -1,0 +1,133 @@
+/*
+ * loop.h - internals shared by loop.c (lifecycle, run, accept, timeouts)
+ * and loop_io.c (per-connection reads, writes, closes and the handle API).
+ *
+ * Interest policy.  Level mode registers a connection for READ while it
+ * wants input and WRITE only while output is queued, and unregisters it when
+ * it wants neither (epoll and poll report ERR/HUP even with an empty mask,
+ * which would spin).  Edge mode registers READ|WRITE|EDGE(|RDHUP) once and
+ * never calls epoll_ctl again for that connection: pausing is a flag, and a
+ * resume that may have missed an edge queues a read attempt (the pending
+ * list) for the next run.
+ */
+#ifndef PE_LOOP_H
+#define PE_LOOP_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "conntable.h"
+#include "pyepoll.h"
+#include "ring.h"
+
+/* Connection flags used by the loop (the table owns the low four bits). */
+#define PE_CF_EOF        0x0010u   /* peer shut its writing side */
+#define PE_CF_SHUT_WANT  0x0020u   /* shutdown(SHUT_WR) once output drains */
+#define PE_CF_SHUT_DONE  0x0040u
+#define PE_CF_UPAUSE     0x0080u   /* paused by the user */
+#define PE_CF_HPAUSE     0x0100u   /* paused: unread input >= in_high */
+#define PE_CF_EPAUSE     0x0200u   /* paused: echo output >= out_high */
+#define PE_CF_REG_READ   0x0400u   /* level mode: registered interest */
+#define PE_CF_REG_WRITE  0x0800u
+#define PE_CF_REG        0x1000u   /* registered with the poller at all */
+#define PE_CF_WFULL      0x2000u   /* WRITE_FULL reported, not yet drained */
+#define PE_CF_PENDING    0x4000u   /* on the pending-read list */
+#define PE_CF_RDMORE     0x8000u   /* edge: socket may hold unread bytes */
+
+#define PE_CF_PAUSED (PE_CF_UPAUSE | PE_CF_HPAUSE | PE_CF_EPAUSE)
+
+/* fd-map values: 0 = nothing, 1..PE_CT_MAX = slot + 1, tags above. */
+#define PE_FD_LISTENER 0x80000000u    /* | listener id */
+#define PE_FD_WAKEUP   0xFFFFFFFFu
+
+/* accept_paused reasons. */
+#define PE_AP_FULL   0x1
+#define PE_AP_EMFILE 0x2
+#define PE_EMFILE_RETRY_MS 1000
+
+struct pe_listener {
+    int fd;                  /* -1: removed */
+    int registered;
+    int ready;               /* reported readable in this run */
+    int no_nodelay;          /* TCP_NODELAY refused (unix socket) */
+};
+
+struct pe_loop {
+    struct pe_loop_config cfg;
+    pe_poller *p;
+    unsigned caps;
+    uint32_t conn_events;        /* registration of a connection */
+    struct pe_conntable ct;
+    struct pe_bufpool pool;
+
+    uint32_t *fdmap;
+    int nfdmap;
+
+    struct pe_listener *ls;
+    int nls;
+    unsigned accept_paused;      /* PE_AP_* */
+    uint64_t emfile_until;       /* ms: retry accepting after EMFILE */
+    int reserve_fd;              /* spare descriptor for EMFILE */
+
+    int wake_r, wake_w;
+
+    struct pe_event *evs;        /* poller output, reused */
+    int nevs;
+
+    struct pe_loop_event *q;     /* events not yet handed out */
+    uint32_t qhead, qlen, qcap;
+
+    uint32_t *pend;              /* slots needing a read attempt */
+    uint32_t npend, pendcap;
+
+    uint64_t (*clock)(void *);
+    void *clock_arg;
+    uint64_t now;                /* ms, read once per run */
+    int in_run;
+
+    struct pe_loop_stats st;
+};
+
+/* Tests: replace the monotonic millisecond clock. */
+void pe__loop_set_clock(pe_loop *l, uint64_t (*fn)(void *), void *arg);
+
+/* loop.c */
+int  pe__loop_fdmap_set(pe_loop *l, int fd, uint32_t v);
+void pe__loop_emit(pe_loop *l, uint32_t kind, uint32_t arg, pe_handle h);
+/* loop_accept.c */
+void pe__loop_slot_freed(pe_loop *l);
+void pe__loop_accept(pe_loop *l, int id);
+void pe__loop_accept_resume(pe_loop *l, unsigned why);
+
+/* loop_io.c */
+ssize_t pe__sendv(int fd, struct iovec *iov, int n);   /* no SIGPIPE */
+void pe__conn_finish(pe_loop *l, uint32_t slot, int abort);  /* no event */
+/* These return -1 when they closed the connection. */
+int  pe__conn_interest(pe_loop *l, uint32_t slot);
+int  pe__conn_resumed(pe_loop *l, uint32_t slot);
+void pe__conn_pending_add(pe_loop *l, uint32_t slot);
+void pe__conn_open(pe_loop *l, int fd, int listener);
+void pe__conn_event(pe_loop *l, uint32_t slot, uint32_t events);
+void pe__conn_pending(pe_loop *l, uint32_t slot);
+/* Close for the loop's own reasons: CLOSED(err) unless already detached. */
+void pe__conn_close(pe_loop *l, uint32_t slot, int err);
+
+static inline uint32_t pe__tick(const pe_loop *l)
+{
+    return (uint32_t)l->now;
+}
+
+static inline void pe__conn_touch(pe_loop *l, uint32_t slot)
+{
+    if (l->cfg.idle_timeout_ms)
+        pe__lru_touch(&l->ct, PE_LRU_IDLE, slot, pe__tick(l));
+}
+
+/* wakeup.c: rd/wr are the same eventfd on Linux, a pipe elsewhere. */
+int  pe__wakeup_open(int *rd, int *wr);
+void pe__wakeup_close(int rd, int wr);
+int  pe__wakeup_signal(int wr);
+void pe__wakeup_drain(int rd);
+
+#endif /* PE_LOOP_H */

@@ -1,0 +1,407 @@
+/*
+ * loop_io.c - one connection's reads, writes and closes, and the
+ * handle-based API (pe_loop_read/send/close/...).
+ *
+ * Functions that may close the connection return -1 when they did; the
+ * caller must not touch the slot afterwards.  Every close of a connection
+ * whose handle is still live queues exactly one CLOSED.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "loop.h"
+
+#ifdef MSG_NOSIGNAL
+#define PE_NOSIGNAL MSG_NOSIGNAL
+#else
+#define PE_NOSIGNAL 0            /* SO_NOSIGPIPE is set on the socket */
+#endif
+
+/* Read only when at least this much room can be offered; an empty ring
+ * offers a whole PE_RING_MIN buffer. */
+#define PE_READ_MIN 4096u
+
+#define SLOT(l, s) (&(l)->ct.slots[(s)])
+
+ssize_t pe__sendv(int fd, struct iovec *iov, int n)
+{
+    struct msghdr m;
+    ssize_t r;
+
+    do {
+        if (n == 1) {
+            r = send(fd, iov[0].iov_base, iov[0].iov_len, PE_NOSIGNAL);
+        } else {
+            memset(&m, 0, sizeof(m));
+            m.msg_iov = iov;
+            m.msg_iovlen = n;
+            r = sendmsg(fd, &m, PE_NOSIGNAL);
+        }
+    } while (r < 0 && errno == EINTR);
+    return r;
+}
+
+void pe__conn_pending_add(pe_loop *l, uint32_t slot)
+{
+    struct pe_conn *c = SLOT(l, slot);
+
+    if (c->flags & PE_CF_PENDING)
+        return;
+    if (l->npend == l->pendcap) {
+        uint32_t n = l->pendcap ? l->pendcap * 2 : 64;
+        uint32_t *p = realloc(l->pend, (size_t)n * sizeof(*p));
+
+        if (!p)
+            return;              /* the idle timeout will reap it */
+        l->pend = p;
+        l->pendcap = n;
+    }
+    l->pend[l->npend++] = slot;
+    c->flags |= PE_CF_PENDING;
+}
+
+/* Teardown without events. */
+void pe__conn_finish(pe_loop *l, uint32_t slot, int abort)
+{
+    struct pe_conn *c = SLOT(l, slot);
+
+    if (c->flags & PE_CF_REG) {
+        pe_poller_unregister(l->p, c->fd);
+        l->st.syscalls++;
+    }
+    if (abort) {
+        struct linger lg = { 1, 0 };
+
+        setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        l->st.syscalls++;
+    }
+    close(c->fd);
+    l->st.syscalls++;
+    l->fdmap[c->fd] = 0;
+    pe__ring_clear(&c->in, &l->pool);
+    pe__ring_clear(&c->out, &l->pool);
+    pe__ct_free(&l->ct, slot);
+    l->st.closed++;
+    pe__loop_slot_freed(l);
+}
+
+void pe__conn_close(pe_loop *l, uint32_t slot, int err)
+{
+    struct pe_conn *c = SLOT(l, slot);
+
+    if (!(c->flags & PE_CF_DETACHED))
+        pe__loop_emit(l, PE_EV_CLOSED, (uint32_t)err,
+                      pe__ct_handle(&l->ct, slot));
+    pe__conn_finish(l, slot, 0);
+}
+
+/* Level mode: make the registered interest match what the connection
+ * wants.  Edge mode registered everything once. */
+int pe__conn_interest(pe_loop *l, uint32_t slot)
+{
+    struct pe_conn *c = SLOT(l, slot);
+    uint32_t want = 0, have = 0, f;
+    int rc;
+
+    if (l->cfg.edge)
+        return 0;
+    if (!(c->flags & (PE_CF_EOF | PE_CF_PAUSED | PE_CF_DETACHED)))
+        want |= PE_READ;
+    if (c->out.len)
+        want |= PE_WRITE;
+    if (c->flags & PE_CF_REG_READ)
+        have |= PE_READ;
+    if (c->flags & PE_CF_REG_WRITE)
+        have |= PE_WRITE;
+    if (want == have)
+        return 0;
+    if (!want)
+        rc = pe_poller_unregister(l->p, c->fd);
+    else if (!have)
+        rc = pe_poller_register(l->p, c->fd, want);
+    else
+        rc = pe_poller_modify(l->p, c->fd, want);
+    l->st.syscalls++;
+    if (rc < 0) {
+        pe__conn_close(l, slot, -rc);
+        return -1;
+    }
+    f = c->flags & ~(PE_CF_REG | PE_CF_REG_READ | PE_CF_REG_WRITE);
+    if (want)
+        f |= PE_CF_REG;
+    if (want & PE_READ)
+        f |= PE_CF_REG_READ;
+    if (want & PE_WRITE)
+        f |= PE_CF_REG_WRITE;
+    c->flags = f;
+    return 0;
+}
+
+/* A pause reason was cleared. */
+int pe__conn_resumed(pe_loop *l, uint32_t slot)
+{
+    struct pe_conn *c = SLOT(l, slot);
+
+    if (c->flags & PE_CF_PAUSED)
+        return 0;
+    if (l->cfg.edge) {
+        /* The edge that announced those bytes is gone: read next run. */
+        if (c->flags & PE_CF_RDMORE)
+            pe__conn_pending_add(l, slot);
+        return 0;
+    }
+    return pe__conn_interest(l, slot);
+}
+
+void pe__conn_open(pe_loop *l, int fd, int listener)
+{
+    uint32_t slot = pe__ct_alloc(&l->ct);
+    struct pe_conn *c = SLOT(l, slot);
+    int rc;
+
+#ifdef SO_NOSIGPIPE
+    int one = 1;
+
+    setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof(one));
+    l->st.syscalls++;
+#endif
+    c->fd = fd;
+    if ((rc = pe__loop_fdmap_set(l, fd, slot + 1)) == 0) {
+        rc = pe_poller_register(l->p, fd, l->conn_events);
+        l->st.syscalls++;
+        if (rc < 0)
+            l->fdmap[fd] = 0;
+    }
+    if (rc < 0) {
+        close(fd);
+        pe__ct_free(&l->ct, slot);
+        l->st.refused++;
+        return;
+    }
+    c->flags |= PE_CF_REG | (l->cfg.edge ? 0 : PE_CF_REG_READ);
+    if (l->cfg.idle_timeout_ms)
+        pe__lru_push(&l->ct, PE_LRU_IDLE, slot, pe__tick(l));
+    l->st.accepted++;
+    pe__loop_emit(l, PE_EV_OPEN, (uint32_t)listener,
+                  pe__ct_handle(&l->ct, slot));
+}
+
+static int echo(pe_loop *l, uint32_t slot);
+
+/* Output ring emptied. */
+static int conn_drained(pe_loop *l, uint32_t slot)
+{
+    struct pe_conn *c = SLOT(l, slot);
+
+    if (c->flags & PE_CF_DETACHED) {        /* PE_CLOSE_FLUSH finished */
+        pe__conn_finish(l, slot, 0);
+        return -1;
+    }
+    c->flags &= ~PE_CF_WFULL;
+    if (!l->cfg.echo)
+        pe__loop_emit(l, PE_EV_DRAINED, 0, pe__ct_handle(&l->ct, slot));
+    if ((c->flags & (PE_CF_SHUT_WANT | PE_CF_SHUT_DONE)) == PE_CF_SHUT_WANT) {
+        shutdown(c->fd, SHUT_WR);
+        l->st.syscalls++;
+        c->flags |= PE_CF_SHUT_DONE;
+    }
+    if (c->flags & PE_CF_EPAUSE) {
+        c->flags &= ~PE_CF_EPAUSE;
+        /* Bytes that did not fit under out_max are still in the input. */
+        if (c->in.len && echo(l, slot) < 0)
+            return -1;
+        return pe__conn_resumed(l, slot);
+    }
+    return pe__conn_interest(l, slot);
+}
+
+/* Write queued output once; partial means the socket is full, and both
+ * level and edge notification will say when it is not. */
+static int conn_flush(pe_loop *l, uint32_t slot)
+{
+    struct pe_conn *c = SLOT(l, slot);
+    struct iovec iov[2];
+    ssize_t n;
+
+    n = pe__sendv(c->fd, iov, pe__ring_data_iov(&c->out, iov));
+    l->st.syscalls++;
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        pe__conn_close(l, slot, errno);
+        return -1;
+    }
+    pe__ring_consume(&c->out, &l->pool, (size_t)n);
+    l->st.bytes_out += (uint64_t)n;
+    pe__conn_touch(l, slot);
+    return c->out.len ? 0 : conn_drained(l, slot);
+}
+
+/* Echo mode: send what was read straight from the input ring; hand what
+ * the socket did not take to the output ring (no copy when it is empty). */
+static int echo(pe_loop *l, uint32_t slot)
+{
+    struct pe_conn *c = SLOT(l, slot);
+    struct iovec iov[2];
+    ssize_t n;
+
+    if (c->flags & (PE_CF_SHUT_WANT | PE_CF_SHUT_DONE)) {
+        pe__ring_clear(&c->in, &l->pool);   /* nowhere to echo to */
+        return 0;
+    }
+    if (c->out.len == 0) {
+        n = pe__sendv(c->fd, iov, pe__ring_data_iov(&c->in, iov));
+        l->st.syscalls++;
+        if (n > 0) {
+            pe__ring_consume(&c->in, &l->pool, (size_t)n);
+            l->st.bytes_out += (uint64_t)n;
+        } else if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+            pe__conn_close(l, slot, errno);
+            return -1;
+        }
+        if (c->in.len == 0)
+            return 0;
+    }
+    /* Over out_max the bytes wait in the input ring until output drains. */
+    if (pe__ring_move(&c->out, &c->in, &l->pool, l->cfg.out_max) < 0 ||
+        c->out.len >= l->cfg.out_high)
+        c->flags |= PE_CF_EPAUSE;
+    return pe__conn_interest(l, slot);
+}
+
+static void conn_read(pe_loop *l, uint32_t slot, uint32_t events)
+{
+    struct pe_conn *c = SLOT(l, slot);
+    int edge = l->cfg.edge, eof = 0, niov, i;
+    /* Edge mode: a short read proves the socket empty, unless the peer's
+     * FIN may be waiting behind the data (RDHUP unknown or reported). */
+    int short_ok = edge && (l->caps & PE_CAP_RDHUP) &&
+                   !(events & (PE_RDHUP | PE_HUP | PE_ERR));
+    uint32_t got = 0, room;
+    struct iovec iov[2];
+    size_t offered;
+    ssize_t n;
+
+    if (c->flags & (PE_CF_EOF | PE_CF_DETACHED))
+        return;
+    if (c->flags & PE_CF_PAUSED) {
+        c->flags |= PE_CF_RDMORE;
+        return;
+    }
+    for (;;) {
+        room = l->cfg.in_high > c->in.len ? l->cfg.in_high - c->in.len : 0;
+        if (room == 0) {
+            c->flags |= PE_CF_HPAUSE | PE_CF_RDMORE;
+            if (pe__conn_interest(l, slot) < 0)
+                return;
+            break;
+        }
+        if (pe__ring_reserve(&c->in, &l->pool,
+                             room < PE_READ_MIN ? room : PE_READ_MIN,
+                             l->cfg.in_high) < 0) {
+            pe__conn_close(l, slot, ENOMEM);
+            return;
+        }
+        niov = pe__ring_space_iov(&c->in, iov);
+        for (offered = 0, i = 0; i < niov; i++)
+            offered += iov[i].iov_len;
+        if (niov == 1)
+            n = read(c->fd, iov[0].iov_base, iov[0].iov_len);
+        else
+            n = readv(c->fd, iov, niov);
+        l->st.syscalls++;
+        if (n > 0) {
+            int empty = short_ok && (size_t)n < offered;
+
+            pe__ring_commit(&c->in, (size_t)n);
+            got += (uint32_t)n;
+            l->st.bytes_in += (uint64_t)n;
+            if (l->cfg.echo && echo(l, slot) < 0)
+                return;
+            c->flags = empty ? c->flags & ~PE_CF_RDMORE
+                             : c->flags | PE_CF_RDMORE;
+            /* Pause now rather than on the next wakeup. */
+            if (c->in.len >= l->cfg.in_high) {
+                c->flags |= PE_CF_HPAUSE;
+                if (pe__conn_interest(l, slot) < 0)
+                    return;
+            }
+            if (!edge || empty || (c->flags & PE_CF_PAUSED))
+                break;                  /* level: told again if more */
+            continue;
+        }
+        if (n == 0) {
+            eof = 1;
+            break;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            c->flags &= ~PE_CF_RDMORE;
+            break;
+        }
+        pe__conn_close(l, slot, errno);
+        return;
+    }
+    if (got) {
+        pe__conn_touch(l, slot);
+        if (!l->cfg.echo)
+            pe__loop_emit(l, PE_EV_DATA, c->in.len,
+                          pe__ct_handle(&l->ct, slot));
+    }
+    if (eof) {
+        c->flags = (c->flags | PE_CF_EOF) & ~PE_CF_RDMORE;
+        pe__loop_emit(l, PE_EV_EOF, 0, pe__ct_handle(&l->ct, slot));
+        pe__conn_interest(l, slot);
+    }
+}
+
+static int sock_error(pe_loop *l, int fd)
+{
+    int err = 0;
+    socklen_t len = sizeof(err);
+
+    l->st.syscalls++;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        return errno;
+    return err;
+}
+
+void pe__conn_event(pe_loop *l, uint32_t slot, uint32_t events)
+{
+    struct pe_conn *c = SLOT(l, slot);
+    int err;
+
+    if (!(c->flags & PE_CF_INUSE))
+        return;
+    if ((events & PE_ERR) && (err = sock_error(l, c->fd)) != 0) {
+        pe__conn_close(l, slot, err);
+        return;
+    }
+    /* Write first: it frees the output ring, so an echo of what is read
+     * next can go out directly. */
+    if (c->out.len && (events & (PE_WRITE | PE_HUP | PE_ERR)) &&
+        conn_flush(l, slot) < 0)
+        return;
+    if (events & (PE_READ | PE_RDHUP | PE_HUP | PE_ERR))
+        conn_read(l, slot, events);
+}
+
+void pe__conn_pending(pe_loop *l, uint32_t slot)
+{
+    struct pe_conn *c = SLOT(l, slot);
+
+    /* Entries of freed slots have lost the flag; a read done meanwhile by
+     * an event cleared RDMORE. */
+    if (!(c->flags & PE_CF_PENDING))
+        return;
+    c->flags &= ~PE_CF_PENDING;
+    if (c->flags & PE_CF_RDMORE)
+        conn_read(l, slot, PE_RDHUP);   /* drain to EAGAIN: FIN may wait */
+}
