@@ -24,6 +24,17 @@ from ._poller import (
     best_backend,
 )
 
+from . import selectors
+
+# select.epoll drop-in, Linux only: elsewhere pyepoll.epoll does not exist,
+# as select.epoll does not.
+if "epoll" in available_backends():
+    from .epoll import (
+        EPOLL_CLOEXEC, EPOLLERR, EPOLLET, EPOLLEXCLUSIVE, EPOLLHUP, EPOLLIN,
+        EPOLLMSG, EPOLLONESHOT, EPOLLOUT, EPOLLPRI, EPOLLRDBAND, EPOLLRDHUP,
+        EPOLLRDNORM, EPOLLWRBAND, EPOLLWRNORM, epoll,
+    )
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -31,3 +42,14 @@ __all__ = [
     "best_backend", "READ", "WRITE", "PRI", "ERR", "HUP", "RDHUP", "EDGE",
     "ONESHOT", "EXCLUSIVE",
 ]
+__all__ += ["selectors", "new_event_loop", "run"]
+if "epoll" in available_backends():
+    __all__ += ["epoll"]
+
+
+def __getattr__(name: str):
+    # asyncio is imported only when its entry points are first used.
+    if name in ("new_event_loop", "run", "EventLoopPolicy"):
+        from . import aio
+        return getattr(aio, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

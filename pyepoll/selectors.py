@@ -1,0 +1,426 @@
+"""pyepoll.selectors: the stdlib's selectors on pyepoll's C core.
+
+``from pyepoll import selectors`` and keep going: EpollSelector,
+KqueueSelector (where the kqueue backend is compiled), PollSelector,
+SelectSelector and DefaultSelector (the best of them) are
+:class:`selectors.BaseSelector` subclasses with the semantics of
+Lib/selectors.py: the stdlib's :class:`~selectors.SelectorKey`, a read-only
+``get_map()``, ValueError for bad events, KeyError for a duplicate or unknown
+file object, ``modify()`` of only the data without a system call,
+``unregister()`` of an fd closed since (no OSError), ``select()`` timeouts
+(None blocks, <= 0 polls, others rounded up to milliseconds), EVENT_READ /
+EVENT_WRITE with error and hang-up conditions reported as both, masked by
+what was registered.
+
+Differences, all deliberate: ``modify()`` with invalid events raises
+ValueError and leaves the registration as it was (the stdlib's poll-like
+selectors accept it; its select and kqueue ones unregister the file object
+first); KqueueSelector reports a file object readable and writable at once as
+one ``(key, EVENT_READ | EVENT_WRITE)`` entry, not two; SelectSelector waits
+in whole milliseconds.
+
+``select()`` is the hot path: one C call fills a reused event array, and each
+event becomes a prebuilt ``(key, events)`` tuple with two lookups.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import math as _math
+import os as _os
+import selectors as _stdlib
+import sys as _sys
+import time as _time
+import warnings as _warnings
+import weakref as _weakref
+from collections.abc import Mapping as _Mapping
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from ._binding import ffi as _ffi
+from ._binding import lib as _lib
+from ._binding import raise_errno as _raise_errno
+from ._poller import available_backends as _available_backends
+
+# The stdlib's own names, so keys and masks compare equal across the two.
+from selectors import EVENT_READ, EVENT_WRITE, BaseSelector, SelectorKey
+
+__all__ = [
+    "BaseSelector", "SelectorKey", "EVENT_READ", "EVENT_WRITE",
+    "DefaultSelector", "PollSelector", "SelectSelector",
+]
+
+_PE_READ: int = _lib.PE_READ
+_PE_WRITE: int = _lib.PE_WRITE
+# Selector events -> poller bits, indexed by EVENT_READ | EVENT_WRITE.
+_TO_POLLER = (0, _PE_READ, _PE_WRITE, _PE_READ | _PE_WRITE)
+
+# Poller bits -> selector events, as Lib/selectors.py maps epoll's: anything
+# but "writable" (errors, hang-ups, priority data) also means readable, and
+# anything but "readable" also means writable.  The C poller reports only
+# READ, PRI, WRITE, ERR, HUP and RDHUP, so the table covers every value.
+_ALL_BITS = (_lib.PE_READ | _lib.PE_PRI | _lib.PE_WRITE | _lib.PE_ERR
+             | _lib.PE_HUP | _lib.PE_RDHUP)
+_TO_SELECTOR: List[int] = [
+    (EVENT_READ if bits & ~_PE_WRITE else 0)
+    | (EVENT_WRITE if bits & ~_PE_READ else 0)
+    for bits in range(_ALL_BITS + 1)
+]
+
+_INT_MAX = 0x7FFFFFFF
+# CPython 3.13 warns when a bool is used as a file descriptor.
+_WARN_BOOL_FD = _sys.version_info >= (3, 13)
+_INITIAL_EVENTS = 64
+_monotonic = _time.monotonic
+_ceil = _math.ceil
+_wait = _lib.pe_poller_wait
+_EINTR = _errno.EINTR
+
+
+def _fileobj_to_fd(fileobj: Any) -> int:
+    """A file descriptor from an int or an object with fileno(); ValueError
+    for anything else, as Lib/selectors.py."""
+    if isinstance(fileobj, int):
+        fd = fileobj
+    else:
+        try:
+            fd = int(fileobj.fileno())
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"Invalid file object: {fileobj!r}") from None
+    if fd < 0:
+        raise ValueError(f"Invalid file descriptor: {fd}")
+    return fd
+
+
+def _answers(key: SelectorKey) -> Tuple[Tuple[SelectorKey, int], ...]:
+    """What select() returns for this key, indexed by the ready selector
+    events before masking: built once per registration, not per event."""
+    events = key.events
+    return tuple((key, ready & events) for ready in range(4))
+
+
+class _SelectorMapping(_Mapping):
+    """Read-only mapping of file objects to selector keys (iterates fds)."""
+
+    __slots__ = ("_selector",)
+
+    def __init__(self, selector: "_CoreSelector") -> None:
+        self._selector = selector
+
+    def __len__(self) -> int:
+        return len(self._selector._fd_to_key)
+
+    def __getitem__(self, fileobj: Any) -> SelectorKey:
+        selector = self._selector
+        try:
+            return selector._fd_to_key[selector._fileobj_lookup(fileobj)]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._selector._fd_to_key)
+
+
+# Selectors whose kernel object a forked child must not touch (kqueue).
+_kernel_private: "_weakref.WeakSet[_CoreSelector]" = _weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for selector in list(_kernel_private):
+        p, selector._p = selector._p, None
+        selector._rehot()
+        if p is not None:
+            # The number may already name an unrelated file in the child.
+            _lib.pe_poller_detach(p)
+
+
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _CoreSelector(BaseSelector):
+    """Selector on one C poller; subclasses name the backend."""
+
+    _backend = ""
+    # True when the backend has a kernel object (epoll, kqueue): closing
+    # releases it and later calls raise ValueError, as the stdlib's do.  The
+    # stdlib's poll and select selectors keep working after close().
+    _kernel = False
+    # Timeouts beyond a C int of milliseconds: the stdlib's select and
+    # kqueue selectors accept them (timeval/timespec), epoll and poll raise.
+    _clamp_timeout = False
+
+    def __init__(self) -> None:
+        self._fd_to_key: Dict[int, SelectorKey] = {}
+        # fd -> prebuilt (key, events) results; see _answers().
+        self._ready: Dict[int, Tuple[Tuple[SelectorKey, int], ...]] = {}
+        self._map: Optional[_SelectorMapping] = _SelectorMapping(self)
+        self._p: Any = None
+        self._cap = 0
+        self._grow(_INITIAL_EVENTS)
+        self._open()
+
+    def _open(self) -> None:
+        err = _ffi.new("int *")
+        p = _lib.pe_poller_new(self._backend.encode(), 0, err)
+        if p == _ffi.NULL:
+            _raise_errno(-err[0])
+        self._p = _ffi.gc(p, _lib.pe_poller_free)
+        if self._backend == "kqueue":
+            _kernel_private.add(self)
+        self._rehot()
+
+    def _grow(self, cap: int) -> None:
+        self._buf = _ffi.new("struct pe_event[]", cap)
+        # Events are read through two views of the same words: even int32
+        # words are fds, odd uint32 words event bits.
+        raw = memoryview(_ffi.buffer(self._buf))
+        self._fds = raw.cast("i")
+        self._bits = raw.cast("I")
+        self._cap = cap
+        self._rehot()
+
+    def _rehot(self) -> None:
+        # What select() needs, in one attribute: one load instead of five.
+        self._hot = (self._p, self._buf, self._cap, self._fds, self._bits)
+
+    def _poller(self) -> Any:
+        p = self._p
+        if p is None:
+            raise ValueError(
+                f"I/O operation on closed {self._backend} object")
+        return p
+
+    # -- file objects ------------------------------------------------------------
+
+    def _fileobj_lookup(self, fileobj: Any) -> int:
+        """The fd of fileobj; for an object that no longer gives one (closed),
+        the fd it was registered with, found by identity."""
+        try:
+            return _fileobj_to_fd(fileobj)
+        except ValueError:
+            for key in self._fd_to_key.values():
+                if key.fileobj is fileobj:
+                    return key.fd
+            raise
+
+    def _key_from_fd(self, fd: int) -> Optional[SelectorKey]:
+        """The key registered for fd, or None."""
+        return self._fd_to_key.get(fd)
+
+    # -- registrations -----------------------------------------------------------
+
+    def register(self, fileobj: Any, events: int,
+                 data: Any = None) -> SelectorKey:
+        if (not events) or (events & ~(EVENT_READ | EVENT_WRITE)):
+            raise ValueError(f"Invalid events: {events!r}")
+        fd = self._fileobj_lookup(fileobj)
+        fd_to_key = self._fd_to_key
+        if fd in fd_to_key:
+            raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
+        p = self._poller()
+        if fd > _INT_MAX:
+            raise OverflowError("file descriptor is greater than maximum")
+        if _WARN_BOOL_FD and fd.__class__ is bool:
+            _warnings.warn("bool is used as a file descriptor",
+                           RuntimeWarning, stacklevel=2)
+        rc = _lib.pe_poller_register(p, fd, _TO_POLLER[events])
+        if rc < 0:
+            _raise_errno(-rc)
+        key = SelectorKey(fileobj, fd, events, data)
+        fd_to_key[fd] = key
+        self._ready[fd] = _answers(key)
+        if len(fd_to_key) > self._cap:
+            self._grow(self._cap * 2)
+        return key
+
+    def unregister(self, fileobj: Any) -> SelectorKey:
+        if fileobj.__class__ is int and fileobj in self._fd_to_key:
+            fd = fileobj
+        else:
+            fd = self._fileobj_lookup(fileobj)
+        try:
+            key = self._fd_to_key.pop(fd)
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        del self._ready[fd]
+        p = self._p
+        if p is not None:
+            # An error (the fd was closed since it was registered) is not
+            # the caller's concern: the registration is gone either way.
+            _lib.pe_poller_unregister(p, fd)
+        return key
+
+    def modify(self, fileobj: Any, events: int,
+               data: Any = None) -> SelectorKey:
+        if fileobj.__class__ is int and fileobj in self._fd_to_key:
+            fd = fileobj
+        else:
+            fd = self._fileobj_lookup(fileobj)
+        try:
+            key = self._fd_to_key[fd]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        if events != key.events:
+            if (not events) or (events & ~(EVENT_READ | EVENT_WRITE)):
+                raise ValueError(f"Invalid events: {events!r}")
+            rc = _lib.pe_poller_modify(self._poller(), fd, _TO_POLLER[events])
+            if rc < 0:
+                # As the stdlib: a registration the kernel refused is gone.
+                self._fd_to_key.pop(fd, None)
+                self._ready.pop(fd, None)
+                _lib.pe_poller_unregister(self._p, fd)
+                _raise_errno(-rc)
+        elif data == key.data:
+            return key
+        key = SelectorKey(key.fileobj, fd, events, data)
+        self._fd_to_key[fd] = key
+        self._ready[fd] = _answers(key)
+        return key
+
+    def get_key(self, fileobj: Any) -> SelectorKey:
+        """Return the key associated to a registered file object."""
+        if self._map is None:
+            raise RuntimeError("Selector is closed")
+        if fileobj.__class__ is int:
+            try:
+                return self._fd_to_key[fileobj]
+            except KeyError:
+                pass
+        try:
+            return self._map[fileobj]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+
+    def get_map(self) -> Optional[_SelectorMapping]:
+        return self._map
+
+    def close(self) -> None:
+        p, self._p = self._p, None
+        self._rehot()
+        if p is not None:
+            # Freed when the last reference goes (not under a running wait).
+            _lib.pe_poller_close(p)
+            _kernel_private.discard(self)
+        self._fd_to_key.clear()
+        self._ready.clear()
+        self._map = None
+        if not self._kernel:
+            self._open()
+
+    # -- waiting -----------------------------------------------------------------
+
+    def select(self, timeout: Optional[float] = None
+               ) -> List[Tuple[SelectorKey, int]]:
+        if timeout is None:
+            ms = -1
+        elif timeout <= 0:
+            ms = 0
+        else:
+            # Millisecond resolution, rounded up to wait at least timeout.
+            ms = _ceil(timeout * 1e3)
+            if ms > _INT_MAX:
+                ms = self._long_timeout(timeout)
+        p, buf, cap, fds, bits = self._hot
+        if p is None:
+            self._poller()
+        n = _wait(p, buf, cap, ms)
+        if n <= 0:
+            if n == 0:
+                return []
+            n = self._retry(n, ms)
+        ready = self._ready
+        table = _TO_SELECTOR
+        try:
+            if n == 1:
+                return [ready[fds[0]][table[bits[1]]]]
+            m = n << 1
+            return [ready[fd][table[ev]]
+                    for fd, ev in zip(fds[0:m:2], bits[1:m:2])]
+        except (KeyError, IndexError):
+            return self._collect(n)
+
+    def _collect(self, n: int) -> List[Tuple[SelectorKey, int]]:
+        """select()'s result the slow way, skipping what is not (or no
+        longer) registered."""
+        result = []
+        for fd, bits in zip(self._fds[0:2 * n:2], self._bits[1:2 * n:2]):
+            answers = self._ready.get(fd)
+            if answers is not None:
+                events = ((EVENT_READ if bits & ~_PE_WRITE else 0)
+                          | (EVENT_WRITE if bits & ~_PE_READ else 0))
+                result.append(answers[events])
+        return result
+
+    def _long_timeout(self, timeout: float) -> int:
+        if self._clamp_timeout and timeout < 9.2e9:
+            # Returns early after 24.8 days, with nothing ready.
+            return _INT_MAX
+        raise OverflowError("timeout is too large")
+
+    def _retry(self, rc: int, ms: int) -> int:
+        # Entering this function let the interpreter run the signal handlers;
+        # one that raises ends select() with its exception (PEP 475).
+        deadline = _monotonic() + ms / 1000.0 if ms > 0 else 0.0
+        while rc == -_EINTR:
+            if ms > 0:
+                ms = max(0, _math.ceil((deadline - _monotonic()) * 1e3))
+            p = self._poller()
+            rc = _lib.pe_poller_wait(p, self._buf, self._cap, ms)
+            if rc == -_EINTR:
+                _run_signal_handlers()
+        if rc < 0:
+            _raise_errno(-rc)
+        return rc
+
+    def __repr__(self) -> str:
+        state = "closed" if self._map is None else f"{len(self._fd_to_key)} fds"
+        return f"<pyepoll.selectors.{type(self).__name__} {state}>"
+
+
+def _run_signal_handlers() -> None:
+    """Calling a Python function gives the interpreter a point to run
+    pending signal handlers (and raise what they raise)."""
+
+
+class _KernelSelector(_CoreSelector):
+    _kernel = True
+
+    def fileno(self) -> int:
+        """The kernel descriptor (epoll or kqueue)."""
+        return _lib.pe_poller_fileno(self._poller())
+
+
+_BACKENDS = _available_backends()
+
+if "epoll" in _BACKENDS:
+
+    class EpollSelector(_KernelSelector):
+        """Epoll-based selector."""
+        _backend = "epoll"
+
+    __all__.append("EpollSelector")
+
+if "kqueue" in _BACKENDS:
+
+    class KqueueSelector(_KernelSelector):
+        """Kqueue-based selector."""
+        _backend = "kqueue"
+        _clamp_timeout = True
+
+    __all__.append("KqueueSelector")
+
+
+class PollSelector(_CoreSelector):
+    """Poll-based selector."""
+    _backend = "poll"
+
+
+class SelectSelector(_CoreSelector):
+    """Select-based selector."""
+    _backend = "select"
+    _clamp_timeout = True
+
+
+DefaultSelector: type = {
+    "epoll": globals().get("EpollSelector"),
+    "kqueue": globals().get("KqueueSelector"),
+}.get(_BACKENDS[0]) or PollSelector

@@ -1,0 +1,793 @@
+"""pyepoll.selectors against the stdlib's selectors, side by side.
+
+Every behaviour test runs on each stdlib selector class and on its pyepoll
+counterpart; argument cases run on both of a pair and must end the same way.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import resource
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+import pyepoll
+from pyepoll import selectors as pesel
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:bool is used as a file descriptor")  # 3.13+, both warn alike
+
+EVENT_READ = selectors.EVENT_READ
+EVENT_WRITE = selectors.EVENT_WRITE
+
+PAIRS = []
+for _name in ("EpollSelector", "KqueueSelector", "PollSelector",
+              "SelectSelector", "DefaultSelector"):
+    if hasattr(selectors, _name) and hasattr(pesel, _name):
+        PAIRS.append((getattr(selectors, _name), getattr(pesel, _name)))
+CLASSES = [cls for pair in PAIRS for cls in pair]
+
+
+def _id(cls):
+    return f"{cls.__module__.split('.')[0]}.{cls.__name__}"
+
+
+@pytest.fixture(params=CLASSES, ids=_id)
+def sel_cls(request):
+    return request.param
+
+
+@pytest.fixture
+def sel(sel_cls):
+    s = sel_cls()
+    yield s
+    s.close()
+
+
+@pytest.fixture(params=PAIRS, ids=lambda p: p[1].__name__)
+def cls_pair(request):
+    return request.param
+
+
+@pytest.fixture
+def sockpair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def outcome(fn, *args):
+    try:
+        return ("ok", fn(*args))
+    except Exception as exc:  # noqa: BLE001 - the type is the result
+        return ("raises", type(exc))
+
+
+def assert_same(pair, scenario):
+    std, ours = (outcome(scenario, cls) for cls in pair)
+    assert ours == std
+    return std
+
+
+def keys_as_dict(ready):
+    return {key.fileobj: events for key, events in ready}
+
+
+# -- module surface ---------------------------------------------------------------
+
+
+def test_module_surface():
+    assert pesel.SelectorKey is selectors.SelectorKey
+    assert pesel.EVENT_READ == EVENT_READ and pesel.EVENT_WRITE == EVENT_WRITE
+    assert pesel.BaseSelector is selectors.BaseSelector
+    for _, ours in PAIRS:
+        assert issubclass(ours, selectors.BaseSelector)
+
+
+def test_default_is_best():
+    best = pyepoll.best_backend()
+    name = {"epoll": "EpollSelector", "kqueue": "KqueueSelector"}.get(
+        best, "PollSelector")
+    assert pesel.DefaultSelector is getattr(pesel, name)
+    assert pyepoll.selectors is pesel
+
+
+def test_kqueue_only_where_compiled():
+    assert hasattr(pesel, "KqueueSelector") == (
+        "kqueue" in pyepoll.available_backends())
+    assert hasattr(pesel, "EpollSelector") == (
+        "epoll" in pyepoll.available_backends())
+
+
+# -- register ---------------------------------------------------------------------
+
+
+def test_register(sel, sockpair):
+    a, b = sockpair
+    key = sel.register(a, EVENT_READ, "data")
+    assert isinstance(key, selectors.SelectorKey)
+    assert key == (a, a.fileno(), EVENT_READ, "data")
+    assert sel.get_key(a) is key
+    key2 = sel.register(b.fileno(), EVENT_READ | EVENT_WRITE)
+    assert key2 == (b.fileno(), b.fileno(), EVENT_READ | EVENT_WRITE, None)
+
+
+@pytest.mark.parametrize("events", [0, 4, 5, -1, 2**40, None, 1.0, "1", True],
+                         ids=repr)
+def test_register_bad_events(cls_pair, sockpair, events):
+    def scenario(cls):
+        with cls() as s:
+            try:
+                s.register(sockpair[0], events)
+            finally:
+                assert len(s.get_map()) in (0, 1)
+            return len(s.get_map())
+    assert_same(cls_pair, scenario)
+
+
+def test_register_invalid_events_value_error(sel, sockpair):
+    for events in (0, 4, 999):
+        with pytest.raises(ValueError):
+            sel.register(sockpair[0], events)
+    assert len(sel.get_map()) == 0
+
+
+def test_register_twice_key_error(sel, sockpair):
+    sel.register(sockpair[0], EVENT_READ)
+    with pytest.raises(KeyError):
+        sel.register(sockpair[0], EVENT_READ)
+    with pytest.raises(KeyError):
+        sel.register(sockpair[0].fileno(), EVENT_WRITE)   # same fd
+
+
+class FilenoObj:
+    def __init__(self, value):
+        self.value = value
+
+    def fileno(self):
+        if isinstance(self.value, BaseException):
+            raise self.value
+        return self.value
+
+    def __repr__(self):
+        return f"FilenoObj({self.value!r})"
+
+
+def fileobj_cases(sock):
+    fd = sock.fileno()
+    return {
+        "socket": sock, "int": fd, "fileno-obj": FilenoObj(fd),
+        "fileno-str-int": FilenoObj(str(fd)), "fileno-float": FilenoObj(fd + 0.0),
+        "negative": -1, "fileno-negative": FilenoObj(-1),
+        "fileno-str": FilenoObj("x"), "fileno-none": FilenoObj(None),
+        "fileno-raises-value": FilenoObj(ValueError("closed")),
+        "fileno-raises-os": FilenoObj(OSError("bad")),
+        "object": object(), "str": "3", "float": float(fd), "none": None,
+        "huge": 2**40, "bool": True,
+    }
+
+
+FILEOBJ_CASES = list(fileobj_cases(FilenoObj(3)).keys())
+
+
+@pytest.mark.parametrize("case", FILEOBJ_CASES)
+def test_register_fileobj_conversion(cls_pair, sockpair, case):
+    def scenario(cls):
+        with cls() as s:
+            obj = fileobj_cases(sockpair[0])[case]
+            key = s.register(obj, EVENT_WRITE)
+            ready = s.select(0)
+            return key.fd, [(k.fd, ev) for k, ev in ready]
+    assert_same(cls_pair, scenario)
+
+
+@pytest.mark.parametrize("case", FILEOBJ_CASES)
+def test_lookup_fileobj_conversion(cls_pair, sockpair, case):
+    def scenario(cls):
+        with cls() as s:
+            s.register(sockpair[0], EVENT_WRITE)
+            obj = fileobj_cases(sockpair[0])[case]
+            return [outcome(lambda: s.get_key(obj).fd),
+                    outcome(lambda: obj in s.get_map()),
+                    outcome(lambda: s.modify(obj, EVENT_READ, 1).fd),
+                    outcome(lambda: s.unregister(obj).fd)]
+    assert_same(cls_pair, scenario)
+
+
+def test_register_closed_fd_number(cls_pair):
+    a, b = socket.socketpair()
+    fd = a.fileno()
+    a.close()
+    b.close()
+
+    def scenario(cls):
+        with cls() as s:
+            s.register(fd, EVENT_READ)
+            return len(s.get_map())
+    std = assert_same(cls_pair, scenario)
+    if cls_pair[0] is getattr(selectors, "EpollSelector", None):
+        assert std == ("raises", OSError)
+
+
+def test_register_failure_leaves_nothing(sel):
+    a, b = socket.socketpair()
+    fd = a.fileno()
+    a.close()
+    b.close()
+    try:
+        sel.register(fd, EVENT_READ)
+    except OSError:
+        assert fd not in sel.get_map()
+        assert len(sel.get_map()) == 0
+
+
+# -- unregister -------------------------------------------------------------------
+
+
+def test_unregister(sel, sockpair):
+    a, b = sockpair
+    key = sel.register(a, EVENT_WRITE, "x")
+    assert sel.unregister(a) is key
+    assert len(sel.get_map()) == 0
+    assert sel.select(0) == []
+    with pytest.raises(KeyError):
+        sel.unregister(a)
+    with pytest.raises(KeyError):
+        sel.get_key(a)
+
+
+def test_unregister_unknown(sel, sockpair):
+    with pytest.raises(KeyError):
+        sel.unregister(sockpair[0])
+
+
+def test_unregister_after_socket_close(sel):
+    a, b = socket.socketpair()
+    sel.register(a, EVENT_READ)
+    sel.register(b, EVENT_WRITE)
+    a.close()
+    b.close()
+    # fileno() is -1 now: found by identity, and no OSError from the kernel.
+    sel.unregister(a)
+    sel.unregister(b)
+    assert len(sel.get_map()) == 0
+
+
+def test_unregister_after_fd_close(sel):
+    a, b = socket.socketpair()
+    r, w = a.fileno(), b.fileno()
+    sel.register(r, EVENT_READ)
+    sel.register(w, EVENT_WRITE)
+    a.close()
+    b.close()
+    sel.unregister(r)
+    sel.unregister(w)
+
+
+def test_unregister_after_fd_close_and_reuse(sel):
+    a, b = socket.socketpair()
+    r, w = a.fileno(), b.fileno()
+    sel.register(r, EVENT_READ)
+    sel.register(w, EVENT_WRITE)
+    c, d = socket.socketpair()
+    a.close()
+    b.close()
+    os.dup2(c.fileno(), r)
+    os.dup2(d.fileno(), w)
+    try:
+        sel.unregister(r)
+        sel.unregister(w)
+        # The numbers work again, now naming the new sockets.
+        sel.register(r, EVENT_READ)
+        d.send(b"x")
+        assert [(k.fd, ev) for k, ev in sel.select(1)] == [(r, EVENT_READ)]
+    finally:
+        os.close(r)
+        os.close(w)
+        c.close()
+        d.close()
+
+
+def test_closed_fd_reused_without_unregister_epoll(cls_pair):
+    """A socket closed while registered, its number reused: the kernel forgot
+    the old registration, so epoll's selector does not report the new file
+    (it is not registered); the stdlib and pyepoll agree."""
+    def scenario(cls):
+        with cls() as s:
+            a, b = socket.socketpair()
+            s.register(a, EVENT_READ, "old")
+            fd = a.fileno()
+            a.close()
+            b.close()
+            c, d = socket.socketpair()
+            try:
+                if c.fileno() != fd:
+                    return "fd not reused"
+                d.send(b"x")
+                got = [(k.fd, k.data, ev) for k, ev in s.select(0.05)]
+                s.unregister(fd)
+                s.register(c, EVENT_READ, "new")
+                return got, [(k.fd, k.data, ev) for k, ev in s.select(1)]
+            finally:
+                c.close()
+                d.close()
+    assert_same(cls_pair, scenario)
+
+
+# -- modify -----------------------------------------------------------------------
+
+
+def test_modify(sel, sockpair):
+    a, b = sockpair
+    key = sel.register(a, EVENT_READ)
+    key2 = sel.modify(a, EVENT_WRITE)
+    assert key2 != key
+    assert key2.events == EVENT_WRITE and key2.fileobj is a
+    assert sel.get_key(a) == key2
+    assert keys_as_dict(sel.select(1)) == {a: EVENT_WRITE}
+    key3 = sel.modify(a, EVENT_WRITE, "data")
+    assert key3.data == "data" and key3.events == EVENT_WRITE
+    assert sel.get_key(a) == key3
+    assert sel.select(0)[0][0] is key3
+    # Nothing changed: the same key back.
+    assert sel.modify(a, EVENT_WRITE, "data") is key3
+
+
+def test_modify_unknown(sel, sockpair):
+    with pytest.raises(KeyError):
+        sel.modify(sockpair[0], EVENT_READ)
+
+
+def test_modify_data_only_makes_no_system_call(sel):
+    """With the descriptor closed behind the selector's back, a change of
+    data alone must still work: no kernel call is made for it."""
+    a, b = socket.socketpair()
+    fd = a.fileno()
+    sel.register(fd, EVENT_READ, "old")
+    a.close()
+    b.close()
+    key = sel.modify(fd, EVENT_READ, "new")
+    assert key.data == "new" and sel.get_key(fd) is key
+    sel.unregister(fd)
+
+
+def test_modify_refused_by_kernel_unregisters(cls_pair):
+    def scenario(cls):
+        with cls() as s:
+            a, b = socket.socketpair()
+            fd = a.fileno()
+            s.register(fd, EVENT_READ)
+            a.close()
+            b.close()
+            try:
+                s.modify(fd, EVENT_WRITE)
+                return "modified", fd in s.get_map()
+            except OSError:
+                return "refused", fd in s.get_map()
+    assert_same(cls_pair, scenario)
+
+
+def test_modify_invalid_events_keeps_registration(sockpair):
+    # Deliberately stricter than the stdlib (whose selectors disagree here).
+    for cls in CLASSES:
+        if cls.__module__ != pesel.__name__:
+            continue
+        with cls() as s:
+            key = s.register(sockpair[0], EVENT_READ)
+            for events in (0, 4):
+                with pytest.raises(ValueError):
+                    s.modify(sockpair[0], events)
+            assert s.get_key(sockpair[0]) is key
+
+
+# -- get_map / get_key / close ------------------------------------------------------
+
+
+def test_get_map(sel, sockpair):
+    a, b = sockpair
+    m = sel.get_map()
+    assert len(m) == 0
+    assert list(m) == []
+    key = sel.register(a, EVENT_READ, "x")
+    assert len(m) == 1                  # a live view
+    assert list(m) == [a.fileno()]      # iterates descriptors
+    assert m[a] is key and m[a.fileno()] is key
+    assert a in m and a.fileno() in m and b not in m
+    assert list(m.keys()) == [a.fileno()]
+    assert list(m.values()) == [key]
+    assert list(m.items()) == [(a.fileno(), key)]
+    assert m.get(b) is None
+    with pytest.raises(KeyError):
+        m[b]
+    with pytest.raises(TypeError):
+        m[b] = key                      # read-only
+    with pytest.raises((TypeError, AttributeError)):
+        del m[a]
+    assert sel.get_map() is m
+
+
+def test_get_key_unknown(sel, sockpair):
+    with pytest.raises(KeyError):
+        sel.get_key(sockpair[0])
+    with pytest.raises(KeyError):
+        sel.get_key(12345)
+
+
+def test_get_key_bad_fileobj(cls_pair):
+    for obj in (object(), -1, "x", 1.0):
+        assert_same(cls_pair, lambda cls: cls().get_key(obj))
+
+
+def test_close(sel_cls, sockpair):
+    s = sel_cls()
+    s.register(sockpair[0], EVENT_READ)
+    s.close()
+    assert s.get_map() is None
+    with pytest.raises(RuntimeError):
+        s.get_key(sockpair[0])
+    with pytest.raises(KeyError):
+        s.unregister(sockpair[0])
+    s.close()                               # twice is fine
+
+
+def test_after_close(cls_pair, sockpair):
+    def scenario(cls):
+        s = cls()
+        s.close()
+        return [outcome(lambda: s.register(sockpair[0], EVENT_WRITE).fd),
+                outcome(lambda: len(s.select(0))),
+                outcome(lambda: s.modify(sockpair[0], EVENT_READ).fd),
+                outcome(lambda: s.unregister(sockpair[0]).fd)]
+    assert_same(cls_pair, scenario)
+
+
+def test_context_manager(sel_cls, sockpair):
+    with sel_cls() as s:
+        s.register(sockpair[0], EVENT_READ)
+    assert s.get_map() is None
+
+
+def test_fileno(cls_pair):
+    std, ours = cls_pair
+    assert hasattr(std, "fileno") == hasattr(ours, "fileno")
+    if hasattr(ours, "fileno"):
+        with ours() as s:
+            fd = s.fileno()
+            assert isinstance(fd, int) and fd >= 0
+            assert not os.get_inheritable(fd)
+        with pytest.raises(ValueError):
+            s.fileno()
+
+
+def test_gc_releases_kernel_object(sel_cls):
+    if not hasattr(sel_cls, "fileno"):
+        pytest.skip("no kernel object")
+    s = sel_cls()
+    fd = s.fileno()
+    del s
+    gc.collect()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+# -- select -----------------------------------------------------------------------
+
+
+def test_select_read_write(sel, sockpair):
+    a, b = sockpair
+    ka = sel.register(a, EVENT_READ | EVENT_WRITE)
+    kb = sel.register(b, EVENT_READ)
+    ready = sel.select(1)
+    assert ready == [(ka, EVENT_WRITE)]
+    b.send(b"x")
+    assert sorted(sel.select(1), key=lambda r: r[0].fd) == sorted(
+        [(ka, EVENT_READ | EVENT_WRITE)], key=lambda r: r[0].fd)
+    a.send(b"y")
+    got = {k.fd: ev for k, ev in sel.select(1)}
+    assert got == {a.fileno(): EVENT_READ | EVENT_WRITE,
+                   b.fileno(): EVENT_READ}
+    for key, events in sel.select(0):
+        assert isinstance(key, selectors.SelectorKey)
+        assert type(events) is int
+    assert kb in [k for k, _ in sel.select(0)]
+
+
+def test_select_masks_by_registered_events(sel, sockpair):
+    a, b = sockpair
+    sel.register(a, EVENT_READ)
+    b.send(b"x")
+    assert keys_as_dict(sel.select(1)) == {a: EVENT_READ}  # not WRITE
+    sel.modify(a, EVENT_WRITE)
+    assert keys_as_dict(sel.select(1)) == {a: EVENT_WRITE}  # not READ
+
+
+def test_hangup_reported(cls_pair):
+    """Peer closed: the stdlib reports readable (and writable if asked),
+    pyepoll the same."""
+    def scenario(cls):
+        with cls() as s:
+            a, b = socket.socketpair()
+            try:
+                s.register(a, EVENT_READ)
+                s.register(FilenoObj(os.dup(a.fileno())), EVENT_WRITE)
+                b.close()
+                return sorted(ev for _, ev in s.select(1))
+            finally:
+                for key in list(s.get_map().values()):
+                    if isinstance(key.fileobj, FilenoObj):
+                        os.close(key.fd)
+                a.close()
+                b.close()
+    assert_same(cls_pair, scenario)
+
+
+@pytest.mark.parametrize("case", ["writer-watched-for-read",
+                                  "reader-watched-for-write"])
+def test_error_or_hangup_alone_reported(cls_pair, case):
+    """A pipe end whose other end closed reports only an error (writer) or a
+    hang-up (reader): the stdlib maps either to both events, then masks by
+    what was registered; pyepoll must agree."""
+    def scenario(cls):
+        r, w = os.pipe()
+        watched, other = (w, r) if case == "writer-watched-for-read" else (r, w)
+        try:
+            with cls() as s:
+                s.register(watched, EVENT_READ if watched == w else EVENT_WRITE)
+                os.close(other)
+                return [ev for _, ev in s.select(0.05)]
+        finally:
+            os.close(watched)
+    assert_same(cls_pair, scenario)
+
+
+def test_select_result_same_as_stdlib(cls_pair):
+    pairs = [socket.socketpair() for _ in range(20)]
+    try:
+        def scenario(cls):
+            with cls() as s:
+                for i, (a, b) in enumerate(pairs):
+                    s.register(a, (EVENT_READ, EVENT_WRITE,
+                                   EVENT_READ | EVENT_WRITE)[i % 3], i)
+                for i, (a, b) in enumerate(pairs):
+                    if i % 2:
+                        b.send(b"x")
+                time.sleep(0.01)
+                result = sorted((k.data, ev) for k, ev in s.select(1))
+                for i, (a, b) in enumerate(pairs):
+                    if i % 2:
+                        a.recv(1)
+                return result
+        assert_same(cls_pair, scenario)
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_select_nothing_registered(sel):
+    t0 = time.monotonic()
+    assert sel.select(0.05) == []
+    assert time.monotonic() - t0 >= 0.05
+
+
+@pytest.mark.parametrize("timeout", [0, 0.0, -1, -0.5, -1e9, False],
+                         ids=repr)
+def test_select_nonpositive_timeout_polls(sel, sockpair, timeout):
+    sel.register(sockpair[0], EVENT_READ)
+    t0 = time.monotonic()
+    assert sel.select(timeout) == []
+    assert time.monotonic() - t0 < 0.5
+
+
+@pytest.mark.parametrize("timeout", [0.05, 0.0501, 0.0001, 0.001])
+def test_select_timeout_waits_at_least(sel, sockpair, timeout):
+    sel.register(sockpair[0], EVENT_READ)
+    t0 = time.monotonic()
+    assert sel.select(timeout) == []
+    assert time.monotonic() - t0 >= timeout
+
+
+def test_select_none_blocks_until_ready(sel, sockpair):
+    a, b = sockpair
+    sel.register(a, EVENT_READ)
+    timer = threading.Timer(0.1, b.send, (b"x",))
+    t0 = time.monotonic()
+    timer.start()
+    try:
+        assert keys_as_dict(sel.select()) == {a: EVENT_READ}
+    finally:
+        timer.join()
+    assert time.monotonic() - t0 >= 0.05
+
+
+@pytest.mark.parametrize("timeout", [
+    "1", None.__class__, float("nan"), float("inf"), float("-inf"), 1e300,
+    2**70, -2**70, 2**31, 1e7, True, 1, 0.5], ids=repr)
+def test_select_timeout_argument(cls_pair, sockpair, timeout):
+    if timeout in (2**31, 1e7) and cls_pair[1] in (
+            getattr(pesel, "SelectSelector"), getattr(pesel, "KqueueSelector", None)):
+        # timeval/timespec: valid there; waits, so not run.
+        return
+
+    def scenario(cls):
+        with cls() as s:
+            s.register(sockpair[0], EVENT_WRITE)
+            return [ev for _, ev in s.select(timeout)]
+    assert_same(cls_pair, scenario)
+
+
+def test_long_timeout_accepted_where_the_stdlib_accepts_it(cls_pair, sockpair):
+    """2**31 s: epoll and poll refuse (more than a C int of ms), select and
+    kqueue take it."""
+    def scenario(cls):
+        with cls() as s:
+            s.register(sockpair[0], EVENT_WRITE)
+            return [ev for _, ev in s.select(2**31)]
+    assert_same(cls_pair, scenario)
+
+
+def test_select_many_ready(sel_cls):
+    """10,000+ ready descriptors come back from one select() call (select(2)
+    is limited to FD_SETSIZE; it gets 1,000)."""
+    n = 1000 if "Select" in sel_cls.__name__ else 10_500
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < n + 200:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} too low")
+    if soft != resource.RLIM_INFINITY and soft < n + 200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n + 200, hard))
+    a, b = socket.socketpair()
+    fds = []
+    try:
+        if "Select" in sel_cls.__name__:
+            # FD_SETSIZE: only numbers below 1024 work with select().
+            while len(fds) < n:
+                fd = os.dup(a.fileno())
+                if fd >= 1024:
+                    os.close(fd)
+                    break
+                fds.append(fd)
+        else:
+            fds = [os.dup(a.fileno()) for _ in range(n)]
+        with sel_cls() as s:
+            for fd in fds:
+                s.register(fd, EVENT_WRITE, fd)
+            ready = s.select(5)
+            assert len(ready) == len(fds)
+            assert sorted(k.data for k, _ in ready) == sorted(fds)
+            assert all(ev == EVENT_WRITE for _, ev in ready)
+            for fd in fds[::2]:
+                s.unregister(fd)
+            assert len(s.select(0)) == len(fds) - len(fds[::2])
+    finally:
+        for fd in fds:
+            os.close(fd)
+        a.close()
+        b.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_register_unregister_churn(sel, sockpair):
+    a, b = sockpair
+    b.send(b"x")
+    for i in range(200):
+        sel.register(a, EVENT_READ, i)
+        assert [(k.data, ev) for k, ev in sel.select(0)] == [(i, EVENT_READ)]
+        sel.unregister(a)
+        assert sel.select(0) == []
+
+
+def test_unregister_during_result_processing(sel):
+    """Unregistering (and closing) a later file while handling an earlier
+    one's event: the list from this select() is already built, and the next
+    select() does not report the closed file."""
+    pairs = [socket.socketpair() for _ in range(4)]
+    try:
+        for a, b in pairs:
+            sel.register(a, EVENT_WRITE)
+        ready = sel.select(1)
+        assert len(ready) == 4
+        victim = ready[-1][0].fileobj
+        sel.unregister(victim)
+        ready2 = sel.select(0)
+        assert victim not in [k.fileobj for k, _ in ready2]
+        assert len(ready2) == 3
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+# -- signals ----------------------------------------------------------------------
+
+
+needs_itimer = pytest.mark.skipif(not hasattr(signal, "setitimer"),
+                                  reason="needs setitimer")
+
+
+@pytest.fixture
+def alarm_handler():
+    saved = []
+
+    def install(handler):
+        saved.append(signal.signal(signal.SIGALRM, handler))
+
+    yield install
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    if saved:
+        signal.signal(signal.SIGALRM, saved[0])
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _raise_interrupt(*args):
+    raise Interrupt
+
+
+@needs_itimer
+@pytest.mark.timeout(30)
+def test_select_interrupt_exc(sel, sockpair, alarm_handler):
+    alarm_handler(_raise_interrupt)
+    sel.register(sockpair[0], EVENT_READ)
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    t0 = time.monotonic()
+    with pytest.raises(Interrupt):
+        sel.select(10)
+    assert time.monotonic() - t0 < 5
+
+
+@needs_itimer
+@pytest.mark.timeout(30)
+def test_select_interrupt_noexc(sel, sockpair, alarm_handler):
+    calls = []
+    alarm_handler(lambda *args: calls.append(1))
+    sel.register(sockpair[0], EVENT_READ)
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    t0 = time.monotonic()
+    # Retried with the remaining time, as the stdlib since PEP 475.
+    assert sel.select(0.4) == []
+    assert time.monotonic() - t0 >= 0.4
+    assert calls == [1]
+
+
+# -- fork -------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.timeout(60)
+def test_fork_child_can_use_and_close(cls_pair):
+    """After fork the child can still use (and close) an inherited selector
+    as with the stdlib's: for epoll the kernel object is shared."""
+    def scenario(cls):
+        a, b = socket.socketpair()
+        s = cls()
+        try:
+            s.register(a, EVENT_WRITE)
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    code = 0 if [ev for _, ev in s.select(1)] == [EVENT_WRITE] else 3
+                    s.close()
+                except BaseException:
+                    code = 4
+                os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status) if hasattr(
+                os, "waitstatus_to_exitcode") else status >> 8, \
+                [ev for _, ev in s.select(1)]
+        finally:
+            s.close()
+            a.close()
+            b.close()
+    assert assert_same(cls_pair, scenario) == ("ok", (0, [EVENT_WRITE]))
