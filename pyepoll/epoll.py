@@ -176,7 +176,7 @@ class epoll:
     EPOLL_CLOEXEC).  The descriptor is always close-on-exec.
     """
 
-    __slots__ = ("_p", "_buf", "_records", "_words", "_cap", "__weakref__")
+    __slots__ = ("_p", "_buffers", "__weakref__")
 
     def __init__(self, sizehint: int = -1, flags: int = 0) -> None:
         self._p: Any = None
@@ -190,7 +190,9 @@ class epoll:
 
     def _open(self, fd: int) -> None:
         self._p = None
-        self._cap = 0
+        # Event arrays not in use.  poll() takes one and puts it back, so
+        # threads polling the same object at once never share one.
+        self._buffers: List[_Buffer] = [_new_buffer(_DEFAULT_MAXEVENTS)]
         err = _ffi.new("int *")
         if fd == -1:
             p = _lib.pe_poller_new(b"epoll", _lib.PE_POLLER_RAW, err)
@@ -199,14 +201,6 @@ class epoll:
         if p == _ffi.NULL:
             _raise_errno(-err[0] if err[0] < 0 else _errno.EBADF)
         self._p = _ffi.gc(p, _lib.pe_poller_free)
-        self._grow(_DEFAULT_MAXEVENTS)
-
-    def _grow(self, cap: int) -> None:
-        self._buf = _ffi.new("struct pe_event[]", cap)
-        raw = memoryview(_ffi.buffer(self._buf))
-        self._records = raw.cast("B")
-        self._words = raw.cast("I")
-        self._cap = cap
 
     @classmethod
     def fromfd(cls, fd: int, /) -> "epoll":
@@ -337,28 +331,36 @@ class epoll:
             if ms < 0:
                 ms = -1
             deadline = _monotonic_ns() + ns if ns > 0 else 0
-        if maxevents > self._cap or maxevents < 1:
-            maxevents = self._check_maxevents(maxevents)
-        n = _wait(p, self._buf, maxevents, ms)
-        if n == 1:
-            words = self._words
-            fd = words[0]
-            return [(fd if fd <= _INT_MAX else fd - 0x100000000, words[1])]
-        if n <= 0:
-            if n == 0:
-                return []
-            n = self._retry(n, ms, deadline, maxevents)
-        return list(_iter_records(self._records[:n << 3]))
-
-    def _check_maxevents(self, maxevents: int) -> int:
         if maxevents < 1:
             raise ValueError(
                 f"maxevents must be greater than 0, got {maxevents}")
-        if self._cap < _MAX_BUFFER:
-            self._grow(min(maxevents, _MAX_BUFFER))
-        return min(maxevents, self._cap)
+        try:
+            buf = self._buffers.pop()
+        except IndexError:
+            buf = _new_buffer(_DEFAULT_MAXEVENTS)   # another thread polls
+        array, records, words, cap = buf
+        if maxevents > cap:
+            if cap < _MAX_BUFFER:
+                buf = _new_buffer(min(maxevents, _MAX_BUFFER))
+                array, records, words, cap = buf
+            if maxevents > cap:
+                maxevents = cap
+        n = _wait(p, array, maxevents, ms)
+        if n == 1:
+            fd = words[0]
+            result = [(fd if fd <= _INT_MAX else fd - 0x100000000, words[1])]
+        elif n > 0:
+            result = list(_iter_records(records[:n << 3]))
+        elif n == 0:
+            result = []
+        else:
+            n = self._retry(n, ms, deadline, array, maxevents)
+            result = list(_iter_records(records[:n << 3]))
+        self._buffers.append(buf)
+        return result
 
-    def _retry(self, rc: int, ms: int, deadline: int, maxevents: int) -> int:
+    def _retry(self, rc: int, ms: int, deadline: int, array: Any,
+               maxevents: int) -> int:
         # Entering this function let the interpreter run the signal handlers;
         # an exception from one propagates (PEP 475).
         while rc == -_EINTR:
@@ -370,7 +372,7 @@ class epoll:
             p = self._p
             if p is None:
                 _raise_closed()
-            rc = _wait(p, self._buf, maxevents, ms)
+            rc = _wait(p, array, maxevents, ms)
             if rc == -_EINTR:
                 _run_signal_handlers()
         if rc < 0:
@@ -380,6 +382,17 @@ class epoll:
     def __repr__(self) -> str:
         state = "closed" if self._p is None else f"fd={self.fileno()}"
         return f"<pyepoll.epoll {state}>"
+
+
+_Buffer = Tuple[Any, memoryview, memoryview, int]
+
+
+def _new_buffer(cap: int) -> _Buffer:
+    """An event array of cap events with its two views: bytes (for
+    struct.iter_unpack) and uint32 words (fd, events, fd, events, ...)."""
+    array = _ffi.new("struct pe_event[]", cap)
+    raw = memoryview(_ffi.buffer(array))
+    return array, raw.cast("B"), raw.cast("I"), cap
 
 
 def _raise_closed() -> None:

@@ -20,14 +20,16 @@ one ``(key, EVENT_READ | EVENT_WRITE)`` entry, not two; SelectSelector waits
 in whole milliseconds.
 
 ``select()`` is the hot path: one C call fills a reused event array, and each
-event becomes a prebuilt ``(key, events)`` tuple with two lookups.
+event becomes a prebuilt ``(key, events)`` tuple with two lookups.  That
+array belongs to the selector, so one selector serves one thread at a time
+(as in asyncio); pyepoll.epoll, by contrast, may be polled by several
+threads at once.
 """
 from __future__ import annotations
 
 import errno as _errno
 import math as _math
 import os as _os
-import selectors as _stdlib
 import sys as _sys
 import time as _time
 import warnings as _warnings
@@ -280,11 +282,12 @@ class _CoreSelector(BaseSelector):
         """Return the key associated to a registered file object."""
         if self._map is None:
             raise RuntimeError("Selector is closed")
-        if fileobj.__class__ is int:
+        if fileobj.__class__ is int and fileobj >= 0:
+            # asyncio's path: an fd is its own lookup key.
             try:
                 return self._fd_to_key[fileobj]
             except KeyError:
-                pass
+                raise KeyError(f"{fileobj!r} is not registered") from None
         try:
             return self._map[fileobj]
         except KeyError:

@@ -734,6 +734,45 @@ def test_poll_releases_the_gil(ep, pair):
     assert result == [[(a.fileno(), select.EPOLLIN)]]
 
 
+def test_threads_polling_one_object_get_their_own_events(ep):
+    """Several threads in poll() on one object at once (each with
+    EPOLLONESHOT registrations): every event goes to exactly one thread and
+    comes back intact."""
+    pairs = [socket.socketpair() for _ in range(16)]
+    try:
+        for a, _ in pairs:
+            ep.register(a, select.EPOLLIN | select.EPOLLONESHOT)
+        for round_ in range(5):
+            results = []
+            barrier = threading.Barrier(4)
+
+            def worker():
+                barrier.wait()
+                got = []
+                while len(got) < 4:
+                    got += ep.poll(5, 1)
+                results.append(got)
+
+            threads = [threading.Thread(target=worker) for _ in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(0.05)            # all four blocked in poll()
+            for _, b in pairs:
+                b.send(b"x")
+            for t in threads:
+                t.join(10)
+            seen = sorted(fd for got in results for fd, _ in got)
+            assert seen == sorted(a.fileno() for a, _ in pairs)
+            assert all(ev == select.EPOLLIN for got in results for _, ev in got)
+            for a, _ in pairs:
+                a.recv(1)
+                ep.modify(a, select.EPOLLIN | select.EPOLLONESHOT)
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
 # -- signals (PEP 475) ------------------------------------------------------------
 
 
