@@ -1,0 +1,265 @@
+/*
+ * kqueue.c - the kqueue backend (macOS, FreeBSD, NetBSD, OpenBSD).
+ *
+ * Where kqueue differs from epoll, and what this file does about it:
+ *   - read and write are separate filters (knotes), each with its own flags
+ *     and udata, reported as separate kevents: wait() merges them into one
+ *     event per fd, in O(n) and without allocating.
+ *   - EV_ADD on an existing knote updates udata but keeps the flags it was
+ *     created with (EV_CLEAR, EV_DISPATCH): a change between edge, level
+ *     and oneshot deletes and re-adds the filter.
+ *   - EV_ADD never says EEXIST, so the generic table is authoritative
+ *     (kernel_checks = 0); close() drops an fd's knotes silently, so ENOENT
+ *     on EV_DELETE means "already gone".
+ *   - EV_DISPATCH disables the filter that fired, not the whole fd as
+ *     EPOLLONESHOT does; modify re-arms it (EV_ADD|EV_ENABLE).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/types.h>
+#include <sys/event.h>
+
+#include "backend.h"
+
+#define KQ_MODE (PE_EDGE | PE_ONESHOT)
+
+struct kq_state {
+    struct kevent *evs;         /* kevent() output, grown to the largest max */
+    int            nevs;
+    uint32_t      *slot;        /* fd -> index of its event in the current
+                                   wait's output; checked, never cleared */
+    int            nslot;
+};
+
+static int kq_open(unsigned flags)
+{
+    int cloexec = !(flags & PE_POLLER_NOCLOEXEC), fd, err;
+
+#if defined(KQUEUE_CLOEXEC)                 /* FreeBSD 14+ */
+    fd = kqueuex(cloexec ? KQUEUE_CLOEXEC : 0);
+    cloexec = 0;
+#elif defined(__NetBSD__)
+    fd = kqueue1(cloexec ? O_CLOEXEC : 0);
+    cloexec = 0;
+#else
+    /* macOS, OpenBSD: not atomic, which matters only for an exec without
+     * fork in another thread (a fork child never inherits a kqueue). */
+    fd = kqueue();
+#endif
+    if (fd < 0)
+        return -errno;
+    if (cloexec && fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+        err = errno;
+        close(fd);
+        return -err;
+    }
+    return fd;
+}
+
+static int kq_init(pe_poller *p, int adopt_fd)
+{
+    struct kq_state *st = calloc(1, sizeof(*st));
+    struct timespec zero = {0, 0};
+    int fd = adopt_fd;
+
+    if (!st)
+        return -ENOMEM;
+    /* An empty, non-blocking kevent() fails with EBADF unless fd is a
+     * kqueue: refuse another descriptor now rather than on first use. */
+    if (fd >= 0 && kevent(fd, NULL, 0, NULL, 0, &zero) < 0)
+        fd = -errno;
+    else if (fd < 0)
+        fd = kq_open(p->flags);
+    if (fd < 0) {
+        free(st);
+        return fd;
+    }
+    p->kfd = fd;
+    p->state = st;
+    return 0;
+}
+
+static void kq_destroy(pe_poller *p)
+{
+    struct kq_state *st = p->state;
+
+    if (p->kfd >= 0) {
+        close(p->kfd);
+        p->kfd = -1;
+    }
+    if (st) {
+        free(st->evs);
+        free(st->slot);
+        free(st);
+        p->state = NULL;
+    }
+}
+
+/* Make room for fd in the merge table; new entries are zeroed so that no
+ * indeterminate value is ever read (the entries are validated anyway). */
+static int kq_grow_slots(struct kq_state *st, int fd)
+{
+    uint32_t *s;
+    int n = st->nslot ? st->nslot : 64;
+
+    if (fd < st->nslot)
+        return 0;
+    while (n <= fd)
+        n = n > INT32_MAX / 2 ? fd + 1 : n * 2;
+    if (!(s = realloc(st->slot, (size_t)n * sizeof(*s))))
+        return -ENOMEM;
+    memset(s + st->nslot, 0, (size_t)(n - st->nslot) * sizeof(*s));
+    st->slot = s;
+    st->nslot = n;
+    return 0;
+}
+
+/* Append the changes that take one filter from `old` to `ev`. */
+static int kq_filter_changes(struct kevent *ch, int fd, int filter,
+                             uint32_t bit, uint32_t old, uint32_t ev,
+                             uint32_t gen)
+{
+    void *udata = (void *)(uintptr_t)gen;
+    unsigned fl = EV_ADD | EV_ENABLE | EV_RECEIPT;
+    int n = 0;
+
+    if ((old & bit) && (!(ev & bit) || (old & KQ_MODE) != (ev & KQ_MODE))) {
+        EV_SET(&ch[n], fd, filter, EV_DELETE | EV_RECEIPT, 0, 0, udata);
+        n++;
+    }
+    if (ev & bit) {
+        if (ev & PE_EDGE)
+            fl |= EV_CLEAR;
+        if (ev & PE_ONESHOT)
+            fl |= EV_DISPATCH;
+        /* Re-added even when unchanged: it stores the new generation and
+         * re-arms a filter that EV_DISPATCH disabled. */
+        EV_SET(&ch[n], fd, filter, fl, 0, 0, udata);
+        n++;
+    }
+    return n;
+}
+
+static int kq_update(pe_poller *p, int fd, uint32_t old, uint32_t ev,
+                     uint32_t gen)
+{
+    struct kq_state *st = p->state;
+    struct kevent ch[4], rc[4];
+    struct timespec zero = {0, 0};
+    int n = 0, got, i, err = 0;
+
+    if (ev && (err = kq_grow_slots(st, fd)) < 0)
+        return err;
+    n += kq_filter_changes(ch + n, fd, EVFILT_READ, PE_READ, old, ev, gen);
+    n += kq_filter_changes(ch + n, fd, EVFILT_WRITE, PE_WRITE, old, ev, gen);
+    if (n == 0)
+        return 0;
+    /* With EV_RECEIPT on every change the kernel applies them all, writes
+     * one receipt each (EV_ERROR set, data = 0 or errno) and returns
+     * without collecting pending events, which would be lost here.  (macOS
+     * before 10.14 zeroed data in receipts: errors go unseen there.) */
+    got = kevent(p->kfd, ch, n, rc, n, &zero);
+    if (got < 0)
+        return -errno;
+    for (i = 0; i < got; i++) {
+        /* ENOENT only comes from EV_DELETE (EV_ADD creates): the knote
+         * went away with a close, which is what we wanted. */
+        if ((rc[i].flags & EV_ERROR) && rc[i].data != 0 &&
+            rc[i].data != ENOENT && err == 0)
+            err = -(int)rc[i].data;
+    }
+    return err;
+}
+
+static uint32_t kq_bits(const struct kevent *kev)
+{
+    uint32_t ev;
+
+    if (kev->flags & EV_ERROR)
+        return PE_ERR;
+    if (kev->filter == EVFILT_READ) {
+        ev = PE_READ;
+        /* EOF on the read side: the peer shut down writing.  With a socket
+         * error in fflags (reset) the connection is gone both ways, as
+         * epoll's IN|RDHUP|HUP|ERR says. */
+        if (kev->flags & EV_EOF)
+            ev |= PE_RDHUP | (kev->fflags ? PE_HUP | PE_ERR : 0);
+        return ev;
+    }
+    if (kev->filter == EVFILT_WRITE) {
+        ev = PE_WRITE;
+        /* EOF on the write side: nothing more can be sent. */
+        if (kev->flags & EV_EOF)
+            ev |= PE_HUP | (kev->fflags ? PE_ERR : 0);
+        return ev;
+    }
+    return 0;                   /* a filter someone else added (adopted fd) */
+}
+
+static int kq_wait(pe_poller *p, struct pe_raw_event *out, int max,
+                   int timeout_ms)
+{
+    struct kq_state *st = p->state;
+    struct timespec ts, *tsp = NULL;
+    int n, i, cnt = 0;
+
+    if (max > st->nevs) {       /* once per larger max, not per call */
+        struct kevent *e = realloc(st->evs, (size_t)max * sizeof(*e));
+
+        if (!e)
+            return -ENOMEM;
+        st->evs = e;
+        st->nevs = max;
+    }
+    if (timeout_ms >= 0) {
+        ts.tv_sec = timeout_ms / 1000;
+        ts.tv_nsec = (long)(timeout_ms % 1000) * 1000000L;
+        tsp = &ts;
+    }
+    /* At most max kevents, so at most max merged events. */
+    n = kevent(p->kfd, NULL, 0, st->evs, max, tsp);
+    if (n < 0)
+        return -errno;
+    for (i = 0; i < n; i++) {
+        const struct kevent *kev = &st->evs[i];
+        uint32_t bits = kq_bits(kev), gen = (uint32_t)(uintptr_t)kev->udata;
+        int fd = (int)kev->ident;
+
+        if (!bits)
+            continue;
+        if (fd >= 0 && fd < st->nslot) {
+            uint32_t j = st->slot[fd];
+
+            /* The entry is this call's only if it lies below cnt and
+             * names fd; a generation mismatch stays separate so the
+             * generic layer can drop the stale half. */
+            if (j < (uint32_t)cnt && out[j].fd == fd && out[j].gen == gen) {
+                out[j].events |= bits;
+                continue;
+            }
+            st->slot[fd] = (uint32_t)cnt;
+        }
+        /* fds beyond the table were registered by someone else (adopted
+         * kqueue); they are passed on unmerged for the generic layer. */
+        out[cnt].fd = fd;
+        out[cnt].events = bits;
+        out[cnt].gen = gen;
+        cnt++;
+    }
+    return cnt;
+}
+
+const struct pe_backend pe__kqueue_backend = {
+    .name = "kqueue",
+    .caps = PE_CAP_EDGE | PE_CAP_ONESHOT | PE_CAP_FILENO | PE_CAP_RDHUP,
+    .init = kq_init,
+    .destroy = kq_destroy,
+    .update = kq_update,
+    .wait = kq_wait,
+    .kernel_checks = 0,
+};
