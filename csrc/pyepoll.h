@@ -246,32 +246,48 @@ void pe_loop_get_stats(const pe_loop *l, struct pe_loop_stats *out);
 
 /* HTTP/1.x request head parser: no allocation, caller-owned output, every
  * position an offset into the caller's buffer (so Python reads results with
- * one memoryview cast). */
+ * one memoryview cast).  Strict where hops could disagree on framing
+ * (request smuggling): CRLF line ends only (a bare LF or CR is BAD), one SP
+ * between request-line parts, token method and header names, no space
+ * before a colon, no obs-fold, no control byte but HTAB in values.  Empty
+ * lines before the request line are skipped (RFC 9112 2.2). */
 struct pe_http_span {
     uint32_t off;
     uint32_t len;
 };
 
+/* value is trimmed of surrounding SP/HTAB. */
 struct pe_http_header {
     struct pe_http_span name;
     struct pe_http_span value;
 };
 
-/* pe_http_request.flags */
-#define PE_HTTP_CHUNKED    0x01  /* Transfer-Encoding: chunked (last coding) */
-#define PE_HTTP_CLOSE      0x02  /* Connection: close */
-#define PE_HTTP_KEEPALIVE  0x04  /* Connection: keep-alive */
+/* pe_http_request.flags: what the headers say, nothing inferred from the
+ * version (HTTP/1.0 without "Connection: keep-alive" sets no flag; the
+ * caller applies each version's default).  Header names match
+ * case-insensitively, as do the tokens below. */
+#define PE_HTTP_CHUNKED    0x01  /* Transfer-Encoding ends with chunked */
+#define PE_HTTP_CLOSE      0x02  /* Connection list has close */
+#define PE_HTTP_KEEPALIVE  0x04  /* Connection list has keep-alive */
 #define PE_HTTP_HAS_CL     0x08  /* Content-Length present and valid */
 #define PE_HTTP_EXPECT_100 0x10  /* Expect: 100-continue */
-#define PE_HTTP_TE_OTHER   0x20  /* a Transfer-Encoding other than chunked */
+#define PE_HTTP_TE_OTHER   0x20  /* a transfer coding other than a plain
+                                    "chunked" (gzip, parameters...): 501 */
 #define PE_HTTP_UPGRADE    0x40  /* Upgrade header present */
 
-/* Return codes of pe_http_parse_request besides a positive head length. */
-#define PE_HTTP_INCOMPLETE  -2
+/* Return codes of pe_http_parse_request besides a positive head length.
+ * Errors are reported at the first byte that proves them, so a prefix of
+ * the input gives either INCOMPLETE or the same answer as the whole. */
+#define PE_HTTP_INCOMPLETE  -2   /* need more bytes (nothing past len is read) */
 #define PE_HTTP_BAD         -1   /* malformed: answer 400 */
 #define PE_HTTP_TOO_MANY    -3   /* more headers than fit: answer 431 */
-#define PE_HTTP_BAD_LENGTH  -4   /* bad/duplicate/conflicting Content-Length: 400 */
-#define PE_HTTP_BAD_VERSION -5   /* not HTTP/1.0 or 1.1: 505 */
+/* Framing that cannot be trusted, answer 400 and close: Content-Length not
+ * all digits, a list, overflowing 64 bits, or repeated with a different
+ * value (identical repeats are fine); Content-Length together with
+ * Transfer-Encoding; Transfer-Encoding in an HTTP/1.0 request, empty, or
+ * with any coding after chunked (RFC 9112 6.1, 6.3). */
+#define PE_HTTP_BAD_LENGTH  -4
+#define PE_HTTP_BAD_VERSION -5   /* well-formed HTTP/x.y other than 1.0/1.1: 505 */
 
 struct pe_http_request {
     uint64_t content_length;     /* valid with PE_HTTP_HAS_CL */
@@ -283,7 +299,12 @@ struct pe_http_request {
 };
 
 /* Parse one request head at buf[0..len).  Returns the length of the head
- * (through the blank line) when complete, or a PE_HTTP_* code < 0. */
+ * (leading empty lines and the final blank line included) when complete,
+ * or a PE_HTTP_* code < 0; on a code the fields of req are unspecified.
+ * headers may be NULL when max_headers is 0.  For pipelined requests, parse
+ * the next head at buf + returned length + body length.  The caller bounds
+ * the head size (431 when still INCOMPLETE at its limit); each call rescans
+ * from buf, so a head arriving in k pieces costs k scans. */
 int pe_http_parse_request(const char *buf, size_t len,
                           struct pe_http_request *req,
                           struct pe_http_header *headers, uint32_t max_headers);
@@ -292,11 +313,15 @@ int pe_http_parse_request(const char *buf, size_t len,
 struct pe_http_chunked {
     uint64_t remaining;          /* bytes left in the current chunk */
     uint32_t state;
-    uint32_t pad;
+    uint32_t meta;               /* framing bytes since the last data run */
 };
-/* Decode in place: consumes buf[0..len), moves payload bytes to the front.
- * Returns payload bytes (>= 0) and sets *consumed; *done = 1 after the last
- * chunk and trailers.  PE_HTTP_BAD on malformed input. */
+/* Decode in place, tolerating input split anywhere: consumes buf[0..len),
+ * moves payload bytes to the front, returns their count (>= 0) and sets
+ * *consumed (== len unless *done) and *done (1 after the last chunk and the
+ * trailers, which are skipped; bytes from buf + *consumed on belong to the
+ * next request).  PE_HTTP_BAD on malformed framing (CRLF only, chunk size
+ * overflowing 64 bits, whitespace after a size without an extension, more
+ * than 8192 bytes of extensions or trailers), and on every later call. */
 int64_t pe_http_decode_chunked(struct pe_http_chunked *st, char *buf,
                                size_t len, size_t *consumed, int *done);
 
