@@ -1,0 +1,461 @@
+"""The event-loop model (default): one thread, pyepoll.Loop doing the I/O.
+
+Accepting, reading, writing, buffering and timeouts happen in C; this thread
+handles batches of events and calls handlers.  Blocking work submitted by a
+handler runs in a bounded pool of --pool-threads threads; the pool hands
+results back through a deque and wakes the loop, and their callbacks run
+here, so handlers never see two threads.
+
+Capacity: at most --max-connections connections are active.  Beyond that,
+overflow ``queue`` keeps up to --queue-size accepted connections (reading
+paused) in a FIFO and activates them in order as others close; the C loop's
+table holds exactly active + queued, so newcomers beyond that wait in the
+kernel backlog.  Overflow ``reject`` answers up to --queue-size extras at
+a time with 503 (HTTP) or closes them (echo); beyond that, the C loop
+closes them at accept.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import socket
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Deque, Dict, List, Optional
+
+from ..http import response
+from ..loop import (EV_CLOSED, EV_DATA, EV_DRAINED, EV_EOF, EV_OPEN,
+                    EV_READ_TIMEOUT, EV_WAKEUP, EV_WRITE_FULL, Loop)
+from ._config import Config
+from ._stats import Stats
+from .handler import Connection, Handler
+
+__all__ = ["EventLoopModel"]
+
+log = logging.getLogger("pyepoll.server")
+
+# Why reading is paused (bits of _LoopConn.paused).
+_P_FULL = 1       # output above the high-water mark
+_P_JOBS = 2       # pool jobs pending: their replies come first
+_P_QUEUED = 4     # waiting in the overflow FIFO
+
+
+
+class _LoopConn(Connection):
+    """A connection of the event loop, as its handler sees it."""
+
+    __slots__ = ("h", "handler", "closed", "peer_", "paused", "jobs",
+                 "held", "eof_held", "active", "_m")
+
+    def __init__(self, h: int, model: "EventLoopModel") -> None:
+        self.h = h
+        self.handler: Optional[Handler] = None
+        self.closed = False
+        self.peer_: Optional[tuple] = None
+        self.paused = 0
+        self.jobs: Optional[Deque[list]] = None
+        self.held: Optional[List[bytes]] = None   # data that came while paused
+        self.eof_held = False
+        self.active = False
+        self._m = model
+
+    @property
+    def peer(self):                                # type: ignore[override]
+        if self.peer_ is None:
+            try:
+                self.peer_ = self._m.loop.peer(self.h)
+            except (OSError, ValueError):
+                self.peer_ = ("?", 0)
+        return self.peer_
+
+    def send(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self._m.send(self.h, data)
+        except BufferError:
+            log.warning("output of %s:%s over the limit; closing", *self.peer)
+            self.abort()
+        except (OSError, ValueError):
+            # The peer is gone: EV_CLOSED follows.
+            self.closed = True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self._m.loop.close_connection(self.h, "flush")
+            except (OSError, ValueError):
+                pass
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self._m.loop.close_connection(self.h, "abort")
+            except (OSError, ValueError):
+                pass
+
+    def shutdown_write(self) -> None:
+        if not self.closed:
+            try:
+                self._m.loop.shutdown_write(self.h)
+            except (OSError, ValueError):
+                pass
+
+    def set_timeout(self, on: bool = True) -> None:
+        if not self.closed:
+            try:
+                self._m.loop.arm_read_timeout(self.h, on)
+            except (OSError, ValueError):
+                pass
+
+    def submit(self, fn: Callable[..., Any], *args: Any,
+               then: Optional[Callable[[Any], None]] = None) -> None:
+        self._m.submit(self, fn, args, then)
+
+
+class EventLoopModel:
+    """Serve connections with :class:`pyepoll.Loop` on the calling thread."""
+
+    def __init__(self, cfg: Config, new_factory: Callable[[], Callable[[], Handler]],
+                 stats: Stats, listener: socket.socket) -> None:
+        self.cfg = cfg
+        self.stats = stats
+        self._listener = listener
+        self._c_echo = cfg.handler is None and cfg.protocol == "echo"
+        self._http = cfg.handler is None and cfg.protocol == "http"
+        self._factory = new_factory()
+        self._capacity = cfg.max_connections
+        self._extra = cfg.queue_size
+        self._queueing = cfg.overflow == "queue"
+        self.loop = Loop(
+            backend=cfg.backend, trigger=cfg.trigger,
+            max_connections=self._capacity + self._extra,
+            overflow="backlog" if self._queueing else "close",
+            idle_timeout=cfg.idle_timeout or None,
+            read_timeout=cfg.request_timeout,
+            echo=self._c_echo, batch=1024)
+        self.send = self.loop.send
+        self._lid = self.loop.add_listener(listener)
+        self._conns: Dict[int, _LoopConn] = {}
+        self._fifo: Deque[_LoopConn] = collections.deque()
+        self._active = 0
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self._done: Deque[_LoopConn] = collections.deque()
+        self._stop = False
+        self._drain_deadline: Optional[float] = None
+        self._draining = False
+        self._reject_answer = response(503, b"503 Service Unavailable\n",
+                                       keep_alive=False)
+
+    @property
+    def backend(self) -> str:
+        return self.loop.backend
+
+    # ------------------------------------------------------------- control
+
+    def stop(self, now: bool = False) -> None:
+        """Begin a graceful drain (signal- and thread-safe)."""
+        if now:
+            self._drain_deadline = time.monotonic()
+        self._stop = True
+        try:
+            self.loop.wakeup()
+        except (OSError, ValueError):
+            pass
+
+    def snapshot(self) -> dict:
+        snap = self.stats.as_dict()
+        if not self.loop.closed:
+            ls = self.loop.stats()
+            snap["conns"] = ls["conns_open"]
+            snap["accepted"] = ls["accepted"]
+            snap["bytes_in"] = ls["bytes_in"]
+            snap["bytes_out"] = ls["bytes_out"]
+            snap["timeouts"] += ls["timed_out"]
+            snap["rejects"] += ls["refused"]
+        return snap
+
+    # ---------------------------------------------------------------- run
+
+    def run(self, reporter) -> None:
+        loop = self.loop
+        conns = self._conns
+        wait = loop.wait
+        recv = loop.recv
+        try:
+            while True:
+                now = time.monotonic()
+                reporter.tick(now)
+                timeout = reporter.timeout(now)
+                if self._stop:
+                    if not self._draining:
+                        self._begin_drain()
+                    if not conns or time.monotonic() >= self._drain_deadline:
+                        break
+                    left = max(0.0, self._drain_deadline - time.monotonic())
+                    timeout = left if timeout is None else min(timeout, left)
+                for kind, h, arg in wait(timeout):
+                    if kind == EV_DATA:
+                        c = conns.get(h)
+                        if c is None or c.closed:
+                            continue
+                        try:
+                            data = recv(h)
+                        except ValueError:          # closed under us
+                            continue
+                        if not data:
+                            continue
+                        if c.paused & (_P_JOBS | _P_QUEUED):
+                            if c.held is None:
+                                c.held = []
+                            c.held.append(data)
+                            continue
+                        try:
+                            c.handler.on_data(c, data)     # type: ignore
+                        except Exception:
+                            self._failed(c)
+                    elif kind == EV_OPEN:
+                        self._opened(h)
+                    elif kind == EV_CLOSED:
+                        self._closed(h, arg)
+                    elif kind == EV_EOF:
+                        self._eof(h)
+                    elif kind == EV_READ_TIMEOUT:
+                        self._timeout(h)
+                    elif kind == EV_WRITE_FULL:
+                        self._pause(h, _P_FULL)
+                    elif kind == EV_DRAINED:
+                        self._resume(h, _P_FULL)
+                    elif kind == EV_WAKEUP:
+                        self._run_done()
+        finally:
+            if conns and self._draining:
+                log.warning("grace period over: %d connection(s) cut",
+                            len(conns))
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        self.loop.close()
+
+    # ---------------------------------------------------------- admission
+
+    def _opened(self, h: int) -> None:
+        c = _LoopConn(h, self)
+        self._conns[h] = c
+        if self._draining:
+            c.close()
+        elif self._active < self._capacity:
+            self._activate(c)
+        elif self._queueing:
+            c.paused = _P_QUEUED
+            self.loop.pause_reading(h)
+            self._fifo.append(c)
+        else:
+            self.stats.rejects += 1
+            if self._http:
+                # Answer, half-close, and wait (bounded by the request
+                # deadline) for the client to close: a close with its
+                # request unread would reset the connection under the answer.
+                c.handler = _Rejected()
+                c.send(self._reject_answer)
+                c.shutdown_write()
+                c.set_timeout(True)
+            else:
+                c.closed = True
+                self.loop.close_connection(h, "now")
+
+    def _activate(self, c: _LoopConn) -> None:
+        self._active += 1
+        c.active = True
+        if self._c_echo:
+            c.handler = _CEcho()
+            return
+        try:
+            c.handler = handler = self._factory()
+            handler.on_open(c)
+        except Exception:
+            self._failed(c)
+
+    def _closed(self, h: int, err: int) -> None:
+        c = self._conns.pop(h, None)
+        if c is None:
+            return
+        c.closed = True
+        if c.active:
+            self._active -= 1
+            if c.handler is not None:
+                try:
+                    c.handler.on_close(c, err)
+                except Exception:
+                    self.stats.errors += 1
+                    log.exception("handler error in on_close")
+        fifo = self._fifo
+        while fifo and self._active < self._capacity:
+            q = fifo.popleft()
+            if q.closed:
+                continue
+            q.paused &= ~_P_QUEUED
+            self._activate(q)
+            if q.closed:
+                continue
+            if not q.paused:
+                self.loop.resume_reading(q.h)
+            self._replay(q)
+
+    def _failed(self, c: _LoopConn) -> None:
+        self.stats.errors += 1
+        log.exception("handler error; closing connection from %s:%s",
+                      *c.peer)
+        c.abort()
+
+    # -------------------------------------------------------------- events
+
+    def _eof(self, h: int) -> None:
+        c = self._conns.get(h)
+        if c is None or c.closed:
+            return
+        if c.paused & (_P_JOBS | _P_QUEUED):
+            c.eof_held = True
+            return
+        try:
+            c.handler.on_eof(c)                      # type: ignore[union-attr]
+        except Exception:
+            self._failed(c)
+
+    def _timeout(self, h: int) -> None:
+        c = self._conns.get(h)
+        if c is None or c.closed or c.handler is None:
+            return
+        if c.active:
+            self.stats.timeouts += 1
+        try:
+            c.handler.on_timeout(c)
+        except Exception:
+            self._failed(c)
+
+    def _pause(self, h: int, why: int) -> None:
+        c = self._conns.get(h)
+        if c is None or c.closed:
+            return
+        if not c.paused:
+            self.loop.pause_reading(h)
+        c.paused |= why
+
+    def _resume(self, h: int, why: int) -> None:
+        c = self._conns.get(h)
+        if c is None or c.closed or not c.paused & why:
+            return
+        c.paused &= ~why
+        if not c.paused:
+            self.loop.resume_reading(h)
+
+    def _replay(self, c: _LoopConn) -> None:
+        """Deliver what came in while the connection was paused."""
+        handler = c.handler
+        try:
+            while c.held and not c.closed and not c.paused & _P_JOBS:
+                data = c.held.pop(0)
+                handler.on_data(c, data)             # type: ignore[union-attr]
+            if c.eof_held and not c.held and not c.closed \
+                    and not c.paused & _P_JOBS:
+                c.eof_held = False
+                handler.on_eof(c)                    # type: ignore[union-attr]
+        except Exception:
+            self._failed(c)
+
+    # ---------------------------------------------------------------- pool
+
+    def submit(self, c: _LoopConn, fn: Callable[..., Any], args: tuple,
+               then: Optional[Callable[[Any], None]]) -> None:
+        if c.closed:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.cfg.pool_threads,
+                                            thread_name_prefix="pyepoll-pool")
+        if c.jobs is None:
+            c.jobs = collections.deque()
+        fut = self._pool.submit(fn, *args)
+        c.jobs.append([fut, then])
+        if not c.paused & _P_JOBS:
+            if not c.paused:
+                self.loop.pause_reading(c.h)
+            c.paused |= _P_JOBS
+        done, wakeup = self._done, self.loop.wakeup
+
+        def finished(_f: Future) -> None:
+            done.append(c)
+            try:
+                wakeup()
+            except (OSError, ValueError):
+                pass
+        fut.add_done_callback(finished)
+
+    def _run_done(self) -> None:
+        """Run, on this thread and in submission order, the callbacks of
+        jobs that finished."""
+        done = self._done
+        while done:
+            c = done.popleft()
+            jobs = c.jobs
+            while jobs and jobs[0][0].done():
+                fut, then = jobs.popleft()
+                if c.closed:
+                    continue
+                try:
+                    result = fut.result()
+                    if then is not None:
+                        then(result)
+                except Exception:
+                    self._failed(c)
+            if not jobs and c.paused & _P_JOBS and not c.closed:
+                c.paused &= ~_P_JOBS
+                if not c.paused:
+                    self.loop.resume_reading(c.h)
+                self._replay(c)
+
+    # --------------------------------------------------------------- drain
+
+    def _begin_drain(self) -> None:
+        self._draining = True
+        if self._drain_deadline is None:
+            self._drain_deadline = time.monotonic() + self.cfg.grace
+        try:
+            self.loop.remove_listener(self._lid)
+        except (KeyError, ValueError):
+            pass
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        while self._fifo:                # accepted, never served
+            q = self._fifo.popleft()
+            if not q.closed:
+                q.closed = True
+                self.loop.close_connection(q.h, "now")
+        for c in list(self._conns.values()):
+            if c.closed or not c.active or c.handler is None:
+                continue
+            try:
+                c.handler.on_drain(c)
+            except Exception:
+                self._failed(c)
+
+
+class _Rejected(Handler):
+    """An over-capacity HTTP client being answered 503: drop its input,
+    close when it closes or when the deadline passes."""
+
+    __slots__ = ()
+
+    def on_data(self, conn: Connection, data: bytes) -> None:
+        pass
+
+
+class _CEcho(Handler):
+    """Echo done by the C loop: only EOF and drain reach Python."""
+
+    __slots__ = ()

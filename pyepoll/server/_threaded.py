@@ -1,0 +1,418 @@
+"""The classic models, for comparison: a fixed thread pool, and a thread per
+connection.  Plain blocking sockets; the same handlers as the event loop.
+
+threadpool: --pool-threads workers take accepted connections from a FIFO of
+--queue-size and serve each until it closes, so a worker is held by its
+connection however idle it is: that is the design's weakness, and the point
+of having it here.  When the FIFO is full, overflow ``queue`` stops accepting
+(the kernel backlog holds the rest) and ``reject`` answers 503 / closes.
+
+threads: a thread per connection, at most --max-connections of them; beyond
+that, overflow ``queue`` keeps a FIFO of --queue-size accepted connections
+(then the kernel backlog) and ``reject`` answers 503 / closes at once.
+
+Each connection thread waits with poll() on its socket and on a pipe shared
+by all threads, written once when the server starts draining, so idle
+threads learn of a shutdown at once.
+"""
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import math
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from typing import Callable, Deque, Optional, Tuple
+
+from ..http import response
+from ._config import Config
+from ._stats import Stats
+from .handler import Connection, Handler
+
+__all__ = ["ThreadedModel"]
+
+log = logging.getLogger("pyepoll.server")
+
+_POLLIN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+_RECV_SIZE = 65536
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+
+Factory = Callable[[], Handler]
+
+
+class _SockConn(Connection):
+    """A connection served by one thread; output is coalesced per callback."""
+
+    __slots__ = ("sock", "peer", "closed", "_out", "_closing", "_shut",
+                 "_deadline", "_model")
+
+    def __init__(self, sock: socket.socket, peer, model: "ThreadedModel"):
+        self.sock = sock
+        self.peer = peer[:2] if isinstance(peer, tuple) else (str(peer), 0)
+        self.closed = False
+        self._out: list = []
+        self._closing: Optional[str] = None    # "flush" | "abort"
+        self._shut = 0                         # 1 wanted, 2 done
+        self._deadline: Optional[float] = None
+        self._model = model
+
+    def send(self, data: bytes) -> None:
+        if not self.closed and self._closing is None:
+            self._out.append(data)
+
+    def close(self) -> None:
+        if self._closing is None:
+            self._closing = "flush"
+
+    def abort(self) -> None:
+        self._closing = "abort"
+        self._out.clear()
+
+    def shutdown_write(self) -> None:
+        if not self._shut:
+            self._shut = 1
+
+    def set_timeout(self, on: bool = True) -> None:
+        self._deadline = (time.monotonic() + self._model.request_timeout
+                          if on else None)
+
+    def submit(self, fn, *args, then=None) -> None:
+        # This thread is the connection's own: blocking work runs inline.
+        result = fn(*args)
+        if then is not None:
+            then(result)
+
+
+class ThreadedModel:
+    """Serve with blocking sockets and threads (``per_connection`` False:
+    the fixed pool; True: a thread per connection)."""
+
+    def __init__(self, cfg: Config, new_factory: Callable[[], Factory],
+                 stats: Stats, listener: socket.socket,
+                 per_connection: bool) -> None:
+        self.cfg = cfg
+        self.stats = stats
+        self.request_timeout = cfg.request_timeout
+        self._new_factory = new_factory
+        self._listener = listener
+        self._per_conn = per_connection
+        self._http = cfg.handler is None and cfg.protocol == "http"
+        if per_connection:
+            self._capacity = cfg.max_connections
+            self._qcap = cfg.queue_size if cfg.overflow == "queue" else 0
+        else:
+            self._capacity = cfg.pool_threads
+            self._qcap = max(0, min(cfg.queue_size,
+                                    cfg.max_connections - cfg.pool_threads))
+        self._cond = threading.Condition()
+        self._fifo: Deque[Tuple[socket.socket, object]] = collections.deque()
+        self._active = 0                 # connections being served
+        self._threads = 0                # live connection threads
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._stopping = False
+        self._draining = False
+        self._drain_deadline: Optional[float] = None
+        self._reject_answer = response(503, b"503 Service Unavailable\n",
+                                       keep_alive=False)
+
+    # ---------------------------------------------------------------- control
+
+    def stop(self, now: bool = False) -> None:
+        """Begin a graceful drain (signal- and thread-safe)."""
+        if now:
+            self._drain_deadline = time.monotonic()
+        self._stopping = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def snapshot(self) -> dict:
+        snap = self.stats.as_dict()
+        snap["conns"] = self._active + len(self._fifo)
+        return snap
+
+    # ------------------------------------------------------------ acceptor
+
+    def run(self, reporter) -> None:
+        """Accept on this thread until stopped, then drain."""
+        listener = self._listener
+        listener.setblocking(False)
+        poller = select.poll()
+        poller.register(listener, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        if not self._per_conn:
+            factory_maker = self._new_factory
+            for i in range(self.cfg.pool_threads):
+                threading.Thread(target=self._pool_worker, args=(factory_maker,),
+                                 name=f"pool-{i}", daemon=True).start()
+        queueing = self.cfg.overflow == "queue"
+        while not self._stopping:
+            now = time.monotonic()
+            reporter.tick(now)
+            wait = reporter.timeout(now)
+            if queueing and self._full():
+                # Stop accepting: the kernel backlog holds the rest.
+                with self._cond:
+                    if self._full() and not self._stopping:
+                        self._cond.wait(0.5 if wait is None else min(wait, 0.5))
+                continue
+            ms = -1 if wait is None else math.ceil(wait * 1000)
+            for fd, _ in poller.poll(ms):
+                if fd == self._wake_r:
+                    continue
+                self._accept_some(listener)
+        self._drain(reporter)
+
+    def _full(self) -> bool:
+        return self._active + len(self._fifo) >= self._capacity + self._qcap
+
+    def _accept_some(self, listener: socket.socket) -> None:
+        for _ in range(64):
+            try:
+                sock, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
+                               errno.ENOMEM):
+                    log.warning("accept: %s; pausing accepts", e.strerror)
+                    time.sleep(0.1)
+                return
+            self.stats.accepted += 1
+            sock.setblocking(True)
+            self._admit(sock, peer)
+            if self.cfg.overflow == "queue" and self._full():
+                return
+
+    def _admit(self, sock: socket.socket, peer) -> None:
+        with self._cond:
+            if self._full():
+                admitted = False
+            elif self._per_conn and self._active < self._capacity:
+                self._active += 1
+                self._threads += 1
+                admitted = True
+                threading.Thread(target=self._conn_thread, args=(sock, peer),
+                                 daemon=True).start()
+            else:
+                self._fifo.append((sock, peer))
+                self._cond.notify_all()
+                admitted = True
+        if not admitted:
+            self._reject(sock)
+
+    def _reject(self, sock: socket.socket) -> None:
+        self.stats.rejects += 1
+        try:
+            sock.setblocking(False)
+            if self._http:
+                sock.send(self._reject_answer)
+                sock.shutdown(socket.SHUT_WR)
+                # Unread input would turn the close into a reset that can
+                # destroy the answer in flight: drop what already arrived.
+                sock.recv(_RECV_SIZE)
+        except OSError:
+            pass
+        sock.close()
+
+    # ------------------------------------------------------------- workers
+
+    def _pool_worker(self, factory_maker: Callable[[], Factory]) -> None:
+        factory = factory_maker()
+        while True:
+            with self._cond:
+                while not self._fifo and not self._draining:
+                    self._cond.wait()
+                if not self._fifo:
+                    return
+                sock, peer = self._fifo.popleft()
+                self._active += 1
+                self._cond.notify_all()
+            try:
+                self._serve(sock, peer, factory)
+            finally:
+                with self._cond:
+                    self._active -= 1
+                    self._cond.notify_all()
+
+    def _conn_thread(self, sock: socket.socket, peer) -> None:
+        factory = self._new_factory()
+        try:
+            while True:
+                self._serve(sock, peer, factory)
+                with self._cond:
+                    # A FIFO entry takes this thread over (served in order).
+                    if self._fifo and not self._draining:
+                        sock, peer = self._fifo.popleft()
+                        self._cond.notify_all()
+                        continue
+                    self._active -= 1
+                    self._threads -= 1
+                    self._cond.notify_all()
+                    return
+        except BaseException:
+            with self._cond:
+                self._active -= 1
+                self._threads -= 1
+                self._cond.notify_all()
+            raise
+
+    # ------------------------------------------------------ one connection
+
+    def _serve(self, sock: socket.socket, peer, factory: Factory) -> None:
+        conn = _SockConn(sock, peer, self)
+        stats = self.stats
+        idle = self.cfg.idle_timeout or None
+        err = 0
+        handler: Optional[Handler] = None
+        poller = select.poll()
+        poller.register(sock, _POLLIN)
+        watching_drain = not self._draining
+        if watching_drain:
+            poller.register(self._wake_r, select.POLLIN)
+        if idle:
+            # Bounds a blocking send to a client that stops reading.
+            sec = int(idle)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                            struct.pack("ll", sec, int((idle - sec) * 1e6)))
+        fd = sock.fileno()
+        last = time.monotonic()
+        try:
+            handler = factory()
+            if not watching_drain:
+                conn._closing = "flush"
+            handler.on_open(conn)
+            self._flush(conn)
+            while conn._closing is None:
+                now = time.monotonic()
+                limit = last + idle if idle else None
+                dl = conn._deadline
+                if dl is not None and (limit is None or dl < limit):
+                    limit = dl
+                ddl = self._drain_deadline
+                if ddl is not None and (limit is None or ddl < limit):
+                    limit = ddl
+                ms = -1 if limit is None else max(0, math.ceil((limit - now) * 1000))
+                ready = poller.poll(ms)
+                now = time.monotonic()
+                if not ready:
+                    if ddl is not None and now >= ddl:
+                        conn.abort()
+                    elif dl is not None and now >= dl:
+                        conn._deadline = None
+                        stats.timeouts += 1
+                        handler.on_timeout(conn)
+                        self._flush(conn)
+                    elif idle and now >= last + idle:
+                        stats.timeouts += 1
+                        err = errno.ETIMEDOUT
+                        break
+                    continue
+                readable = False
+                for rfd, _ in ready:
+                    if rfd == fd:
+                        readable = True
+                    elif watching_drain and self._stopping:
+                        poller.unregister(self._wake_r)
+                        watching_drain = False
+                        handler.on_drain(conn)
+                        self._flush(conn)
+                if not readable or conn._closing is not None:
+                    continue
+                try:
+                    data = sock.recv(_RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as e:
+                    err = e.errno or 0
+                    break
+                last = now
+                if not data:
+                    handler.on_eof(conn)
+                    self._flush(conn)
+                    break       # nothing more can be read: close after output
+                stats.bytes_in += len(data)
+                handler.on_data(conn, data)
+                if conn._out or conn._shut == 1:
+                    self._flush(conn)
+                    last = time.monotonic()
+        except Exception:
+            stats.errors += 1
+            log.exception("handler error; closing connection from %s:%s",
+                          *conn.peer)
+            conn.abort()
+        finally:
+            self._close(conn)
+            if handler is not None:
+                try:
+                    handler.on_close(conn, err)
+                except Exception:
+                    stats.errors += 1
+                    log.exception("handler error in on_close")
+
+    def _flush(self, conn: _SockConn) -> None:
+        out = conn._out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            try:
+                conn.sock.sendall(data)
+                self.stats.bytes_out += len(data)
+            except OSError:
+                conn.abort()
+                return
+        if conn._shut == 1:
+            conn._shut = 2
+            try:
+                conn.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def _close(self, conn: _SockConn) -> None:
+        if conn.closed:
+            return
+        self._flush(conn)
+        conn.closed = True
+        sock = conn.sock
+        try:
+            if conn._closing == "abort":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                _LINGER_ABORT)
+        except OSError:
+            pass
+        sock.close()
+
+    # -------------------------------------------------------------- drain
+
+    def _drain(self, reporter) -> None:
+        """Stop accepting; let connections finish within the grace period."""
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        if self._drain_deadline is None:
+            self._drain_deadline = time.monotonic() + self.cfg.grace
+        with self._cond:
+            self._draining = True
+            waiting = list(self._fifo)
+            self._fifo.clear()
+            self._cond.notify_all()
+        for sock, _ in waiting:          # accepted, never served
+            sock.close()
+        while True:
+            now = time.monotonic()
+            with self._cond:
+                if self._active == 0 or now >= self._drain_deadline:
+                    break
+                self._cond.wait(min(0.2, self._drain_deadline - now))
+            reporter.tick(time.monotonic())
+        if self._active:
+            log.warning("grace period over: %d connection(s) cut", self._active)

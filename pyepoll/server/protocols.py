@@ -1,0 +1,410 @@
+"""The reference protocols: a strict HTTP/1.1 server and echo.
+
+:class:`HttpSession` is the whole of HTTP, written sans-I/O: bytes go in,
+response bytes come out, and a few attributes say what the caller must do
+(close, start or stop the request deadline).  :class:`HttpHandler` adapts it
+to the handler API, so every concurrency model runs the same code.
+
+Behaviour: keep-alive (HTTP/1.0 only when asked), pipelining (answers in
+order, one coalesced write per batch), Content-Length and chunked request
+bodies, HEAD, ``Expect: 100-continue``.  ``GET`` answers 200 with a short
+text; a request with a body gets its body echoed back.  Errors close the
+connection after the answer: 400 malformed, 408 request not complete in
+time, 413 body over the limit (decided from Content-Length, before reading
+the body), 431 head too large or too many fields, 501 unsupported transfer
+coding, 505 HTTP version.  After an error the connection is half-closed and
+what the client still sends is read and dropped for a short while
+(a "lingering close"), so the answer is not destroyed by a reset.
+"""
+from __future__ import annotations
+
+import time
+from typing import List, Optional
+
+from .. import http
+from ..http import (CHUNKED, CLOSE, EXPECT_100, HAS_CL, INCOMPLETE,
+                    KEEPALIVE, TE_OTHER, ChunkedDecoder, RequestParser)
+from .handler import Connection, Handler
+
+__all__ = ["HttpSession", "HttpHandler", "EchoHandler", "Limits",
+           "HELLO_BODY"]
+
+HELLO_BODY = b"Hello, World!\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_HEAD_STATE, _BODY, _CHUNKED, _DEAD = 0, 1, 2, 3
+_ERRORS = {
+    http.BAD: 400, http.BAD_LENGTH: 400, http.TOO_MANY: 431,
+    http.BAD_VERSION: 505,
+}
+
+
+class Limits:
+    """Request limits.  A head longer than ``max_head`` (complete or not) or
+    with more than ``max_headers`` fields gets 431; a body longer than
+    ``max_body`` gets 413; a lingering close drops at most ``max_linger``
+    bytes before closing for good."""
+
+    __slots__ = ("max_head", "max_headers", "max_body", "max_linger")
+
+    def __init__(self, max_head: int = 16384, max_headers: int = 100,
+                 max_body: int = 1 << 20, max_linger: int = 1 << 20) -> None:
+        self.max_head = max_head
+        self.max_headers = max_headers
+        self.max_body = max_body
+        self.max_linger = max_linger
+
+
+class _Counters:
+    """Stand-in for the server's stats when a session is used alone."""
+    requests = 0
+
+
+# Canned answers to GET, rebuilt when the Date second changes.
+_canned_second = -1
+_canned = (b"", b"", b"")
+
+
+def _hello() -> tuple:
+    global _canned_second, _canned
+    now = int(time.time())
+    if now != _canned_second:
+        _canned = (
+            http.response(200, HELLO_BODY),
+            http.response(200, HELLO_BODY, keep_alive=False),
+            http.response(200, HELLO_BODY, http10=True),
+        )
+        _canned_second = now
+    return _canned
+
+
+class HttpSession:
+    """HTTP/1.1 server side of one connection, without I/O.
+
+    Call :meth:`feed` with the bytes received; send what it returns.  Then:
+
+    * ``closing`` True: the connection must end once the answer is sent
+      (error, ``Connection: close``, HTTP/1.0, or draining); later input is
+      ignored.
+    * ``arm`` True / False / None: start (or restart) the request deadline,
+      stop it, or leave it as it is.  The deadline covers a request head
+      from its first byte, and a body from its last progress; call
+      :meth:`timeout` when it passes.
+    * ``busy``: a request is partly received.
+    """
+
+    __slots__ = ("_parser", "_limits", "_stats", "_pending", "_state",
+                 "_remaining", "_parts", "_body_len", "_decoder", "_keep",
+                 "_http10", "_head_only", "_timing", "closing", "arm",
+                 "draining", "status")
+
+    def __init__(self, parser: Optional[RequestParser] = None,
+                 limits: Optional[Limits] = None, stats: object = None) -> None:
+        self._limits = limits or Limits()
+        self._parser = parser or RequestParser(self._limits.max_headers)
+        self._stats = stats if stats is not None else _Counters()
+        self._pending: Optional[bytearray] = None
+        self._state = _HEAD_STATE
+        self._remaining = 0
+        self._parts: List[bytes] = []
+        self._body_len = 0
+        self._decoder: Optional[ChunkedDecoder] = None
+        self._keep = True
+        self._http10 = False
+        self._head_only = False
+        self._timing = False
+        self.closing = False
+        self.arm: Optional[bool] = None
+        self.draining = False
+        #: Status of the last error answered (0 if none).
+        self.status = 0
+
+    @property
+    def busy(self) -> bool:
+        """True while a request is partly received."""
+        return self._state in (_BODY, _CHUNKED) or bool(self._pending)
+
+    def feed(self, data: bytes) -> bytes:
+        """Consume received bytes; return the bytes to send (maybe b"")."""
+        if self._state == _DEAD:
+            self.arm = None
+            return b""
+        out: List[bytes] = []
+        had_partial = self._pending is not None
+        if had_partial:
+            self._pending += data          # type: ignore[operator]
+            buf = self._pending
+            self._pending = None
+        else:
+            buf = data
+        end = len(buf)
+        pos = 0
+        started = False                     # a new head began in this call
+        parser = self._parser
+        while pos < end:
+            state = self._state
+            if state == _HEAD_STATE:
+                rc = parser.parse(buf, pos)
+                if rc > 0:
+                    if rc > self._limits.max_head:
+                        out.append(self._error(431))
+                        break
+                    first = buf[pos]
+                    pos += rc
+                    # Only a head starting with 'H' (or a stray CRLF) can
+                    # be HEAD: spare the others the method lookup.
+                    pos = self._on_head(buf, pos, end, out,
+                                        first == 72 or first == 13)
+                    if self._state == _DEAD:
+                        break
+                    started = True
+                elif rc == INCOMPLETE:
+                    if end - pos > self._limits.max_head:
+                        out.append(self._error(431))
+                        break
+                    self._pending = bytearray(buf[pos:]) if pos or not \
+                        isinstance(buf, bytearray) else buf
+                    if pos:
+                        started = True
+                    elif not had_partial:
+                        started = True
+                    break
+                else:
+                    out.append(self._error(_ERRORS.get(rc, 400)))
+                    break
+            elif state == _BODY:
+                take = min(self._remaining, end - pos)
+                self._parts.append(buf[pos:pos + take])
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    body = b"".join(self._parts)
+                    self._parts = []
+                    self._finish_request(body, out)
+            else:                                   # _CHUNKED
+                pos = self._chunked(buf, pos, end, out)
+        self._update_timer(started)
+        if len(out) == 1:
+            return out[0]
+        return b"".join(out)
+
+    def _on_head(self, buf, pos: int, end: int, out: List[bytes],
+                 maybe_head: bool) -> int:
+        """A complete head was parsed: answer it or prepare for its body."""
+        p = self._parser
+        flags = p.flags
+        self._http10 = p.minor == 0
+        if self._http10:
+            self._keep = bool(flags & KEEPALIVE) and not flags & CLOSE
+        else:
+            self._keep = not flags & CLOSE
+        if maybe_head:
+            mo, ml = p.method
+            self._head_only = ml == 4 and buf[mo:mo + 4] == b"HEAD"
+        else:
+            self._head_only = False
+        if flags & TE_OTHER:
+            out.append(self._error(501))
+            return pos
+        if flags & CHUNKED:
+            if flags & HAS_CL:                 # request smuggling vector
+                out.append(self._error(400))
+                return pos
+            self._decoder = ChunkedDecoder()
+            self._body_len = 0
+            self._state = _CHUNKED
+            pos = self._chunked(buf, pos, end, out)
+            if self._state == _CHUNKED and flags & EXPECT_100 \
+                    and not self._http10:
+                out.append(_CONTINUE)
+            return pos
+        if flags & HAS_CL:
+            cl = p.content_length
+            if cl > self._limits.max_body:
+                out.append(self._error(413))
+                return pos
+            if end - pos >= cl:
+                self._finish_request(buf[pos:pos + cl], out)
+                return pos + cl
+            self._parts = [buf[pos:end]] if end > pos else []
+            self._remaining = cl - (end - pos)
+            self._state = _BODY
+            if flags & EXPECT_100 and not self._http10:
+                out.append(_CONTINUE)
+            return end
+        # No body: the hot path.
+        self._stats.requests += 1
+        if self._head_only:
+            out.append(http.response(200, HELLO_BODY, head_only=True,
+                                     keep_alive=self._keep and
+                                     not self.draining,
+                                     http10=self._http10))
+        else:
+            canned = _hello()
+            if self.draining or not self._keep:
+                out.append(canned[1])
+            else:
+                out.append(canned[2] if self._http10 else canned[0])
+        if self.draining or not self._keep:
+            self._state = _DEAD
+            self.closing = True
+        return pos
+
+    def _chunked(self, buf, pos: int, end: int, out: List[bytes]) -> int:
+        if pos >= end:
+            return pos
+        chunk = bytearray(buf[pos:end])
+        try:
+            n, used = self._decoder.decode(chunk)   # type: ignore[union-attr]
+        except ValueError:
+            out.append(self._error(400))
+            return end
+        if n:
+            self._body_len += n
+            if self._body_len > self._limits.max_body:
+                out.append(self._error(413))
+                return end
+            self._parts.append(bytes(chunk[:n]))
+        if self._decoder.done:                     # type: ignore[union-attr]
+            body = b"".join(self._parts)
+            self._parts = []
+            self._decoder = None
+            self._finish_request(body, out)
+        return pos + used
+
+    def _finish_request(self, body: bytes, out: List[bytes]) -> None:
+        """A request with a body is complete: echo the body."""
+        self._stats.requests += 1
+        keep = self._keep and not self.draining
+        out.append(http.response(200, body,
+                                 content_type=b"application/octet-stream",
+                                 keep_alive=keep, http10=self._http10,
+                                 head_only=self._head_only))
+        if keep:
+            self._state = _HEAD_STATE
+        else:
+            self._state = _DEAD
+            self.closing = True
+
+    def _error(self, status: int) -> bytes:
+        """Answer an error and stop reading requests."""
+        self._state = _DEAD
+        self._pending = None
+        self._parts = []
+        self.closing = True
+        self.status = status
+        return http.response(status, b"%d %s\n" % (
+            status, http.REASONS[status].encode()), keep_alive=False)
+
+    def _update_timer(self, started: bool) -> None:
+        state = self._state
+        if state == _DEAD:
+            want, restart = False, False
+        elif state == _HEAD_STATE:
+            want = self._pending is not None
+            restart = started
+        else:                       # a body: the deadline follows progress
+            want, restart = True, True
+        if want:
+            self.arm = True if (restart or not self._timing) else None
+        else:
+            self.arm = False if self._timing else None
+        self._timing = want
+
+    def timeout(self) -> bytes:
+        """The request deadline passed: 408 if a request is partly here."""
+        self.arm = None
+        self._timing = False
+        if self._state == _DEAD:
+            return b""
+        if self.busy:
+            return self._error(408)
+        self._state = _DEAD
+        self.closing = True
+        return b""
+
+    def drain(self) -> bool:
+        """The server is shutting down: answer the request in progress,
+        if any, with ``Connection: close``.  Returns True when the
+        connection can be closed at once (no request in progress)."""
+        self.draining = True
+        if self._state == _DEAD or not self.busy:
+            self._state = _DEAD
+            self.closing = True
+            return True
+        return False
+
+
+class HttpHandler(Handler):
+    """Serve HTTP with an :class:`HttpSession` (see the module's docstring).
+
+    The parser and limits are shared by the handlers of one thread; make
+    them with :meth:`factory`."""
+
+    __slots__ = ("s", "_lingered")
+
+    def __init__(self, parser: Optional[RequestParser] = None,
+                 limits: Optional[Limits] = None, stats: object = None) -> None:
+        self.s = HttpSession(parser, limits, stats)
+        self._lingered = -1          # bytes dropped while lingering; -1: not
+
+    @classmethod
+    def factory(cls, limits: Optional[Limits] = None, stats: object = None):
+        """A no-argument callable making handlers that share one parser
+        (for handlers driven from a single thread)."""
+        limits = limits or Limits()
+        parser = RequestParser(limits.max_headers)
+        return lambda: cls(parser, limits, stats)
+
+    def on_data(self, conn: Connection, data: bytes) -> None:
+        if self._lingered >= 0:
+            self._lingered += len(data)
+            if self._lingered > self.s._limits.max_linger:
+                conn.close()
+            return
+        s = self.s
+        out = s.feed(data)
+        if out:
+            conn.send(out)
+        if s.closing:
+            self._linger(conn)
+        elif s.arm is not None:
+            conn.set_timeout(s.arm)
+
+    def _linger(self, conn: Connection) -> None:
+        """Half-close after the answer and drop what still comes, until the
+        client closes or the deadline passes."""
+        self._lingered = 0
+        conn.shutdown_write()
+        conn.set_timeout(True)
+
+    def on_eof(self, conn: Connection) -> None:
+        conn.close()
+
+    def on_timeout(self, conn: Connection) -> None:
+        if self._lingered >= 0:
+            conn.close()
+            return
+        out = self.s.timeout()
+        if out:
+            conn.send(out)
+            self._linger(conn)
+        else:
+            conn.close()
+
+    def on_drain(self, conn: Connection) -> None:
+        if self._lingered >= 0:
+            return
+        if self.s.drain():
+            conn.close()
+
+
+class EchoHandler(Handler):
+    """Bytes back as they arrive."""
+
+    __slots__ = ()
+
+    def on_data(self, conn: Connection, data: bytes) -> None:
+        conn.send(data)
+
+    def on_eof(self, conn: Connection) -> None:
+        conn.close()
