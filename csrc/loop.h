@@ -84,7 +84,6 @@ struct pe_loop {
     uint64_t (*clock)(void *);
     void *clock_arg;
     uint64_t now;                /* ms, read once per run */
-    int in_run;
 
     struct pe_loop_stats st;
 };

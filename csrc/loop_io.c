@@ -349,6 +349,10 @@ static void conn_read(pe_loop *l, uint32_t slot, uint32_t events)
         pe__conn_close(l, slot, errno);
         return;
     }
+    /* A read that brought nothing gives the reserved buffer back: an idle
+     * connection holds no memory. */
+    if (c->in.len == 0)
+        pe__ring_consume(&c->in, &l->pool, 0);
     if (got) {
         pe__conn_touch(l, slot);
         if (!l->cfg.echo)
