@@ -40,6 +40,8 @@ _P_FULL = 1       # output above the high-water mark
 _P_JOBS = 2       # pool jobs pending: their replies come first
 _P_QUEUED = 4     # waiting in the overflow FIFO
 
+_IDLE_MARGIN = 0.5
+
 
 
 class _LoopConn(Connection):
@@ -130,11 +132,17 @@ class EventLoopModel:
         self._capacity = cfg.max_connections
         self._extra = cfg.queue_size
         self._queueing = cfg.overflow == "queue"
+        idle = cfg.idle_timeout or None
+        if idle is not None and not self._c_echo \
+                and cfg.request_timeout >= idle:
+            # A stalled request must get its 408 before the idle timer,
+            # started by the same last byte, closes the connection.
+            idle += _IDLE_MARGIN
         self.loop = Loop(
             backend=cfg.backend, trigger=cfg.trigger,
             max_connections=self._capacity + self._extra,
             overflow="backlog" if self._queueing else "close",
-            idle_timeout=cfg.idle_timeout or None,
+            idle_timeout=idle,
             read_timeout=cfg.request_timeout,
             echo=self._c_echo, batch=1024)
         self.send = self.loop.send

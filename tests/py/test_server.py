@@ -1,0 +1,581 @@
+"""The reference server, run as a real process and spoken to by real
+clients (curl, http.client, raw sockets).  Every model serves the same
+HTTP test list.
+
+The harness here (ServerProcess, the ``start_server`` fixture, the small
+HTTP response reader) is shared by the other test_server_*.py files.
+"""
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+
+import pyepoll
+
+MODELS = ["eventloop", "threadpool", "threads"]
+HELLO = b"Hello, World!\n"
+STARTED = re.compile(r"serving (\S+) on (\S+):(\d+) ")
+
+
+def loop_available() -> bool:
+    try:
+        from pyepoll.loop import Loop  # noqa: F401
+    except ImportError:
+        return False
+    return bool([b for b in pyepoll.available_backends() if b])
+
+
+def model_param(model: str):
+    marks = []
+    if model == "eventloop" and not loop_available():
+        marks.append(pytest.mark.skip(reason="pyepoll.Loop not available"))
+    return pytest.param(model, marks=marks, id=model)
+
+
+ALL_MODELS = [model_param(m) for m in MODELS]
+
+
+# ------------------------------------------------------------------ harness
+
+class ServerProcess:
+    """``python -m pyepoll.server`` in its own session; its log lines are
+    collected by a thread so the pipe never fills."""
+
+    def __init__(self, args: List[str], cwd: str,
+                 script: Optional[str] = None) -> None:
+        if script is not None:
+            cmd = [sys.executable, script]
+        else:
+            cmd = [sys.executable, "-m", "pyepoll.server"]
+        cmd += args
+        if "--port" not in args:
+            cmd += ["--port", "0"]
+        self.args = cmd
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # Run outside the source tree: import the installed package.
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env,
+                                     stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.pid = self.proc.pid
+        self.lines: List[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.port = 0
+        self.host = "127.0.0.1"
+
+    def _read(self) -> None:
+        for raw in self.proc.stdout:                  # type: ignore[union-attr]
+            with self._cond:
+                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append("<EOF>")
+            self._cond.notify_all()
+
+    def output(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 15.0,
+                 start: int = 0) -> re.Match:
+        """The first log line from index ``start`` matching ``pattern``."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            i = start
+            while True:
+                while i < len(self.lines):
+                    m = rx.search(self.lines[i])
+                    if m:
+                        return m
+                    if self.lines[i] == "<EOF>":
+                        raise AssertionError(
+                            f"server exited before {pattern!r}:\n"
+                            + "\n".join(self.lines))
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no {pattern!r} within {timeout}s:\n"
+                                         + "\n".join(self.lines))
+                self._cond.wait(left)
+
+    def count(self, pattern: str) -> int:
+        rx = re.compile(pattern)
+        with self._cond:
+            return sum(1 for line in self.lines if rx.search(line))
+
+    def started(self, timeout: float = 15.0) -> "ServerProcess":
+        m = self.wait_for(STARTED.pattern, timeout)
+        self.host = m.group(2).strip("[]")
+        self.port = int(m.group(3))
+        return self
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        """Kill the whole session (workers included), by the leader's pid."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+        else:
+            try:                           # orphaned workers, if any
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self.proc.stdout is not None:
+            self._reader.join(5)
+            self.proc.stdout.close()
+
+    @property
+    def addr(self) -> Tuple[str, int]:
+        return (self.host, self.port)
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """start_server(*args, script=None) -> a started ServerProcess; all are
+    killed at teardown."""
+    procs: List[ServerProcess] = []
+
+    def start(*args: str, script: Optional[str] = None,
+              wait: bool = True) -> ServerProcess:
+        p = ServerProcess(list(args), str(tmp_path), script)
+        procs.append(p)
+        return p.started() if wait else p
+
+    yield start
+    for p in procs:
+        p.kill()
+
+
+# ------------------------------------------------------------------ clients
+
+def connect(addr, timeout: float = 10.0) -> socket.socket:
+    s = socket.create_connection(addr, timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+class Response:
+    def __init__(self, status: int, headers: Dict[str, str], body: bytes,
+                 head: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.head = head
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.headers} {self.body[:60]!r}>"
+
+
+class Reader:
+    """Reads HTTP responses one after another from a socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(262144)
+        if not data:
+            return False
+        self.buf += data
+        return True
+
+    def response(self, head_only: bool = False) -> Response:
+        while True:
+            i = self.buf.find(b"\r\n\r\n")
+            if i >= 0:
+                break
+            if not self._fill():
+                raise EOFError(f"closed before a response; got {bytes(self.buf)!r}")
+        head = bytes(self.buf[:i])
+        del self.buf[:i + 4]
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        n = 0 if head_only or status < 200 else int(headers.get("content-length", "0"))
+        while len(self.buf) < n:
+            if not self._fill():
+                raise EOFError("closed in a body")
+        body = bytes(self.buf[:n])
+        del self.buf[:n]
+        return Response(status, headers, body, head)
+
+    def closed(self, timeout: float = 5.0) -> bool:
+        """True if the server closes (EOF or reset) within ``timeout`` with
+        nothing more sent."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    return not self.buf
+                self.buf += data
+        except (ConnectionResetError, BrokenPipeError):
+            return not self.buf
+        except socket.timeout:
+            return False
+
+
+def request(addr, raw: bytes, n: int = 1, head_only: bool = False):
+    """Send raw bytes on a new connection; read n responses."""
+    with connect(addr) as s:
+        s.sendall(raw)
+        r = Reader(s)
+        return [r.response(head_only) for _ in range(n)]
+
+
+def get(addr, path: str = "/", method: str = "GET", body=None, headers=None):
+    c = http.client.HTTPConnection(addr[0], addr[1], timeout=10)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, dict((k.lower(), v) for k, v in r.getheaders()), r.read()
+    finally:
+        c.close()
+
+
+GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def post(body: bytes, extra: bytes = b"") -> bytes:
+    return (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n%s\r\n"
+            % (len(body), extra)) + body
+
+
+# ------------------------------------------------------------ shared server
+
+@pytest.fixture(scope="module", params=ALL_MODELS)
+def served(request, tmp_path_factory):
+    """One HTTP server per model, shared by the tests that leave it as it
+    was; (model, ServerProcess)."""
+    model = request.param
+    p = ServerProcess(["--model", model, "--idle-timeout", "30"],
+                      str(tmp_path_factory.mktemp("srv")))
+    try:
+        p.started()
+        yield model, p
+    finally:
+        p.kill()
+
+
+# -------------------------------------------------------------------- tests
+
+def test_get_root(served):
+    _, srv = served
+    status, headers, body = get(srv.addr)
+    assert status == 200
+    assert body == HELLO
+    assert headers["server"].startswith("pyepoll/")
+    assert re.fullmatch(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT",
+                        headers["date"])
+    assert headers["content-length"] == str(len(HELLO))
+
+
+def test_post_echoes_body(served):
+    _, srv = served
+    status, headers, body = get(srv.addr, method="POST", body=b"Hello, Server!")
+    assert (status, body) == (200, b"Hello, Server!")
+    status, _, body = get(srv.addr, method="POST", body=b"")
+    assert (status, body) == (200, b"")
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
+def test_curl(served):
+    _, srv = served
+    url = f"http://{srv.host}:{srv.port}/"
+    out = subprocess.run(["curl", "-sS", "--max-time", "10", url],
+                         capture_output=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == HELLO
+    out = subprocess.run(["curl", "-sS", "--max-time", "10", "-X", "POST",
+                          "--data", "Hello, Server!", url],
+                         capture_output=True, timeout=20)
+    assert out.stdout == b"Hello, Server!"
+    # Two URLs: curl reuses the connection (keep-alive) for the second.
+    out = subprocess.run(["curl", "-sS", "-v", "--max-time", "10", url, url],
+                         capture_output=True, timeout=20)
+    assert out.stdout == HELLO * 2
+    assert b"Re-using existing connection" in out.stderr or \
+        b"Reusing existing" in out.stderr
+    # A body large enough for curl to send "Expect: 100-continue".
+    big = os.urandom(300000).hex().encode()[:300000]
+    out = subprocess.run(["curl", "-sS", "--max-time", "10", "--data-binary",
+                          "@-", url], input=big, capture_output=True, timeout=20)
+    assert out.stdout == big
+    out = subprocess.run(["curl", "-sS", "--max-time", "10", "-H",
+                          "Transfer-Encoding: chunked", "--data-binary", "@-",
+                          url], input=big, capture_output=True, timeout=20)
+    assert out.stdout == big
+
+
+def test_keep_alive_http_client(served):
+    _, srv = served
+    c = http.client.HTTPConnection(*srv.addr, timeout=10)
+    try:
+        for i in range(20):
+            c.request("POST", "/", body=b"x" * i)
+            r = c.getresponse()
+            assert (r.status, r.read()) == (200, b"x" * i)
+        sock = c.sock
+        c.request("GET", "/")
+        r = c.getresponse()
+        assert r.read() == HELLO
+        assert c.sock is sock           # the same connection all along
+    finally:
+        c.close()
+
+
+def test_head(served):
+    _, srv = served
+    with connect(srv.addr) as s:
+        s.sendall(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n" + GET)
+        r = Reader(s)
+        head = r.response(head_only=True)
+        assert head.status == 200
+        assert head.headers["content-length"] == str(len(HELLO))
+        assert head.body == b""
+        nxt = r.response()              # directly after HEAD's header block
+        assert nxt.body == HELLO
+
+
+def test_pipelined_in_order(served):
+    _, srv = served
+    raw = post(b"first") + GET + post(b"third") + post(b"") + GET
+    out = request(srv.addr, raw, n=5)
+    assert [r.body for r in out] == [b"first", HELLO, b"third", b"", HELLO]
+    assert all(r.status == 200 for r in out)
+
+
+def test_request_in_one_byte_writes(served):
+    _, srv = served
+    raw = post(b"split body!")
+    with connect(srv.addr) as s:
+        for i in range(len(raw)):
+            s.send(raw[i:i + 1])
+            time.sleep(0.001)
+        r = Reader(s).response()
+    assert (r.status, r.body) == (200, b"split body!")
+
+
+def test_http10_closes_unless_keep_alive(served):
+    _, srv = served
+    with connect(srv.addr) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        r = Reader(s)
+        resp = r.response()
+        assert resp.body == HELLO
+        assert resp.headers.get("connection") == "close"
+        assert r.closed()
+    with connect(srv.addr) as s:
+        s.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        r = Reader(s)
+        resp = r.response()
+        assert resp.headers.get("connection") == "keep-alive"
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert r.response().body == HELLO
+        assert r.closed()
+
+
+def test_connection_close(served):
+    _, srv = served
+    with connect(srv.addr) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n" + GET)
+        r = Reader(s)
+        resp = r.response()
+        assert resp.headers.get("connection") == "close"
+        assert r.closed()               # the pipelined GET is not answered
+
+
+def test_chunked_body(served):
+    _, srv = served
+    raw = (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"5\r\nhello\r\n1;ext=1\r\n \r\n6\r\nworld!\r\n0\r\nX-T: 1\r\n\r\n")
+    out = request(srv.addr, raw + GET, n=2)
+    assert out[0].body == b"hello world!"
+    assert out[1].body == HELLO
+    with connect(srv.addr) as s:        # framing split at every byte
+        for i in range(len(raw)):
+            s.send(raw[i:i + 1])
+        assert Reader(s).response().body == b"hello world!"
+
+
+def test_expect_100_continue(served):
+    _, srv = served
+    with connect(srv.addr) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n"
+                  b"Expect: 100-continue\r\n\r\n")
+        r = Reader(s)
+        assert r.response().status == 100
+        s.sendall(b"body")
+        resp = r.response()
+        assert (resp.status, resp.body) == (200, b"body")
+
+
+@pytest.mark.parametrize("raw,status", [
+    (b"GARBAGE\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\nHost: t\n\n", 400),              # bare LF
+    (b"GET / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nContent-Length: 3\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n", 400),       # smuggling shape
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    (b"GET / HTTP/2.0\r\n\r\n", 505),
+    (b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\nContent-Length: 1048577\r\n\r\n", 413),
+    (b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 200 + b"\r\n", 431),
+])
+def test_errors_answered_then_closed(served, raw, status):
+    _, srv = served
+    with connect(srv.addr) as s:
+        s.sendall(raw)
+        r = Reader(s)
+        resp = r.response()
+        assert resp.status == status, resp
+        assert resp.headers.get("connection") == "close"
+        assert r.closed()
+
+
+def test_chunked_body_over_limit_413(served):
+    _, srv = served
+    with connect(srv.addr) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"10000\r\n" + b"z" * 0x10000 + b"\r\n"
+        r = Reader(s)
+        try:
+            for _ in range(17):         # 17 x 64 KiB > 1 MiB
+                s.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        assert r.response().status == 413
+
+
+def test_many_pipelined_requests(served):
+    """10,000 requests pipelined on one connection, all answered in order."""
+    _, srv = served
+    n = 10000
+    reqs = [GET if i % 3 else post(b"%d" % i) for i in range(n)]
+    with connect(srv.addr, timeout=30) as s:
+        sender = threading.Thread(target=s.sendall, args=(b"".join(reqs),))
+        sender.start()
+        r = Reader(s)
+        for i in range(n):
+            resp = r.response()
+            assert resp.body == (HELLO if i % 3 else b"%d" % i)
+        sender.join(10)
+
+
+def test_stats_lines(start_server):
+    srv = start_server("--stats-interval", "0.2", "--model", "threads")
+    for _ in range(3):
+        get(srv.addr)
+    srv.wait_for(r"stats: conns=\d+ accepted=3 requests=3 req/s=")
+    srv.signal(signal.SIGTERM)
+    assert srv.wait() == 0
+    srv.wait_for(r"stats \(final\): .*requests=3 .*bytes_in=\d+ .*timeouts=0 "
+                 r"rejects=0 errors=0")
+
+
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_echo_protocol_16_mib_byte_exact(start_server, model):
+    srv = start_server("--protocol", "echo", "--model", model)
+    data = os.urandom(16 << 20)
+    got = bytearray()
+    with connect(srv.addr, timeout=30) as s:
+        sender = threading.Thread(target=s.sendall, args=(data,))
+        sender.start()
+        while len(got) < len(data):
+            chunk = s.recv(1 << 20)
+            assert chunk, "closed early"
+            got += chunk
+        sender.join(10)
+        s.shutdown(socket.SHUT_WR)
+        assert Reader(s).closed()       # EOF is answered by closing
+    assert got == data
+
+
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_request_timeout_408(start_server, model):
+    srv = start_server("--model", model, "--idle-timeout", "1")
+    with connect(srv.addr) as s:
+        t0 = time.monotonic()
+        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n")   # head never finished
+        r = Reader(s)
+        resp = r.response()
+        assert resp.status == 408
+        assert 0.8 < time.monotonic() - t0 < 5
+        assert r.closed()
+    with connect(srv.addr) as s:                     # a body that stalls
+        s.sendall(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        assert Reader(s).response().status == 408
+
+
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_idle_timeout_closes_quietly(start_server, model):
+    srv = start_server("--model", model, "--idle-timeout", "1")
+    with connect(srv.addr) as s:
+        s.sendall(GET)
+        r = Reader(s)
+        assert r.response().body == HELLO
+        t0 = time.monotonic()
+        assert r.closed(timeout=5)      # no 408 for an idle keep-alive
+        assert 0.8 < time.monotonic() - t0 < 5
+    with connect(srv.addr) as s:        # connected, never sent a byte
+        assert Reader(s).closed(timeout=5)
+
+
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_sigterm_drains_in_flight_request(start_server, model):
+    srv = start_server("--model", model)
+    idle = connect(srv.addr)
+    idle.sendall(GET)
+    idle_reader = Reader(idle)
+    assert idle_reader.response().body == HELLO      # now idle, kept alive
+    busy = connect(srv.addr)
+    busy.sendall(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n01234")
+    time.sleep(0.3)                                  # the request is in flight
+    srv.signal(signal.SIGTERM)
+    assert idle_reader.closed(timeout=5)             # idle ones go at once
+    time.sleep(0.3)
+    with pytest.raises(OSError):                     # no longer accepting
+        with connect(srv.addr, timeout=2) as s:
+            s.sendall(GET)
+            Reader(s).response()
+    busy.sendall(b"56789")
+    r = Reader(busy)
+    resp = r.response()
+    assert (resp.status, resp.body) == (200, b"0123456789")
+    assert resp.headers.get("connection") == "close"
+    assert r.closed()
+    assert srv.wait(timeout=10) == 0
+    idle.close()
+    busy.close()
