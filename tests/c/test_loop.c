@@ -1,0 +1,1328 @@
+/*
+ * test_loop.c - the connection loop over real loopback TCP sockets.
+ *
+ * Every behaviour test runs once per mode: epoll edge, epoll level, poll,
+ * select (modes whose backend is not compiled in are skipped).  Clients are
+ * plain non-blocking sockets driven in the same thread between runs of the
+ * loop; every wait is bounded by a deadline.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "loop.h"
+#include "pyepoll.h"
+
+struct mode {
+    const char *backend;
+    int edge;
+    const char *name;
+};
+
+static const struct mode modes[] = {
+    { "epoll", 1, "epoll-edge" },
+    { "epoll", 0, "epoll-level" },
+    { "poll", 0, "poll-level" },
+    { "select", 0, "select-level" },
+};
+
+#define DEADLINE_MS 10000
+
+/* ----------------------------------------------------------------- helpers */
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static uint64_t vclock;                   /* virtual time for timeout tests */
+
+static uint64_t fake_clock(void *arg)
+{
+    (void)arg;
+    return vclock;
+}
+
+static unsigned char pat(size_t i, unsigned seed)
+{
+    return (unsigned char)((i * 7) ^ (i >> 9) ^ seed);
+}
+
+static void fill(unsigned char *b, size_t off, size_t n, unsigned seed)
+{
+    for (size_t i = 0; i < n; i++)
+        b[i] = pat(off + i, seed);
+}
+
+static void check_pat(const unsigned char *b, size_t off, size_t n,
+                      unsigned seed)
+{
+    for (size_t i = 0; i < n; i++)
+        if (b[i] != pat(off + i, seed))
+            fail_msg("byte %zu: got %u want %u", off + i, b[i],
+                     pat(off + i, seed));
+}
+
+static void nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+
+    assert_true(fl >= 0);
+    assert_int_equal(fcntl(fd, F_SETFL, fl | O_NONBLOCK), 0);
+}
+
+static int tcp_listener(int *port)
+{
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+
+    assert_true(fd >= 0);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(fd, 64), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
+    *port = ntohs(sa.sin_port);
+    nonblock(fd);
+    return fd;
+}
+
+/* Connect an existing socket (blocking connect completes at once on
+ * loopback), then make it non-blocking. */
+static void tcp_connect_fd(int fd, int port)
+{
+    struct sockaddr_in sa;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sa.sin_port = htons((uint16_t)port);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    nonblock(fd);
+}
+
+static int tcp_client(int port, int rcvbuf)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    assert_true(fd >= 0);
+    if (rcvbuf)
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    tcp_connect_fd(fd, port);
+    return fd;
+}
+
+static void rst_close(int fd)
+{
+    struct linger lg = { 1, 0 };
+
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    close(fd);
+}
+
+/* Wait (bounded) until fd is readable, then recv. */
+static ssize_t recv_wait(int fd, void *buf, size_t n, int ms)
+{
+    struct pollfd p = { fd, POLLIN, 0 };
+
+    if (poll(&p, 1, ms) <= 0)
+        return -2;
+    return recv(fd, buf, n, 0);
+}
+
+/* ---------------------------------------------------------------- fixture */
+
+struct env {
+    pe_loop *l;
+    int lfd, port, lid;
+    struct pe_loop_event *ev;
+    size_t nev, cap, open_seen;
+};
+
+static void base_config(struct pe_loop_config *cfg, void **state)
+{
+    const struct mode *m = *state;
+
+    pe_loop_config_init(cfg);
+    cfg->backend = m->backend;
+    cfg->edge = m->edge;
+    cfg->max_conns = 64;
+}
+
+static void env_open(struct env *e, const struct pe_loop_config *cfg)
+{
+    int err = 0;
+
+    memset(e, 0, sizeof(*e));
+    e->l = pe_loop_new(cfg, &err);
+    if (!e->l && err == -ENOSYS)
+        skip();
+    assert_non_null(e->l);
+    e->lfd = tcp_listener(&e->port);
+    e->lid = pe_loop_add_listener(e->l, e->lfd);
+    assert_true(e->lid >= 0);
+}
+
+static void env_close(struct env *e)
+{
+    pe_loop_free(e->l);
+    close(e->lfd);
+    free(e->ev);
+}
+
+static int pump_max(struct env *e, int timeout, int max)
+{
+    int n;
+
+    if (e->cap - e->nev < (size_t)max) {
+        e->cap = (e->cap + (size_t)max) * 2;
+        e->ev = realloc(e->ev, e->cap * sizeof(*e->ev));
+        assert_non_null(e->ev);
+    }
+    n = pe_loop_run(e->l, e->ev + e->nev, max, timeout);
+    assert_true(n >= 0 || n == -EINTR);
+    if (n > 0)
+        e->nev += (size_t)n;
+    return n;
+}
+
+static int pump(struct env *e, int timeout)
+{
+    return pump_max(e, timeout, 256);
+}
+
+static size_t count_ev(const struct env *e, uint32_t kind, pe_handle h)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < e->nev; i++)
+        n += e->ev[i].kind == kind && (!h || e->ev[i].handle == h);
+    return n;
+}
+
+static const struct pe_loop_event *last_ev(const struct env *e, uint32_t kind,
+                                           pe_handle h)
+{
+    for (size_t i = e->nev; i-- > 0;)
+        if (e->ev[i].kind == kind && (!h || e->ev[i].handle == h))
+            return &e->ev[i];
+    return NULL;
+}
+
+#define PUMP_UNTIL(e, cond)                                            \
+    do {                                                               \
+        uint64_t until_ = now_ms() + DEADLINE_MS;                      \
+        while (!(cond)) {                                              \
+            if (now_ms() > until_)                                     \
+                fail_msg("timed out waiting for: %s", #cond);          \
+            pump((e), 5);                                              \
+        }                                                              \
+    } while (0)
+
+/* The next OPEN not yet returned by this function. */
+static pe_handle next_open(struct env *e)
+{
+    uint64_t until = now_ms() + DEADLINE_MS;
+
+    for (;;) {
+        for (; e->open_seen < e->nev; e->open_seen++) {
+            if (e->ev[e->open_seen].kind == PE_EV_OPEN) {
+                assert_int_equal(e->ev[e->open_seen].arg, e->lid);
+                return e->ev[e->open_seen++].handle;
+            }
+        }
+        if (now_ms() > until)
+            fail_msg("no connection accepted");
+        pump(e, 5);
+    }
+}
+
+/* Internals: an idle connection must hold no buffer. */
+static void assert_no_buffers(const struct env *e, pe_handle h)
+{
+    const struct pe_conn *c = &e->l->ct.slots[(uint32_t)h];
+
+    assert_int_equal(c->gen, (uint32_t)(h >> 32));
+    assert_null(c->in.buf);
+    assert_null(c->out.buf);
+}
+
+static uint64_t syscalls(const struct env *e)
+{
+    struct pe_loop_stats st;
+
+    pe_loop_get_stats(e->l, &st);
+    return st.syscalls;
+}
+
+static struct pe_loop_stats stats(const struct env *e)
+{
+    struct pe_loop_stats st;
+
+    pe_loop_get_stats(e->l, &st);
+    return st;
+}
+
+/* One request/response through a server that echoes (in C or by the test
+ * via serve_echo). */
+static void serve_echo(struct env *e, pe_handle h)
+{
+    unsigned char buf[65536];
+    int64_t n;
+
+    while ((n = pe_loop_read(e->l, h, buf, sizeof(buf))) > 0)
+        assert_int_equal(pe_loop_send(e->l, h, buf, (size_t)n), n);
+}
+
+static void roundtrip(struct env *e, int fd, pe_handle h_user)
+{
+    char out[100] = { 0 }, in[100];
+    size_t got = 0;
+    ssize_t n;
+
+    snprintf(out, sizeof(out), "ping %d %llu", fd,
+             (unsigned long long)now_ms());
+    assert_int_equal(send(fd, out, sizeof(out), 0), (ssize_t)sizeof(out));
+    PUMP_UNTIL(e, (h_user ? serve_echo(e, h_user) : (void)0,
+                   (n = recv(fd, in + got, sizeof(in) - got, 0)) > 0
+                       ? (got += (size_t)n) : 0,
+                   got == sizeof(in)));
+    assert_memory_equal(in, out, sizeof(out));
+}
+
+/* ------------------------------------------------------------------- echo */
+
+static void echo_clients(struct env *e, int user_echo)
+{
+    enum { NC = 6, LEN = 300000 };
+    static unsigned char sbuf[16384], rbuf[16384];
+    int fd[NC];
+    pe_handle h[NC];
+    size_t sent[NC] = { 0 }, rcvd[NC] = { 0 }, done = 0;
+    uint64_t until = now_ms() + DEADLINE_MS * 2;
+
+    for (int i = 0; i < NC; i++)
+        fd[i] = tcp_client(e->port, 0);
+    for (int i = 0; i < NC; i++)
+        h[i] = next_open(e);
+    while (done < NC) {
+        assert_true(now_ms() < until);
+        done = 0;
+        for (int i = 0; i < NC; i++) {
+            ssize_t n;
+            size_t chunk = LEN - sent[i] < 5000 ? LEN - sent[i] : 5000;
+
+            if (chunk) {
+                fill(sbuf, sent[i], chunk, (unsigned)i);
+                n = send(fd[i], sbuf, chunk, 0);
+                if (n > 0)
+                    sent[i] += (size_t)n;
+            }
+            while ((n = recv(fd[i], rbuf, sizeof(rbuf), 0)) > 0) {
+                check_pat(rbuf, rcvd[i], (size_t)n, (unsigned)i);
+                rcvd[i] += (size_t)n;
+            }
+            assert_true(rcvd[i] <= LEN);
+            done += rcvd[i] == LEN;
+            if (user_echo)
+                serve_echo(e, h[i]);
+        }
+        pump(e, 1);
+    }
+    assert_int_equal(stats(e).bytes_in, NC * LEN);
+    assert_int_equal(stats(e).bytes_out, NC * LEN);
+    if (!user_echo)
+        assert_int_equal(count_ev(e, PE_EV_DATA, 0), 0);
+    /* Client closes: EOF, the test closes, exactly one CLOSED each. */
+    for (int i = 0; i < NC; i++)
+        close(fd[i]);
+    PUMP_UNTIL(e, count_ev(e, PE_EV_EOF, 0) == NC);
+    for (int i = 0; i < NC; i++)
+        assert_int_equal(pe_loop_close(e->l, h[i], PE_CLOSE_FLUSH), 0);
+    PUMP_UNTIL(e, count_ev(e, PE_EV_CLOSED, 0) == NC);
+    for (int i = 0; i < NC; i++)
+        assert_int_equal(count_ev(e, PE_EV_CLOSED, h[i]), 1);
+    assert_int_equal(stats(e).conns_open, 0);
+}
+
+static void test_echo_c(void **state)
+{
+    struct pe_loop_config cfg;
+    struct env e;
+
+    base_config(&cfg, state);
+    cfg.echo = 1;
+    env_open(&e, &cfg);
+    echo_clients(&e, 0);
+    env_close(&e);
+}
+
+static void test_echo_user(void **state)
+{
+    struct pe_loop_config cfg;
+    struct env e;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    echo_clients(&e, 1);
+    env_close(&e);
+}
+
+/* Echo mode costs one read and one send per message: no epoll_ctl, no
+ * extra read to see EAGAIN. */
+static void test_echo_syscalls(void **state)
+{
+    enum { N = 200 };
+    struct pe_loop_config cfg;
+    struct env e;
+    char msg[1024], in[1024];
+    uint64_t s0, waits = 0;
+    pe_handle h;
+    int fd;
+
+    base_config(&cfg, state);
+    cfg.echo = 1;
+    env_open(&e, &cfg);
+    fd = tcp_client(e.port, 0);
+    h = next_open(&e);
+    memset(msg, 'm', sizeof(msg));
+    s0 = syscalls(&e);
+    for (int i = 0; i < N; i++) {
+        size_t got = 0;
+        ssize_t n;
+
+        assert_int_equal(send(fd, msg, sizeof(msg), 0), sizeof(msg));
+        while (got < sizeof(in)) {
+            pump(&e, 1000);
+            waits++;
+            while ((n = recv(fd, in + got, sizeof(in) - got, 0)) > 0)
+                got += (size_t)n;
+        }
+    }
+    /* wait + read + send per message, with each extra wait counted. */
+    assert_int_equal(syscalls(&e) - s0, 2 * N + waits);
+    assert_no_buffers(&e, h);
+    close(fd);
+    env_close(&e);
+}
+
+/* ---------------------------------------------------------------- writing */
+
+static pe_handle small_buffers(struct env *e, int *cfd)
+{
+    int sz = 4096;
+    pe_handle h;
+
+    *cfd = tcp_client(e->port, sz);
+    h = next_open(e);
+    assert_int_equal(setsockopt(pe_loop_fileno(e->l, h), SOL_SOCKET,
+                                SO_SNDBUF, &sz, sizeof(sz)), 0);
+    return h;
+}
+
+static void test_partial_writes(void **state)
+{
+    enum { TOTAL = 4 << 20 };
+    struct pe_loop_config cfg;
+    struct env e;
+    unsigned char *big = malloc(TOTAL), buf[4096];
+    size_t got = 0;
+    ssize_t n;
+    uint32_t out;
+    pe_handle h;
+    int fd;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    h = small_buffers(&e, &fd);
+    fill(big, 0, TOTAL, 3);
+    /* Several sends: the first goes to the socket, the rest queue. */
+    for (size_t off = 0; off < TOTAL; off += TOTAL / 8)
+        assert_int_equal(pe_loop_send(e.l, h, big + off, TOTAL / 8), TOTAL / 8);
+    assert_int_equal(pe_loop_buffered(e.l, h, NULL, &out), 0);
+    assert_true(out > 0 && out <= TOTAL);
+    /* The client reads slowly: a few KiB per run of the loop. */
+    PUMP_UNTIL(&e, ((n = recv(fd, buf, sizeof(buf), 0)) > 0
+                        ? (check_pat(buf, got, (size_t)n, 3), got += (size_t)n)
+                        : 0,
+                    got == TOTAL));
+    PUMP_UNTIL(&e, count_ev(&e, PE_EV_DRAINED, h) == 1);
+    assert_int_equal(count_ev(&e, PE_EV_WRITE_FULL, h), 1);
+    assert_int_equal(pe_loop_buffered(e.l, h, NULL, &out), 0);
+    assert_int_equal(out, 0);
+    assert_no_buffers(&e, h);
+    assert_int_equal(stats(&e).bytes_out, TOTAL);
+    assert_true(recv(fd, buf, sizeof(buf), 0) < 0 && errno == EAGAIN);
+    close(fd);
+    free(big);
+    env_close(&e);
+}
+
+/* Sends queued behind unsent output cost no syscall. */
+static void test_coalesce(void **state)
+{
+    enum { BIG = 1 << 20 };
+    struct pe_loop_config cfg;
+    struct env e;
+    unsigned char *big = malloc(BIG + 10000), buf[8192];
+    size_t got = 0;
+    uint64_t s0;
+    ssize_t n;
+    pe_handle h;
+    int fd;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    h = small_buffers(&e, &fd);
+    fill(big, 0, BIG + 10000, 9);
+    assert_int_equal(pe_loop_send(e.l, h, big, BIG), BIG);
+    s0 = syscalls(&e);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(pe_loop_send(e.l, h, big + BIG + i * 1000, 1000), 1000);
+    assert_int_equal(syscalls(&e), s0);
+    PUMP_UNTIL(&e, ((n = recv(fd, buf, sizeof(buf), 0)) > 0
+                        ? (check_pat(buf, got, (size_t)n, 9), got += (size_t)n)
+                        : 0,
+                    got == BIG + 10000));
+    close(fd);
+    free(big);
+    env_close(&e);
+}
+
+static void test_write_full_enobufs(void **state)
+{
+    struct pe_loop_config cfg;
+    struct env e;
+    static unsigned char chunk[32768], buf[65536];
+    uint32_t out, out2;
+    pe_handle h;
+    int fd, sends = 0;
+    int64_t rc;
+
+    base_config(&cfg, state);
+    cfg.out_high = 64 * 1024;
+    cfg.out_max = 256 * 1024;
+    env_open(&e, &cfg);
+    h = small_buffers(&e, &fd);
+    for (int round = 1; round <= 2; round++) {
+        while ((rc = pe_loop_send(e.l, h, chunk, sizeof(chunk))) > 0)
+            assert_true(++sends < 1000);
+        assert_int_equal(rc, -ENOBUFS);
+        assert_int_equal(pe_loop_buffered(e.l, h, NULL, &out), 0);
+        assert_true(out <= cfg.out_max && out > cfg.out_max - sizeof(chunk));
+        /* All or nothing: the refused send queued nothing. */
+        assert_int_equal(pe_loop_send(e.l, h, chunk, sizeof(chunk)), -ENOBUFS);
+        assert_int_equal(pe_loop_buffered(e.l, h, NULL, &out2), 0);
+        assert_int_equal(out2, out);
+        if (out < cfg.out_max)
+            assert_int_equal(pe_loop_send(e.l, h, chunk, cfg.out_max - out),
+                             cfg.out_max - out);
+        pump(&e, 0);
+        assert_int_equal(count_ev(&e, PE_EV_WRITE_FULL, h), round);
+        assert_true(last_ev(&e, PE_EV_WRITE_FULL, h)->arg > cfg.out_high);
+        /* Drain it all; WRITE_FULL is re-armed by DRAINED. */
+        PUMP_UNTIL(&e, (recv(fd, buf, sizeof(buf), 0),
+                        count_ev(&e, PE_EV_DRAINED, h) == (size_t)round));
+    }
+    close(fd);
+    env_close(&e);
+}
+
+static void test_peer_reset(void **state)
+{
+    struct pe_loop_config cfg;
+    struct env e;
+    static unsigned char big[1 << 20];
+    const struct pe_loop_event *ev;
+    pe_handle h;
+    int fd;
+    int64_t rc;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    /* Reset while the loop is writing queued output. */
+    h = small_buffers(&e, &fd);
+    assert_int_equal(pe_loop_send(e.l, h, big, sizeof(big)), sizeof(big));
+    pump(&e, 0);
+    rst_close(fd);
+    PUMP_UNTIL(&e, count_ev(&e, PE_EV_CLOSED, h) == 1);
+    ev = last_ev(&e, PE_EV_CLOSED, h);
+    assert_true(ev->arg == ECONNRESET || ev->arg == EPIPE);
+    assert_int_equal(pe_loop_send(e.l, h, "x", 1), -ESTALE);
+
+    /* Reset seen by a direct send: the error is returned and CLOSED with
+     * the same errno follows in the next batch. */
+    fd = tcp_client(e.port, 0);
+    h = next_open(&e);
+    rst_close(fd);
+    rc = pe_loop_send(e.l, h, "x", 1);
+    assert_true(rc == -ECONNRESET || rc == -EPIPE);
+    assert_int_equal(pe_loop_send(e.l, h, "x", 1), -ESTALE);
+    pump(&e, 0);
+    assert_int_equal(count_ev(&e, PE_EV_CLOSED, h), 1);
+    assert_int_equal(last_ev(&e, PE_EV_CLOSED, h)->arg, -rc);
+    env_close(&e);
+}
+
+static void test_half_close(void **state)
+{
+    struct pe_loop_config cfg;
+    struct env e;
+    char buf[16];
+    uint64_t s0, t0;
+    size_t nev;
+    pe_handle h;
+    int fd;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    fd = tcp_client(e.port, 0);
+    h = next_open(&e);
+    assert_int_equal(send(fd, "last words", 10, 0), 10);
+    assert_int_equal(shutdown(fd, SHUT_WR), 0);
+    PUMP_UNTIL(&e, count_ev(&e, PE_EV_EOF, h) == 1);
+    assert_int_equal(count_ev(&e, PE_EV_DATA, h), 1);
+    assert_int_equal(pe_loop_read(e.l, h, buf, sizeof(buf)), 10);
+    assert_memory_equal(buf, "last words", 10);
+    assert_no_buffers(&e, h);
+
+    /* Nothing left to watch: runs block and report nothing (no HUP spin). */
+    nev = e.nev;
+    s0 = syscalls(&e);
+    t0 = now_ms();
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(pump(&e, 10), 0);
+    assert_true(now_ms() - t0 >= 40);
+    assert_int_equal(syscalls(&e) - s0, 5);
+    assert_int_equal(e.nev, nev);
+
+    /* The server can still send, then half-close itself. */
+    assert_int_equal(pe_loop_send(e.l, h, "bye", 3), 3);
+    assert_int_equal(recv_wait(fd, buf, sizeof(buf), 2000), 3);
+    assert_memory_equal(buf, "bye", 3);
+    assert_int_equal(pe_loop_shutdown(e.l, h), 0);
+    assert_int_equal(recv_wait(fd, buf, sizeof(buf), 2000), 0);
+    assert_int_equal(pe_loop_send(e.l, h, "more", 4), -EPIPE);
+    assert_int_equal(count_ev(&e, PE_EV_EOF, h), 1);
+    assert_int_equal(pe_loop_close(e.l, h, PE_CLOSE_FLUSH), 0);
+    pump(&e, 0);
+    assert_int_equal(count_ev(&e, PE_EV_CLOSED, h), 1);
+    assert_int_equal(last_ev(&e, PE_EV_CLOSED, h)->arg, 0);
+    close(fd);
+
+    /* EOF with nothing read: the buffer reserved for the read is freed. */
+    fd = tcp_client(e.port, 0);
+    h = next_open(&e);
+    assert_int_equal(shutdown(fd, SHUT_WR), 0);
+    PUMP_UNTIL(&e, count_ev(&e, PE_EV_EOF, h) == 1);
+    assert_int_equal(count_ev(&e, PE_EV_DATA, h), 0);
+    assert_no_buffers(&e, h);
+    close(fd);
+    env_close(&e);
+}
+
+static void test_close_modes(void **state)
+{
+    enum { BIG = 1 << 20 };
+    struct pe_loop_config cfg;
+    struct env e;
+    unsigned char *big = malloc(BIG), buf[8192];
+    size_t got = 0;
+    ssize_t n;
+    pe_handle h;
+    int fd;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    /* FLUSH: handle stale at once, CLOSED once, the bytes still arrive. */
+    h = small_buffers(&e, &fd);
+    fill(big, 0, BIG, 5);
+    assert_int_equal(pe_loop_send(e.l, h, big, BIG), BIG);
+    assert_int_equal(pe_loop_close(e.l, h, PE_CLOSE_FLUSH), 0);
+    assert_int_equal(pe_loop_send(e.l, h, "x", 1), -ESTALE);
+    assert_int_equal(pe_loop_close(e.l, h, PE_CLOSE_NOW), -ESTALE);
+    PUMP_UNTIL(&e, ((n = recv(fd, buf, sizeof(buf), 0)) > 0
+                        ? (check_pat(buf, got, (size_t)n, 5), got += (size_t)n)
+                        : 0,
+                    n == 0));
+    assert_int_equal(got, BIG);
+    assert_int_equal(count_ev(&e, PE_EV_CLOSED, h), 1);
+    assert_int_equal(stats(&e).conns_open, 0);
+    close(fd);
+
+    /* ABORT: the peer sees a reset. */
+    fd = tcp_client(e.port, 0);
+    h = next_open(&e);
+    assert_int_equal(pe_loop_close(e.l, h, PE_CLOSE_ABORT), 0);
+    n = recv_wait(fd, buf, sizeof(buf), 2000);
+    assert_true(n < 0 && errno == ECONNRESET);
+    close(fd);
+
+    /* NOW with an empty output ring: plain EOF. */
+    fd = tcp_client(e.port, 0);
+    h = next_open(&e);
+    assert_int_equal(pe_loop_close(e.l, h, 99), -EINVAL);
+    assert_int_equal(pe_loop_close(e.l, h, PE_CLOSE_NOW), 0);
+    assert_int_equal(recv_wait(fd, buf, sizeof(buf), 2000), 0);
+    pump(&e, 0);
+    assert_int_equal(count_ev(&e, PE_EV_CLOSED, 0), 3);
+    close(fd);
+    free(big);
+    env_close(&e);
+}
+
+/* ------------------------------------------------------------- accepting */
+
+static struct rlimit saved_nofile;
+static int nofile_lowered;
+
+static int restore_nofile(void **state)
+{
+    (void)state;
+    if (nofile_lowered)
+        setrlimit(RLIMIT_NOFILE, &saved_nofile);
+    nofile_lowered = 0;
+    return 0;
+}
+
+static void wait_dropped(int fd)
+{
+    char c;
+    ssize_t n = recv_wait(fd, &c, 1, 3000);
+
+    assert_true(n == 0 || (n < 0 && errno == ECONNRESET));
+}
+
+static void test_emfile(void **state)
+{
+    struct pe_loop_config cfg;
+    struct pe_loop_stats st;
+    struct rlimit lim;
+    struct env e;
+    int a, b, c, d, x, free_fd, iters = 0;
+    uint64_t s0, t0;
+    pe_handle ha, hd;
+
+    base_config(&cfg, state);
+    cfg.echo = 1;
+    env_open(&e, &cfg);
+    vclock = 1000;
+    pe__loop_set_clock(e.l, fake_clock, NULL);  /* no timed retry unless asked */
+    a = tcp_client(e.port, 0);
+    ha = next_open(&e);
+    roundtrip(&e, a, 0);
+    b = socket(AF_INET, SOCK_STREAM, 0);        /* descriptors taken now, */
+    c = socket(AF_INET, SOCK_STREAM, 0);        /* connected later */
+    d = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(b >= 0 && c >= 0 && d >= 0);
+
+    /* No descriptor number left below the limit. */
+    free_fd = fcntl(0, F_DUPFD, 0);
+    assert_true(free_fd >= 0);
+    close(free_fd);
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &saved_nofile), 0);
+    lim = saved_nofile;
+    lim.rlim_cur = (rlim_t)free_fd;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &lim), 0);
+    nofile_lowered = 1;
+
+    tcp_connect_fd(b, e.port);
+    PUMP_UNTIL(&e, stats(&e).accept_emfile == 1);
+    wait_dropped(b);                            /* accepted and closed */
+    tcp_connect_fd(c, e.port);
+
+    /* The listener is not watched: runs block, nothing is retried. */
+    s0 = syscalls(&e);
+    t0 = now_ms();
+    while (now_ms() - t0 < 300) {
+        pump(&e, 50);
+        iters++;
+    }
+    assert_true(iters <= 10);
+    assert_true(syscalls(&e) - s0 <= (uint64_t)iters);
+    st = stats(&e);
+    assert_int_equal(st.accept_emfile, 1);
+    assert_int_equal(st.accepted, 1);
+
+    /* A second later (virtual) the listener is tried once more; still no
+     * descriptor, so c is dropped too. */
+    vclock += 999;
+    pump(&e, 0);
+    assert_int_equal(stats(&e).accept_emfile, 1);
+    vclock += 1;
+    PUMP_UNTIL(&e, stats(&e).accept_emfile > 1);
+    wait_dropped(c);
+
+    /* Existing connections keep working. */
+    roundtrip(&e, a, 0);
+
+    /* One closes: its descriptor lets the next client in.  The client
+     * keeps its own descriptor (half-close) so only the server's frees. */
+    tcp_connect_fd(d, e.port);
+    assert_int_equal(shutdown(a, SHUT_WR), 0);
+    PUMP_UNTIL(&e, count_ev(&e, PE_EV_EOF, ha) == 1);
+    assert_int_equal(pe_loop_close(e.l, ha, PE_CLOSE_NOW), 0);
+    hd = next_open(&e);
+    roundtrip(&e, d, 0);
+    x = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(x < 0 && errno == EMFILE);      /* the limit still holds */
+    restore_nofile(NULL);
+    roundtrip(&e, d, 0);
+    assert_int_equal(count_ev(&e, PE_EV_CLOSED, hd), 0);
+    close(a);
+    close(b);
+    close(c);
+    close(d);
+    env_close(&e);
+}
+
+static void max_conns(void **state, uint32_t policy)
+{
+    struct pe_loop_config cfg;
+    struct env e;
+    pe_handle h1;
+    char ch;
+    int c1, c2, c3;
+
+    base_config(&cfg, state);
+    cfg.max_conns = 2;
+    cfg.overflow = policy;
+    cfg.echo = 1;
+    env_open(&e, &cfg);
+    c1 = tcp_client(e.port, 0);
+    c2 = tcp_client(e.port, 0);
+    c3 = tcp_client(e.port, 0);
+    h1 = next_open(&e);
+    next_open(&e);
+    if (policy == PE_OVERFLOW_CLOSE) {
+        PUMP_UNTIL(&e, stats(&e).refused == 1);
+        wait_dropped(c3);
+    } else {
+        uint64_t t0 = now_ms();
+
+        assert_int_equal(send(c3, "x", 1, 0), 1);
+        while (now_ms() - t0 < 100)
+            pump(&e, 10);
+        assert_int_equal(stats(&e).refused, 0);
+        assert_true(recv(c3, &ch, 1, 0) < 0 && errno == EAGAIN);
+    }
+    assert_int_equal(count_ev(&e, PE_EV_OPEN, 0), 2);
+    roundtrip(&e, c1, 0);
+    roundtrip(&e, c2, 0);
+    /* A slot frees: the backlog is served (the queued byte included). */
+    assert_int_equal(pe_loop_close(e.l, h1, PE_CLOSE_NOW), 0);
+    close(c1);
+    if (policy == PE_OVERFLOW_BACKLOG) {
+        ssize_t n;
+
+        next_open(&e);
+        PUMP_UNTIL(&e, (n = recv(c3, &ch, 1, 0)) >= 0);
+        assert_int_equal(n, 1);
+        assert_int_equal(ch, 'x');
+        roundtrip(&e, c3, 0);
+    } else {
+        close(c3);
+        c3 = tcp_client(e.port, 0);
+        next_open(&e);
+        roundtrip(&e, c3, 0);
+    }
+    close(c2);
+    close(c3);
+    env_close(&e);
+}
+
+static void test_max_conns_backlog(void **state)
+{
+    max_conns(state, PE_OVERFLOW_BACKLOG);
+}
+
+static void test_max_conns_close(void **state)
+{
+    max_conns(state, PE_OVERFLOW_CLOSE);
+}
+
+/* --------------------------------------------------------------- timeouts */
+
+static void test_idle_timeout(void **state)
+{
+    struct pe_loop_config cfg;
+    struct env e;
+    char buf[8];
+    pe_handle ha, hb, hc;
+    uint64_t t0;
+    int a, b, c;
+
+    base_config(&cfg, state);
+    cfg.idle_timeout_ms = 5000;
+    env_open(&e, &cfg);
+    vclock = 1000;
+    pe__loop_set_clock(e.l, fake_clock, NULL);
+    a = tcp_client(e.port, 0);
+    b = tcp_client(e.port, 0);
+    ha = next_open(&e);
+    hb = next_open(&e);
+
+    vclock = 4000;                               /* a talks, b does not */
+    assert_int_equal(send(a, "hi", 2, 0), 2);
+    PUMP_UNTIL(&e, count_ev(&e, PE_EV_DATA, ha) == 1);
+    assert_int_equal(pe_loop_read(e.l, ha, buf, sizeof(buf)), 2);
+    vclock = 5999;
+    pump(&e, 0);
+    assert_int_equal(count_ev(&e, PE_EV_CLOSED, 0), 0);
+    vclock = 6000;
+    pump(&e, 0);
+    assert_int_equal(count_ev(&e, PE_EV_CLOSED, hb), 1);
+    assert_int_equal(last_ev(&e, PE_EV_CLOSED, hb)->arg, ETIMEDOUT);
+    assert_int_equal(count_ev(&e, PE_EV_CLOSED, ha), 0);
+    wait_dropped(b);
+
+    /* run(-1) sleeps only until the earliest deadline (a at 9000). */
+    vclock = 8970;
+    t0 = now_ms();
+    assert_int_equal(pump(&e, -1), 0);
+    assert_true(now_ms() - t0 >= 20 && now_ms() - t0 < 2000);
+    vclock = 9000;
+    pump(&e, 0);
+    assert_int_equal(last_ev(&e, PE_EV_CLOSED, ha)->arg, ETIMEDOUT);
+
+    /* Sending counts as activity too. */
+    c = tcp_client(e.port, 0);
+    hc = next_open(&e);
+    vclock = 13000;
+    pump(&e, 0);
+    assert_int_equal(pe_loop_send(e.l, hc, "x", 1), 1);
+    vclock = 17999;
+    pump(&e, 0);
+    assert_int_equal(count_ev(&e, PE_EV_CLOSED, hc), 0);
+    vclock = 18000;
+    pump(&e, 0);
+    assert_int_equal(count_ev(&e, PE_EV_CLOSED, hc), 1);
+    assert_int_equal(stats(&e).timed_out, 3);
+    close(a);
+    close(b);
+    close(c);
+    env_close(&e);
+}
+
+static void test_read_timeout(void **state)
+{
+    struct pe_loop_config cfg;
+    struct env e;
+    char buf[8];
+    pe_handle h;
+    int fd;
+
+    base_config(&cfg, state);
+    cfg.read_timeout_ms = 3000;
+    env_open(&e, &cfg);
+    vclock = 0;
+    pe__loop_set_clock(e.l, fake_clock, NULL);
+    fd = tcp_client(e.port, 0);
+    h = next_open(&e);
+    assert_int_equal(pe_loop_arm_read_timeout(e.l, h, 1), 0);
+    vclock = 2000;                   /* bytes arrive: the deadline stands */
+    assert_int_equal(send(fd, "ab", 2, 0), 2);
+    PUMP_UNTIL(&e, count_ev(&e, PE_EV_DATA, h) == 1);
+    assert_int_equal(count_ev(&e, PE_EV_READ_TIMEOUT, 0), 0);
+    vclock = 2999;
+    pump(&e, 0);
+    assert_int_equal(count_ev(&e, PE_EV_READ_TIMEOUT, 0), 0);
+    vclock = 3000;
+    pump(&e, 0);
+    assert_int_equal(count_ev(&e, PE_EV_READ_TIMEOUT, h), 1);
+    /* Still open and usable; the deadline fired once. */
+    assert_int_equal(pe_loop_read(e.l, h, buf, sizeof(buf)), 2);
+    assert_int_equal(pe_loop_send(e.l, h, "ok", 2), 2);
+    vclock = 10000;
+    pump(&e, 0);
+    assert_int_equal(count_ev(&e, PE_EV_READ_TIMEOUT, h), 1);
+    /* Disarmed before the deadline: nothing. */
+    assert_int_equal(pe_loop_arm_read_timeout(e.l, h, 1), 0);
+    vclock = 11000;
+    assert_int_equal(pe_loop_arm_read_timeout(e.l, h, 0), 0);
+    vclock = 20000;
+    pump(&e, 0);
+    assert_int_equal(count_ev(&e, PE_EV_READ_TIMEOUT, h), 1);
+    /* Re-arming restarts the deadline. */
+    assert_int_equal(pe_loop_arm_read_timeout(e.l, h, 1), 0);
+    vclock = 22000;
+    assert_int_equal(pe_loop_arm_read_timeout(e.l, h, 1), 0);
+    vclock = 24000;
+    pump(&e, 0);
+    assert_int_equal(count_ev(&e, PE_EV_READ_TIMEOUT, h), 1);
+    vclock = 25000;
+    pump(&e, 0);
+    assert_int_equal(count_ev(&e, PE_EV_READ_TIMEOUT, h), 2);
+    assert_int_equal(count_ev(&e, PE_EV_CLOSED, h), 0);
+    close(fd);
+    env_close(&e);
+}
+
+/* ----------------------------------------------------------- flow control */
+
+/* Send the next pattern bytes (up to 8 KiB) without blocking. */
+static void send_pat(int fd, size_t *sent, unsigned seed)
+{
+    unsigned char b[8192];
+    ssize_t n;
+
+    fill(b, *sent, sizeof(b), seed);
+    n = send(fd, b, sizeof(b), 0);
+    assert_true(n > 0 || (n < 0 && errno == EAGAIN));
+    if (n > 0)
+        *sent += (size_t)n;
+}
+
+static void test_pause_resume(void **state)
+{
+    enum { TOTAL = 512 * 1024 };
+    struct pe_loop_config cfg;
+    struct env e;
+    static unsigned char rbuf[4096];
+    size_t sent = 0, got = 0;
+    uint32_t in;
+    uint64_t s0;
+    size_t ndata;
+    pe_handle h;
+    int fd;
+
+    base_config(&cfg, state);
+    cfg.in_high = 32 * 1024;
+    cfg.in_low = 8 * 1024;
+    env_open(&e, &cfg);
+    fd = tcp_client(e.port, 0);
+    h = next_open(&e);
+    /* The server does not read: input stops at in_high. */
+    PUMP_UNTIL(&e, (send_pat(fd, &sent, 1),
+                    pe_loop_buffered(e.l, h, &in, NULL), in >= cfg.in_high));
+    assert_int_equal(in, cfg.in_high);
+    ndata = count_ev(&e, PE_EV_DATA, h);
+    s0 = syscalls(&e);
+    for (int i = 0; i < 3; i++)
+        pump(&e, 10);
+    assert_int_equal(syscalls(&e) - s0, 3);      /* waits only */
+    assert_int_equal(count_ev(&e, PE_EV_DATA, h), ndata);
+    pe_loop_buffered(e.l, h, &in, NULL);
+    assert_int_equal(in, cfg.in_high);
+
+    /* Reading below in_low resumes; everything arrives intact. */
+    PUMP_UNTIL(&e, ({
+        int64_t n = pe_loop_read(e.l, h, rbuf, sizeof(rbuf));
+        assert_true(n >= 0);
+        check_pat(rbuf, got, (size_t)n, 1);
+        got += (size_t)n;
+        if (sent < TOTAL)
+            send_pat(fd, &sent, 1);
+        pe_loop_buffered(e.l, h, &in, NULL);
+        assert_true(in <= cfg.in_high);
+        sent >= TOTAL && got == sent;
+    }));
+    assert_int_equal(got, sent);
+
+    /* Paused by the user: no DATA until resumed. */
+    assert_int_equal(pe_loop_pause_reading(e.l, h), 0);
+    ndata = count_ev(&e, PE_EV_DATA, h);
+    assert_int_equal(send(fd, "0123456789", 10, 0), 10);
+    for (int i = 0; i < 3; i++)
+        pump(&e, 10);
+    assert_int_equal(count_ev(&e, PE_EV_DATA, h), ndata);
+    assert_int_equal(pe_loop_resume_reading(e.l, h), 0);
+    PUMP_UNTIL(&e, count_ev(&e, PE_EV_DATA, h) == ndata + 1);
+    assert_int_equal(pe_loop_read(e.l, h, rbuf, sizeof(rbuf)), 10);
+    assert_memory_equal(rbuf, "0123456789", 10);
+    close(fd);
+    env_close(&e);
+}
+
+/* ---------------------------------------------------------------- wakeup */
+
+static void *wake_later(void *arg)
+{
+    struct timespec ts = { 0, 50 * 1000 * 1000 };
+
+    nanosleep(&ts, NULL);
+    assert_int_equal(pe_loop_wakeup(arg), 0);
+    return NULL;
+}
+
+static void test_wakeup(void **state)
+{
+    struct pe_loop_config cfg;
+    struct env e;
+    pthread_t t;
+    uint64_t t0;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    t0 = now_ms();
+    assert_int_equal(pthread_create(&t, NULL, wake_later, e.l), 0);
+    while (count_ev(&e, PE_EV_WAKEUP, 0) == 0 && now_ms() - t0 < 5000)
+        pump(&e, 5000);
+    pthread_join(t, NULL);
+    assert_int_equal(count_ev(&e, PE_EV_WAKEUP, 0), 1);
+    assert_true(now_ms() - t0 >= 40 && now_ms() - t0 < 3000);
+    assert_int_equal(last_ev(&e, PE_EV_WAKEUP, 0)->handle, 0);
+    /* Several wakeups before a run make one event; then nothing. */
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(pe_loop_wakeup(e.l), 0);
+    assert_int_equal(pump(&e, 1000), 1);
+    assert_int_equal(count_ev(&e, PE_EV_WAKEUP, 0), 2);
+    assert_int_equal(pump(&e, 0), 0);
+    env_close(&e);
+}
+
+/* -------------------------------------------------------- handles, events */
+
+static void test_stale_handle(void **state)
+{
+    struct pe_loop_config cfg;
+    struct env e;
+    char buf[64];
+    uint64_t tok = 0;
+    uint32_t in, out;
+    pe_handle ha, hb;
+    int a, b, port;
+
+    base_config(&cfg, state);
+    cfg.max_conns = 1;
+    cfg.read_timeout_ms = 1000;
+    env_open(&e, &cfg);
+    a = tcp_client(e.port, 0);
+    ha = next_open(&e);
+    assert_int_equal(pe_loop_set_token(e.l, ha, 42), 0);
+    assert_int_equal(pe_loop_get_token(e.l, ha, &tok), 0);
+    assert_int_equal(tok, 42);
+    assert_true(pe_loop_fileno(e.l, ha) >= 0);
+    assert_int_equal(pe_loop_peer(e.l, ha, buf, sizeof(buf), &port), 0);
+    assert_string_equal(buf, "127.0.0.1");
+    {
+        struct sockaddr_in sa;
+        socklen_t sl = sizeof(sa);
+
+        getsockname(a, (struct sockaddr *)&sa, &sl);
+        assert_int_equal(port, ntohs(sa.sin_port));
+    }
+    assert_int_equal(pe_loop_peer(e.l, ha, buf, 3, &port), -ENOSPC);
+
+    assert_int_equal(pe_loop_close(e.l, ha, PE_CLOSE_NOW), 0);
+    assert_int_equal(pe_loop_read(e.l, ha, buf, 1), -ESTALE);
+    assert_int_equal(pe_loop_send(e.l, ha, buf, 1), -ESTALE);
+    assert_int_equal(pe_loop_close(e.l, ha, PE_CLOSE_NOW), -ESTALE);
+    assert_int_equal(pe_loop_shutdown(e.l, ha), -ESTALE);
+    assert_int_equal(pe_loop_pause_reading(e.l, ha), -ESTALE);
+    assert_int_equal(pe_loop_resume_reading(e.l, ha), -ESTALE);
+    assert_int_equal(pe_loop_arm_read_timeout(e.l, ha, 1), -ESTALE);
+    assert_int_equal(pe_loop_set_token(e.l, ha, 1), -ESTALE);
+    assert_int_equal(pe_loop_get_token(e.l, ha, &tok), -ESTALE);
+    assert_int_equal(pe_loop_buffered(e.l, ha, &in, &out), -ESTALE);
+    assert_int_equal(pe_loop_peer(e.l, ha, buf, sizeof(buf), &port), -ESTALE);
+    assert_int_equal(pe_loop_fileno(e.l, ha), -ESTALE);
+    assert_int_equal(pe_loop_read(e.l, 0, buf, 1), -ESTALE);
+    pump(&e, 0);
+    pump(&e, 0);
+    assert_int_equal(count_ev(&e, PE_EV_CLOSED, ha), 1);
+    assert_int_equal(recv_wait(a, buf, 1, 2000), 0);
+
+    /* The slot is reused (capacity 1); the old handle stays stale. */
+    b = tcp_client(e.port, 0);
+    hb = next_open(&e);
+    assert_int_equal((uint32_t)hb, (uint32_t)ha);
+    assert_int_not_equal(hb, ha);
+    assert_int_equal(pe_loop_send(e.l, ha, "x", 1), -ESTALE);
+    assert_int_equal(pe_loop_send(e.l, hb, "x", 1), 1);
+    assert_int_equal(pe_loop_get_token(e.l, hb, &tok), 0);
+    assert_int_equal(tok, 0);
+    close(a);
+    close(b);
+    env_close(&e);
+}
+
+static void test_events_beyond_max(void **state)
+{
+    enum { N = 10 };
+    struct pe_loop_config cfg;
+    struct env e;
+    int fd[N], total = 0, n;
+    uint64_t t0;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    for (int i = 0; i < N; i++)
+        fd[i] = tcp_client(e.port, 0);
+    /* All ten are accepted in one run, handed out three at a time. */
+    n = pump_max(&e, 2000, 3);
+    assert_int_equal(n, 3);
+    total = n;
+    t0 = now_ms();
+    while (total < N) {
+        n = pump_max(&e, -1, 3);                 /* must not block */
+        assert_true(n == 3 || n == N - total);
+        total += n;
+    }
+    assert_true(now_ms() - t0 < 1000);
+    assert_int_equal(count_ev(&e, PE_EV_OPEN, 0), N);
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < i; j++)
+            assert_int_not_equal(e.ev[i].handle, e.ev[j].handle);
+    assert_int_equal(stats(&e).events, N);
+    for (int i = 0; i < N; i++)
+        close(fd[i]);
+    env_close(&e);
+}
+
+static void test_no_sigpipe(void **state)
+{
+    struct pe_loop_config cfg;
+    struct env e;
+    static unsigned char big[1 << 20];
+    void (*old)(int) = signal(SIGPIPE, SIG_DFL);
+    const struct pe_loop_event *ev;
+    pe_handle h;
+    int64_t rc = 0;
+    int fd;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    /* Direct sends to a closed peer. */
+    fd = tcp_client(e.port, 0);
+    h = next_open(&e);
+    close(fd);
+    for (int i = 0; i < 100 && rc >= 0; i++) {
+        rc = pe_loop_send(e.l, h, "data", 4);
+        pump(&e, 1);
+    }
+    assert_true(rc == -EPIPE || rc == -ECONNRESET || rc == -ESTALE);
+    PUMP_UNTIL(&e, count_ev(&e, PE_EV_CLOSED, h) == 1);
+    ev = last_ev(&e, PE_EV_CLOSED, h);
+    assert_true(ev->arg == EPIPE || ev->arg == ECONNRESET);
+
+    /* The loop's own writes of queued output. */
+    h = small_buffers(&e, &fd);
+    assert_int_equal(pe_loop_send(e.l, h, big, sizeof(big)), sizeof(big));
+    close(fd);
+    PUMP_UNTIL(&e, count_ev(&e, PE_EV_CLOSED, h) == 1);
+    ev = last_ev(&e, PE_EV_CLOSED, h);
+    assert_true(ev->arg == EPIPE || ev->arg == ECONNRESET);
+    signal(SIGPIPE, old);
+    env_close(&e);
+}
+
+/* ------------------------------------------------------------ once only */
+
+static void test_config(void **state)
+{
+    struct pe_loop_config cfg;
+    int err = 0;
+
+    (void)state;
+    pe_loop_config_init(&cfg);
+    assert_int_equal(cfg.max_conns, 1024);
+    assert_int_equal(cfg.edge, 0);
+    cfg.backend = "poll";
+    cfg.edge = 1;
+    assert_null(pe_loop_new(&cfg, &err));
+    assert_int_equal(err, -EOPNOTSUPP);
+    cfg.edge = 0;
+    cfg.in_low = cfg.in_high + 1;
+    assert_null(pe_loop_new(&cfg, &err));
+    assert_int_equal(err, -EINVAL);
+    pe_loop_config_init(&cfg);
+    cfg.max_conns = 0;
+    assert_null(pe_loop_new(&cfg, &err));
+    assert_int_equal(err, -EINVAL);
+}
+
+static void test_listeners(void **state)
+{
+    struct pe_loop_config cfg;
+    struct env e;
+    int port2, lfd2, id2, fd;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    assert_int_equal(pe_loop_add_listener(e.l, e.lfd), -EEXIST);
+    assert_int_equal(pe_loop_add_listener(e.l, -1), -EBADF);
+    lfd2 = tcp_listener(&port2);
+    id2 = pe_loop_add_listener(e.l, lfd2);
+    assert_int_equal(id2, e.lid + 1);
+    fd = tcp_client(port2, 0);
+    PUMP_UNTIL(&e, count_ev(&e, PE_EV_OPEN, 0) == 1);
+    assert_int_equal(last_ev(&e, PE_EV_OPEN, 0)->arg, id2);
+    close(fd);
+    assert_int_equal(pe_loop_remove_listener(e.l, id2), 0);
+    assert_int_equal(pe_loop_remove_listener(e.l, id2), -ENOENT);
+    fd = tcp_client(port2, 0);                  /* sits in the backlog */
+    for (int i = 0; i < 5; i++)
+        pump(&e, 5);
+    assert_int_equal(count_ev(&e, PE_EV_OPEN, 0), 1);
+    close(fd);
+    close(lfd2);
+    env_close(&e);
+}
+
+/* ------------------------------------------------------------------ main */
+
+#define T(f) cmocka_unit_test(f)
+
+int main(void)
+{
+    struct CMUnitTest per_mode[] = {
+        T(test_echo_c),
+        T(test_echo_user),
+        T(test_echo_syscalls),
+        T(test_partial_writes),
+        T(test_coalesce),
+        T(test_write_full_enobufs),
+        T(test_peer_reset),
+        T(test_half_close),
+        T(test_close_modes),
+        cmocka_unit_test_teardown(test_emfile, restore_nofile),
+        T(test_max_conns_backlog),
+        T(test_max_conns_close),
+        T(test_idle_timeout),
+        T(test_read_timeout),
+        T(test_pause_resume),
+        T(test_wakeup),
+        T(test_stale_handle),
+        T(test_events_beyond_max),
+        T(test_no_sigpipe),
+        T(test_listeners),
+    };
+    const struct CMUnitTest once[] = { T(test_config) };
+    size_t n = sizeof(per_mode) / sizeof(per_mode[0]);
+    int failed = 0;
+
+    for (size_t m = 0; m < sizeof(modes) / sizeof(modes[0]); m++) {
+        for (size_t i = 0; i < n; i++)
+            per_mode[i].initial_state = (void *)&modes[m];
+        failed += _cmocka_run_group_tests(modes[m].name, per_mode, n, NULL,
+                                          NULL);
+    }
+    failed += cmocka_run_group_tests_name("loop", once, NULL, NULL);
+    return failed;
+}
