@@ -112,7 +112,9 @@ typedef struct pe_loop pe_loop;
 typedef uint64_t pe_handle;
 
 /* What a batch reports.  Every connection that was OPENed gets exactly one
- * CLOSED, whoever closed it, after which its handle is stale. */
+ * CLOSED, whoever closed it.  The handle is stale from the moment CLOSED is
+ * queued: a DATA earlier in the same batch may already find it stale (the
+ * peer reset after sending, say). */
 enum pe_loop_event_kind {
     PE_EV_OPEN = 1,         /* arg: listener id */
     PE_EV_DATA = 2,         /* arg: bytes now buffered for reading; at most

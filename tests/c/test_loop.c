@@ -155,6 +155,19 @@ static ssize_t recv_wait(int fd, void *buf, size_t n, int ms)
     return recv(fd, buf, n, 0);
 }
 
+/* Send the next pattern bytes (up to 8 KiB) without blocking. */
+static void send_pat(int fd, size_t *sent, unsigned seed)
+{
+    unsigned char b[8192];
+    ssize_t n;
+
+    fill(b, *sent, sizeof(b), seed);
+    n = send(fd, b, sizeof(b), 0);
+    assert_true(n > 0 || (n < 0 && errno == EAGAIN));
+    if (n > 0)
+        *sent += (size_t)n;
+}
+
 /* ---------------------------------------------------------------- fixture */
 
 struct env {
@@ -317,6 +330,19 @@ static void roundtrip(struct env *e, int fd, pe_handle h_user)
 
 /* ------------------------------------------------------------------- echo */
 
+static pe_handle small_buffers(struct env *e, int *cfd)
+{
+    int sz = 4096;
+    pe_handle h;
+
+    *cfd = tcp_client(e->port, sz);
+    h = next_open(e);
+    assert_int_equal(setsockopt(pe_loop_fileno(e->l, h), SOL_SOCKET,
+                                SO_SNDBUF, &sz, sizeof(sz)), 0);
+    return h;
+}
+
+
 static void echo_clients(struct env *e, int user_echo)
 {
     enum { NC = 6, LEN = 300000 };
@@ -393,6 +419,64 @@ static void test_echo_user(void **state)
     env_close(&e);
 }
 
+/* Echo mode with a client that sends but does not read: reading stops
+ * near out_high instead of buffering without bound, and resumes when the
+ * client reads; every byte comes back in order. */
+static void test_echo_backpressure(void **state)
+{
+    enum { TOTAL = 8 << 20 };
+    struct pe_loop_config cfg;
+    struct env e;
+    static unsigned char rbuf[16384];
+    size_t sent = 0, got = 0;
+    uint32_t in, out, most = 0;
+    uint64_t t0;
+    pe_handle h;
+    ssize_t n;
+    int fd;
+
+    base_config(&cfg, state);
+    cfg.echo = 1;
+    cfg.out_high = 64 * 1024;
+    env_open(&e, &cfg);
+    h = small_buffers(&e, &fd);
+    /* The client's send buffer small too, so the kernel hides less.  (Not
+     * the server's receive buffer: shrinking it after the handshake makes
+     * the kernel drop segments and stall on retransmission.) */
+    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &(int){ 4096 },
+                                sizeof(int)), 0);
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
+    /* Fill until the loop stops reading, then keep pushing a while. */
+    PUMP_UNTIL(&e, (send_pat(fd, &sent, 4),
+                    pe_loop_buffered(e.l, h, &in, &out), out >= cfg.out_high));
+    t0 = now_ms();
+    while (now_ms() - t0 < 200) {
+        send_pat(fd, &sent, 4);
+        pump(&e, 1);
+        pe_loop_buffered(e.l, h, &in, &out);
+        if (out > most)
+            most = out;
+    }
+    assert_true(sent < TOTAL);                  /* the client got stuck */
+    assert_true(most >= cfg.out_high);
+    assert_true(most <= cfg.out_high + PE_RING_MIN);
+    assert_true(in == 0);
+    PUMP_UNTIL(&e, ({
+        while ((n = recv(fd, rbuf, sizeof(rbuf), 0)) > 0) {
+            check_pat(rbuf, got, (size_t)n, 4);
+            got += (size_t)n;
+        }
+        if (sent < TOTAL)
+            send_pat(fd, &sent, 4);
+        pe_loop_buffered(e.l, h, NULL, &out);
+        assert_true(out <= cfg.out_high + PE_RING_MIN);
+        sent >= TOTAL && got == sent;
+    }));
+    assert_no_buffers(&e, h);
+    close(fd);
+    env_close(&e);
+}
+
 /* Echo mode costs one read and one send per message: no epoll_ctl, no
  * extra read to see EAGAIN. */
 static void test_echo_syscalls(void **state)
@@ -433,17 +517,6 @@ static void test_echo_syscalls(void **state)
 
 /* ---------------------------------------------------------------- writing */
 
-static pe_handle small_buffers(struct env *e, int *cfd)
-{
-    int sz = 4096;
-    pe_handle h;
-
-    *cfd = tcp_client(e->port, sz);
-    h = next_open(e);
-    assert_int_equal(setsockopt(pe_loop_fileno(e->l, h), SOL_SOCKET,
-                                SO_SNDBUF, &sz, sizeof(sz)), 0);
-    return h;
-}
 
 static void test_partial_writes(void **state)
 {
@@ -985,18 +1058,6 @@ static void test_read_timeout(void **state)
 
 /* ----------------------------------------------------------- flow control */
 
-/* Send the next pattern bytes (up to 8 KiB) without blocking. */
-static void send_pat(int fd, size_t *sent, unsigned seed)
-{
-    unsigned char b[8192];
-    ssize_t n;
-
-    fill(b, *sent, sizeof(b), seed);
-    n = send(fd, b, sizeof(b), 0);
-    assert_true(n > 0 || (n < 0 && errno == EAGAIN));
-    if (n > 0)
-        *sent += (size_t)n;
-}
 
 static void test_pause_resume(void **state)
 {
@@ -1295,6 +1356,7 @@ int main(void)
         T(test_echo_c),
         T(test_echo_user),
         T(test_echo_syscalls),
+        T(test_echo_backpressure),
         T(test_partial_writes),
         T(test_coalesce),
         T(test_write_full_enobufs),
