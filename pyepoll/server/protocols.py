@@ -84,7 +84,8 @@ class HttpSession:
 
     * ``closing`` True: the connection must end once the answer is sent
       (error, ``Connection: close``, HTTP/1.0, or draining); later input is
-      ignored.
+      ignored.  ``linger`` True: input was left unread, so half-close and
+      drop input for a while rather than close at once.
     * ``arm`` True / False / None: start (or restart) the request deadline,
       stop it, or leave it as it is.  The deadline covers a request head
       from its first byte, and a body from its last progress; call
@@ -95,7 +96,7 @@ class HttpSession:
     __slots__ = ("_parser", "_limits", "_stats", "_pending", "_state",
                  "_remaining", "_parts", "_body_len", "_decoder", "_keep",
                  "_http10", "_head_only", "_timing", "closing", "arm",
-                 "draining", "status")
+                 "draining", "status", "linger")
 
     def __init__(self, parser: Optional[RequestParser] = None,
                  limits: Optional[Limits] = None, stats: object = None) -> None:
@@ -117,6 +118,9 @@ class HttpSession:
         self.draining = False
         #: Status of the last error answered (0 if none).
         self.status = 0
+        #: With ``closing``: close by half-closing and dropping input for a
+        #: while (input is left unread), not at once.
+        self.linger = False
 
     @property
     def busy(self) -> bool:
@@ -142,6 +146,8 @@ class HttpSession:
         parser = self._parser
         while pos < end:
             state = self._state
+            if state == _DEAD:
+                break
             if state == _HEAD_STATE:
                 rc = parser.parse(buf, pos)
                 if rc > 0:
@@ -182,6 +188,11 @@ class HttpSession:
                     self._finish_request(body, out)
             else:                                   # _CHUNKED
                 pos = self._chunked(buf, pos, end, out)
+        if self._state == _DEAD:
+            # Input the answer leaves unread (an error, or requests
+            # pipelined after a close) would turn a plain close into a
+            # reset that can destroy the answer in flight.
+            self.linger = bool(self.status) or pos < end
         self._update_timer(started)
         if len(out) == 1:
             return out[0]
@@ -366,7 +377,10 @@ class HttpHandler(Handler):
         if out:
             conn.send(out)
         if s.closing:
-            self._linger(conn)
+            if s.linger:
+                self._linger(conn)
+            else:
+                conn.close()
         elif s.arm is not None:
             conn.set_timeout(s.arm)
 

@@ -25,7 +25,7 @@ import pyepoll
 
 MODELS = ["eventloop", "threadpool", "threads"]
 HELLO = b"Hello, World!\n"
-STARTED = re.compile(r"serving (\S+) on (\S+):(\d+) ")
+STARTED = re.compile(r"INFO: serving (\S+) on (\S+):(\d+) ")
 
 
 def loop_available() -> bool:

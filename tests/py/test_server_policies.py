@@ -1,0 +1,200 @@
+"""Capacity policies, the thread pool's starvation, worker processes and
+signals, on the real server process."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import time
+
+import pytest
+
+from test_server import (ALL_MODELS, GET, HELLO, Reader, connect, get,
+                         model_param, start_server)  # noqa: F401  (fixture)
+
+
+def _capacity_args(model: str, n: int):
+    # The thread pool serves as many connections at once as it has threads.
+    if model == "threadpool":
+        return ["--pool-threads", str(n), "--max-connections", str(n + 4)]
+    return ["--max-connections", str(n)]
+
+
+def _served(addr):
+    s = connect(addr)
+    r = Reader(s)
+    s.sendall(GET)
+    assert r.response().body == HELLO
+    return s, r
+
+
+def _no_answer_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+        return False
+    except socket.timeout:
+        return True
+    finally:
+        sock.settimeout(10)
+
+
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_overflow_queue_serves_in_order(start_server, model):
+    srv = start_server("--model", model, "--overflow", "queue",
+                       "--queue-size", "4", *_capacity_args(model, 2))
+    a, ra = _served(srv.addr)
+    b, rb = _served(srv.addr)
+    c = connect(srv.addr)
+    c.sendall(GET)
+    time.sleep(0.2)
+    d = connect(srv.addr)
+    d.sendall(GET)
+    assert _no_answer_within(c, 0.5)           # waiting, not refused
+    assert _no_answer_within(d, 0.1)
+    a.close()                                  # a slot frees: c goes first
+    assert Reader(c).response().body == HELLO
+    assert _no_answer_within(d, 0.3)
+    b.close()
+    assert Reader(d).response().body == HELLO
+    for s in (c, d):
+        s.close()
+
+
+@pytest.mark.parametrize("protocol", ["http", "echo"])
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_overflow_reject(start_server, model, protocol):
+    args = ["--model", model, "--overflow", "reject", "--protocol", protocol,
+            *_capacity_args(model, 2)]
+    if model == "threadpool":
+        args += ["--queue-size", "0"]          # the pool's FIFO holds none
+    srv = start_server(*args)
+    held = [connect(srv.addr) for _ in range(2)]
+    for s in held:                             # both are being served
+        s.sendall(b"ping" if protocol == "echo" else GET)
+        if protocol == "echo":
+            assert s.recv(10) == b"ping"
+        else:
+            assert Reader(s).response().body == HELLO
+    extra = connect(srv.addr)
+    t0 = time.monotonic()
+    r = Reader(extra)
+    if protocol == "http":
+        extra.sendall(GET)
+        resp = r.response()
+        assert resp.status == 503
+        assert resp.headers["connection"] == "close"
+    assert r.closed()
+    assert time.monotonic() - t0 < 2
+    held[0].close()                            # capacity back: served again
+    time.sleep(0.2)
+    s = connect(srv.addr)
+    s.sendall(b"pong" if protocol == "echo" else GET)
+    if protocol == "echo":
+        assert s.recv(10) == b"pong"
+    else:
+        assert Reader(s).response().body == HELLO
+    s.close()
+    held[1].close()
+    extra.close()
+    srv.signal(signal.SIGTERM)
+    assert srv.wait() == 0
+    srv.wait_for(r"stats \(final\):.* rejects=1 ")
+
+
+@pytest.mark.parametrize("model", [
+    model_param("threadpool"), model_param("eventloop")])
+def test_threadpool_starvation(start_server, model):
+    """--pool-threads 2 and two idle keep-alive clients: the thread pool
+    has no thread left for a third client; the event loop serves it at
+    once."""
+    srv = start_server("--model", model, "--pool-threads", "2")
+    idle = [_served(srv.addr) for _ in range(2)]   # now idle, kept alive
+    third = connect(srv.addr)
+    third.sendall(GET)
+    t0 = time.monotonic()
+    if model == "threadpool":
+        assert _no_answer_within(third, 1.0)       # starved
+        idle[0][0].close()                         # a worker comes free
+    resp = Reader(third).response()
+    waited = time.monotonic() - t0
+    assert resp.body == HELLO
+    if model == "eventloop":
+        assert waited < 0.5
+    else:
+        assert waited >= 1.0
+    third.close()
+    for s, _ in idle:
+        s.close()
+
+
+def _worker_pids(srv) -> set:
+    return {int(m) for m in re.findall(r"\[(\d+)\] INFO: worker serving",
+                                       srv.output())}
+
+
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_workers_both_serve(start_server, model):
+    if not hasattr(socket, "SO_REUSEPORT"):
+        pytest.skip("no SO_REUSEPORT")
+    srv = start_server("--model", model, "--workers", "2")
+    workers = _worker_pids(srv)
+    assert len(workers) == 2 and srv.pid not in workers
+    for _ in range(60):                    # a new connection each time
+        assert get(srv.addr)[2] == HELLO
+    srv.signal(signal.SIGTERM)             # forwarded to both; both drain
+    assert srv.wait() == 0
+    finals = re.findall(r"\[(\d+)\] INFO: stats \(final\): .*requests=(\d+) ",
+                        srv.output())
+    per_pid = {int(pid): int(n) for pid, n in finals}
+    assert set(per_pid) == workers
+    assert sum(per_pid.values()) == 60
+    assert all(n > 0 for n in per_pid.values()), per_pid
+
+
+def test_crashed_worker_is_restarted(start_server):
+    if not hasattr(socket, "SO_REUSEPORT"):
+        pytest.skip("no SO_REUSEPORT")
+    srv = start_server("--workers", "2")
+    workers = _worker_pids(srv)
+    victim = min(workers)
+    n = len(srv.lines)
+    os.kill(victim, signal.SIGKILL)
+    srv.wait_for(rf"worker \d \(pid {victim}\) exited with -9; restarting",
+                 start=n)
+    srv.wait_for(r"INFO: worker serving", start=n)
+    new = _worker_pids(srv) - workers
+    assert len(new) == 1
+    for _ in range(20):
+        assert get(srv.addr)[2] == HELLO
+    srv.signal(signal.SIGINT)              # SIGINT drains too
+    assert srv.wait() == 0
+    # The survivor and the replacement; the victim (SIGKILL) wrote none.
+    assert srv.count(r"stats \(final\)") == 2
+
+
+def test_sigint_drains(start_server):
+    srv = start_server()
+    s, r = _served(srv.addr)
+    srv.signal(signal.SIGINT)
+    assert r.closed()
+    assert srv.wait() == 0
+    srv.wait_for(r"stopped by SIGINT")
+    s.close()
+
+
+def test_grace_period_bounds_the_drain(start_server, tmp_path):
+    """A client that never finishes its request cannot hold the shutdown
+    past the grace period (10 s by default; here a stuck body)."""
+    srv = start_server("--idle-timeout", "60")
+    s = connect(srv.addr)
+    s.sendall(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc")
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    srv.signal(signal.SIGTERM)
+    # The request deadline (30 s cap) is longer than the grace: grace wins.
+    assert srv.wait(timeout=20) == 0
+    assert 9 < time.monotonic() - t0 < 15
+    srv.wait_for(r"grace period over: 1 connection")
+    s.close()
