@@ -25,6 +25,10 @@ from ._poller import (
 )
 
 from . import selectors
+from .loop import (
+    EV_CLOSED, EV_DATA, EV_DRAINED, EV_EOF, EV_OPEN, EV_READ_TIMEOUT,
+    EV_WAKEUP, EV_WRITE_FULL, Loop,
+)
 
 # select.epoll drop-in, Linux only: elsewhere pyepoll.epoll does not exist,
 # as select.epoll does not.
@@ -43,6 +47,8 @@ __all__ = [
     "ONESHOT", "EXCLUSIVE",
 ]
 __all__ += ["selectors", "new_event_loop", "run"]
+__all__ += ["Loop", "EV_OPEN", "EV_DATA", "EV_EOF", "EV_DRAINED",
+            "EV_WRITE_FULL", "EV_READ_TIMEOUT", "EV_CLOSED", "EV_WAKEUP"]
 if "epoll" in available_backends():
     __all__ += ["epoll"]
 

@@ -1,0 +1,589 @@
+"""pyepoll.Loop: a connection loop whose accept/read/write path runs in C.
+
+Python sees batches of ``(kind, handle, arg)`` events and decides only what
+it must: what to send back, when to close.  Bytes move between the sockets
+and per-connection rings in C; :meth:`Loop.recv` copies them out once,
+:meth:`Loop.send` hands them in without a copy in Python.
+
+Handles are ints (slot | generation << 32).  Every connection that was
+reported with :data:`EV_OPEN` is reported exactly once with
+:data:`EV_CLOSED`, after which its handle is stale: any method given it
+raises :class:`StaleHandleError` and never touches a connection that later
+reused the slot or the descriptor.
+
+Only :meth:`Loop.wakeup` (and :meth:`Loop.close`, which defers the release
+to a thread blocked in :meth:`Loop.wait`) may be called from another thread.
+"""
+from __future__ import annotations
+
+import errno
+import math
+import socket
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+from ._binding import StaleHandleError, check, ffi, fileno_of, lib
+from ._poller import available_backends, timeout_to_ms
+
+__all__ = [
+    "Loop", "StaleHandleError",
+    "EV_OPEN", "EV_DATA", "EV_EOF", "EV_DRAINED", "EV_WRITE_FULL",
+    "EV_READ_TIMEOUT", "EV_CLOSED", "EV_WAKEUP",
+]
+
+EV_OPEN: int = lib.PE_EV_OPEN
+"""A connection was accepted; ``arg`` is the listener id."""
+EV_DATA: int = lib.PE_EV_DATA
+"""Bytes are buffered for reading; ``arg`` is how many."""
+EV_EOF: int = lib.PE_EV_EOF
+"""The peer shut down its writing side; sending still works."""
+EV_DRAINED: int = lib.PE_EV_DRAINED
+"""Output queued by a partial send has all been written."""
+EV_WRITE_FULL: int = lib.PE_EV_WRITE_FULL
+"""Queued output crossed ``output_high``; ``arg`` is the bytes queued."""
+EV_READ_TIMEOUT: int = lib.PE_EV_READ_TIMEOUT
+"""An armed read deadline passed; the connection is still open."""
+EV_CLOSED: int = lib.PE_EV_CLOSED
+"""The connection is gone; ``arg`` is 0 or an errno.  The handle is stale."""
+EV_WAKEUP: int = lib.PE_EV_WAKEUP
+""":meth:`Loop.wakeup` was called; the handle is 0."""
+
+_TRIGGERS = {"level": 0, "edge": 1}
+_OVERFLOWS = {"backlog": lib.PE_OVERFLOW_BACKLOG, "close": lib.PE_OVERFLOW_CLOSE}
+_CLOSE_MODES = {"flush": lib.PE_CLOSE_FLUSH, "now": lib.PE_CLOSE_NOW,
+                "abort": lib.PE_CLOSE_ABORT}
+_STATS = ("conns_open", "accepted", "closed", "timed_out", "refused",
+          "accept_emfile", "bytes_in", "bytes_out", "syscalls", "events")
+_U32_MAX = 0xFFFFFFFF
+_MS_MAX = 0x7FFFFFFF
+_MAX_CONNECTIONS = 0x7FFFFFF0   # PE_CT_MAX in csrc/conntable.h
+_MAX_BATCH = 1 << 20
+_HOSTLEN = 64                   # > INET6_ADDRSTRLEN (46)
+
+# Hot-path names, bound once here and again as keyword-only defaults of the
+# hot methods so that each lookup there is a local one.
+_run = lib.pe_loop_run
+_read = lib.pe_loop_read
+_send = lib.pe_loop_send
+_unpack = ffi.unpack
+_from_buffer = ffi.from_buffer
+_monotonic = time.monotonic
+
+
+def _raise_closed() -> None:
+    raise ValueError("I/O operation on closed loop")
+
+
+def _size(name: str, value: Any, minimum: int, maximum: int = _U32_MAX) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < minimum or value > maximum:
+        raise ValueError(
+            f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def _seconds_to_ms(name: str, value: Optional[float]) -> int:
+    """A timeout in seconds -> milliseconds for the C core (0 means none).
+    Rounded up, so a deadline never fires early."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{name} must be a number of seconds or None, not "
+            f"{type(value).__name__}")
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds or "
+                         f"None, got {value!r}")
+    ms = math.ceil(value * 1000.0)
+    if ms > _MS_MAX:
+        raise OverflowError(f"{name} is too large ({value!r} s)")
+    return int(ms)
+
+
+def _choice(name: str, value: Any, table: Dict[str, int]) -> int:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+    try:
+        return table[value]
+    except KeyError:
+        raise ValueError(
+            f"{name} must be one of {', '.join(map(repr, table))}, "
+            f"not {value!r}") from None
+
+
+class Loop:
+    """A connection loop: listeners, a fixed-capacity connection table,
+    byte buffers per connection and idle/read timeouts, all in C.
+
+    ``trigger`` is ``"level"`` or ``"edge"`` (epoll and kqueue only).
+    ``max_connections`` bounds the table; beyond it ``overflow="backlog"``
+    stops accepting (the kernel backlog holds newcomers) and ``"close"``
+    accepts and closes them at once (counted as ``refused``).
+    ``idle_timeout`` (seconds) closes a connection with no bytes either way
+    (:data:`EV_CLOSED` with ``ETIMEDOUT``); ``read_timeout`` is the
+    deadline of :meth:`arm_read_timeout`.  Reading pauses when
+    ``input_high`` bytes are unread and resumes below ``input_low``;
+    :data:`EV_WRITE_FULL` is reported above ``output_high`` queued bytes
+    and :meth:`send` refuses to queue beyond ``output_max``.  With
+    ``echo=True`` the C core sends back whatever it reads (no
+    :data:`EV_DATA`).  ``batch`` is the most events one :meth:`wait`
+    returns; the rest stay queued for the next.
+    """
+
+    __slots__ = ("_p", "_ev", "_vi", "_vq", "_batch", "_rbuf", "_in_high",
+                 "_out_max", "_backend", "_trigger", "_echo", "_listeners",
+                 "_owned", "_busy", "_zombie", "_lock", "_u32a", "_u32b",
+                 "_u64", "_int", "_host", "_stats", "__weakref__")
+
+    def __init__(self, *, backend: Optional[str] = None,
+                 trigger: str = "level", max_connections: int = 1024,
+                 overflow: str = "backlog",
+                 idle_timeout: Optional[float] = None,
+                 read_timeout: Optional[float] = None,
+                 input_high: int = 65536, input_low: int = 16384,
+                 output_high: int = 65536, output_max: int = 16 * 2**20,
+                 accept_batch: int = 64, nodelay: bool = True,
+                 echo: bool = False, batch: int = 1024) -> None:
+        self._p: Any = None
+        self._busy = False
+        self._zombie: Any = None
+        self._lock = threading.Lock()
+        self._listeners: Dict[int, socket.socket] = {}
+        self._owned: Dict[int, socket.socket] = {}
+        if backend is not None:
+            if not isinstance(backend, str):
+                raise TypeError(f"backend must be a str or None, not "
+                                f"{type(backend).__name__}")
+            if backend not in ("epoll", "kqueue", "poll", "select"):
+                raise ValueError(f"unknown backend {backend!r}; expected one "
+                                 f"of epoll, kqueue, poll, select")
+        edge = _choice("trigger", trigger, _TRIGGERS)
+        cfg = ffi.new("struct pe_loop_config *")
+        lib.pe_loop_config_init(cfg)
+        cfg.edge = edge
+        cfg.max_conns = _size("max_connections", max_connections, 1,
+                              _MAX_CONNECTIONS)
+        cfg.overflow = _choice("overflow", overflow, _OVERFLOWS)
+        cfg.idle_timeout_ms = _seconds_to_ms("idle_timeout", idle_timeout)
+        cfg.read_timeout_ms = _seconds_to_ms("read_timeout", read_timeout)
+        cfg.in_high = _size("input_high", input_high, 1)
+        cfg.in_low = _size("input_low", input_low, 0)
+        if input_low > input_high:
+            raise ValueError(f"input_low ({input_low}) must not exceed "
+                             f"input_high ({input_high})")
+        cfg.out_high = _size("output_high", output_high, 0)
+        cfg.out_max = _size("output_max", output_max, 1)
+        cfg.accept_batch = _size("accept_batch", accept_batch, 1)
+        cfg.nodelay = 1 if nodelay else 0
+        cfg.echo = 1 if echo else 0
+        self._batch = _size("batch", batch, 1, _MAX_BATCH)
+        name = ffi.NULL if backend is None else ffi.new("char[]",
+                                                         backend.encode())
+        cfg.backend = name
+        err = ffi.new("int *")
+        p = lib.pe_loop_new(cfg, err)
+        if p == ffi.NULL:
+            rc = err[0]
+            if rc == -errno.ENOSYS:
+                raise ValueError(
+                    f"backend {backend!r} is not available here; "
+                    f"available: {', '.join(available_backends())}")
+            if rc == -errno.EOPNOTSUPP:
+                raise ValueError(
+                    f"trigger='edge' is not supported by the "
+                    f"{backend or available_backends()[0]} backend; "
+                    f"use trigger='level'")
+            if rc == -errno.EINVAL:
+                raise ValueError("invalid loop configuration")
+            check(rc, "creating the loop")
+        self._p = ffi.gc(p, lib.pe_loop_free)
+        self._backend = backend or available_backends()[0]
+        self._trigger = trigger
+        self._echo = bool(echo)
+        self._in_high = input_high
+        self._out_max = output_max
+        self._ev = ffi.new("struct pe_loop_event[]", self._batch)
+        # One buffer, two views: 32-bit words for kind/arg, 64-bit words for
+        # handles.  An event is 4 words or 2 double words.
+        raw = memoryview(ffi.buffer(self._ev))
+        self._vi = raw.cast("I")
+        self._vq = raw.cast("Q")
+        self._rbuf = ffi.new("char[]", input_high)
+        self._u32a = ffi.new("uint32_t *")
+        self._u32b = ffi.new("uint32_t *")
+        self._u64 = ffi.new("uint64_t *")
+        self._int = ffi.new("int *")
+        self._host = ffi.new("char[]", _HOSTLEN)
+        self._stats = ffi.new("struct pe_loop_stats *")
+
+    # -- state -------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._p is None
+
+    @property
+    def backend(self) -> str:
+        """The readiness backend in use."""
+        return self._backend
+
+    @property
+    def trigger(self) -> str:
+        """``"level"`` or ``"edge"``."""
+        return self._trigger
+
+    def _check_open(self) -> Any:
+        p = self._p
+        if p is None:
+            _raise_closed()
+        return p
+
+    def close(self) -> None:
+        """Close every connection (no events), stop listening, and close the
+        sockets :meth:`listen` created (not those given to
+        :meth:`add_listener`).  Idempotent.  Called while another thread is
+        blocked in :meth:`wait`, it wakes that thread, which releases the C
+        loop when its wait returns."""
+        p = self._p
+        if p is None:
+            return
+        self._zombie = p
+        self._p = None          # before _busy is read: see wait()
+        if self._busy:
+            lib.pe_loop_wakeup(p)
+        else:
+            self._release()
+        owned, self._owned = self._owned, {}
+        self._listeners = {}
+        for sock in owned.values():
+            sock.close()
+
+    def _release(self) -> None:
+        # Reached from close() and from a wait() that close() interrupted;
+        # the lock makes sure exactly one of them frees the C loop.
+        with self._lock:
+            p, self._zombie = self._zombie, None
+        if p is not None:
+            ffi.release(p)
+
+    def __enter__(self) -> "Loop":
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._p is None else "open"
+        return (f"<pyepoll.Loop backend={self._backend!r} "
+                f"trigger={self._trigger!r} {state}>")
+
+    # -- listeners -----------------------------------------------------------
+
+    def listen(self, host: Optional[str] = "127.0.0.1", port: int = 0, *,
+               backlog: int = 1024, reuse_port: bool = False) -> int:
+        """Create a listening TCP socket on ``host`` (IPv4 or IPv6; None for
+        every address) and ``port`` (0: any free port), add it, and return
+        its listener id.  The loop owns the socket: :meth:`remove_listener`
+        and :meth:`close` close it."""
+        self._check_open()
+        if host is not None and not isinstance(host, str):
+            raise TypeError(f"host must be a str or None, not "
+                            f"{type(host).__name__}")
+        _size("port", port, 0, 65535)
+        _size("backlog", backlog, 0, 0x7FFFFFFF)
+        if reuse_port and not hasattr(socket, "SO_REUSEPORT"):
+            raise ValueError("reuse_port=True: SO_REUSEPORT is not "
+                             "available on this platform")
+        infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC,
+                                   socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+        last: Optional[OSError] = None
+        for family, type_, proto, _, addr in infos:
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            sock = socket.socket(family, type_, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind(addr)
+                sock.listen(backlog)
+                sock.setblocking(False)
+                lid = self.add_listener(sock)
+            except OSError as exc:
+                sock.close()
+                last = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            self._owned[lid] = sock
+            return lid
+        if last is not None:
+            raise last
+        raise OSError(errno.EADDRNOTAVAIL,
+                      f"no IPv4 or IPv6 address for {host!r}")
+
+    def add_listener(self, sock: Any) -> int:
+        """Accept connections from an existing listening socket (an object
+        with ``fileno()``, or a descriptor).  The caller keeps owning it; the
+        loop holds a reference while it is registered and makes it
+        non-blocking.  FileExistsError if the loop already watches it."""
+        p = self._check_open()
+        fd = fileno_of(sock)
+        if isinstance(sock, socket.socket):
+            if sock.type != socket.SOCK_STREAM:
+                raise ValueError("add_listener needs a SOCK_STREAM socket")
+            if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                raise ValueError("socket is not listening (call listen())")
+        lid = check(lib.pe_loop_add_listener(p, fd), f"listener fd {fd}")
+        self._listeners[lid] = sock
+        return lid
+
+    def remove_listener(self, lid: int) -> None:
+        """Stop accepting on listener ``lid`` (connections already accepted
+        go on: a graceful drain).  A socket :meth:`listen` made is closed.
+        KeyError for an unknown id."""
+        p = self._check_open()
+        _size("listener id", lid, 0, 0x7FFFFFFF)
+        if lib.pe_loop_remove_listener(p, lid) < 0:
+            raise KeyError(f"no listener with id {lid}")
+        self._listeners.pop(lid, None)
+        sock = self._owned.pop(lid, None)
+        if sock is not None:
+            sock.close()
+
+    def sockname(self, lid: int) -> Tuple[str, int]:
+        """``(host, port)`` where listener ``lid`` is bound."""
+        self._check_open()
+        try:
+            sock = self._listeners[lid]
+        except (KeyError, TypeError):
+            if not isinstance(lid, int):
+                raise TypeError(f"listener id must be an int, not "
+                                f"{type(lid).__name__}") from None
+            raise KeyError(f"no listener with id {lid}") from None
+        if not isinstance(sock, socket.socket):
+            sock = socket.socket(fileno=fileno_of(sock))
+            try:
+                addr = sock.getsockname()
+            finally:
+                sock.detach()
+        else:
+            addr = sock.getsockname()
+        return addr[0], addr[1]
+
+    # -- the loop ------------------------------------------------------------
+
+    def wait(self, timeout: Optional[float] = None, *,
+             _run: Any = _run,
+             _monotonic: Any = _monotonic) -> List[Tuple[int, int, int]]:
+        """Do all I/O that is ready and return the events as a list of
+        ``(kind, handle, arg)``.
+
+        Blocks until there is at least one event or ``timeout`` seconds
+        pass (None: no limit; 0: poll), and then returns an empty list.  At
+        most ``batch`` events are returned; the rest come with the next
+        call, which does not block.  A signal interrupts the wait only if
+        its handler raises (PEP 475).  The GIL is released while waiting.
+        """
+        ms = -1 if timeout is None else timeout_to_ms(timeout)
+        # _busy is set before _p is read, and close() clears _p before it
+        # reads _busy: one of the two always sees the other.
+        self._busy = True
+        p = self._p
+        if p is None:
+            self._busy = False
+            _raise_closed()
+        try:
+            if ms > 0:
+                start = _monotonic()
+                n = _run(p, self._ev, self._batch, ms)
+                if n <= 0:
+                    n = self._wait_slow(n, start + ms / 1000.0)
+            else:
+                n = _run(p, self._ev, self._batch, ms)
+                if n <= 0 and (n or ms):
+                    n = self._wait_slow(n, None if ms else 0.0)
+        finally:
+            self._busy = False
+            if self._p is None:
+                self._release()
+        n4 = n << 2
+        vi = self._vi
+        return list(zip(vi[0:n4:4], self._vq[1:n << 1:2], vi[1:n4:4]))
+
+    def _wait_slow(self, rc: int, deadline: Optional[float]) -> int:
+        # Nothing to report yet (work done in C only, e.g. echo mode), or a
+        # signal: keep waiting until the deadline (None: none; 0.0: poll).
+        while True:
+            if rc > 0:
+                return rc
+            if rc < 0 and rc != -errno.EINTR:
+                check(rc, "waiting for events")
+            if deadline is None:
+                ms = -1
+            elif deadline == 0.0:
+                if rc == 0:
+                    return 0
+                ms = 0
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return 0
+                ms = math.ceil(left * 1000.0)
+            # Back in the interpreter between calls: signal handlers run
+            # here, and an exception from one propagates (PEP 475).
+            p = self._p
+            if p is None:
+                return 0
+            rc = lib.pe_loop_run(p, self._ev, self._batch, ms)
+
+    def wakeup(self) -> None:
+        """Make a blocked (or the next) :meth:`wait` return an
+        :data:`EV_WAKEUP` event.  Safe from any thread."""
+        p = self._check_open()
+        check(lib.pe_loop_wakeup(p), "waking the loop")
+
+    # -- connections -----------------------------------------------------------
+
+    def recv(self, h: int, max: int = -1, *, _read: Any = _read,
+             _unpack: Any = _unpack) -> bytes:
+        """Take up to ``max`` unread bytes (all of them when negative) of
+        connection ``h``; ``b""`` when nothing is unread."""
+        p = self._p
+        if p is None:
+            _raise_closed()
+        size = self._in_high
+        if -1 < max < size:
+            size = max
+        n = _read(p, h, self._rbuf, size)
+        if n > 0:
+            return _unpack(self._rbuf, n)
+        if n < 0:
+            check(n, "recv")
+        return b""
+
+    def recv_into(self, h: int, buffer: Any) -> int:
+        """Copy unread bytes of ``h`` into a writable buffer; return how
+        many (0 when nothing is unread)."""
+        p = self._check_open()
+        try:
+            cbuf = ffi.from_buffer(buffer, require_writable=True)
+        except (TypeError, BufferError):
+            raise TypeError(f"recv_into() needs a writable buffer, not "
+                            f"{type(buffer).__name__}") from None
+        return check(lib.pe_loop_read(p, h, cbuf, len(cbuf)), "recv_into")
+
+    def send(self, h: int, data: Any, *, _send: Any = _send) -> None:
+        """Queue ``data`` (bytes-like) on ``h``: written now if the socket
+        takes it, the rest as it drains.  All or nothing: BufferError if it
+        would queue more than ``output_max`` bytes.  BrokenPipeError after
+        :meth:`shutdown_write`; ConnectionError if the peer is gone (an
+        :data:`EV_CLOSED` follows)."""
+        p = self._p
+        if p is None:
+            _raise_closed()
+        if type(data) is bytes:
+            rc = _send(p, h, data, len(data))
+        else:
+            rc = self._send_buffer(p, h, data)
+        if rc < 0:
+            self._send_failed(h, rc)
+
+    def _send_buffer(self, p: Any, h: int, data: Any) -> int:
+        if isinstance(data, str):
+            raise TypeError("send() needs a bytes-like object, not str")
+        try:
+            cbuf = _from_buffer(data)
+        except TypeError:
+            raise TypeError(f"send() needs a bytes-like object, not "
+                            f"{type(data).__name__}") from None
+        return _send(p, h, cbuf, len(cbuf))
+
+    def _send_failed(self, h: int, rc: int) -> None:
+        if rc == -errno.ENOBUFS:
+            unsent = self.buffered(h)[1]
+            raise BufferError(
+                f"send() would queue more than output_max ({self._out_max} "
+                f"bytes; {unsent} already queued); wait for EV_DRAINED")
+        check(rc, "send")
+
+    def close_connection(self, h: int, mode: str = "flush") -> None:
+        """Close ``h``: ``"flush"`` sends queued output first (in the
+        background), ``"now"`` drops it, ``"abort"`` resets (RST).  The
+        handle is stale at once; :data:`EV_CLOSED` (arg 0) follows."""
+        p = self._check_open()
+        m = _choice("mode", mode, _CLOSE_MODES)
+        check(lib.pe_loop_close(p, h, m), "close_connection")
+
+    def shutdown_write(self, h: int) -> None:
+        """Half-close: shut down the writing side once queued output is
+        sent; reading goes on.  Idempotent."""
+        check(lib.pe_loop_shutdown(self._check_open(), h), "shutdown_write")
+
+    def pause_reading(self, h: int) -> None:
+        """Stop reading from ``h`` until :meth:`resume_reading`."""
+        check(lib.pe_loop_pause_reading(self._check_open(), h),
+              "pause_reading")
+
+    def resume_reading(self, h: int) -> None:
+        """Undo :meth:`pause_reading`."""
+        check(lib.pe_loop_resume_reading(self._check_open(), h),
+              "resume_reading")
+
+    def arm_read_timeout(self, h: int, on: bool = True) -> None:
+        """(Re)start the read deadline of ``h`` (``read_timeout`` seconds
+        from now; :data:`EV_READ_TIMEOUT` once when it passes), or disarm it
+        with ``on=False``.  Arriving bytes do not move it.  ValueError if
+        the loop has no ``read_timeout``."""
+        p = self._check_open()
+        rc = lib.pe_loop_arm_read_timeout(p, h, 1 if on else 0)
+        if rc == -errno.EINVAL:
+            raise ValueError("arm_read_timeout() needs Loop(read_timeout=...)")
+        check(rc, "arm_read_timeout")
+
+    def set_token(self, h: int, token: int) -> None:
+        """Attach an integer in [0, 2**64) to ``h``."""
+        p = self._check_open()
+        if not isinstance(token, int):
+            raise TypeError(
+                f"token must be an int, not {type(token).__name__}")
+        if not 0 <= token < 2**64:
+            raise OverflowError(f"token must be in [0, 2**64), got {token}")
+        check(lib.pe_loop_set_token(p, h, token), "set_token")
+
+    def get_token(self, h: int) -> int:
+        """The integer attached with :meth:`set_token` (0 if none)."""
+        out = self._u64
+        check(lib.pe_loop_get_token(self._check_open(), h, out), "get_token")
+        return int(out[0])
+
+    def buffered(self, h: int) -> Tuple[int, int]:
+        """``(unread, unsent)`` byte counts of ``h``."""
+        a, b = self._u32a, self._u32b
+        check(lib.pe_loop_buffered(self._check_open(), h, a, b), "buffered")
+        return int(a[0]), int(b[0])
+
+    def peer(self, h: int) -> Tuple[str, int]:
+        """The peer's numeric ``(host, port)``."""
+        host, port = self._host, self._int
+        check(lib.pe_loop_peer(self._check_open(), h, host, _HOSTLEN, port),
+              "peer")
+        return ffi.string(host).decode("ascii"), int(port[0])
+
+    def fileno(self, h: int) -> int:
+        """The descriptor of ``h``.  Do not close it or read from it."""
+        return check(lib.pe_loop_fileno(self._check_open(), h), "fileno")
+
+    def stats(self) -> Dict[str, int]:
+        """Counters since the loop was made: ``conns_open`` (current),
+        ``accepted``, ``closed``, ``timed_out``, ``refused``,
+        ``accept_emfile``, ``bytes_in``, ``bytes_out``, ``syscalls``,
+        ``events``."""
+        st = self._stats
+        lib.pe_loop_get_stats(self._check_open(), st)
+        return {name: int(getattr(st, name)) for name in _STATS}

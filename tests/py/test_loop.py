@@ -1,0 +1,1321 @@
+"""pyepoll.Loop through real loopback sockets, on every backend and trigger.
+
+Clients live in the test's thread (non-blocking, interleaved with the loop)
+or, for bulk transfers, in one client thread; every wait is bounded.
+"""
+from __future__ import annotations
+
+import collections
+import errno
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from array import array
+from typing import Callable, Dict, List, Optional, Tuple
+
+import pytest
+
+import pyepoll
+from pyepoll import (
+    EV_CLOSED,
+    EV_DATA,
+    EV_DRAINED,
+    EV_EOF,
+    EV_OPEN,
+    EV_READ_TIMEOUT,
+    EV_WAKEUP,
+    EV_WRITE_FULL,
+    Loop,
+    StaleHandleError,
+)
+
+from conftest import BACKENDS
+
+pytestmark = pytest.mark.timeout(120)
+
+CONFIGS: List[Tuple[str, str]] = []
+for _b in BACKENDS:
+    CONFIGS.append((_b, "level"))
+    if _b in ("epoll", "kqueue"):
+        CONFIGS.append((_b, "edge"))
+
+RESET_ERRNOS = (errno.ECONNRESET, errno.EPIPE)
+
+
+@pytest.fixture(params=CONFIGS, ids=[f"{b}-{t}" for b, t in CONFIGS])
+def cfg(request: pytest.FixtureRequest) -> Dict[str, str]:
+    backend, trigger = request.param
+    return {"backend": backend, "trigger": trigger}
+
+
+@pytest.fixture
+def make(cfg):
+    """Make loops on the configuration under test; closed at teardown."""
+    made: List[Loop] = []
+
+    def make(**kw) -> Loop:
+        loop = Loop(**cfg, **kw)
+        made.append(loop)
+        return loop
+
+    yield make
+    for loop in made:
+        loop.close()
+
+
+def client(addr, *, rcvbuf: int = 0, sndbuf: int = 0) -> socket.socket:
+    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+    c = socket.socket(family, socket.SOCK_STREAM)
+    if rcvbuf:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if sndbuf:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    c.settimeout(5)
+    c.connect(addr)
+    c.setblocking(False)
+    return c
+
+
+def sockopt(loop: Loop, h: int, level: int, opt: int, value: int) -> None:
+    """Set an option on a connection's socket (through a duplicate fd)."""
+    s = socket.socket(fileno=os.dup(loop.fileno(h)))
+    try:
+        s.setsockopt(level, opt, value)
+    finally:
+        s.close()
+
+
+def rst_close(c: socket.socket) -> None:
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+
+
+class Harness:
+    """A server on a Loop, driven by the test: records every event and
+    answers per ``mode``: "echo" (recv + send, pausing reads while output
+    is full; closing after the peer's EOF), "collect" (recv into ``got``)
+    or "none"."""
+
+    def __init__(self, loop: Loop, mode: str = "echo", host: str = "127.0.0.1"):
+        self.loop = loop
+        self.mode = mode
+        self.lid = loop.listen(host, 0)
+        self.addr = loop.sockname(self.lid)
+        self.log: List[Tuple[int, int, int]] = []
+        self.opened: List[int] = []
+        self.peers: Dict[int, Tuple[str, int]] = {}
+        self.closed: Dict[int, int] = {}
+        self.eof: set = set()
+        self.full: set = set()
+        self.got: Dict[int, bytearray] = collections.defaultdict(bytearray)
+        self.on_event: Optional[Callable[[int, int, int], None]] = None
+
+    # -- server side --------------------------------------------------------
+
+    def dispatch(self, kind: int, h: int, arg: int) -> None:
+        loop = self.loop
+        self.log.append((kind, h, arg))
+        if kind == EV_OPEN:
+            assert arg == self.lid
+            self.opened.append(h)
+            try:
+                self.peers[h] = loop.peer(h)
+            except StaleHandleError:
+                pass                      # closed in the same batch
+        elif kind == EV_CLOSED:
+            assert h not in self.closed, "two CLOSED events for one handle"
+            assert h in self.opened, "CLOSED for a handle never opened"
+            self.closed[h] = arg
+        elif kind == EV_EOF:
+            assert h not in self.eof, "two EOF events for one handle"
+            self.eof.add(h)
+            if self.mode == "echo":
+                loop.close_connection(h)          # the peer is done
+        elif kind == EV_DATA and h not in self.closed:
+            assert arg > 0
+            if self.mode == "echo":
+                data = loop.recv(h)
+                assert len(data) == arg
+                try:
+                    loop.send(h, data)
+                except ConnectionError:
+                    pass                  # CLOSED follows
+            elif self.mode == "collect":
+                data = loop.recv(h)
+                assert len(data) == arg
+                self.got[h] += data
+        elif kind == EV_WRITE_FULL and self.mode == "echo":
+            self.full.add(h)
+            loop.pause_reading(h)
+        elif kind == EV_DRAINED and h in self.full:
+            self.full.discard(h)
+            loop.resume_reading(h)
+        if self.on_event is not None:
+            self.on_event(kind, h, arg)
+
+    def step(self, timeout: float = 0.005) -> None:
+        for ev in self.loop.wait(timeout):
+            self.dispatch(*ev)
+
+    def pump(self, cond: Callable[[], bool], timeout: float = 5.0,
+             what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out waiting for {what}; last events: "
+                    f"{self.log[-10:]}")
+            self.step(0.01)
+
+    def pump_for(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.step(max(0.0, min(0.01, deadline - time.monotonic())))
+
+    def handle_of(self, c: socket.socket) -> int:
+        name = c.getsockname()[:2]
+        self.pump(lambda: any(p == name for p in self.peers.values()),
+                  what=f"OPEN of {name}")
+        return next(h for h, p in self.peers.items() if p == name)
+
+    def connect(self, **kw) -> Tuple[socket.socket, int]:
+        c = client(self.addr, **kw)
+        return c, self.handle_of(c)
+
+    # -- client side, interleaved with the loop --------------------------------
+
+    def read(self, c: socket.socket, n: int, timeout: float = 10.0) -> bytes:
+        """Read exactly n bytes from client c, running the loop meanwhile."""
+        buf = bytearray()
+        deadline = time.monotonic() + timeout
+        while len(buf) < n:
+            try:
+                chunk = c.recv(min(n - len(buf), 1 << 20))
+            except BlockingIOError:
+                chunk = None
+            if chunk == b"":
+                raise AssertionError(f"EOF after {len(buf)} of {n} bytes")
+            if chunk:
+                buf += chunk
+                continue
+            if time.monotonic() > deadline:
+                raise AssertionError(f"got {len(buf)} of {n} bytes")
+            self.step(0.002)
+        return bytes(buf)
+
+    def read_eof(self, c: socket.socket, timeout: float = 5.0) -> bytes:
+        """Read until EOF; return what came before it."""
+        buf = bytearray()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                chunk = c.recv(1 << 20)
+            except BlockingIOError:
+                chunk = None
+            if chunk == b"":
+                return bytes(buf)
+            if chunk:
+                buf += chunk
+                continue
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no EOF; got {len(buf)} bytes")
+            self.step(0.002)
+
+    def write(self, c: socket.socket, data: bytes, timeout: float = 10.0) -> None:
+        view = memoryview(data)
+        deadline = time.monotonic() + timeout
+        while view:
+            try:
+                view = view[c.send(view):]
+                continue
+            except BlockingIOError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(view)} bytes not sent")
+            self.step(0.002)
+
+    def roundtrip(self, c: socket.socket, data: bytes) -> None:
+        self.write(c, data)
+        assert self.read(c, len(data)) == data
+
+    def kinds(self, h: int) -> List[int]:
+        return [k for k, hh, _ in self.log if hh == h]
+
+
+@pytest.fixture
+def harness(make):
+    def new(mode: str = "echo", **kw) -> Harness:
+        return Harness(make(**kw), mode)
+
+    return new
+
+
+def payload(n: int, seed: int) -> bytes:
+    """n bytes that differ from connection to connection and position to
+    position (cheap to make, so large transfers prove ordering)."""
+    block = os.urandom(65536 + 256)
+    out = bytearray()
+    i = 0
+    while len(out) < n:
+        off = (seed * 7919 + i * 131) % 256
+        out += block[off:off + 65536]
+        i += 1
+    return bytes(out[:n])
+
+
+def bulk_clients(addr, payloads: List[bytes], result: dict) -> None:
+    """Client thread: one connection per payload, send it all while reading
+    the echo back; store what came back in result[index]."""
+    sel = selectors.DefaultSelector()
+    try:
+        conns = []
+        for i, data in enumerate(payloads):
+            c = socket.create_connection(addr, timeout=10)
+            c.setblocking(False)
+            st = {"i": i, "sock": c, "out": memoryview(data), "in": bytearray(),
+                  "want": len(data)}
+            conns.append(st)
+            sel.register(c, selectors.EVENT_READ | selectors.EVENT_WRITE, st)
+        left = len(conns)
+        deadline = time.monotonic() + 90
+        while left and time.monotonic() < deadline:
+            for key, ev in sel.select(1.0):
+                st = key.data
+                c = st["sock"]
+                if ev & selectors.EVENT_WRITE and st["out"]:
+                    try:
+                        st["out"] = st["out"][c.send(st["out"][:262144]):]
+                    except BlockingIOError:
+                        pass
+                    if not st["out"]:
+                        sel.modify(c, selectors.EVENT_READ, st)
+                if ev & selectors.EVENT_READ:
+                    try:
+                        chunk = c.recv(1 << 20)
+                    except BlockingIOError:
+                        continue
+                    if not chunk:
+                        result["error"] = f"connection {st['i']} closed early"
+                        sel.unregister(c)
+                        left -= 1
+                        continue
+                    st["in"] += chunk
+                    if len(st["in"]) >= st["want"]:
+                        sel.unregister(c)
+                        left -= 1
+        for st in conns:
+            result[st["i"]] = bytes(st["in"])
+            st["sock"].close()
+    except Exception as exc:                      # reported by the test
+        result["error"] = repr(exc)
+    finally:
+        sel.close()
+        result["done"] = True
+
+
+# -- accept, echo, addresses, tokens --------------------------------------------
+
+
+def test_accept_and_echo(harness):
+    hs = harness()
+    clients = [hs.connect() for _ in range(3)]
+    for i, (c, h) in enumerate(clients):
+        hs.roundtrip(c, b"hello %d" % i)
+    for c, h in clients:
+        hs.roundtrip(c, b"x" * 1000)
+    hs.pump(lambda: True)
+    assert len(set(h for _, h in clients)) == 3
+    assert all(h > 0 for _, h in clients)
+    for c, _ in clients:
+        c.close()
+    hs.pump(lambda: len(hs.closed) == 3, what="3 CLOSED")
+    assert set(hs.closed.values()) == {0}
+    for _, h in clients:
+        assert hs.kinds(h)[0] == EV_OPEN
+        assert hs.kinds(h)[-1] == EV_CLOSED
+
+
+def test_peer_fileno_tokens(harness):
+    hs = harness()
+    c, h = hs.connect()
+    assert hs.loop.peer(h) == c.getsockname()
+    fd = hs.loop.fileno(h)
+    assert isinstance(fd, int) and fd >= 0
+    dup = socket.socket(fileno=os.dup(fd))
+    try:
+        assert dup.getpeername() == c.getsockname()
+        assert dup.getsockname() == c.getpeername()
+    finally:
+        dup.close()
+    assert hs.loop.get_token(h) == 0
+    hs.loop.set_token(h, 42)
+    assert hs.loop.get_token(h) == 42
+    hs.loop.set_token(h, 2**64 - 1)
+    assert hs.loop.get_token(h) == 2**64 - 1
+    c2, h2 = hs.connect()
+    assert hs.loop.get_token(h2) == 0
+    hs.loop.set_token(h2, 7)
+    assert hs.loop.get_token(h) == 2**64 - 1
+    assert hs.loop.buffered(h) == (0, 0)
+    c.close()
+    c2.close()
+
+
+def test_ipv6_listener(make):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    loop = make()
+    try:
+        hs = Harness(loop, host="::1")
+    except OSError as exc:
+        pytest.skip(f"cannot bind ::1: {exc}")
+    assert hs.addr[0] == "::1"
+    c, h = hs.connect()
+    assert hs.loop.peer(h) == c.getsockname()[:2]
+    hs.roundtrip(c, b"over six")
+    c.close()
+
+
+def test_listen_any_address_and_reuse_port(make):
+    loop = make()
+    lid = loop.listen(None, 0)
+    host, port = loop.sockname(lid)
+    assert port > 0
+    if hasattr(socket, "SO_REUSEPORT"):
+        a = loop.listen("127.0.0.1", 0, reuse_port=True)
+        port = loop.sockname(a)[1]
+        b = loop.listen("127.0.0.1", port, reuse_port=True)
+        assert loop.sockname(b)[1] == port
+
+
+def test_recv_max_and_recv_into(harness):
+    hs = harness("none")
+    c, h = hs.connect()
+    hs.write(c, b"abcdefghij")
+    hs.pump(lambda: hs.loop.buffered(h)[0] == 10, what="10 unread bytes")
+    assert hs.loop.recv(h, 3) == b"abc"
+    assert hs.loop.recv(h, 0) == b""
+    buf = bytearray(4)
+    assert hs.loop.recv_into(h, buf) == 4
+    assert buf == b"defg"
+    mv = memoryview(bytearray(10))
+    assert hs.loop.recv_into(h, mv[2:]) == 3
+    assert bytes(mv[2:5]) == b"hij"
+    assert hs.loop.recv(h) == b""
+    assert hs.loop.recv_into(h, bytearray(8)) == 0
+    c.close()
+
+
+def test_send_accepts_bytes_like(harness):
+    hs = harness("none")
+    c, h = hs.connect()
+    hs.loop.send(h, b"")
+    hs.loop.send(h, b"ab")
+    hs.loop.send(h, bytearray(b"cd"))
+    hs.loop.send(h, memoryview(b"xxefxx")[2:4])
+    ints = array("i", [1, 2])
+    hs.loop.send(h, ints)
+    want = b"abcdef" + ints.tobytes()
+    assert hs.read(c, len(want)) == want
+    with pytest.raises(TypeError, match="bytes-like"):
+        hs.loop.send(h, "text")
+    with pytest.raises(TypeError):
+        hs.loop.send(h, 12)
+    c.close()
+
+
+# -- bulk transfers ---------------------------------------------------------------
+
+
+def run_bulk(hs: Harness, payloads: List[bytes]) -> dict:
+    result: dict = {}
+    t = threading.Thread(target=bulk_clients, args=(hs.addr, payloads, result),
+                         daemon=True)
+    t.start()
+    deadline = time.monotonic() + 100
+    while not result.get("done") and time.monotonic() < deadline:
+        hs.step(0.05)
+    t.join(5)
+    assert result.get("done"), "client thread did not finish"
+    assert "error" not in result, result.get("error")
+    return result
+
+
+def test_bulk_64mib_through_32_connections(harness):
+    hs = harness()
+    payloads = [payload(2 << 20, i) for i in range(32)]
+    result = run_bulk(hs, payloads)
+    for i, data in enumerate(payloads):
+        assert len(result[i]) == len(data), f"connection {i}"
+        assert result[i] == data, f"connection {i}: bytes differ"
+    hs.pump(lambda: len(hs.closed) == 32, what="32 CLOSED")
+    st = hs.loop.stats()
+    assert st["bytes_in"] == st["bytes_out"] == 64 << 20
+    assert st["accepted"] == st["closed"] == 32
+    assert st["conns_open"] == 0
+
+
+def test_c_echo_mode_byte_exact(harness):
+    hs = harness(echo=True)
+    payloads = [payload(1 << 20, i) for i in range(8)]
+    result = run_bulk(hs, payloads)
+    for i, data in enumerate(payloads):
+        assert result[i] == data, f"connection {i}: bytes differ"
+    hs.pump(lambda: len(hs.closed) == 8, what="8 CLOSED")
+    kinds = {k for k, _, _ in hs.log}
+    assert kinds <= {EV_OPEN, EV_CLOSED, EV_EOF}, kinds
+    st = hs.loop.stats()
+    assert st["bytes_in"] == st["bytes_out"] == 8 << 20
+
+
+def test_c_echo_mode_small_messages(harness):
+    hs = harness(echo=True)
+    c = client(hs.addr)
+    for i in range(50):
+        hs.roundtrip(c, b"message %d" % i)
+    assert not [e for e in hs.log if e[0] == EV_DATA]
+    c.close()
+
+
+# -- output flow control -------------------------------------------------------------
+
+
+def test_partial_writes_slow_reader(harness):
+    hs = harness("none")
+    c, h = hs.connect(rcvbuf=4096)
+    sockopt(hs.loop, h, socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    data = payload(2 << 20, 1)
+    hs.loop.send(h, data)
+    assert hs.loop.buffered(h)[1] > 0, "2 MiB went out at once"
+    hs.pump(lambda: EV_WRITE_FULL in hs.kinds(h), what="WRITE_FULL")
+    assert EV_DRAINED not in hs.kinds(h)
+    # The slow reader: small reads with the loop running in between.
+    got = bytearray()
+    deadline = time.monotonic() + 20
+    while len(got) < len(data):
+        assert time.monotonic() < deadline
+        try:
+            got += c.recv(8192)
+        except BlockingIOError:
+            pass
+        hs.step(0)
+    assert got == data
+    hs.pump(lambda: EV_DRAINED in hs.kinds(h), what="DRAINED")
+    assert hs.loop.buffered(h) == (0, 0)
+    kinds = hs.kinds(h)
+    assert kinds.index(EV_WRITE_FULL) < kinds.index(EV_DRAINED)
+    assert kinds.count(EV_DRAINED) == 1
+    c.close()
+
+
+def test_write_full_reported_once_until_drained(harness):
+    hs = harness("none", output_high=1024)
+    c, h = hs.connect(rcvbuf=4096)
+    sockopt(hs.loop, h, socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    for _ in range(8):
+        hs.loop.send(h, b"z" * 65536)
+    hs.pump_for(0.1)
+    full = [arg for k, hh, arg in hs.log if hh == h and k == EV_WRITE_FULL]
+    assert len(full) == 1
+    assert full[0] > 1024
+    assert hs.read(c, 8 * 65536) == b"z" * (8 * 65536)
+    hs.pump(lambda: EV_DRAINED in hs.kinds(h), what="DRAINED")
+    # Full again after the drain: reported again.
+    for _ in range(8):
+        hs.loop.send(h, b"y" * 65536)
+    hs.pump(lambda: hs.kinds(h).count(EV_WRITE_FULL) == 2, what="2nd WRITE_FULL")
+    assert hs.read(c, 8 * 65536) == b"y" * (8 * 65536)
+    c.close()
+
+
+def test_buffer_error_at_output_max(harness):
+    hs = harness("none", output_max=1 << 20)
+    c, h = hs.connect(rcvbuf=4096)
+    sockopt(hs.loop, h, socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    with pytest.raises(BufferError, match="output_max"):
+        hs.loop.send(h, b"q" * ((1 << 20) + 1))
+    assert hs.loop.buffered(h)[1] == 0
+    sent = bytearray()
+    chunk = 0
+    with pytest.raises(BufferError, match="output_max"):
+        for chunk in range(64):
+            piece = bytes([65 + chunk % 26]) * 200000
+            hs.loop.send(h, piece)
+            sent += piece
+    before = hs.loop.buffered(h)[1]
+    assert before <= 1 << 20
+    with pytest.raises(BufferError):
+        hs.loop.send(h, b"r" * ((1 << 20) - before + 1))
+    assert hs.loop.buffered(h)[1] == before, "a refused send queued bytes"
+    assert hs.read(c, len(sent), timeout=20) == bytes(sent)
+    c.close()
+
+
+# -- peers going away ---------------------------------------------------------------
+
+
+def test_peer_reset(harness):
+    hs = harness()
+    c, h = hs.connect()
+    hs.roundtrip(c, b"before")
+    rst_close(c)
+    hs.pump(lambda: h in hs.closed, what="CLOSED after RST")
+    assert hs.closed[h] in RESET_ERRNOS
+    with pytest.raises(StaleHandleError):
+        hs.loop.recv(h)
+    assert hs.kinds(h).count(EV_CLOSED) == 1
+
+
+def test_send_to_reset_peer(harness):
+    hs = harness("none")
+    c, h = hs.connect()
+    rst_close(c)
+    time.sleep(0.05)
+    try:
+        for _ in range(4):
+            hs.loop.send(h, b"x" * 65536)
+    except ConnectionError as exc:
+        assert exc.errno in RESET_ERRNOS
+    except StaleHandleError:
+        pass                    # an earlier send noticed and closed it
+    hs.pump(lambda: h in hs.closed, what="CLOSED")
+    assert hs.closed[h] in RESET_ERRNOS
+    hs.pump_for(0.1)
+    assert hs.kinds(h).count(EV_CLOSED) == 1
+    with pytest.raises(StaleHandleError):
+        hs.loop.send(h, b"x")
+
+
+def test_client_half_close_then_server_sends(harness):
+    hs = harness("collect")
+    c, h = hs.connect()
+    hs.write(c, b"request")
+    c.shutdown(socket.SHUT_WR)
+    hs.pump(lambda: h in hs.eof, what="EOF")
+    assert bytes(hs.got[h]) == b"request"
+    kinds = hs.kinds(h)
+    assert kinds.index(EV_DATA) < kinds.index(EV_EOF)
+    assert h not in hs.closed
+    hs.loop.send(h, b"response after EOF")
+    assert hs.read(c, 18) == b"response after EOF"
+    hs.loop.close_connection(h)
+    assert hs.read_eof(c) == b""
+    hs.pump(lambda: h in hs.closed, what="CLOSED")
+    assert hs.closed[h] == 0
+    assert hs.kinds(h).count(EV_EOF) == 1
+    c.close()
+
+
+def test_server_shutdown_write(harness):
+    hs = harness("collect")
+    c, h = hs.connect()
+    hs.loop.send(h, b"last words")
+    hs.loop.shutdown_write(h)
+    hs.loop.shutdown_write(h)                 # idempotent
+    assert hs.read_eof(c) == b"last words"
+    with pytest.raises(BrokenPipeError):
+        hs.loop.send(h, b"more")
+    # Reading goes on after our half-close.
+    hs.write(c, b"still talking")
+    hs.pump(lambda: bytes(hs.got[h]) == b"still talking", what="data")
+    c.close()
+    hs.pump(lambda: h in hs.eof, what="EOF")
+    hs.loop.close_connection(h)
+    hs.pump(lambda: h in hs.closed, what="CLOSED")
+
+
+def test_close_modes(harness):
+    hs = harness("none")
+    data = payload(1 << 20, 3)
+    # flush: everything queued still arrives, then EOF.
+    c, h = hs.connect(rcvbuf=4096)
+    sockopt(hs.loop, h, socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    hs.loop.send(h, data)
+    assert hs.loop.buffered(h)[1] > 0
+    hs.loop.close_connection(h, "flush")
+    with pytest.raises(StaleHandleError):
+        hs.loop.buffered(h)
+    assert hs.read_eof(c, timeout=20) == data
+    hs.pump(lambda: h in hs.closed, what="CLOSED")
+    assert hs.closed[h] == 0
+    c.close()
+    # now: queued output is dropped.
+    c, h = hs.connect(rcvbuf=4096)
+    sockopt(hs.loop, h, socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    hs.loop.send(h, data)
+    hs.loop.close_connection(h, "now")
+    got = hs.read_eof(c)
+    assert len(got) < len(data) and data.startswith(got)
+    hs.pump(lambda: h in hs.closed, what="CLOSED")
+    c.close()
+    # abort: the peer sees a reset.
+    c, h = hs.connect()
+    hs.loop.close_connection(h, "abort")
+    with pytest.raises(ConnectionResetError):
+        hs.read_eof(c)
+    c.close()
+    hs.pump(lambda: h in hs.closed, what="CLOSED")
+    assert hs.loop.stats()["conns_open"] == 0
+
+
+# -- timeouts --------------------------------------------------------------------------
+
+
+def test_idle_timeout(harness):
+    hs = harness(idle_timeout=0.2)
+    c, h = hs.connect()
+    busy, hb = hs.connect()
+    # The busy connection talks every 50 ms for 0.6 s: never idle long.
+    until = time.monotonic() + 0.6
+    while time.monotonic() < until:
+        hs.roundtrip(busy, b"ping")
+        last = time.monotonic()
+        hs.pump_for(0.05)
+    assert h in hs.closed and hb not in hs.closed
+    assert hs.closed[h] == errno.ETIMEDOUT
+    closed_at = [i for i, e in enumerate(hs.log) if e == (EV_CLOSED, h, errno.ETIMEDOUT)]
+    assert len(closed_at) == 1
+    assert hs.read_eof(c) == b""
+    hs.pump(lambda: hb in hs.closed, timeout=2, what="idle CLOSED of busy")
+    assert time.monotonic() - last >= 0.19
+    st = hs.loop.stats()
+    assert st["timed_out"] == 2
+    assert st["conns_open"] == 0
+    c.close()
+    busy.close()
+
+
+def test_idle_timeout_not_early(harness):
+    hs = harness(idle_timeout=0.3)
+    c, h = hs.connect()
+    t0 = time.monotonic()
+    hs.pump(lambda: h in hs.closed, timeout=3, what="idle CLOSED")
+    elapsed = time.monotonic() - t0
+    assert 0.25 <= elapsed < 1.5, elapsed
+    assert hs.closed[h] == errno.ETIMEDOUT
+    c.close()
+
+
+def test_read_timeout(harness):
+    hs = harness(read_timeout=0.2)
+    fired: Dict[int, float] = {}
+    hs.on_event = lambda k, h, a: (fired.setdefault(h, time.monotonic())
+                                   if k == EV_READ_TIMEOUT else None)
+    c, h = hs.connect()
+    t0 = time.monotonic()
+    hs.loop.arm_read_timeout(h)
+    hs.pump_for(0.1)
+    hs.roundtrip(c, b"bytes do not move the deadline")
+    hs.pump(lambda: h in fired, timeout=3, what="READ_TIMEOUT")
+    assert 0.18 <= fired[h] - t0 < 1.0
+    assert h not in hs.closed
+    hs.roundtrip(c, b"still open")
+    hs.pump_for(0.3)
+    assert hs.kinds(h).count(EV_READ_TIMEOUT) == 1, "fired twice"
+    # Disarmed: nothing.
+    hs.loop.arm_read_timeout(h)
+    hs.loop.arm_read_timeout(h, on=False)
+    hs.pump_for(0.4)
+    assert hs.kinds(h).count(EV_READ_TIMEOUT) == 1
+    # Armed again: fires again.
+    hs.loop.arm_read_timeout(h, True)
+    hs.pump(lambda: hs.kinds(h).count(EV_READ_TIMEOUT) == 2, timeout=3,
+            what="second READ_TIMEOUT")
+    c.close()
+
+
+def test_arm_read_timeout_needs_config(harness):
+    hs = harness()
+    c, h = hs.connect()
+    with pytest.raises(ValueError, match="read_timeout"):
+        hs.loop.arm_read_timeout(h)
+    c.close()
+
+
+# -- input flow control -------------------------------------------------------------------
+
+
+def test_input_marks_pause_and_resume(harness):
+    hs = harness("none", input_high=65536, input_low=16384)
+    c, h = hs.connect(sndbuf=16384)
+    sockopt(hs.loop, h, socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    data = payload(1 << 20, 5)
+    view = memoryview(data)
+
+    def feed(seconds: float) -> None:
+        nonlocal view
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            if view:
+                try:
+                    view = view[c.send(view):]
+                except BlockingIOError:
+                    pass
+            hs.step(0.002)
+
+    feed(0.3)
+    assert hs.loop.buffered(h)[0] == 65536
+    assert all(a <= 65536 for k, _, a in hs.log if k == EV_DATA)
+    bytes_in = hs.loop.stats()["bytes_in"]
+    assert bytes_in == 65536, "read past input_high"
+    got = bytearray(hs.loop.recv(h, 40000))    # 25536 left: above low mark
+    feed(0.2)
+    assert hs.loop.stats()["bytes_in"] == bytes_in, "resumed above input_low"
+    got += hs.loop.recv(h, 10000)              # 15536 left: below low mark
+    feed(0.2)
+    assert hs.loop.stats()["bytes_in"] > bytes_in, "did not resume"
+    deadline = time.monotonic() + 20
+    while len(got) < len(data):
+        assert time.monotonic() < deadline
+        got += hs.loop.recv(h)
+        feed(0.001)
+    assert got == data
+    c.close()
+
+
+def test_pause_reading(harness):
+    hs = harness("collect")
+    c, h = hs.connect()
+    hs.loop.pause_reading(h)
+    hs.write(c, b"held back")
+    hs.pump_for(0.2)
+    assert EV_DATA not in hs.kinds(h)
+    assert hs.loop.buffered(h)[0] == 0
+    hs.loop.resume_reading(h)
+    hs.pump(lambda: bytes(hs.got[h]) == b"held back", what="data after resume")
+    hs.loop.resume_reading(h)                  # harmless when not paused
+    c.close()
+
+
+# -- capacity ------------------------------------------------------------------------------
+
+
+def test_max_connections_backlog(harness):
+    hs = harness(max_connections=2, overflow="backlog")
+    c1, h1 = hs.connect()
+    c2, h2 = hs.connect()
+    c3 = client(hs.addr)                       # waits in the kernel backlog
+    hs.write(c3, b"waiting")
+    hs.pump_for(0.3)
+    assert len(hs.opened) == 2
+    with pytest.raises(BlockingIOError):
+        c3.recv(100)
+    hs.roundtrip(c1, b"still served")
+    c1.close()
+    hs.pump(lambda: len(hs.opened) == 3, what="third OPEN")
+    assert hs.read(c3, 7) == b"waiting"
+    st = hs.loop.stats()
+    assert st["refused"] == 0 and st["accepted"] == 3
+    c2.close()
+    c3.close()
+
+
+def test_max_connections_close(harness):
+    hs = harness(max_connections=2, overflow="close")
+    c1, _ = hs.connect()
+    c2, _ = hs.connect()
+    c3 = client(hs.addr)
+    try:
+        assert hs.read_eof(c3) == b""
+    except ConnectionResetError:
+        pass
+    assert len(hs.opened) == 2
+    st = hs.loop.stats()
+    assert st["refused"] == 1 and st["accepted"] == 2
+    hs.roundtrip(c1, b"unaffected")
+    for c in (c1, c2, c3):
+        c.close()
+
+
+def test_batch_limit(harness):
+    hs = harness(batch=2)
+    clients = [client(hs.addr) for _ in range(5)]
+    deadline = time.monotonic() + 5
+    while len(hs.opened) < 5:
+        assert time.monotonic() < deadline
+        evs = hs.loop.wait(0.01)
+        assert len(evs) <= 2
+        for ev in evs:
+            hs.dispatch(*ev)
+    for c in clients:
+        hs.roundtrip(c, b"b")
+        c.close()
+
+
+EMFILE_CHILD = textwrap.dedent("""
+    import json, os, resource, sys
+    from pyepoll import Loop, EV_DATA, EV_EOF
+    loop = Loop(backend=sys.argv[1], trigger=sys.argv[2])
+    lid = loop.listen("127.0.0.1", 0, backlog=64)
+    def nfds():
+        if os.path.isdir("/proc/self/fd"):
+            return len(os.listdir("/proc/self/fd"))
+        n = 0
+        for fd in range(4096):
+            try:
+                os.fstat(fd)
+                n += 1
+            except OSError:
+                pass
+        return n
+    limit = nfds() + 5
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    print(json.dumps({"port": loop.sockname(lid)[1]}), flush=True)
+    os.set_blocking(0, False)
+    pending = b""
+    while True:
+        for kind, h, arg in loop.wait(0.1):
+            if kind == EV_DATA:
+                try:
+                    loop.send(h, loop.recv(h))
+                except OSError:
+                    pass
+            elif kind == EV_EOF:
+                loop.close_connection(h)
+        try:
+            chunk = os.read(0, 4096)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            break
+        pending += chunk
+        while b"\\n" in pending:
+            line, pending = pending.split(b"\\n", 1)
+            t = os.times()
+            print(json.dumps(dict(loop.stats(), cpu=t.user + t.system)),
+                  flush=True)
+    loop.close()
+""")
+
+
+def test_emfile_no_busy_loop(cfg):
+    if not hasattr(os, "set_blocking"):
+        pytest.skip("needs os.set_blocking")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EMFILE_CHILD, cfg["backend"], cfg["trigger"]],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    clients: List[socket.socket] = []
+
+    def stats() -> dict:
+        proc.stdin.write(b"stats\n")
+        proc.stdin.flush()
+        return json.loads(proc.stdout.readline())
+
+    def echoes(c: socket.socket, msg: bytes, timeout: float) -> bool:
+        c.settimeout(timeout)
+        try:
+            c.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                chunk = c.recv(100)
+                if not chunk:
+                    return False
+                got += chunk
+            return got == msg
+        except OSError:
+            return False
+
+    try:
+        port = json.loads(proc.stdout.readline())["port"]
+        for _ in range(12):
+            clients.append(socket.create_connection(("127.0.0.1", port), 5))
+        time.sleep(0.5)
+        s0 = stats()
+        assert s0["accept_emfile"] >= 1, s0
+        assert 1 <= s0["conns_open"] < 12, s0
+        time.sleep(1.0)
+        s1 = stats()
+        cpu = s1["cpu"] - s0["cpu"]
+        assert cpu < 0.3, f"loop process used {cpu:.2f} s CPU in 1 s (busy loop?)"
+        # The first connection was accepted before descriptors ran out.
+        assert echoes(clients[0], b"still served", 5)
+        for c in clients:
+            c.close()
+        clients.clear()
+        # Descriptors free up as the closed connections go: a new client
+        # is served (after at most one retry period).
+        deadline = time.monotonic() + 10
+        while True:
+            c = socket.create_connection(("127.0.0.1", port), 5)
+            ok = echoes(c, b"new one", 3)
+            c.close()
+            if ok:
+                break
+            assert time.monotonic() < deadline, "never served again"
+        s2 = stats()
+        assert s2["accepted"] > s0["accepted"]
+    finally:
+        for c in clients:
+            c.close()
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+# -- stale handles --------------------------------------------------------------------------
+
+
+def test_stale_handle_never_touches_the_reused_slot(harness):
+    hs = harness(max_connections=1)
+    a, ha = hs.connect()
+    hs.loop.set_token(ha, 111)
+    hs.loop.close_connection(ha, "now")
+    assert hs.read_eof(a) == b""
+    b, hb = hs.connect()
+    assert hb != ha
+    assert hb & 0xFFFFFFFF == ha & 0xFFFFFFFF, "one slot: reused"
+    hs.loop.set_token(hb, 222)
+    hs.write(b, b"pending")
+    hs.loop.pause_reading(hb)
+    hs.pump_for(0.05)
+    stale_calls = [
+        lambda: hs.loop.recv(ha),
+        lambda: hs.loop.recv_into(ha, bytearray(10)),
+        lambda: hs.loop.send(ha, b"intruder"),
+        lambda: hs.loop.close_connection(ha, "abort"),
+        lambda: hs.loop.shutdown_write(ha),
+        lambda: hs.loop.pause_reading(ha),
+        lambda: hs.loop.resume_reading(ha),
+        lambda: hs.loop.set_token(ha, 999),
+        lambda: hs.loop.get_token(ha),
+        lambda: hs.loop.buffered(ha),
+        lambda: hs.loop.peer(ha),
+        lambda: hs.loop.fileno(ha),
+    ]
+    for call in stale_calls:
+        with pytest.raises(StaleHandleError):
+            call()
+    assert issubclass(StaleHandleError, ValueError)
+    assert hs.loop.get_token(hb) == 222
+    assert hb not in hs.closed
+    hs.loop.resume_reading(hb)
+    assert hs.read(b, 7) == b"pending"          # echoed, not "intruder"
+    hs.roundtrip(b, b"alive")
+    hs.pump_for(0.05)
+    with pytest.raises(BlockingIOError):
+        b.recv(100)
+    assert hs.closed[ha] == 0
+    a.close()
+    b.close()
+
+
+def test_handle_zero_and_unknown_are_stale(harness):
+    hs = harness()
+    for h in (0, 1, 5 | (7 << 32), 2**64 - 1):
+        with pytest.raises(StaleHandleError):
+            hs.loop.recv(h)
+        with pytest.raises(StaleHandleError):
+            hs.loop.send(h, b"x")
+
+
+# -- wakeup, threads, signals -------------------------------------------------------------------
+
+
+def test_wakeup_from_another_thread(make):
+    loop = make()
+    timer = threading.Timer(0.1, loop.wakeup)
+    t0 = time.monotonic()
+    timer.start()
+    evs = loop.wait(5)
+    timer.join()
+    assert evs == [(EV_WAKEUP, 0, 0)]
+    assert time.monotonic() - t0 < 2
+    loop.wakeup()
+    assert loop.wait(5) == [(EV_WAKEUP, 0, 0)]
+    assert loop.wait(0) == []
+
+
+def test_close_from_another_thread_while_waiting(make):
+    loop = make()
+    timer = threading.Timer(0.1, loop.close)
+    timer.start()
+    t0 = time.monotonic()
+    loop.wait(5)
+    timer.join()
+    assert time.monotonic() - t0 < 2
+    assert loop.closed
+    with pytest.raises(ValueError, match="closed loop"):
+        loop.wait(0)
+
+
+def test_wait_timeout_and_poll(make):
+    loop = make()
+    t0 = time.monotonic()
+    assert loop.wait(0) == []
+    assert loop.wait(0.15) == []
+    assert 0.14 <= time.monotonic() - t0 < 1.0
+
+
+def test_wait_retries_after_signal(make):
+    loop = make()
+    hits = []
+    old = signal.signal(signal.SIGALRM, lambda *a: hits.append(1))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.02, 0.02)
+        t0 = time.monotonic()
+        assert loop.wait(0.3) == []
+        elapsed = time.monotonic() - t0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert hits, "no signal arrived"
+    assert elapsed >= 0.29
+
+
+def test_signal_handler_exception_propagates(make):
+    loop = make()
+
+    def boom(*a):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, boom)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(KeyboardInterrupt):
+            loop.wait(5)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    loop.wakeup()
+    assert loop.wait(1) == [(EV_WAKEUP, 0, 0)]
+
+
+# -- listeners and lifecycle ------------------------------------------------------------------
+
+
+def test_stats_counters(harness):
+    hs = harness()
+    c1, h1 = hs.connect()
+    c2, h2 = hs.connect()
+    hs.roundtrip(c1, b"a" * 100)
+    hs.roundtrip(c2, b"b" * 250)
+    st = hs.loop.stats()
+    assert set(st) == {"conns_open", "accepted", "closed", "timed_out",
+                       "refused", "accept_emfile", "bytes_in", "bytes_out",
+                       "syscalls", "events"}
+    assert st["conns_open"] == 2 and st["accepted"] == 2
+    assert st["closed"] == 0
+    assert st["bytes_in"] == st["bytes_out"] == 350
+    assert st["syscalls"] > 0
+    assert st["events"] == len(hs.log)
+    c1.close()
+    c2.close()
+    hs.pump(lambda: len(hs.closed) == 2, what="2 CLOSED")
+    st = hs.loop.stats()
+    assert st["conns_open"] == 0 and st["closed"] == 2
+    assert st["timed_out"] == st["refused"] == st["accept_emfile"] == 0
+    assert st["events"] == len(hs.log)
+
+
+def test_add_listener_and_close_ownership(make):
+    loop = make()
+    own = socket.socket()
+    own.bind(("127.0.0.1", 0))
+    own.listen(8)
+    lid = loop.add_listener(own)
+    assert loop.sockname(lid) == own.getsockname()
+    with pytest.raises(FileExistsError):
+        loop.add_listener(own)
+    made = loop.listen("127.0.0.1", 0)
+    made_addr = loop.sockname(made)
+    c = socket.create_connection(own.getsockname(), 5)
+    deadline = time.monotonic() + 5
+    opened = []
+    while not opened:
+        assert time.monotonic() < deadline
+        opened = [e for e in loop.wait(0.01) if e[0] == EV_OPEN]
+    assert opened[0][2] == lid
+    loop.close()
+    assert loop.closed
+    loop.close()                                  # idempotent
+    assert own.fileno() >= 0, "the loop closed a socket it did not create"
+    own.settimeout(5)
+    c2 = socket.create_connection(own.getsockname(), 5)
+    own.accept()[0].close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(made_addr, 5)
+    c.close()
+    c2.close()
+    own.close()
+
+
+def test_remove_listener_drains_gracefully(harness):
+    hs = harness()
+    c, h = hs.connect()
+    hs.loop.remove_listener(hs.lid)
+    with pytest.raises(KeyError):
+        hs.loop.remove_listener(hs.lid)
+    with pytest.raises(KeyError):
+        hs.loop.sockname(hs.lid)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(hs.addr, 5)
+    hs.roundtrip(c, b"existing connection still served")
+    c.close()
+
+
+def test_context_manager(cfg):
+    with Loop(**cfg) as loop:
+        loop.listen()
+        assert not loop.closed
+    assert loop.closed
+    assert "closed" in repr(loop)
+
+
+def test_add_listener_rejects_non_listening(make):
+    loop = make()
+    s = socket.socket()
+    try:
+        with pytest.raises(ValueError, match="not listening"):
+            loop.add_listener(s)
+    finally:
+        s.close()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with pytest.raises(ValueError, match="SOCK_STREAM"):
+            loop.add_listener(u)
+    finally:
+        u.close()
+    with pytest.raises(TypeError):
+        loop.add_listener("socket")
+    with pytest.raises(ValueError):
+        loop.add_listener(-1)
+
+
+# -- misuse: clear exceptions, never a crash -------------------------------------------------
+
+
+def test_closed_loop_raises_everywhere():
+    loop = Loop()
+    loop.close()
+    calls = [
+        lambda: loop.wait(0), lambda: loop.listen(), lambda: loop.wakeup(),
+        lambda: loop.add_listener(0), lambda: loop.remove_listener(0),
+        lambda: loop.sockname(0), lambda: loop.recv(1), lambda: loop.send(1, b"x"),
+        lambda: loop.send(1, bytearray(b"x")),
+        lambda: loop.recv_into(1, bytearray(1)), lambda: loop.close_connection(1),
+        lambda: loop.shutdown_write(1), lambda: loop.pause_reading(1),
+        lambda: loop.resume_reading(1), lambda: loop.arm_read_timeout(1),
+        lambda: loop.set_token(1, 1), lambda: loop.get_token(1),
+        lambda: loop.buffered(1), lambda: loop.peer(1), lambda: loop.fileno(1),
+        lambda: loop.stats(),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="I/O operation on closed loop"):
+            call()
+    with pytest.raises(ValueError):
+        with loop:
+            pass
+
+
+@pytest.mark.parametrize("kw, exc", [
+    ({"trigger": "both"}, ValueError),
+    ({"trigger": 1}, TypeError),
+    ({"overflow": "drop"}, ValueError),
+    ({"overflow": None}, TypeError),
+    ({"backend": "iocp"}, ValueError),
+    ({"backend": 3}, TypeError),
+    ({"max_connections": 0}, ValueError),
+    ({"max_connections": -1}, ValueError),
+    ({"max_connections": 2**40}, ValueError),
+    ({"max_connections": 1.5}, TypeError),
+    ({"input_high": 0}, ValueError),
+    ({"input_high": -5}, ValueError),
+    ({"input_low": -1}, ValueError),
+    ({"input_high": 1000, "input_low": 2000}, ValueError),
+    ({"output_high": -1}, ValueError),
+    ({"output_max": 0}, ValueError),
+    ({"output_max": 2**32}, ValueError),
+    ({"accept_batch": 0}, ValueError),
+    ({"batch": 0}, ValueError),
+    ({"batch": -3}, ValueError),
+    ({"batch": "10"}, TypeError),
+    ({"idle_timeout": -1}, ValueError),
+    ({"idle_timeout": 0}, ValueError),
+    ({"idle_timeout": float("nan")}, ValueError),
+    ({"idle_timeout": "1"}, TypeError),
+    ({"read_timeout": 1e12}, OverflowError),
+])
+def test_bad_configuration(kw, exc):
+    with pytest.raises(exc):
+        Loop(**kw)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b in ("poll", "select")])
+def test_edge_needs_capable_backend(backend):
+    with pytest.raises(ValueError, match="edge"):
+        Loop(backend=backend, trigger="edge")
+
+
+def test_wrong_argument_types(harness):
+    hs = harness("none")
+    c, h = hs.connect()
+    loop = hs.loop
+    for bad in ("1", 1.0, None, b"1"):
+        with pytest.raises(TypeError):
+            loop.recv(bad)
+        with pytest.raises(TypeError):
+            loop.send(bad, b"x")
+        with pytest.raises(TypeError):
+            loop.buffered(bad)
+    for bad in (-1, 2**64):
+        with pytest.raises(OverflowError):
+            loop.recv(bad)
+        with pytest.raises(OverflowError):
+            loop.close_connection(bad)
+    with pytest.raises(TypeError):
+        loop.recv(h, "all")
+    with pytest.raises(ValueError, match="mode"):
+        loop.close_connection(h, "later")
+    with pytest.raises(TypeError):
+        loop.close_connection(h, 0)
+    with pytest.raises(OverflowError):
+        loop.set_token(h, -1)
+    with pytest.raises(OverflowError):
+        loop.set_token(h, 2**64)
+    with pytest.raises(TypeError):
+        loop.set_token(h, "x")
+    with pytest.raises(TypeError):
+        loop.recv_into(h, b"immutable")
+    with pytest.raises(TypeError):
+        loop.wait("soon")
+    with pytest.raises(ValueError):
+        loop.wait(float("nan"))
+    with pytest.raises(TypeError):
+        loop.listen(80)
+    with pytest.raises(ValueError):
+        loop.listen("127.0.0.1", 70000)
+    with pytest.raises(ValueError):
+        loop.listen("127.0.0.1", -1)
+    with pytest.raises(TypeError):
+        loop.sockname("0")
+    with pytest.raises(KeyError):
+        loop.sockname(99)
+    with pytest.raises(ValueError):
+        loop.remove_listener(-1)
+    # The connection is unharmed by all of that.
+    loop.send(h, b"ok")
+    assert hs.read(c, 2) == b"ok"
+    c.close()
+
+
+def test_exports():
+    for name in ("Loop", "EV_OPEN", "EV_DATA", "EV_EOF", "EV_DRAINED",
+                 "EV_WRITE_FULL", "EV_READ_TIMEOUT", "EV_CLOSED", "EV_WAKEUP"):
+        assert name in pyepoll.__all__
+        assert getattr(pyepoll, name) is getattr(pyepoll.loop, name)
+    kinds = [EV_OPEN, EV_DATA, EV_EOF, EV_DRAINED, EV_WRITE_FULL,
+             EV_READ_TIMEOUT, EV_CLOSED, EV_WAKEUP]
+    assert len(set(kinds)) == 8
