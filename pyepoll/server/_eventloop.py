@@ -48,7 +48,7 @@ class _LoopConn(Connection):
     """A connection of the event loop, as its handler sees it."""
 
     __slots__ = ("h", "handler", "closed", "peer_", "paused", "jobs",
-                 "held", "eof_held", "active", "_m")
+                 "held", "eof_held", "active", "direct", "_m")
 
     def __init__(self, h: int, model: "EventLoopModel") -> None:
         self.h = h
@@ -60,6 +60,7 @@ class _LoopConn(Connection):
         self.held: Optional[List[bytes]] = None   # data that came while paused
         self.eof_held = False
         self.active = False
+        self.direct = False      # True while a job's callback runs
         self._m = model
 
     @property
@@ -74,6 +75,10 @@ class _LoopConn(Connection):
     def send(self, data: bytes) -> None:
         if self.closed:
             return
+        if self.jobs and not self.direct:
+            # Behind the replies of jobs still running: keep the order.
+            self.jobs.append([None, data])
+            return
         try:
             self._m.send(self.h, data)
         except BufferError:
@@ -84,6 +89,9 @@ class _LoopConn(Connection):
             self.closed = True
 
     def close(self) -> None:
+        if self.jobs and not self.direct and not self.closed:
+            self.jobs.append([None, None])
+            return
         if not self.closed:
             self.closed = True
             try:
@@ -409,16 +417,25 @@ class EventLoopModel:
         while done:
             c = done.popleft()
             jobs = c.jobs
-            while jobs and jobs[0][0].done():
+            while jobs and (jobs[0][0] is None or jobs[0][0].done()):
                 fut, then = jobs.popleft()
                 if c.closed:
                     continue
+                c.direct = True
                 try:
-                    result = fut.result()
-                    if then is not None:
-                        then(result)
+                    if fut is None:           # a send or close kept in line
+                        if then is None:
+                            c.close()
+                        else:
+                            c.send(then)
+                    else:
+                        result = fut.result()
+                        if then is not None:
+                            then(result)
                 except Exception:
                     self._failed(c)
+                finally:
+                    c.direct = False
             if not jobs and c.paused & _P_JOBS and not c.closed:
                 c.paused &= ~_P_JOBS
                 if not c.paused:

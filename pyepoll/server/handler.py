@@ -58,10 +58,13 @@ class Connection:
         """Run ``fn(*args)`` in the worker pool, then ``then(result)`` back
         on the connection's own thread (the loop thread).
 
-        Reading from this connection pauses until every submitted job's
-        ``then`` has run, so replies keep their order and a client cannot
-        queue unbounded work.  If ``fn`` raises, the error is logged and the
-        connection closed."""
+        Replies keep their order: ``send`` and ``close`` called while jobs
+        are pending take effect after the earlier jobs' ``then``.  Reading
+        from this connection pauses until every submitted job's ``then``
+        has run, so a client cannot queue unbounded work.  If ``fn``
+        raises, the error is logged and the connection closed.  (In the
+        thread models the connection already has its own thread, and
+        ``fn`` runs there, inline.)"""
         raise NotImplementedError
 
 
