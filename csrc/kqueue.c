@@ -13,6 +13,8 @@
  *     on EV_DELETE means "already gone".
  *   - EV_DISPATCH disables the filter that fired, not the whole fd as
  *     EPOLLONESHOT does; modify re-arms it (EV_ADD|EV_ENABLE).
+ * Several threads may wait at once (kev_size): each fetches kevents into
+ * its own scratch and merges under p->lock.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -28,12 +30,12 @@
 
 #define KQ_MODE (PE_EDGE | PE_ONESHOT)
 
+/* fd -> index of its event in the output of the merge in progress;
+ * validated on use, never cleared.  Merges run under p->lock, so waiters
+ * share it; the kevents themselves go to each waiter's own scratch. */
 struct kq_state {
-    struct kevent *evs;         /* kevent() output, grown to the largest max */
-    int            nevs;
-    uint32_t      *slot;        /* fd -> index of its event in the current
-                                   wait's output; checked, never cleared */
-    int            nslot;
+    uint32_t *slot;
+    int       nslot;
 };
 
 static int kq_open(unsigned flags)
@@ -93,7 +95,6 @@ static void kq_destroy(pe_poller *p)
         p->kfd = -1;
     }
     if (st) {
-        free(st->evs);
         free(st->slot);
         free(st);
         p->state = NULL;
@@ -157,8 +158,8 @@ static int kq_update(pe_poller *p, int fd, uint32_t old, uint32_t ev,
         return err;
     n += kq_filter_changes(ch + n, fd, EVFILT_READ, PE_READ, old, ev, gen);
     n += kq_filter_changes(ch + n, fd, EVFILT_WRITE, PE_WRITE, old, ev, gen);
-    if (n == 0)
-        return 0;
+    if (n == 0)                 /* no filter: only ERR wanted (or nothing) */
+        return ev && fcntl(fd, F_GETFD) < 0 ? -errno : 0;
     /* With EV_RECEIPT on every change the kernel applies them all, writes
      * one receipt each (EV_ERROR set, data = 0 or errno) and returns
      * without collecting pending events, which would be lost here.  (macOS
@@ -178,78 +179,84 @@ static int kq_update(pe_poller *p, int fd, uint32_t old, uint32_t ev,
 
 static uint32_t kq_bits(const struct kevent *kev)
 {
-    uint32_t ev;
+    int eof = (kev->flags & EV_EOF) != 0, err = eof && kev->fflags != 0;
 
     if (kev->flags & EV_ERROR)
         return PE_ERR;
-    if (kev->filter == EVFILT_READ) {
-        ev = PE_READ;
-        /* EOF on the read side: the peer shut down writing.  With a socket
-         * error in fflags (reset) the connection is gone both ways, as
-         * epoll's IN|RDHUP|HUP|ERR says. */
-        if (kev->flags & EV_EOF)
-            ev |= PE_RDHUP | (kev->fflags ? PE_HUP | PE_ERR : 0);
-        return ev;
-    }
-    if (kev->filter == EVFILT_WRITE) {
-        ev = PE_WRITE;
-        /* EOF on the write side: nothing more can be sent. */
-        if (kev->flags & EV_EOF)
-            ev |= PE_HUP | (kev->fflags ? PE_ERR : 0);
-        return ev;
-    }
+    /* Read EOF: the peer shut down writing; with a socket error (reset)
+     * the connection is gone both ways, as epoll's IN|RDHUP|HUP|ERR says.
+     * Write EOF: nothing more can be sent. */
+    if (kev->filter == EVFILT_READ)
+        return PE_READ | (eof ? PE_RDHUP : 0) | (err ? PE_HUP | PE_ERR : 0);
+    if (kev->filter == EVFILT_WRITE)
+        return PE_WRITE | (eof ? PE_HUP : 0) | (err ? PE_ERR : 0);
     return 0;                   /* a filter someone else added (adopted fd) */
+}
+
+/* A kevent that does not fit the batch goes back: EV_ENABLE makes the
+ * kernel re-check the filter and queue it again if it still holds, which
+ * also re-arms an EV_DISPATCH filter, so edge and oneshot registrations
+ * lose nothing.  Only for the fd's current generation: an older udata
+ * would overwrite the newer one. */
+static void kq_requeue(pe_poller *p, const struct kevent *kev, uint32_t gen)
+{
+    struct pe_fdent *e = pe__fdent(p, (int)kev->ident);
+    struct timespec zero = {0, 0};
+    struct kevent ch;
+
+    if (!e || !e->ev || e->gen != gen)
+        return;
+    EV_SET(&ch, kev->ident, kev->filter, EV_ENABLE, 0, 0, kev->udata);
+    (void)kevent(p->kfd, &ch, 1, NULL, 0, &zero);
 }
 
 static int kq_wait(pe_poller *p, struct pe_raw_event *out, int max,
                    int timeout_ms)
 {
+    struct kevent *kev = pe__kev_area(out, max);
     struct kq_state *st = p->state;
     struct timespec ts, *tsp = NULL;
-    int n, i, cnt = 0;
+    int kfd = p->kfd, n, err, i, cnt = 0;
+    /* When the batch holds every registration, fetch room for both
+     * filters of each, so no fd is split across two calls; more fds than
+     * max can then come back only through registrations made meanwhile. */
+    int want = max >= p->nregistered ? 2 * max : max;
 
-    if (max > st->nevs) {       /* once per larger max, not per call */
-        struct kevent *e = realloc(st->evs, (size_t)max * sizeof(*e));
-
-        if (!e)
-            return -ENOMEM;
-        st->evs = e;
-        st->nevs = max;
-    }
     if (timeout_ms >= 0) {
         ts.tv_sec = timeout_ms / 1000;
         ts.tv_nsec = (long)(timeout_ms % 1000) * 1000000L;
         tsp = &ts;
     }
-    /* At most max kevents, so at most max merged events. */
-    n = kevent(p->kfd, NULL, 0, st->evs, max, tsp);
+    pe__unlock(p);
+    n = kevent(kfd, NULL, 0, kev, want, tsp);
+    err = errno;
+    pe__lock(p);
     if (n < 0)
-        return -errno;
+        return -err;
     for (i = 0; i < n; i++) {
-        const struct kevent *kev = &st->evs[i];
-        uint32_t bits = kq_bits(kev), gen = (uint32_t)(uintptr_t)kev->udata;
-        int fd = (int)kev->ident;
+        uint32_t bits = kq_bits(&kev[i]);
+        uint32_t gen = (uint32_t)(uintptr_t)kev[i].udata;
+        int fd = (int)kev[i].ident;
+        uint32_t j = fd >= 0 && fd < st->nslot ? st->slot[fd] : UINT32_MAX;
 
         if (!bits)
             continue;
-        if (fd >= 0 && fd < st->nslot) {
-            uint32_t j = st->slot[fd];
-
-            /* The entry is this call's only if it lies below cnt and
-             * names fd; a generation mismatch stays separate so the
-             * generic layer can drop the stale half. */
-            if (j < (uint32_t)cnt && out[j].fd == fd && out[j].gen == gen) {
-                out[j].events |= bits;
-                continue;
-            }
-            st->slot[fd] = (uint32_t)cnt;
+        /* The entry is this merge's only if it lies below cnt and names
+         * fd; a generation mismatch stays separate so the generic layer
+         * can drop the stale half.  fds beyond the table were registered
+         * by someone else (adopted kqueue) and are passed on unmerged. */
+        if (j < (uint32_t)cnt && out[j].fd == fd && out[j].gen == gen) {
+            out[j].events |= bits;
+        } else if (cnt == max) {
+            kq_requeue(p, &kev[i], gen);
+        } else {
+            if (fd >= 0 && fd < st->nslot)
+                st->slot[fd] = (uint32_t)cnt;
+            out[cnt].fd = fd;
+            out[cnt].events = bits;
+            out[cnt].gen = gen;
+            cnt++;
         }
-        /* fds beyond the table were registered by someone else (adopted
-         * kqueue); they are passed on unmerged for the generic layer. */
-        out[cnt].fd = fd;
-        out[cnt].events = bits;
-        out[cnt].gen = gen;
-        cnt++;
     }
     return cnt;
 }
@@ -262,4 +269,5 @@ const struct pe_backend pe__kqueue_backend = {
     .update = kq_update,
     .wait = kq_wait,
     .kernel_checks = 0,
+    .kev_size = 2 * sizeof(struct kevent),  /* both filters of each fd */
 };
