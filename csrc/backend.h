@@ -13,15 +13,34 @@
  *            p->kfd was already set to -1 (closed or detached).
  *   update   make the kernel's interest in fd equal `ev` (pe bits + flags),
  *            tagging it with `gen`.  old == 0 means add, ev == 0 means
- *            delete.  Returns 0 or -errno.
+ *            delete.  Returns 0 or -errno.  The generic layer always sets
+ *            PE_ERR in a registered interest (it is reported regardless),
+ *            so "registered with no events" is never confused with 0; on
+ *            kernel_checks backends old == PE_ERR may stand for "registered
+ *            elsewhere, interest unknown" (modify/unregister asks the kernel).
  *   wait     wait up to timeout_ms and write at most max pe_raw_events
  *            (fd, generation, pe bits; one per fd, read and write merged).
  *            Returns the count or -errno.  The generic code filters them.
  *
  * Events carry pe bits: PE_READ, PE_WRITE, PE_PRI, PE_ERR, PE_HUP, PE_RDHUP.
+ *
+ * Threads.  As with CPython's select.epoll, one thread may register while
+ * another waits, several may wait at once, and close may come from any
+ * thread; only pe_poller_free needs the poller idle.  p->lock serializes
+ * everything but the kernel's wait itself: init/update/destroy run with it
+ * held, and so does wait, which must drop it (pe__unlock) around its
+ * blocking system call only, touching nothing shared while unlocked.  A
+ * backend that keeps no per-wait state of its own sets kev_size: the
+ * generic layer then hands each waiter a private scratch holding out[max]
+ * followed by room for max kernel events (pe__kev_area), and several
+ * threads may wait at once.  Otherwise a second concurrent wait gets -EBUSY
+ * (as select.poll refuses a concurrent poll()).
  */
 #ifndef PE_BACKEND_H
 #define PE_BACKEND_H
+
+#include <pthread.h>
+#include <stddef.h>
 
 #include "pyepoll.h"
 
@@ -44,11 +63,14 @@ struct pe_backend {
      * generic layer asks it instead of trusting its own table, which can be
      * stale after a registered fd was closed and its number reused. */
     int kernel_checks;
+    /* Bytes of one kernel event when wait uses pe__kev_area and nothing
+     * else per call (see Threads above); 0 otherwise. */
+    size_t kev_size;
 };
 
 /* Interest of one fd as the generic layer knows it; index = fd. */
 struct pe_fdent {
-    uint32_t ev;               /* 0: not registered */
+    uint32_t ev;               /* 0: not registered (else PE_ERR is set) */
     uint32_t gen;
 };
 
@@ -64,12 +86,39 @@ struct pe_poller {
     struct pe_raw_event *raw;  /* scratch for wait, grown on demand */
     int       nraw;
     void     *state;           /* backend-private */
+    pthread_mutex_t lock;      /* see Threads above */
+    int       waiting;         /* raw is lent to a wait in progress */
 };
 
 /* Current table entry for fd, or NULL when fd is beyond the table. */
 static inline struct pe_fdent *pe__fdent(pe_poller *p, int fd)
 {
     return (fd >= 0 && fd < p->nfds) ? &p->fds[fd] : NULL;
+}
+
+static inline void pe__lock(pe_poller *p)
+{
+    pthread_mutex_lock(&p->lock);
+}
+
+static inline void pe__unlock(pe_poller *p)
+{
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* Where a kev_size backend puts its kernel events: after out[max],
+ * aligned for any kernel struct. */
+#define PE__KEV_ALIGN 16
+static inline size_t pe__kev_offset(int max)
+{
+    size_t off = (size_t)max * sizeof(struct pe_raw_event);
+
+    return (off + PE__KEV_ALIGN - 1) & ~(size_t)(PE__KEV_ALIGN - 1);
+}
+
+static inline void *pe__kev_area(struct pe_raw_event *out, int max)
+{
+    return (char *)out + pe__kev_offset(max);
 }
 
 /* Backends; each defined only where its OS has it. */
