@@ -462,10 +462,26 @@ class Loop:
             size = max
         n = _read(p, h, self._rbuf, size)
         if n > 0:
+            if n == size and max < 0:
+                return self._recv_rest(p, h, _unpack(self._rbuf, n))
             return _unpack(self._rbuf, n)
         if n < 0:
             check(n, "recv")
         return b""
+
+    def _recv_rest(self, p: Any, h: int, head: bytes) -> bytes:
+        # The buffer filled up: there may be more unread than input_high
+        # (the core can read past it by up to one ring buffer).
+        parts = [head]
+        size = self._in_high
+        while True:
+            n = lib.pe_loop_read(p, h, self._rbuf, size)
+            if n <= 0:
+                break
+            parts.append(ffi.unpack(self._rbuf, n))
+            if n < size:
+                break
+        return b"".join(parts)
 
     def recv_into(self, h: int, buffer: Any) -> int:
         """Copy unread bytes of ``h`` into a writable buffer; return how

@@ -781,6 +781,25 @@ def test_input_marks_pause_and_resume(harness):
     c.close()
 
 
+def test_small_input_high_is_a_bound(harness):
+    # input_high below the core's smallest ring buffer (16 KiB).
+    hs = harness("none", input_high=4096, input_low=1024)
+    c, h = hs.connect()
+    data = payload(20000, 9)
+    hs.write(c, data)
+    hs.pump_for(0.2)
+    assert hs.loop.buffered(h)[0] <= 4096
+    assert all(a <= 4096 for k, _, a in hs.log if k == EV_DATA)
+    got = bytearray()
+    deadline = time.monotonic() + 5
+    while len(got) < len(data):
+        assert time.monotonic() < deadline
+        got += hs.loop.recv(h)
+        hs.step(0.002)
+    assert got == data
+    c.close()
+
+
 def test_pause_reading(harness):
     hs = harness("collect")
     c, h = hs.connect()
