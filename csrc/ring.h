@@ -2,13 +2,14 @@
  * ring.h - per-connection byte ring (internal).
  *
  * A power-of-two circular buffer that owns memory only while it holds data:
- * an idle connection's rings are 16 bytes each and point nowhere.  Space
+ * an idle connection's rings are a few words each and point nowhere.  Space
  * and data are exposed as at most two iovecs so the loop reads with readv
  * and writes with writev across the wrap, with no copying.
  *
  * Buffers of the smallest size come from a per-loop pool (a LIFO stack of
- * freed buffers), so a request/response connection that empties its ring
- * every message does not pay malloc/free each time.
+ * freed buffers, linked through their first word), so a request/response
+ * connection that empties its ring every message does not pay malloc/free
+ * each time.  Larger buffers are freed as soon as their ring empties.
  */
 #ifndef PE_RING_H
 #define PE_RING_H
@@ -20,7 +21,7 @@
 #define PE_RING_MIN 16384u          /* smallest buffer; the pooled size */
 
 struct pe_bufpool {
-    void   **bufs;                  /* free PE_RING_MIN buffers */
+    void   **bufs;                  /* top free buffer; *bufs is the next */
     uint32_t count;
     uint32_t limit;                 /* keep at most this many */
 };
@@ -36,19 +37,24 @@ void pe__bufpool_init(struct pe_bufpool *pool, uint32_t limit);
 void pe__bufpool_destroy(struct pe_bufpool *pool);
 
 /* Make room for at least `need` more bytes, growing by powers of two, never
- * beyond `max` bytes held in total.  0, -ENOBUFS (would exceed max) or
- * -ENOMEM. */
+ * beyond `max` bytes held in total (the capacity may exceed a max that is
+ * not a power of two).  0 (always for need 0), -ENOBUFS (len + need > max
+ * or > 2^31) or -ENOMEM; on error the ring is unchanged. */
 int pe__ring_reserve(struct pe_ring *r, struct pe_bufpool *pool, size_t need,
                      size_t max);
 
-/* Free space as up to two iovecs (after pe__ring_reserve); returns count. */
+/* Free space as up to two iovecs (after pe__ring_reserve); returns count.
+ * This is all the free space, which may be more than `need` and more than
+ * `max` allows: the caller bounds what it commits. */
 int pe__ring_space_iov(const struct pe_ring *r, struct iovec iov[2]);
 /* Data as up to two iovecs, oldest first; returns count (0 when empty). */
 int pe__ring_data_iov(const struct pe_ring *r, struct iovec iov[2]);
 
 /* n bytes were written into the space iovecs. */
 void pe__ring_commit(struct pe_ring *r, size_t n);
-/* n bytes were taken from the front; releases the buffer when empty. */
+/* n bytes were taken from the front; releases the buffer when empty.
+ * n may be 0: an empty ring then gives back a buffer reserved for a read
+ * that brought nothing (EAGAIN), so an idle connection holds no memory. */
 void pe__ring_consume(struct pe_ring *r, struct pe_bufpool *pool, size_t n);
 
 /* Copy in (reserve + copy + commit): 0 or -errno, all or nothing. */
@@ -57,7 +63,9 @@ int pe__ring_append(struct pe_ring *r, struct pe_bufpool *pool,
 /* Copy out up to n bytes and consume them; returns bytes copied. */
 size_t pe__ring_take(struct pe_ring *r, struct pe_bufpool *pool, void *dst,
                      size_t n);
-/* Move everything from src to the end of dst (echo path). */
+/* Move everything from src to the end of dst (echo path); src ends empty.
+ * All or nothing: -ENOBUFS (dst would exceed max) or -ENOMEM leave both
+ * rings unchanged.  An empty dst takes over src's buffer without copying. */
 int pe__ring_move(struct pe_ring *dst, struct pe_ring *src,
                   struct pe_bufpool *pool, size_t max);
 /* Drop all data and memory. */
