@@ -422,6 +422,56 @@ class SelectSelector(_CoreSelector):
     _backend = "select"
     _clamp_timeout = True
 
+    # Descriptors at or above FD_SETSIZE: select(2) cannot watch them.  As
+    # the stdlib's SelectSelector, register() accepts them and select()
+    # raises ValueError while any is registered.
+    _beyond: Optional[set] = None
+
+    def register(self, fileobj: Any, events: int,
+                 data: Any = None) -> SelectorKey:
+        try:
+            return super().register(fileobj, events, data)
+        except OSError as exc:
+            if exc.errno != _errno.EINVAL:
+                raise
+        key = SelectorKey(fileobj, self._fileobj_lookup(fileobj), events, data)
+        self._fd_to_key[key.fd] = key
+        self._ready[key.fd] = _answers(key)
+        if self._beyond is None:
+            self._beyond = set()
+        self._beyond.add(key.fd)
+        return key
+
+    def unregister(self, fileobj: Any) -> SelectorKey:
+        key = super().unregister(fileobj)
+        if self._beyond:
+            self._beyond.discard(key.fd)
+        return key
+
+    def modify(self, fileobj: Any, events: int,
+               data: Any = None) -> SelectorKey:
+        if self._beyond:
+            fd = self._fileobj_lookup(fileobj)
+            if fd in self._beyond:
+                key = self._fd_to_key[fd]
+                if (not events) or (events & ~(EVENT_READ | EVENT_WRITE)):
+                    raise ValueError(f"Invalid events: {events!r}")
+                key = SelectorKey(key.fileobj, fd, events, data)
+                self._fd_to_key[fd] = key
+                self._ready[fd] = _answers(key)
+                return key
+        return super().modify(fileobj, events, data)
+
+    def select(self, timeout: Optional[float] = None
+               ) -> List[Tuple[SelectorKey, int]]:
+        if self._beyond:
+            raise ValueError("filedescriptor out of range in select()")
+        return super().select(timeout)
+
+    def close(self) -> None:
+        super().close()
+        self._beyond = None
+
 
 DefaultSelector: type = {
     "epoll": globals().get("EpollSelector"),
