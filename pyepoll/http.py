@@ -80,7 +80,7 @@ class RequestParser:
     """
 
     __slots__ = ("max_headers", "_req", "_hdrs", "_w", "_q", "_hw",
-                 "minor", "flags", "_base")
+                 "minor", "flags", "_base", "_last")
 
     def __init__(self, max_headers: int = 100) -> None:
         if max_headers <= 0:
@@ -97,6 +97,7 @@ class RequestParser:
         #: PE_HTTP_* flags of the last parsed head.
         self.flags = 0
         self._base = 0
+        self._last: Optional[bytes] = None      # see scan_gets
 
     def parse(self, buf: Buffer, start: int = 0) -> int:
         """Parse the head at ``buf[start:]``.
@@ -123,6 +124,54 @@ class RequestParser:
             self.minor = w[_MINOR]
             self.flags = w[_FLAGS]
         return rc
+
+    def scan_gets(self, buf: bytes, start: int, max_head: int) -> Tuple[int, int]:
+        """Count the plain GETs at ``buf[start:]``: complete heads of
+        ``GET`` HTTP/1.1 requests with no body and no Connection, Expect or
+        Upgrade field, each at most ``max_head`` bytes.
+
+        Returns ``(count, end)``: where the first other thing (anything
+        else, an incomplete head, an error) starts.  This is a server's hot
+        path: the last plain GET head is remembered, and a head identical
+        to it byte for byte is counted without parsing it again (clients
+        on a kept-alive connection mostly repeat theirs); any other costs
+        one C call.  The parse results (:attr:`flags` and the rest) are
+        not updated by this method.
+        """
+        end = len(buf)
+        last = self._last
+        pos = start
+        n = 0
+        if last is not None:
+            size = len(last)
+            if start == 0 and end == size and buf == last:
+                return 1, end
+            while buf.startswith(last, pos):
+                pos += size
+                n += 1
+            if pos == end:
+                return n, pos
+        parse, req, hdrs, mh, w = (lib.pe_http_parse_request, self._req,
+                                   self._hdrs, self.max_headers, self._w)
+        cbuf = None
+        while pos < end and buf.startswith(b"GET ", pos):
+            if pos == 0:
+                rc = parse(buf, end, req, hdrs, mh)
+            else:
+                if cbuf is None:
+                    cbuf = ffi.from_buffer(buf)
+                rc = parse(cbuf + pos, end - pos, req, hdrs, mh)
+            if rc <= 0 or rc > max_head or w[_FLAGS] or w[_MINOR] != 1:
+                break
+            head = buf[pos:pos + rc]
+            if head != last:
+                self._last = last = head
+            pos += rc
+            n += 1
+            while buf.startswith(last, pos):
+                pos += rc
+                n += 1
+        return n, pos
 
     # Read on demand: most requests need none of these.
     @property

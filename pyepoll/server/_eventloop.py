@@ -19,7 +19,7 @@ from __future__ import annotations
 import collections
 import logging
 import socket
-import threading
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Deque, Dict, List, Optional
@@ -30,6 +30,7 @@ from ..loop import (EV_CLOSED, EV_DATA, EV_DRAINED, EV_EOF, EV_OPEN,
 from ._config import Config
 from ._stats import Stats
 from .handler import Connection, Handler
+from .protocols import HttpHandler
 
 __all__ = ["EventLoopModel"]
 
@@ -81,10 +82,15 @@ class _LoopConn(Connection):
             return
         try:
             self._m.send(self.h, data)
-        except BufferError:
+        except (BufferError, OSError, ValueError):
+            self.send_failed()
+
+    def send_failed(self) -> None:
+        """Called in the handler of a failed send."""
+        if isinstance(sys.exc_info()[1], BufferError):
             log.warning("output of %s:%s over the limit; closing", *self.peer)
             self.abort()
-        except (OSError, ValueError):
+        else:
             # The peer is gone: EV_CLOSED follows.
             self.closed = True
 
@@ -201,6 +207,7 @@ class EventLoopModel:
         conns = self._conns
         wait = loop.wait
         recv = loop.recv
+        send = loop.send
         try:
             while True:
                 now = time.monotonic()
@@ -229,8 +236,22 @@ class EventLoopModel:
                                 c.held = []
                             c.held.append(data)
                             continue
+                        handler = c.handler
                         try:
-                            c.handler.on_data(c, data)     # type: ignore
+                            if handler.__class__ is HttpHandler \
+                                    and handler._lingered < 0:
+                                # The built-in HTTP, without the layers.
+                                s = handler.s
+                                out = s.feed(data)
+                                if out:
+                                    try:
+                                        send(h, out)
+                                    except (BufferError, OSError, ValueError):
+                                        c.send_failed()
+                                if s.closing or s.arm is not None:
+                                    handler.after_feed(c)
+                            else:
+                                handler.on_data(c, data)   # type: ignore
                         except Exception:
                             self._failed(c)
                     elif kind == EV_OPEN:
