@@ -13,6 +13,11 @@ table holds exactly active + queued, so newcomers beyond that wait in the
 kernel backlog.  Overflow ``reject`` answers up to --queue-size extras at
 a time with 503 (HTTP) or closes them (echo); beyond that, the C loop
 closes them at accept.
+
+Memory per connection matters (servers hold many idle ones): the
+connection objects live in a list indexed by the C table's slot (no dict),
+and what only some connections need (pool jobs, data held while paused)
+sits in a side object made on demand.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import socket
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, List, Optional
 
 from ..http import response
 from ..loop import (EV_CLOSED, EV_DATA, EV_DRAINED, EV_EOF, EV_OPEN,
@@ -40,45 +45,67 @@ log = logging.getLogger("pyepoll.server")
 _P_FULL = 1       # output above the high-water mark
 _P_JOBS = 2       # pool jobs pending: their replies come first
 _P_QUEUED = 4     # waiting in the overflow FIFO
+_HOLD = _P_JOBS | _P_QUEUED     # data arriving now waits
 
+_SLOT = 0xFFFFFFFF              # a handle's low 32 bits: its table slot
 _IDLE_MARGIN = 0.5
 
 
+class _Extra:
+    """Per-connection state that most connections never need."""
+
+    __slots__ = ("peer", "jobs", "held", "eof_held", "direct")
+
+    def __init__(self) -> None:
+        self.peer: Optional[tuple] = None
+        self.jobs: Deque[list] = collections.deque()
+        self.held: List[bytes] = []     # data that came while paused
+        self.eof_held = False
+        self.direct = False             # True while a job's callback runs
+
 
 class _LoopConn(Connection):
-    """A connection of the event loop, as its handler sees it."""
+    """A connection of the event loop, as its handler sees it.  Each model
+    makes a subclass whose ``_m`` is the model."""
 
-    __slots__ = ("h", "handler", "closed", "peer_", "paused", "jobs",
-                 "held", "eof_held", "active", "direct", "_m")
+    __slots__ = ("h", "handler", "closed", "paused", "active", "x")
+    _m: "EventLoopModel"
 
-    def __init__(self, h: int, model: "EventLoopModel") -> None:
+    def __init__(self, h: int) -> None:
         self.h = h
         self.handler: Optional[Handler] = None
         self.closed = False
-        self.peer_: Optional[tuple] = None
         self.paused = 0
-        self.jobs: Optional[Deque[list]] = None
-        self.held: Optional[List[bytes]] = None   # data that came while paused
-        self.eof_held = False
         self.active = False
-        self.direct = False      # True while a job's callback runs
-        self._m = model
+        self.x: Optional[_Extra] = None
+
+    def extra(self) -> _Extra:
+        x = self.x
+        if x is None:
+            self.x = x = _Extra()
+        return x
 
     @property
     def peer(self):                                # type: ignore[override]
-        if self.peer_ is None:
+        x = self.extra()
+        if x.peer is None:
             try:
-                self.peer_ = self._m.loop.peer(self.h)
+                x.peer = self._m.loop.peer(self.h)
             except (OSError, ValueError):
-                self.peer_ = ("?", 0)
-        return self.peer_
+                x.peer = ("?", 0)
+        return x.peer
+
+    def _queued_behind_jobs(self, item: Optional[bytes]) -> bool:
+        x = self.x
+        if x is not None and x.jobs and not x.direct:
+            # Behind the replies of jobs still running: keep the order.
+            x.jobs.append([None, item])
+            return True
+        return False
 
     def send(self, data: bytes) -> None:
-        if self.closed:
-            return
-        if self.jobs and not self.direct:
-            # Behind the replies of jobs still running: keep the order.
-            self.jobs.append([None, data])
+        if self.closed or (self.x is not None
+                           and self._queued_behind_jobs(data)):
             return
         try:
             self._m.send(self.h, data)
@@ -86,7 +113,7 @@ class _LoopConn(Connection):
             self.send_failed()
 
     def send_failed(self) -> None:
-        """Called in the handler of a failed send."""
+        """Called in the exception handler of a failed send."""
         if isinstance(sys.exc_info()[1], BufferError):
             log.warning("output of %s:%s over the limit; closing", *self.peer)
             self.abort()
@@ -95,15 +122,14 @@ class _LoopConn(Connection):
             self.closed = True
 
     def close(self) -> None:
-        if self.jobs and not self.direct and not self.closed:
-            self.jobs.append([None, None])
+        if self.closed or (self.x is not None
+                           and self._queued_behind_jobs(None)):
             return
-        if not self.closed:
-            self.closed = True
-            try:
-                self._m.loop.close_connection(self.h, "flush")
-            except (OSError, ValueError):
-                pass
+        self.closed = True
+        try:
+            self._m.loop.close_connection(self.h, "flush")
+        except (OSError, ValueError):
+            pass
 
     def abort(self) -> None:
         if not self.closed:
@@ -144,7 +170,6 @@ class EventLoopModel:
         self._http = cfg.handler is None and cfg.protocol == "http"
         self._factory = new_factory()
         self._capacity = cfg.max_connections
-        self._extra = cfg.queue_size
         self._queueing = cfg.overflow == "queue"
         idle = cfg.idle_timeout or None
         if idle is not None and not self._c_echo \
@@ -152,16 +177,22 @@ class EventLoopModel:
             # A stalled request must get its 408 before the idle timer,
             # started by the same last byte, closes the connection.
             idle += _IDLE_MARGIN
+        size = self._capacity + cfg.queue_size
         self.loop = Loop(
             backend=cfg.backend, trigger=cfg.trigger,
-            max_connections=self._capacity + self._extra,
+            max_connections=size,
             overflow="backlog" if self._queueing else "close",
             idle_timeout=idle,
             read_timeout=cfg.request_timeout,
             echo=self._c_echo, batch=1024)
         self.send = self.loop.send
         self._lid = self.loop.add_listener(listener)
-        self._conns: Dict[int, _LoopConn] = {}
+        self._conn_cls = type("_Conn", (_LoopConn,), {"__slots__": (),
+                                                      "_m": self})
+        # Indexed by table slot; an entry is checked against the full
+        # handle (slot + generation) before use.
+        self._table: List[Optional[_LoopConn]] = [None] * size
+        self._nconns = 0
         self._fifo: Deque[_LoopConn] = collections.deque()
         self._active = 0
         self._pool: Optional[ThreadPoolExecutor] = None
@@ -175,6 +206,12 @@ class EventLoopModel:
     @property
     def backend(self) -> str:
         return self.loop.backend
+
+    def _get(self, h: int) -> Optional[_LoopConn]:
+        c = self._table[h & _SLOT]
+        if c is not None and c.h == h:
+            return c
+        return None
 
     # ------------------------------------------------------------- control
 
@@ -204,7 +241,7 @@ class EventLoopModel:
 
     def run(self, reporter) -> None:
         loop = self.loop
-        conns = self._conns
+        table = self._table
         wait = loop.wait
         recv = loop.recv
         send = loop.send
@@ -216,14 +253,14 @@ class EventLoopModel:
                 if self._stop:
                     if not self._draining:
                         self._begin_drain()
-                    if not conns or time.monotonic() >= self._drain_deadline:
+                    if not self._nconns or now >= self._drain_deadline:
                         break
-                    left = max(0.0, self._drain_deadline - time.monotonic())
+                    left = max(0.0, self._drain_deadline - now)
                     timeout = left if timeout is None else min(timeout, left)
                 for kind, h, arg in wait(timeout):
                     if kind == EV_DATA:
-                        c = conns.get(h)
-                        if c is None or c.closed:
+                        c = table[h & _SLOT]
+                        if c is None or c.closed or c.h != h:
                             continue
                         try:
                             data = recv(h)
@@ -231,24 +268,22 @@ class EventLoopModel:
                             continue
                         if not data:
                             continue
-                        if c.paused & (_P_JOBS | _P_QUEUED):
-                            if c.held is None:
-                                c.held = []
-                            c.held.append(data)
+                        if c.paused & _HOLD:
+                            x = c.extra()
+                            x.held.append(data)
                             continue
                         handler = c.handler
                         try:
                             if handler.__class__ is HttpHandler \
                                     and handler._lingered < 0:
                                 # The built-in HTTP, without the layers.
-                                s = handler.s
-                                out = s.feed(data)
+                                out = handler.feed(data)
                                 if out:
                                     try:
                                         send(h, out)
                                     except (BufferError, OSError, ValueError):
                                         c.send_failed()
-                                if s.closing or s.arm is not None:
+                                if handler.closing or handler.arm is not None:
                                     handler.after_feed(c)
                             else:
                                 handler.on_data(c, data)   # type: ignore
@@ -269,9 +304,9 @@ class EventLoopModel:
                     elif kind == EV_WAKEUP:
                         self._run_done()
         finally:
-            if conns and self._draining:
+            if self._nconns and self._draining:
                 log.warning("grace period over: %d connection(s) cut",
-                            len(conns))
+                            self._nconns)
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -281,8 +316,9 @@ class EventLoopModel:
     # ---------------------------------------------------------- admission
 
     def _opened(self, h: int) -> None:
-        c = _LoopConn(h, self)
-        self._conns[h] = c
+        c = self._conn_cls(h)
+        self._table[h & _SLOT] = c
+        self._nconns += 1
         if self._draining:
             c.close()
         elif self._active < self._capacity:
@@ -318,9 +354,11 @@ class EventLoopModel:
             self._failed(c)
 
     def _closed(self, h: int, err: int) -> None:
-        c = self._conns.pop(h, None)
+        c = self._get(h)
         if c is None:
             return
+        self._table[h & _SLOT] = None
+        self._nconns -= 1
         c.closed = True
         if c.active:
             self._active -= 1
@@ -352,11 +390,11 @@ class EventLoopModel:
     # -------------------------------------------------------------- events
 
     def _eof(self, h: int) -> None:
-        c = self._conns.get(h)
+        c = self._get(h)
         if c is None or c.closed:
             return
-        if c.paused & (_P_JOBS | _P_QUEUED):
-            c.eof_held = True
+        if c.paused & _HOLD:
+            c.extra().eof_held = True
             return
         try:
             c.handler.on_eof(c)                      # type: ignore[union-attr]
@@ -364,7 +402,7 @@ class EventLoopModel:
             self._failed(c)
 
     def _timeout(self, h: int) -> None:
-        c = self._conns.get(h)
+        c = self._get(h)
         if c is None or c.closed or c.handler is None:
             return
         if c.active:
@@ -375,7 +413,7 @@ class EventLoopModel:
             self._failed(c)
 
     def _pause(self, h: int, why: int) -> None:
-        c = self._conns.get(h)
+        c = self._get(h)
         if c is None or c.closed:
             return
         if not c.paused:
@@ -383,7 +421,7 @@ class EventLoopModel:
         c.paused |= why
 
     def _resume(self, h: int, why: int) -> None:
-        c = self._conns.get(h)
+        c = self._get(h)
         if c is None or c.closed or not c.paused & why:
             return
         c.paused &= ~why
@@ -392,14 +430,16 @@ class EventLoopModel:
 
     def _replay(self, c: _LoopConn) -> None:
         """Deliver what came in while the connection was paused."""
+        x = c.x
+        if x is None:
+            return
         handler = c.handler
         try:
-            while c.held and not c.closed and not c.paused & _P_JOBS:
-                data = c.held.pop(0)
-                handler.on_data(c, data)             # type: ignore[union-attr]
-            if c.eof_held and not c.held and not c.closed \
+            while x.held and not c.closed and not c.paused & _P_JOBS:
+                handler.on_data(c, x.held.pop(0))    # type: ignore[union-attr]
+            if x.eof_held and not x.held and not c.closed \
                     and not c.paused & _P_JOBS:
-                c.eof_held = False
+                x.eof_held = False
                 handler.on_eof(c)                    # type: ignore[union-attr]
         except Exception:
             self._failed(c)
@@ -413,10 +453,8 @@ class EventLoopModel:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.cfg.pool_threads,
                                             thread_name_prefix="pyepoll-pool")
-        if c.jobs is None:
-            c.jobs = collections.deque()
         fut = self._pool.submit(fn, *args)
-        c.jobs.append([fut, then])
+        c.extra().jobs.append([fut, then])
         if not c.paused & _P_JOBS:
             if not c.paused:
                 self.loop.pause_reading(c.h)
@@ -433,16 +471,17 @@ class EventLoopModel:
 
     def _run_done(self) -> None:
         """Run, on this thread and in submission order, the callbacks of
-        jobs that finished."""
+        jobs that finished (and the sends and closes queued behind them)."""
         done = self._done
         while done:
             c = done.popleft()
-            jobs = c.jobs
+            x = c.extra()
+            jobs = x.jobs
             while jobs and (jobs[0][0] is None or jobs[0][0].done()):
                 fut, then = jobs.popleft()
                 if c.closed:
                     continue
-                c.direct = True
+                x.direct = True
                 try:
                     if fut is None:           # a send or close kept in line
                         if then is None:
@@ -456,7 +495,7 @@ class EventLoopModel:
                 except Exception:
                     self._failed(c)
                 finally:
-                    c.direct = False
+                    x.direct = False
             if not jobs and c.paused & _P_JOBS and not c.closed:
                 c.paused &= ~_P_JOBS
                 if not c.paused:
@@ -482,8 +521,8 @@ class EventLoopModel:
             if not q.closed:
                 q.closed = True
                 self.loop.close_connection(q.h, "now")
-        for c in list(self._conns.values()):
-            if c.closed or not c.active or c.handler is None:
+        for c in self._table:
+            if c is None or c.closed or not c.active or c.handler is None:
                 continue
             try:
                 c.handler.on_drain(c)

@@ -59,6 +59,36 @@ class _Counters:
     requests = 0
 
 
+class _Shared:
+    """What the sessions of one thread share: parser, limits, counters."""
+
+    __slots__ = ("parser", "limits", "stats", "max_head")
+
+    def __init__(self, parser: Optional[RequestParser], limits: Optional[Limits],
+                 stats: object) -> None:
+        self.limits = limits or Limits()
+        self.max_head = self.limits.max_head
+        self.parser = parser or RequestParser(self.limits.max_headers)
+        self.stats = stats if stats is not None else _Counters()
+
+
+class _Body:
+    """A request whose body is being received (made only then, so an idle
+    connection does not carry it)."""
+
+    __slots__ = ("remaining", "parts", "length", "decoder", "keep", "http10",
+                 "head_only")
+
+    def __init__(self, keep: bool, http10: bool, head_only: bool) -> None:
+        self.remaining = 0
+        self.parts: List[bytes] = []
+        self.length = 0
+        self.decoder: Optional[ChunkedDecoder] = None
+        self.keep = keep
+        self.http10 = http10
+        self.head_only = head_only
+
+
 # Canned answers to GET, rebuilt when the Date second changes.
 _canned_until = 0.0
 _canned = (b"", b"", b"")
@@ -92,37 +122,31 @@ class HttpSession:
       from its first byte, and a body from its last progress; call
       :meth:`timeout` when it passes.
     * ``busy``: a request is partly received.
+
+    ``parser`` (not thread-safe), ``limits`` and ``stats`` (an object with
+    a ``requests`` counter) may be shared by the sessions of one thread.
     """
 
-    __slots__ = ("_parser", "_limits", "_stats", "_pending", "_state",
-                 "_remaining", "_parts", "_body_len", "_decoder", "_keep",
-                 "_http10", "_head_only", "_timing", "closing", "arm",
-                 "draining", "status", "linger", "_max_head")
+    # Kept small: a server holds one per connection, mostly idle.
+    __slots__ = ("_sh", "_state", "_pending", "_body", "_timing", "closing",
+                 "arm", "linger", "draining", "status")
 
     def __init__(self, parser: Optional[RequestParser] = None,
-                 limits: Optional[Limits] = None, stats: object = None) -> None:
-        self._limits = limits or Limits()
-        self._max_head = self._limits.max_head
-        self._parser = parser or RequestParser(self._limits.max_headers)
-        self._stats = stats if stats is not None else _Counters()
-        self._pending: Optional[bytearray] = None
+                 limits: Optional[Limits] = None, stats: object = None, *,
+                 shared: Optional[_Shared] = None) -> None:
+        self._sh = shared or _Shared(parser, limits, stats)
         self._state = _HEAD_STATE
-        self._remaining = 0
-        self._parts: List[bytes] = []
-        self._body_len = 0
-        self._decoder: Optional[ChunkedDecoder] = None
-        self._keep = True
-        self._http10 = False
-        self._head_only = False
+        self._pending: Optional[bytearray] = None     # a partial head
+        self._body: Optional[_Body] = None
         self._timing = False
         self.closing = False
+        #: With ``closing``: close by half-closing and dropping input for a
+        #: while (input is left unread), not at once.
+        self.linger = False
         self.arm: Optional[bool] = None
         self.draining = False
         #: Status of the last error answered (0 if none).
         self.status = 0
-        #: With ``closing``: close by half-closing and dropping input for a
-        #: while (input is left unread), not at once.
-        self.linger = False
 
     @property
     def busy(self) -> bool:
@@ -136,10 +160,11 @@ class HttpSession:
             return self._feed(data)
         # The hot path: a run of plain GETs answered with one canned
         # response each.
-        n, pos = self._parser.scan_gets(data, 0, self._max_head)
+        sh = self._sh
+        n, pos = sh.parser.scan_gets(data, 0, sh.max_head)
         if not n:
             return self._feed(data)
-        self._stats.requests += n
+        sh.stats.requests += n
         out = _canned[0] if _time() < _canned_until else _hello()[0]
         if n > 1:
             out *= n
@@ -163,7 +188,8 @@ class HttpSession:
         end = len(buf)
         pos = 0
         started = False                     # a new head began in this call
-        parser = self._parser
+        sh = self._sh
+        parser = sh.parser
         while pos < end:
             state = self._state
             if state == _DEAD:
@@ -171,7 +197,7 @@ class HttpSession:
             if state == _HEAD_STATE:
                 rc = parser.parse(buf, pos)
                 if rc > 0:
-                    if rc > self._limits.max_head:
+                    if rc > sh.max_head:
                         out.append(self._error(431))
                         break
                     first = buf[pos]
@@ -180,32 +206,27 @@ class HttpSession:
                     # be HEAD: spare the others the method lookup.
                     pos = self._on_head(buf, pos, end, out,
                                         first == 72 or first == 13)
-                    if self._state == _DEAD:
-                        break
                     started = True
                 elif rc == INCOMPLETE:
-                    if end - pos > self._limits.max_head:
+                    if end - pos > sh.max_head:
                         out.append(self._error(431))
                         break
                     self._pending = bytearray(buf[pos:]) if pos or not \
                         isinstance(buf, bytearray) else buf
-                    if pos:
-                        started = True
-                    elif not had_partial:
+                    if pos or not had_partial:
                         started = True
                     break
                 else:
                     out.append(self._error(_ERRORS.get(rc, 400)))
                     break
             elif state == _BODY:
-                take = min(self._remaining, end - pos)
-                self._parts.append(buf[pos:pos + take])
+                body = self._body
+                take = min(body.remaining, end - pos)  # type: ignore[union-attr]
+                body.parts.append(buf[pos:pos + take])  # type: ignore
                 pos += take
-                self._remaining -= take
-                if self._remaining == 0:
-                    body = b"".join(self._parts)
-                    self._parts = []
-                    self._finish_request(body, out)
+                body.remaining -= take                  # type: ignore
+                if body.remaining == 0:                 # type: ignore
+                    self._finish_request(out)
             else:                                   # _CHUNKED
                 pos = self._chunked(buf, pos, end, out)
         if self._state == _DEAD:
@@ -221,18 +242,18 @@ class HttpSession:
     def _on_head(self, buf, pos: int, end: int, out: List[bytes],
                  maybe_head: bool) -> int:
         """A complete head was parsed: answer it or prepare for its body."""
-        p = self._parser
+        sh = self._sh
+        p = sh.parser
         flags = p.flags
-        self._http10 = p.minor == 0
-        if self._http10:
-            self._keep = bool(flags & KEEPALIVE) and not flags & CLOSE
+        http10 = p.minor == 0
+        if http10:
+            keep = bool(flags & KEEPALIVE) and not flags & CLOSE
         else:
-            self._keep = not flags & CLOSE
+            keep = not flags & CLOSE
+        head_only = False
         if maybe_head:
             mo, ml = p.method
-            self._head_only = ml == 4 and buf[mo:mo + 4] == b"HEAD"
-        else:
-            self._head_only = False
+            head_only = ml == 4 and buf[mo:mo + 4] == b"HEAD"
         if flags & TE_OTHER:
             out.append(self._error(501))
             return pos
@@ -240,42 +261,41 @@ class HttpSession:
             if flags & HAS_CL:                 # request smuggling vector
                 out.append(self._error(400))
                 return pos
-            self._decoder = ChunkedDecoder()
-            self._body_len = 0
+            self._body = body = _Body(keep, http10, head_only)
+            body.decoder = ChunkedDecoder()
             self._state = _CHUNKED
             pos = self._chunked(buf, pos, end, out)
-            if self._state == _CHUNKED and flags & EXPECT_100 \
-                    and not self._http10:
+            if self._state == _CHUNKED and flags & EXPECT_100 and not http10:
                 out.append(_CONTINUE)
             return pos
         if flags & HAS_CL:
             cl = p.content_length
-            if cl > self._limits.max_body:
+            if cl > sh.limits.max_body:
                 out.append(self._error(413))
                 return pos
+            self._body = body = _Body(keep, http10, head_only)
             if end - pos >= cl:
-                self._finish_request(buf[pos:pos + cl], out)
+                body.parts.append(buf[pos:pos + cl])
+                self._finish_request(out)
                 return pos + cl
-            self._parts = [buf[pos:end]] if end > pos else []
-            self._remaining = cl - (end - pos)
+            if end > pos:
+                body.parts.append(buf[pos:end])
+            body.remaining = cl - (end - pos)
             self._state = _BODY
-            if flags & EXPECT_100 and not self._http10:
+            if flags & EXPECT_100 and not http10:
                 out.append(_CONTINUE)
             return end
-        # No body: the hot path.
-        self._stats.requests += 1
-        if self._head_only:
+        # No body.
+        sh.stats.requests += 1
+        keep = keep and not self.draining
+        if head_only:
             out.append(http.response(200, HELLO_BODY, head_only=True,
-                                     keep_alive=self._keep and
-                                     not self.draining,
-                                     http10=self._http10))
+                                     keep_alive=keep, http10=http10))
         else:
             canned = _hello()
-            if self.draining or not self._keep:
-                out.append(canned[1])
-            else:
-                out.append(canned[2] if self._http10 else canned[0])
-        if self.draining or not self._keep:
+            out.append(canned[1] if not keep else
+                       canned[2] if http10 else canned[0])
+        if not keep:
             self._state = _DEAD
             self.closing = True
         return pos
@@ -283,33 +303,35 @@ class HttpSession:
     def _chunked(self, buf, pos: int, end: int, out: List[bytes]) -> int:
         if pos >= end:
             return pos
+        body = self._body
         chunk = bytearray(buf[pos:end])
         try:
-            n, used = self._decoder.decode(chunk)   # type: ignore[union-attr]
+            n, used = body.decoder.decode(chunk)   # type: ignore[union-attr]
         except ValueError:
             out.append(self._error(400))
             return end
         if n:
-            self._body_len += n
-            if self._body_len > self._limits.max_body:
+            body.length += n                       # type: ignore[union-attr]
+            if body.length > self._sh.limits.max_body:  # type: ignore
                 out.append(self._error(413))
                 return end
-            self._parts.append(bytes(chunk[:n]))
-        if self._decoder.done:                     # type: ignore[union-attr]
-            body = b"".join(self._parts)
-            self._parts = []
-            self._decoder = None
-            self._finish_request(body, out)
+            body.parts.append(bytes(chunk[:n]))    # type: ignore[union-attr]
+        if body.decoder.done:                      # type: ignore[union-attr]
+            self._finish_request(out)
         return pos + used
 
-    def _finish_request(self, body: bytes, out: List[bytes]) -> None:
+    def _finish_request(self, out: List[bytes]) -> None:
         """A request with a body is complete: echo the body."""
-        self._stats.requests += 1
-        keep = self._keep and not self.draining
-        out.append(http.response(200, body,
+        body, self._body = self._body, None
+        self._sh.stats.requests += 1
+        keep = body.keep and not self.draining     # type: ignore[union-attr]
+        parts = body.parts                          # type: ignore[union-attr]
+        out.append(http.response(200, parts[0] if len(parts) == 1
+                                 else b"".join(parts),
                                  content_type=b"application/octet-stream",
-                                 keep_alive=keep, http10=self._http10,
-                                 head_only=self._head_only))
+                                 keep_alive=keep,
+                                 http10=body.http10,   # type: ignore
+                                 head_only=body.head_only))  # type: ignore
         if keep:
             self._state = _HEAD_STATE
         else:
@@ -320,7 +342,7 @@ class HttpSession:
         """Answer an error and stop reading requests."""
         self._state = _DEAD
         self._pending = None
-        self._parts = []
+        self._body = None
         self.closing = True
         self.status = status
         return http.response(status, b"%d %s\n" % (
@@ -365,51 +387,53 @@ class HttpSession:
         return False
 
 
-class HttpHandler(Handler):
-    """Serve HTTP with an :class:`HttpSession` (see the module's docstring).
+class HttpHandler(HttpSession, Handler):
+    """Serve HTTP: an :class:`HttpSession` driven through the handler API
+    (see the module's docstring).  Make handlers with :meth:`factory` so the
+    handlers of one thread share a parser."""
 
-    The parser and limits are shared by the handlers of one thread; make
-    them with :meth:`factory`."""
-
-    __slots__ = ("s", "_lingered")
+    __slots__ = ("_lingered",)
 
     def __init__(self, parser: Optional[RequestParser] = None,
-                 limits: Optional[Limits] = None, stats: object = None) -> None:
-        self.s = HttpSession(parser, limits, stats)
+                 limits: Optional[Limits] = None, stats: object = None, *,
+                 shared: Optional[_Shared] = None) -> None:
+        HttpSession.__init__(self, parser, limits, stats, shared=shared)
         self._lingered = -1          # bytes dropped while lingering; -1: not
+
+    @property
+    def s(self) -> "HttpHandler":
+        """The session (the handler is its own session)."""
+        return self
 
     @classmethod
     def factory(cls, limits: Optional[Limits] = None, stats: object = None):
         """A no-argument callable making handlers that share one parser
         (for handlers driven from a single thread)."""
-        limits = limits or Limits()
-        parser = RequestParser(limits.max_headers)
-        return lambda: cls(parser, limits, stats)
+        shared = _Shared(None, limits, stats)
+        return lambda: cls(shared=shared)
 
     def on_data(self, conn: Connection, data: bytes) -> None:
         if self._lingered >= 0:
             self._lingered += len(data)
-            if self._lingered > self.s._limits.max_linger:
+            if self._lingered > self._sh.limits.max_linger:
                 conn.close()
             return
-        s = self.s
-        out = s.feed(data)
+        out = self.feed(data)
         if out:
             conn.send(out)
-        if s.closing or s.arm is not None:
+        if self.closing or self.arm is not None:
             self.after_feed(conn)
 
     def after_feed(self, conn: Connection) -> None:
         """Act on the session's verdict after a feed: close, or start or
         stop the request deadline."""
-        s = self.s
-        if s.closing:
-            if s.linger:
+        if self.closing:
+            if self.linger:
                 self._linger(conn)
             else:
                 conn.close()
-        elif s.arm is not None:
-            conn.set_timeout(s.arm)
+        elif self.arm is not None:
+            conn.set_timeout(self.arm)
 
     def _linger(self, conn: Connection) -> None:
         """Half-close after the answer and drop what still comes, until the
@@ -425,7 +449,7 @@ class HttpHandler(Handler):
         if self._lingered >= 0:
             conn.close()
             return
-        out = self.s.timeout()
+        out = self.timeout()
         if out:
             conn.send(out)
             self._linger(conn)
@@ -435,7 +459,7 @@ class HttpHandler(Handler):
     def on_drain(self, conn: Connection) -> None:
         if self._lingered >= 0:
             return
-        if self.s.drain():
+        if self.drain():
             conn.close()
 
 
