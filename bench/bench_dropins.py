@@ -11,10 +11,11 @@
      pyepoll.new_event_loop() or on asyncio's default loop in a child
      process, the client (the same for both) in this one.
 
-Timings are medians of repeats, interleaved so drift hits every row alike;
-ratios are to the stdlib row.  Usage:
+Timings are medians of repeats (21 samples of ~20 ms each by default),
+interleaved so drift hits every row alike, on one pinned CPU; ratios are to
+the stdlib row.  Usage:
 
-    python bench/bench_dropins.py [--quick] [--repeats 9] [--echo-runs 3]
+    python bench/bench_dropins.py [--quick] [--repeats 21] [--echo-runs 3]
 """
 from __future__ import annotations
 
@@ -121,7 +122,7 @@ def time_calls(fn: Callable[[], object], calls: int) -> float:
 
 
 def measure(candidates: Dict[str, Callable[[], object]], expected: int,
-            repeats: int, budget: float = 0.05) -> Dict[str, float]:
+            repeats: int, budget: float = 0.02) -> Dict[str, float]:
     """Median seconds per call of each candidate; repeats interleaved."""
     for name, fn in candidates.items():
         got = fn()
@@ -150,6 +151,20 @@ def measure(candidates: Dict[str, Callable[[], object]], expected: int,
 
 def wait_benchmarks(ns: Sequence[int], ready_counts: Sequence[int],
                     repeats: int) -> None:
+    # One CPU for the whole comparison: no migrations between samples.
+    affinity = None
+    if hasattr(os, "sched_getaffinity"):
+        affinity = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(affinity)})
+    try:
+        _wait_benchmarks(ns, ready_counts, repeats)
+    finally:
+        if affinity is not None:
+            os.sched_setaffinity(0, affinity)
+
+
+def _wait_benchmarks(ns: Sequence[int], ready_counts: Sequence[int],
+                     repeats: int) -> None:
     cases: List[Tuple[str, int, int]] = [
         (f"N={n}", n, 1) for n in ns] + [
         (f"{r} ready", 0, r) for r in ready_counts]
@@ -372,7 +387,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.echo_server:
         echo_server(args.echo_server)
         return
-    repeats = args.repeats or (3 if args.quick else 9)
+    repeats = args.repeats or (5 if args.quick else 21)
     echo_runs = args.echo_runs or (1 if args.quick else 3)
     print(f"pyepoll {pyepoll.__version__} drop-in benchmark: Python "
           f"{platform.python_version()}, {platform.system()} "

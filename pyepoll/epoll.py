@@ -305,12 +305,11 @@ class epoll:
         """
         # Argument order and checks as CPython: maxevents is converted before
         # the closed check, its value checked after the timeout.
-        if maxevents.__class__ is int and maxevents == -1:
-            maxevents = _DEFAULT_MAXEVENTS
-        else:
+        if maxevents.__class__ is not int or not (
+                _INT_MIN <= maxevents <= _INT_MAX):
             maxevents = _c_int(maxevents)
-            if maxevents == -1:
-                maxevents = _DEFAULT_MAXEVENTS
+        if maxevents == -1:
+            maxevents = _DEFAULT_MAXEVENTS
         p = self._p
         if p is None:
             _raise_closed()

@@ -717,6 +717,48 @@ def test_select_fd_above_fd_setsize(cls_pair):
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def test_subclass_overriding_select(sel_cls, sockpair):
+    """A subclass's select() is called, and super().select() works."""
+    calls = []
+
+    class Sub(sel_cls):
+        def select(self, timeout=None):
+            calls.append(timeout)
+            return super().select(timeout)
+
+    with Sub() as s:
+        key = s.register(sockpair[0], EVENT_WRITE)
+        assert s.select(0) == [(key, EVENT_WRITE)]
+        s.close()
+        if hasattr(s, "fileno"):
+            with pytest.raises(ValueError):
+                s.select(0)
+    assert calls[0] == 0
+
+
+def test_select_after_growth_and_close(sel_cls):
+    """The event array grows with the registrations; select() follows it,
+    and after close() behaves as the stdlib's (epoll: ValueError)."""
+    base, other = socket.socketpair()
+    fds = [os.dup(base.fileno()) for _ in range(300)]
+    try:
+        s = sel_cls()
+        for fd in fds:
+            s.register(fd, EVENT_WRITE)
+        assert len(s.select(1)) == 300
+        s.close()
+        if hasattr(s, "fileno"):
+            with pytest.raises(ValueError):
+                s.select(0)
+        else:
+            assert s.select(0) == []
+    finally:
+        for fd in fds:
+            os.close(fd)
+        base.close()
+        other.close()
+
+
 def test_register_unregister_churn(sel, sockpair):
     a, b = sockpair
     b.send(b"x")
