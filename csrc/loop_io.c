@@ -308,9 +308,15 @@ static void conn_read(pe_loop *l, uint32_t slot, uint32_t events)
             pe__conn_close(l, slot, ENOMEM);
             return;
         }
+        /* The ring may have more space than in_high allows: offer room. */
         niov = pe__ring_space_iov(&c->in, iov);
-        for (offered = 0, i = 0; i < niov; i++)
+        for (offered = 0, i = 0; i < niov; i++) {
+            if (iov[i].iov_len >= room - offered) {
+                iov[i].iov_len = room - offered;
+                niov = i + 1;
+            }
             offered += iov[i].iov_len;
+        }
         if (niov == 1)
             n = read(c->fd, iov[0].iov_base, iov[0].iov_len);
         else

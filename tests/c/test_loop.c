@@ -1059,7 +1059,7 @@ static void test_read_timeout(void **state)
 /* ----------------------------------------------------------- flow control */
 
 
-static void test_pause_resume(void **state)
+static void pause_resume(void **state, uint32_t high, uint32_t low)
 {
     enum { TOTAL = 512 * 1024 };
     struct pe_loop_config cfg;
@@ -1073,8 +1073,8 @@ static void test_pause_resume(void **state)
     int fd;
 
     base_config(&cfg, state);
-    cfg.in_high = 32 * 1024;
-    cfg.in_low = 8 * 1024;
+    cfg.in_high = high;
+    cfg.in_low = low;
     env_open(&e, &cfg);
     fd = tcp_client(e.port, 0);
     h = next_open(&e);
@@ -1118,6 +1118,17 @@ static void test_pause_resume(void **state)
     assert_memory_equal(rbuf, "0123456789", 10);
     close(fd);
     env_close(&e);
+}
+
+static void test_pause_resume(void **state)
+{
+    pause_resume(state, 32 * 1024, 8 * 1024);
+}
+
+/* in_high below the smallest ring buffer still bounds what is read. */
+static void test_pause_resume_small(void **state)
+{
+    pause_resume(state, 1000, 100);
 }
 
 /* ---------------------------------------------------------------- wakeup */
@@ -1369,6 +1380,7 @@ int main(void)
         T(test_idle_timeout),
         T(test_read_timeout),
         T(test_pause_resume),
+        T(test_pause_resume_small),
         T(test_wakeup),
         T(test_stale_handle),
         T(test_events_beyond_max),
