@@ -217,6 +217,10 @@ class _CoreSelector(BaseSelector):
 
     def register(self, fileobj: Any, events: int,
                  data: Any = None) -> SelectorKey:
+        """Watch fileobj (fd or object with fileno()) for events
+        (EVENT_READ | EVENT_WRITE) and return its new SelectorKey.
+        ValueError for bad events or file objects, KeyError if already
+        registered, OSError if the kernel refuses it."""
         if (not events) or (events & ~(EVENT_READ | EVENT_WRITE)):
             raise ValueError(f"Invalid events: {events!r}")
         fd = self._fileobj_lookup(fileobj)
@@ -240,6 +244,8 @@ class _CoreSelector(BaseSelector):
         return key
 
     def unregister(self, fileobj: Any) -> SelectorKey:
+        """Stop watching fileobj and return its key; KeyError if it is not
+        registered.  A file closed since it was registered is fine."""
         if fileobj.__class__ is int and fileobj in self._fd_to_key:
             fd = fileobj
         else:
@@ -258,6 +264,8 @@ class _CoreSelector(BaseSelector):
 
     def modify(self, fileobj: Any, events: int,
                data: Any = None) -> SelectorKey:
+        """Change the events and data of a registered file object and
+        return its new key; a change of data alone makes no system call."""
         if fileobj.__class__ is int and fileobj in self._fd_to_key:
             fd = fileobj
         else:
@@ -299,9 +307,11 @@ class _CoreSelector(BaseSelector):
             raise KeyError(f"{fileobj!r} is not registered") from None
 
     def get_map(self) -> Optional[_SelectorMapping]:
+        """Read-only mapping of file objects to keys (None once closed)."""
         return self._map
 
     def close(self) -> None:
+        """Forget every registration and release the kernel object."""
         p, self._p = self._p, None
         self._rehot()
         if p is not None:
@@ -318,6 +328,9 @@ class _CoreSelector(BaseSelector):
 
     def select(self, timeout: Optional[float] = None
                ) -> List[Tuple[SelectorKey, int]]:
+        """Wait until registered file objects are ready or timeout seconds
+        pass (None: no limit; <= 0: poll) and return ``[(key, events)]``.
+        A signal whose handler returns does not cut the wait short."""
         # Instances of classes that do not override select() call the fast
         # closure directly (see _rehot); this is for subclasses' super().
         return self._select(timeout)
@@ -394,6 +407,7 @@ def _make_select(selector: _CoreSelector) -> Any:
                 result.append(answers[events])
         return result
 
+    select.__doc__ = _CoreSelector.select.__doc__
     return select
 
 
