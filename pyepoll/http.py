@@ -80,7 +80,7 @@ class RequestParser:
     """
 
     __slots__ = ("max_headers", "_req", "_hdrs", "_w", "_q", "_hw",
-                 "minor", "flags", "_base", "_last")
+                 "minor", "flags", "_base", "last_get")
 
     def __init__(self, max_headers: int = 100) -> None:
         if max_headers <= 0:
@@ -97,7 +97,9 @@ class RequestParser:
         #: PE_HTTP_* flags of the last parsed head.
         self.flags = 0
         self._base = 0
-        self._last: Optional[bytes] = None      # see scan_gets
+        #: The last plain GET head :meth:`scan_gets` parsed (None: none
+        #: yet): a buffer equal to it is one plain GET.
+        self.last_get: Optional[bytes] = None
 
     def parse(self, buf: Buffer, start: int = 0) -> int:
         """Parse the head at ``buf[start:]``.
@@ -139,7 +141,7 @@ class RequestParser:
         not updated by this method.
         """
         end = len(buf)
-        last = self._last
+        last = self.last_get
         pos = start
         n = 0
         if last is not None:
@@ -165,7 +167,7 @@ class RequestParser:
                 break
             head = buf[pos:pos + rc]
             if head != last:
-                self._last = last = head
+                self.last_get = last = head
             pos += rc
             n += 1
             while buf.startswith(last, pos):

@@ -129,7 +129,7 @@ class HttpSession:
 
     # Kept small: a server holds one per connection, mostly idle.
     __slots__ = ("_sh", "_state", "_pending", "_body", "_timing", "closing",
-                 "arm", "linger", "draining", "status")
+                 "arm", "linger", "draining", "status", "_plain")
 
     def __init__(self, parser: Optional[RequestParser] = None,
                  limits: Optional[Limits] = None, stats: object = None, *,
@@ -147,6 +147,9 @@ class HttpSession:
         self.draining = False
         #: Status of the last error answered (0 if none).
         self.status = 0
+        # Between requests, nothing partial, not draining: the hot path
+        # may be tried.  Kept by _feed and drain.
+        self._plain = True
 
     @property
     def busy(self) -> bool:
@@ -155,13 +158,17 @@ class HttpSession:
 
     def feed(self, data: bytes) -> bytes:
         """Consume received bytes; return the bytes to send (maybe b"")."""
-        if self._state or self._pending is not None or self.draining \
-                or type(data) is not bytes:
+        if not self._plain or type(data) is not bytes:
             return self._feed(data)
         # The hot path: a run of plain GETs answered with one canned
-        # response each.
+        # response each; most often the same head as the last one.
         sh = self._sh
-        n, pos = sh.parser.scan_gets(data, 0, sh.max_head)
+        parser = sh.parser
+        if data == parser.last_get:
+            sh.stats.requests += 1
+            self.arm = None
+            return _canned[0] if _time() < _canned_until else _hello()[0]
+        n, pos = parser.scan_gets(data, 0, sh.max_head)
         if not n:
             return self._feed(data)
         sh.stats.requests += n
@@ -234,6 +241,8 @@ class HttpSession:
             # pipelined after a close) would turn a plain close into a
             # reset that can destroy the answer in flight.
             self.linger = bool(self.status) or pos < end
+        self._plain = self._state == _HEAD_STATE and self._pending is None \
+            and not self.draining
         self._update_timer(started)
         if len(out) == 1:
             return out[0]
@@ -341,6 +350,7 @@ class HttpSession:
     def _error(self, status: int) -> bytes:
         """Answer an error and stop reading requests."""
         self._state = _DEAD
+        self._plain = False
         self._pending = None
         self._body = None
         self.closing = True
@@ -372,6 +382,7 @@ class HttpSession:
         if self.busy:
             return self._error(408)
         self._state = _DEAD
+        self._plain = False
         self.closing = True
         return b""
 
@@ -380,6 +391,7 @@ class HttpSession:
         if any, with ``Connection: close``.  Returns True when the
         connection can be closed at once (no request in progress)."""
         self.draining = True
+        self._plain = False
         if self._state == _DEAD or not self.busy:
             self._state = _DEAD
             self.closing = True

@@ -151,6 +151,7 @@ def test_timer_decisions():
     assert s.arm is False
     assert s.timeout() == b""                       # idle: closes quietly
     assert s.closing
+    assert s.feed(GET) == b""                       # and answers no more
 
 
 def test_timeout_mid_request_is_408():
@@ -170,7 +171,9 @@ def test_expect_continue():
 
 def test_drain():
     s = HttpSession()
+    s.feed(GET)
     assert s.drain() is True                        # idle: close now
+    assert s.feed(GET) == b""
     s = HttpSession()
     s.feed(b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n")
     assert s.drain() is False                       # finish the request
