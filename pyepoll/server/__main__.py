@@ -76,6 +76,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         return server.serve()
+    except ValueError as e:           # a setting this platform refuses
+        print(f"pyepoll-server: error: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         logging.getLogger("pyepoll.server").error("cannot serve: %s", e)
         return 1

@@ -90,6 +90,8 @@ class Server:
         self._signal: Optional[int] = None
         self._ready_fd: Optional[int] = None   # set by the worker supervisor
         self._parent: Optional[int] = None
+        #: Set once the server listens (``address`` is then known).
+        self.ready = threading.Event()
 
     # ------------------------------------------------------------- control
 
@@ -137,6 +139,7 @@ class Server:
             reporter.watch_parent(self._parent, model.stop)
         try:
             self._announce(model)
+            self.ready.set()
             started = time.monotonic()
             model.run(reporter)
             if self._signal is not None:

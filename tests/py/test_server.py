@@ -579,3 +579,38 @@ def test_sigterm_drains_in_flight_request(start_server, model):
     assert srv.wait(timeout=10) == 0
     idle.close()
     busy.close()
+
+
+def _backend_trigger_params():
+    if not loop_available():
+        return [pytest.param("-", "-", marks=pytest.mark.skip(
+            reason="pyepoll.Loop not available"))]
+    out = []
+    for b in pyepoll.available_backends():
+        for t in ("level", "edge"):
+            if t == "edge" and b not in ("epoll", "kqueue"):
+                continue
+            out.append(pytest.param(b, t, id=f"{b}-{t}"))
+    return out
+
+
+@pytest.mark.parametrize("backend,trigger", _backend_trigger_params())
+def test_eventloop_every_backend_and_trigger(start_server, backend, trigger):
+    srv = start_server("--backend", backend, "--trigger", trigger)
+    srv.wait_for(rf"backend={backend} trigger={trigger}")
+    raw = GET + post(b"x" * 100000) + GET
+    out = request(srv.addr, raw, n=3)
+    assert [r.body for r in out] == [HELLO, b"x" * 100000, HELLO]
+    assert get(srv.addr)[2] == HELLO
+
+
+def test_cli_rejects_bad_settings(tmp_path):
+    for args, message in [
+            (["--backend", "nope"], "unknown backend"),
+            (["--workers", "0"], "workers must be at least 1"),
+            (["--idle-timeout", "-1"], "must not be negative")]:
+        out = subprocess.run([sys.executable, "-m", "pyepoll.server",
+                              "--port", "0", *args], cwd=str(tmp_path),
+                             capture_output=True, text=True, timeout=20)
+        assert out.returncode != 0
+        assert message in out.stderr, out.stderr

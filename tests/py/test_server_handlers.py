@@ -147,3 +147,29 @@ def test_handler_that_raises(start_server, script, model):
     srv.signal(signal.SIGTERM)
     assert srv.wait() == 0
     srv.wait_for(r"stats \(final\):.* errors=1$")
+
+
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_in_process_server_on_a_thread(model):
+    """The Python API without a subprocess: serve() on a thread, stop()
+    from another; counters readable."""
+    from pyepoll.server import Handler, Server
+
+    class Reverse(Handler):
+        def on_data(self, conn, data):
+            conn.send(data[::-1])
+
+    server = Server(handler=Reverse, port=0, model=model, pool_threads=2)
+    result = []
+    t = threading.Thread(target=lambda: result.append(server.serve()))
+    t.start()
+    try:
+        assert server.ready.wait(10)
+        with socket.create_connection(server.address, timeout=5) as s:
+            s.sendall(b"abc")
+            assert s.recv(10) == b"cba"
+    finally:
+        server.stop()
+        t.join(15)
+    assert result == [0]
+    assert server.snapshot()["accepted"] >= 1 or model == "eventloop"
