@@ -202,6 +202,7 @@ class EventLoopModel:
         self._draining = False
         self._reject_answer = response(503, b"503 Service Unavailable\n",
                                        keep_alive=False)
+        self._final: dict = {}
 
     @property
     def backend(self) -> str:
@@ -226,6 +227,8 @@ class EventLoopModel:
             pass
 
     def snapshot(self) -> dict:
+        if self.loop.closed:
+            return dict(self._final)
         snap = self.stats.as_dict()
         if not self.loop.closed:
             ls = self.loop.stats()
@@ -311,7 +314,9 @@ class EventLoopModel:
                 self._pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
-        self.loop.close()
+        if not self.loop.closed:
+            self._final = self.snapshot()
+            self.loop.close()
 
     # ---------------------------------------------------------- admission
 

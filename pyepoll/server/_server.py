@@ -88,6 +88,7 @@ class Server:
         self._model: Any = None
         self._stop_requested = False
         self._signal: Optional[int] = None
+        self._signal_time = 0.0
         self._ready_fd: Optional[int] = None   # set by the worker supervisor
         self._parent: Optional[int] = None
         #: Set once the server listens (``address`` is then known).
@@ -111,6 +112,7 @@ class Server:
     def _on_signal(self, signum: int, frame: object) -> None:
         if self._signal is None:
             self._signal = signum
+            self._signal_time = time.monotonic()
         self.stop()
 
     # ---------------------------------------------------------------- serve
@@ -140,12 +142,11 @@ class Server:
         try:
             self._announce(model)
             self.ready.set()
-            started = time.monotonic()
             model.run(reporter)
             if self._signal is not None:
                 log.info("stopped by %s; drained in %.2f s",
                          signal.Signals(self._signal).name,
-                         time.monotonic() - started)
+                         time.monotonic() - self._signal_time)
             reporter.final()
         finally:
             if hasattr(model, "close"):

@@ -172,4 +172,6 @@ def test_in_process_server_on_a_thread(model):
         server.stop()
         t.join(15)
     assert result == [0]
-    assert server.snapshot()["accepted"] >= 1 or model == "eventloop"
+    snap = server.snapshot()
+    assert snap["accepted"] == 1 and snap["conns"] == 0
+    assert snap["bytes_in"] == snap["bytes_out"] == 3
