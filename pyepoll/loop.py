@@ -260,18 +260,21 @@ class Loop:
             lib.pe_loop_wakeup(p)
         else:
             self._release()
+
+    def _release(self) -> None:
+        # Reached from close() and from a wait() that close() interrupted;
+        # the lock makes sure exactly one of them frees the C loop.  The
+        # listening sockets close only after that, so that a run still in
+        # progress never sees their numbers reused.
+        with self._lock:
+            p, self._zombie = self._zombie, None
+        if p is None:
+            return
+        ffi.release(p)
         owned, self._owned = self._owned, {}
         self._listeners = {}
         for sock in owned.values():
             sock.close()
-
-    def _release(self) -> None:
-        # Reached from close() and from a wait() that close() interrupted;
-        # the lock makes sure exactly one of them frees the C loop.
-        with self._lock:
-            p, self._zombie = self._zombie, None
-        if p is not None:
-            ffi.release(p)
 
     def __enter__(self) -> "Loop":
         self._check_open()
@@ -289,8 +292,8 @@ class Loop:
 
     def listen(self, host: Optional[str] = "127.0.0.1", port: int = 0, *,
                backlog: int = 1024, reuse_port: bool = False) -> int:
-        """Create a listening TCP socket on ``host`` (IPv4 or IPv6; None for
-        every address) and ``port`` (0: any free port), add it, and return
+        """Create a listening TCP socket on ``host`` (an IPv4 or IPv6 address
+        or a name; None for every address) and ``port`` (0: any free port), add it, and return
         its listener id.  The loop owns the socket: :meth:`remove_listener`
         and :meth:`close` close it."""
         self._check_open()

@@ -384,11 +384,11 @@ def test_ipv6_listener(make):
     c.close()
 
 
-def test_listen_any_address_and_reuse_port(make):
+def test_listen_by_name_and_reuse_port(make):
     loop = make()
-    lid = loop.listen(None, 0)
+    lid = loop.listen("localhost", 0)
     host, port = loop.sockname(lid)
-    assert port > 0
+    assert host in ("127.0.0.1", "::1") and port > 0
     if hasattr(socket, "SO_REUSEPORT"):
         a = loop.listen("127.0.0.1", 0, reuse_port=True)
         port = loop.sockname(a)[1]
@@ -1059,6 +1059,7 @@ def test_wakeup_from_another_thread(make):
 
 def test_close_from_another_thread_while_waiting(make):
     loop = make()
+    addr = loop.sockname(loop.listen())
     timer = threading.Timer(0.1, loop.close)
     timer.start()
     t0 = time.monotonic()
@@ -1068,6 +1069,8 @@ def test_close_from_another_thread_while_waiting(make):
     assert loop.closed
     with pytest.raises(ValueError, match="closed loop"):
         loop.wait(0)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(addr, 5)
 
 
 def test_wait_timeout_and_poll(make):
