@@ -248,6 +248,7 @@ class EventLoopModel:
         wait = loop.wait
         recv = loop.recv
         send = loop.send
+        slot, hold, http_handler = _SLOT, _HOLD, HttpHandler
         try:
             while True:
                 now = time.monotonic()
@@ -262,7 +263,7 @@ class EventLoopModel:
                     timeout = left if timeout is None else min(timeout, left)
                 for kind, h, arg in wait(timeout):
                     if kind == EV_DATA:
-                        c = table[h & _SLOT]
+                        c = table[h & slot]
                         if c is None or c.closed or c.h != h:
                             continue
                         try:
@@ -271,13 +272,13 @@ class EventLoopModel:
                             continue
                         if not data:
                             continue
-                        if c.paused & _HOLD:
+                        if c.paused & hold:
                             x = c.extra()
                             x.held.append(data)
                             continue
                         handler = c.handler
                         try:
-                            if handler.__class__ is HttpHandler \
+                            if handler.__class__ is http_handler \
                                     and handler._lingered < 0:
                                 # The built-in HTTP, without the layers.
                                 out = handler.feed(data)

@@ -23,6 +23,9 @@ import pytest
 
 import pyepoll
 
+# Every test here finishes by itself well within this.
+pytestmark = pytest.mark.timeout(120)
+
 MODELS = ["eventloop", "threadpool", "threads"]
 HELLO = b"Hello, World!\n"
 STARTED = re.compile(r"INFO: serving (\S+) on (\S+):(\d+) ")

@@ -17,6 +17,9 @@ import pytest
 from test_server import (ALL_MODELS, GET, HELLO, Reader, connect, get,
                          start_server)  # noqa: F401  (fixture)
 
+# Every test here finishes by itself well within this.
+pytestmark = pytest.mark.timeout(120)
+
 
 def _send_quietly(sock: socket.socket, data: bytes) -> None:
     """Send until done or the server closes on us."""

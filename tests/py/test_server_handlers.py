@@ -12,6 +12,9 @@ import pytest
 
 from test_server import ALL_MODELS, connect, start_server  # noqa: F401
 
+# Every test here finishes by itself well within this.
+pytestmark = pytest.mark.timeout(120)
+
 SCRIPT = r'''
 import logging, sys, threading, time
 from pyepoll.server import Handler, serve

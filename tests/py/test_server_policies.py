@@ -13,6 +13,9 @@ import pytest
 from test_server import (ALL_MODELS, GET, HELLO, Reader, connect, get,
                          model_param, start_server)  # noqa: F401  (fixture)
 
+# Every test here finishes by itself well within this.
+pytestmark = pytest.mark.timeout(120)
+
 
 def _capacity_args(model: str, n: int):
     # The thread pool serves as many connections at once as it has threads.

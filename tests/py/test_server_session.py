@@ -12,6 +12,9 @@ from hypothesis import strategies as st
 from pyepoll import http
 from pyepoll.server.protocols import HELLO_BODY, HttpSession, Limits
 
+# Every test here finishes by itself well within this.
+pytestmark = pytest.mark.timeout(120)
+
 DATE = re.compile(rb"Date: [^\r]*\r\n")
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 
