@@ -293,10 +293,10 @@ class ThreadedModel:
             self._flush(conn)
             while conn._closing is None:
                 now = time.monotonic()
-                limit = last + idle if idle else None
+                # A running request deadline (never longer than the idle
+                # timeout) governs alone: the stalled request gets its 408.
                 dl = conn._deadline
-                if dl is not None and (limit is None or dl < limit):
-                    limit = dl
+                limit = dl if dl is not None else last + idle if idle else None
                 ddl = self._drain_deadline
                 if ddl is not None and (limit is None or ddl < limit):
                     limit = ddl
@@ -311,7 +311,7 @@ class ThreadedModel:
                         stats.timeouts += 1
                         handler.on_timeout(conn)
                         self._flush(conn)
-                    elif idle and now >= last + idle:
+                    elif dl is None and idle and now >= last + idle:
                         stats.timeouts += 1
                         err = errno.ETIMEDOUT
                         break
