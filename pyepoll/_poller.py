@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import math
+import operator
 import os
 import time
 import weakref
@@ -40,6 +41,7 @@ _FEATURES = (
 _VALID = _CONDITIONS | EDGE | ONESHOT | EXCLUSIVE
 _INITIAL_EVENTS = 1024  # event array slots before the first growth
 _MAX_TIMEOUT_MS = 0x7FFFFFFF
+_wait = lib.pe_poller_wait  # bound once: a module attribute load per call
 
 
 class ForkError(RuntimeError):
@@ -59,16 +61,20 @@ def best_backend() -> str:
 def timeout_to_ms(timeout: Optional[float]) -> int:
     """Seconds -> milliseconds for the kernel: None or negative blocks (-1),
     anything else is rounded up, as CPython's select.epoll.poll does, so a
-    wait never returns before the requested time."""
+    wait never returns before the requested time.  Like CPython, only floats
+    and integers (objects with __index__) are accepted: TypeError for a str."""
     if timeout is None:
         return -1
-    try:
-        seconds = float(timeout)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"timeout must be an integer or float or None, not "
-            f"{type(timeout).__name__}"
-        ) from None
+    if isinstance(timeout, float):
+        seconds = timeout
+    else:
+        try:
+            seconds = operator.index(timeout)
+        except TypeError:
+            raise TypeError(
+                f"timeout must be an integer or float or None, not "
+                f"{type(timeout).__name__}"
+            ) from None
     if math.isnan(seconds):
         raise ValueError("Invalid value NaN (not a number)")
     if seconds < 0:
@@ -225,7 +231,11 @@ class Poller:
         FileExistsError if it is already registered."""
         p = self._check_open()
         fd = fileno_of(fd)
-        check(lib.pe_poller_register(p, fd, self._mask(events)), f"fd {fd}")
+        rc = lib.pe_poller_register(p, fd, self._mask(events))
+        if rc == -errno.EINVAL and self._backend == "select":
+            # CPython's words for an fd an fd_set cannot hold.
+            raise ValueError("filedescriptor out of range in select()")
+        check(rc, f"fd {fd}")
         if lib.pe_poller_count(p) > self._cap:
             self._grow(self._cap * 2)
 
@@ -267,7 +277,13 @@ class Poller:
         p = self._p
         if p is None:
             self._raise_closed()
-        ms = -1 if timeout is None else timeout_to_ms(timeout)
+        # The two common timeouts skip the conversion call.
+        if timeout is None:
+            ms = -1
+        elif timeout.__class__ is int and timeout == 0:
+            ms = 0
+        else:
+            ms = timeout_to_ms(timeout)
         if maxevents == -1:
             maxevents = self._cap
         elif maxevents > self._cap:
@@ -275,7 +291,12 @@ class Poller:
         elif maxevents <= 0:
             raise ValueError(
                 f"maxevents must be greater than 0, got {maxevents}")
-        n = lib.pe_poller_wait(p, self._buf, maxevents, ms)
+        n = _wait(p, self._buf, maxevents, ms)
+        if n == 1:                 # the common case in a busy server
+            view = self._view
+            return [(view[0], view[1])]
+        if n == 0:
+            return []
         if n < 0:
             n = self._wait_retry(n, ms, maxevents)
         view = self._view
