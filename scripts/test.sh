@@ -72,3 +72,28 @@ say "pytest against the installed wheel"
 # Run from outside the source tree so `import pyepoll` finds the wheel.
 (cd "$WORK" && PYEPOLL_REQUIRE_INSTALLED=1 "$WORK/venv-wheel/bin/pytest" \
    "$ROOT/tests/py" -p no:cacheprovider -q)
+
+say "pytest with the extension built under ASan + UBSan"
+rm -rf "$WORK/dist-asan" "$WORK/venv-asan"
+CC=gcc "$VPY" -m pip wheel -q --no-build-isolation --no-deps \
+  -C cmake.define.PYEPOLL_SANITIZE=ON -C cmake.build-type=RelWithDebInfo \
+  -C build-dir="$WORK/build-asan-py" -w "$WORK/dist-asan" "$ROOT"
+"$PY" -m venv "$WORK/venv-asan"
+"$WORK/venv-asan/bin/pip" install -q "$WORK"/dist-asan/*.whl pytest pytest-timeout hypothesis
+# Python itself is not built with ASan: preload the runtime, and leave leak
+# checking to the C tests (the interpreter keeps memory until exit).
+ASAN_RT="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
+(cd "$WORK" && LD_PRELOAD="$ASAN_RT" \
+   ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+   UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+   PYEPOLL_REQUIRE_INSTALLED=1 PYEPOLL_SANITIZED=1 \
+   "$WORK/venv-asan/bin/pytest" "$ROOT/tests/py" -p no:cacheprovider -q -m "not slow")
+
+say "fuzzing (${FUZZ_SECONDS}s per target)"
+bash "$ROOT/scripts/fuzz.sh" "$FUZZ_SECONDS"
+
+say "benchmark smoke runs"
+(cd "$WORK" && "$WORK/venv-wheel/bin/python" -m pyepoll.bench all --smoke --out "$WORK/bench-smoke")
+
+echo
+echo "all stages passed"

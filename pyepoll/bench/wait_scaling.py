@@ -1,0 +1,208 @@
+"""wait-scaling: the cost of one wait that returns 1 ready fd while N idle
+fds are watched.  select and poll hand the kernel the whole set on every
+call, so their cost grows with N; epoll and kqueue keep the interest list in
+the kernel, so theirs stays flat."""
+from __future__ import annotations
+
+import argparse
+import resource
+import select
+import selectors
+import socket
+import time
+from typing import Callable, Dict, List, Tuple
+
+import pyepoll
+
+from ._report import Table
+
+FD_SETSIZE = 1024
+DEFAULT_NS = [10, 100, 1000, 5000, 10000, 15000]
+
+
+def _raise_nofile(need: int) -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class FdSet:
+    """N idle watched descriptors (both ends of idle socketpairs) and one
+    socket with a byte waiting."""
+
+    def __init__(self, n: int) -> None:
+        self.pairs = [socket.socketpair() for _ in range(max(0, n - 1) // 2)]
+        self.idle = [s for pair in self.pairs for s in pair]
+        if (n - 1) % 2:
+            extra = socket.socketpair()
+            self.pairs.append(extra)
+            self.idle.append(extra[0])
+        self.ready, self.writer = socket.socketpair()
+        self.writer.send(b"x")
+        self.fds = [s.fileno() for s in self.idle] + [self.ready.fileno()]
+
+    def close(self) -> None:
+        for a, b in self.pairs:
+            a.close()
+            b.close()
+        self.ready.close()
+        self.writer.close()
+
+
+Waiter = Callable[[], object]
+
+
+def _candidates(fdset: FdSet) -> Dict[str, Tuple[Waiter, Callable[[], None]]]:
+    """name -> (one wait call, cleanup).  Each waits with timeout 0 on a set
+    where exactly one fd is ready."""
+    fds = fdset.fds
+    out: Dict[str, Tuple[Waiter, Callable[[], None]]] = {}
+    small = max(fds) < FD_SETSIZE
+
+    if small:
+        out["select.select"] = (lambda: select.select(fds, [], [], 0), lambda: None)
+    if hasattr(select, "poll"):
+        p = select.poll()
+        for fd in fds:
+            p.register(fd, select.POLLIN)
+        out["select.poll"] = (lambda: p.poll(0), lambda: None)
+    if hasattr(select, "epoll"):
+        ep = select.epoll()
+        for fd in fds:
+            ep.register(fd, select.EPOLLIN)
+        out["select.epoll"] = (lambda: ep.poll(0), ep.close)
+    if hasattr(select, "kqueue"):
+        kq = selectors.KqueueSelector()
+        for fd in fds:
+            kq.register(fd, selectors.EVENT_READ)
+        out["selectors.Kqueue"] = (lambda: kq.select(0), kq.close)
+
+    std = [("selectors.Poll", selectors.PollSelector)]
+    if small:
+        std.insert(0, ("selectors.Select", selectors.SelectSelector))
+    if hasattr(selectors, "EpollSelector"):
+        std.append(("selectors.Epoll", selectors.EpollSelector))
+    for name, cls in std:
+        sel = cls()
+        for fd in fds:
+            sel.register(fd, selectors.EVENT_READ)
+        out[name] = (lambda sel=sel: sel.select(0), sel.close)
+
+    for backend in pyepoll.available_backends():
+        if backend == "select" and not small:
+            continue
+        poller = pyepoll.Poller(backend)
+        for fd in fds:
+            poller.register(fd, pyepoll.READ)
+        out[f"pyepoll.Poller({backend})"] = (lambda p=poller: p.wait(0), poller.close)
+
+    try:
+        from .. import selectors as pysel  # the drop-in, where built
+    except ImportError:
+        pysel = None
+    if pysel is not None:
+        for cls_name in ("SelectSelector", "PollSelector", "EpollSelector", "KqueueSelector"):
+            cls = getattr(pysel, cls_name, None)
+            if cls is None or (cls_name == "SelectSelector" and not small):
+                continue
+            sel = cls()
+            for fd in fds:
+                sel.register(fd, selectors.EVENT_READ)
+            out[f"pyepoll.selectors.{cls_name[:-8]}"] = (lambda sel=sel: sel.select(0), sel.close)
+    return out
+
+
+def _check(name: str, result: object, ready_fd: int) -> None:
+    """Every implementation must report exactly the one ready fd."""
+    if isinstance(result, tuple):                  # select.select
+        got = [f if isinstance(f, int) else f.fileno() for f in result[0]]
+    else:
+        got = []
+        for item in result:                        # type: ignore[union-attr]
+            first = item[0]
+            got.append(first.fd if hasattr(first, "fd") else first)
+    if got != [ready_fd]:
+        raise AssertionError(f"{name}: expected [{ready_fd}], got {got}")
+
+
+def _time_calls(fn: Waiter, budget_s: float) -> float:
+    """Microseconds per call, from a loop sized to take about budget_s."""
+    calls = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        elapsed = time.perf_counter() - t0
+        if elapsed >= budget_s or calls >= 1 << 22:
+            return elapsed / calls * 1e6
+        calls *= 4 if elapsed < budget_s / 16 else 2
+
+
+def run(ns: List[int], repeats: int, budget_s: float) -> Table:
+    limit = _raise_nofile(max(ns) + 256)
+    table = Table("wait-scaling: one wait, 1 ready fd among N watched",
+                  "us per call", ns, reference="select.epoll"
+                  if hasattr(select, "epoll") else "selectors.Kqueue")
+    for n in ns:
+        if n + 64 > limit:
+            table.notes.append(f"N={n} skipped: RLIMIT_NOFILE is {limit}")
+            continue
+        fdset = FdSet(n)
+        cands = _candidates(fdset)
+        try:
+            for name, (fn, _) in cands.items():
+                _check(name, fn(), fdset.ready.fileno())
+            for _ in range(repeats):       # interleaved: side by side
+                for name, (fn, _) in cands.items():
+                    table.add(name, n, _time_calls(fn, budget_s))
+        finally:
+            for _, close in cands.values():
+                close()
+            fdset.close()
+    if any(n >= FD_SETSIZE for n in ns):
+        table.notes.append("select() cannot watch fds >= FD_SETSIZE (1024): n/a above")
+    return table
+
+
+def summary(table: Table) -> List[str]:
+    """The claims the issue asks about, as measured."""
+    lines = []
+    ns = [n for n in table.points if table.cell("pyepoll.Poller(epoll)", n)]
+    if ns:
+        meds = [table.cell("pyepoll.Poller(epoll)", n).median for n in ns]  # type: ignore[union-attr]
+        lines.append(f"pyepoll.Poller(epoll) from N={ns[0]} to N={ns[-1]}: "
+                     f"max/min median = {max(meds) / min(meds):.2f} (flat = close to 1)")
+        worst = max(table.ratio("pyepoll.Poller(epoll)", n) or 0 for n in ns)
+        lines.append(f"pyepoll.Poller(epoll) vs select.epoll: worst median ratio {worst:.2f}x")
+    for slow in ("select.select", "select.poll"):
+        for ref in ("select.epoll", "pyepoll.Poller(epoll)"):
+            a, b = table.cell(slow, 1000), table.cell(ref, 1000)
+            if a and b and a.samples and b.samples:
+                lines.append(f"N=1000: {slow} is {a.median / b.median:.0f}x {ref}")
+    return lines
+
+
+def main(argv: List[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pyepoll.bench wait-scaling",
+                                 description=__doc__)
+    ap.add_argument("--n", type=int, nargs="+", default=DEFAULT_NS,
+                    help="numbers of watched fds")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--budget", type=float, default=0.05,
+                    help="seconds per timed loop")
+    ap.add_argument("--plot", metavar="FILE.png")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny and short: check every implementation answers")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.n, args.repeats, args.budget = [10, 200], 2, 0.005
+    table = run(args.n, args.repeats, args.budget)
+    print(table.render())
+    for line in summary(table):
+        print(line)
+    if args.plot:
+        table.plot(args.plot, logx=True, logy=True, xlabel="watched fds (N)")
+        print(f"chart: {args.plot}")
+    return 0

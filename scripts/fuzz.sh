@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Build every libFuzzer target fuzz/fuzz_NAME.c against the C core and run it
+# for a bounded time on a scratch copy of its seed corpus fuzz/corpus/NAME
+# (libFuzzer adds what it finds to the first directory; the repository's
+# seeds are never written).
+# Usage: bash scripts/fuzz.sh [SECONDS] [NAME...]
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+SECONDS_EACH=${1:-30}
+shift || true
+WORK=${PYEPOLL_FUZZ_DIR:-/tmp/pyepoll-fuzz}
+mkdir -p "$WORK"
+
+core=()
+for src in "$ROOT"/csrc/*.c; do
+  case "$(basename "$src")" in
+    kqueue.c) ;;                       # not on Linux
+    *) core+=("$src") ;;
+  esac
+done
+
+targets=("$@")
+if ((${#targets[@]} == 0)); then
+  for f in "$ROOT"/fuzz/fuzz_*.c; do
+    n=$(basename "$f" .c); targets+=("${n#fuzz_}")
+  done
+fi
+
+for name in "${targets[@]}"; do
+  bin="$WORK/fuzz_$name"
+  clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+    -DPE_HAVE_EPOLL=1 -I"$ROOT/csrc" "$ROOT/fuzz/fuzz_$name.c" "${core[@]}" -o "$bin"
+  rm -rf "$WORK/corpus-$name"; mkdir -p "$WORK/corpus-$name"
+  seeds="$ROOT/fuzz/corpus/$name"
+  [ -d "$seeds" ] || { echo "fuzz_$name: no seed corpus at fuzz/corpus/$name" >&2; exit 1; }
+  "$bin" -max_total_time="$SECONDS_EACH" -print_final_stats=1 \
+    "$WORK/corpus-$name" "$seeds" >"$WORK/fuzz_$name.log" 2>&1 \
+    || { tail -40 "$WORK/fuzz_$name.log"; echo "fuzz_$name: FAILED" >&2; exit 1; }
+  runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$WORK/fuzz_$name.log" | grep -o '[0-9]*$' || echo "?")
+  echo "fuzz_$name: ${SECONDS_EACH}s, $runs executions, no crash"
+done
