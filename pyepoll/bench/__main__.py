@@ -1,4 +1,14 @@
-"""python -m pyepoll.bench SCENARIO [options]  (--help on each scenario)."""
+"""python -m pyepoll.bench SCENARIO [options]   (SCENARIO --help for each)
+
+scenarios:
+  wait-scaling   one wait, 1 ready fd among N idle: select, poll, epoll
+  idle-clients   K idle connections vs the concurrency models
+  echo           echo throughput, latency, CPU per message
+  http           HTTP hello, keep-alive and pipelined (wrk if installed)
+  trigger        edge- vs level-triggered loops on the same workloads
+  dropins        pyepoll's drop-ins vs the stdlib objects they replace
+  all            everything, short; writes report.md (+ PNG charts) to --out
+"""
 from __future__ import annotations
 
 import importlib
@@ -8,6 +18,12 @@ from ._report import machine
 
 SCENARIOS = {
     "wait-scaling": "wait_scaling",
+    "idle-clients": "idle_clients",
+    "echo": "echo",
+    "http": "http_bench",
+    "trigger": "trigger",
+    "dropins": "dropins",
+    "all": "all",
 }
 
 
@@ -15,9 +31,15 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in SCENARIOS:
         print(__doc__.strip())
-        print("scenarios: " + ", ".join(SCENARIOS))
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
-    print(f"# {machine()}")
+        if argv and argv[0] not in ("-h", "--help"):
+            print(f"\nunknown scenario {argv[0]!r}", file=sys.stderr)
+            return 2
+        return 0
+    if not sys.platform.startswith("linux") and argv[0] not in ("wait-scaling", "dropins"):
+        print(f"{argv[0]}: Linux only (the load client uses epoll; CPU and "
+              f"memory come from /proc)", file=sys.stderr)
+        return 2
+    print(f"# {machine()}", flush=True)
     module = importlib.import_module(f".{SCENARIOS[argv[0]]}", __package__)
     return module.main(argv[1:])
 

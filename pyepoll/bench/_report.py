@@ -74,7 +74,9 @@ class Table:
                 if s is None or not s.samples:
                     out.append("n/a")
                     continue
-                text = f"{fmt(s.median)} [{fmt(s.low)}-{fmt(s.high)}]"
+                text = fmt(s.median)
+                if len(s.samples) > 1:
+                    text += f" [{fmt(s.low)}-{fmt(s.high)}]"
                 r = self.ratio(row, p)
                 if r is not None and row != self.reference:
                     text += f" {r:.2f}x"
@@ -93,7 +95,9 @@ class Table:
     def markdown(self) -> str:
         cols = [str(p) for p in self.points]
         ref = f" (ratio to {self.reference})" if self.reference else ""
-        out = [f"### {self.title}", "", f"{self.unit}, median of repeats{ref}", "",
+        better = "lower" if self.lower_is_better else "higher"
+        out = [f"### {self.title}", "",
+               f"{self.unit} ({better} is better): median [min-max] of repeats{ref}", "",
                "| | " + " | ".join(cols) + " |",
                "|---|" + "---|" * len(cols)]
         for row, by_point in self.rows.items():
@@ -104,28 +108,52 @@ class Table:
                     vals.append("n/a")
                     continue
                 r = self.ratio(row, p)
-                vals.append(fmt(s.median) + (f" ({r:.2f}x)" if r is not None and row != self.reference else ""))
+                text = fmt(s.median)
+                if len(s.samples) > 1:
+                    text += f" [{fmt(s.low)}-{fmt(s.high)}]"
+                if r is not None and row != self.reference:
+                    text += f" **{r:.2f}x**"
+                vals.append(text)
             out.append(f"| {row} | " + " | ".join(vals) + " |")
         out += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(out) + "\n"
 
     def plot(self, path: str, logx: bool = False, logy: bool = False,
              xlabel: str = "") -> None:
+        """Lines over numeric points (N, message size), grouped bars over
+        named ones (workloads); pyepoll's rows drawn heavier.  Min-max
+        ranges are drawn as error bars."""
         import matplotlib  # optional: pip install pyepoll-io[bench]
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(8, 5))
+        fig, ax = plt.subplots(figsize=(9, 5.5))
         numeric = all(isinstance(p, (int, float)) for p in self.points)
-        xs = self.points if numeric else list(range(len(self.points)))
-        for row, by_point in self.rows.items():
-            pts = [(x, by_point[p].median) for x, p in zip(xs, self.points)
+        colors = plt.get_cmap("tab20").colors
+        rows = [r for r, by in self.rows.items()
+                if any(by.get(p) and by[p].samples for p in self.points)]
+        width = 0.8 / max(len(rows), 1)
+        for i, row in enumerate(rows):
+            by_point = self.rows[row]
+            ours = row.startswith(("pyepoll", "ref server", "eventloop"))
+            pts = [(j, p, by_point[p]) for j, p in enumerate(self.points)
                    if p in by_point and by_point[p].samples]
-            if pts:
-                ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label=row)
+            meds = [s.median for _, _, s in pts]
+            err = [[s.median - s.low for _, _, s in pts],
+                   [s.high - s.median for _, _, s in pts]]
+            color = colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20]
+            if numeric:
+                ax.errorbar([p for _, p, _ in pts], meds, yerr=err, label=row,
+                            color=color, marker="o" if ours else ".",
+                            linewidth=2.4 if ours else 1.2,
+                            linestyle="-" if ours else "--", capsize=2)
+            else:
+                ax.bar([j - 0.4 + width * (i + 0.5) for j, _, _ in pts], meds,
+                       width, yerr=err, label=row, color=color, capsize=2,
+                       edgecolor="black" if ours else color, linewidth=0.8)
         if not numeric:
-            ax.set_xticks(xs, [str(p) for p in self.points])
-        if logx:
+            ax.set_xticks(range(len(self.points)), [str(p) for p in self.points])
+        if logx and numeric:
             ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")
@@ -133,9 +161,9 @@ class Table:
         ax.set_xlabel(xlabel)
         ax.set_ylabel(self.unit)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=100)
         plt.close(fig)
 
 
@@ -166,3 +194,87 @@ def machine() -> str:
         pass
     return (f"{platform.system()} {platform.release()}, {cpu}, "
             f"{os.cpu_count()} CPUs, Python {platform.python_version()}")
+
+
+@dataclass
+class Chart:
+    """A table drawn as a chart; `slug` names its PNG."""
+
+    table: Table
+    slug: str
+    logx: bool = False
+    logy: bool = False
+    xlabel: str = ""
+
+
+@dataclass
+class Section:
+    """What one scenario found: its tables, the claims it checks (one line
+    each), what it skipped and why, and the charts worth drawing."""
+
+    name: str
+    intro: List[str] = field(default_factory=list)
+    tables: List[Table] = field(default_factory=list)
+    summary: List[str] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    charts: List[Chart] = field(default_factory=list)
+    raw: str = ""               # preformatted output of an older script
+
+    def render(self) -> str:
+        out = [f"== {self.name}"] + self.intro
+        if self.raw:
+            out += ["", self.raw.rstrip()]
+        for t in self.tables:
+            out += ["", t.render()]
+        if self.summary:
+            out += ["", "summary:"] + [f"  {s}" for s in self.summary]
+        if self.skipped:
+            out += [""] + [f"skipped: {s}" for s in self.skipped]
+        return "\n".join(out)
+
+    def markdown(self, images: Optional[Dict[str, str]] = None) -> str:
+        out = [f"## {self.name}", ""] + [f"{line}  " for line in self.intro] + [""]
+        for chart_slug, path in (images or {}).items():
+            out += [f"![{chart_slug}]({path})", ""]
+        for t in self.tables:
+            out.append(t.markdown())
+        if self.summary:
+            out += ["**Summary**", ""] + [f"- {s}" for s in self.summary] + [""]
+        if self.raw:
+            out += ["```", self.raw.strip(), "```", ""]
+        if self.skipped:
+            out += ["**Skipped**", ""] + [f"- {s}" for s in self.skipped] + [""]
+        return "\n".join(out) + "\n"
+
+    def plot(self, path: str) -> List[str]:
+        """Draw the charts: the first to `path`, the others beside it with
+        their slug appended.  Returns the files written; without matplotlib
+        raises ImportError."""
+        import matplotlib  # noqa: F401  (pip install pyepoll-io[bench])
+        written = []
+        stem, ext = os.path.splitext(path)
+        for i, chart in enumerate(self.charts):
+            out = path if i == 0 else f"{stem}-{chart.slug}{ext or '.png'}"
+            chart.table.plot(out, logx=chart.logx, logy=chart.logy, xlabel=chart.xlabel)
+            written.append(out)
+        return written
+
+
+def have_matplotlib() -> bool:
+    from ._proc import disabled
+    if disabled("matplotlib"):
+        return False
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_line(what: str, value: Optional[float], target: float, op: str,
+               unit: str = "x") -> str:
+    """One claim of an issue, with the measured value and met/MISSED."""
+    if value is None or value != value:
+        return f"{what}: not measured"
+    ok = value <= target if op == "<=" else value >= target
+    return f"{what}: {value:.2f}{unit} (target {op} {target:g}{unit}) {'met' if ok else 'MISSED'}"

@@ -1,0 +1,190 @@
+"""The Python servers the benchmarks compare, each as a user would write it:
+``python -m pyepoll.bench._serve KIND PORT``.
+
+Echo: pyepoll.Loop with a Python handler (``loop-py``) or the C echo path
+(``loop-c``), level or edge; asyncio Protocol and streams, on asyncio's own
+loop, on uvloop, and on pyepoll's asyncio loop.  HTTP: "hello" answered by
+an asyncio Protocol with a small hand parser, or by uvloop + httptools, the
+usual fast Python stack.  Every HTTP server answers what the reference
+server answers (same headers, same 14-byte body).
+"""
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import resource
+import sys
+import time
+from typing import Callable, List
+
+BODY = b"Hello, World!\n"
+BACKLOG = 4096
+
+
+def _nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# -- pyepoll.Loop ------------------------------------------------------------------
+
+
+def serve_loop(port: int, trigger: str, c_echo: bool) -> None:
+    from pyepoll import EV_DATA, EV_EOF, Loop
+
+    cap = max(1024, min(_nofile() - 64, 1 << 16))
+    loop = Loop(trigger=trigger, echo=c_echo, max_connections=cap)
+    loop.listen("127.0.0.1", port, backlog=BACKLOG)
+    wait, recv, send = loop.wait, loop.recv, loop.send
+    close = loop.close_connection
+    # The handler a user writes: one event at a time, recv + send.
+    while True:
+        for kind, h, _ in wait():
+            if kind == EV_DATA:
+                try:
+                    send(h, recv(h))
+                except ConnectionError:
+                    pass
+            elif kind == EV_EOF:
+                close(h)
+
+
+# -- asyncio -----------------------------------------------------------------------
+
+
+class EchoProtocol(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[attr-defined]
+
+
+async def _echo_stream(reader: asyncio.StreamReader,
+                       writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+_date = [0.0, b""]
+
+
+def _http_date() -> bytes:
+    now = time.time()
+    if int(now) != int(_date[0]):
+        _date[0] = now
+        _date[1] = email.utils.formatdate(now, usegmt=True).encode()
+    return _date[1]  # type: ignore[return-value]
+
+
+def _response() -> bytes:
+    return (b"HTTP/1.1 200 OK\r\nServer: bench\r\nDate: " + _http_date()
+            + b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "
+            + str(len(BODY)).encode() + b"\r\n\r\n" + BODY)
+
+
+class HandParsedHTTP(asyncio.Protocol):
+    """Keep-alive and pipelined GETs, parsed by splitting on the blank line:
+    what a small asyncio service without a parser library does."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.buf = b""
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data
+        out: List[bytes] = []
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            head = buf[:end]
+            rest = end + 4
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(buf) < rest + length:
+                break
+            buf = buf[rest + length:]
+            out.append(_response())
+        self.buf = buf
+        if out:
+            self.transport.write(b"".join(out))  # type: ignore[attr-defined]
+
+
+class HttptoolsHTTP(asyncio.Protocol):
+    """httptools (llhttp) parser callbacks, answers batched per read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        import httptools
+        self.transport = transport
+        self.parser = httptools.HttpRequestParser(self)
+        self.out: List[bytes] = []
+
+    def on_message_complete(self) -> None:
+        self.out.append(_response())
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+        if self.out:
+            self.transport.write(b"".join(self.out))  # type: ignore[attr-defined]
+            self.out.clear()
+
+
+def serve_asyncio(port: int, factory: Callable[[], asyncio.AbstractEventLoop],
+                  what: str) -> None:
+    _nofile()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        if what == "streams":
+            await asyncio.start_server(_echo_stream, "127.0.0.1", port,
+                                       backlog=BACKLOG)
+        else:
+            proto = {"protocol": EchoProtocol, "http": HandParsedHTTP,
+                     "httptools": HttptoolsHTTP}[what]
+            await loop.create_server(proto, "127.0.0.1", port, backlog=BACKLOG)
+        await asyncio.Future()
+
+    loop = factory()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(main())
+
+
+def _uvloop() -> asyncio.AbstractEventLoop:
+    import uvloop
+    return uvloop.new_event_loop()
+
+
+def _pyepoll_aio() -> asyncio.AbstractEventLoop:
+    import pyepoll
+    return pyepoll.new_event_loop()
+
+
+def main(argv: List[str]) -> None:
+    kind, port = argv[0], int(argv[1])
+    if kind.startswith("loop-"):
+        _, what, trigger = kind.split("-")      # loop-py-level, loop-c-edge
+        serve_loop(port, trigger, what == "c")
+        return
+    runtime, what = kind.split("-", 1)          # asyncio-protocol, uvloop-httptools
+    factory = {"asyncio": asyncio.new_event_loop, "uvloop": _uvloop,
+               "pyepollaio": _pyepoll_aio}[runtime]
+    serve_asyncio(port, factory, what)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

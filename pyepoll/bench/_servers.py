@@ -1,0 +1,300 @@
+"""Every server the network scenarios compare: how to start it, whether it
+can run here, and the check that it answers correctly before it is timed
+(byte-exact echo, HTTP 200 with the expected body)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+from ._proc import ServerProc, Skip, build, disabled
+
+# Not resolved: a symlinked package must find its own parent.
+PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _env() -> Dict[str, str]:
+    """Children import the same pyepoll as this process (a source tree or
+    the installed wheel)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = PKG_PARENT + (os.pathsep + env["PYTHONPATH"]
+                                      if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _need_module(name: str) -> None:
+    if disabled(name) or importlib.util.find_spec(name) is None:
+        raise Skip(f"{name} not installed (pip install pyepoll-io[bench])")
+
+
+@dataclass
+class Spec:
+    name: str
+    protocol: str                               # "echo" or "http"
+    argv: Callable[[], List[str]]               # may raise Skip
+    files: Dict[str, str] = field(default_factory=dict)
+    stop_signal: int = signal.SIGTERM
+
+    def start(self) -> ServerProc:
+        """Start and wait until it listens; raises Skip or RuntimeError."""
+        proc = ServerProc(self.name, self.argv(), env=_env(),
+                          stop_signal=self.stop_signal, files=self.files)
+        return proc.ready()
+
+
+def _serve(kind: str, needs: Sequence[str] = ()) -> Callable[[], List[str]]:
+    def argv() -> List[str]:
+        for mod in needs:
+            _need_module(mod)
+        return [sys.executable, "-m", "pyepoll.bench._serve", kind, "{port}"]
+    return argv
+
+
+def _c_echo(trigger: str) -> Callable[[], List[str]]:
+    return lambda: [str(build("echo_server")), "{port}", trigger]
+
+
+def _reference(protocol: str, model: str, *extra: str) -> Callable[[], List[str]]:
+    def argv() -> List[str]:
+        return [sys.executable, "-m", "pyepoll.server", "--port", "{port}",
+                "--protocol", protocol, "--model", model, "--log-level", "warning",
+                "--idle-timeout", "0", "--max-connections", "30000", *extra]
+    return argv
+
+
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+master_process on;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 32768; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir};
+  proxy_temp_path {dir};
+  fastcgi_temp_path {dir};
+  uwsgi_temp_path {dir};
+  scgi_temp_path {dir};
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      default_type "text/plain; charset=utf-8";
+      return 200 "Hello, World!\\n";
+    }}
+  }}
+}}
+"""
+
+
+def _nginx() -> List[str]:
+    if disabled("nginx"):
+        raise Skip("nginx not installed")
+    exe = shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.exists(p)), None)
+    if exe is None:
+        raise Skip("nginx not installed")
+    return [exe, "-p", "{dir}", "-c", "{dir}/nginx.conf", "-e", "{dir}/error.log"]
+
+
+def csrc() -> pathlib.Path:
+    """The C core's sources, present in a source checkout (not in a
+    wheel): the pure-C loop driver and the parser benchmark build on them."""
+    path = pathlib.Path(PKG_PARENT) / "csrc"
+    if not (path / "pyepoll.h").exists():
+        raise Skip("needs a source checkout (csrc/ beside the pyepoll package)")
+    return path
+
+
+def _pure_c_loop(trigger: str) -> Callable[[], List[str]]:
+    def argv() -> List[str]:
+        src = csrc()
+        # Every core file, as CMake builds it, but the backends this OS lacks.
+        skip = set() if "bsd" in sys.platform or sys.platform == "darwin" else {"kqueue.c"}
+        exe = build("loop_echo_server",
+                    sorted(p for p in src.glob("*.c") if p.name not in skip),
+                    ["-I", str(src)])
+        return [str(exe), "{port}", trigger]
+    return argv
+
+
+# Reference rows of the ratio columns.
+C_ECHO = "plain C epoll"
+UVLOOP_ECHO = "uvloop Protocol"
+UVLOOP_HTTP = "uvloop+httptools"
+
+
+def echo_servers(pool_threads: int = 64) -> Dict[str, Spec]:
+    """The echo comparison.  The threadpool gets one thread per load
+    connection: here it measures per-message cost, not starvation (that is
+    idle-clients)."""
+    specs = [
+        Spec(C_ECHO, "echo", _c_echo("level")),
+        Spec("pyepoll Loop py-handler", "echo", _serve("loop-py-level")),
+        Spec("pyepoll Loop C echo", "echo", _serve("loop-c-level")),
+        Spec("pyepoll C loop, C driver", "echo", _pure_c_loop("level")),
+        Spec("ref server eventloop", "echo", _reference("echo", "eventloop")),
+        Spec("ref server threadpool", "echo", _reference(
+            "echo", "threadpool", "--pool-threads", str(pool_threads))),
+        Spec("ref server threads", "echo", _reference("echo", "threads")),
+        Spec("asyncio Protocol", "echo", _serve("asyncio-protocol")),
+        Spec("asyncio streams", "echo", _serve("asyncio-streams")),
+        Spec("asyncio on pyepoll loop", "echo", _serve("pyepollaio-protocol")),
+        Spec(UVLOOP_ECHO, "echo", _serve("uvloop-protocol", ["uvloop"])),
+        Spec("uvloop streams", "echo", _serve("uvloop-streams", ["uvloop"])),
+    ]
+    return {s.name: s for s in specs}
+
+
+def http_servers() -> Dict[str, Spec]:
+    specs = [
+        Spec("ref server eventloop", "http", _reference("http", "eventloop")),
+        Spec("ref server threads", "http", _reference("http", "threads")),
+        Spec(UVLOOP_HTTP, "http", _serve("uvloop-httptools", ["uvloop", "httptools"])),
+        Spec("asyncio hand parser", "http", _serve("asyncio-http")),
+        Spec("nginx 1 worker", "http", _nginx, files={"nginx.conf": NGINX_CONF},
+             stop_signal=signal.SIGQUIT),
+    ]
+    return {s.name: s for s in specs}
+
+
+def trigger_servers() -> Dict[str, Spec]:
+    """Level and edge side by side for every loop that offers both."""
+    specs = []
+    for trig in ("level", "edge"):
+        specs += [
+            Spec(f"plain C epoll {trig}", "echo", _c_echo(trig)),
+            Spec(f"pyepoll Loop py-handler {trig}", "echo", _serve(f"loop-py-{trig}")),
+            Spec(f"pyepoll Loop C echo {trig}", "echo", _serve(f"loop-c-{trig}")),
+            Spec(f"ref server echo {trig}", "echo",
+                 _reference("echo", "eventloop", "--trigger", trig)),
+            Spec(f"ref server http {trig}", "http",
+                 _reference("http", "eventloop", "--trigger", trig)),
+        ]
+    return {s.name: s for s in specs}
+
+
+def idle_servers(pool_threads: int = 5, queue: int = 20) -> Dict[str, Spec]:
+    """The concurrency models under idle connections (echo protocol)."""
+    specs = [
+        Spec("eventloop (pyepoll)", "echo", _reference("echo", "eventloop")),
+        Spec(f"threadpool {pool_threads}+{queue}", "echo", _reference(
+            "echo", "threadpool", "--pool-threads", str(pool_threads),
+            "--queue-size", str(queue))),
+        Spec("threads", "echo", _reference("echo", "threads")),
+        Spec("asyncio Protocol", "echo", _serve("asyncio-protocol")),
+        Spec("uvloop Protocol", "echo", _serve("uvloop-protocol", ["uvloop"])),
+    ]
+    return {s.name: s for s in specs}
+
+
+# -- correctness -------------------------------------------------------------------
+
+
+def check_echo(port: int, timeout: float = 5.0) -> None:
+    """Byte-exact echo of a small and a large message (the large one
+    arrives in pieces); raises AssertionError."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        for size in (7, 200_000):
+            msg = os.urandom(size)
+            s.sendall(msg)
+            got = bytearray()
+            while len(got) < size:
+                chunk = s.recv(size - len(got))
+                if not chunk:
+                    raise AssertionError(f"closed after {len(got)} of {size} bytes")
+                got += chunk
+            if bytes(got) != msg:
+                raise AssertionError(f"echo of {size} bytes differs")
+
+
+def _read_response(s: socket.socket, buf: bytearray) -> bytes:
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise AssertionError("connection closed before a response")
+        buf += chunk
+    end = buf.index(b"\r\n\r\n") + 4
+    head = bytes(buf[:end]).decode("latin-1")
+    length = 0
+    for line in head.split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+    while len(buf) < end + length:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise AssertionError("connection closed inside a body")
+        buf += chunk
+    status = head.split("\r\n", 1)[0]
+    body = bytes(buf[end:end + length])
+    del buf[:end + length]
+    if not status.startswith("HTTP/1.1 200"):
+        raise AssertionError(f"status line {status!r}")
+    return body
+
+
+def check_http(port: int, timeout: float = 5.0) -> None:
+    """One GET, then three pipelined ones on the same connection: each a
+    200 with the body "Hello, World!\\n"."""
+    req = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        buf = bytearray()
+        for batch in (1, 3):
+            s.sendall(req * batch)
+            for _ in range(batch):
+                body = _read_response(s, buf)
+                if body != b"Hello, World!\n":
+                    raise AssertionError(f"body {body!r}")
+
+
+def check(spec: Spec, port: int) -> None:
+    (check_http if spec.protocol == "http" else check_echo)(port)
+
+
+class Fleet:
+    """The servers of one scenario, started together (idle ones cost no
+    CPU), each checked before anything is timed.  A server that cannot run
+    here is skipped with the reason; one that answers wrongly fails the
+    run."""
+
+    def __init__(self, specs: Dict[str, Spec], only: Optional[Sequence[str]] = None,
+                 always: Sequence[str] = ()) -> None:
+        self.procs: Dict[str, ServerProc] = {}
+        self.skipped: Dict[str, str] = {}
+        self.specs = specs
+        try:
+            for name, spec in specs.items():
+                if only and name not in always and not any(w in name for w in only):
+                    continue
+                try:
+                    proc = spec.start()
+                except Skip as e:
+                    self.skipped[name] = str(e)
+                    continue
+                self.procs[name] = proc
+                try:
+                    check(spec, proc.port)
+                except (AssertionError, OSError) as e:
+                    raise AssertionError(f"{name} answered wrongly: {e}") from None
+        except BaseException:
+            self.stop()
+            raise
+
+    def checked(self) -> List[str]:
+        return list(self.procs)
+
+    def skip_notes(self) -> List[str]:
+        return [f"{n}: {why}" for n, why in self.skipped.items()]
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()

@@ -1,0 +1,140 @@
+"""http: "GET /" answered with a 14-byte hello, keep-alive (one request in
+flight per connection) and pipelined (16 requests deep, where the kernel's
+share per request shrinks and user-space cost shows).
+
+Compared: the reference server (event loop; and thread per connection),
+a uvloop + httptools server (if installed), an asyncio server with a small
+hand parser, and nginx with one worker (if installed, on a temporary
+configuration bound to loopback).  Load: wrk with one thread (if
+installed), else the built-in compiled client; either way on its own core.
+Reported: requests per second and the server's CPU time per request."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+from typing import Dict, List, Optional
+
+from . import _cli
+from ._proc import Run, Skip, build as build_c, run_loadgen, run_wrk, wrk_path
+from ._report import Chart, Section, Table, check_line
+from ._servers import UVLOOP_HTTP, Fleet, csrc, http_servers
+
+REF = "ref server eventloop"
+ALL_ARGS = ["--seconds", "2", "--repeats", "3"]
+
+
+def build() -> argparse.ArgumentParser:
+    ap = _cli.parser("http", __doc__, seconds=3.0, repeats=5)
+    ap.add_argument("--conns", type=int, default=100,
+                    help="connections (default: %(default)s)")
+    ap.add_argument("--depth", type=int, default=16,
+                    help="pipelined requests per connection in the "
+                         "pipelined runs (default: %(default)s)")
+    ap.add_argument("--client", choices=("auto", "wrk", "builtin"), default="auto",
+                    help="load client: wrk if installed (auto), or the "
+                         "built-in compiled one")
+    ap.add_argument("--servers", nargs="+",
+                    help="substrings of server names to run (the reference "
+                         "rows always run)")
+    return ap
+
+
+def run(args: argparse.Namespace) -> Section:
+    if args.smoke:
+        args.seconds, args.repeats, args.conns = 0.3, 1, 8
+        args.depth = min(args.depth, 4)
+    use_wrk = args.client == "wrk" or (args.client == "auto" and wrk_path()
+                                       and not args.smoke)
+    keep, pipe = "keep-alive", f"pipelined x{args.depth}"
+    modes = {keep: 1, pipe: args.depth}
+
+    def measure(name: str, mode: str) -> Run:
+        proc = fleet.procs[name]
+        if use_wrk:
+            return run_wrk(proc, args.conns, args.seconds, modes[mode])
+        return run_loadgen(proc, "http", args.conns, args.seconds, modes[mode])
+
+    fleet = Fleet(http_servers(), only=args.servers, always=[REF, UVLOOP_HTTP])
+    try:
+        results = _cli.interleave(fleet, list(modes), args.repeats, measure)
+    finally:
+        fleet.stop()
+
+    client = "wrk -t1" if use_wrk else "built-in C client"
+    sec = Section("http", intro=_cli.standard_intro(
+        args, f"{args.conns} connections; client: {client}"))
+    sec.intro.append("every server first answered a GET and 3 pipelined GETs "
+                     "with 200 and the expected body; non-200 answers under "
+                     "load fail the run")
+    if not wrk_path():
+        sec.skipped.append("wrk not installed: the built-in client was used")
+    thr = Table("HTTP hello throughput", "requests/s", list(modes),
+                reference=UVLOOP_HTTP, lower_is_better=False)
+    cpu = Table("HTTP hello server CPU per request", "us user+sys", list(modes),
+                reference=UVLOOP_HTTP)
+    user = Table("HTTP hello server user-space CPU per request", "us user",
+                 list(modes), reference=UVLOOP_HTTP)
+    lat = Table("HTTP latency p99 (per request; per batch when pipelined)",
+                "us", list(modes), reference=UVLOOP_HTTP)
+    for name, by_mode in results.items():
+        for mode, runs in by_mode.items():
+            for r in runs:
+                thr.add(name, mode, r.rate)
+                cpu.add(name, mode, r.cpu_per_op_us)
+                user.add(name, mode, r.user_per_op_us)
+                if r.p99 == r.p99:
+                    lat.add(name, mode, r.p99)
+    note = _cli.client_note(results)
+    if note:
+        thr.notes.append(note)
+    if not any(UVLOOP_HTTP in t.rows for t in (thr,)):
+        for t in (thr, cpu, user, lat):
+            t.reference = REF
+    sec.tables += [thr, cpu, user, lat]
+    sec.charts += [Chart(thr, "throughput"), Chart(cpu, "cpu")]
+    sec.summary = summary(results, keep, pipe)
+    sec.skipped += fleet.skip_notes()
+    try:
+        sec.summary.append(parser_speed(20_000 if args.smoke else 2_000_000))
+    except Skip as e:
+        sec.skipped.append(f"C parser micro-benchmark: {e}")
+    return sec
+
+
+def parser_speed(iterations: int) -> str:
+    """The C request parser alone, on one core (source checkouts only)."""
+    src = csrc()
+    exe = build_c("http_parse", [src / "http.c"], ["-I", str(src)])
+    out = subprocess.run([str(exe), str(iterations)], capture_output=True, text=True,
+                         timeout=120)
+    if out.returncode != 0:
+        raise AssertionError(f"http_parse failed: {out.stderr.strip()}")
+    return "C request parser (csrc/http.c) alone: " + out.stdout.strip()
+
+
+def summary(results: Dict[str, Dict[str, List[Run]]], keep: str, pipe: str) -> List[str]:
+    """Issue 5's HTTP claims."""
+    def med(name: str, mode: str, key) -> Optional[float]:
+        vals = sorted(key(r) for r in results.get(name, {}).get(mode, []))
+        return vals[len(vals) // 2] if vals else None
+
+    def ratio(mode: str, key) -> Optional[float]:
+        a, b = med(REF, mode, key), med(UVLOOP_HTTP, mode, key)
+        return a / b if a is not None and b else None
+
+    cpu = lambda r: r.cpu_per_op_us       # noqa: E731
+    rate = lambda r: r.rate               # noqa: E731
+    lines = [
+        check_line(f"{REF} CPU/request vs {UVLOOP_HTTP}, {keep}", ratio(keep, cpu), 1.0, "<="),
+        check_line(f"{REF} CPU/request vs {UVLOOP_HTTP}, {pipe}", ratio(pipe, cpu), 1.0, "<="),
+        check_line(f"{REF} requests/s vs {UVLOOP_HTTP}, {pipe}", ratio(pipe, rate), 1.5, ">="),
+    ]
+    ng = med("nginx 1 worker", pipe, rate)
+    ref = med(REF, pipe, rate)
+    if ng and ref:
+        lines.append(f"beside nginx 1 worker, {pipe}: {REF} at {ref / ng:.2f}x its requests/s")
+    return lines
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return _cli.main("http", build, run, argv)
