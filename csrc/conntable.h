@@ -43,7 +43,8 @@ struct pe_conn {
     uint32_t flags;
     uint32_t tick[2];            /* per list: ms tick of the last touch */
     struct pe_link lru[2];
-    uint32_t spare;
+    uint32_t bidx;               /* loop: 1 + index of its DATA in the last
+                                    pe_loop_run_into batch, 0: none */
     uint64_t token;
     struct pe_ring in, out;
 };

@@ -310,14 +310,14 @@ static void run_pending(pe_loop *l)
     l->npend -= n;
 }
 
-int pe_loop_run(pe_loop *l, struct pe_loop_event *out, int max, int timeout_ms)
+/* Wait and do the I/O of one run; events pile up in the queue.  0 or the
+ * poller's -errno (only when nothing is queued to hand out instead). */
+static int run_io(pe_loop *l, int timeout_ms)
 {
     int timers = l->cfg.idle_timeout_ms || l->cfg.read_timeout_ms ||
                  (l->accept_paused & PE_AP_EMFILE);
     int n, i, timeout = timeout_ms;
 
-    if (!out || max <= 0)
-        return -EINVAL;
     if (timers)
         l->now = l->clock(l->clock_arg);
     if (l->qlen || l->npend)
@@ -347,5 +347,88 @@ int pe_loop_run(pe_loop *l, struct pe_loop_event *out, int max, int timeout_ms)
         pe__loop_accept_resume(l, PE_AP_EMFILE);
     if (timers)
         expire(l);
+    return 0;
+}
+
+int pe_loop_run(pe_loop *l, struct pe_loop_event *out, int max, int timeout_ms)
+{
+    int rc;
+
+    if (!out || max <= 0)
+        return -EINVAL;
+    if ((rc = run_io(l, timeout_ms)) < 0)
+        return rc;
     return l->qlen ? deliver(l, out, max) : 0;
+}
+
+/* Hand out queued events; a DATA event takes its connection's unread bytes
+ * along, packed into buf in event order.  A DATA whose bytes were taken
+ * already (a second DATA of a carried-over batch) or whose handle went
+ * stale is dropped: there is nothing left to report.  A DATA that does not
+ * fit waits for the next call, so each connection's bytes stay whole and
+ * in order. */
+static int deliver_into(pe_loop *l, struct pe_loop_event *out, uint32_t *offs,
+                        int max, char *buf, uint32_t buflen)
+{
+    uint32_t pos = 0, mask = l->qcap - 1, take;
+    struct pe_loop_event e;
+    struct pe_conn *c;
+    int n = 0;
+
+    while (n < max && l->qlen) {
+        e = l->q[l->qhead];
+        offs[n] = 0;
+        if (e.kind == PE_EV_DATA) {
+            if (!(c = pe__ct_get(&l->ct, e.handle)) || c->in.len == 0) {
+                l->qhead = (l->qhead + 1) & mask;
+                l->qlen--;
+                continue;
+            }
+            take = c->in.len;
+            if (take > buflen - pos) {
+                if (n)
+                    break;
+                take = buflen;           /* buflen < in_high: stay queued */
+            }
+            pe__ring_take(&c->in, &l->pool, buf + pos, take);
+            e.arg = take;
+            offs[n] = pos;
+            pos += take;
+            c->bidx = (uint32_t)n + 1;
+            out[n++] = e;
+            if (c->in.len)
+                break;                   /* the event stays for the rest */
+            /* May close the connection, appending CLOSED to the queue. */
+            pe__conn_taken(l, (uint32_t)e.handle);
+            mask = l->qcap - 1;
+        } else {
+            out[n++] = e;
+        }
+        l->qhead = (l->qhead + 1) & mask;
+        l->qlen--;
+    }
+    l->st.events += (uint64_t)n;
+    return n;
+}
+
+int pe_loop_run_into(pe_loop *l, struct pe_loop_event *out, uint32_t *offs,
+                     int max, int timeout_ms, void *buf, size_t buflen)
+{
+    int rc;
+
+    if (!out || !offs || max <= 0 || !buf || buflen == 0)
+        return -EINVAL;
+    if (buflen > UINT32_MAX)
+        buflen = UINT32_MAX;
+    l->bbuf = buf;
+    l->bbuflen = (uint32_t)buflen;
+    l->bout = out;
+    l->boffs = offs;
+    l->bn = 0;                   /* the last batch's bytes are overwritten */
+    if ((rc = run_io(l, timeout_ms)) < 0)
+        return rc;
+    if (l->qlen)
+        l->bn = (uint32_t)deliver_into(l, out, offs, max, buf,
+                                       (uint32_t)buflen);
+    return (int)l->bn;
 }

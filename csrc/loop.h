@@ -75,6 +75,12 @@ struct pe_loop {
     struct pe_event *evs;        /* poller output, reused */
     int nevs;
 
+    char *bbuf;                  /* buffer of the last pe_loop_run_into */
+    uint32_t bbuflen;
+    struct pe_loop_event *bout;  /* and its events and offsets */
+    uint32_t *boffs;
+    uint32_t bn;                 /* events it handed out */
+
     struct pe_loop_event *q;     /* events not yet handed out */
     uint32_t qhead, qlen, qcap;
 
@@ -109,6 +115,9 @@ void pe__conn_pending_add(pe_loop *l, uint32_t slot);
 void pe__conn_open(pe_loop *l, int fd, int listener);
 void pe__conn_event(pe_loop *l, uint32_t slot, uint32_t events);
 void pe__conn_pending(pe_loop *l, uint32_t slot);
+/* Unread input was taken: resume reading paused at in_high once below
+ * in_low (may close the connection on a poller error). */
+void pe__conn_taken(pe_loop *l, uint32_t slot);
 /* Close for the loop's own reasons: CLOSED(err) unless already detached. */
 void pe__conn_close(pe_loop *l, uint32_t slot, int err);
 

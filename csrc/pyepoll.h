@@ -207,6 +207,25 @@ int pe_loop_remove_listener(pe_loop *l, int id);    /* -ENOENT: unknown id */
  * which then does not block.  Returns the count or -errno (-EINTR
  * included). */
 int pe_loop_run(pe_loop *l, struct pe_loop_event *out, int max, int timeout_ms);
+/* pe_loop_run, and each DATA event hands its connection's unread bytes
+ * over: they are moved into buf (packed in event order; offs[i] is where
+ * event i's bytes start, arg how many) and no longer buffered in the loop.
+ * No per-connection read call is needed.  A DATA whose bytes do not fit
+ * waits for the next call; with buflen >= in_high each connection's bytes
+ * come whole.  offs[i] is 0 for other kinds.  The bytes stay valid until
+ * the next run; pe_loop_reply sends from them. */
+int pe_loop_run_into(pe_loop *l, struct pe_loop_event *out, uint32_t *offs,
+                     int max, int timeout_ms, void *buf, size_t buflen);
+/* pe_loop_send of len bytes at off in the buffer the last
+ * pe_loop_run_into filled (-EINVAL outside it): an echo-like reply with
+ * no conversion of a buffer object. */
+int64_t pe_loop_reply(pe_loop *l, pe_handle h, uint32_t off, uint32_t len);
+/* For each handle, pe_loop_send back the bytes its DATA event of the last
+ * pe_loop_run_into delivered (an echo), once.  Handles that are stale or
+ * had no DATA in that batch are skipped; a send that fails closes the
+ * connection (CLOSED(errno); ENOBUFS beyond out_max).  Returns how many
+ * were sent or queued.  One call for a whole batch of replies. */
+int pe_loop_echo(pe_loop *l, const pe_handle *hs, size_t n);
 /* Thread-safe and async-signal-safe: make a blocked or the next run return
  * with a PE_EV_WAKEUP event. */
 int pe_loop_wakeup(pe_loop *l);
