@@ -1,0 +1,246 @@
+"""pyepoll.bench: smoke runs produce well-formed tables and reports, and the
+correctness checks that guard every timing really reject wrong answers."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from pyepoll.bench import _proc, _servers
+from pyepoll.bench._report import Section, Table, check_line
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                           reason="the network scenarios are Linux only")
+# Under the preloaded ASan runtime every child (the C client, nginx, wrk)
+# would inherit it; benchmarks are run against the plain wheel instead.
+plain = pytest.mark.skipif(os.environ.get("PYEPOLL_SANITIZED") == "1",
+                           reason="benchmarks are not run under sanitizers")
+need_cc = pytest.mark.skipif(_proc.compiler() is None, reason="no C compiler")
+
+WITHOUT = "uvloop,httptools,wrk,nginx,matplotlib"
+
+
+def bench(*args: str, without: str = "", timeout: float = 60) -> str:
+    env = dict(os.environ)
+    if without:
+        env["PYEPOLL_BENCH_WITHOUT"] = without
+    res = subprocess.run([sys.executable, "-m", "pyepoll.bench", *args],
+                         capture_output=True, text=True, timeout=timeout, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    return res.stdout
+
+
+def rows(text: str, title: str) -> dict:
+    """Rows of the table titled `title` in rendered output: name -> cells."""
+    block = text.split(title, 1)[1].split("\n\n", 1)[0].splitlines()
+    header = block[1].split()
+    out = {}
+    for line in block[3:]:
+        if line.startswith("note:"):
+            continue
+        name = re.split(r"\s{2,}", line.strip())[0]
+        out[name] = line[len(name):].strip()
+    assert header, block
+    return out
+
+
+# -- tables ------------------------------------------------------------------------
+
+
+def test_table_median_range_and_ratio() -> None:
+    t = Table("t", "us", [10, 20], reference="ref")
+    for v in (1.0, 3.0, 2.0):
+        t.add("ref", 10, v)
+    for v in (4.0, 8.0, 6.0):
+        t.add("other", 10, v)
+    assert t.cell("other", 10).median == 6.0
+    assert (t.cell("other", 10).low, t.cell("other", 10).high) == (4.0, 8.0)
+    assert t.ratio("other", 10) == 3.0
+    assert t.ratio("other", 20) is None
+    text = t.render()
+    assert "6.00 [4.00-8.00] 3.00x" in text
+    assert "n/a" in text                      # the point nobody measured
+    md = t.markdown()
+    assert "| other | 6.00 [4.00-8.00] **3.00x** | n/a |" in md
+
+
+def test_check_line_says_met_or_missed() -> None:
+    assert check_line("a", 0.8, 1.0, "<=").endswith("met")
+    assert check_line("a", 1.2, 1.0, "<=").endswith("MISSED")
+    assert check_line("a", 1.6, 1.5, ">=").endswith("met")
+    assert check_line("a", None, 1.5, ">=").endswith("not measured")
+
+
+def test_section_markdown_lists_skips_and_charts() -> None:
+    t = Table("tt", "x", [1])
+    t.add("a", 1, 1.0)
+    sec = Section("s", intro=["hello"], tables=[t], summary=["c: met"],
+                  skipped=["nginx: not installed"])
+    md = sec.markdown({"s.png": "s.png"})
+    assert "## s" in md and "![s.png](s.png)" in md
+    assert "- nginx: not installed" in md and "- c: met" in md
+
+
+# -- the checks guard the timings ---------------------------------------------------
+
+
+class _Serve:
+    """A throwaway server on a thread: `answer(data) -> bytes`."""
+
+    def __init__(self, answer) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.answer = answer
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._conn, args=(conn,), daemon=True).start()
+
+    def _conn(self, conn: socket.socket) -> None:
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                conn.sendall(self.answer(data))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _corrupt(data: bytes) -> bytes:
+    return bytes([data[0] ^ 1]) + data[1:]
+
+
+def test_check_echo_rejects_a_wrong_byte() -> None:
+    good, bad = _Serve(lambda d: d), _Serve(_corrupt)
+    try:
+        _servers.check_echo(good.port)
+        with pytest.raises(AssertionError):
+            _servers.check_echo(bad.port)
+    finally:
+        good.close()
+        bad.close()
+
+
+def test_check_http_rejects_non_200() -> None:
+    def answer(status: bytes):
+        def f(data: bytes) -> bytes:
+            n = data.count(b"\r\n\r\n")
+            return (b"HTTP/1.1 " + status + b"\r\nContent-Length: 14\r\n\r\n"
+                    b"Hello, World!\n") * n
+        return f
+    good, bad = _Serve(answer(b"200 OK")), _Serve(answer(b"404 Not Found"))
+    try:
+        _servers.check_http(good.port)
+        with pytest.raises(AssertionError, match="404"):
+            _servers.check_http(bad.port)
+    finally:
+        good.close()
+        bad.close()
+
+
+@linux
+@plain
+@need_cc
+def test_load_client_counts_wrong_bytes() -> None:
+    exe = _proc.loadgen()
+    good, bad = _Serve(lambda d: d), _Serve(_corrupt)
+    try:
+        ok = subprocess.run([str(exe), "echo", str(good.port), "2", "0.2", "100"],
+                            capture_output=True, text=True, timeout=20)
+        wrong = subprocess.run([str(exe), "echo", str(bad.port), "2", "0.2", "100"],
+                               capture_output=True, text=True, timeout=20)
+    finally:
+        good.close()
+        bad.close()
+    ops, _, nbad, closed = ok.stdout.split()[:4]
+    assert ok.returncode == 0 and int(ops) > 0 and nbad == "0" and closed == "0"
+    assert wrong.returncode == 1 and int(wrong.stdout.split()[2]) > 0
+
+
+# -- smoke runs --------------------------------------------------------------------
+
+
+@linux
+@plain
+@need_cc
+def test_echo_smoke_tables() -> None:
+    out = bench("echo", "--smoke", "--servers", "Loop C echo")
+    assert out.startswith("# ") and "== echo" in out
+    thr = rows(out, "echo throughput, 8 connections")
+    assert set(thr) >= {"plain C epoll", "pyepoll Loop C echo"}
+    for name in ("plain C epoll", "pyepoll Loop C echo"):
+        assert "n/a" not in thr[name]
+    # A ratio to the named reference on every other row.
+    assert re.search(r"\d\.\d\dx", thr["pyepoll Loop C echo"])
+    assert "load client" in out and ("not saturated" in out or "saturated" in out)
+    assert "latency percentiles" in out and "summary:" in out
+
+
+@linux
+@plain
+@need_cc
+def test_http_smoke_without_optional_tools() -> None:
+    out = bench("http", "--smoke", "--servers", "ref server eventloop", "nginx",
+                without=WITHOUT)
+    thr = rows(out, "HTTP hello throughput")
+    assert list(thr) == ["ref server eventloop"]
+    assert "n/a" not in thr["ref server eventloop"]
+    assert "skipped: uvloop+httptools: uvloop not installed" in out
+    assert "skipped: nginx 1 worker: nginx not installed" in out
+    assert "skipped: wrk not installed" in out
+
+
+@linux
+@plain
+def test_plot_without_matplotlib_is_refused(tmp_path) -> None:
+    env = dict(os.environ, PYEPOLL_BENCH_WITHOUT="matplotlib")
+    res = subprocess.run([sys.executable, "-m", "pyepoll.bench", "wait-scaling",
+                          "--smoke", "--plot", str(tmp_path / "w.png")],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert res.returncode == 2 and "matplotlib not installed" in res.stderr
+    assert not (tmp_path / "w.png").exists()
+
+
+@linux
+@plain
+def test_all_smoke_writes_report(tmp_path) -> None:
+    out = bench("all", "--smoke", "--only", "wait-scaling", "--out", str(tmp_path))
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# pyepoll benchmarks (smoke run)")
+    assert "- machine: " in report and "## wait-scaling" in report
+    assert re.search(r"\| select\.epoll \| [\d.]+", report)
+    try:
+        import matplotlib  # noqa: F401
+        assert (tmp_path / "wait-scaling.png").stat().st_size > 1000
+        assert "![wait-scaling.png](wait-scaling.png)" in report
+    except ImportError:
+        assert "charts skipped: matplotlib not installed" in report
+    assert "report: " in out
+
+
+@linux
+@plain
+@need_cc
+@pytest.mark.slow
+def test_idle_clients_smoke_shows_threadpool_starvation() -> None:
+    out = bench("idle-clients", "--smoke", "--servers", "eventloop", "threadpool",
+                timeout=120)
+    ttfr = rows(out, "idle-clients: fresh client's time to first echo")
+    assert set(ttfr) == {"eventloop (pyepoll)", "threadpool 5+20"}
+    assert "answered only after an idle client left" in out
+    assert "memory per idle connection" in out
