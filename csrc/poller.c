@@ -386,8 +386,8 @@ static int collect(pe_poller *p, struct pe_raw_event *raw, int max,
     return cnt;
 }
 
-int pe_poller_wait(pe_poller *p, struct pe_event *out, int maxevents,
-                   int timeout_ms)
+static inline int wait_into(pe_poller *p, struct pe_event *out,
+                            int maxevents, int timeout_ms)
 {
     const struct pe_backend *be = p->be;
     struct pe_raw_event *raw, *own = NULL;
@@ -430,4 +430,45 @@ out:
     pe__unlock(p);
     free(own);
     return n;
+}
+
+int pe_poller_wait(pe_poller *p, struct pe_event *out, int maxevents,
+                   int timeout_ms)
+{
+    return wait_into(p, out, maxevents, timeout_ms);
+}
+
+/* See pyepoll.h: claim, wait, and hand one event back in the result. */
+static inline int waiter_run(struct pe_waiter *w, int timeout_ms)
+{
+    int n;
+
+    if (__atomic_exchange_n(&w->busy, 1, __ATOMIC_ACQUIRE))
+        return -EBUSY;
+    n = wait_into(w->poller, w->out, w->maxevents, timeout_ms);
+    if (n == 1 && (uint32_t)w->out[0].fd < 65535 && w->out[0].events < 0x4000)
+        n = -(PE_WAIT_ONE_BASE + (w->out[0].fd << 14 | (int)w->out[0].events));
+    if (n <= 0)
+        __atomic_store_n(&w->busy, 0, __ATOMIC_RELEASE);
+    return n;
+}
+
+int pe_waiter_poll(struct pe_waiter *w)
+{
+    return waiter_run(w, 0);
+}
+
+int pe_waiter_block(struct pe_waiter *w)
+{
+    return waiter_run(w, -1);
+}
+
+int pe_waiter_wait(struct pe_waiter *w)
+{
+    return waiter_run(w, w->timeout_ms);
+}
+
+void pe_waiter_release(struct pe_waiter *w)
+{
+    __atomic_store_n(&w->busy, 0, __ATOMIC_RELEASE);
 }

@@ -98,6 +98,39 @@ int pe_poller_unregister(pe_poller *p, int fd);
 int pe_poller_wait(pe_poller *p, struct pe_event *out, int maxevents,
                    int timeout_ms);
 
+/* pe_poller_wait with its arguments in memory, for bindings where passing
+ * arguments costs more than the wait (cffi builds a tuple for two or more
+ * and converts each: measured at a third of a 1-ready wait).  The caller
+ * sets poller and maxevents (<= the length of out) once and passes one
+ * pointer; pe_waiter_poll waits 0 ms, pe_waiter_block forever, and
+ * pe_waiter_wait timeout_ms (the caller's to serialize: one writer).
+ *
+ * Threads.  A waiter is claimed for the call (busy, atomically); a second
+ * wait on it meanwhile returns -EBUSY at once, leaving the caller to use
+ * another waiter.  When events land in out (a result > 0) the waiter stays
+ * claimed until pe_waiter_release, so the caller reads them undisturbed.
+ *
+ * Results: as pe_poller_wait, except that exactly one event with
+ * 0 <= fd < 65535 (events always fit: all conditions are below 0x4000)
+ * comes back in the result itself and nothing stays claimed:
+ *   -(PE_WAIT_ONE_BASE + (fd << 14 | events)),
+ * below -4095 and so never an -errno, and small enough to be a cheap
+ * integer in Python.  A binding maps it to (fd, events) without touching
+ * the buffer; with level-triggered polling the same few values recur. */
+struct pe_waiter {
+    pe_poller *poller;
+    int32_t maxevents;
+    int32_t timeout_ms;
+    int32_t busy;
+    int32_t reserved;
+    struct pe_event out[];
+};
+#define PE_WAIT_ONE_BASE 4096
+int pe_waiter_poll(struct pe_waiter *w);
+int pe_waiter_block(struct pe_waiter *w);
+int pe_waiter_wait(struct pe_waiter *w);
+void pe_waiter_release(struct pe_waiter *w);
+
 /* ------------------------------------------------------------------ loop */
 
 /* A connection loop: listeners, a fixed-capacity connection table, byte

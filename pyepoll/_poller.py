@@ -5,9 +5,10 @@ import errno
 import math
 import operator
 import os
+import struct
 import time
 import weakref
-from typing import Any, FrozenSet, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 from ._binding import check, ffi, fileno_of, lib
 
@@ -41,7 +42,6 @@ _FEATURES = (
 _VALID = _CONDITIONS | EDGE | ONESHOT | EXCLUSIVE
 _INITIAL_EVENTS = 1024  # event array slots before the first growth
 _MAX_TIMEOUT_MS = 0x7FFFFFFF
-_wait = lib.pe_poller_wait  # bound once: a module attribute load per call
 
 
 class ForkError(RuntimeError):
@@ -114,12 +114,13 @@ class Poller:
     working in the child with a copy of the registrations.
     """
 
-    __slots__ = ("_p", "_backend", "_caps", "_buf", "_view", "_cap",
+    __slots__ = ("_p", "_backend", "_caps", "_w", "_wt", "_cap",
                  "_pid_fork", "__weakref__")
 
     def __init__(self, backend: Optional[str] = None) -> None:
         self._p: Any = None
-        self._view: Optional[memoryview] = None
+        self._w: Any = None
+        self._wt: Any = None
         self._pid_fork: Optional[int] = None
         err = ffi.new("int *")
         name = ffi.NULL if backend is None else _backend_name(backend)
@@ -155,13 +156,12 @@ class Poller:
     @property
     def closed(self) -> bool:
         """True after :meth:`close` (or, in a forked child, always)."""
-        return self._p is None
+        return self._w is None
 
     def _check_open(self) -> Any:
-        p = self._p
-        if p is None:
+        if self._w is None:
             self._raise_closed()
-        return p
+        return self._p
 
     def _raise_closed(self) -> None:
         if self._pid_fork is not None:
@@ -172,22 +172,26 @@ class Poller:
             )
         raise ValueError("I/O operation on closed poller object")
 
+    # Closed means _w is None.  The C poller itself (_p) lives as long as
+    # this object: a wait() running in another thread may still use it,
+    # and then gets -EBADF from C rather than freed memory.
+
     def _forked(self) -> None:
-        if self._p is None or self._backend not in ("epoll", "kqueue"):
+        if self._w is None or self._backend not in ("epoll", "kqueue"):
             return
         self._pid_fork = os.getppid()
-        p, self._p = self._p, None
+        self._w = self._wt = None
         if self._backend == "kqueue":
             # The number may already name an unrelated file in the child.
-            lib.pe_poller_detach(p)
+            lib.pe_poller_detach(self._p)
         else:
-            lib.pe_poller_close(p)   # the child's own reference only
+            lib.pe_poller_close(self._p)   # the child's own reference only
 
     def close(self) -> None:
         """Release the kernel object.  Idempotent."""
-        p, self._p = self._p, None
-        if p is not None:
-            lib.pe_poller_close(p)
+        if self._w is not None:
+            self._w = self._wt = None
+            lib.pe_poller_close(self._p)
             _live.discard(self)
 
     def fileno(self) -> int:
@@ -209,7 +213,7 @@ class Poller:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._p is None else "open"
+        state = "closed" if self._w is None else "open"
         return f"<pyepoll.Poller backend={self._backend!r} {state}>"
 
     # -- registrations ---------------------------------------------------------
@@ -236,7 +240,7 @@ class Poller:
             # CPython's words for an fd an fd_set cannot hold.
             raise ValueError("filedescriptor out of range in select()")
         check(rc, f"fd {fd}")
-        if lib.pe_poller_count(p) > self._cap:
+        if lib.pe_poller_count(p) > self._cap < _MAX_EVENTS:
             self._grow(self._cap * 2)
 
     def modify(self, fd: Any, events: int) -> None:
@@ -259,9 +263,15 @@ class Poller:
     # -- waiting ---------------------------------------------------------------
 
     def _grow(self, cap: int) -> None:
-        self._buf = ffi.new("struct pe_event[]", cap)
-        # Events are read through one int32 view: two words per event.
-        self._view = memoryview(ffi.buffer(self._buf)).cast("i")
+        p = self._p
+        cap = min(cap, _MAX_EVENTS)
+        # Waiters (struct pe_waiter: the C call's arguments and the event
+        # array in one block) are replaced, never resized: a wait in
+        # another thread keeps the one it started with.  _w serves timeouts
+        # None and 0 (claimed in C); _wt, claimed here, any other timeout,
+        # which needs a store into it.
+        self._w = _new_waiter(p, cap)
+        self._wt = _new_waiter(p, cap)
         self._cap = cap
 
     def wait(self, timeout: Optional[float] = None,
@@ -270,50 +280,153 @@ class Poller:
 
         ``timeout`` in seconds: None or negative blocks, 0 polls; rounded up
         to whole milliseconds.  ``maxevents`` -1 means as many as are
-        registered.  A signal interrupts the wait only if its handler raises;
-        otherwise the wait resumes with the remaining time (PEP 475).  The
-        GIL is released while waiting.
+        registered; events beyond it come with the next calls.  A signal
+        interrupts the wait only if its handler raises; otherwise the wait
+        resumes with the remaining time (PEP 475).  The GIL is released
+        while waiting, and several threads may wait at once.
         """
-        p = self._p
-        if p is None:
-            self._raise_closed()
-        # The two common timeouts skip the conversion call.
+        # The hot path of an event loop: each line here costs a few percent
+        # of a 1-ready wait, so only the common call (timeout None or 0) is
+        # handled inline.
+        w = self._w
+        if w is None or maxevents != -1:
+            return self._wait_other(timeout, maxevents)
         if timeout is None:
-            ms = -1
-        elif timeout.__class__ is int and timeout == 0:
-            ms = 0
+            r = _wait_block(w)
+        elif timeout == 0:
+            r = _wait_poll(w)
         else:
-            ms = timeout_to_ms(timeout)
+            return self._wait_timed(timeout)
+        if r < -4095:                  # one event, in the result itself
+            try:
+                return [_one_event[r]]
+            except KeyError:
+                return [_new_pair(r)]
+        if r == 0:
+            return []
+        return self._wait_rest(r, w, timeout)
+
+    def _wait_rest(self, r: int, w: Any,
+                   timeout: Optional[float]) -> List[Tuple[int, int]]:
+        """wait() with timeout None or 0 after a result other than none or
+        one event: events in the array, or a failure (calling this function
+        let the interpreter run signal handlers, whose exception
+        propagates: PEP 475)."""
+        while _ONE_BELOW <= r < 0:
+            if r == -errno.EBUSY:      # another thread waits on _w
+                return self._wait_other(timeout, -1)
+            if r != -errno.EINTR or self._w is None:
+                self._raise_failed(r)
+            r = _wait_block(w) if timeout is None else _wait_poll(w)
+        return _result(w, r)
+
+    def _wait_timed(self, timeout: float) -> List[Tuple[int, int]]:
+        """wait() with a timeout other than None and 0."""
+        w = self._wt
+        if w is None:                  # another thread waits on _wt
+            return self._wait_other(timeout, -1)
+        self._wt = None
+        try:
+            return _result(w, self._timed(w, timeout_to_ms(timeout)))
+        finally:
+            # Put back unless closed or replaced by _grow meanwhile.
+            if self._wt is None and self._w is not None:
+                self._wt = w
+
+    def _timed(self, w: Any, ms: int) -> int:
+        """Wait ms on waiter w (owned by the caller), retrying EINTR with
+        the time that is left (PEP 475).  Returns the waiter's result."""
+        deadline = time.monotonic() + ms / 1000.0 if ms > 0 else 0.0
+        while True:
+            if ms < 0:
+                r = _wait_block(w)
+            else:
+                w.timeout_ms = ms
+                r = _wait_ms(w)
+            if r != -errno.EINTR:
+                break
+            # Back in the interpreter: signal handlers have run (the loop's
+            # jump runs them), their exception propagating.
+            if self._w is None:
+                self._raise_closed()
+            if ms > 0:
+                ms = max(0, math.ceil((deadline - time.monotonic()) * 1000.0))
+        if r < 0 and r > _ONE_BELOW:
+            self._raise_failed(r)
+        return r
+
+    def _wait_other(self, timeout: Optional[float],
+                    maxevents: int) -> List[Tuple[int, int]]:
+        """wait() when the poller is closed, maxevents is given, or another
+        thread holds the shared waiter: a waiter of its own."""
+        if self._w is None:
+            self._raise_closed()
         if maxevents == -1:
             maxevents = self._cap
-        elif maxevents > self._cap:
-            self._grow(maxevents)
+        elif not isinstance(maxevents, int):
+            raise TypeError(f"maxevents must be an int, not "
+                            f"{type(maxevents).__name__}")
         elif maxevents <= 0:
             raise ValueError(
                 f"maxevents must be greater than 0, got {maxevents}")
-        n = _wait(p, self._buf, maxevents, ms)
-        if n == 1:                 # the common case in a busy server
-            view = self._view
-            return [(view[0], view[1])]
-        if n == 0:
-            return []
-        if n < 0:
-            n = self._wait_retry(n, ms, maxevents)
-        view = self._view
-        return list(zip(view[0:2 * n:2], view[1:2 * n:2]))
+        ms = -1 if timeout is None else timeout_to_ms(timeout)
+        w = _new_waiter(self._p, min(maxevents, _MAX_EVENTS))
+        return _result(w, self._timed(w, ms))
 
-    def _wait_retry(self, rc: int, ms: int, maxevents: int) -> int:
-        deadline = None if ms < 0 else time.monotonic() + ms / 1000.0
-        while rc == -errno.EINTR:
-            # Returning to the interpreter here runs the signal handlers; an
-            # exception from one propagates out of wait() (PEP 475).
-            if deadline is not None:
-                ms = max(0, math.ceil((deadline - time.monotonic()) * 1000.0))
-            p = self._p
-            if p is None:
-                self._raise_closed()
-            rc = lib.pe_poller_wait(p, self._buf, maxevents, ms)
-        return check(rc, "waiting for events")
+    def _raise_failed(self, r: int) -> None:
+        if self._w is None:
+            self._raise_closed()       # closed by another thread meanwhile
+        check(r, "waiting for events")
+
+
+_wait_poll = lib.pe_waiter_poll
+_wait_block = lib.pe_waiter_block
+_wait_ms = lib.pe_waiter_wait
+_release = lib.pe_waiter_release
+# Results below this are one event (see struct pe_waiter in pyepoll.h);
+# wait() has it as a literal (a constant costs less than a global).
+_ONE_BELOW = -4095
+assert _ONE_BELOW == 1 - lib.PE_WAIT_ONE_BASE
+_MAX_EVENTS = 1 << 20              # per call; the rest come with the next
+_EVENTS_AT = ffi.offsetof("struct pe_waiter", "out")
+_iter_events = struct.Struct("=iI").iter_unpack
+
+
+def _new_waiter(p: Any, cap: int) -> Any:
+    return ffi.new("struct pe_waiter *", [p, cap, 0, 0, 0, cap])
+
+
+# (fd, events) by one-event waiter result, each pair built once: a server
+# sees the same few pairs again and again, and a dict lookup costs a third
+# of building one.  Pairs are immutable tuples, so sharing one between
+# results is invisible.  A plain dict: a subclass with __missing__ is not
+# subscripted by the interpreter's fast path.
+_one_event: Dict[int, Tuple[int, int]] = {}
+
+
+def _new_pair(r: int) -> Tuple[int, int]:
+    """The pair of one-event result r, remembered (bounded: the table is
+    emptied when full)."""
+    code = -r - lib.PE_WAIT_ONE_BASE
+    pair = (code >> 14, code & 0x3FFF)
+    if len(_one_event) >= 16384:
+        _one_event.clear()
+    _one_event[r] = pair
+    return pair
+
+
+def _result(w: Any, r: int) -> List[Tuple[int, int]]:
+    """A waiter's successful result as a list of (fd, events); releases the
+    waiter when the events were in its array."""
+    if r < _ONE_BELOW:
+        return [_one_event.get(r) or _new_pair(r)]
+    if r == 0:
+        return []
+    try:
+        return list(_iter_events(
+            ffi.buffer(w, _EVENTS_AT + 8 * r)[_EVENTS_AT:]))
+    finally:
+        _release(w)
 
 
 def _backend_name(backend: str) -> Any:
