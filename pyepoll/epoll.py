@@ -25,6 +25,9 @@ from typing import Any, List, Optional, Tuple
 from ._binding import ffi as _ffi
 from ._binding import lib as _lib
 from ._binding import raise_errno as _raise_errno
+from ._poller import _EVENTS_AT, _ONE_BELOW, _new_pair, _new_waiter
+from ._poller import _one_event, _result
+from ._poller import _wait_block, _wait_ms, _wait_poll
 from ._poller import available_backends as _available_backends
 
 if "epoll" not in _available_backends():
@@ -64,11 +67,10 @@ _DEFAULT_MAXEVENTS = 1023
 # rest come with the next call.
 _MAX_BUFFER = 1 << 16
 # One (fd, events) record as the C core writes it: int32 fd, uint32 events.
-_iter_records = _struct.Struct("=iI").iter_unpack
 _monotonic_ns = _time.monotonic_ns
 _ceil = _math.ceil
 _EINTR = _errno.EINTR
-_wait = _lib.pe_poller_wait
+_EBUSY = _errno.EBUSY
 
 
 if _sys.version_info >= (3, 10):
@@ -176,10 +178,11 @@ class epoll:
     EPOLL_CLOEXEC).  The descriptor is always close-on-exec.
     """
 
-    __slots__ = ("_p", "_buffers", "__weakref__")
+    __slots__ = ("_p", "_wm", "_wt", "_held", "__weakref__")
 
     def __init__(self, sizehint: int = -1, flags: int = 0) -> None:
         self._p: Any = None
+        self._wm: Optional[Tuple[int, Any]] = None
         sizehint = _c_int(sizehint)
         flags = _c_int(flags)
         if sizehint != -1 and sizehint <= 0:
@@ -190,9 +193,9 @@ class epoll:
 
     def _open(self, fd: int) -> None:
         self._p = None
-        # Event arrays not in use.  poll() takes one and puts it back, so
-        # threads polling the same object at once never share one.
-        self._buffers: List[_Buffer] = [_new_buffer(_DEFAULT_MAXEVENTS)]
+        self._wm = None
+        self._wt: Any = None
+        self._held: Any = None
         err = _ffi.new("int *")
         if fd == -1:
             p = _lib.pe_poller_new(b"epoll", _lib.PE_POLLER_RAW, err)
@@ -201,6 +204,13 @@ class epoll:
         if p == _ffi.NULL:
             _raise_errno(-err[0] if err[0] < 0 else _errno.EBADF)
         self._p = _ffi.gc(p, _lib.pe_poller_free)
+        # Waiters (struct pe_waiter: the C call's arguments and its event
+        # array in one block).  _wm: (maxevents, waiter) for the last
+        # maxevents polled with, claimed in C, for timeouts None and 0;
+        # _wt: claimed here (swapped out), for other timeouts, which store
+        # into it.  A thread finding either busy uses a waiter of its own.
+        self._wm = (-1, _new_waiter(self._p, _DEFAULT_MAXEVENTS))
+        self._wt = _new_waiter(self._p, _DEFAULT_MAXEVENTS)
 
     @classmethod
     def fromfd(cls, fd: int, /) -> "epoll":
@@ -225,8 +235,10 @@ class epoll:
         """
         p, self._p = self._p, None
         if p is not None:
-            # The C object itself is freed when the last reference goes, so
-            # a poll() running in another thread never sees freed memory.
+            self._wm = self._wt = None
+            # The C object itself lives as long as this one, so a poll()
+            # running in another thread gets EBADF, never freed memory.
+            self._held = p
             _lib.pe_poller_close(p)
 
     def fileno(self) -> int:
@@ -303,13 +315,48 @@ class epoll:
         -1 waits indefinitely.  maxevents is the maximum number of events
         returned; -1 means no limit.  Returns a list of (fd, events) 2-tuples.
         """
-        # Argument order and checks as CPython: maxevents is converted before
-        # the closed check, its value checked after the timeout.
+        # The hot path (as in pyepoll.Poller.wait): the maxevents of the
+        # last call, timeout None or 0.  Everything else, errors included,
+        # goes through _poll, which follows CPython step by step.
+        # "is": an equal float or Decimal must still be refused as CPython
+        # does; _poll re-keys on an equal int object.
+        wm = self._wm
+        if wm is None or maxevents is not wm[0]:
+            return self._poll(timeout, maxevents)
+        w = wm[1]
+        if timeout is None:
+            r = _wait_block(w)
+        elif not timeout and (type(timeout) is int or type(timeout) is float):
+            r = _wait_poll(w)
+        else:
+            return self._poll(timeout, maxevents)
+        if r < -4095:                  # one event, in the result itself
+            try:
+                return [_one_event[r]]
+            except KeyError:
+                return [_new_pair(r)]
+        if r == 0:
+            return []
+        return self._poll_rest(r, w, timeout, maxevents)
+
+    def _poll_rest(self, r: int, w: Any, timeout: Optional[float],
+                   maxevents: int) -> List[Tuple[int, int]]:
+        """poll() on the hot path after a result other than none or one
+        event: events in the array, or a failure.  Calling this function
+        let the interpreter run signal handlers (an exception from one
+        propagates, PEP 475)."""
+        if r == -_EBUSY:               # another thread polls on it
+            return self._poll(timeout, maxevents)
+        r, w = self._retry(r, w, -1 if timeout is None else 0, 0)
+        return _result(w, r)
+
+    def _poll(self, timeout: Any, maxevents: Any) -> List[Tuple[int, int]]:
+        """poll() with CPython's argument handling, in its order."""
+        # maxevents is converted before the closed check, its value checked
+        # after the timeout.
         if maxevents.__class__ is not int or not (
                 _INT_MIN <= maxevents <= _INT_MAX):
             maxevents = _c_int(maxevents)
-        if maxevents == -1:
-            maxevents = _DEFAULT_MAXEVENTS
         p = self._p
         if p is None:
             _raise_closed()
@@ -330,68 +377,81 @@ class epoll:
             if ms < 0:
                 ms = -1
             deadline = _monotonic_ns() + ns if ns > 0 else 0
-        if maxevents < 1:
+        if maxevents == -1:
+            cap = _DEFAULT_MAXEVENTS
+        elif maxevents < 1:
             raise ValueError(
                 f"maxevents must be greater than 0, got {maxevents}")
-        try:
-            buf = self._buffers.pop()
-        except IndexError:
-            buf = _new_buffer(_DEFAULT_MAXEVENTS)   # another thread polls
-        array, records, words, cap = buf
-        if maxevents > cap:
-            if cap < _MAX_BUFFER:
-                buf = _new_buffer(min(maxevents, _MAX_BUFFER))
-                array, records, words, cap = buf
-            if maxevents > cap:
-                maxevents = cap
-        n = _wait(p, array, maxevents, ms)
-        if n == 1:
-            fd = words[0]
-            result = [(fd if fd <= _INT_MAX else fd - 0x100000000, words[1])]
-        elif n > 0:
-            result = list(_iter_records(records[:n << 3]))
-        elif n == 0:
-            result = []
         else:
-            n = self._retry(n, ms, deadline, array, maxevents)
-            result = list(_iter_records(records[:n << 3]))
-        self._buffers.append(buf)
-        return result
+            # A larger maxevents is honoured as _MAX_BUFFER per call:
+            # epoll_wait may always return fewer than asked, and the rest
+            # come with the next call.
+            cap = min(maxevents, _MAX_BUFFER)
+        wm = self._wm
+        if wm is None or wm[0] != maxevents:
+            wm = (maxevents, _new_waiter(p, cap))
+        elif wm[0] is not maxevents:
+            wm = (maxevents, wm[1])
+        if self._p is not None:
+            self._wm = wm              # the next call with it takes the hot path
+        if ms <= 0:
+            w = wm[1]
+            r = _wait_poll(w) if ms == 0 else _wait_block(w)
+            if r != -_EBUSY:
+                r, w = self._retry(r, w, ms, deadline)
+                return _result(w, r)
+        # A timeout to store, or the shared waiter busy: claim _wt, or use
+        # a waiter of this call's own.
+        w = self._wt
+        own = w is None or len(w.out) < cap
+        if own:
+            w = _new_waiter(p, cap)
+        else:
+            self._wt = None
+        try:
+            w.maxevents = cap
+            if ms > 0:
+                w.timeout_ms = ms
+            r = _wait_ms(w) if ms > 0 else (
+                _wait_poll(w) if ms == 0 else _wait_block(w))
+            r, w2 = self._retry(r, w, ms, deadline)
+            return _result(w2, r)
+        finally:
+            if not own and self._wt is None and self._p is not None:
+                self._wt = w
 
-    def _retry(self, rc: int, ms: int, deadline: int, array: Any,
-               maxevents: int) -> int:
+    def _retry(self, r: int, w: Any, ms: int,
+               deadline: int) -> Tuple[int, Any]:
+        """The result of waiter w once no EINTR, and the waiter holding it:
+        another one when w, shared, was taken by another thread meanwhile."""
         # Entering this function let the interpreter run the signal handlers;
         # an exception from one propagates (PEP 475).
-        while rc == -_EINTR:
-            if ms > 0:
-                left = deadline - _monotonic_ns()
-                if left < 0:
-                    return 0
-                ms = -((-left) // 1_000_000)
+        while r == -_EINTR or r == -_EBUSY:
             p = self._p
             if p is None:
                 _raise_closed()
-            rc = _wait(p, array, maxevents, ms)
-            if rc == -_EINTR:
+            if r == -_EBUSY:
+                w = _new_waiter(p, w.maxevents)
+            if ms > 0:
+                left = deadline - _monotonic_ns()
+                if left < 0:
+                    return 0, w
+                ms = -((-left) // 1_000_000)
+                w.timeout_ms = ms
+                r = _wait_ms(w)
+            else:
+                r = _wait_poll(w) if ms == 0 else _wait_block(w)
+            if r == -_EINTR:
                 _run_signal_handlers()
-        if rc < 0:
-            _raise_errno(-rc)
-        return rc
+        if _ONE_BELOW <= r < 0:
+            if self._p is None:
+                _raise_closed()
+            _raise_errno(-r)
+        return r, w
 
     def __repr__(self) -> str:
         state = "closed" if self._p is None else f"fd={self.fileno()}"
         return f"<pyepoll.epoll {state}>"
-
-
-_Buffer = Tuple[Any, memoryview, memoryview, int]
-
-
-def _new_buffer(cap: int) -> _Buffer:
-    """An event array of cap events with its two views: bytes (for
-    struct.iter_unpack) and uint32 words (fd, events, fd, events, ...)."""
-    array = _ffi.new("struct pe_event[]", cap)
-    raw = memoryview(_ffi.buffer(array))
-    return array, raw.cast("B"), raw.cast("I"), cap
 
 
 def _raise_closed() -> None:
