@@ -1,8 +1,9 @@
 """The Python servers the benchmarks compare, each as a user would write it:
 ``python -m pyepoll.bench._serve KIND PORT``.
 
-Echo: pyepoll.Loop with a Python handler (``loop-py``) or the C echo path
-(``loop-c``), level or edge; asyncio Protocol and streams, on asyncio's own
+Echo: pyepoll.Loop with a Python handler (``loop-py``: wait/recv/send;
+``loop-batch``: wait_batch/reply) or the C echo path (``loop-c``), level or
+edge; asyncio Protocol and streams, on asyncio's own
 loop, on uvloop, and on pyepoll's asyncio loop.  HTTP: "hello" answered by
 an asyncio Protocol with a small hand parser, or by uvloop + httptools, the
 usual fast Python stack.  Every HTTP server answers what the reference
@@ -45,6 +46,29 @@ def serve_loop(port: int, trigger: str, c_echo: bool) -> None:
             if kind == EV_DATA:
                 try:
                     send(h, recv(h))
+                except ConnectionError:
+                    pass
+            elif kind == EV_EOF:
+                close(h)
+
+
+def serve_loop_batch(port: int, trigger: str) -> None:
+    """The same handler on the batch API: each DATA event brings its bytes
+    in one shared buffer, and reply() sends a slice of it back."""
+    from pyepoll import EV_DATA, EV_EOF, Loop
+
+    cap = max(1024, min(_nofile() - 64, 1 << 16))
+    loop = Loop(trigger=trigger, max_connections=cap)
+    if not hasattr(loop, "wait_batch"):
+        raise SystemExit("this pyepoll.Loop has no wait_batch()")
+    loop.listen("127.0.0.1", port, backlog=BACKLOG)
+    wait_batch, reply = loop.wait_batch, loop.reply
+    close = loop.close_connection
+    while True:
+        for kind, h, n, offset in wait_batch():
+            if kind == EV_DATA:
+                try:
+                    reply(h, offset, n)
                 except ConnectionError:
                     pass
             elif kind == EV_EOF:
@@ -178,7 +202,10 @@ def main(argv: List[str]) -> None:
     kind, port = argv[0], int(argv[1])
     if kind.startswith("loop-"):
         _, what, trigger = kind.split("-")      # loop-py-level, loop-c-edge
-        serve_loop(port, trigger, what == "c")
+        if what == "batch":
+            serve_loop_batch(port, trigger)
+        else:
+            serve_loop(port, trigger, what == "c")
         return
     runtime, what = kind.split("-", 1)          # asyncio-protocol, uvloop-httptools
     factory = {"asyncio": asyncio.new_event_loop, "uvloop": _uvloop,

@@ -52,6 +52,10 @@ def _serve(kind: str, needs: Sequence[str] = ()) -> Callable[[], List[str]]:
     def argv() -> List[str]:
         for mod in needs:
             _need_module(mod)
+        if kind.startswith("loop-batch"):
+            from pyepoll import Loop
+            if not hasattr(Loop, "wait_batch"):
+                raise Skip("this pyepoll.Loop has no wait_batch()")
         return [sys.executable, "-m", "pyepoll.bench._serve", kind, "{port}"]
     return argv
 
@@ -130,6 +134,7 @@ def _pure_c_loop(trigger: str) -> Callable[[], List[str]]:
 C_ECHO = "plain C epoll"
 UVLOOP_ECHO = "uvloop Protocol"
 UVLOOP_HTTP = "uvloop+httptools"
+PY_BATCH = "pyepoll Loop py-handler batch"
 
 
 def echo_servers(pool_threads: int = 64) -> Dict[str, Spec]:
@@ -139,6 +144,7 @@ def echo_servers(pool_threads: int = 64) -> Dict[str, Spec]:
     specs = [
         Spec(C_ECHO, "echo", _c_echo("level")),
         Spec("pyepoll Loop py-handler", "echo", _serve("loop-py-level")),
+        Spec(PY_BATCH, "echo", _serve("loop-batch-level")),
         Spec("pyepoll Loop C echo", "echo", _serve("loop-c-level")),
         Spec("pyepoll C loop, C driver", "echo", _pure_c_loop("level")),
         Spec("ref server eventloop", "echo", _reference("echo", "eventloop")),
@@ -173,6 +179,7 @@ def trigger_servers() -> Dict[str, Spec]:
         specs += [
             Spec(f"plain C epoll {trig}", "echo", _c_echo(trig)),
             Spec(f"pyepoll Loop py-handler {trig}", "echo", _serve(f"loop-py-{trig}")),
+            Spec(f"{PY_BATCH} {trig}", "echo", _serve(f"loop-batch-{trig}")),
             Spec(f"pyepoll Loop C echo {trig}", "echo", _serve(f"loop-c-{trig}")),
             Spec(f"ref server echo {trig}", "echo",
                  _reference("echo", "eventloop", "--trigger", trig)),

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 from . import _cli
 from ._proc import Run, run_loadgen
 from ._report import Chart, Section, Table, check_line
-from ._servers import C_ECHO, UVLOOP_ECHO, Fleet, echo_servers
+from ._servers import C_ECHO, PY_BATCH, UVLOOP_ECHO, Fleet, echo_servers
 
 SIZES = [64, 1024, 16384, 65536]
 CONNS = [1, 64]
@@ -127,6 +127,9 @@ def summary(results: Dict[str, Dict[object, List[Run]]]) -> List[str]:
         check_line("Loop py-handler CPU/msg vs plain C", ratio(PY, C_ECHO, cpu), 1.1, "<="),
         check_line("Loop py-handler CPU/msg vs uvloop", ratio(PY, UVLOOP_ECHO, cpu), 0.9, "<="),
         check_line("Loop py-handler msg/s vs uvloop", ratio(PY, UVLOOP_ECHO, rate), 1.1, ">="),
+        check_line("Loop py-handler batch CPU/msg vs plain C", ratio(PY_BATCH, C_ECHO, cpu), 1.1, "<="),
+        check_line("Loop py-handler batch CPU/msg vs uvloop", ratio(PY_BATCH, UVLOOP_ECHO, cpu), 0.9, "<="),
+        check_line("Loop py-handler batch msg/s vs uvloop", ratio(PY_BATCH, UVLOOP_ECHO, rate), 1.1, ">="),
         check_line("ref server eventloop msg/s vs uvloop",
                    ratio("ref server eventloop", UVLOOP_ECHO, rate), 1.1, ">="),
         check_line("asyncio on pyepoll loop msg/s vs asyncio",

@@ -51,6 +51,7 @@ def build() -> argparse.ArgumentParser:
 def _models() -> Dict[str, Spec]:
     specs = dict(idle_servers())
     extra = [Spec("pyepoll Loop py-handler", "echo", _serve("loop-py-level")),
+             Spec("pyepoll Loop py-handler batch", "echo", _serve("loop-batch-level")),
              Spec("pyepoll Loop C echo", "echo", _serve("loop-c-level")),
              Spec("plain C epoll", "echo", _c_echo("level"))]
     specs.update((s.name, s) for s in extra)
@@ -278,7 +279,8 @@ def summary(tables: Dict[str, Table], ks: List[int], args: argparse.Namespace) -
             waited = c.median >= args.release * 1e3 * 0.9
             out.append(f"{pool}: fresh client with 5 idle held waited {c.median:,.0f} ms "
                        f"({'starved until an idle client left' if waited else 'NOT starved'})")
-    for name, limit in (("pyepoll Loop py-handler", 128), ("pyepoll Loop C echo", 128),
+    for name, limit in (("pyepoll Loop py-handler", 128), ("pyepoll Loop py-handler batch", 128),
+                        ("pyepoll Loop C echo", 128),
                         (EVENTLOOP, 512)):
         c = mem.cell(name, big)
         if c and c.samples:

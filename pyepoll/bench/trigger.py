@@ -24,7 +24,8 @@ WORKLOADS = {
     "echo 64 KiB x1": ("echo", "echo", 1, 65536),
     "http keep-alive x64": ("http", "http", 64, 1),
 }
-LOOPS = ["plain C epoll", "pyepoll Loop py-handler", "pyepoll Loop C echo",
+LOOPS = ["plain C epoll", "pyepoll Loop py-handler", "pyepoll Loop py-handler batch",
+         "pyepoll Loop C echo",
          "ref server echo", "ref server http"]
 
 
