@@ -1357,6 +1357,312 @@ static void test_listeners(void **state)
     env_close(&e);
 }
 
+/* ------------------------------------------------------- batch delivery */
+
+/* pe_loop_run_into through the env's event log; DATA bytes are checked
+ * and handed to `use` before the next call overwrites the buffer. */
+struct batch {
+    unsigned char *buf;
+    size_t len;
+    uint32_t offs[256];
+};
+
+static int pump_into(struct env *e, struct batch *b, int timeout,
+                     void (*use)(struct env *, struct batch *,
+                                 const struct pe_loop_event *, uint32_t, void *),
+                     void *arg)
+{
+    struct pe_loop_event *ev;
+    uint32_t end = 0;
+    int n;
+
+    if (e->cap - e->nev < 256) {
+        e->cap = (e->cap + 256) * 2;
+        e->ev = realloc(e->ev, e->cap * sizeof(*e->ev));
+        assert_non_null(e->ev);
+    }
+    ev = e->ev + e->nev;
+    n = pe_loop_run_into(e->l, ev, b->offs, 256, timeout, b->buf, b->len);
+    assert_true(n >= 0 || n == -EINTR);
+    for (int i = 0; i < n; i++) {
+        if (ev[i].kind != PE_EV_DATA) {
+            assert_int_equal(b->offs[i], 0);
+            continue;
+        }
+        /* Packed in event order, inside the buffer, never empty. */
+        assert_int_equal(b->offs[i], end);
+        assert_true(ev[i].arg > 0);
+        end += ev[i].arg;
+        assert_true(end <= b->len);
+        if (use)
+            use(e, b, &ev[i], b->offs[i], arg);
+    }
+    if (n > 0)
+        e->nev += (size_t)n;
+    return n;
+}
+
+struct echo_state {
+    int reply;            /* 1: pe_loop_reply at once, 0: pe_loop_echo */
+    pe_handle q[256];
+    size_t nq;
+};
+
+static void batch_echo_use(struct env *e, struct batch *b,
+                           const struct pe_loop_event *ev, uint32_t off,
+                           void *arg)
+{
+    struct echo_state *st = arg;
+    unsigned char tmp[1];
+
+    (void)b;
+    /* The bytes were moved out of the connection. */
+    assert_int_equal(pe_loop_read(e->l, ev->handle, tmp, 1), 0);
+    if (st->reply)
+        assert_int_equal(pe_loop_reply(e->l, ev->handle, off, ev->arg),
+                         ev->arg);
+    else
+        st->q[st->nq++] = ev->handle;
+}
+
+/* Six clients stream 300 KB each through a server that echoes what each
+ * batch delivers, by pe_loop_reply or by one pe_loop_echo per batch; the
+ * buffer is as small as in_high, so DATA carries over between calls and
+ * reading pauses at in_high and resumes as batches take the bytes. */
+static void batch_echo_clients(void **state, int reply)
+{
+    enum { NC = 6, LEN = 300000 };
+    static unsigned char sbuf[16384], rbuf[16384];
+    struct pe_loop_config cfg;
+    struct echo_state st = { reply, { 0 }, 0 };
+    struct batch b;
+    struct env e;
+    int fd[NC];
+    size_t sent[NC] = { 0 }, rcvd[NC] = { 0 }, done = 0;
+    uint64_t until;
+
+    base_config(&cfg, state);
+    cfg.in_high = 16384;
+    cfg.in_low = 4096;
+    env_open(&e, &cfg);
+    b.len = cfg.in_high;
+    b.buf = malloc(b.len);
+    assert_non_null(b.buf);
+    for (int i = 0; i < NC; i++)
+        fd[i] = tcp_client(e.port, 0);
+    for (int i = 0; i < NC; i++)
+        next_open(&e);
+    until = now_ms() + DEADLINE_MS * 2;
+    while (done < NC) {
+        assert_true(now_ms() < until);
+        done = 0;
+        for (int i = 0; i < NC; i++) {
+            ssize_t n;
+            size_t chunk = LEN - sent[i] < 9000 ? LEN - sent[i] : 9000;
+
+            if (chunk) {
+                fill(sbuf, sent[i], chunk, (unsigned)i);
+                n = send(fd[i], sbuf, chunk, 0);
+                if (n > 0)
+                    sent[i] += (size_t)n;
+            }
+            while ((n = recv(fd[i], rbuf, sizeof(rbuf), 0)) > 0) {
+                check_pat(rbuf, rcvd[i], (size_t)n, (unsigned)i);
+                rcvd[i] += (size_t)n;
+            }
+            assert_true(rcvd[i] <= LEN);
+            done += rcvd[i] == LEN;
+        }
+        if (st.nq) {
+            assert_int_equal(pe_loop_echo(e.l, st.q, st.nq), (int)st.nq);
+            st.nq = 0;
+        }
+        pump_into(&e, &b, 1, batch_echo_use, &st);
+    }
+    assert_int_equal(stats(&e).bytes_in, NC * LEN);
+    assert_int_equal(stats(&e).bytes_out, NC * LEN);
+    for (int i = 0; i < NC; i++)
+        close(fd[i]);
+    env_close(&e);
+    free(b.buf);
+}
+
+static void test_batch_echo_reply(void **state)
+{
+    batch_echo_clients(state, 1);
+}
+
+static void test_batch_echo_queued(void **state)
+{
+    batch_echo_clients(state, 0);
+}
+
+struct collect {
+    pe_handle h;
+    unsigned char got[8192];
+    size_t n, calls;
+};
+
+static void batch_collect_use(struct env *e, struct batch *b,
+                              const struct pe_loop_event *ev, uint32_t off,
+                              void *arg)
+{
+    struct collect *c = arg;
+
+    (void)e;
+    assert_int_equal(ev->handle, c->h);
+    assert_true(c->n + ev->arg <= sizeof(c->got));
+    memcpy(c->got + c->n, b->buf + off, ev->arg);
+    c->n += ev->arg;
+    c->calls++;
+}
+
+/* A buffer smaller than in_high: one connection's bytes come in pieces of
+ * the buffer's size, in order, one call after another. */
+static void test_batch_small_buffer(void **state)
+{
+    struct pe_loop_config cfg;
+    struct collect col = { 0 };
+    unsigned char out[5000], small[1000];
+    struct batch b = { small, sizeof(small), { 0 } };
+    struct env e;
+    uint64_t until;
+    int fd;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    fd = tcp_client(e.port, 0);
+    col.h = next_open(&e);
+    fill(out, 0, sizeof(out), 3);
+    assert_int_equal(send(fd, out, sizeof(out), 0), (ssize_t)sizeof(out));
+    until = now_ms() + DEADLINE_MS;
+    while (col.n < sizeof(out)) {
+        assert_true(now_ms() < until);
+        pump_into(&e, &b, 5, batch_collect_use, &col);
+    }
+    assert_int_equal(col.n, sizeof(out));
+    assert_memory_equal(col.got, out, sizeof(out));
+    assert_true(col.calls >= 5);
+    close(fd);
+    env_close(&e);
+}
+
+/* pe_loop_echo and pe_loop_reply refuse what is not theirs to send. */
+static void test_batch_echo_refusals(void **state)
+{
+    struct pe_loop_config cfg;
+    unsigned char buf[65536], in[16];
+    struct batch b = { buf, sizeof(buf), { 0 } };
+    struct env e;
+    pe_handle h, h2, q[3];
+    int fd, fd2;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    /* Nothing delivered yet: no buffer to reply from. */
+    assert_int_equal(pe_loop_reply(e.l, 1, 0, 1), -EINVAL);
+    fd = tcp_client(e.port, 0);
+    fd2 = tcp_client(e.port, 0);
+    h = next_open(&e);
+    h2 = next_open(&e);
+    assert_int_equal(send(fd, "hello", 5, 0), 5);
+    PUMP_UNTIL(&e, (pump_into(&e, &b, 5, NULL, NULL),
+                    count_ev(&e, PE_EV_DATA, h) == 1));
+    assert_int_equal(pe_loop_reply(e.l, h, (uint32_t)sizeof(buf) - 1, 2),
+                     -EINVAL);
+    assert_int_equal(pe_loop_reply(e.l, h, UINT32_MAX, 1), -EINVAL);
+    /* h2 had no DATA, a bogus handle is stale; h is echoed once only. */
+    q[0] = h2;
+    q[1] = h | 0x7ull << 40;
+    q[2] = h;
+    assert_int_equal(pe_loop_echo(e.l, q, 3), 1);
+    assert_int_equal(pe_loop_echo(e.l, &h, 1), 0);
+    assert_int_equal(recv_wait(fd, in, sizeof(in), 2000), 5);
+    assert_memory_equal(in, "hello", 5);
+    /* After the next batch the old DATA cannot be echoed any more. */
+    assert_int_equal(send(fd2, "x", 1, 0), 1);
+    PUMP_UNTIL(&e, (pump_into(&e, &b, 5, NULL, NULL),
+                    count_ev(&e, PE_EV_DATA, h2) == 1));
+    assert_int_equal(pe_loop_echo(e.l, &h, 1), 0);
+    assert_int_equal(pe_loop_echo(e.l, &h2, 1), 1);
+    assert_int_equal(recv_wait(fd2, in, sizeof(in), 2000), 1);
+    close(fd);
+    close(fd2);
+    env_close(&e);
+}
+
+/* An echo beyond out_max has nobody to report to but CLOSED(ENOBUFS). */
+static void test_batch_echo_enobufs(void **state)
+{
+    struct pe_loop_config cfg;
+    unsigned char buf[65536], out[1000] = { 0 };
+    struct batch b = { buf, sizeof(buf), { 0 } };
+    struct echo_state st = { 0, { 0 }, 0 };
+    struct env e;
+    uint64_t until;
+    pe_handle h;
+    int fd;
+
+    base_config(&cfg, state);
+    cfg.out_max = 100;
+    env_open(&e, &cfg);
+    fd = tcp_client(e.port, 0);
+    h = next_open(&e);
+    assert_int_equal(send(fd, out, sizeof(out), 0), (ssize_t)sizeof(out));
+    /* Echo each batch's bytes (one loopback segment: all 1000 at once). */
+    until = now_ms() + DEADLINE_MS;
+    while (!count_ev(&e, PE_EV_CLOSED, h)) {
+        assert_true(now_ms() < until);
+        pump_into(&e, &b, 5, batch_echo_use, &st);
+        if (st.nq) {
+            assert_int_equal(pe_loop_echo(e.l, st.q, st.nq), 0);
+            st.nq = 0;
+        }
+    }
+    assert_int_equal(count_ev(&e, PE_EV_CLOSED, h), 1);
+    assert_int_equal(last_ev(&e, PE_EV_CLOSED, h)->arg, ENOBUFS);
+    assert_int_equal(pe_loop_send(e.l, h, "x", 1), -ESTALE);
+    close(fd);
+    env_close(&e);
+}
+
+/* A DATA left queued (beyond max) whose handle then went stale is not
+ * handed out by pe_loop_run_into: there are no bytes to give, and CLOSED
+ * says what happened. */
+static void test_batch_stale_data_dropped(void **state)
+{
+    struct pe_loop_config cfg;
+    unsigned char buf[65536];
+    struct batch b = { buf, sizeof(buf), { 0 } };
+    struct env e;
+    pe_handle h[2], first, other;
+    int fd[2];
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    for (int i = 0; i < 2; i++) {
+        fd[i] = tcp_client(e.port, 0);
+        h[i] = next_open(&e);
+    }
+    /* Loopback delivers within send(): both are readable at the next run,
+     * which reads both and hands out one DATA. */
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(send(fd[i], "abc", 3, 0), 3);
+    assert_int_equal(pump_max(&e, 1000, 1), 1);
+    assert_int_equal(e.ev[e.nev - 1].kind, PE_EV_DATA);
+    assert_int_equal(stats(&e).bytes_in, 6);
+    first = e.ev[e.nev - 1].handle;
+    other = first == h[0] ? h[1] : h[0];
+    assert_int_equal(pe_loop_close(e.l, other, PE_CLOSE_NOW), 0);
+    pump_into(&e, &b, 0, NULL, NULL);
+    assert_int_equal(count_ev(&e, PE_EV_DATA, other), 0);
+    assert_int_equal(count_ev(&e, PE_EV_CLOSED, other), 1);
+    assert_int_equal(stats(&e).events, 4);   /* 2 OPEN, DATA, CLOSED */
+    for (int i = 0; i < 2; i++)
+        close(fd[i]);
+    env_close(&e);
+}
+
 /* ------------------------------------------------------------------ main */
 
 #define T(f) cmocka_unit_test(f)
@@ -1386,6 +1692,12 @@ int main(void)
         T(test_events_beyond_max),
         T(test_no_sigpipe),
         T(test_listeners),
+        T(test_batch_echo_reply),
+        T(test_batch_echo_queued),
+        T(test_batch_small_buffer),
+        T(test_batch_echo_refusals),
+        T(test_batch_echo_enobufs),
+        T(test_batch_stale_data_dropped),
     };
     const struct CMUnitTest once[] = { T(test_config) };
     size_t n = sizeof(per_mode) / sizeof(per_mode[0]);

@@ -102,11 +102,15 @@ class Harness:
     """A server on a Loop, driven by the test: records every event and
     answers per ``mode``: "echo" (recv + send, pausing reads while output
     is full; closing after the peer's EOF), "collect" (recv into ``got``)
-    or "none"."""
+    or "none".  ``batch`` switches to wait_batch, whose DATA brings the
+    bytes: "reply" echoes them with reply(), "queue" with queue_echo()."""
 
-    def __init__(self, loop: Loop, mode: str = "echo", host: str = "127.0.0.1"):
+    def __init__(self, loop: Loop, mode: str = "echo", host: str = "127.0.0.1",
+                 batch: str = ""):
         self.loop = loop
         self.mode = mode
+        self.batch = batch
+        self.view = loop.batch_view if batch else None
         self.lid = loop.listen(host, 0)
         self.addr = loop.sockname(self.lid)
         self.log: List[Tuple[int, int, int]] = []
@@ -120,7 +124,7 @@ class Harness:
 
     # -- server side --------------------------------------------------------
 
-    def dispatch(self, kind: int, h: int, arg: int) -> None:
+    def dispatch(self, kind: int, h: int, arg: int, off: int = 0) -> None:
         loop = self.loop
         self.log.append((kind, h, arg))
         if kind == EV_OPEN:
@@ -139,6 +143,19 @@ class Harness:
             self.eof.add(h)
             if self.mode == "echo":
                 loop.close_connection(h)          # the peer is done
+        elif kind == EV_DATA and self.batch:
+            assert h not in self.closed, "DATA after CLOSED"
+            assert arg > 0 and off + arg <= len(self.view)
+            if self.mode == "echo":
+                try:
+                    if self.batch == "reply":
+                        loop.reply(h, off, arg)
+                    else:
+                        loop.queue_echo(h)
+                except ConnectionError:
+                    pass                  # CLOSED follows
+            elif self.mode == "collect":
+                self.got[h] += self.view[off:off + arg]
         elif kind == EV_DATA and h not in self.closed:
             assert arg > 0
             if self.mode == "echo":
@@ -162,6 +179,10 @@ class Harness:
             self.on_event(kind, h, arg)
 
     def step(self, timeout: float = 0.005) -> None:
+        if self.batch:
+            for ev in self.loop.wait_batch(timeout):
+                self.dispatch(*ev)
+            return
         for ev in self.loop.wait(timeout):
             self.dispatch(*ev)
 
@@ -252,8 +273,8 @@ class Harness:
 
 @pytest.fixture
 def harness(make):
-    def new(mode: str = "echo", **kw) -> Harness:
-        return Harness(make(**kw), mode)
+    def new(mode: str = "echo", batched: str = "", **kw) -> Harness:
+        return Harness(make(**kw), mode, batch=batched)
 
     return new
 
@@ -1341,3 +1362,188 @@ def test_exports():
     kinds = [EV_OPEN, EV_DATA, EV_EOF, EV_DRAINED, EV_WRITE_FULL,
              EV_READ_TIMEOUT, EV_CLOSED, EV_WAKEUP]
     assert len(set(kinds)) == 8
+
+
+# -- wait_batch: DATA brings its bytes; reply and queue_echo --------------------
+
+
+@pytest.mark.parametrize("batch", ["reply", "queue"])
+def test_batch_echo_16mib_byte_exact(harness, batch):
+    hs = harness(batched=batch)
+    payloads = [payload(1 << 20, i) for i in range(16)]
+    result = run_bulk(hs, payloads)
+    for i, data in enumerate(payloads):
+        assert result[i] == data, f"connection {i}: bytes differ"
+    hs.pump(lambda: len(hs.closed) == 16, what="16 CLOSED")
+    st = hs.loop.stats()
+    assert st["bytes_in"] == st["bytes_out"] == 16 << 20
+
+
+def test_batch_moves_the_bytes(harness):
+    hs = harness("none", batched="reply")
+    loop = hs.loop
+    conns = [hs.connect() for _ in range(3)]
+    for i, (c, _) in enumerate(conns):
+        c.sendall(b"%d" % i * (100 + i))
+    seen: Dict[int, bytes] = {}
+    deadline = time.monotonic() + 5
+    while len(seen) < 3:
+        assert time.monotonic() < deadline
+        end = 0
+        for kind, h, arg, off in loop.wait_batch(0.01):
+            if kind != EV_DATA:
+                assert off == 0
+                continue
+            assert off == end, "DATA bytes are packed in event order"
+            end += arg
+            seen[h] = seen.get(h, b"") + bytes(loop.batch_view[off:off + arg])
+            # Moved out of the connection: nothing left to recv.
+            assert loop.recv(h) == b""
+            assert loop.buffered(h) == (0, 0)
+    for i, (_, h) in enumerate(conns):
+        assert seen[h] == b"%d" % i * (100 + i)
+    view = loop.batch_view
+    assert view.readonly and len(view) >= 65536
+    with pytest.raises(TypeError):
+        view[0] = 1
+    for c, _ in conns:
+        c.close()
+
+
+def test_batch_carries_over_what_does_not_fit(harness):
+    # 8 x 200 KB at once is more than the 256 KiB buffer: DATA that does not
+    # fit waits for the next call; every connection's bytes stay in order.
+    hs = harness("collect", batched="reply", input_high=262144, input_low=0)
+    conns = [hs.connect() for _ in range(8)]
+    datas = [payload(200000, 40 + i) for i in range(8)]
+    for (c, _), data in zip(conns, datas):
+        c.setblocking(True)
+        c.sendall(data)
+        c.setblocking(False)
+    hs.pump(lambda: sum(map(len, hs.got.values())) == 8 * 200000,
+            what="all bytes")
+    for (_, h), data in zip(conns, datas):
+        assert hs.got[h] == data
+    for c, _ in conns:
+        c.close()
+
+
+def test_batch_input_marks_resume(harness):
+    # Reading pauses at input_high; wait_batch taking the bytes resumes it.
+    hs = harness("collect", batched="queue", input_high=4096, input_low=1024)
+    c, h = hs.connect()
+    data = payload(1 << 20, 11)
+    hs.write(c, data)
+    hs.pump(lambda: len(hs.got[h]) == len(data), what="1 MiB")
+    assert hs.got[h] == data
+    assert all(a <= 4096 for k, _, a in hs.log if k == EV_DATA)
+    c.close()
+
+
+def test_queue_echo_keeps_order_with_close(harness):
+    hs = harness("none", batched="queue")
+    loop = hs.loop
+    c, h = hs.connect()
+    c.sendall(b"bye")
+    hs.pump(lambda: EV_DATA in hs.kinds(h), what="DATA")
+    loop.queue_echo(h)
+    loop.close_connection(h)         # flushes the queued echo first
+    assert hs.read_eof(c) == b"bye"
+    c.close()
+
+
+def test_queue_echo_skips_what_it_cannot_echo(harness):
+    hs = harness("none", batched="queue")
+    loop = hs.loop
+    (c1, h1), (c2, h2) = hs.connect(), hs.connect()
+    c1.sendall(b"one")
+    hs.pump(lambda: EV_DATA in hs.kinds(h1), what="DATA")
+    loop.queue_echo(h2)              # no DATA in the last batch
+    loop.queue_echo(h1)
+    loop.queue_echo(h1)              # echoed once
+    loop.queue_echo(h1 + (5 << 40))  # a stale generation
+    hs.step(0.01)
+    assert hs.read(c1, 3) == b"one"
+    hs.pump_for(0.1)
+    with pytest.raises(BlockingIOError):
+        c1.recv(10)
+    with pytest.raises(BlockingIOError):
+        c2.recv(10)
+    # A DATA of an older batch is not echoed any more.
+    c2.sendall(b"two")
+    hs.pump(lambda: EV_DATA in hs.kinds(h2), what="DATA")
+    loop.queue_echo(h1)
+    loop.queue_echo(h2)
+    hs.step(0.01)
+    assert hs.read(c2, 3) == b"two"
+    hs.pump_for(0.1)
+    with pytest.raises(BlockingIOError):
+        c1.recv(10)
+    c1.close()
+    c2.close()
+
+
+def test_queue_echo_beyond_output_max_closes(harness):
+    hs = harness("none", batched="queue", output_max=100)
+    c, h = hs.connect()
+    c.sendall(bytes(1000))
+    hs.pump(lambda: EV_DATA in hs.kinds(h), what="DATA")
+    hs.loop.queue_echo(h)
+    hs.pump(lambda: h in hs.closed, what="CLOSED")
+    assert hs.closed[h] == errno.ENOBUFS
+    with pytest.raises(StaleHandleError):
+        hs.loop.send(h, b"x")
+    c.close()
+
+
+def test_reply_and_queue_echo_arguments(harness, make):
+    fresh = make()
+    with pytest.raises(ValueError, match="batch buffer"):
+        fresh.reply(1, 0, 1)         # no wait_batch yet: nothing to send
+    hs = harness("none", batched="reply")
+    loop = hs.loop
+    c, h = hs.connect()
+    c.sendall(b"abc")
+    hs.pump(lambda: EV_DATA in hs.kinds(h), what="DATA")
+    size = len(loop.batch_view)
+    with pytest.raises(ValueError, match="batch buffer"):
+        loop.reply(h, size - 1, 2)
+    with pytest.raises(ValueError):
+        loop.reply(h, -1, 1)
+    with pytest.raises(ValueError):
+        loop.reply(h, 0, -1)
+    with pytest.raises(TypeError):
+        loop.reply(h, "0", 1)
+    with pytest.raises(TypeError):
+        loop.reply("h", 0, 1)
+    with pytest.raises(StaleHandleError):
+        loop.reply(h + (5 << 40), 0, 1)
+    for bad in ("1", 1.0, None):
+        with pytest.raises(TypeError):
+            loop.queue_echo(bad)
+    for bad in (-1, 2**64):
+        with pytest.raises(OverflowError):
+            loop.queue_echo(bad)
+    loop.reply(h, 0, 3)
+    assert hs.read(c, 3) == b"abc"
+    loop.close()
+    with pytest.raises(ValueError, match="closed"):
+        loop.reply(h, 0, 1)
+    with pytest.raises(ValueError, match="closed"):
+        loop.wait_batch(0)
+    with pytest.raises(ValueError, match="closed"):
+        loop.batch_view
+    c.close()
+
+
+def test_batch_reports_every_kind(harness):
+    # OPEN, DATA, EOF and CLOSED through wait_batch, in order per handle.
+    hs = harness("echo", batched="reply")
+    c, h = hs.connect()
+    hs.roundtrip(c, b"ping")
+    c.shutdown(socket.SHUT_WR)
+    hs.pump(lambda: h in hs.closed, what="CLOSED")
+    kinds = hs.kinds(h)
+    assert kinds[0] == EV_OPEN and kinds[-1] == EV_CLOSED
+    assert kinds.index(EV_DATA) < kinds.index(EV_EOF)
+    c.close()
