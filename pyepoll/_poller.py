@@ -369,8 +369,11 @@ class Poller:
         elif maxevents <= 0:
             raise ValueError(
                 f"maxevents must be greater than 0, got {maxevents}")
+        elif maxevents >= self._cap:
+            # No more can come back than the shared waiters hold.
+            return self.wait(timeout)
         ms = -1 if timeout is None else timeout_to_ms(timeout)
-        w = _new_waiter(self._p, min(maxevents, _MAX_EVENTS))
+        w = _new_waiter(self._p, maxevents)
         return _result(w, self._timed(w, ms))
 
     def _raise_failed(self, r: int) -> None:

@@ -702,6 +702,135 @@ static void test_close_while_waiting(void **state)
     assert_int_equal(w.rc, -EBADF);
 }
 
+/* ------------------------------------------------------------ waiters */
+
+static struct pe_waiter *new_waiter(pe_poller *p, int max)
+{
+    struct pe_waiter *w = calloc(1, sizeof(*w) + max * sizeof(w->out[0]));
+
+    assert_non_null(w);
+    w->poller = p;
+    w->maxevents = max;
+    return w;
+}
+
+/* One event comes back in the result, below -4095, with fd and events
+ * recoverable and the waiter free again; nothing ready is 0. */
+static void test_waiter_one_event_in_result(void **state)
+{
+    struct fx *f = *state;
+    struct pe_waiter *w = new_waiter(f->p, 8);
+    int r, code;
+
+    assert_int_equal(pe_poller_register(f->p, f->a, PE_READ | PE_WRITE), 0);
+    assert_int_equal(pe_poller_modify(f->p, f->a, PE_READ), 0);
+    assert_int_equal(pe_waiter_poll(w), 0);
+    put(f->b);
+    r = pe_waiter_poll(w);
+    assert_true(r < -4095);
+    code = -r - PE_WAIT_ONE_BASE;
+    assert_int_equal(code >> 14, f->a);
+    assert_int_equal(code & 0x3fff, PE_READ);
+    assert_int_equal(w->busy, 0);
+    /* The same from the blocking and the timed entry points. */
+    assert_int_equal(pe_waiter_block(w), r);
+    w->timeout_ms = 1000;
+    assert_int_equal(pe_waiter_wait(w), r);
+    assert_int_equal(pe_poller_modify(f->p, f->a, PE_READ | PE_WRITE), 0);
+    r = pe_waiter_poll(w);
+    assert_int_equal(-r - PE_WAIT_ONE_BASE, f->a << 14 | PE_READ | PE_WRITE);
+    free(w);
+}
+
+/* Several events land in out and keep the waiter claimed until released:
+ * a second wait on it meanwhile gets -EBUSY at once. */
+static void test_waiter_claimed_while_events_are_read(void **state)
+{
+    struct fx *f = *state;
+    struct pe_waiter *w = new_waiter(f->p, 8);
+    int got = 0, i;
+
+    assert_int_equal(pe_poller_register(f->p, f->a, PE_READ), 0);
+    assert_int_equal(pe_poller_register(f->p, f->b, PE_WRITE), 0);
+    put(f->b);
+    assert_int_equal(pe_waiter_poll(w), 2);
+    for (i = 0; i < 2; i++)
+        got |= w->out[i].fd == f->a && w->out[i].events == PE_READ ? 1 :
+               w->out[i].fd == f->b && w->out[i].events == PE_WRITE ? 2 : 4;
+    assert_int_equal(got, 3);
+    assert_int_equal(w->busy, 1);
+    assert_int_equal(pe_waiter_poll(w), -EBUSY);
+    assert_int_equal(pe_waiter_block(w), -EBUSY);    /* never blocks */
+    pe_waiter_release(w);
+    assert_int_equal(pe_waiter_poll(w), 2);
+    pe_waiter_release(w);
+    /* maxevents bounds the batch. */
+    w->maxevents = 1;
+    assert_int_equal(pe_waiter_poll(w) < -4095, 1);
+    free(w);
+}
+
+/* pe_waiter_wait honours timeout_ms; errors come back as -errno with the
+ * waiter free again. */
+static void test_waiter_timeout_and_errors(void **state)
+{
+    struct fx *f = *state;
+    struct pe_waiter *w = new_waiter(f->p, 4);
+    double t0;
+
+    w->timeout_ms = 60;
+    t0 = now_ms();
+    assert_int_equal(pe_waiter_wait(w), 0);
+    assert_true(now_ms() - t0 >= 55);
+    w->maxevents = 0;
+    assert_int_equal(pe_waiter_poll(w), -EINVAL);
+    assert_int_equal(w->busy, 0);
+    w->maxevents = 4;
+    assert_int_equal(pe_poller_close(f->p), 0);
+    assert_int_equal(pe_waiter_poll(w), -EBADF);
+    assert_int_equal(w->busy, 0);
+    free(w);
+}
+
+struct waiter_thread {
+    struct pe_waiter *w;
+    int rc;
+    pthread_t t;
+};
+
+static void *waiter_thread_main(void *arg)
+{
+    struct waiter_thread *wt = arg;
+
+    wt->rc = pe_waiter_block(wt->w);
+    return NULL;
+}
+
+/* A thread blocked on a waiter holds it: another thread's wait on the same
+ * waiter returns -EBUSY at once, and on a second waiter answers (epoll,
+ * kqueue) or gets the backend's -EBUSY (poll, select). */
+static void test_waiter_held_by_a_blocked_thread(void **state)
+{
+    struct fx *f = *state;
+    struct waiter_thread wt = {new_waiter(f->p, 4), 1, 0};
+    struct pe_waiter *other = new_waiter(f->p, 4);
+    double t0;
+
+    assert_int_equal(pe_poller_register(f->p, f->a, PE_READ), 0);
+    assert_int_equal(pthread_create(&wt.t, NULL, waiter_thread_main, &wt), 0);
+    usleep(100 * 1000);
+    t0 = now_ms();
+    assert_int_equal(pe_waiter_block(wt.w), -EBUSY);
+    assert_int_equal(pe_waiter_poll(other),
+                     is("poll") || is("select") ? -EBUSY : 0);
+    assert_true(now_ms() - t0 < 500);
+    put(f->b);
+    pthread_join(wt.t, NULL);
+    assert_int_equal(-wt.rc - PE_WAIT_ONE_BASE, f->a << 14 | PE_READ);
+    free(wt.w);
+    free(other);
+}
+
 /* -------------------------------------------------- creation, raw mode */
 
 static void test_flags_and_fromfd(void **state)
@@ -836,6 +965,10 @@ int main(void)
         T(test_signal_interrupts_infinite_wait),
         T(test_other_thread_while_waiting),
         T(test_close_while_waiting),
+        T(test_waiter_one_event_in_result),
+        T(test_waiter_claimed_while_events_are_read),
+        T(test_waiter_timeout_and_errors),
+        T(test_waiter_held_by_a_blocked_thread),
         T(test_flags_and_fromfd),
 #ifdef PE_HAVE_EPOLL
         T(test_epoll_raw_and_fromfd),

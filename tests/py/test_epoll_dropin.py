@@ -369,6 +369,47 @@ def test_poll_maxevents_conversion(maxevents, pair):
     assert_same(lambda cls: sorted(cls().poll(timeout=0, maxevents=maxevents)))
 
 
+def test_poll_maxevents_sequence_on_one_object(pair):
+    """poll() remembers the last maxevents it was given (its fast path
+    compares by identity): equal values of other types must still be
+    refused, and equal ints that are other objects still accepted."""
+    def scenario(cls):
+        out = []
+        with cls() as e:
+            e.register(pair[0], select.EPOLLOUT)
+            e.register(pair[1], select.EPOLLOUT)
+            for maxevents in [1, 1.0, True, 1, decimal.Decimal(1), 1,
+                              10**3 + 23, int("1023"), -1, -1.0, -1, 1,
+                              IndexObj(2), 2, 0]:
+                try:
+                    out.append(sorted(e.poll(0, maxevents)))
+                except Exception as exc:  # noqa: BLE001
+                    out.append(type(exc))
+        return out
+    assert_same(scenario)
+
+
+def test_poll_while_its_waiter_is_held(pair):
+    """The waiter that poll() shares stays claimed while another thread
+    reads its events; a poll() meanwhile uses one of its own."""
+    from pyepoll._binding import lib
+    a, b = pair
+    with pe_epoll() as e:
+        e.register(a, select.EPOLLOUT)
+        e.register(b, select.EPOLLOUT)
+        want = sorted([(a.fileno(), select.EPOLLOUT),
+                       (b.fileno(), select.EPOLLOUT)])
+        shared = e._wm[1]
+        assert lib.pe_waiter_poll(shared) == 2     # claimed until released
+        assert sorted(e.poll(0)) == want
+        assert sorted(e.poll(None)) == want
+        assert sorted(e.poll(0.01)) == want
+        lib.pe_waiter_release(shared)
+        assert sorted(e.poll(0)) == want
+        e.unregister(b)
+        assert e.poll(0) == [(a.fileno(), select.EPOLLOUT)]
+
+
 def test_poll_argument_order_on_closed_object():
     def closed(cls):
         e = cls()

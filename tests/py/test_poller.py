@@ -186,6 +186,136 @@ def test_full_batch_loses_nothing(poller):
             b.close()
 
 
+def test_one_event_results_for_many_fds_and_event_sets(poller):
+    """One ready fd comes back through the C result itself (a small int
+    mapped to a shared tuple); every fd and event set must map right,
+    including fds above 16383 (the fd's bits start at bit 14)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    pairs = [socket.socketpair() for _ in range(20)]
+    fds = [a.fileno() for a, _ in pairs]
+    ends = [b for _, b in pairs]
+    extra = []
+    try:
+        if poller.backend != "select" and soft > 16_400 + 2 * 300:
+            # Registered alone: the dup is the only descriptor of its file
+            # this poller watches.
+            for i in range(3):
+                x, y = socket.socketpair()
+                extra += [x, y]
+                fds.append(os.dup2(x.fileno(), 16_390 + 300 * i))
+                ends.append(y)
+        for fd in fds:
+            poller.register(fd, READ | WRITE)
+            poller.modify(fd, READ)
+        assert poller.wait(0) == []
+        for fd, end in zip(fds, ends):
+            end.send(b"x")
+            assert poller.wait(0) == [(fd, READ)]
+            assert poller.wait(None) == [(fd, READ)]
+            assert poller.wait(0.5) == [(fd, READ)]
+            os.read(fd, 1)
+            assert poller.wait(0) == []
+        # Another event set of the same fd maps to another pair.
+        fd, end = fds[-1], ends[-1]
+        poller.modify(fd, READ | WRITE)
+        assert poller.wait(0) == [(fd, WRITE)]
+        end.send(b"x")
+        assert poller.wait(0) == [(fd, READ | WRITE)]
+    finally:
+        for fd in fds[len(pairs):]:
+            os.close(fd)
+        for s in extra:
+            s.close()
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_wait_works_while_the_shared_waiter_is_held(poller, sockpair):
+    """A waiter stays claimed while its events are read; a wait() finding
+    it claimed (another thread reading, or waiting) uses one of its own."""
+    from pyepoll._binding import lib
+    a, b = sockpair
+    c, d = socket.socketpair()
+    try:
+        poller.register(a, READ)
+        poller.register(c, READ)
+        b.send(b"x")
+        d.send(b"x")
+        want = sorted([(a.fileno(), READ), (c.fileno(), READ)])
+        # Two events land in the array: the waiter stays claimed...
+        assert lib.pe_waiter_poll(poller._w) == 2
+        assert lib.pe_waiter_poll(poller._w) == -errno.EBUSY
+        # ...and every kind of wait still answers, from its own waiter.
+        assert sorted(poller.wait(0)) == want
+        assert sorted(poller.wait(None)) == want
+        assert sorted(poller.wait(0.01)) == want
+        assert sorted(poller.wait(0, maxevents=1 << 30)) == want
+        a.recv(1)
+        assert poller.wait(0) == [(c.fileno(), READ)]
+        lib.pe_waiter_release(poller._w)
+        # Released: the shared waiter answers again, one event in the result.
+        assert lib.pe_waiter_poll(poller._w) < -4095
+        assert poller.wait(0) == [(c.fileno(), READ)]
+    finally:
+        c.close()
+        d.close()
+
+
+def test_event_not_encodable_in_the_result(monkeypatch, poller):
+    """A single event the C result cannot carry (fd >= 65535) comes back
+    as a count with the event in the array (faked: raising RLIMIT_NOFILE
+    that far is not allowed everywhere)."""
+    import pyepoll._poller as mod
+    from pyepoll._binding import lib
+
+    def fake_wait(w):
+        w.out[0].fd = 70_000
+        w.out[0].events = READ | HUP
+        w.busy = 1                     # claimed, as C leaves it
+        return 1
+
+    monkeypatch.setattr(mod, "_wait_poll", fake_wait)
+    assert poller.wait(0) == [(70_000, READ | HUP)]
+    # Released after reading: the real call claims it again.
+    monkeypatch.undo()
+    assert lib.pe_waiter_poll(poller._w) == 0
+    assert poller.wait(0) == []
+
+
+def test_concurrent_waits_on_one_poller(backend, sockpair):
+    """While one thread blocks in wait(None), another's wait(0) answers
+    (epoll, kqueue) or fails with EBUSY (poll, select: one waiter at a
+    time, as select.poll); the blocked one still gets its event."""
+    a, b = sockpair
+    with pyepoll.Poller(backend) as p:
+        p.register(a, READ)
+        got = []
+        t = threading.Thread(target=lambda: got.append(p.wait(None)))
+        t.start()
+        try:
+            time.sleep(0.05)
+            if backend in ("epoll", "kqueue"):
+                for _ in range(100):
+                    assert p.wait(0) == []
+            else:
+                with pytest.raises(OSError) as info:
+                    p.wait(0)
+                assert info.value.errno == errno.EBUSY
+        finally:
+            b.send(b"x")
+            t.join(5)
+        assert got == [[(a.fileno(), READ)]]
+
+
+def test_maxevents_beyond_capacity_uses_the_shared_waiter(poller, sockpair):
+    a, b = sockpair
+    poller.register(a, READ)
+    b.send(b"x")
+    assert poller.wait(0, maxevents=1 << 40) == [(a.fileno(), READ)]
+    assert poller.wait(0, maxevents=1) == [(a.fileno(), READ)]
+
+
 # -- errors: the exceptions CPython's select.epoll raises ------------------------
 
 
@@ -372,6 +502,46 @@ def test_signal_handler_exception_propagates(poller):
         signal.signal(signal.SIGALRM, old)
 
 
+@pytest.mark.parametrize("timeout", [None, -1])
+def test_signal_during_blocking_wait_retried(poller, sockpair, timeout):
+    """A blocking wait interrupted by a signal whose handler returns goes
+    on waiting and returns the event that comes later."""
+    a, b = sockpair
+    poller.register(a, READ)
+    hits = []
+    old = signal.signal(signal.SIGALRM, lambda *a: hits.append(1))
+    timer = threading.Timer(0.3, b.send, (b"x",))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        timer.start()
+        assert poller.wait(timeout) == [(a.fileno(), READ)]
+    finally:
+        timer.join()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert hits == [1]
+
+
+def test_signal_handler_exception_ends_blocking_wait(poller):
+    class Interrupted(Exception):
+        pass
+
+    def handler(*args):
+        raise Interrupted
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        t0 = time.monotonic()
+        with pytest.raises(Interrupted):
+            poller.wait(None)
+        assert time.monotonic() - t0 < 2.0
+        assert poller.wait(0) == []    # the shared waiter was released
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def test_gil_released_while_waiting(poller):
     counter = [0]
     stop = threading.Event()
@@ -459,11 +629,29 @@ def test_fork_child_gets_clear_error(backend, sockpair):
     if pid == 0:  # child: report through the exit code, never return
         code = 0
         try:
+            kernel = backend in ("epoll", "kqueue")
             try:
                 p.wait(0)
-                code = 10 if backend in ("epoll", "kqueue") else 0
+                code = 10 if kernel else 0
             except pyepoll.ForkError:
-                code = 0 if backend in ("epoll", "kqueue") else 11
+                code = 0 if kernel else 11
+            if kernel:
+                # Documented: every use raises ForkError, and the poller
+                # reads as closed; a new Poller in the child works.
+                if not p.closed:
+                    code = 13
+                for call in (lambda: p.register(b, READ),
+                             lambda: p.modify(a, READ),
+                             lambda: p.unregister(a), p.fileno):
+                    try:
+                        call()
+                        code = 14
+                    except pyepoll.ForkError:
+                        pass
+                with pyepoll.Poller(backend) as fresh:
+                    fresh.register(a, READ)
+                    if fresh.wait(0) != []:
+                        code = 15
             p.close()          # must not close an unrelated fd
             os.fstat(a.fileno())
         except BaseException:  # noqa: BLE001
