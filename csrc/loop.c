@@ -367,8 +367,8 @@ int pe_loop_run(pe_loop *l, struct pe_loop_event *out, int max, int timeout_ms)
  * stale is dropped: there is nothing left to report.  A DATA that does not
  * fit waits for the next call, so each connection's bytes stay whole and
  * in order. */
-static int deliver_into(pe_loop *l, struct pe_loop_event *out, uint32_t *offs,
-                        int max, char *buf, uint32_t buflen)
+static int deliver_into(pe_loop *l, struct pe_loop_bevent *out, int max,
+                        char *buf, uint32_t buflen)
 {
     uint32_t pos = 0, mask = l->qcap - 1, take;
     struct pe_loop_event e;
@@ -377,7 +377,10 @@ static int deliver_into(pe_loop *l, struct pe_loop_event *out, uint32_t *offs,
 
     while (n < max && l->qlen) {
         e = l->q[l->qhead];
-        offs[n] = 0;
+        out[n].kind = e.kind;
+        out[n].handle = e.handle;
+        out[n].arg = e.arg;
+        out[n].off = 0;
         if (e.kind == PE_EV_DATA) {
             if (!(c = pe__ct_get(&l->ct, e.handle)) || c->in.len == 0) {
                 l->qhead = (l->qhead + 1) & mask;
@@ -391,18 +394,17 @@ static int deliver_into(pe_loop *l, struct pe_loop_event *out, uint32_t *offs,
                 take = buflen;           /* buflen < in_high: stay queued */
             }
             pe__ring_take(&c->in, &l->pool, buf + pos, take);
-            e.arg = take;
-            offs[n] = pos;
+            out[n].arg = take;
+            out[n].off = pos;
             pos += take;
-            c->bidx = (uint32_t)n + 1;
-            out[n++] = e;
+            c->bidx = (uint32_t)++n;
             if (c->in.len)
                 break;                   /* the event stays for the rest */
             /* May close the connection, appending CLOSED to the queue. */
             pe__conn_taken(l, (uint32_t)e.handle);
             mask = l->qcap - 1;
         } else {
-            out[n++] = e;
+            n++;
         }
         l->qhead = (l->qhead + 1) & mask;
         l->qlen--;
@@ -411,24 +413,25 @@ static int deliver_into(pe_loop *l, struct pe_loop_event *out, uint32_t *offs,
     return n;
 }
 
-int pe_loop_run_into(pe_loop *l, struct pe_loop_event *out, uint32_t *offs,
-                     int max, int timeout_ms, void *buf, size_t buflen)
+int pe_loop_run_into(pe_loop *l, const pe_handle *echo, size_t necho,
+                     struct pe_loop_bevent *out, int max, int timeout_ms,
+                     void *buf, size_t buflen)
 {
     int rc;
 
-    if (!out || !offs || max <= 0 || !buf || buflen == 0)
+    if (!out || max <= 0 || !buf || buflen == 0 || (necho && !echo))
         return -EINVAL;
+    if (necho)
+        pe_loop_echo(l, echo, necho);
     if (buflen > UINT32_MAX)
         buflen = UINT32_MAX;
     l->bbuf = buf;
     l->bbuflen = (uint32_t)buflen;
     l->bout = out;
-    l->boffs = offs;
     l->bn = 0;                   /* the last batch's bytes are overwritten */
     if ((rc = run_io(l, timeout_ms)) < 0)
         return rc;
     if (l->qlen)
-        l->bn = (uint32_t)deliver_into(l, out, offs, max, buf,
-                                       (uint32_t)buflen);
+        l->bn = (uint32_t)deliver_into(l, out, max, buf, (uint32_t)buflen);
     return (int)l->bn;
 }

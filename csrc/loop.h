@@ -77,8 +77,7 @@ struct pe_loop {
 
     char *bbuf;                  /* buffer of the last pe_loop_run_into */
     uint32_t bbuflen;
-    struct pe_loop_event *bout;  /* and its events and offsets */
-    uint32_t *boffs;
+    struct pe_loop_bevent *bout; /* and its events */
     uint32_t bn;                 /* events it handed out */
 
     struct pe_loop_event *q;     /* events not yet handed out */

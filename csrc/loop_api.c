@@ -104,7 +104,7 @@ int64_t pe_loop_reply(pe_loop *l, pe_handle h, uint32_t off, uint32_t len)
 
 int pe_loop_echo(pe_loop *l, const pe_handle *hs, size_t n)
 {
-    struct pe_loop_event *e;
+    struct pe_loop_bevent *e;
     struct pe_conn *c;
     uint32_t idx;
     int64_t rc;
@@ -119,7 +119,7 @@ int pe_loop_echo(pe_loop *l, const pe_handle *hs, size_t n)
         if (idx >= l->bn || (e = &l->bout[idx])->handle != hs[i] ||
             e->kind != PE_EV_DATA)
             continue;                    /* its DATA was in an older batch */
-        rc = pe_loop_send(l, hs[i], l->bbuf + l->boffs[idx], e->arg);
+        rc = pe_loop_send(l, hs[i], l->bbuf + e->off, (size_t)e->arg);
         if (rc == -ENOBUFS)              /* nobody to tell but CLOSED */
             pe__conn_close(l, (uint32_t)hs[i], ENOBUFS);
         else if (rc >= 0)

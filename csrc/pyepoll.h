@@ -240,15 +240,25 @@ int pe_loop_remove_listener(pe_loop *l, int id);    /* -ENOENT: unknown id */
  * which then does not block.  Returns the count or -errno (-EINTR
  * included). */
 int pe_loop_run(pe_loop *l, struct pe_loop_event *out, int max, int timeout_ms);
-/* pe_loop_run, and each DATA event hands its connection's unread bytes
- * over: they are moved into buf (packed in event order; offs[i] is where
- * event i's bytes start, arg how many) and no longer buffered in the loop.
- * No per-connection read call is needed.  A DATA whose bytes do not fit
+/* An event of pe_loop_run_into: every field a 64-bit word, so Python
+ * reads a batch through one memoryview slice and one iterator. */
+struct pe_loop_bevent {
+    uint64_t  kind;
+    pe_handle handle;
+    uint64_t  arg;              /* DATA: bytes at off in the caller's buffer */
+    uint64_t  off;              /* 0 for other kinds */
+};
+
+/* pe_loop_echo(echo, necho) if necho, then pe_loop_run, except that each
+ * DATA event hands its connection's unread bytes over: they are moved
+ * into buf (packed in event order) and no longer buffered in the loop, so
+ * no per-connection read call is needed.  A DATA whose bytes do not fit
  * waits for the next call; with buflen >= in_high each connection's bytes
- * come whole.  offs[i] is 0 for other kinds.  The bytes stay valid until
- * the next run; pe_loop_reply sends from them. */
-int pe_loop_run_into(pe_loop *l, struct pe_loop_event *out, uint32_t *offs,
-                     int max, int timeout_ms, void *buf, size_t buflen);
+ * come whole.  The bytes stay valid until the next run; pe_loop_reply and
+ * pe_loop_echo send from them. */
+int pe_loop_run_into(pe_loop *l, const pe_handle *echo, size_t necho,
+                     struct pe_loop_bevent *out, int max, int timeout_ms,
+                     void *buf, size_t buflen);
 /* pe_loop_send of len bytes at off in the buffer the last
  * pe_loop_run_into filled (-EINVAL outside it): an echo-like reply with
  * no conversion of a buffer object. */

@@ -77,6 +77,7 @@ _send = lib.pe_loop_send
 _reply = lib.pe_loop_reply
 _echo = lib.pe_loop_echo
 _from_buffer = ffi.from_buffer
+_NULL = ffi.NULL
 _monotonic = time.monotonic
 
 
@@ -154,7 +155,7 @@ class Loop:
     """
 
     __slots__ = ("_p", "_ev", "_vi", "_vq", "_batch", "_rbuf", "_rbytes",
-                 "_in_high", "_offs", "_voffs", "_bbuf", "_bview", "_bsize",
+                 "_in_high", "_bev", "_bq", "_bbuf", "_bview", "_bsize",
                  "_echoq", "queue_echo",
                  "_out_max", "_backend", "_trigger", "_echo", "_listeners",
                  "_owned", "_busy", "_zombie", "_lock", "_u32a", "_u32b",
@@ -239,8 +240,8 @@ class Loop:
         self._rbytes = ffi.buffer(self._rbuf)
         # wait_batch's buffer and offsets: made on first use, so a loop
         # that never calls it does not pay for them.
-        self._offs: Any = None
-        self._voffs: Any = None
+        self._bev: Any = None
+        self._bq: Any = None
         self._bbuf: Any = None
         self._bview: Any = None
         self._bsize = max(input_high, _BATCH_BYTES)
@@ -473,12 +474,19 @@ class Loop:
         if p is None:
             self._busy = False
             _raise_closed()
-        if self._echoq:
-            self._flush_echo(p)
         try:
             start = _monotonic() if ms > 0 else 0.0
-            n = _run_into(p, self._ev, self._offs, self._batch, ms,
-                          self._bbuf, self._bsize)
+            q = self._echoq
+            if q:
+                # The queued echoes go out in the same C call; the array is
+                # exported (cannot be resized) while C reads it.
+                with _from_buffer("pe_handle[]", q) as hs:
+                    n = _run_into(p, hs, len(q), self._bev, self._batch, ms,
+                                  self._bbuf, self._bsize)
+                del q[:]
+            else:
+                n = _run_into(p, _NULL, 0, self._bev, self._batch, ms,
+                              self._bbuf, self._bsize)
             if n <= 0 and (n or ms):
                 n = self._wait_slow(
                     n, None if ms < 0 else start + ms / 1000.0 if ms else 0.0,
@@ -487,10 +495,10 @@ class Loop:
             self._busy = False
             if self._p is None:
                 self._release()
-        n4 = n << 2
-        vi = self._vi
-        return list(zip(vi[0:n4:4], self._vq[1:n << 1:2], vi[1:n4:4],
-                        self._voffs[0:n]))
+        # Four 64-bit words an event: one slice, one iterator zipped
+        # with itself makes the tuples.
+        it = iter(self._bq[0:n << 2])
+        return list(zip(it, it, it, it))
 
     def _flush_echo(self, p: Any) -> None:
         q = self._echoq
@@ -499,8 +507,8 @@ class Loop:
         del q[:]
 
     def _batch_init(self) -> None:
-        self._offs = ffi.new("uint32_t[]", self._batch)
-        self._voffs = memoryview(ffi.buffer(self._offs)).cast("I")
+        self._bev = ffi.new("struct pe_loop_bevent[]", self._batch)
+        self._bq = memoryview(ffi.buffer(self._bev)).cast("Q")
         self._bbuf = ffi.new("char[]", self._bsize)
         self._bview = memoryview(ffi.buffer(self._bbuf)).toreadonly()
 
@@ -563,7 +571,7 @@ class Loop:
             if p is None:
                 return 0
             if into:
-                rc = _run_into(p, self._ev, self._offs, self._batch, ms,
+                rc = _run_into(p, _NULL, 0, self._bev, self._batch, ms,
                                self._bbuf, self._bsize)
             else:
                 rc = _run(p, self._ev, self._batch, ms)

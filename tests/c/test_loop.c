@@ -1364,7 +1364,9 @@ static void test_listeners(void **state)
 struct batch {
     unsigned char *buf;
     size_t len;
-    uint32_t offs[256];
+    struct pe_loop_bevent out[256];
+    pe_handle echo[256];         /* sent by the next pump_into */
+    size_t necho;
 };
 
 static int pump_into(struct env *e, struct batch *b, int timeout,
@@ -1373,7 +1375,8 @@ static int pump_into(struct env *e, struct batch *b, int timeout,
                      void *arg)
 {
     struct pe_loop_event *ev;
-    uint32_t end = 0;
+    uint64_t end = 0;
+    size_t necho = b->necho;
     int n;
 
     if (e->cap - e->nev < 256) {
@@ -1382,20 +1385,25 @@ static int pump_into(struct env *e, struct batch *b, int timeout,
         assert_non_null(e->ev);
     }
     ev = e->ev + e->nev;
-    n = pe_loop_run_into(e->l, ev, b->offs, 256, timeout, b->buf, b->len);
+    b->necho = 0;
+    n = pe_loop_run_into(e->l, necho ? b->echo : NULL, necho, b->out, 256,
+                         timeout, b->buf, b->len);
     assert_true(n >= 0 || n == -EINTR);
     for (int i = 0; i < n; i++) {
+        ev[i].kind = (uint32_t)b->out[i].kind;
+        ev[i].arg = (uint32_t)b->out[i].arg;
+        ev[i].handle = b->out[i].handle;
         if (ev[i].kind != PE_EV_DATA) {
-            assert_int_equal(b->offs[i], 0);
+            assert_int_equal(b->out[i].off, 0);
             continue;
         }
         /* Packed in event order, inside the buffer, never empty. */
-        assert_int_equal(b->offs[i], end);
+        assert_int_equal(b->out[i].off, end);
         assert_true(ev[i].arg > 0);
         end += ev[i].arg;
         assert_true(end <= b->len);
         if (use)
-            use(e, b, &ev[i], b->offs[i], arg);
+            use(e, b, &ev[i], (uint32_t)b->out[i].off, arg);
     }
     if (n > 0)
         e->nev += (size_t)n;
@@ -1403,7 +1411,8 @@ static int pump_into(struct env *e, struct batch *b, int timeout,
 }
 
 struct echo_state {
-    int reply;            /* 1: pe_loop_reply at once, 0: pe_loop_echo */
+    int reply;            /* 1: pe_loop_reply at once, 0: pe_loop_echo,
+                             2: the echo list of the next pe_loop_run_into */
     pe_handle q[256];
     size_t nq;
 };
@@ -1415,12 +1424,13 @@ static void batch_echo_use(struct env *e, struct batch *b,
     struct echo_state *st = arg;
     unsigned char tmp[1];
 
-    (void)b;
     /* The bytes were moved out of the connection. */
     assert_int_equal(pe_loop_read(e->l, ev->handle, tmp, 1), 0);
-    if (st->reply)
+    if (st->reply == 1)
         assert_int_equal(pe_loop_reply(e->l, ev->handle, off, ev->arg),
                          ev->arg);
+    else if (st->reply == 2)
+        b->echo[b->necho++] = ev->handle;
     else
         st->q[st->nq++] = ev->handle;
 }
@@ -1435,7 +1445,7 @@ static void batch_echo_clients(void **state, int reply)
     static unsigned char sbuf[16384], rbuf[16384];
     struct pe_loop_config cfg;
     struct echo_state st = { reply, { 0 }, 0 };
-    struct batch b;
+    static struct batch b;
     struct env e;
     int fd[NC];
     size_t sent[NC] = { 0 }, rcvd[NC] = { 0 }, done = 0;
@@ -1445,6 +1455,7 @@ static void batch_echo_clients(void **state, int reply)
     cfg.in_high = 16384;
     cfg.in_low = 4096;
     env_open(&e, &cfg);
+    b.necho = 0;
     b.len = cfg.in_high;
     b.buf = malloc(b.len);
     assert_non_null(b.buf);
@@ -1497,6 +1508,11 @@ static void test_batch_echo_queued(void **state)
     batch_echo_clients(state, 0);
 }
 
+static void test_batch_echo_in_run(void **state)
+{
+    batch_echo_clients(state, 2);
+}
+
 struct collect {
     pe_handle h;
     unsigned char got[8192];
@@ -1524,7 +1540,7 @@ static void test_batch_small_buffer(void **state)
     struct pe_loop_config cfg;
     struct collect col = { 0 };
     unsigned char out[5000], small[1000];
-    struct batch b = { small, sizeof(small), { 0 } };
+    struct batch b = { small, sizeof(small), { { 0 } }, { 0 }, 0 };
     struct env e;
     uint64_t until;
     int fd;
@@ -1552,7 +1568,7 @@ static void test_batch_echo_refusals(void **state)
 {
     struct pe_loop_config cfg;
     unsigned char buf[65536], in[16];
-    struct batch b = { buf, sizeof(buf), { 0 } };
+    struct batch b = { buf, sizeof(buf), { { 0 } }, { 0 }, 0 };
     struct env e;
     pe_handle h, h2, q[3];
     int fd, fd2;
@@ -1596,7 +1612,7 @@ static void test_batch_echo_enobufs(void **state)
 {
     struct pe_loop_config cfg;
     unsigned char buf[65536], out[1000] = { 0 };
-    struct batch b = { buf, sizeof(buf), { 0 } };
+    struct batch b = { buf, sizeof(buf), { { 0 } }, { 0 }, 0 };
     struct echo_state st = { 0, { 0 }, 0 };
     struct env e;
     uint64_t until;
@@ -1633,7 +1649,7 @@ static void test_batch_stale_data_dropped(void **state)
 {
     struct pe_loop_config cfg;
     unsigned char buf[65536];
-    struct batch b = { buf, sizeof(buf), { 0 } };
+    struct batch b = { buf, sizeof(buf), { { 0 } }, { 0 }, 0 };
     struct env e;
     pe_handle h[2], first, other;
     int fd[2];
@@ -1694,6 +1710,7 @@ int main(void)
         T(test_listeners),
         T(test_batch_echo_reply),
         T(test_batch_echo_queued),
+        T(test_batch_echo_in_run),
         T(test_batch_small_buffer),
         T(test_batch_echo_refusals),
         T(test_batch_echo_enobufs),
