@@ -27,7 +27,7 @@ from ..http import (CHUNKED, CLOSE, EXPECT_100, HAS_CL, INCOMPLETE,
 from .handler import Connection, Handler
 
 __all__ = ["HttpSession", "HttpHandler", "EchoHandler", "Limits",
-           "HELLO_BODY"]
+           "HELLO_BODY", "hello_answer"]
 
 HELLO_BODY = b"Hello, World!\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -93,6 +93,11 @@ class _Body:
 _canned_until = 0.0
 _canned = (b"", b"", b"")
 _time = time.time
+
+
+def hello_answer() -> bytes:
+    """The keep-alive answer to a plain GET, with the current Date."""
+    return _canned[0] if _time() < _canned_until else _hello()[0]
 
 
 def _hello() -> tuple:
@@ -422,7 +427,11 @@ class HttpHandler(HttpSession, Handler):
         """A no-argument callable making handlers that share one parser
         (for handlers driven from a single thread)."""
         shared = _Shared(None, limits, stats)
-        return lambda: cls(shared=shared)
+
+        def make() -> "HttpHandler":
+            return cls(shared=shared)
+        make.parser = shared.parser        # type: ignore[attr-defined]
+        return make
 
     def on_data(self, conn: Connection, data: bytes) -> None:
         if self._lingered >= 0:
