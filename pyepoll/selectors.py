@@ -40,6 +40,8 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from ._binding import ffi as _ffi
 from ._binding import lib as _lib
 from ._binding import raise_errno as _raise_errno
+from ._poller import _EVENTS_AT, _new_pair, _new_waiter, _one_event
+from ._poller import _release, _wait_block, _wait_ms, _wait_poll
 from ._poller import available_backends as _available_backends
 
 # The stdlib's own names, so keys and masks compare equal across the two.
@@ -73,8 +75,8 @@ _WARN_BOOL_FD = _sys.version_info >= (3, 13)
 _INITIAL_EVENTS = 64
 _monotonic = _time.monotonic
 _ceil = _math.ceil
-_wait = _lib.pe_poller_wait
 _EINTR = _errno.EINTR
+_EBUSY = _errno.EBUSY
 
 
 def _fileobj_to_fd(fileobj: Any) -> int:
@@ -171,14 +173,8 @@ class _CoreSelector(BaseSelector):
         self._rehot()
 
     def _grow(self, cap: int) -> None:
-        self._buf = _ffi.new("struct pe_event[]", cap)
-        # Events are read through two views of the same words: even int32
-        # words are fds, odd uint32 words event bits.
-        raw = memoryview(_ffi.buffer(self._buf))
-        self._fds = raw.cast("i")
-        self._bits = raw.cast("I")
         self._cap = cap
-        self._rehot()
+        self._rehot()                  # new waiters of this capacity
 
     def _rehot(self) -> None:
         """Rebuild select() for the current poller and event array.
@@ -340,65 +336,123 @@ class _CoreSelector(BaseSelector):
         return f"<pyepoll.selectors.{type(self).__name__} {state}>"
 
 
+class _Waiter:
+    """A struct pe_waiter (the C wait's arguments and event array in one
+    block, see pyepoll.h) with views of its events: even int32 words are
+    fds, odd uint32 words event bits."""
+
+    __slots__ = ("w", "fds", "bits")
+
+    def __init__(self, p: Any, cap: int) -> None:
+        self.w = _new_waiter(p, cap)
+        raw = memoryview(_ffi.buffer(self.w))[_EVENTS_AT:]
+        self.fds = raw.cast("i")
+        self.bits = raw.cast("I")
+
+
 def _make_select(selector: _CoreSelector) -> Any:
-    """select() for this selector's current poller and event array."""
+    """select() for this selector's current poller and capacity."""
     p = selector._p
-    buf, cap = selector._buf, selector._cap
-    fds, bits = selector._fds, selector._bits
+    cap = selector._cap
     ready = selector._ready
     clamp = selector._clamp_timeout
     backend = selector._backend
     owner = _weakref.ref(selector)     # no cycle: the closure is on it
     table = _TO_SELECTOR
+    one_event = _one_event
+    # shared: timeouts <= 0 and None, claimed in C (a second thread gets
+    # -EBUSY and a waiter of its own); timed: any other timeout, which is
+    # stored into it, claimed here by taking it out of the closure.
+    shared = _Waiter(p, cap) if p is not None else None
+    w = shared.w if shared is not None else None
+    timed: Optional[_Waiter] = _Waiter(p, cap) if p is not None else None
 
     def select(timeout: Optional[float] = None
                ) -> List[Tuple[SelectorKey, int]]:
+        if p is None:
+            _raise_closed(backend)
         if timeout is None:
-            ms = -1
+            r = _wait_block(w)
         elif timeout <= 0:
-            ms = 0
+            r = _wait_poll(w)
         else:
             # Millisecond resolution, rounded up to wait at least timeout.
             ms = _ceil(timeout * 1e3)
             if ms > _INT_MAX:
                 ms = _long_timeout(clamp, timeout)
-        if p is None:
-            _raise_closed(backend)
-        n = _wait(p, buf, cap, ms)
-        if n <= 0:
-            if n == 0:
+            return wait_timed(ms)
+        if r < -4095:                  # one event, in the result itself
+            try:
+                fd, ev = one_event[r]
+            except KeyError:
+                fd, ev = _new_pair(r)
+            try:
+                return [ready[fd][table[ev]]]
+            except KeyError:           # unregistered meanwhile
                 return []
-            n = retry(n, ms)
-        try:
-            if n == 1:
-                return [ready[fds[0]][table[bits[1]]]]
-            m = n << 1
-            return [ready[fd][table[ev]]
-                    for fd, ev in zip(fds[0:m:2], bits[1:m:2])]
-        except (KeyError, IndexError):
-            return collect(n)
+        if r == 0:
+            return []
+        return rest(r, shared, 0 if timeout is not None else -1)
 
-    def retry(rc: int, ms: int) -> int:
+    def wait_timed(ms: int) -> List[Tuple[SelectorKey, int]]:
+        nonlocal timed
+        waiter = timed
+        if waiter is None:             # another thread has it
+            waiter = _Waiter(p, cap)
+        timed = None
+        try:
+            waiter.w.timeout_ms = ms
+            return rest(_wait_ms(waiter.w), waiter, ms)
+        finally:
+            if timed is None:
+                timed = waiter
+
+    def rest(r: int, waiter: _Waiter, ms: int
+             ) -> List[Tuple[SelectorKey, int]]:
         # Entering this function let the interpreter run the signal handlers;
         # one that raises ends select() with its exception (PEP 475).
+        if r == -_EBUSY and waiter is shared:
+            waiter = _Waiter(p, cap)   # another thread waits on it
+            r = -_EINTR
         deadline = _monotonic() + ms / 1000.0 if ms > 0 else 0.0
-        while rc == -_EINTR:
+        while r == -_EINTR:
             if ms > 0:
                 ms = max(0, _ceil((deadline - _monotonic()) * 1e3))
-            rc = _wait(p, buf, cap, ms)
-            if rc == -_EINTR:
+                waiter.w.timeout_ms = ms
+                r = _wait_ms(waiter.w)
+            else:
+                r = _wait_poll(waiter.w) if ms == 0 else _wait_block(waiter.w)
+            if r == -_EINTR:
                 _run_signal_handlers()
-        if rc < 0:
+        if r < -4095:
+            fd, ev = one_event.get(r) or _new_pair(r)
+            answers = ready.get(fd)
+            return [answers[table[ev]]] if answers is not None else []
+        if r < 0:
             owner_now = owner()
-            if rc == -_errno.EBADF and (owner_now is None
-                                        or owner_now._p is None):
+            if r == -_errno.EBADF and (owner_now is None
+                                       or owner_now._p is None):
                 _raise_closed(backend)      # closed by another thread
-            _raise_errno(-rc)
-        return rc
+            _raise_errno(-r)
+        if r == 0:
+            return []
+        try:
+            fds, bits = waiter.fds, waiter.bits
+            try:
+                if r == 1:
+                    return [ready[fds[0]][table[bits[1]]]]
+                m = r << 1
+                return [ready[fd][table[ev]]
+                        for fd, ev in zip(fds[0:m:2], bits[1:m:2])]
+            except (KeyError, IndexError):
+                return collect(waiter, r)
+        finally:
+            _release(waiter.w)
 
-    def collect(n: int) -> List[Tuple[SelectorKey, int]]:
+    def collect(waiter: _Waiter, n: int) -> List[Tuple[SelectorKey, int]]:
         # The slow way, skipping what is not (or no longer) registered.
         result = []
+        fds, bits = waiter.fds, waiter.bits
         for fd, ev in zip(fds[0:2 * n:2], bits[1:2 * n:2]):
             answers = ready.get(fd)
             if answers is not None:

@@ -844,6 +844,64 @@ def test_select_interrupt_noexc(sel, sockpair, alarm_handler):
     assert calls == [1]
 
 
+@needs_itimer
+@pytest.mark.timeout(30)
+def test_select_blocking_interrupt_noexc_then_event(sel, sockpair,
+                                                    alarm_handler):
+    calls = []
+    alarm_handler(lambda *args: calls.append(1))
+    a, b = sockpair
+    key = sel.register(a, EVENT_READ)
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    timer = threading.Timer(0.3, b.send, (b"x",))
+    timer.start()
+    try:
+        assert sel.select(None) == [(key, EVENT_READ)]
+    finally:
+        timer.join()
+    assert calls == [1]
+
+
+@needs_itimer
+@pytest.mark.timeout(30)
+def test_select_blocking_interrupt_exc(sel, sockpair, alarm_handler):
+    alarm_handler(_raise_interrupt)
+    a, b = sockpair
+    key = sel.register(a, EVENT_READ)
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    with pytest.raises(Interrupt):
+        sel.select(None)
+    b.send(b"x")
+    assert sel.select(0) == [(key, EVENT_READ)]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", ["EpollSelector", "KqueueSelector",
+                                  "DefaultSelector"])
+def test_select_from_two_threads(name, sockpair):
+    """While one thread blocks in select(None), another's select(0) and
+    select(0.01) answer, as the stdlib's kernel-object selectors do."""
+    a, b = sockpair
+    for cls in (getattr(selectors, name, None), getattr(pesel, name, None)):
+        if cls is None:
+            pytest.skip(f"no {name} here")
+        with cls() as s:
+            key = s.register(a, EVENT_READ)
+            got = []
+            t = threading.Thread(target=lambda: got.append(s.select(None)))
+            t.start()
+            try:
+                time.sleep(0.05)
+                for _ in range(50):
+                    assert s.select(0) == []
+                assert s.select(0.01) == []
+            finally:
+                b.send(b"x")
+                t.join(5)
+            assert got == [[(key, EVENT_READ)]], cls
+            a.recv(1)
+
+
 # -- fork -------------------------------------------------------------------------
 
 
