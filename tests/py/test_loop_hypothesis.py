@@ -86,9 +86,13 @@ class LoopMachine(RuleBasedStateMachine):
 
     @initialize(cfg=st.sampled_from(CONFIGS),
                 input_high=st.sampled_from([4096, 65536]),
-                initial=st.integers(1, 3))
+                initial=st.integers(1, 3),
+                style=st.sampled_from(["recv", "reply", "queue"]))
     def start(self, cfg: Tuple[str, str], input_high: int,
-              initial: int) -> None:
+              initial: int, style: str) -> None:
+        # The echo is made three ways: wait + recv + send, or wait_batch
+        # (DATA brings its bytes) + reply, or wait_batch + queue_echo.
+        self.style = style
         backend, trigger = cfg
         self.loop = Loop(backend=backend, trigger=trigger,
                          input_high=input_high, input_low=input_high // 4)
@@ -99,7 +103,11 @@ class LoopMachine(RuleBasedStateMachine):
 
     def step(self, timeout: float = 0.002) -> None:
         loop = self.loop
-        for kind, h, arg in loop.wait(timeout):
+        if self.style == "recv":
+            events = [(k, h, a, 0) for k, h, a in loop.wait(timeout)]
+        else:
+            events = loop.wait_batch(timeout)
+        for kind, h, arg, off in events:
             if kind == EV_OPEN:
                 assert arg == self.lid
                 self.opened += 1
@@ -109,10 +117,15 @@ class LoopMachine(RuleBasedStateMachine):
                     pass
             elif kind == EV_DATA:
                 assert h not in self.closed
-                data = loop.recv(h)
-                assert len(data) == arg
                 try:
-                    loop.send(h, data)
+                    if self.style == "recv":
+                        data = loop.recv(h)
+                        assert len(data) == arg
+                        loop.send(h, data)
+                    elif self.style == "reply":
+                        loop.reply(h, off, arg)
+                    else:
+                        loop.queue_echo(h)
                 except ConnectionError:
                     pass
             elif kind == EV_EOF:
