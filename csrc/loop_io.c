@@ -253,6 +253,7 @@ static int echo(pe_loop *l, uint32_t slot)
 
     if (c->flags & (PE_CF_SHUT_WANT | PE_CF_SHUT_DONE)) {
         pe__ring_clear(&c->in, &l->pool);   /* nowhere to echo to */
+        c->flags &= ~PE_CF_HPAUSE;
         return 0;
     }
     if (c->out.len == 0) {
@@ -265,13 +266,19 @@ static int echo(pe_loop *l, uint32_t slot)
             pe__conn_close(l, slot, errno);
             return -1;
         }
-        if (c->in.len == 0)
+        if (c->in.len == 0) {
+            c->flags &= ~PE_CF_HPAUSE;
             return 0;
+        }
     }
     /* Over out_max the bytes wait in the input ring until output drains. */
     if (pe__ring_move(&c->out, &c->in, &l->pool, l->cfg.out_max) < 0 ||
         c->out.len >= l->cfg.out_high)
         c->flags |= PE_CF_EPAUSE;
+    /* No pe_loop_read clears an in_high pause here: echo empties the
+     * input, and the caller resumes once output drains (EPAUSE). */
+    if (c->in.len == 0)
+        c->flags &= ~PE_CF_HPAUSE;
     return pe__conn_interest(l, slot);
 }
 
@@ -283,10 +290,15 @@ static void conn_read(pe_loop *l, uint32_t slot, uint32_t events)
      * FIN may be waiting behind the data (RDHUP unknown or reported). */
     int short_ok = edge && (l->caps & PE_CAP_RDHUP) &&
                    !(events & (PE_RDHUP | PE_HUP | PE_ERR));
-    uint32_t got = 0, room;
+    uint32_t got = 0, room, high = l->cfg.in_high;
     struct iovec iov[2];
     size_t offered;
     ssize_t n;
+
+    /* Echo: input is moved whole into the output ring, so more than out_max
+     * of it could never move, even with the output empty. */
+    if (l->cfg.echo && l->cfg.out_max < high)
+        high = l->cfg.out_max;
 
     if (c->flags & (PE_CF_EOF | PE_CF_DETACHED))
         return;
@@ -295,7 +307,7 @@ static void conn_read(pe_loop *l, uint32_t slot, uint32_t events)
         return;
     }
     for (;;) {
-        room = l->cfg.in_high > c->in.len ? l->cfg.in_high - c->in.len : 0;
+        room = high > c->in.len ? high - c->in.len : 0;
         if (room == 0) {
             c->flags |= PE_CF_HPAUSE | PE_CF_RDMORE;
             if (pe__conn_interest(l, slot) < 0)
@@ -304,7 +316,7 @@ static void conn_read(pe_loop *l, uint32_t slot, uint32_t events)
         }
         if (pe__ring_reserve(&c->in, &l->pool,
                              room < PE_READ_MIN ? room : PE_READ_MIN,
-                             l->cfg.in_high) < 0) {
+                             high) < 0) {
             pe__conn_close(l, slot, ENOMEM);
             return;
         }
@@ -333,7 +345,7 @@ static void conn_read(pe_loop *l, uint32_t slot, uint32_t events)
             c->flags = empty ? c->flags & ~PE_CF_RDMORE
                              : c->flags | PE_CF_RDMORE;
             /* Pause now rather than on the next wakeup. */
-            if (c->in.len >= l->cfg.in_high) {
+            if (c->in.len >= high) {
                 c->flags |= PE_CF_HPAUSE;
                 if (pe__conn_interest(l, slot) < 0)
                     return;
