@@ -146,7 +146,13 @@ pe_loop *pe_loop_new(const struct pe_loop_config *cfg, int *err)
         l->cfg.accept_batch = 1;
     l->reserve_fd = l->wake_r = l->wake_w = -1;
     pe__loop_set_clock(l, NULL, NULL);
-    pe__bufpool_init(&l->pool, 64);
+    /* One run reads up to a poller batch of connections before their
+     * bytes are taken, each into a pooled buffer: a pool smaller than that
+     * sends the rest back to malloc every run (heap trimmed and refaulted,
+     * brk calls).  At most 512 x 16 KiB stay pooled after a burst. */
+    pe__bufpool_init(&l->pool, cfg->max_conns < 512 ? (cfg->max_conns < 64 ?
+                                                       64 : cfg->max_conns)
+                                                    : 512);
     if (!(l->p = pe_poller_new(cfg->backend, 0, &rc)))
         goto fail;
     l->caps = pe_poller_caps(l->p);
@@ -310,9 +316,7 @@ static void run_pending(pe_loop *l)
     l->npend -= n;
 }
 
-/* Wait and do the I/O of one run; events pile up in the queue.  0 or the
- * poller's -errno (only when nothing is queued to hand out instead). */
-static int run_io(pe_loop *l, int timeout_ms)
+int pe__loop_run_io(pe_loop *l, int timeout_ms)
 {
     int timers = l->cfg.idle_timeout_ms || l->cfg.read_timeout_ms ||
                  (l->accept_paused & PE_AP_EMFILE);
@@ -356,82 +360,7 @@ int pe_loop_run(pe_loop *l, struct pe_loop_event *out, int max, int timeout_ms)
 
     if (!out || max <= 0)
         return -EINVAL;
-    if ((rc = run_io(l, timeout_ms)) < 0)
+    if ((rc = pe__loop_run_io(l, timeout_ms)) < 0)
         return rc;
     return l->qlen ? deliver(l, out, max) : 0;
-}
-
-/* Hand out queued events; a DATA event takes its connection's unread bytes
- * along, packed into buf in event order.  A DATA whose bytes were taken
- * already (a second DATA of a carried-over batch) or whose handle went
- * stale is dropped: there is nothing left to report.  A DATA that does not
- * fit waits for the next call, so each connection's bytes stay whole and
- * in order. */
-static int deliver_into(pe_loop *l, struct pe_loop_bevent *out, int max,
-                        char *buf, uint32_t buflen)
-{
-    uint32_t pos = 0, mask = l->qcap - 1, take;
-    struct pe_loop_event e;
-    struct pe_conn *c;
-    int n = 0;
-
-    while (n < max && l->qlen) {
-        e = l->q[l->qhead];
-        out[n].kind = e.kind;
-        out[n].handle = e.handle;
-        out[n].arg = e.arg;
-        out[n].off = 0;
-        if (e.kind == PE_EV_DATA) {
-            if (!(c = pe__ct_get(&l->ct, e.handle)) || c->in.len == 0) {
-                l->qhead = (l->qhead + 1) & mask;
-                l->qlen--;
-                continue;
-            }
-            take = c->in.len;
-            if (take > buflen - pos) {
-                if (n)
-                    break;
-                take = buflen;           /* buflen < in_high: stay queued */
-            }
-            pe__ring_take(&c->in, &l->pool, buf + pos, take);
-            out[n].arg = take;
-            out[n].off = pos;
-            pos += take;
-            c->bidx = (uint32_t)++n;
-            if (c->in.len)
-                break;                   /* the event stays for the rest */
-            /* May close the connection, appending CLOSED to the queue. */
-            pe__conn_taken(l, (uint32_t)e.handle);
-            mask = l->qcap - 1;
-        } else {
-            n++;
-        }
-        l->qhead = (l->qhead + 1) & mask;
-        l->qlen--;
-    }
-    l->st.events += (uint64_t)n;
-    return n;
-}
-
-int pe_loop_run_into(pe_loop *l, const pe_handle *echo, size_t necho,
-                     struct pe_loop_bevent *out, int max, int timeout_ms,
-                     void *buf, size_t buflen)
-{
-    int rc;
-
-    if (!out || max <= 0 || !buf || buflen == 0 || (necho && !echo))
-        return -EINVAL;
-    if (necho)
-        pe_loop_echo(l, echo, necho);
-    if (buflen > UINT32_MAX)
-        buflen = UINT32_MAX;
-    l->bbuf = buf;
-    l->bbuflen = (uint32_t)buflen;
-    l->bout = out;
-    l->bn = 0;                   /* the last batch's bytes are overwritten */
-    if ((rc = run_io(l, timeout_ms)) < 0)
-        return rc;
-    if (l->qlen)
-        l->bn = (uint32_t)deliver_into(l, out, max, buf, (uint32_t)buflen);
-    return (int)l->bn;
 }

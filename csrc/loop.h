@@ -97,6 +97,9 @@ struct pe_loop {
 void pe__loop_set_clock(pe_loop *l, uint64_t (*fn)(void *), void *arg);
 
 /* loop.c */
+/* Wait and do the I/O of one run; events pile up in the queue.  0 or the
+ * poller's -errno (only when nothing is queued to hand out instead). */
+int  pe__loop_run_io(pe_loop *l, int timeout_ms);
 int  pe__loop_fdmap_set(pe_loop *l, int fd, uint32_t v);
 void pe__loop_emit(pe_loop *l, uint32_t kind, uint32_t arg, pe_handle h);
 /* loop_accept.c */

@@ -95,39 +95,6 @@ int64_t pe_loop_send(pe_loop *l, pe_handle h, const void *buf, size_t len)
     return (int64_t)len;
 }
 
-int64_t pe_loop_reply(pe_loop *l, pe_handle h, uint32_t off, uint32_t len)
-{
-    if (!l->bbuf || off > l->bbuflen || len > l->bbuflen - off)
-        return -EINVAL;
-    return pe_loop_send(l, h, l->bbuf + off, len);
-}
-
-int pe_loop_echo(pe_loop *l, const pe_handle *hs, size_t n)
-{
-    struct pe_loop_bevent *e;
-    struct pe_conn *c;
-    uint32_t idx;
-    int64_t rc;
-    size_t i;
-    int sent = 0;
-
-    for (i = 0; i < n; i++) {
-        if (!(c = pe__ct_get(&l->ct, hs[i])) || !c->bidx)
-            continue;
-        idx = c->bidx - 1;
-        c->bidx = 0;                     /* once per DATA */
-        if (idx >= l->bn || (e = &l->bout[idx])->handle != hs[i] ||
-            e->kind != PE_EV_DATA)
-            continue;                    /* its DATA was in an older batch */
-        rc = pe_loop_send(l, hs[i], l->bbuf + e->off, (size_t)e->arg);
-        if (rc == -ENOBUFS)              /* nobody to tell but CLOSED */
-            pe__conn_close(l, (uint32_t)hs[i], ENOBUFS);
-        else if (rc >= 0)
-            sent++;
-    }
-    return sent;
-}
-
 int pe_loop_close(pe_loop *l, pe_handle h, int mode)
 {
     uint32_t slot = (uint32_t)h;
