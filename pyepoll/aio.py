@@ -109,6 +109,7 @@ def _make_policy_class() -> Optional[type]:
         """asyncio's default event loop policy, making pyepoll loops."""
 
         def new_event_loop(self) -> asyncio.AbstractEventLoop:
+            """A new event loop on pyepoll's best selector."""
             return new_event_loop()
 
     EventLoopPolicy.__module__ = __name__

@@ -16,7 +16,6 @@ import errno as _errno
 import math as _math
 import operator as _operator
 import select as _select
-import struct as _struct
 import sys as _sys
 import time as _time
 import warnings as _warnings
@@ -25,7 +24,7 @@ from typing import Any, List, Optional, Tuple
 from ._binding import ffi as _ffi
 from ._binding import lib as _lib
 from ._binding import raise_errno as _raise_errno
-from ._poller import _EVENTS_AT, _ONE_BELOW, _new_pair, _new_waiter
+from ._poller import _ONE_BELOW, _new_pair, _new_waiter
 from ._poller import _one_event, _result
 from ._poller import _wait_block, _wait_ms, _wait_poll
 from ._poller import available_backends as _available_backends

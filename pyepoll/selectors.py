@@ -526,6 +526,8 @@ class SelectSelector(_CoreSelector):
 
     def register(self, fileobj: Any, events: int,
                  data: Any = None) -> SelectorKey:
+        """As the base register(); a descriptor beyond FD_SETSIZE is
+        accepted, and select() raises ValueError while it is registered."""
         try:
             return super().register(fileobj, events, data)
         except OSError as exc:
@@ -540,6 +542,7 @@ class SelectSelector(_CoreSelector):
         return key
 
     def unregister(self, fileobj: Any) -> SelectorKey:
+        """As the base unregister()."""
         key = super().unregister(fileobj)
         if self._beyond:
             self._beyond.discard(key.fd)
@@ -547,6 +550,7 @@ class SelectSelector(_CoreSelector):
 
     def modify(self, fileobj: Any, events: int,
                data: Any = None) -> SelectorKey:
+        """As the base modify(), descriptors beyond FD_SETSIZE included."""
         if self._beyond:
             fd = self._fileobj_lookup(fileobj)
             if fd in self._beyond:
@@ -561,11 +565,14 @@ class SelectSelector(_CoreSelector):
 
     def select(self, timeout: Optional[float] = None
                ) -> List[Tuple[SelectorKey, int]]:
+        """As the base select(); ValueError while a descriptor beyond
+        FD_SETSIZE is registered, as the stdlib's SelectSelector."""
         if self._beyond:
             raise ValueError("filedescriptor out of range in select()")
         return super().select(timeout)
 
     def close(self) -> None:
+        """As the base close()."""
         super().close()
         self._beyond = None
 
