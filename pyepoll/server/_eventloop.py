@@ -49,6 +49,9 @@ _HOLD = _P_JOBS | _P_QUEUED     # data arriving now waits
 
 _SLOT = 0xFFFFFFFF              # a handle's low 32 bits: its table slot
 _IDLE_MARGIN = 0.5
+# Runs of up to this many pipelined answers are kept ready (per Date
+# second): a bound on what a client can make the server cache.
+_CACHED_RUNS = 64
 
 
 class _Extra:
@@ -264,7 +267,9 @@ class EventLoopModel:
         # to match.
         parser = self._parser
         last_get: Optional[bytes] = None
+        size = 0
         answer = b""
+        answers: dict = {}      # n -> n answers in a row, for this Date
         try:
             while True:
                 now = time.monotonic()
@@ -280,7 +285,12 @@ class EventLoopModel:
                 events = wait(timeout)
                 if parser is not None:
                     last_get = parser.last_get
-                    answer = hello_answer()     # Date checked once a batch
+                    if last_get is not None:
+                        size = len(last_get)
+                    got = hello_answer()        # Date checked once a batch
+                    if got is not answer:
+                        answer = got
+                        answers = {1: got}
                 hits = 0
                 for kind, h, arg, off in events:
                     if kind == EV_DATA:
@@ -295,13 +305,33 @@ class EventLoopModel:
                         try:
                             if handler.__class__ is http_handler \
                                     and handler._lingered < 0:
-                                if data == last_get and handler._plain:
-                                    hits += 1
-                                    try:
-                                        send(h, answer)
-                                    except (BufferError, OSError, ValueError):
-                                        c.send_failed()
-                                    continue
+                                if data == last_get:
+                                    if handler._plain:
+                                        hits += 1
+                                        try:
+                                            send(h, answer)
+                                        except (BufferError, OSError,
+                                                ValueError):
+                                            c.send_failed()
+                                        continue
+                                elif last_get is not None \
+                                        and not arg % size and handler._plain:
+                                    # Pipelined: non-overlapping copies
+                                    # adding up to the whole length tile it.
+                                    n = data.count(last_get)
+                                    if n * size == arg:
+                                        hits += n
+                                        out = answers.get(n)
+                                        if out is None:
+                                            out = answer * n
+                                            if n <= _CACHED_RUNS:
+                                                answers[n] = out
+                                        try:
+                                            send(h, out)
+                                        except (BufferError, OSError,
+                                                ValueError):
+                                            c.send_failed()
+                                        continue
                                 # The built-in HTTP, without the layers.
                                 out = handler.feed(data)
                                 if out:

@@ -499,6 +499,38 @@ def test_many_pipelined_requests(served):
         sender.join(10)
 
 
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_repeated_heads_answered_and_counted(start_server, model):
+    """Runs of the same plain GET head (the event loop answers a head equal
+    to the last one parsed without parsing it, alone or pipelined) get the
+    same answers as any other request; a head only looking like it (same
+    length, other bytes: another Host, HTTP/1.0) is parsed and answered by
+    its own rules; every request is counted once."""
+    srv = start_server("--model", model, "--idle-timeout", "30")
+    other = GET.replace(b"Host: t", b"Host: u")
+    http10 = GET.replace(b"HTTP/1.1", b"HTTP/1.0")
+    assert len(other) == len(http10) == len(GET)
+    batches = [GET, GET, GET * 16, other * 2, GET * 3 + other, GET * 5,
+               post(b"x"), GET, GET * 2 + http10]
+    total = 0
+    with connect(srv.addr) as s:
+        r = Reader(s)
+        for batch in batches:
+            s.sendall(batch)
+            n = batch.count(b"HTTP/1.")
+            total += n
+            out = [r.response() for _ in range(n)]
+            assert all(x.status == 200 for x in out)
+            assert [x.body for x in out] == (
+                [b"x"] if batch.startswith(b"POST") else [HELLO] * n)
+            assert "connection" not in out[0].headers
+        assert out[-1].headers.get("connection") == "close"
+        assert r.closed()
+    srv.signal(signal.SIGTERM)
+    assert srv.wait() == 0
+    srv.wait_for(r"stats \(final\): .*requests=%d " % total)
+
+
 def test_stats_lines(start_server):
     srv = start_server("--stats-interval", "0.2", "--model", "threads")
     for _ in range(3):
