@@ -154,7 +154,10 @@ class Table:
         if not numeric:
             ax.set_xticks(range(len(self.points)), [str(p) for p in self.points])
         if logx and numeric:
-            ax.set_xscale("log")
+            if min(self.points) <= 0:      # K = 0 idle connections: symlog
+                ax.set_xscale("symlog", linthresh=1)
+            else:
+                ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")
         ax.set_title(self.title)

@@ -10,7 +10,7 @@ loop gets one event per buffer), HTTP keep-alive over 64 connections."""
 from __future__ import annotations
 
 import argparse
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from . import _cli
 from ._proc import Run, run_loadgen
