@@ -651,3 +651,68 @@ def test_cli_rejects_bad_settings(tmp_path):
                              capture_output=True, text=True, timeout=20)
         assert out.returncode != 0
         assert message in out.stderr, out.stderr
+
+
+def test_help_lists_every_option(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pyepoll.server", "--help"],
+                         cwd=str(tmp_path), capture_output=True, text=True,
+                         timeout=20)
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())        # argparse wraps lines
+    for option in ("--host", "--port", "--protocol {http,echo}",
+                   "--model {eventloop,threadpool,threads}", "--workers N",
+                   "--max-connections N", "--overflow {queue,reject}",
+                   "--queue-size N", "--idle-timeout SECONDS",
+                   "--pool-threads N", "--trigger {level,edge}",
+                   "--backend", "--log-level", "--stats-interval"):
+        assert option in text, option
+
+
+def test_console_script_installed():
+    """The wheel installs ``pyepoll-server`` beside the interpreter."""
+    if os.environ.get("PYEPOLL_REQUIRE_INSTALLED") != "1":
+        pytest.skip("running from the source tree: no console script")
+    exe = os.path.join(os.path.dirname(sys.executable), "pyepoll-server")
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True,
+                         timeout=20)
+    assert out.returncode == 0 and "--protocol" in out.stdout
+
+
+def test_no_arguments_serve_http_on_8080(tmp_path):
+    """What a user runs first: no arguments, HTTP on 127.0.0.1:8080, one
+    startup line, curl answered (GET and a POST echo), SIGTERM exits 0."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", 8080))
+        except OSError:
+            pytest.skip("127.0.0.1:8080 is in use on this machine")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "pyepoll.server"],
+                            cwd=str(tmp_path), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        line = proc.stdout.readline().decode()
+        if "in use" in line:
+            pytest.skip("127.0.0.1:8080 was taken meanwhile")
+        assert re.search(r"INFO: serving http on 127\.0\.0\.1:8080 ", line), line
+        addr = ("127.0.0.1", 8080)
+        status, _, body = get(addr)
+        assert (status, body) == (200, HELLO)
+        status, _, body = get(addr, method="POST", body=b"Hello, Server!")
+        assert (status, body) == (200, b"Hello, Server!")
+        if shutil.which("curl"):
+            url = "http://127.0.0.1:8080/"
+            assert _curl(url).stdout == HELLO
+            out = _curl("-X", "POST", "--data", "Hello, Server!", url)
+            assert out.stdout == b"Hello, Server!"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        rest = proc.stdout.read().decode().splitlines()
+        # Nothing else was logged before the shutdown began.
+        assert rest and "stopped by SIGTERM" in rest[0], rest
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        proc.stdout.close()
