@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> Section:
                     "us user+sys", args.sizes, reference=C_ECHO)
         user = Table(f"echo server user-space CPU per message, {c} connection"
                      f"{'s' if c > 1 else ''}", "us user", args.sizes, reference=C_ECHO)
+        system = Table(f"echo server kernel CPU per message, {c} connection"
+                       f"{'s' if c > 1 else ''}", "us sys", args.sizes, reference=C_ECHO)
         p99 = Table(f"echo latency p99, {c} connection{'s' if c > 1 else ''}",
                     "us round trip", args.sizes, reference=C_ECHO)
         for name, by_point in results.items():
@@ -75,8 +77,10 @@ def run(args: argparse.Namespace) -> Section:
                     thr.add(name, size, r.rate)
                     cpu.add(name, size, r.cpu_per_op_us)
                     user.add(name, size, r.user_per_op_us)
+                    system.add(name, size, r.cpu_per_op_us - r.user_per_op_us)
                     p99.add(name, size, r.p99)
-        sec.tables += [thr, cpu, user, p99]
+        # User and system apart only where it matters most: many connections.
+        sec.tables += [thr, cpu] + ([user, system] if c == max(args.conns) else []) + [p99]
         # The many-connection charts first: they are the headline.
         at = 0 if c == max(args.conns) else len(sec.charts)
         sec.charts[at:at] = [Chart(thr, f"throughput-{c}", logx=True, logy=True,
