@@ -156,7 +156,7 @@ class Loop:
 
     __slots__ = ("_p", "_ev", "_vi", "_vq", "_batch", "_rbuf", "_rbytes",
                  "_in_high", "_bev", "_bq", "_bbuf", "_bview", "_bsize",
-                 "_echoq", "queue_echo",
+                 "_echoq", "queue_echo", "_eq", "_eqv",
                  "_out_max", "_backend", "_trigger", "_echo", "_listeners",
                  "_owned", "_busy", "_zombie", "_lock", "_u32a", "_u32b",
                  "_u64", "_int", "_host", "_stats", "__weakref__")
@@ -242,6 +242,8 @@ class Loop:
         # that never calls it does not pay for them.
         self._bev: Any = None
         self._bq: Any = None
+        self._eq: Any = None
+        self._eqv: Any = None
         self._bbuf: Any = None
         self._bview: Any = None
         self._bsize = max(input_high, _BATCH_BYTES)
@@ -467,8 +469,10 @@ class Loop:
         :meth:`wait` or :meth:`wait_batch`; :meth:`reply` sends a part of
         it back.  ``offset`` is 0 for the other kinds."""
         ms = -1 if timeout is None else timeout_to_ms(timeout)
-        if self._bbuf is None:
+        bev = self._bev
+        if bev is None:
             self._batch_init()
+            bev = self._bev
         self._busy = True
         p = self._p
         if p is None:
@@ -477,16 +481,25 @@ class Loop:
         try:
             start = _monotonic() if ms > 0 else 0.0
             q = self._echoq
-            if q:
-                # The queued echoes go out in the same C call; the array is
-                # exported (cannot be resized) while C reads it.
+            if not q:
+                n = _run_into(p, _NULL, 0, bev, self._batch, ms, self._bbuf,
+                              self._bsize)
+            elif len(q) <= self._batch:
+                # The queued echoes go out in the same C call, copied into
+                # C memory first (one memcpy; exporting the array with
+                # ffi.from_buffer costs three times as much).
+                nq = len(q)
+                self._eqv[0:nq] = q
+                del q[:]
+                n = _run_into(p, self._eq, nq, bev, self._batch, ms,
+                              self._bbuf, self._bsize)
+            else:
+                # More than a batch (a handle queued twice): the array is
+                # exported, so cannot be resized, while C reads it.
                 with _from_buffer("pe_handle[]", q) as hs:
-                    n = _run_into(p, hs, len(q), self._bev, self._batch, ms,
+                    n = _run_into(p, hs, len(q), bev, self._batch, ms,
                                   self._bbuf, self._bsize)
                 del q[:]
-            else:
-                n = _run_into(p, _NULL, 0, self._bev, self._batch, ms,
-                              self._bbuf, self._bsize)
             if n <= 0 and (n or ms):
                 n = self._wait_slow(
                     n, None if ms < 0 else start + ms / 1000.0 if ms else 0.0,
@@ -509,6 +522,8 @@ class Loop:
     def _batch_init(self) -> None:
         self._bev = ffi.new("struct pe_loop_bevent[]", self._batch)
         self._bq = memoryview(ffi.buffer(self._bev)).cast("Q")
+        self._eq = ffi.new("pe_handle[]", self._batch)
+        self._eqv = memoryview(ffi.buffer(self._eq)).cast(_HANDLE_CODE)
         self._bbuf = ffi.new("char[]", self._bsize)
         self._bview = memoryview(ffi.buffer(self._bbuf)).toreadonly()
 

@@ -1547,3 +1547,20 @@ def test_batch_reports_every_kind(harness):
     assert kinds[0] == EV_OPEN and kinds[-1] == EV_CLOSED
     assert kinds.index(EV_DATA) < kinds.index(EV_EOF)
     c.close()
+
+
+def test_queue_echo_more_than_a_batch(harness):
+    # More queued echoes than events in a batch (the same handle again and
+    # again) still go out in the run's call, and only once.
+    hs = harness("none", batched="queue", batch=2)
+    c, h = hs.connect()
+    c.sendall(b"once")
+    hs.pump(lambda: EV_DATA in hs.kinds(h), what="DATA")
+    for _ in range(5):
+        hs.loop.queue_echo(h)
+    hs.step(0.01)
+    assert hs.read(c, 4) == b"once"
+    hs.pump_for(0.1)
+    with pytest.raises(BlockingIOError):
+        c.recv(10)
+    c.close()
