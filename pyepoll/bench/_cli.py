@@ -83,7 +83,10 @@ def interleave(fleet: Fleet, points: Sequence[T], repeats: int,
 def standard_intro(args: argparse.Namespace, extra: str = "") -> List[str]:
     mode = "smoke mode: tiny and short, correctness first; " if args.smoke else ""
     return [f"{mode}{args.seconds:g} s per run x {args.repeats} interleaved repeats; "
-            f"{pinning_note()}" + (f"; {extra}" if extra else "")]
+            f"{pinning_note()}" + (f"; {extra}" if extra else ""),
+            "server CPU: run time of the server's threads in ns from /proc "
+            "(clock ticks where threads came and went during a run), split "
+            "into user and system by the tick counts"]
 
 
 def client_note(results: Dict[str, Dict[T, List[Run]]], what: str = "throughput") -> Optional[str]:

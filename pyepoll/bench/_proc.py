@@ -169,6 +169,55 @@ def cpu_seconds(pid: int) -> Tuple[float, float]:
     return user, system
 
 
+@dataclass
+class CpuSample:
+    """Per-thread run time in ns (/proc/.../task/TID/schedstat) and the
+    process tree's user and system CPU in clock ticks (/proc/PID/stat)."""
+
+    tasks: Dict[int, int]
+    user: float
+    system: float
+
+
+def cpu_sample(pid: int) -> CpuSample:
+    tasks: Dict[int, int] = {}
+    for p in _tree(pid):
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
+                    tasks[int(tid)] = int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    user, system = cpu_seconds(pid)
+    return CpuSample(tasks, user, system)
+
+
+def cpu_delta(a: CpuSample, b: CpuSample) -> Tuple[float, float]:
+    """(user, system) seconds between two samples.  Clock ticks (10 ms on
+    most kernels) are too coarse for a one-second run, so when the same
+    threads were there before and after, their nanosecond run time gives
+    the total and the ticks only split it into user and system.  When
+    threads came or went (thread per connection), the ticks alone: a dead
+    thread's run time is gone from /proc, its ticks are not (they are
+    added to the process's)."""
+    du, ds = b.user - a.user, b.system - a.system
+    ticks = du + ds
+    if a.tasks and a.tasks.keys() == b.tasks.keys():
+        total = sum(b.tasks[t] - a.tasks[t] for t in a.tasks) / 1e9
+        if total + 2.0 / TICK < ticks:
+            # Threads started and ended between the samples: their run
+            # time is in the ticks only.
+            return du, ds
+        if ticks > 0:
+            frac = du / ticks
+        elif b.user + b.system > 0:
+            frac = b.user / (b.user + b.system)
+        else:
+            frac = 0.5
+        return total * frac, total * (1 - frac)
+    return du, ds
+
+
 def rss_bytes(pid: int) -> int:
     total = 0
     for p in _tree(pid):
@@ -330,11 +379,11 @@ def run_loadgen(server: ServerProc, mode: str, conns: int, seconds: float,
     # The client's own CPU: RUSAGE_CHILDREN accumulates every reaped child,
     # so take it as a difference around this one.
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    u0, s0 = cpu_seconds(server.pid)
+    c0 = cpu_sample(server.pid)
     out, err, wall, rc = _run_pinned(
         [str(exe), mode, str(server.port), str(conns), str(seconds), str(arg)],
         timeout=seconds + 30)
-    u1, s1 = cpu_seconds(server.pid)
+    su, ss = cpu_delta(c0, cpu_sample(server.pid))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     fields = out.split()
     if len(fields) != 7:
@@ -344,7 +393,7 @@ def run_loadgen(server: ServerProc, mode: str, conns: int, seconds: float,
     client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     # The client's timed part excludes connecting; so does its CPU, nearly.
     return Run(ops, rate, bad, closed, *map(float, fields[4:7]),
-               u1 - u0, s1 - s0, client_cpu, min(wall, seconds) or wall)
+               su, ss, client_cpu, min(wall, seconds) or wall)
 
 
 WRK_PIPELINE = """\
@@ -376,9 +425,9 @@ def run_wrk(server: ServerProc, conns: int, seconds: float, depth: int) -> Run:
         cmd += ["-s", script]
     cmd.append(f"http://127.0.0.1:{server.port}/")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    u0, s0 = cpu_seconds(server.pid)
+    c0 = cpu_sample(server.pid)
     out, err, wall, rc = _run_pinned(cmd, timeout=seconds + 30)
-    u1, s1 = cpu_seconds(server.pid)
+    su, ss = cpu_delta(c0, cpu_sample(server.pid))
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
     if rc != 0 or not m:
@@ -397,7 +446,7 @@ def run_wrk(server: ServerProc, conns: int, seconds: float, depth: int) -> Run:
         return float(mm.group(1)) * {"us": 1.0, "ms": 1e3, "s": 1e6}[mm.group(2)]
     client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return Run(ops, ops / secs if secs else 0.0, bad, closed, pct("50"), pct("99"),
-               float("nan"), u1 - u0, s1 - s0, client_cpu, secs or wall)
+               float("nan"), su, ss, client_cpu, secs or wall)
 
 
 def saturation_note(runs: Sequence[Run], what: str = "throughput") -> Optional[str]:
