@@ -29,7 +29,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Deque, List, Optional
 
-from ..http import response
+from ..http import bytes_reader, response
 from ..loop import (EV_CLOSED, EV_DATA, EV_DRAINED, EV_EOF, EV_OPEN,
                     EV_READ_TIMEOUT, EV_WAKEUP, EV_WRITE_FULL, Loop)
 from ._config import Config
@@ -255,7 +255,7 @@ class EventLoopModel:
         # read call per connection (a C call also releases and retakes
         # the GIL, a few hundred instructions each).
         wait = loop.wait_batch
-        view = loop.batch_view
+        view = bytes_reader(loop.batch_view)     # slices are bytes
         send = loop.send
         stats = self.stats
         slot, hold, http_handler = _SLOT, _HOLD, HttpHandler
@@ -297,7 +297,7 @@ class EventLoopModel:
                         c = table[h & slot]
                         if c is None or c.closed or c.h != h:
                             continue
-                        data = view[off:off + arg].tobytes()
+                        data = view[off:off + arg]
                         if c.paused & hold:
                             c.extra().held.append(data)
                             continue

@@ -45,6 +45,17 @@ def feed_all(pieces, limits=None) -> bytes:
 
 # ------------------------------------------------------------------- parser
 
+def test_bytes_reader_slices_are_bytes_of_the_current_contents():
+    buf = bytearray(b"0123456789")
+    r = http.bytes_reader(memoryview(buf).toreadonly())
+    assert r[2:5] == b"234" and type(r[2:5]) is bytes
+    buf[2:5] = b"abc"
+    assert r[0:10] == b"01abc56789"
+    assert r[8:20] == b"89"
+    with pytest.raises(TypeError):
+        http.bytes_reader("text")
+
+
 def test_parser_offsets_and_headers():
     p = http.RequestParser(8)
     buf = b"xx" + b"PUT /a?b=1 HTTP/1.0\r\nA: 1\r\nContent-Length: 3\r\n\r\nabc"
