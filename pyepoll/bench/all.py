@@ -50,11 +50,19 @@ def _run_dropins(smoke: bool) -> Section:
     return sec
 
 
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build().parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     plots = have_matplotlib()
     started = time.monotonic()
+    load0 = _loadavg()
     sections: List[Tuple[str, Optional[Section], Optional[str], float]] = []
     todo = [(n, m) for n, m in ORDER if not args.only or n in args.only]
     if args.dropins or (args.only and "dropins" in args.only):
@@ -83,10 +91,23 @@ def main(argv: Optional[List[str]] = None) -> int:
              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
              f"- command: `python -m pyepoll.bench all{' --smoke' if args.smoke else ''}`",
              f"- {pinning_note()}",
-             f"- total time: {total:.0f} s", ""]
+             f"- total time: {total:.0f} s",
+             f"- load average (1/5/15 min) at start: {load0}; at end: {_loadavg()} "
+             f"(other processes on the machine are not controlled: medians of "
+             f"interleaved repeats, min-max ranges show the spread)", ""]
     if not plots:
         lines += ["charts skipped: matplotlib not installed "
                   "(pip install pyepoll-io[bench])", ""]
+    # The claims the issues make, gathered from every scenario's summary.
+    claims = [(name, line) for name, sec, _, _ in sections if sec
+              for line in sec.summary if "(target " in line]
+    if claims:
+        lines += ["## Claims checked", "",
+                  "| scenario | claim: measured (target) | |", "|---|---|---|"]
+        for name, line in claims:
+            text, _, verdict = line.rpartition(" ")
+            lines.append(f"| {name} | {text} | {verdict} |")
+        lines.append("")
     failed = []
     skipped_all: List[str] = []
     for name, sec, err, secs in sections:
