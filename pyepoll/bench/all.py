@@ -58,6 +58,7 @@ def _loadavg() -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    shown = list(sys.argv[2:] if argv is None else argv)
     args = build().parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     plots = have_matplotlib()
@@ -89,7 +90,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     lines = [f"# pyepoll benchmarks{' (smoke run)' if args.smoke else ''}", "",
              f"- machine: {machine()}",
              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
-             f"- command: `python -m pyepoll.bench all{' --smoke' if args.smoke else ''}`",
+             f"- command: `python -m pyepoll.bench all {' '.join(shown)}`",
              f"- {pinning_note()}",
              f"- total time: {total:.0f} s",
              f"- load average (1/5/15 min) at start: {load0}; at end: {_loadavg()} "
