@@ -7,6 +7,7 @@ scenarios:
   http           HTTP hello, keep-alive and pipelined (wrk if installed)
   trigger        edge- vs level-triggered loops on the same workloads
   dropins        pyepoll's drop-ins vs the stdlib objects they replace
+  poller         Poller.wait / epoll.poll vs select.epoll, with the kernel's share
   all            everything, short; writes report.md (+ PNG charts) to --out
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ SCENARIOS = {
     "http": "http_bench",
     "trigger": "trigger",
     "dropins": "dropins",
+    "poller": "poller",
     "all": "all",
 }
 
@@ -35,7 +37,7 @@ def main(argv=None) -> int:
             print(f"\nunknown scenario {argv[0]!r}", file=sys.stderr)
             return 2
         return 0
-    if not sys.platform.startswith("linux") and argv[0] not in ("wait-scaling", "dropins"):
+    if not sys.platform.startswith("linux") and argv[0] not in ("wait-scaling", "dropins", "poller"):
         print(f"{argv[0]}: Linux only (the load client uses epoll; CPU and "
               f"memory come from /proc)", file=sys.stderr)
         return 2

@@ -31,23 +31,34 @@ def build() -> argparse.ArgumentParser:
                     help="directory for report.md and the charts (default: %(default)s)")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny and short: correctness first (CI)")
-    ap.add_argument("--only", nargs="+", choices=[n for n, _ in ORDER] + ["dropins"],
+    ap.add_argument("--only", nargs="+", choices=[n for n, _ in ORDER] + list(EXTRA),
                     help="run only these scenarios")
     ap.add_argument("--dropins", action="store_true",
-                    help="also run the drop-ins comparison (quick)")
+                    help="also run the drop-ins and poller comparisons (quick)")
     return ap
 
 
-def _run_dropins(smoke: bool) -> Section:
-    from . import dropins
+# Older scripts folded into the package, whose printed tables go into the
+# report as they are: name -> (arguments, what they compare).
+EXTRA = {
+    "dropins": (["--quick", "--skip-echo"],
+                "pyepoll.selectors / pyepoll.epoll / Poller.wait against the "
+                "stdlib objects they replace"),
+    "poller": (["--quick"],
+               "Poller.wait and pyepoll.epoll.poll against select.epoll.poll, "
+               "with the cffi floor and the kernel's share"),
+}
+
+
+def _run_printed(name: str, smoke: bool) -> Section:
+    mod = importlib.import_module(f".{name}", __package__)
+    argv, what = EXTRA[name]
+    argv = argv + (["--repeats", "1"] if smoke else [])
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        dropins.main(["--quick", "--skip-echo"] + (["--repeats", "1"] if smoke else []))
-    sec = Section("dropins", intro=["pyepoll.selectors / pyepoll.epoll / Poller.wait "
-                                    "against the stdlib objects they replace "
-                                    "(python -m pyepoll.bench dropins --quick --skip-echo)"])
-    sec.raw = buf.getvalue()
-    return sec
+        mod.main(argv)
+    return Section(name, intro=[f"{what} (python -m pyepoll.bench {name} "
+                                f"{' '.join(argv)})"], raw=buf.getvalue())
 
 
 def _loadavg() -> str:
@@ -66,14 +77,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     load0 = _loadavg()
     sections: List[Tuple[str, Optional[Section], Optional[str], float]] = []
     todo = [(n, m) for n, m in ORDER if not args.only or n in args.only]
-    if args.dropins or (args.only and "dropins" in args.only):
-        todo.append(("dropins", "dropins"))
+    todo += [(n, n) for n in EXTRA if args.dropins or (args.only and n in args.only)]
     for name, modname in todo:
         t0 = time.monotonic()
         print(f"\n### {name}", flush=True)
         try:
-            if name == "dropins":
-                sec = _run_dropins(args.smoke)
+            if name in EXTRA:
+                sec = _run_printed(name, args.smoke)
             else:
                 mod = importlib.import_module(f".{modname}", __package__)
                 opts = mod.build().parse_args(["--smoke"] if args.smoke else mod.ALL_ARGS)
