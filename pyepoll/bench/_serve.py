@@ -2,8 +2,8 @@
 ``python -m pyepoll.bench._serve KIND PORT``.
 
 Echo: pyepoll.Loop with a Python handler (``loop-py``: wait/recv/send;
-``loop-batch``: wait_batch/reply) or the C echo path (``loop-c``), level or
-edge; asyncio Protocol and streams, on asyncio's own
+``loop-batch``: wait_batch/reply; ``loop-queue``: wait_batch/queue_echo) or
+the C echo path (``loop-c``), level or edge; asyncio Protocol and streams, on asyncio's own
 loop, on uvloop, and on pyepoll's asyncio loop.  HTTP: "hello" answered by
 an asyncio Protocol with a small hand parser, or by uvloop + httptools, the
 usual fast Python stack.  Every HTTP server answers what the reference
@@ -52,9 +52,10 @@ def serve_loop(port: int, trigger: str, c_echo: bool) -> None:
                 close(h)
 
 
-def serve_loop_batch(port: int, trigger: str) -> None:
+def serve_loop_batch(port: int, trigger: str, queue: bool) -> None:
     """The same handler on the batch API: each DATA event brings its bytes
-    in one shared buffer, and reply() sends a slice of it back."""
+    in one shared buffer, and reply() sends a slice of it back (or
+    queue_echo() queues the echo)."""
     from pyepoll import EV_DATA, EV_EOF, Loop
 
     cap = max(1024, min(_nofile() - 64, 1 << 16))
@@ -64,6 +65,16 @@ def serve_loop_batch(port: int, trigger: str) -> None:
     loop.listen("127.0.0.1", port, backlog=BACKLOG)
     wait_batch, reply = loop.wait_batch, loop.reply
     close = loop.close_connection
+    if queue:
+        # queue_echo: the echo of what h's DATA brought goes out with every
+        # other queued one in the next wait_batch's single C call.
+        push = loop.queue_echo
+        while True:
+            for kind, h, n, offset in wait_batch():
+                if kind == EV_DATA:
+                    push(h)
+                elif kind == EV_EOF:
+                    close(h)
     while True:
         for kind, h, n, offset in wait_batch():
             if kind == EV_DATA:
@@ -202,8 +213,8 @@ def main(argv: List[str]) -> None:
     kind, port = argv[0], int(argv[1])
     if kind.startswith("loop-"):
         _, what, trigger = kind.split("-")      # loop-py-level, loop-c-edge
-        if what == "batch":
-            serve_loop_batch(port, trigger)
+        if what in ("batch", "queue"):
+            serve_loop_batch(port, trigger, what == "queue")
         else:
             serve_loop(port, trigger, what == "c")
         return

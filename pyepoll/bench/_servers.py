@@ -52,10 +52,11 @@ def _serve(kind: str, needs: Sequence[str] = ()) -> Callable[[], List[str]]:
     def argv() -> List[str]:
         for mod in needs:
             _need_module(mod)
-        if kind.startswith("loop-batch"):
+        need = {"loop-batch": "wait_batch", "loop-queue": "queue_echo"}
+        for prefix, method in need.items():
             from pyepoll import Loop
-            if not hasattr(Loop, "wait_batch"):
-                raise Skip("this pyepoll.Loop has no wait_batch()")
+            if kind.startswith(prefix) and not hasattr(Loop, method):
+                raise Skip(f"this pyepoll.Loop has no {method}()")
         return [sys.executable, "-m", "pyepoll.bench._serve", kind, "{port}"]
     return argv
 
@@ -134,7 +135,12 @@ def _pure_c_loop(trigger: str) -> Callable[[], List[str]]:
 C_ECHO = "plain C epoll"
 UVLOOP_ECHO = "uvloop Protocol"
 UVLOOP_HTTP = "uvloop+httptools"
-PY_BATCH = "pyepoll Loop py-handler batch"
+CECHO = "pyepoll Loop C echo"
+# pyepoll.Loop with a Python function per message, three ways (name, kind):
+# what a first handler looks like, then the batch API's two replies.
+PY_HANDLERS = [("pyepoll Loop py wait/recv/send", "loop-py"),
+               ("pyepoll Loop py batch+reply", "loop-batch"),
+               ("pyepoll Loop py batch+queue_echo", "loop-queue")]
 
 
 def echo_servers(pool_threads: int = 64) -> Dict[str, Spec]:
@@ -143,9 +149,8 @@ def echo_servers(pool_threads: int = 64) -> Dict[str, Spec]:
     idle-clients)."""
     specs = [
         Spec(C_ECHO, "echo", _c_echo("level")),
-        Spec("pyepoll Loop py-handler", "echo", _serve("loop-py-level")),
-        Spec(PY_BATCH, "echo", _serve("loop-batch-level")),
-        Spec("pyepoll Loop C echo", "echo", _serve("loop-c-level")),
+        *[Spec(name, "echo", _serve(f"{kind}-level")) for name, kind in PY_HANDLERS],
+        Spec(CECHO, "echo", _serve("loop-c-level")),
         Spec("pyepoll C loop, C driver", "echo", _pure_c_loop("level")),
         Spec("ref server eventloop", "echo", _reference("echo", "eventloop")),
         Spec("ref server threadpool", "echo", _reference(
@@ -178,9 +183,9 @@ def trigger_servers() -> Dict[str, Spec]:
     for trig in ("level", "edge"):
         specs += [
             Spec(f"plain C epoll {trig}", "echo", _c_echo(trig)),
-            Spec(f"pyepoll Loop py-handler {trig}", "echo", _serve(f"loop-py-{trig}")),
-            Spec(f"{PY_BATCH} {trig}", "echo", _serve(f"loop-batch-{trig}")),
-            Spec(f"pyepoll Loop C echo {trig}", "echo", _serve(f"loop-c-{trig}")),
+            *[Spec(f"{name} {trig}", "echo", _serve(f"{kind}-{trig}"))
+              for name, kind in PY_HANDLERS],
+            Spec(f"{CECHO} {trig}", "echo", _serve(f"loop-c-{trig}")),
             Spec(f"ref server echo {trig}", "echo",
                  _reference("echo", "eventloop", "--trigger", trig)),
             Spec(f"ref server http {trig}", "http",

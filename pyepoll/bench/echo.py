@@ -17,13 +17,11 @@ from typing import Dict, List, Optional, Sequence
 from . import _cli
 from ._proc import Run, run_loadgen
 from ._report import Chart, Section, Table, check_line
-from ._servers import C_ECHO, PY_BATCH, UVLOOP_ECHO, Fleet, echo_servers
+from ._servers import C_ECHO, CECHO, PY_HANDLERS, UVLOOP_ECHO, Fleet, echo_servers
 
 SIZES = [64, 1024, 16384, 65536]
 CONNS = [1, 64]
 ALL_ARGS = ["--seconds", "1", "--repeats", "3"]
-PY = "pyepoll Loop py-handler"
-CECHO = "pyepoll Loop C echo"
 
 
 def build() -> argparse.ArgumentParser:
@@ -124,16 +122,17 @@ def summary(results: Dict[str, Dict[object, List[Run]]]) -> List[str]:
     rate = lambda r: r.rate               # noqa: E731
     if not any(point in by_point for by_point in results.values()):
         return ["1 KiB x 64 connections not measured: no ratio checks"]
+    py = []
+    for name, _ in PY_HANDLERS:
+        short = name.replace("pyepoll ", "")
+        py += [check_line(f"{short} CPU/msg vs plain C", ratio(name, C_ECHO, cpu), 1.1, "<="),
+               check_line(f"{short} CPU/msg vs uvloop", ratio(name, UVLOOP_ECHO, cpu), 0.9, "<="),
+               check_line(f"{short} msg/s vs uvloop", ratio(name, UVLOOP_ECHO, rate), 1.1, ">=")]
     return [
         "at 1 KiB, 64 connections (medians):",
         check_line("Loop C echo CPU/msg vs plain C", ratio(CECHO, C_ECHO, cpu), 1.05, "<="),
         check_line("Loop C echo msg/s vs plain C", ratio(CECHO, C_ECHO, rate), 0.98, ">="),
-        check_line("Loop py-handler CPU/msg vs plain C", ratio(PY, C_ECHO, cpu), 1.1, "<="),
-        check_line("Loop py-handler CPU/msg vs uvloop", ratio(PY, UVLOOP_ECHO, cpu), 0.9, "<="),
-        check_line("Loop py-handler msg/s vs uvloop", ratio(PY, UVLOOP_ECHO, rate), 1.1, ">="),
-        check_line("Loop py-handler batch CPU/msg vs plain C", ratio(PY_BATCH, C_ECHO, cpu), 1.1, "<="),
-        check_line("Loop py-handler batch CPU/msg vs uvloop", ratio(PY_BATCH, UVLOOP_ECHO, cpu), 0.9, "<="),
-        check_line("Loop py-handler batch msg/s vs uvloop", ratio(PY_BATCH, UVLOOP_ECHO, rate), 1.1, ">="),
+        *py,
         check_line("ref server eventloop msg/s vs uvloop",
                    ratio("ref server eventloop", UVLOOP_ECHO, rate), 1.1, ">="),
         check_line("asyncio on pyepoll loop msg/s vs asyncio",

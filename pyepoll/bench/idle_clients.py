@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Tuple
 from . import _cli
 from ._proc import Run, ServerProc, Skip, nfds, raise_nofile, rss_bytes, run_loadgen, saturation_note
 from ._report import Chart, Section, Table, check_line
-from ._servers import Spec, _c_echo, _serve, check_echo, idle_servers
+from ._servers import CECHO, PY_HANDLERS, Spec, _c_echo, _serve, check_echo, idle_servers
 
 KS = [0, 5, 100, 1000, 5000, 15000]
 ALL_ARGS = ["--seconds", "0.5", "--repeats", "3"]
@@ -51,9 +51,8 @@ def build() -> argparse.ArgumentParser:
 
 def _models() -> Dict[str, Spec]:
     specs = dict(idle_servers())
-    extra = [Spec("pyepoll Loop py-handler", "echo", _serve("loop-py-level")),
-             Spec("pyepoll Loop py-handler batch", "echo", _serve("loop-batch-level")),
-             Spec("pyepoll Loop C echo", "echo", _serve("loop-c-level")),
+    extra = [*[Spec(name, "echo", _serve(f"{kind}-level")) for name, kind in PY_HANDLERS],
+             Spec(CECHO, "echo", _serve("loop-c-level")),
              Spec("plain C epoll", "echo", _c_echo("level"))]
     specs.update((s.name, s) for s in extra)
     return specs
@@ -284,8 +283,7 @@ def summary(tables: Dict[str, Table], ks: List[int], args: argparse.Namespace) -
             waited = c.median >= args.release * 1e3 * 0.9
             out.append(f"{pool}: fresh client with 5 idle held waited {c.median:,.0f} ms "
                        f"({'starved until an idle client left' if waited else 'NOT starved'})")
-    for name, limit in (("pyepoll Loop py-handler", 128), ("pyepoll Loop py-handler batch", 128),
-                        ("pyepoll Loop C echo", 128),
+    for name, limit in (*[(n, 128) for n, _ in PY_HANDLERS], (CECHO, 128),
                         (EVENTLOOP, 512)):
         c = mem.cell(name, big)
         if c and c.samples:

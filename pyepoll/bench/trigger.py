@@ -15,7 +15,7 @@ from typing import List, Optional
 from . import _cli
 from ._proc import Run, run_loadgen
 from ._report import Chart, Section, Table
-from ._servers import Fleet, trigger_servers
+from ._servers import CECHO, PY_HANDLERS, Fleet, trigger_servers
 
 ALL_ARGS = ["--seconds", "1", "--repeats", "3"]
 # workload -> (protocol, loadgen mode, connections, size or depth)
@@ -24,8 +24,7 @@ WORKLOADS = {
     "echo 64 KiB x1": ("echo", "echo", 1, 65536),
     "http keep-alive x64": ("http", "http", 64, 1),
 }
-LOOPS = ["plain C epoll", "pyepoll Loop py-handler", "pyepoll Loop py-handler batch",
-         "pyepoll Loop C echo",
+LOOPS = ["plain C epoll", *[name for name, _ in PY_HANDLERS], CECHO,
          "ref server echo", "ref server http"]
 
 
