@@ -360,6 +360,7 @@ int pe_loop_run(pe_loop *l, struct pe_loop_event *out, int max, int timeout_ms)
 
     if (!out || max <= 0)
         return -EINVAL;
+    l->bn = 0;          /* DATA from here on is not in the batch buffer */
     if ((rc = pe__loop_run_io(l, timeout_ms)) < 0)
         return rc;
     return l->qlen ? deliver(l, out, max) : 0;

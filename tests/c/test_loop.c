@@ -1602,6 +1602,12 @@ static void test_batch_echo_refusals(void **state)
     assert_int_equal(pe_loop_echo(e.l, &h, 1), 0);
     assert_int_equal(pe_loop_echo(e.l, &h2, 1), 1);
     assert_int_equal(recv_wait(fd2, in, sizeof(in), 2000), 1);
+    /* A plain pe_loop_run in between: the batch is no longer the last. */
+    assert_int_equal(send(fd2, "y", 1, 0), 1);
+    PUMP_UNTIL(&e, (pump_into(&e, &b, 5, NULL, NULL),
+                    count_ev(&e, PE_EV_DATA, h2) == 2));
+    pump(&e, 0);
+    assert_int_equal(pe_loop_echo(e.l, &h2, 1), 0);
     close(fd);
     close(fd2);
     env_close(&e);
