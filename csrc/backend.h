@@ -35,6 +35,16 @@
  * followed by room for max kernel events (pe__kev_area), and several
  * threads may wait at once.  Otherwise a second concurrent wait gets -EBUSY
  * (as select.poll refuses a concurrent poll()).
+ *
+ * Lock-free waits.  A backend whose kernel call needs nothing but the
+ * kernel descriptor sets kwait too; its waits then take no lock at all
+ * while nothing changes the table (the uncontended case, two mutex round
+ * trips per wait saved): the wait claims the scratch atomically, calls
+ * kwait, and filters under a sequence lock (seq, odd while a writer holds
+ * the mutex and changes the table; the reader retries under the mutex
+ * when seq moved).  Tables replaced by growth are retired, not freed,
+ * until pe_poller_free, so an optimistic reader never touches freed
+ * memory; kfd and closed are written with atomic stores for it.
  */
 #ifndef PE_BACKEND_H
 #define PE_BACKEND_H
@@ -59,6 +69,9 @@ struct pe_backend {
                    uint32_t gen);
     int  (*wait)(pe_poller *p, struct pe_raw_event *out, int max,
                  int timeout_ms);
+    /* Optional: wait's kernel call alone, on descriptor kfd, lock and
+     * poller untouched (see Lock-free waits above); needs kev_size. */
+    int  (*kwait)(int kfd, struct pe_raw_event *out, int max, int timeout_ms);
     /* Nonzero when the kernel itself reports EEXIST/ENOENT (epoll); then the
      * generic layer asks it instead of trusting its own table, which can be
      * stale after a registered fd was closed and its number reused. */
@@ -88,6 +101,9 @@ struct pe_poller {
     void     *state;           /* backend-private */
     pthread_mutex_t lock;      /* see Threads above */
     int       waiting;         /* raw is lent to a wait in progress */
+    unsigned  seq;             /* odd while the table changes (kwait) */
+    int       nretired;
+    struct pe_fdent *retired[32];  /* tables outgrown (doubling: < 32) */
 };
 
 /* Current table entry for fd, or NULL when fd is beyond the table. */

@@ -76,18 +76,14 @@ static int ep_update(pe_poller *p, int fd, uint32_t old, uint32_t ev,
     return epoll_ctl(p->kfd, op, fd, &e) < 0 ? -errno : 0;
 }
 
-static int ep_wait(pe_poller *p, struct pe_raw_event *out, int max,
-                   int timeout_ms)
+static int ep_kwait(int kfd, struct pe_raw_event *out, int max,
+                    int timeout_ms)
 {
     struct epoll_event *kev = pe__kev_area(out, max);
-    int kfd = p->kfd, n, err, i;
+    int n = epoll_wait(kfd, kev, max, timeout_ms < 0 ? -1 : timeout_ms), i;
 
-    pe__unlock(p);
-    n = epoll_wait(kfd, kev, max, timeout_ms < 0 ? -1 : timeout_ms);
-    err = errno;
-    pe__lock(p);
     if (n < 0)
-        return -err;
+        return -errno;
     for (i = 0; i < n; i++) {
         struct ep_tag tag;
 
@@ -99,6 +95,17 @@ static int ep_wait(pe_poller *p, struct pe_raw_event *out, int max,
     return n;
 }
 
+static int ep_wait(pe_poller *p, struct pe_raw_event *out, int max,
+                   int timeout_ms)
+{
+    int kfd = p->kfd, n;
+
+    pe__unlock(p);
+    n = ep_kwait(kfd, out, max, timeout_ms);
+    pe__lock(p);
+    return n;
+}
+
 const struct pe_backend pe__epoll_backend = {
     .name = "epoll",
     .caps = PE_CAP_EDGE | PE_CAP_ONESHOT | PE_CAP_EXCLUSIVE | PE_CAP_FILENO |
@@ -107,6 +114,7 @@ const struct pe_backend pe__epoll_backend = {
     .destroy = ep_destroy,
     .update = ep_update,
     .wait = ep_wait,
+    .kwait = ep_kwait,
     .kernel_checks = 1,
     .kev_size = sizeof(struct epoll_event),
 };

@@ -122,6 +122,8 @@ void pe_poller_free(pe_poller *p)
         return;
     p->be->destroy(p);             /* closes kfd unless already -1 */
     pthread_mutex_destroy(&p->lock);
+    while (p->nretired > 0)
+        free(p->retired[--p->nretired]);
     free(p->fds);
     free(p->raw);
     free(p);
@@ -135,10 +137,11 @@ int pe_poller_close(pe_poller *p)
 
     pe__lock(p);
     if (!p->closed) {
-        p->closed = 1;
+        /* Atomic stores: lock-free waits read both without the lock. */
+        __atomic_store_n(&p->closed, 1, __ATOMIC_RELEASE);
         if (p->kfd >= 0 && close(p->kfd) < 0 && errno != EINTR)
             rc = -errno;           /* EINTR: the descriptor is gone anyway */
-        p->kfd = -1;
+        __atomic_store_n(&p->kfd, -1, __ATOMIC_RELEASE);
     }
     pe__unlock(p);
     return rc;
@@ -148,8 +151,8 @@ int pe_poller_close(pe_poller *p)
  * the lock may have been held by a parent thread at fork time. */
 void pe_poller_detach(pe_poller *p)
 {
-    p->closed = 1;
-    p->kfd = -1;
+    __atomic_store_n(&p->closed, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&p->kfd, -1, __ATOMIC_RELEASE);
 }
 
 int pe_poller_fileno(const pe_poller *p)
@@ -189,6 +192,10 @@ static int check_events(const pe_poller *p, uint32_t events)
     return 0;
 }
 
+/* A new table, never a realloc: a lock-free wait may still read the old
+ * one, which is retired until pe_poller_free (doubling keeps the retired
+ * ones smaller than the live one together).  fds is published before
+ * nfds, so a reader that sees the new length sees the new table. */
 static int grow_table(pe_poller *p, int fd)
 {
     struct pe_fdent *t;
@@ -196,11 +203,18 @@ static int grow_table(pe_poller *p, int fd)
 
     while (n <= fd)
         n = n > (1 << 29) ? fd + 1 : n * 2;
-    if (!(t = realloc(p->fds, (size_t)n * sizeof(*t))))
+    if (p->fds && p->nretired == (int)(sizeof(p->retired) /
+                                       sizeof(p->retired[0])))
+        return -ENOMEM;            /* unreachable with doubling */
+    if (!(t = malloc((size_t)n * sizeof(*t))))
         return -ENOMEM;
+    if (p->nfds)
+        memcpy(t, p->fds, (size_t)p->nfds * sizeof(*t));
     memset(t + p->nfds, 0, (size_t)(n - p->nfds) * sizeof(*t));
-    p->fds = t;
-    p->nfds = n;
+    if (p->fds)
+        p->retired[p->nretired++] = p->fds;
+    __atomic_store_n(&p->fds, t, __ATOMIC_RELEASE);
+    __atomic_store_n(&p->nfds, n, __ATOMIC_RELEASE);
     return 0;
 }
 
@@ -227,19 +241,22 @@ static int record(pe_poller *p, int fd, uint32_t ev, uint32_t gen)
         e = &p->fds[fd];
     }
     p->nregistered += !e->ev;
-    e->ev = ev;
-    e->gen = gen;
+    __atomic_store_n(&e->ev, ev, __ATOMIC_RELAXED);
+    __atomic_store_n(&e->gen, gen, __ATOMIC_RELAXED);
     return 0;
 }
 
 static void forget(pe_poller *p, struct pe_fdent *e)
 {
     p->nregistered -= !!e->ev;
-    e->ev = 0;
-    e->gen = 0;
+    __atomic_store_n(&e->ev, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&e->gen, 0, __ATOMIC_RELAXED);
 }
 
-/* Common entry: lock, refuse a closed poller or a negative fd. */
+/* Common entry of the calls that change the table: lock, refuse a closed
+ * poller or a negative fd, and make seq odd (a seqlock write section,
+ * see backend.h: lock-free waits that overlap it filter again under the
+ * lock).  leave() ends it. */
 static int enter(pe_poller *p, int fd)
 {
     pe__lock(p);
@@ -247,7 +264,15 @@ static int enter(pe_poller *p, int fd)
         pe__unlock(p);
         return -EBADF;
     }
+    __atomic_store_n(&p->seq, p->seq + 1, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_RELEASE);
     return 0;
+}
+
+static void leave(pe_poller *p)
+{
+    __atomic_store_n(&p->seq, p->seq + 1, __ATOMIC_RELEASE);
+    pe__unlock(p);
 }
 
 int pe_poller_register(pe_poller *p, int fd, uint32_t events)
@@ -273,7 +298,7 @@ int pe_poller_register(pe_poller *p, int fd, uint32_t events)
     if ((rc = record(p, fd, ev, gen)) < 0)
         p->be->update(p, fd, ev, 0, gen);
 out:
-    pe__unlock(p);
+    leave(p);
     return rc;
 }
 
@@ -291,7 +316,7 @@ int pe_poller_modify(pe_poller *p, int fd, uint32_t events)
     if (e && e->ev) {
         rc = p->be->update(p, fd, e->ev, ev, e->gen);
         if (rc == 0)
-            e->ev = ev;
+            __atomic_store_n(&e->ev, ev, __ATOMIC_RELAXED);
         else if (p->be->kernel_checks && (rc == -ENOENT || rc == -EBADF))
             forget(p, e);          /* the kernel dropped it with a close */
     } else if (!p->be->kernel_checks) {
@@ -304,7 +329,7 @@ int pe_poller_modify(pe_poller *p, int fd, uint32_t events)
             rc = record(p, fd, ev, gen);
     }
 out:
-    pe__unlock(p);
+    leave(p);
     return rc;
 }
 
@@ -327,7 +352,7 @@ int pe_poller_unregister(pe_poller *p, int fd)
     } else {
         rc = p->be->update(p, fd, PE_ERR, 0, 0);
     }
-    pe__unlock(p);
+    leave(p);
     return rc;
 }
 
@@ -341,13 +366,16 @@ static size_t scratch_bytes(const struct pe_backend *be, int max)
 /* Deliver what the table still stands behind: an event counts only if its
  * fd is registered under the same generation, and only for bits in the
  * current interest (ERR/HUP always).  Raw mode keeps everything.  Written
- * branch-free: the loop runs once per kernel event. */
+ * branch-free: the loop runs once per kernel event.  The loads are atomic
+ * because a lock-free wait runs this while a writer may change the table
+ * (the seqlock then discards the result); nfds before fds (see
+ * grow_table). */
 static int deliver(const pe_poller *p, const struct pe_raw_event *raw, int n,
                    struct pe_event *out)
 {
     static const struct pe_fdent none = {0, 0};
-    const struct pe_fdent *fds = p->fds;
-    uint32_t nfds = (uint32_t)p->nfds;
+    uint32_t nfds = (uint32_t)__atomic_load_n(&p->nfds, __ATOMIC_ACQUIRE);
+    const struct pe_fdent *fds = __atomic_load_n(&p->fds, __ATOMIC_ACQUIRE);
     uint32_t always = (p->flags & PE_POLLER_RAW) ? ~0u : PE_ALWAYS;
     uint32_t keep_unknown = (p->flags & PE_POLLER_RAW) ? 1 : 0;
     int i, cnt = 0;
@@ -355,14 +383,85 @@ static int deliver(const pe_poller *p, const struct pe_raw_event *raw, int n,
     for (i = 0; i < n; i++) {
         int32_t fd = raw[i].fd;
         const struct pe_fdent *e = (uint32_t)fd < nfds ? &fds[fd] : &none;
-        uint32_t ok = ((e->gen == raw[i].gen) & (e->ev != 0)) | keep_unknown;
-        uint32_t ev = raw[i].events & (e->ev | always) & (0u - ok);
+        uint32_t eev = __atomic_load_n(&e->ev, __ATOMIC_RELAXED);
+        uint32_t egen = __atomic_load_n(&e->gen, __ATOMIC_RELAXED);
+        uint32_t ok = ((egen == raw[i].gen) & (eev != 0)) | keep_unknown;
+        uint32_t ev = raw[i].events & (eev | always) & (0u - ok);
 
         out[cnt].fd = fd;          /* cnt <= i < max: always in bounds */
         out[cnt].events = ev;
         cnt += ev != 0;
     }
     return cnt;
+}
+
+/* deliver() without the lock when no writer overlaps it (seq even and
+ * unchanged), else again under the lock. */
+static int deliver_seq(pe_poller *p, const struct pe_raw_event *raw, int n,
+                       struct pe_event *out)
+{
+    unsigned seq = __atomic_load_n(&p->seq, __ATOMIC_ACQUIRE);
+    int cnt;
+
+    if (!(seq & 1)) {
+        cnt = deliver(p, raw, n, out);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&p->seq, __ATOMIC_RELAXED) == seq)
+            return cnt;
+    }
+    pe__lock(p);
+    cnt = deliver(p, raw, n, out);
+    pe__unlock(p);
+    return cnt;
+}
+
+/* The wait of a kwait backend (see backend.h): no lock unless a writer
+ * overlaps the filtering.  Same results as the locked path below. */
+static int wait_lockfree(pe_poller *p, struct pe_event *out, int max,
+                         int timeout_ms)
+{
+    const struct pe_backend *be = p->be;
+    struct pe_raw_event *raw, *own = NULL;
+    int kfd = __atomic_load_n(&p->kfd, __ATOMIC_ACQUIRE), n, cnt;
+
+    if (kfd < 0)
+        return -EBADF;             /* closed */
+    if (__atomic_exchange_n(&p->waiting, 1, __ATOMIC_ACQUIRE)) {
+        /* Another thread waits with the shared scratch: a private one. */
+        if (!(raw = own = malloc(scratch_bytes(be, max))))
+            return -ENOMEM;
+    } else {
+        if (max > p->nraw) {       /* once per larger batch, not per call */
+            void *r = realloc(p->raw, scratch_bytes(be, max));
+
+            if (!r) {
+                __atomic_store_n(&p->waiting, 0, __ATOMIC_RELEASE);
+                return -ENOMEM;
+            }
+            p->raw = r;
+            p->nraw = max;
+        }
+        raw = p->raw;
+    }
+    n = be->kwait(kfd, raw, max, timeout_ms);
+    if (n > 0) {
+        /* As collect(): a full batch thinned by stale entries is topped
+         * up once without blocking. */
+        cnt = deliver_seq(p, raw, n, out);
+        if (n == max && cnt < n) {
+            n = be->kwait(kfd, raw, max - cnt, 0);
+            if (n > 0)
+                cnt += deliver_seq(p, raw, n, out + cnt);
+        }
+        n = cnt;
+    }
+    if (__atomic_load_n(&p->closed, __ATOMIC_ACQUIRE))
+        n = -EBADF;
+    if (own)
+        free(own);
+    else
+        __atomic_store_n(&p->waiting, 0, __ATOMIC_RELEASE);
+    return n;
 }
 
 /* Backend wait into the scratch, then filter into out.  A full batch that
@@ -395,6 +494,8 @@ static inline int wait_into(pe_poller *p, struct pe_event *out,
 
     if (maxevents <= 0)
         return -EINVAL;
+    if (be->kwait)
+        return wait_lockfree(p, out, maxevents, timeout_ms);
     pe__lock(p);
     if (p->closed) {
         n = -EBADF;

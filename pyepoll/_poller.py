@@ -426,8 +426,9 @@ def _result(w: Any, r: int) -> List[Tuple[int, int]]:
     if r == 0:
         return []
     try:
+        # A memoryview slice: the events are read in place, not copied.
         return list(_iter_events(
-            ffi.buffer(w, _EVENTS_AT + 8 * r)[_EVENTS_AT:]))
+            memoryview(ffi.buffer(w))[_EVENTS_AT:_EVENTS_AT + 8 * r]))
     finally:
         _release(w)
 

@@ -70,6 +70,7 @@ _monotonic_ns = _time.monotonic_ns
 _ceil = _math.ceil
 _EINTR = _errno.EINTR
 _EBUSY = _errno.EBUSY
+_ZERO = 0
 
 
 if _sys.version_info >= (3, 10):
@@ -325,7 +326,7 @@ class epoll:
         w = wm[1]
         if timeout is None:
             r = _wait_block(w)
-        elif not timeout and (type(timeout) is int or type(timeout) is float):
+        elif timeout is _ZERO:         # int 0 is one object; 0.0 takes _poll
             r = _wait_poll(w)
         else:
             return self._poll(timeout, maxevents)
