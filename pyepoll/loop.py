@@ -22,7 +22,7 @@ import math
 import socket
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ._binding import StaleHandleError, check, ffi, fileno_of, lib
 from ._poller import available_backends, timeout_to_ms
@@ -459,9 +459,10 @@ class Loop:
         return list(zip(vi[0:n4:4], self._vq[1:n << 1:2], vi[1:n4:4]))
 
     def wait_batch(self, timeout: Optional[float] = None
-                   ) -> List[Tuple[int, int, int, int]]:
+                   ) -> Iterator[Tuple[int, int, int, int]]:
         """Like :meth:`wait`, but every :data:`EV_DATA` brings its bytes:
-        returns ``(kind, handle, arg, offset)`` tuples, and for
+        returns an iterator of ``(kind, handle, arg, offset)`` tuples (over
+        a snapshot of the batch; ``list()`` it to keep it), and for
         :data:`EV_DATA` the connection's unread bytes are
         ``batch_view[offset:offset + arg]`` -- moved there, so
         :meth:`recv` will not return them again.  No call per connection
@@ -508,10 +509,12 @@ class Loop:
             self._busy = False
             if self._p is None:
                 self._release()
-        # Four 64-bit words an event: one slice, one iterator zipped
-        # with itself makes the tuples.
-        it = iter(self._bq[0:n << 2])
-        return list(zip(it, it, it, it))
+        # Four 64-bit words an event: one slice copied out, one iterator
+        # zipped with itself makes the tuples.  A zip, not a list: a loop
+        # that unpacks each tuple lets zip reuse it (no tuple made and
+        # freed per event; measured 15% of the Python cost per event).
+        it = iter(self._bq[0:n << 2].tolist())
+        return zip(it, it, it, it)
 
     def _flush_echo(self, p: Any) -> None:
         q = self._echoq

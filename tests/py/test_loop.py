@@ -1564,3 +1564,25 @@ def test_queue_echo_more_than_a_batch(harness):
     with pytest.raises(BlockingIOError):
         c.recv(10)
     c.close()
+
+
+def test_wait_batch_returns_a_snapshot(make):
+    loop = make()
+    lid = loop.listen("127.0.0.1", 0)
+    c = client(loop.sockname(lid))
+    deadline = time.monotonic() + 5
+    while loop.stats()["events"] == 0:          # not consumed: a snapshot
+        assert time.monotonic() < deadline, "no OPEN"
+        events = loop.wait_batch(0.01)
+    c.sendall(b"x")
+    c2 = client(loop.sockname(lid))
+    later: List[Tuple[int, int, int, int]] = []
+    while len(later) < 2:
+        assert time.monotonic() < deadline, "no DATA and OPEN"
+        later += list(loop.wait_batch(0.01))
+    assert sorted(k for k, *_ in later) == [EV_OPEN, EV_DATA]
+    h = next(h for k, h, *_ in later if k == EV_DATA)
+    # The later calls overwrote the event buffer, not the first result.
+    assert list(events) == [(EV_OPEN, h, lid, 0)]
+    c.close()
+    c2.close()
