@@ -831,6 +831,93 @@ static void test_waiter_held_by_a_blocked_thread(void **state)
     free(other);
 }
 
+struct churn {
+    pe_poller *p;
+    int fds[64];                    /* readable descriptors to churn */
+    int stop;                       /* atomic */
+    pthread_t t;
+};
+
+/* Registers and unregisters (growing the table now and then with a high
+ * dup) while the main thread waits: with epoll the waits filter without
+ * the lock, racing these writers. */
+static void *churn_main(void *arg)
+{
+    struct churn *c = arg;
+    int i = 0, high = -1;
+
+    while (!__atomic_load_n(&c->stop, __ATOMIC_ACQUIRE)) {
+        int fd = c->fds[i++ % 64];
+
+        pe_poller_register(c->p, fd, PE_READ);
+        pe_poller_modify(c->p, fd, PE_READ | PE_WRITE);
+        pe_poller_unregister(c->p, fd);
+        if (i % 256 == 0) {
+            if (high >= 0) {
+                pe_poller_unregister(c->p, high);
+                close(high);
+            }
+            high = fcntl(c->fds[0], F_DUPFD, 64 + (i / 256) % 4000);
+            if (high >= 0)
+                pe_poller_register(c->p, high, PE_READ);
+        }
+    }
+    if (high >= 0) {
+        pe_poller_unregister(c->p, high);
+        close(high);
+    }
+    return NULL;
+}
+
+/* Lock-free waits (epoll) racing table writers: every event delivered is
+ * for a descriptor that was registered, with bits it could have, and the
+ * stable registration is never lost.  (poll and select build their kernel
+ * sets under the lock; there a descriptor closed after unregister while a
+ * select() runs is the kernel's EBADF, as with select.select.) */
+static void test_wait_while_table_changes(void **state)
+{
+    struct fx *f = *state;
+    struct churn c;
+    struct pe_event ev[128];
+    int src, dst, i, n, rounds = 0, bad = 0, stable;
+    double t0 = now_ms();
+
+    if (!is("epoll")) {
+        skip();
+        return;
+    }
+    memset(&c, 0, sizeof(c));
+    c.p = f->p;
+    pair(&src, &dst);
+    put(dst);                       /* src readable; its dups too */
+    for (i = 0; i < 64; i++)
+        assert_true((c.fds[i] = dup(src)) >= 0);
+    put(f->b);
+    assert_int_equal(pe_poller_register(f->p, f->a, PE_READ), 0);
+    assert_int_equal(pthread_create(&c.t, NULL, churn_main, &c), 0);
+    /* No assert while the thread runs: a failure would free the poller
+     * under it. */
+    while (now_ms() - t0 < 300 && !bad) {
+        n = pe_poller_wait(f->p, ev, 128, 0);
+        bad |= n < 1;
+        for (i = 0, stable = 0; i < n; i++) {
+            bad |= ev[i].fd < 0 || ev[i].events == 0 ||
+                   (ev[i].events & ~(uint32_t)(PE_READ | PE_WRITE));
+            stable |= ev[i].fd == f->a && ev[i].events == PE_READ;
+        }
+        bad |= !stable;
+        rounds++;
+    }
+    __atomic_store_n(&c.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(c.t, NULL);
+    for (i = 0; i < 64; i++)
+        close(c.fds[i]);
+    close(src);
+    close(dst);
+    assert_int_equal(bad, 0);
+    assert_true(rounds > 10);
+}
+
 /* -------------------------------------------------- creation, raw mode */
 
 static void test_flags_and_fromfd(void **state)
@@ -969,6 +1056,7 @@ int main(void)
         T(test_waiter_claimed_while_events_are_read),
         T(test_waiter_timeout_and_errors),
         T(test_waiter_held_by_a_blocked_thread),
+        T(test_wait_while_table_changes),
         T(test_flags_and_fromfd),
 #ifdef PE_HAVE_EPOLL
         T(test_epoll_raw_and_fromfd),
