@@ -16,6 +16,7 @@
  *     through another object sharing the descriptor included.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -546,10 +547,19 @@ static inline int waiter_run(struct pe_waiter *w, int timeout_ms)
 
     if (__atomic_exchange_n(&w->busy, 1, __ATOMIC_ACQUIRE))
         return -EBUSY;
-    n = wait_into(w->poller, w->out, w->maxevents, timeout_ms);
-    if (n == 1 && (uint32_t)w->out[0].fd < 65535 && w->out[0].events < 0x4000)
-        n = -(PE_WAIT_ONE_BASE + (w->out[0].fd << 14 | (int)w->out[0].events));
-    if (n <= 0)
+    n = wait_into(w->poller, w->out,
+                  w->maxevents < PE_WAIT_MAX_EVENTS ? w->maxevents
+                                                    : PE_WAIT_MAX_EVENTS,
+                  timeout_ms);
+    if (n == 1) {
+        uint32_t fd = (uint32_t)w->out[0].fd, ev = w->out[0].events;
+
+        if (ev == PE_READ && fd <= (uint32_t)(INT_MAX - PE_WAIT_READ_BASE))
+            n = PE_WAIT_READ_BASE + (int)fd;
+        else if (fd < 65535 && ev < 0x4000)
+            n = -(PE_WAIT_ONE_BASE + (int)(fd << 14 | ev));
+    }
+    if (n <= 0 || n >= PE_WAIT_READ_BASE)   /* nothing left in out */
         __atomic_store_n(&w->busy, 0, __ATOMIC_RELEASE);
     return n;
 }

@@ -110,13 +110,16 @@ int pe_poller_wait(pe_poller *p, struct pe_event *out, int maxevents,
  * another waiter.  When events land in out (a result > 0) the waiter stays
  * claimed until pe_waiter_release, so the caller reads them undisturbed.
  *
- * Results: as pe_poller_wait, except that exactly one event with
- * 0 <= fd < 65535 (events always fit: all conditions are below 0x4000)
- * comes back in the result itself and nothing stays claimed:
- *   -(PE_WAIT_ONE_BASE + (fd << 14 | events)),
- * below -4095 and so never an -errno, and small enough to be a cheap
- * integer in Python.  A binding maps it to (fd, events) without touching
- * the buffer; with level-triggered polling the same few values recur. */
+ * Results: as pe_poller_wait, except that exactly one event comes back
+ * in the result itself (nothing stays claimed) when it can:
+ *   PE_WAIT_READ_BASE + fd       events == PE_READ (the common one);
+ *   -(PE_WAIT_ONE_BASE + (fd << 14 | events))
+ *                                other events, 0 <= fd < 65535 (all
+ *                                conditions are below 0x4000);
+ * both beyond any count (at most PE_WAIT_MAX_EVENTS: maxevents above it
+ * is taken as it) and any -errno (>= -4095), and small integers for
+ * Python: a binding maps them to (fd, events) without touching the
+ * buffer, by list index or dict lookup. */
 struct pe_waiter {
     pe_poller *poller;
     int32_t maxevents;
@@ -126,6 +129,8 @@ struct pe_waiter {
     struct pe_event out[];
 };
 #define PE_WAIT_ONE_BASE 4096
+#define PE_WAIT_MAX_EVENTS 1048576
+#define PE_WAIT_READ_BASE 1048577
 int pe_waiter_poll(struct pe_waiter *w);
 int pe_waiter_block(struct pe_waiter *w);
 int pe_waiter_wait(struct pe_waiter *w);

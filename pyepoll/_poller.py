@@ -297,7 +297,15 @@ class Poller:
             r = _wait_poll(w)
         else:
             return self._wait_timed(timeout)
-        if r < -4095:                  # one event, in the result itself
+        if r > 1048576:                # one READ event, fd r - 1048577
+            try:
+                pair = _read_pairs[r - 1048577]
+                if pair is not None:
+                    return [pair]
+            except IndexError:
+                pass
+            return [_read_pair(r - 1048577)]
+        if r < -4095:                  # one event of other bits
             try:
                 return [_one_event[r]]
             except KeyError:
@@ -312,7 +320,7 @@ class Poller:
         one event: events in the array, or a failure (calling this function
         let the interpreter run signal handlers, whose exception
         propagates: PEP 475)."""
-        while _ONE_BELOW <= r < 0:
+        while _ONE_BELOW <= r < 0:     # an -errno
             if r == -errno.EBUSY:      # another thread waits on _w
                 return self._wait_other(timeout, -1)
             if r != -errno.EINTR or self._w is None:
@@ -351,7 +359,7 @@ class Poller:
                 self._raise_closed()
             if ms > 0:
                 ms = max(0, math.ceil((deadline - time.monotonic()) * 1000.0))
-        if r < 0 and r > _ONE_BELOW:
+        if _ONE_BELOW <= r < 0:
             self._raise_failed(r)
         return r
 
@@ -386,11 +394,14 @@ _wait_poll = lib.pe_waiter_poll
 _wait_block = lib.pe_waiter_block
 _wait_ms = lib.pe_waiter_wait
 _release = lib.pe_waiter_release
-# Results below this are one event (see struct pe_waiter in pyepoll.h);
-# wait() has it as a literal (a constant costs less than a global).
+# Waiter results (see struct pe_waiter in pyepoll.h): below _ONE_BELOW one
+# event of any bits, from _READ_BASE on one PE_READ event; wait() has them
+# as literals (a constant costs less than a global).
 _ONE_BELOW = -4095
+_READ_BASE = 1048577
 assert _ONE_BELOW == 1 - lib.PE_WAIT_ONE_BASE
-_MAX_EVENTS = 1 << 20              # per call; the rest come with the next
+assert _READ_BASE == lib.PE_WAIT_READ_BASE == lib.PE_WAIT_MAX_EVENTS + 1
+_MAX_EVENTS = lib.PE_WAIT_MAX_EVENTS   # per call; the rest come with the next
 _EVENTS_AT = ffi.offsetof("struct pe_waiter", "out")
 _iter_events = struct.Struct("=iI").iter_unpack
 
@@ -407,6 +418,21 @@ def _new_waiter(p: Any, cap: int) -> Any:
 _one_event: Dict[int, Tuple[int, int]] = {}
 
 
+# (fd, READ) by fd, the commonest one-event result: a list index is
+# cheaper still than a dict lookup.  Filled on first use of each fd.
+_read_pairs: List[Optional[Tuple[int, int]]] = []
+
+
+def _read_pair(fd: int) -> Tuple[int, int]:
+    """The (fd, READ) pair, remembered."""
+    if fd >= len(_read_pairs):
+        _read_pairs.extend([None] * (fd + 1 - len(_read_pairs)))
+    pair = _read_pairs[fd]
+    if pair is None:
+        pair = _read_pairs[fd] = (fd, READ)
+    return pair
+
+
 def _new_pair(r: int) -> Tuple[int, int]:
     """The pair of one-event result r, remembered (bounded: the table is
     emptied when full)."""
@@ -421,6 +447,8 @@ def _new_pair(r: int) -> Tuple[int, int]:
 def _result(w: Any, r: int) -> List[Tuple[int, int]]:
     """A waiter's successful result as a list of (fd, events); releases the
     waiter when the events were in its array."""
+    if r >= _READ_BASE:
+        return [_read_pair(r - _READ_BASE)]
     if r < _ONE_BELOW:
         return [_one_event.get(r) or _new_pair(r)]
     if r == 0:

@@ -25,7 +25,7 @@ from ._binding import ffi as _ffi
 from ._binding import lib as _lib
 from ._binding import raise_errno as _raise_errno
 from ._poller import _ONE_BELOW, _new_pair, _new_waiter
-from ._poller import _one_event, _result
+from ._poller import _one_event, _read_pair, _read_pairs, _result
 from ._poller import _wait_block, _wait_ms, _wait_poll
 from ._poller import available_backends as _available_backends
 
@@ -330,7 +330,15 @@ class epoll:
             r = _wait_poll(w)
         else:
             return self._poll(timeout, maxevents)
-        if r < -4095:                  # one event, in the result itself
+        if r > 1048576:                # one EPOLLIN event, fd r - 1048577
+            try:
+                pair = _read_pairs[r - 1048577]
+                if pair is not None:
+                    return [pair]
+            except IndexError:
+                pass
+            return [_read_pair(r - 1048577)]
+        if r < -4095:                  # one event of other bits
             try:
                 return [_one_event[r]]
             except KeyError:

@@ -77,6 +77,8 @@ _monotonic = _time.monotonic
 _ceil = _math.ceil
 _EINTR = _errno.EINTR
 _EBUSY = _errno.EBUSY
+# select() reads a waiter's one-READ-event result as answers[1].
+assert _TO_SELECTOR[_lib.PE_READ] == EVENT_READ == 1
 
 
 def _fileobj_to_fd(fileobj: Any) -> int:
@@ -381,7 +383,12 @@ def _make_select(selector: _CoreSelector) -> Any:
             if ms > _INT_MAX:
                 ms = _long_timeout(clamp, timeout)
             return wait_timed(ms)
-        if r < -4095:                  # one event, in the result itself
+        if r > 1048576:                # one READ event, fd r - 1048577
+            try:
+                return [ready[r - 1048577][1]]     # 1: EVENT_READ
+            except KeyError:           # unregistered meanwhile
+                return []
+        if r < -4095:                  # one event of other bits
             try:
                 fd, ev = one_event[r]
             except KeyError:
@@ -424,6 +431,9 @@ def _make_select(selector: _CoreSelector) -> Any:
                 r = _wait_poll(waiter.w) if ms == 0 else _wait_block(waiter.w)
             if r == -_EINTR:
                 _run_signal_handlers()
+        if r > 1048576:
+            answers = ready.get(r - 1048577)
+            return [answers[EVENT_READ]] if answers is not None else []
         if r < -4095:
             fd, ev = one_event.get(r) or _new_pair(r)
             answers = ready.get(fd)
