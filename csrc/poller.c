@@ -545,6 +545,8 @@ static inline int waiter_run(struct pe_waiter *w, int timeout_ms)
 {
     int n;
 
+    if (!w->poller)
+        return -EBADF;             /* a binding's stand-in for closed */
     if (__atomic_exchange_n(&w->busy, 1, __ATOMIC_ACQUIRE))
         return -EBUSY;
     n = wait_into(w->poller, w->out,

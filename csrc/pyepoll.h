@@ -104,6 +104,7 @@ int pe_poller_wait(pe_poller *p, struct pe_event *out, int maxevents,
  * sets poller and maxevents (<= the length of out) once and passes one
  * pointer; pe_waiter_poll waits 0 ms, pe_waiter_block forever, and
  * pe_waiter_wait timeout_ms (the caller's to serialize: one writer).
+ * A waiter whose poller is NULL answers -EBADF (a closed stand-in).
  *
  * Threads.  A waiter is claimed for the call (busy, atomically); a second
  * wait on it meanwhile returns -EBUSY at once, leaving the caller to use

@@ -119,7 +119,7 @@ class Poller:
 
     def __init__(self, backend: Optional[str] = None) -> None:
         self._p: Any = None
-        self._w: Any = None
+        self._w: Any = _CLOSED
         self._wt: Any = None
         self._pid_fork: Optional[int] = None
         err = ffi.new("int *")
@@ -156,10 +156,10 @@ class Poller:
     @property
     def closed(self) -> bool:
         """True after :meth:`close` (or, in a forked child, always)."""
-        return self._w is None
+        return self._w is _CLOSED
 
     def _check_open(self) -> Any:
-        if self._w is None:
+        if self._w is _CLOSED:
             self._raise_closed()
         return self._p
 
@@ -172,15 +172,16 @@ class Poller:
             )
         raise ValueError("I/O operation on closed poller object")
 
-    # Closed means _w is None.  The C poller itself (_p) lives as long as
+    # Closed means _w is _CLOSED (a waiter C answers with -EBADF, so wait()
+    # needs no test of its own).  The C poller itself (_p) lives as long as
     # this object: a wait() running in another thread may still use it,
     # and then gets -EBADF from C rather than freed memory.
 
     def _forked(self) -> None:
-        if self._w is None or self._backend not in ("epoll", "kqueue"):
+        if self._w is _CLOSED or self._backend not in ("epoll", "kqueue"):
             return
         self._pid_fork = os.getppid()
-        self._w = self._wt = None
+        self._w, self._wt = _CLOSED, None
         if self._backend == "kqueue":
             # The number may already name an unrelated file in the child.
             lib.pe_poller_detach(self._p)
@@ -189,8 +190,8 @@ class Poller:
 
     def close(self) -> None:
         """Release the kernel object.  Idempotent."""
-        if self._w is not None:
-            self._w = self._wt = None
+        if self._w is not _CLOSED:
+            self._w, self._wt = _CLOSED, None
             lib.pe_poller_close(self._p)
             _live.discard(self)
 
@@ -213,7 +214,7 @@ class Poller:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._w is None else "open"
+        state = "closed" if self._w is _CLOSED else "open"
         return f"<pyepoll.Poller backend={self._backend!r} {state}>"
 
     # -- registrations ---------------------------------------------------------
@@ -289,7 +290,7 @@ class Poller:
         # of a 1-ready wait, so only the common call (timeout None or 0) is
         # handled inline.
         w = self._w
-        if w is None or maxevents != -1:
+        if maxevents != -1:
             return self._wait_other(timeout, maxevents)
         if timeout is None:
             r = _wait_block(w)
@@ -323,7 +324,7 @@ class Poller:
         while _ONE_BELOW <= r < 0:     # an -errno
             if r == -errno.EBUSY:      # another thread waits on _w
                 return self._wait_other(timeout, -1)
-            if r != -errno.EINTR or self._w is None:
+            if r != -errno.EINTR or self._w is _CLOSED:
                 self._raise_failed(r)
             r = _wait_block(w) if timeout is None else _wait_poll(w)
         return _result(w, r)
@@ -338,7 +339,7 @@ class Poller:
             return _result(w, self._timed(w, timeout_to_ms(timeout)))
         finally:
             # Put back unless closed or replaced by _grow meanwhile.
-            if self._wt is None and self._w is not None:
+            if self._wt is None and self._w is not _CLOSED:
                 self._wt = w
 
     def _timed(self, w: Any, ms: int) -> int:
@@ -355,7 +356,7 @@ class Poller:
                 break
             # Back in the interpreter: signal handlers have run (the loop's
             # jump runs them), their exception propagating.
-            if self._w is None:
+            if self._w is _CLOSED:
                 self._raise_closed()
             if ms > 0:
                 ms = max(0, math.ceil((deadline - time.monotonic()) * 1000.0))
@@ -367,7 +368,7 @@ class Poller:
                     maxevents: int) -> List[Tuple[int, int]]:
         """wait() when the poller is closed, maxevents is given, or another
         thread holds the shared waiter: a waiter of its own."""
-        if self._w is None:
+        if self._w is _CLOSED:
             self._raise_closed()
         if maxevents == -1:
             maxevents = self._cap
@@ -385,7 +386,7 @@ class Poller:
         return _result(w, self._timed(w, ms))
 
     def _raise_failed(self, r: int) -> None:
-        if self._w is None:
+        if self._w is _CLOSED:
             self._raise_closed()       # closed by another thread meanwhile
         check(r, "waiting for events")
 
@@ -408,6 +409,10 @@ _iter_events = struct.Struct("=iI").iter_unpack
 
 def _new_waiter(p: Any, cap: int) -> Any:
     return ffi.new("struct pe_waiter *", [p, cap, 0, 0, 0, cap])
+
+
+# The waiter of every closed Poller: no poller, so C answers -EBADF.
+_CLOSED = _new_waiter(ffi.NULL, 1)
 
 
 # (fd, events) by one-event waiter result, each pair built once: a server

@@ -70,6 +70,8 @@ _monotonic_ns = _time.monotonic_ns
 _ceil = _math.ceil
 _EINTR = _errno.EINTR
 _EBUSY = _errno.EBUSY
+# poll()'s (maxevents, waiter) once closed: no maxevents is this object.
+_CLOSED_WM: Tuple[Any, Any] = (object(), None)
 _ZERO = 0
 
 
@@ -182,7 +184,7 @@ class epoll:
 
     def __init__(self, sizehint: int = -1, flags: int = 0) -> None:
         self._p: Any = None
-        self._wm: Optional[Tuple[int, Any]] = None
+        self._wm: Tuple[Any, Any] = _CLOSED_WM
         sizehint = _c_int(sizehint)
         flags = _c_int(flags)
         if sizehint != -1 and sizehint <= 0:
@@ -193,7 +195,7 @@ class epoll:
 
     def _open(self, fd: int) -> None:
         self._p = None
-        self._wm = None
+        self._wm = _CLOSED_WM
         self._wt: Any = None
         self._held: Any = None
         err = _ffi.new("int *")
@@ -235,7 +237,7 @@ class epoll:
         """
         p, self._p = self._p, None
         if p is not None:
-            self._wm = self._wt = None
+            self._wm, self._wt = _CLOSED_WM, None
             # The C object itself lives as long as this one, so a poll()
             # running in another thread gets EBADF, never freed memory.
             self._held = p
@@ -321,7 +323,7 @@ class epoll:
         # "is": an equal float or Decimal must still be refused as CPython
         # does; _poll re-keys on an equal int object.
         wm = self._wm
-        if wm is None or maxevents is not wm[0]:
+        if maxevents is not wm[0]:     # always so once closed: _CLOSED_WM
             return self._poll(timeout, maxevents)
         w = wm[1]
         if timeout is None:
@@ -396,7 +398,7 @@ class epoll:
             # come with the next call.
             cap = min(maxevents, _MAX_BUFFER)
         wm = self._wm
-        if wm is None or wm[0] != maxevents:
+        if wm[1] is None or wm[0] != maxevents:
             wm = (maxevents, _new_waiter(p, cap))
         elif wm[0] is not maxevents:
             wm = (maxevents, wm[1])

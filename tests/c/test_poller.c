@@ -792,6 +792,8 @@ static void test_waiter_timeout_and_errors(void **state)
     assert_int_equal(pe_poller_close(f->p), 0);
     assert_int_equal(pe_waiter_poll(w), -EBADF);
     assert_int_equal(w->busy, 0);
+    w->poller = NULL;               /* a binding's closed stand-in */
+    assert_int_equal(pe_waiter_block(w), -EBADF);
     free(w);
 }
 
