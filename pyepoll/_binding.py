@@ -23,7 +23,8 @@ class StaleHandleError(ValueError):
 def raise_errno(err: int, context: str = "") -> NoReturn:
     """Raise the exception CPython would raise for the positive errno ``err``."""
     if err == errno.ESTALE:
-        raise StaleHandleError(context or "connection is closed (stale handle)")
+        stale = "connection is closed (stale handle)"
+        raise StaleHandleError(f"{context}: {stale}" if context else stale)
     message = os.strerror(err)
     if context:
         message = f"{message}: {context}"

@@ -228,11 +228,13 @@ class ChunkedDecoder:
         ``data`` are now body bytes, and ``consumed`` input bytes were used
         (fewer than ``len(data)`` only once :attr:`done`, when the rest
         belongs to the next request).  Raises ValueError on malformed
-        framing.
+        framing, TypeError/BufferError for what is not a writable buffer
+        (decoding in place must never write into a bytes object).
         """
-        if not data:
+        cbuf = ffi.from_buffer(data, require_writable=True)
+        if not len(data):
             return 0, 0
-        n = lib.pe_http_decode_chunked(self._st, ffi.from_buffer(data),
+        n = lib.pe_http_decode_chunked(self._st, cbuf,
                                        len(data), self._consumed, self._done)
         if n < 0:
             raise ValueError("malformed chunked body")
