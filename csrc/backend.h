@@ -106,6 +106,9 @@ struct pe_poller {
     struct pe_fdent *retired[32];  /* tables outgrown (doubling: < 32) */
 };
 
+/* Bits reported whatever the interest. */
+#define PE_ALWAYS (PE_ERR | PE_HUP)
+
 /* Current table entry for fd, or NULL when fd is beyond the table. */
 static inline struct pe_fdent *pe__fdent(pe_poller *p, int fd)
 {
