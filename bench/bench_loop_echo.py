@@ -6,7 +6,8 @@ event ("py-handler"), wait_batch() + reply() (each DATA brings its bytes in
 one shared buffer: "batch+reply"), and wait_batch() + queue_echo() (the
 replies of a batch go out in the next wait_batch's single C call:
 "batch+queue_echo"); "batch+handler fn" calls a Python function per
-message that returns its reply.
+message, handler(handle, memoryview) -> reply, and queues the reply with
+queue_echo when it is the input itself.
 
 Every server runs in its own process pinned to CPU 0; the C load client
 (bench/c_echo_client.c: N connections, one SIZE-byte message in flight on
@@ -131,7 +132,7 @@ def serve_batch(loop, kind: str) -> None:
                     data = view[off:off + n]
                     out = handler(h, data)
                     if out is data:
-                        reply(h, off, n)  # no conversion of the view
+                        push(h)           # echo-like: no conversion
                     elif out is not None:
                         loop.send(h, out)
                 except ConnectionError:
