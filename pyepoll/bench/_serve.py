@@ -2,8 +2,9 @@
 ``python -m pyepoll.bench._serve KIND PORT``.
 
 Echo: pyepoll.Loop with a Python handler (``loop-py``: wait/recv/send;
-``loop-batch``: wait_batch/reply; ``loop-queue``: wait_batch/queue_echo) or
-the C echo path (``loop-c``), level or edge; asyncio Protocol and streams, on asyncio's own
+``loop-batch``: wait_batch/reply; ``loop-queue``: wait_batch/queue_echo;
+``loop-fn``: wait_batch and a handler function per message) or the C echo
+path (``loop-c``), level or edge; asyncio Protocol and streams, on asyncio's own
 loop, on uvloop, and on pyepoll's asyncio loop.  HTTP: "hello" answered by
 an asyncio Protocol with a small hand parser, or by uvloop + httptools, the
 usual fast Python stack.  Every HTTP server answers what the reference
@@ -46,6 +47,39 @@ def serve_loop(port: int, trigger: str, c_echo: bool) -> None:
             if kind == EV_DATA:
                 try:
                     send(h, recv(h))
+                except ConnectionError:
+                    pass
+            elif kind == EV_EOF:
+                close(h)
+
+
+def serve_loop_fn(port: int, trigger: str) -> None:
+    """What issue 4 calls a handler: a Python function called per message,
+    handler(handle, memoryview) -> reply.  A reply that is the input itself
+    is queued with queue_echo (no conversion of the view); any other goes
+    out with send()."""
+    from pyepoll import EV_DATA, EV_EOF, Loop
+
+    cap = max(1024, min(_nofile() - 64, 1 << 16))
+    loop = Loop(trigger=trigger, max_connections=cap)
+    loop.listen("127.0.0.1", port, backlog=BACKLOG)
+    wait_batch, push, send = loop.wait_batch, loop.queue_echo, loop.send
+    close = loop.close_connection
+    view = loop.batch_view
+
+    def handler(h: int, data: memoryview):
+        return data                       # an echo: the reply is the input
+
+    while True:
+        for kind, h, n, offset in wait_batch():
+            if kind == EV_DATA:
+                data = view[offset:offset + n]
+                out = handler(h, data)
+                try:
+                    if out is data:
+                        push(h)
+                    elif out is not None:
+                        send(h, out)
                 except ConnectionError:
                     pass
             elif kind == EV_EOF:
@@ -213,7 +247,9 @@ def main(argv: List[str]) -> None:
     kind, port = argv[0], int(argv[1])
     if kind.startswith("loop-"):
         _, what, trigger = kind.split("-")      # loop-py-level, loop-c-edge
-        if what in ("batch", "queue"):
+        if what == "fn":
+            serve_loop_fn(port, trigger)
+        elif what in ("batch", "queue"):
             serve_loop_batch(port, trigger, what == "queue")
         else:
             serve_loop(port, trigger, what == "c")

@@ -52,7 +52,8 @@ def _serve(kind: str, needs: Sequence[str] = ()) -> Callable[[], List[str]]:
     def argv() -> List[str]:
         for mod in needs:
             _need_module(mod)
-        need = {"loop-batch": "wait_batch", "loop-queue": "queue_echo"}
+        need = {"loop-batch": "wait_batch", "loop-queue": "queue_echo",
+                "loop-fn": "queue_echo"}
         for prefix, method in need.items():
             from pyepoll import Loop
             if kind.startswith(prefix) and not hasattr(Loop, method):
@@ -136,11 +137,13 @@ C_ECHO = "plain C epoll"
 UVLOOP_ECHO = "uvloop Protocol"
 UVLOOP_HTTP = "uvloop+httptools"
 CECHO = "pyepoll Loop C echo"
-# pyepoll.Loop with a Python function per message, three ways (name, kind):
-# what a first handler looks like, then the batch API's two replies.
+# pyepoll.Loop with Python code per message, four ways (name, kind): what a
+# first handler looks like, the batch API's two replies, and a handler
+# function returning its reply on the batch API.
 PY_HANDLERS = [("pyepoll Loop py wait/recv/send", "loop-py"),
                ("pyepoll Loop py batch+reply", "loop-batch"),
-               ("pyepoll Loop py batch+queue_echo", "loop-queue")]
+               ("pyepoll Loop py batch+queue_echo", "loop-queue"),
+               ("pyepoll Loop py batch+handler fn", "loop-fn")]
 
 
 def echo_servers(pool_threads: int = 64) -> Dict[str, Spec]:
