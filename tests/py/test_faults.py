@@ -24,7 +24,7 @@ from pyepoll import EV_CLOSED, EV_DATA, StaleHandleError
 from conftest import BACKENDS
 from test_loop import (RESET_ERRNOS, cfg, harness, make, payload,  # noqa: F401
                        rst_close, sockopt)
-from test_server import HELLO, GET, Reader, connect, get  # noqa: F401
+from test_server import ALL_MODELS, GET, HELLO, Reader, connect, get  # noqa: F401
 from test_server import start_server  # noqa: F401  (fixture)
 from test_server_abuse import _flood, _raise_nofile
 
@@ -440,13 +440,15 @@ FLOOD = 10000
 @pytest.mark.slow
 @pytest.mark.skipif(not LINUX, reason="reads /proc")
 @pytest.mark.parametrize("overflow", ["queue", "reject"])
-def test_flood_10000_beyond_max_connections(start_server, overflow):
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_flood_10000_beyond_max_connections(start_server, model, overflow):
     """10,000 connections opened at once against --max-connections 100:
     the server stays up, answers a client it already had within 3 s, and
     recovers (fds back to the baseline, new clients served at once)."""
     _raise_nofile(FLOOD + 1024)
-    srv = start_server("--model", "eventloop", "--max-connections", "100",
-                       "--queue-size", "200", "--overflow", overflow,
+    srv = start_server("--model", model, "--max-connections", "100",
+                       "--pool-threads", "50", "--queue-size", "200",
+                       "--overflow", overflow,
                        "--idle-timeout", "20")
     base = nfds(srv.pid)
     old = connect(srv.addr)
