@@ -34,6 +34,8 @@
 #define PE_CF_WFULL      0x2000u   /* WRITE_FULL reported, not yet drained */
 #define PE_CF_PENDING    0x4000u   /* on the pending-read list */
 #define PE_CF_RDMORE     0x8000u   /* edge: socket may hold unread bytes */
+#define PE_CF_DIRECT    0x10000u   /* this run read into the batch buffer:
+                                      bidx is the offset, DATA's arg the length */
 
 #define PE_CF_PAUSED (PE_CF_UPAUSE | PE_CF_HPAUSE | PE_CF_EPAUSE)
 
@@ -78,6 +80,10 @@ struct pe_loop {
     char *bbuf;                  /* buffer of the last pe_loop_run_into */
     uint32_t bbuflen;
     struct pe_loop_bevent *bout; /* and its events */
+    /* During a pe_loop_run_into that started with nothing queued: reads
+     * go straight into dbuf (see loop_batch.c); NULL otherwise. */
+    char *dbuf;
+    uint32_t dpos, dlen, dmax;
     uint32_t bn;                 /* events it handed out */
 
     struct pe_loop_event *q;     /* events not yet handed out */
@@ -106,6 +112,9 @@ void pe__loop_emit(pe_loop *l, uint32_t kind, uint32_t arg, pe_handle h);
 void pe__loop_slot_freed(pe_loop *l);
 void pe__loop_accept(pe_loop *l, int id);
 void pe__loop_accept_resume(pe_loop *l, unsigned why);
+
+/* loop_batch.c: 1 if it read (or closed), 0 if the ring must be used. */
+int  pe__conn_read_direct(pe_loop *l, uint32_t slot, int short_ok);
 
 /* loop_io.c */
 ssize_t pe__sendv(int fd, struct iovec *iov, int n);   /* no SIGPIPE */

@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <stdint.h>
+#include <unistd.h>
 
 #include "loop.h"
 
@@ -47,6 +48,85 @@ int pe_loop_echo(pe_loop *l, const pe_handle *hs, size_t n)
     return sent;
 }
 
+/* Read straight into the caller's buffer, skipping the input ring, when
+ * the DATA this read makes is sure to be handed out by this call: the run
+ * started with nothing queued (so no older DATA needs the buffer first),
+ * the event's place in the queue is below max, and the connection holds
+ * nothing unread.  One read per connection per run: bytes read after it
+ * would belong behind these, so a connection that may hold more is read
+ * again next run (edge: pending list; level: the poller says so). */
+int pe__conn_read_direct(pe_loop *l, uint32_t slot, int short_ok)
+{
+    struct pe_conn *c = &l->ct.slots[slot];
+    uint32_t room = l->cfg.in_high, space = l->dlen - l->dpos;
+    pe_handle h;
+    ssize_t n;
+
+    if (c->flags & PE_CF_DIRECT) {       /* read already in this run */
+        c->flags |= PE_CF_RDMORE;
+        if (l->cfg.edge)
+            pe__conn_pending_add(l, slot);
+        return 1;
+    }
+    if (l->qlen >= l->dmax || space < (room < 4096 ? room : 4096))
+        return 0;
+    if (room > space)
+        room = space;
+    do {
+        n = read(c->fd, l->dbuf + l->dpos, room);
+    } while (n < 0 && errno == EINTR);
+    l->st.syscalls++;
+    h = pe__ct_handle(&l->ct, slot);
+    if (n > 0) {
+        c->bidx = l->dpos;
+        c->flags |= PE_CF_DIRECT;
+        l->dpos += (uint32_t)n;
+        l->st.bytes_in += (uint64_t)n;
+        if (short_ok && (uint32_t)n < room) {
+            c->flags &= ~PE_CF_RDMORE;
+        } else {
+            c->flags |= PE_CF_RDMORE;
+            if (l->cfg.edge)
+                pe__conn_pending_add(l, slot);
+        }
+        pe__conn_touch(l, slot);
+        pe__loop_emit(l, PE_EV_DATA, (uint32_t)n, h);
+    } else if (n == 0) {
+        c->flags = (c->flags | PE_CF_EOF) & ~PE_CF_RDMORE;
+        pe__loop_emit(l, PE_EV_EOF, 0, h);
+        pe__conn_interest(l, slot);
+    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+        c->flags &= ~PE_CF_RDMORE;
+    } else {
+        pe__conn_close(l, slot, errno);
+    }
+    return 1;
+}
+
+/* Direct bytes whose DATA stays queued (the call ran out of room or
+ * events) move into their rings: the buffer is overwritten next call. */
+static void rescue_direct(pe_loop *l, const char *buf)
+{
+    uint32_t i, cnt = l->qlen;
+    struct pe_loop_event *e;
+    struct pe_conn *c;
+
+    for (i = 0; i < cnt; i++) {
+        e = &l->q[(l->qhead + i) & (l->qcap - 1)];
+        if (e->kind != PE_EV_DATA || !(c = pe__ct_get(&l->ct, e->handle)) ||
+            !(c->flags & PE_CF_DIRECT))
+            continue;
+        c->flags &= ~PE_CF_DIRECT;
+        /* The ring is empty: nothing was read after the direct bytes. */
+        if (pe__ring_append(&c->in, &l->pool, buf + c->bidx, e->arg,
+                            l->cfg.in_high) < 0) {
+            pe__conn_close(l, (uint32_t)e->handle, ENOMEM);
+            continue;
+        }
+        c->bidx = 0;
+    }
+}
+
 /* Hand out queued events; a DATA event takes its connection's unread bytes
  * along, packed into buf in event order.  A DATA whose bytes were taken
  * already (a second DATA of a carried-over batch) or whose handle went
@@ -56,7 +136,7 @@ int pe_loop_echo(pe_loop *l, const pe_handle *hs, size_t n)
 static int deliver_into(pe_loop *l, struct pe_loop_bevent *out, int max,
                         char *buf, uint32_t buflen)
 {
-    uint32_t pos = 0, mask = l->qcap - 1, take;
+    uint32_t pos = l->dpos, mask = l->qcap - 1, take;
     struct pe_loop_event e;
     struct pe_conn *c;
     int n = 0;
@@ -68,14 +148,24 @@ static int deliver_into(pe_loop *l, struct pe_loop_bevent *out, int max,
         out[n].arg = e.arg;
         out[n].off = 0;
         if (e.kind == PE_EV_DATA) {
-            if (!(c = pe__ct_get(&l->ct, e.handle)) || c->in.len == 0) {
+            if ((c = pe__ct_get(&l->ct, e.handle)) &&
+                (c->flags & PE_CF_DIRECT)) {
+                /* Read into buf already, at bidx; the ring is empty. */
+                c->flags &= ~PE_CF_DIRECT;
+                out[n].off = c->bidx;
+                c->bidx = (uint32_t)++n;
+                l->qhead = (l->qhead + 1) & mask;
+                l->qlen--;
+                continue;
+            }
+            if (!c || c->in.len == 0) {
                 l->qhead = (l->qhead + 1) & mask;
                 l->qlen--;
                 continue;
             }
             take = c->in.len;
             if (take > buflen - pos) {
-                if (n)
+                if (n || pos)
                     break;
                 take = buflen;           /* buflen < in_high: stay queued */
             }
@@ -115,9 +205,18 @@ int pe_loop_run_into(pe_loop *l, const pe_handle *echo, size_t necho,
     l->bbuflen = (uint32_t)buflen;
     l->bout = out;
     l->bn = 0;                   /* the last batch's bytes are overwritten */
-    if ((rc = pe__loop_run_io(l, timeout_ms)) < 0)
-        return rc;
+    l->dbuf = l->qlen || l->cfg.echo ? NULL : buf;
+    l->dpos = 0;
+    l->dlen = (uint32_t)buflen;
+    l->dmax = (uint32_t)max;
+    rc = pe__loop_run_io(l, timeout_ms);
+    l->dbuf = NULL;
+    if (rc < 0)
+        return rc;                       /* nothing was read: dpos is 0 */
     if (l->qlen)
         l->bn = (uint32_t)deliver_into(l, out, max, buf, (uint32_t)buflen);
+    if (l->dpos && l->qlen)
+        rescue_direct(l, buf);
+    l->dpos = 0;
     return (int)l->bn;
 }

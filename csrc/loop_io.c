@@ -306,6 +306,8 @@ static void conn_read(pe_loop *l, uint32_t slot, uint32_t events)
         c->flags |= PE_CF_RDMORE;
         return;
     }
+    if (l->dbuf && c->in.len == 0 && pe__conn_read_direct(l, slot, short_ok))
+        return;
     for (;;) {
         room = high > c->in.len ? high - c->in.len : 0;
         if (room == 0) {

@@ -256,12 +256,13 @@ struct pe_loop_bevent {
 };
 
 /* pe_loop_echo(echo, necho) if necho, then pe_loop_run, except that each
- * DATA event hands its connection's unread bytes over: they are moved
- * into buf (packed in event order) and no longer buffered in the loop, so
- * no per-connection read call is needed.  A DATA whose bytes do not fit
- * waits for the next call; with buflen >= in_high each connection's bytes
- * come whole.  The bytes stay valid until the next run; pe_loop_reply and
- * pe_loop_echo send from them. */
+ * DATA event hands its connection's unread bytes over: they are in buf at
+ * off (no two events' bytes overlap; often read there straight from the
+ * socket) and no longer buffered in the loop, so no per-connection read
+ * call is needed.  A DATA whose bytes do not fit waits for the next call;
+ * with buflen >= in_high each connection's bytes come whole.  The bytes
+ * stay valid until the next run; pe_loop_reply and pe_loop_echo send from
+ * them. */
 int pe_loop_run_into(pe_loop *l, const pe_handle *echo, size_t necho,
                      struct pe_loop_bevent *out, int max, int timeout_ms,
                      void *buf, size_t buflen);
