@@ -121,7 +121,8 @@ static void listener_init(void)
     CHECK(lfd >= 0);
     CHECK(bind(lfd, (struct sockaddr *)&a, alen) == 0);
     CHECK(listen(lfd, 16) == 0);
-    /* Kept for the connect()s: getsockname gives the same address. */
+    /* One listener for the whole process (each input adds it to its own
+     * loop and removes it); client_connect reads the address back. */
 }
 
 static int client_connect(void)

@@ -87,31 +87,33 @@ def test_rst_mid_large_write_server(start_server):
     resets: it stays up, serves others, and its descriptors come back."""
     srv = start_server("--protocol", "echo")
     base = nfds(srv.pid)
+    chunk = b"x" * 65536
     for _ in range(3):
         c = socket.socket()
         c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         c.connect(srv.addr)
-        c.settimeout(10)
-        sender = threading.Thread(
-            target=lambda s=c: _send_quietly(s, b"x" * (32 << 20)))
-        sender.start()
-        got = 0
+        c.setblocking(False)
+        # Push (up to 32 MiB) and read (1 MiB) in turns: the server's
+        # output piles up behind the small receive window, then we reset.
+        sent = got = 0
+        deadline = time.monotonic() + 20
         while got < 1 << 20:
-            got += len(c.recv(65536))
+            assert time.monotonic() < deadline, (sent, got)
+            if sent < 32 << 20:
+                try:
+                    sent += c.send(chunk)
+                except BlockingIOError:
+                    pass
+            try:
+                got += len(c.recv(65536))
+            except BlockingIOError:
+                time.sleep(0.001)
         rst_close(c)
-        sender.join(10)
     other = connect(srv.addr)
     other.sendall(b"still there\n")
     assert other.recv(100) == b"still there\n"
     other.close()
     assert settle(lambda: nfds(srv.pid) == base), (nfds(srv.pid), base)
-
-
-def _send_quietly(sock: socket.socket, data: bytes) -> None:
-    try:
-        sock.sendall(data)
-    except OSError:
-        pass
 
 
 # -- write to a closed peer: no SIGPIPE ------------------------------------------
@@ -511,6 +513,6 @@ def test_fork_child_using_loop_gets_clear_error(harness):
     c.send(b"for the parent")
     _, status = os.waitpid(pid, 0)
     hs.pump(lambda: bytes(hs.got[h]) == b"for the parent",
-            what="the parent's bytes", timeout=2)
+            what="the parent's bytes", timeout=1)
     assert os.WEXITSTATUS(status) == 0
     c.close()
