@@ -19,13 +19,15 @@ from __future__ import annotations
 import array
 import errno
 import math
+import os
 import socket
 import threading
 import time
+import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ._binding import StaleHandleError, check, ffi, fileno_of, lib
-from ._poller import available_backends, timeout_to_ms
+from ._poller import ForkError, available_backends, timeout_to_ms
 
 __all__ = [
     "Loop", "StaleHandleError",
@@ -81,8 +83,20 @@ _NULL = ffi.NULL
 _monotonic = time.monotonic
 
 
-def _raise_closed() -> None:
-    raise ValueError("I/O operation on closed loop")
+# Loops alive in this process, so that a fork can disarm them in the child.
+_live: "weakref.WeakSet[Loop]" = weakref.WeakSet()
+# C loops a forked child must never free: freeing closes descriptors by
+# number, and a kqueue's number may name an unrelated file in the child.
+_inherited: List[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    for loop in list(_live):
+        loop._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _size(name: str, value: Any, minimum: int, maximum: int = _U32_MAX) -> int:
@@ -152,6 +166,11 @@ class Loop:
     ``output_max``).  It is the bound ``append`` of a 64-bit ``array``, so
     a call costs no Python frame: TypeError/OverflowError for what is not
     an int in [0, 2**64).
+
+    After ``fork()`` a loop made before it raises :class:`ForkError` in the
+    child on every call (its sockets belong to the parent too; a child
+    that waited would take the parent's bytes); ``close()`` there does
+    nothing.  Make a new Loop in the child.
     """
 
     __slots__ = ("_p", "_ev", "_vi", "_vq", "_batch", "_rbuf", "_rbytes",
@@ -159,6 +178,7 @@ class Loop:
                  "_echoq", "queue_echo", "_eq", "_eqv",
                  "_out_max", "_backend", "_trigger", "_echo", "_listeners",
                  "_owned", "_busy", "_zombie", "_lock", "_u32a", "_u32b",
+                 "_pid_fork",
                  "_u64", "_int", "_host", "_stats", "__weakref__")
 
     def __init__(self, *, backend: Optional[str] = None,
@@ -171,6 +191,7 @@ class Loop:
                  accept_batch: int = 64, nodelay: bool = True,
                  echo: bool = False, batch: int = 1024) -> None:
         self._p: Any = None
+        self._pid_fork: Optional[int] = None
         self._busy = False
         self._zombie: Any = None
         self._lock = threading.Lock()
@@ -223,6 +244,7 @@ class Loop:
                 raise ValueError("invalid loop configuration")
             check(rc, "creating the loop")
         self._p = ffi.gc(p, lib.pe_loop_free)
+        _live.add(self)
         self._backend = backend or available_backends()[0]
         self._trigger = trigger
         self._echo = bool(echo)
@@ -260,7 +282,7 @@ class Loop:
 
     @property
     def closed(self) -> bool:
-        """True after :meth:`close`."""
+        """True after :meth:`close` (or, in a forked child, always)."""
         return self._p is None
 
     @property
@@ -276,8 +298,29 @@ class Loop:
     def _check_open(self) -> Any:
         p = self._p
         if p is None:
-            _raise_closed()
+            self._raise_closed()
         return p
+
+    def _raise_closed(self) -> None:
+        if self._pid_fork is not None:
+            raise ForkError(
+                f"this Loop was created in process {self._pid_fork}, before "
+                f"fork(); its sockets are shared with that process, so "
+                f"create a new Loop in the child (pid {os.getpid()})")
+        raise ValueError("I/O operation on closed loop")
+
+    def _forked(self) -> None:
+        # Every backend: even a poll or select loop would read the bytes of
+        # sockets the parent owns.  The C loop is kept, never freed, in the
+        # child (see _inherited); close() there does nothing.
+        p = self._p if self._p is not None else self._zombie
+        if p is None:
+            return
+        _inherited.append(p)
+        self._pid_fork = os.getppid()
+        self._p = self._zombie = None
+        self._owned = {}
+        self._listeners = {}
 
     def close(self) -> None:
         """Close every connection (no events), stop listening, and close the
@@ -437,7 +480,7 @@ class Loop:
         p = self._p
         if p is None:
             self._busy = False
-            _raise_closed()
+            self._raise_closed()
         if self._echoq:
             self._flush_echo(p)
         try:
@@ -478,7 +521,7 @@ class Loop:
         p = self._p
         if p is None:
             self._busy = False
-            _raise_closed()
+            self._raise_closed()
         try:
             start = _monotonic() if ms > 0 else 0.0
             q = self._echoq
@@ -546,7 +589,7 @@ class Loop:
         ValueError if the range is outside the buffer."""
         p = self._p
         if p is None:
-            _raise_closed()
+            self._raise_closed()
         if self._echoq:
             self._flush_echo(p)
         try:
@@ -607,7 +650,7 @@ class Loop:
         connection ``h``; ``b""`` when nothing is unread."""
         p = self._p
         if p is None:
-            _raise_closed()
+            self._raise_closed()
         size = self._in_high
         if -1 < max < size:
             size = max
@@ -653,7 +696,7 @@ class Loop:
         :data:`EV_CLOSED` follows)."""
         p = self._p
         if p is None:
-            _raise_closed()
+            self._raise_closed()
         if self._echoq:
             self._flush_echo(p)
         if type(data) is bytes:

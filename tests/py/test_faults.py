@@ -490,8 +490,6 @@ def test_flood_10000_beyond_max_connections(start_server, model, overflow):
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-@pytest.mark.xfail(strict=True, reason="gap (issue 7): Loop has no fork "
-                   "guard; a child's wait() takes the parent's bytes")
 def test_fork_child_using_loop_gets_clear_error(harness):
     """As Poller does (ForkError), a Loop used in a forked child must
     refuse with a clear error instead of taking the parent's events and

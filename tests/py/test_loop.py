@@ -1587,3 +1587,37 @@ def test_wait_batch_returns_a_snapshot(make):
     assert list(events) == [(EV_OPEN, h, lid, 0)]
     c.close()
     c2.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_gets_fork_error(harness):
+    hs = harness("collect", batched="reply")
+    c, h = hs.connect()
+    pid = os.fork()
+    if pid == 0:                                    # the child
+        code = 0
+        loop = hs.loop
+        for call in (lambda: loop.wait(0), lambda: loop.wait_batch(0),
+                     lambda: loop.send(h, b"x"), lambda: loop.recv(h),
+                     lambda: loop.reply(h, 0, 1), lambda: loop.stats(),
+                     lambda: loop.close_connection(h)):
+            try:
+                call()
+                code |= 1                           # used silently
+            except pyepoll.ForkError:
+                pass
+            except BaseException:  # noqa: BLE001
+                code |= 2
+        if not loop.closed:
+            code |= 4
+        loop.close()                                # a no-op here
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    # The parent's loop and connection are untouched.
+    c.sendall(b"after fork")
+    hs.pump(lambda: bytes(hs.got[h]) == b"after fork", what="bytes")
+    hs.loop.send(h, b"ok")
+    assert hs.read(c, 2) == b"ok"
+    c.close()
+
