@@ -333,6 +333,21 @@ def open_idle(port: int, n: int) -> List[socket.socket]:
     return socks
 
 
+def settled_fds(pid: int, timeout: float = 30) -> int:
+    """The server's descriptor count once the load client's connections
+    have all been closed on its side (unchanged for 0.3 s)."""
+    deadline = time.monotonic() + timeout
+    last, since = nfds(pid), time.monotonic()
+    while time.monotonic() - since < 0.3:
+        if time.monotonic() > deadline:
+            raise RuntimeError("server descriptor count does not settle")
+        time.sleep(0.05)
+        now = nfds(pid)
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
 def wait_fds(pid: int, want: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while nfds(pid) != want:
@@ -367,7 +382,7 @@ def part_idle(bins, args) -> None:
         pid = server.proc.pid
         try:
             run_client(bins, server.port, args, seconds=0.5)   # warm up
-            base_fds = nfds(pid)
+            base_fds = settled_fds(pid)
             without, with_idle, per_conn = [], [], []
             for _ in range(args.runs):
                 without.append(measure(server, bins, args))
