@@ -145,6 +145,21 @@ def fresh_client(port: int, idle: Idle, release: float, give_up: float
     return result[0], released
 
 
+def stable_fds(pid: int, quiet: float = 0.3, timeout: float = 5.0) -> int:
+    """The server's descriptor count once it has not changed for `quiet`
+    seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = nfds(pid), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = nfds(pid)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last
+
+
 def settle(pid: int, want: int, timeout: float) -> int:
     """Wait until the server holds `want` descriptors; returns what it holds."""
     deadline = time.monotonic() + timeout
@@ -166,8 +181,9 @@ def run_model(name: str, spec: Spec, args: argparse.Namespace,
     try:
         check_echo(proc.port)
         run_loadgen(proc, "echo", 64, min(0.3, args.seconds), 1024)   # warm up
-        time.sleep(0.2)
-        base_fds, base_rss = nfds(proc.pid), rss_bytes(proc.pid)
+        # The server closes the warm-up's connections after the client has
+        # gone: count its descriptors once that is done.
+        base_fds, base_rss = stable_fds(proc.pid), rss_bytes(proc.pid)
         for k in args.k:
             if idle.grow(k, timeout=max(10.0, k / 500)) < k:
                 notes.append(f"{name}: stopped at K={k}: only {len(idle.socks)} "
