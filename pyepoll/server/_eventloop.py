@@ -265,6 +265,7 @@ class EventLoopModel:
         # messages/s at 64 connections, 1 KiB (the client is woken once for
         # a burst of replies), ~3% more CPU per message.
         echo_handler, queue_echo = _Echo, loop.queue_echo
+        echo, fifo = self._echo, self._fifo
         # The built-in HTTP's hot path, inline: a connection between
         # requests whose bytes are exactly a plain GET head seen before
         # gets the canned answer (as HttpSession.feed would answer it)
@@ -300,6 +301,13 @@ class EventLoopModel:
                 hits = 0
                 for kind, h, arg, off in events:
                     if kind == EV_DATA:
+                        if echo and not fifo:
+                            # Every active connection is a built-in echo
+                            # and none waits in the FIFO (its data would
+                            # be held): nothing to look up (queue_echo
+                            # skips handles closed meanwhile).
+                            queue_echo(h)
+                            continue
                         c = table[h & slot]
                         if c is None or c.closed or c.h != h:
                             continue

@@ -66,6 +66,44 @@ def test_overflow_queue_serves_in_order(start_server, model):
         s.close()
 
 
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_overflow_queue_echo_waits_then_echoes(start_server, model):
+    """Echo beyond capacity: bytes sent while queued (some read with the
+    accept) are echoed only once a slot frees, whole and in order."""
+    srv = start_server("--model", model, "--protocol", "echo",
+                       "--overflow", "queue", "--queue-size", "4",
+                       *_capacity_args(model, 2))
+    held = []
+    for _ in range(2):
+        s = connect(srv.addr)
+        s.sendall(b"ping")
+        assert s.recv(16) == b"ping"
+        held.append(s)
+    waiting = []
+    for i in range(3):
+        s = connect(srv.addr)
+        s.sendall(b"first %d;" % i)      # at once: may come with the accept
+        waiting.append(s)
+    time.sleep(0.2)
+    for i, s in enumerate(waiting):
+        s.sendall(b"second %d;" % i)
+        assert _no_answer_within(s, 0.3 if i == 0 else 0.05)
+    held[0].sendall(b"still served")
+    assert held[0].recv(64) == b"still served"
+    for s in held:
+        s.close()
+    for i, s in enumerate(waiting[:2]):  # the two freed slots, in order
+        want = b"first %d;second %d;" % (i, i)
+        got = b""
+        s.settimeout(10)
+        while len(got) < len(want):
+            got += s.recv(64)
+        assert got == want
+    assert _no_answer_within(waiting[2], 0.3)
+    for s in waiting:
+        s.close()
+
+
 @pytest.mark.parametrize("protocol", ["http", "echo"])
 @pytest.mark.parametrize("model", ALL_MODELS)
 def test_overflow_reject(start_server, model, protocol):
