@@ -261,9 +261,9 @@ class EventLoopModel:
         slot, hold, http_handler = _SLOT, _HOLD, HttpHandler
         # The built-in echo: replies queued with queue_echo go out
         # together, in one C call, before the next wait.  Measured against
-        # the loop's C echo mode (a write right after each read): ~8% more
+        # the loop's C echo mode (a write right after each read): 5-9% more
         # messages/s at 64 connections, 1 KiB (the client is woken once for
-        # a burst of replies), ~3% more CPU per message.
+        # a burst of replies), for up to 3% more CPU per message.
         echo_handler, queue_echo = _Echo, loop.queue_echo
         echo, fifo = self._echo, self._fifo
         # The built-in HTTP's hot path, inline: a connection between
