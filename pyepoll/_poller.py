@@ -299,13 +299,10 @@ class Poller:
         else:
             return self._wait_timed(timeout)
         if r > 1048576:                # one READ event, fd r - 1048577
-            try:
-                pair = _read_pairs[r - 1048577]
-                if pair is not None:
-                    return [pair]
+            try:                       # None: not built yet
+                return [_read_pairs[r - 1048577] or _read_pair(r - 1048577)]
             except IndexError:
-                pass
-            return [_read_pair(r - 1048577)]
+                return [_read_pair(r - 1048577)]
         if r < -4095:                  # one event of other bits
             try:
                 return [_one_event[r]]

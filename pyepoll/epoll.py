@@ -333,13 +333,10 @@ class epoll:
         else:
             return self._poll(timeout, maxevents)
         if r > 1048576:                # one EPOLLIN event, fd r - 1048577
-            try:
-                pair = _read_pairs[r - 1048577]
-                if pair is not None:
-                    return [pair]
+            try:                       # None: not built yet
+                return [_read_pairs[r - 1048577] or _read_pair(r - 1048577)]
             except IndexError:
-                pass
-            return [_read_pair(r - 1048577)]
+                return [_read_pair(r - 1048577)]
         if r < -4095:                  # one event of other bits
             try:
                 return [_one_event[r]]
