@@ -217,8 +217,15 @@ static inline int waiter_run(struct pe_waiter *w, int timeout_ms)
         else if (fd < 65535 && ev < 0x4000)
             n = -(PE_WAIT_ONE_BASE + (int)(fd << 14 | ev));
     }
-    if (n <= 0 || n >= PE_WAIT_READ_BASE)   /* nothing left in out */
+    if (n <= 0 || n >= PE_WAIT_READ_BASE) {  /* nothing left in out */
         __atomic_store_n(&w->busy, 0, __ATOMIC_RELEASE);
+    } else {
+        int i, all = 1;
+
+        for (i = 0; i < n; i++)
+            all &= w->out[i].events == PE_READ;
+        w->all_read = all;
+    }
     return n;
 }
 

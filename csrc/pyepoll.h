@@ -120,13 +120,15 @@ int pe_poller_wait(pe_poller *p, struct pe_event *out, int maxevents,
  * both beyond any count (at most PE_WAIT_MAX_EVENTS: maxevents above it
  * is taken as it) and any -errno (>= -4095), and small integers for
  * Python: a binding maps them to (fd, events) without touching the
- * buffer, by list index or dict lookup. */
+ * buffer, by list index or dict lookup.  With a count, all_read says
+ * whether every event in out is exactly PE_READ (a binding may then map
+ * fds alone to prebuilt pairs). */
 struct pe_waiter {
     pe_poller *poller;
     int32_t maxevents;
     int32_t timeout_ms;
     int32_t busy;
-    int32_t reserved;
+    int32_t all_read;       /* set with a count: every event is PE_READ */
     struct pe_event out[];
 };
 #define PE_WAIT_ONE_BASE 4096

@@ -236,7 +236,12 @@ class Poller:
         FileExistsError if it is already registered."""
         p = self._check_open()
         fd = fileno_of(fd)
-        rc = lib.pe_poller_register(p, fd, self._mask(events))
+        events = self._mask(events)
+        if fd < _PREFILL_BELOW:
+            # Before the kernel can report it: a READ batch maps fds to
+            # these pairs (_result_registered).
+            _read_pair(fd)
+        rc = lib.pe_poller_register(p, fd, events)
         if rc == -errno.EINVAL and self._backend == "select":
             # CPython's words for an fd an fd_set cannot hold.
             raise ValueError("filedescriptor out of range in select()")
@@ -324,7 +329,7 @@ class Poller:
             if r != -errno.EINTR or self._w is _CLOSED:
                 self._raise_failed(r)
             r = _wait_block(w) if timeout is None else _wait_poll(w)
-        return _result(w, r)
+        return _result_registered(w, r)
 
     def _wait_timed(self, timeout: float) -> List[Tuple[int, int]]:
         """wait() with a timeout other than None and 0."""
@@ -333,7 +338,7 @@ class Poller:
             return self._wait_other(timeout, -1)
         self._wt = None
         try:
-            return _result(w, self._timed(w, timeout_to_ms(timeout)))
+            return _result_registered(w, self._timed(w, timeout_to_ms(timeout)))
         finally:
             # Put back unless closed or replaced by _grow meanwhile.
             if self._wt is None and self._w is not _CLOSED:
@@ -380,7 +385,7 @@ class Poller:
             return self.wait(timeout)
         ms = -1 if timeout is None else timeout_to_ms(timeout)
         w = _new_waiter(self._p, maxevents)
-        return _result(w, self._timed(w, ms))
+        return _result_registered(w, self._timed(w, ms))
 
     def _raise_failed(self, r: int) -> None:
         if self._w is _CLOSED:
@@ -444,6 +449,33 @@ def _new_pair(r: int) -> Tuple[int, int]:
         _one_event.clear()
     _one_event[r] = pair
     return pair
+
+
+# Poller.register builds (fd, READ) for every fd below this before the
+# kernel knows the fd (a valid fd is below RLIMIT_NOFILE, 2**20 by default;
+# a bogus huge one must not grow the list).
+_PREFILL_BELOW = 1 << 20
+_read_pair_at = _read_pairs.__getitem__
+
+
+def _result_registered(w: Any, r: int) -> List[Tuple[int, int]]:
+    """_result for a Poller, whose events are for fds registered through a
+    Poller, so their (fd, READ) pairs exist: a batch of READ events (C says
+    so in all_read) is one C-level map of fds to shared pairs, no tuple
+    built or freed per event.  Small batches are not worth the views."""
+    if 16 <= r <= _MAX_EVENTS and w.all_read:
+        fds = memoryview(ffi.buffer(w))[
+            _EVENTS_AT:_EVENTS_AT + 8 * r].cast("i")[::2]
+        try:
+            pairs = list(map(_read_pair_at, fds))
+        except IndexError:             # an fd beyond _PREFILL_BELOW
+            return _result(w, r)       # reads the array and releases
+        except BaseException:
+            _release(w)
+            raise
+        _release(w)
+        return pairs
+    return _result(w, r)
 
 
 def _result(w: Any, r: int) -> List[Tuple[int, int]]:

@@ -231,6 +231,33 @@ def test_one_event_results_for_many_fds_and_event_sets(poller):
             b.close()
 
 
+def test_batches_of_read_events_and_mixed_batches(poller):
+    """A batch whose events are all READ is mapped from fds alone (C sets
+    all_read); one other event in it takes the unpacking path.  Both must
+    give exactly the kernel's answer."""
+    pairs = [socket.socketpair() for _ in range(40)]
+    try:
+        for a, b in pairs:
+            poller.register(a, READ)
+            b.send(b"x")
+        want = sorted((a.fileno(), READ) for a, _ in pairs)
+        assert sorted(poller.wait(0)) == want
+        assert sorted(poller.wait(None)) == want
+        assert sorted(poller.wait(0.5)) == want
+        assert sorted(poller.wait(0, maxevents=1 << 20)) == want
+        got = poller.wait(0, maxevents=20)
+        assert len(got) == 20 and set(got) <= set(want)
+        a, b = pairs[7]
+        poller.modify(a, READ | WRITE)
+        mixed = sorted(want[:7] + [(a.fileno(), READ | WRITE)] + want[8:])
+        assert sorted(poller.wait(0)) == mixed
+        assert sorted(poller.wait(None)) == mixed
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
 def test_wait_works_while_the_shared_waiter_is_held(poller, sockpair):
     """A waiter stays claimed while its events are read; a wait() finding
     it claimed (another thread reading, or waiting) uses one of its own."""
