@@ -441,7 +441,9 @@ def run_wrk(server: ServerProc, conns: int, seconds: float, depth: int) -> Run:
 
     def pct(p: str) -> float:
         mm = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        if not mm:
+        if not mm or float(mm.group(1)) == 0:
+            # wrk prints 0.00us when it kept no latency samples (seen with
+            # deep pipelining): not a measurement.
             return float("nan")
         return float(mm.group(1)) * {"us": 1.0, "ms": 1e3, "s": 1e6}[mm.group(2)]
     client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> Section:
                 reference=UVLOOP_HTTP)
     user = Table("HTTP hello server user-space CPU per request", "us user",
                  list(modes), reference=UVLOOP_HTTP)
-    lat = Table("HTTP latency p99 (per request; per batch when pipelined)",
+    lat = Table("HTTP latency p99 (" + ("as wrk measures it" if use_wrk else
+                "per request; per batch when pipelined") + ")",
                 "us", list(modes), reference=UVLOOP_HTTP)
     for name, by_mode in results.items():
         for mode, runs in by_mode.items():
