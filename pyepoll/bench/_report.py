@@ -118,6 +118,9 @@ class Table:
         out += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(out) + "\n"
 
+    def plot_column(self, path: str, point: object, label: str = "") -> None:
+        plot_column(self, path, point, label)
+
     def plot(self, path: str, logx: bool = False, logy: bool = False,
              xlabel: str = "") -> None:
         """Lines over numeric points (N, message size), grouped bars over
@@ -170,6 +173,39 @@ class Table:
         plt.close(fig)
 
 
+def plot_column(table: "Table", path: str, point: object, label: str = "") -> None:
+    """One column of a table as horizontal bars, best first, with min-max
+    whiskers and each bar's ratio to the reference: the chart to show
+    first."""
+    import matplotlib  # optional: pip install pyepoll-io[bench]
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [(row, by[point]) for row, by in table.rows.items()
+             if point in by and by[point].samples]
+    cells.sort(key=lambda rc: rc[1].median, reverse=not table.lower_is_better)
+    fig, ax = plt.subplots(figsize=(9, 0.42 * len(cells) + 1.4))
+    ys = list(range(len(cells)))[::-1]
+    for y, (row, s) in zip(ys, cells):
+        ours = row.startswith(("pyepoll", "ref server", "eventloop"))
+        color = "#d62728" if row == table.reference else ("#1f77b4" if ours else "#999999")
+        ax.barh(y, s.median, color=color, xerr=[[s.median - s.low], [s.high - s.median]],
+                capsize=2)
+        r = table.ratio(row, point)
+        label = fmt(s.median) + (f"  ({r:.2f}x)" if r is not None and row != table.reference
+                                 else "  (reference)" if row == table.reference else "")
+        ax.text(s.high, y, "  " + label, va="center", fontsize=8)
+    ax.set_yticks(ys, [row for row, _ in cells], fontsize=8)
+    ax.set_xlabel(table.unit + (" (lower is better)" if table.lower_is_better
+                                else " (higher is better)"))
+    ax.set_title(f"{table.title}: {label or point}", fontsize=10)
+    ax.set_xlim(0, max(s.high for _, s in cells) * 1.35)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def fmt(value: float) -> str:
     """Three significant figures, without scientific notation for the
     magnitudes benchmarks produce."""
@@ -208,6 +244,7 @@ class Chart:
     logx: bool = False
     logy: bool = False
     xlabel: str = ""
+    point: object = None        # set: one column as sorted horizontal bars
 
 
 @dataclass
@@ -258,7 +295,10 @@ class Section:
         stem, ext = os.path.splitext(path)
         for i, chart in enumerate(self.charts):
             out = path if i == 0 else f"{stem}-{chart.slug}{ext or '.png'}"
-            chart.table.plot(out, logx=chart.logx, logy=chart.logy, xlabel=chart.xlabel)
+            if chart.point is not None:
+                chart.table.plot_column(out, chart.point, chart.xlabel)
+            else:
+                chart.table.plot(out, logx=chart.logx, logy=chart.logy, xlabel=chart.xlabel)
             written.append(out)
         return written
 

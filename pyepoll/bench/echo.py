@@ -98,6 +98,11 @@ def run(args: argparse.Namespace) -> Section:
                 lat.add(name, f"{c}c p99", r.p99)
                 lat.add(name, f"{c}c p99.9", r.p999)
     sec.tables.append(lat)
+    # The headline: CPU per message at 1 KiB over the most connections.
+    head = next((t for t in sec.tables if t.title.startswith("echo server CPU per message, "
+                                                             f"{max(args.conns)} ")), None)
+    if head is not None:
+        sec.charts.insert(0, Chart(head, "cpu-bars", point=size, xlabel=f"{size} B messages"))
     note = _cli.client_note(results)
     if note:
         sec.tables[0].notes.append(note)

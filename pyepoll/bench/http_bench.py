@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> Section:
         for t in (thr, cpu, user, lat):
             t.reference = REF
     sec.tables += [thr, cpu, user, lat]
-    sec.charts += [Chart(thr, "throughput"), Chart(cpu, "cpu")]
+    sec.charts += [Chart(thr, "throughput"), Chart(cpu, "cpu"),
+                   Chart(cpu, "cpu-pipelined", point=pipe), Chart(cpu, "cpu-keepalive", point=keep)]
     sec.summary = summary(results, keep, pipe)
     sec.skipped += fleet.skip_notes()
     try:
