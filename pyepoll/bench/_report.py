@@ -192,9 +192,9 @@ def plot_column(table: "Table", path: str, point: object, label: str = "") -> No
         ax.barh(y, s.median, color=color, xerr=[[s.median - s.low], [s.high - s.median]],
                 capsize=2)
         r = table.ratio(row, point)
-        label = fmt(s.median) + (f"  ({r:.2f}x)" if r is not None and row != table.reference
-                                 else "  (reference)" if row == table.reference else "")
-        ax.text(s.high, y, "  " + label, va="center", fontsize=8)
+        text = fmt(s.median) + (f"  ({r:.2f}x)" if r is not None and row != table.reference
+                                else "  (reference)" if row == table.reference else "")
+        ax.text(s.high, y, "  " + text, va="center", fontsize=8)
     ax.set_yticks(ys, [row for row, _ in cells], fontsize=8)
     ax.set_xlabel(table.unit + (" (lower is better)" if table.lower_is_better
                                 else " (higher is better)"))
