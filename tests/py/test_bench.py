@@ -244,3 +244,16 @@ def test_idle_clients_smoke_shows_threadpool_starvation() -> None:
     assert set(ttfr) == {"eventloop (pyepoll)", "threadpool 5+20"}
     assert "answered only after an idle client left" in out
     assert "memory per idle connection" in out
+
+
+@linux
+@plain
+@pytest.mark.slow
+def test_dropins_and_poller_in_the_report(tmp_path) -> None:
+    bench("all", "--smoke", "--only", "dropins", "poller", "--out", str(tmp_path),
+          timeout=180)
+    report = (tmp_path / "report.md").read_text()
+    assert "## dropins" in report and "## poller" in report
+    assert "selectors.EpollSelector" in report      # the dropins table
+    assert "select.epoll.poll" in report and "pyepoll.Poller.wait" in report
+    assert "FAILED" not in report
