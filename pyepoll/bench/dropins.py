@@ -39,6 +39,7 @@ import pyepoll
 from pyepoll import selectors as pesel
 from pyepoll._binding import ffi, lib
 
+from ._proc import raise_nofile
 from ._servers import _env
 
 # -- table ----------------------------------------------------------------------
@@ -78,13 +79,6 @@ def print_table(title: str, columns: Sequence[str],
 
 
 # -- descriptor sets ----------------------------------------------------------------
-
-
-def raise_nofile(need: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 class FdSet:

@@ -28,9 +28,7 @@ import argparse
 import gc
 import os
 import platform
-import resource
 import select
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,8 +39,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import pyepoll
 from pyepoll._binding import lib
 
-from ._proc import Skip, build
+from ._proc import Skip, build, raise_nofile
 from ._servers import _env
+from .dropins import FdSet
 
 CASES: List[Tuple[str, int, int]] = [
     ("N=10", 10, 1), ("N=1000", 1000, 1), ("N=10000", 10000, 1),
@@ -51,41 +50,12 @@ REF = "select.epoll.poll"
 KERNEL = "kernel (C loop)"
 
 
-def raise_nofile(need: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-
-
-class Fds:
-    """n_idle idle socket ends, n_ready distinct descriptors that are
-    readable (dups of one socket with a byte waiting)."""
-
-    def __init__(self, n_idle: int, n_ready: int) -> None:
-        self.pairs = [socket.socketpair() for _ in range((n_idle + 1) // 2)]
-        idle = [s.fileno() for pair in self.pairs for s in pair][:n_idle]
-        self.src, self.writer = socket.socketpair()
-        self.writer.send(b"x")
-        self.ready = [os.dup(self.src.fileno()) for _ in range(n_ready)]
-        self.all = idle + self.ready
-
-    def close(self) -> None:
-        for fd in self.ready:
-            os.close(fd)
-        for a, b in self.pairs:
-            a.close()
-            b.close()
-        self.src.close()
-        self.writer.close()
-
-
 class Setup:
     """The three waiting objects on one set of registrations."""
 
     def __init__(self, n_idle: int, n_ready: int) -> None:
         raise_nofile(2 * (n_idle + n_ready) + 200)
-        self.fds = Fds(n_idle, n_ready)
+        self.fds = FdSet(n_idle, n_ready)
         self.expected = n_ready
         self.maxevents = max(len(self.fds.all), 1)
         self.std = select.epoll()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import select
 import selectors
 import socket
@@ -16,18 +15,11 @@ from typing import Callable, Dict, List, Tuple
 import pyepoll
 
 from . import _cli
+from ._proc import raise_nofile
 from ._report import Chart, Section, Table, check_line
 
 FD_SETSIZE = 1024
 DEFAULT_NS = [10, 100, 1000, 5000, 10000, 15000]
-
-
-def _raise_nofile(need: int) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 class FdSet:
@@ -147,7 +139,7 @@ def run(ns: List[int], repeats: int, budget_s: float) -> Table:
     so a burst of load from elsewhere lands on one sample of each N rather
     than on every sample of one N; within a set, implementations alternate.
     The process stays on one CPU meanwhile (no migrations mid-loop)."""
-    limit = _raise_nofile(max(ns) + 256)
+    limit = raise_nofile(max(ns) + 256)
     table = Table("wait-scaling: one wait, 1 ready fd among N watched",
                   "us per call", ns, reference="select.epoll"
                   if hasattr(select, "epoll") else "selectors.Kqueue")
