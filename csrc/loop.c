@@ -149,7 +149,8 @@ pe_loop *pe_loop_new(const struct pe_loop_config *cfg, int *err)
     /* One run reads up to a poller batch of connections before their
      * bytes are taken, each into a pooled buffer: a pool smaller than that
      * sends the rest back to malloc every run (heap trimmed and refaulted,
-     * brk calls).  At most 512 x 16 KiB stay pooled after a burst. */
+     * brk calls).  At most 512 x 16 KiB (8 MiB, in buffers of any pooled
+     * size) stay pooled after a burst. */
     pe__bufpool_init(&l->pool, cfg->max_conns < 512 ? (cfg->max_conns < 64 ?
                                                        64 : cfg->max_conns)
                                                     : 512);

@@ -16,49 +16,66 @@
 
 #define PE_RING_LIMIT (UINT32_MAX / 2 + 1)
 
-/* The pool is a LIFO list threaded through the free buffers' first word:
- * parking a buffer needs no memory of its own, so it cannot fail. */
+/* The pool is a LIFO list per size threaded through the free buffers'
+ * first word: parking a buffer needs no memory of its own, so it cannot
+ * fail. */
 void pe__bufpool_init(struct pe_bufpool *pool, uint32_t limit)
 {
-    pool->bufs = NULL;
-    pool->count = 0;
+    for (int i = 0; i < PE_POOL_SIZES; i++)
+        pool->bufs[i] = NULL;
+    pool->count = pool->units = 0;
     pool->limit = limit;
 }
 
 void pe__bufpool_destroy(struct pe_bufpool *pool)
 {
-    while (pool->bufs) {
-        void **b = pool->bufs;
+    for (int i = 0; i < PE_POOL_SIZES; i++) {
+        while (pool->bufs[i]) {
+            void **b = pool->bufs[i];
 
-        pool->bufs = *b;
-        free(b);
+            pool->bufs[i] = *b;
+            free(b);
+        }
     }
-    pool->count = 0;
+    pool->count = pool->units = 0;
+}
+
+/* The pool's list for a capacity (a power of two >= PE_RING_MIN), or -1
+ * for one too large to pool. */
+static int size_index(uint32_t cap)
+{
+    int i = __builtin_ctz(cap / PE_RING_MIN);
+
+    return i < PE_POOL_SIZES ? i : -1;
 }
 
 static char *buf_get(struct pe_bufpool *pool, uint32_t cap)
 {
+    int i = size_index(cap);
     void **b;
 
-    if (cap != PE_RING_MIN || !pool->bufs)
+    if (i < 0 || !pool->bufs[i])
         return malloc(cap);
-    b = pool->bufs;
-    pool->bufs = *b;
+    b = pool->bufs[i];
+    pool->bufs[i] = *b;
     pool->count--;
+    pool->units -= cap / PE_RING_MIN;
     return (char *)b;
 }
 
 static void buf_put(struct pe_bufpool *pool, char *buf, uint32_t cap)
 {
     void **b = (void **)(void *)buf;
+    int i = size_index(cap);
 
-    if (cap != PE_RING_MIN || pool->count >= pool->limit) {
+    if (i < 0 || cap / PE_RING_MIN > pool->limit - pool->units) {
         free(buf);
         return;
     }
-    *b = pool->bufs;
-    pool->bufs = b;
+    *b = pool->bufs[i];
+    pool->bufs[i] = b;
     pool->count++;
+    pool->units += cap / PE_RING_MIN;
 }
 
 static void release(struct pe_ring *r, struct pe_bufpool *pool)

@@ -6,10 +6,13 @@
  * and data are exposed as at most two iovecs so the loop reads with readv
  * and writes with writev across the wrap, with no copying.
  *
- * Buffers of the smallest size come from a per-loop pool (a LIFO stack of
- * freed buffers, linked through their first word), so a request/response
+ * Freed buffers of 16 KiB to 256 KiB go to a per-loop pool (a LIFO stack
+ * per size, linked through the buffers' first word), so a request/response
  * connection that empties its ring every message does not pay malloc/free
- * each time.  Larger buffers are freed as soon as their ring empties.
+ * each time, and neither does one whose messages are larger than 16 KiB:
+ * glibc would trim the heap top behind such frees and grow it again on the
+ * next read, a brk pair every few reads.  The pool holds at most `limit`
+ * x 16 KiB in all; larger buffers are freed as soon as their ring empties.
  */
 #ifndef PE_RING_H
 #define PE_RING_H
@@ -18,12 +21,15 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
-#define PE_RING_MIN 16384u          /* smallest buffer; the pooled size */
+#define PE_RING_MIN 16384u          /* smallest buffer; one pool unit */
+#define PE_POOL_SIZES 5             /* pooled: PE_RING_MIN << 0..4 */
 
 struct pe_bufpool {
-    void   **bufs;                  /* top free buffer; *bufs is the next */
-    uint32_t count;
-    uint32_t limit;                 /* keep at most this many */
+    void   **bufs[PE_POOL_SIZES];   /* per size: top free buffer; *bufs is
+                                       the next */
+    uint32_t count;                 /* buffers pooled, all sizes */
+    uint32_t units;                 /* their bytes / PE_RING_MIN */
+    uint32_t limit;                 /* keep at most this many units */
 };
 
 struct pe_ring {

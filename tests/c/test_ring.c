@@ -430,8 +430,8 @@ static void test_pool(void **state)
     assert_int_equal(pe__ring_append(&r[0], &pool, "z", 1, MIN), 0);
     assert_ptr_equal(r[0].buf, bufs[1]);
 
-    /* Growing past MIN parks the small buffer; a big one is not pooled,
-     * even with room in the pool. */
+    /* Growing past MIN parks the small buffer; the 2 x MIN one does not
+     * fit the one unit of budget left, so it is freed. */
     assert_int_equal(pool.count, 1);
     assert_int_equal(pe__ring_reserve(&r[0], &pool, MIN, 4 * MIN), 0);
     assert_int_equal(r[0].cap, 2 * MIN);
@@ -463,6 +463,66 @@ static void test_pool(void **state)
     assert_int_equal(pool.count, 0);
     assert_int_equal(live, 0);
     pe__bufpool_destroy(&pool);
+}
+
+/* Larger buffers are pooled by size, within one budget counted in MIN
+ * units; beyond the largest pooled size they go straight back to free. */
+static void test_pool_sizes(void **state)
+{
+    struct pe_bufpool pool;
+    struct pe_ring r[3] = {{0}};
+    char *big, *small;
+    uint32_t top = MIN << (PE_POOL_SIZES - 1);
+
+    (void)state;
+    pe__bufpool_init(&pool, 6);
+    /* A 64 KiB message through a ring: 4 units parked, reused as is. */
+    assert_int_equal(pe__ring_reserve(&r[0], &pool, 4 * MIN, 8 * MIN), 0);
+    assert_int_equal(r[0].cap, 4 * MIN);
+    big = r[0].buf;
+    pe__ring_clear(&r[0], &pool);
+    assert_int_equal(pool.count, 1);
+    assert_int_equal(pool.units, 4);
+    assert_int_equal(live, 1);
+    assert_int_equal(pe__ring_reserve(&r[1], &pool, 3 * MIN, 8 * MIN), 0);
+    assert_ptr_equal(r[1].buf, big);
+    assert_int_equal(mallocs, 1);
+    assert_int_equal(pool.units, 0);
+
+    /* A MIN request never takes the parked big buffer, nor the reverse. */
+    assert_int_equal(pe__ring_append(&r[0], &pool, "s", 1, MIN), 0);
+    small = r[0].buf;
+    pe__ring_clear(&r[0], &pool);
+    pe__ring_clear(&r[1], &pool);
+    assert_int_equal(pool.count, 2);
+    assert_int_equal(pool.units, 5);
+    assert_int_equal(pe__ring_reserve(&r[0], &pool, 2 * MIN, 8 * MIN), 0);
+    assert_int_equal(r[0].cap, 2 * MIN);
+    assert_ptr_not_equal(r[0].buf, big);
+    assert_ptr_not_equal(r[0].buf, small);
+    assert_int_equal(live, 3);
+    /* 5 units held, 2 more do not fit the 6: freed. */
+    pe__ring_clear(&r[0], &pool);
+    assert_int_equal(pool.units, 5);
+    assert_int_equal(live, 2);
+
+    /* The largest pooled size is pooled; twice that never is. */
+    pe__bufpool_destroy(&pool);
+    assert_int_equal(live, 0);
+    pe__bufpool_init(&pool, 64);
+    assert_int_equal(pe__ring_reserve(&r[2], &pool, top, 4 * top), 0);
+    assert_int_equal(r[2].cap, top);
+    pe__ring_clear(&r[2], &pool);
+    assert_int_equal(pool.units, top / MIN);
+    assert_int_equal(pe__ring_reserve(&r[2], &pool, 2 * top, 4 * top), 0);
+    assert_int_equal(r[2].cap, 2 * top);
+    pe__ring_clear(&r[2], &pool);
+    assert_int_equal(pool.count, 1);
+    assert_int_equal(live, 1);
+    pe__bufpool_destroy(&pool);
+    assert_int_equal(pool.count, 0);
+    assert_int_equal(pool.units, 0);
+    assert_int_equal(live, 0);
 }
 
 static void test_move(void **state)
@@ -794,6 +854,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_grow_wrapped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pool, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pool_sizes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_move, setup, teardown),
         cmocka_unit_test_setup_teardown(test_alloc_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_random_vs_model, setup,
