@@ -129,7 +129,7 @@ static void check(const struct pe_ring *r, const struct model *m,
 {
     struct iovec iov[2];
     size_t off = 0;
-    uint32_t n = 0;
+    uint32_t n = 0, units = 0;
     int cnt;
 
     CHECK(r->len == m->len);
@@ -142,10 +142,14 @@ static void check(const struct pe_ring *r, const struct model *m,
     } else {
         CHECK(r->head == 0);
     }
-    CHECK(pool->count <= pool->limit);
-    for (void **b = pool->bufs; b; b = *b, n++)
-        CHECK(n < pool->count && (char *)b != r->buf);
-    CHECK(n == pool->count);
+    CHECK(pool->count <= pool->units && pool->units <= pool->limit);
+    for (int i = 0; i < PE_POOL_SIZES; i++) {
+        for (void **b = pool->bufs[i]; b; b = *b, n++) {
+            CHECK(n < pool->count && (char *)b != r->buf);
+            units += 1u << i;
+        }
+    }
+    CHECK(n == pool->count && units == pool->units);
     cnt = pe__ring_data_iov(r, iov);
     CHECK(iov_sum(iov, cnt) == r->len);
     if (full) {
@@ -279,7 +283,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ready = 1;
     }
     counter = 0;
-    pe__bufpool_init(&pool, data[0] & 3);
+    /* 0-9 units: 32 and 64 KiB buffers get pooled too, or not */
+    pe__bufpool_init(&pool, (data[0] & 3) * 3u);
     for (i = 1; i + 4 <= size; i += 4) {
         run_op(rings, models, &pool, data + i);
         for (int j = 0; j < 2; j++)
