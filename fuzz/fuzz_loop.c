@@ -288,6 +288,18 @@ static void pend_sent(struct h *h, size_t k)
     h->progress = 1;
 }
 
+/* The loop may have closed the connection with its CLOSED still queued
+ * behind events that did not fit in the last batch (a partial DATA of the
+ * second connection ends a batch): only a send to a client that is gone
+ * does that. */
+static void check_gone(struct h *h)
+{
+    if (live(h) && pe_loop_buffered(h->l, h->conn, NULL, NULL) == -ESTALE) {
+        CHECK(h->client < 0);
+        h->close_called = 1;
+    }
+}
+
 /* Application mode: hand pending bytes to pe_loop_send, at most what fits
  * under out_max (a send is all or nothing). */
 static void app_flush(struct h *h)
@@ -296,6 +308,7 @@ static void app_flush(struct h *h)
     size_t room, k;
     int64_t r;
 
+    check_gone(h);
     while (h->npend && live(h) && !h->server_ended) {
         CHECK(pe_loop_buffered(h->l, h->conn, &in, &out) == 0);
         CHECK(out <= h->out_max);
@@ -328,6 +341,7 @@ static void app_read(struct h *h)
 {
     int64_t n;
 
+    check_gone(h);
     if (h->echo || !live(h))
         return;
     if (h->server_ended) {
@@ -714,6 +728,9 @@ static void batch_run(struct h *h, int max, size_t buflen, unsigned v)
     CHECK((nout = malloc((size_t)max * sizeof(*nout))) != NULL);
     n = pe_loop_run_into(h->l, nl ? list : NULL, nl, nout, max, 0, nbuf,
                          buflen);
+    /* -EINTR (see run_once): the echo list was done; nothing was read. */
+    while (n == -EINTR)
+        n = pe_loop_run_into(h->l, NULL, 0, nout, max, 0, nbuf, buflen);
     echo_done(h, expect, len);
     /* The previous batch's memory is no longer the loop's to read. */
     free(B.buf);
@@ -819,6 +836,7 @@ static void batch_cycle(struct h *h)
     uint32_t len = 0;
     size_t buflen = B.buflen ? B.buflen : h->in_high;
 
+    check_gone(h);
     if (echo_expect(h, &len) == 1) {
         if (pe_loop_echo(h->l, &h->conn, 1) == 1) {
             echo_done(h, 1, len);
@@ -845,7 +863,10 @@ static void run_once(struct h *h)
         return;
     }
     h->carried = h->l->qlen != 0;
-    n = pe_loop_run(h->l, ev, NEV, 0);
+    /* libFuzzer's -timeout timer is a SIGALRM without SA_RESTART: even a
+     * 0 ms wait may return -EINTR, which the loop hands back (PEP 475). */
+    while ((n = pe_loop_run(h->l, ev, NEV, 0)) == -EINTR)
+        ;
     B.echo_avail = S.in_batch = 0;       /* the batch is over */
     nbatch++;
     CHECK(n >= 0 && n <= NEV);
@@ -918,6 +939,7 @@ static void finish(struct h *h, int how, int abort_close)
         client_read(h, MAXSENT);
         /* The application closes once the client is done and everything
          * it read has been handed to the loop. */
+        check_gone(h);
         if (live(h) && h->eof && h->npend == 0) {
             uint32_t in, out;
 
