@@ -11,10 +11,13 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-WORK=${PYEPOLL_TEST_DIR:-/tmp/pyepoll-test}
+# Scratch space per checkout: two clones tested on one machine must not share
+# CMake build trees (CMake refuses a cache made for another source tree).
+WORK=${PYEPOLL_TEST_DIR:-/tmp/pyepoll-test-$(printf %s "$ROOT" | cksum | cut -d' ' -f1)}
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
 PY=${PYTHON:-python3}
 mkdir -p "$WORK"
+rm -rf "$WORK/build-c" "$WORK/build-asan" "$WORK/build-asan-py"   # every run builds afresh
 
 say() { printf '\n=== %s\n' "$*"; }
 
