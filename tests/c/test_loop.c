@@ -343,10 +343,34 @@ static pe_handle small_buffers(struct env *e, int *cfd)
 }
 
 
+/* Echo client `id`'s turn: send it up to `step` more bytes of its pattern
+ * (`len` in all), then take back and check whatever has come.  Returns 1
+ * once all `len` bytes are back. */
+static int client_turn(int fd, unsigned id, size_t *sent, size_t *rcvd,
+                       size_t len, size_t step)
+{
+    static unsigned char sbuf[16384], rbuf[16384];
+    size_t chunk = len - *sent < step ? len - *sent : step;
+    ssize_t n;
+
+    assert_true(step <= sizeof(sbuf));
+    if (chunk) {
+        fill(sbuf, *sent, chunk, id);
+        n = send(fd, sbuf, chunk, 0);
+        if (n > 0)
+            *sent += (size_t)n;
+    }
+    while ((n = recv(fd, rbuf, sizeof(rbuf), 0)) > 0) {
+        check_pat(rbuf, *rcvd, (size_t)n, id);
+        *rcvd += (size_t)n;
+    }
+    assert_true(*rcvd <= len);
+    return *rcvd == len;
+}
+
 static void echo_clients(struct env *e, int user_echo)
 {
     enum { NC = 6, LEN = 300000 };
-    static unsigned char sbuf[16384], rbuf[16384];
     int fd[NC];
     pe_handle h[NC];
     size_t sent[NC] = { 0 }, rcvd[NC] = { 0 }, done = 0;
@@ -360,21 +384,8 @@ static void echo_clients(struct env *e, int user_echo)
         assert_true(now_ms() < until);
         done = 0;
         for (int i = 0; i < NC; i++) {
-            ssize_t n;
-            size_t chunk = LEN - sent[i] < 5000 ? LEN - sent[i] : 5000;
-
-            if (chunk) {
-                fill(sbuf, sent[i], chunk, (unsigned)i);
-                n = send(fd[i], sbuf, chunk, 0);
-                if (n > 0)
-                    sent[i] += (size_t)n;
-            }
-            while ((n = recv(fd[i], rbuf, sizeof(rbuf), 0)) > 0) {
-                check_pat(rbuf, rcvd[i], (size_t)n, (unsigned)i);
-                rcvd[i] += (size_t)n;
-            }
-            assert_true(rcvd[i] <= LEN);
-            done += rcvd[i] == LEN;
+            done += (size_t)client_turn(fd[i], (unsigned)i, &sent[i], &rcvd[i],
+                                        LEN, 5000);
             if (user_echo)
                 serve_echo(e, h[i]);
         }
@@ -1443,7 +1454,6 @@ static void batch_echo_use(struct env *e, struct batch *b,
 static void batch_echo_clients(void **state, int reply)
 {
     enum { NC = 6, LEN = 300000 };
-    static unsigned char sbuf[16384], rbuf[16384];
     struct pe_loop_config cfg;
     struct echo_state st = { reply, { 0 }, 0 };
     static struct batch b;
@@ -1469,21 +1479,8 @@ static void batch_echo_clients(void **state, int reply)
         assert_true(now_ms() < until);
         done = 0;
         for (int i = 0; i < NC; i++) {
-            ssize_t n;
-            size_t chunk = LEN - sent[i] < 9000 ? LEN - sent[i] : 9000;
-
-            if (chunk) {
-                fill(sbuf, sent[i], chunk, (unsigned)i);
-                n = send(fd[i], sbuf, chunk, 0);
-                if (n > 0)
-                    sent[i] += (size_t)n;
-            }
-            while ((n = recv(fd[i], rbuf, sizeof(rbuf), 0)) > 0) {
-                check_pat(rbuf, rcvd[i], (size_t)n, (unsigned)i);
-                rcvd[i] += (size_t)n;
-            }
-            assert_true(rcvd[i] <= LEN);
-            done += rcvd[i] == LEN;
+            done += (size_t)client_turn(fd[i], (unsigned)i, &sent[i], &rcvd[i],
+                                        LEN, 9000);
         }
         if (st.nq) {
             assert_int_equal(pe_loop_echo(e.l, st.q, st.nq), (int)st.nq);
