@@ -24,7 +24,8 @@ from pyepoll import EV_CLOSED, EV_DATA, StaleHandleError
 from conftest import BACKENDS
 from test_loop import (RESET_ERRNOS, cfg, harness, make, payload,  # noqa: F401
                        rst_close, sockopt)
-from test_server import ALL_MODELS, GET, HELLO, Reader, connect, get  # noqa: F401
+from test_server import (ALL_MODELS, GET, HELLO, Reader, connect, recovered,
+                         served_again)
 from test_server import start_server  # noqa: F401  (fixture)
 from test_server_abuse import _flood, _raise_nofile
 
@@ -415,14 +416,7 @@ def test_emfile_server(start_server, tmp_path):
     for s in clients:
         s.close()
     clients.clear()
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            assert get(srv.addr)[2] == HELLO
-            break
-        except (OSError, AssertionError):
-            assert time.monotonic() < deadline, "never served again"
-            time.sleep(0.2)
+    served_again(srv.addr, 15)
     srv.signal(signal.SIGTERM)
     assert srv.wait() == 0
 
@@ -468,18 +462,7 @@ def test_flood_10000_beyond_max_connections(start_server, model, overflow):
     finally:
         for s in socks:
             s.close()
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            assert get(srv.addr)[2] == HELLO
-            break
-        except (OSError, AssertionError):
-            assert time.monotonic() < deadline, "never recovered"
-            time.sleep(0.1)
-    t0 = time.monotonic()
-    for _ in range(20):
-        assert get(srv.addr)[2] == HELLO
-    assert time.monotonic() - t0 < 5
+    recovered(srv.addr, 20)
     old.close()
     assert settle(lambda: nfds(srv.pid) <= base, 30), (nfds(srv.pid), base)
     srv.signal(signal.SIGTERM)

@@ -268,6 +268,30 @@ def get(addr, path: str = "/", method: str = "GET", body=None, headers=None):
 GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
+def served_again(addr, timeout: float) -> None:
+    """Retry a GET until the server answers HELLO again (after a flood, an
+    EMFILE spell...); fail with the last error after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            assert get(addr)[2] == HELLO
+            return
+        except (OSError, AssertionError) as e:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not served again within {timeout:g} s: {e!r}") from e
+            time.sleep(0.1)
+
+
+def recovered(addr, timeout: float) -> None:
+    """Served again within `timeout` s, and then 20 fresh clients in a row
+    answered within 5 s: no backlog of the flood left behind."""
+    served_again(addr, timeout)
+    t0 = time.monotonic()
+    for _ in range(20):
+        assert get(addr)[2] == HELLO
+    assert time.monotonic() - t0 < 5
+
+
 def post(body: bytes, extra: bytes = b"") -> bytes:
     return (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n%s\r\n"
             % (len(body), extra)) + body

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from test_server import (ALL_MODELS, GET, HELLO, Reader, connect, get,
+from test_server import (ALL_MODELS, GET, HELLO, Reader, connect, get, recovered,
                          start_server)  # noqa: F401  (fixture)
 
 # Every test here finishes by itself well within this.
@@ -220,19 +220,7 @@ def test_flood_beyond_max_connections(start_server, model, overflow):
         for s in socks:
             s.close()
     # Recovery: once the flood is gone, new clients are served at once.
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            assert get(srv.addr)[2] == HELLO
-            break
-        except (OSError, AssertionError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-    t0 = time.monotonic()
-    for _ in range(20):
-        assert get(srv.addr)[2] == HELLO
-    assert time.monotonic() - t0 < 5
+    recovered(srv.addr, 10)
     old.sendall(GET)
     assert old_reader.response().body == HELLO
     old.close()
