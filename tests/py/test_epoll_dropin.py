@@ -60,16 +60,6 @@ def ep(impl):
     e.close()
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 def outcome(fn, *args, **kwargs):
     """("ok", result) or ("raises", exception type): what a call does."""
     try:
@@ -210,26 +200,26 @@ FD_CASE_NAMES = list(fd_cases(FilenoObj(3)).keys())
 
 
 @pytest.mark.parametrize("case", FD_CASE_NAMES)
-def test_register_fd_conversion(case, pair):
+def test_register_fd_conversion(case, sockpair):
     def scenario(cls):
         with cls() as e:
-            e.register(fd_cases(pair[0])[case], select.EPOLLOUT)
+            e.register(fd_cases(sockpair[0])[case], select.EPOLLOUT)
             return e.poll(0)
     assert_same(scenario)
 
 
 @pytest.mark.parametrize("case", FD_CASE_NAMES)
-def test_modify_and_unregister_fd_conversion(case, pair):
+def test_modify_and_unregister_fd_conversion(case, sockpair):
     def modify(cls):
         with cls() as e:
-            e.register(pair[0], select.EPOLLIN)
-            e.modify(fd_cases(pair[0])[case], select.EPOLLOUT)
+            e.register(sockpair[0], select.EPOLLIN)
+            e.modify(fd_cases(sockpair[0])[case], select.EPOLLOUT)
             return e.poll(0)
 
     def unregister(cls):
         with cls() as e:
-            e.register(pair[0], select.EPOLLOUT)
-            e.unregister(fd_cases(pair[0])[case])
+            e.register(sockpair[0], select.EPOLLOUT)
+            e.unregister(fd_cases(sockpair[0])[case])
             return e.poll(0)
     assert_same(modify)
     assert_same(unregister)
@@ -240,32 +230,32 @@ def test_modify_and_unregister_fd_conversion(case, pair):
     2**64 + 1, 2**100 + 4, 1.0, "1", None, True, IndexObj(4),
     0x80000004, 0x40000004, 0x10000005, 0x50000001, 0x2001, 0x400,
 ])
-def test_register_eventmask_conversion(mask, pair):
+def test_register_eventmask_conversion(mask, sockpair):
     def scenario(cls):
         with cls() as e:
-            e.register(pair[0], mask)
+            e.register(sockpair[0], mask)
             return e.poll(0)
 
     def modify(cls):
         with cls() as e:
-            e.register(pair[0], select.EPOLLIN)
-            e.modify(pair[0], mask)
+            e.register(sockpair[0], select.EPOLLIN)
+            e.modify(sockpair[0], mask)
             return e.poll(0)
     assert_same(scenario)
     assert_same(modify)
 
 
-def test_register_default_mask(ep, pair):
-    ep.register(pair[0])
-    pair[1].send(b"x")
+def test_register_default_mask(ep, sockpair):
+    ep.register(sockpair[0])
+    sockpair[1].send(b"x")
     assert ep.poll(1) == [
-        (pair[0].fileno(), select.EPOLLIN | select.EPOLLOUT)]
+        (sockpair[0].fileno(), select.EPOLLIN | select.EPOLLOUT)]
 
 
-def test_register_keywords(ep, pair):
-    ep.register(fd=pair[0].fileno(), eventmask=select.EPOLLOUT)
-    ep.modify(fd=pair[0].fileno(), eventmask=select.EPOLLIN)
-    ep.unregister(fd=pair[0].fileno())
+def test_register_keywords(ep, sockpair):
+    ep.register(fd=sockpair[0].fileno(), eventmask=select.EPOLLOUT)
+    ep.modify(fd=sockpair[0].fileno(), eventmask=select.EPOLLIN)
+    ep.unregister(fd=sockpair[0].fileno())
     assert ep.poll(timeout=0, maxevents=4) == []
 
 
@@ -277,24 +267,24 @@ def test_missing_arguments():
     assert_same(lambda cls: cls().poll(0, 1, 2))
 
 
-def test_register_twice_file_exists(ep, pair):
-    ep.register(pair[0])
+def test_register_twice_file_exists(ep, sockpair):
+    ep.register(sockpair[0])
     with pytest.raises(FileExistsError):
-        ep.register(pair[0])
+        ep.register(sockpair[0])
 
 
-def test_modify_unregister_unknown_file_not_found(ep, pair):
+def test_modify_unregister_unknown_file_not_found(ep, sockpair):
     with pytest.raises(FileNotFoundError):
-        ep.modify(pair[0], select.EPOLLIN)
+        ep.modify(sockpair[0], select.EPOLLIN)
     with pytest.raises(FileNotFoundError):
-        ep.unregister(pair[0])
+        ep.unregister(sockpair[0])
 
 
-def test_unregister_twice(ep, pair):
-    ep.register(pair[0])
-    ep.unregister(pair[0])
+def test_unregister_twice(ep, sockpair):
+    ep.register(sockpair[0])
+    ep.unregister(sockpair[0])
     with pytest.raises(FileNotFoundError):
-        ep.unregister(pair[0])
+        ep.unregister(sockpair[0])
 
 
 def test_register_regular_file_permission_error(ep):
@@ -320,11 +310,11 @@ def test_register_itself_refused():
     assert_same(scenario)
 
 
-def test_error_messages_match(pair):
+def test_error_messages_match(sockpair):
     def scenario(cls):
         with cls() as e:
-            e.register(pair[0])
-            e.register(pair[0])
+            e.register(sockpair[0])
+            e.register(sockpair[0])
     std, ours = [], []
     for cls, out in zip(IMPLS, (std, ours)):
         try:
@@ -347,11 +337,11 @@ TIMEOUTS = [
 
 
 @pytest.mark.parametrize("timeout", TIMEOUTS, ids=repr)
-def test_poll_timeout_conversion(timeout, pair):
+def test_poll_timeout_conversion(timeout, sockpair):
     # Something is always ready, so a valid timeout returns at once.
     def scenario(cls):
         with cls() as e:
-            e.register(pair[0], select.EPOLLOUT)
+            e.register(sockpair[0], select.EPOLLOUT)
             return e.poll(timeout)
     assert_same(scenario)
 
@@ -359,25 +349,25 @@ def test_poll_timeout_conversion(timeout, pair):
 @pytest.mark.parametrize("maxevents", [
     -1, 1, 2, 1023, 1024, 5000, 0, -2, -2**31, 2**31, -2**31 - 1, 2**64,
     1.0, "1", None, True, False, IndexObj(1), decimal.Decimal(1)], ids=repr)
-def test_poll_maxevents_conversion(maxevents, pair):
+def test_poll_maxevents_conversion(maxevents, sockpair):
     def scenario(cls):
         with cls() as e:
-            e.register(pair[0], select.EPOLLOUT)
-            e.register(pair[1], select.EPOLLOUT)
+            e.register(sockpair[0], select.EPOLLOUT)
+            e.register(sockpair[1], select.EPOLLOUT)
             return sorted(e.poll(0, maxevents))
     assert_same(scenario)
     assert_same(lambda cls: sorted(cls().poll(timeout=0, maxevents=maxevents)))
 
 
-def test_poll_maxevents_sequence_on_one_object(pair):
+def test_poll_maxevents_sequence_on_one_object(sockpair):
     """poll() remembers the last maxevents it was given (its fast path
     compares by identity): equal values of other types must still be
     refused, and equal ints that are other objects still accepted."""
     def scenario(cls):
         out = []
         with cls() as e:
-            e.register(pair[0], select.EPOLLOUT)
-            e.register(pair[1], select.EPOLLOUT)
+            e.register(sockpair[0], select.EPOLLOUT)
+            e.register(sockpair[1], select.EPOLLOUT)
             for maxevents in [1, 1.0, True, 1, decimal.Decimal(1), 1,
                               10**3 + 23, int("1023"), -1, -1.0, -1, 1,
                               IndexObj(2), 2, 0]:
@@ -389,11 +379,11 @@ def test_poll_maxevents_sequence_on_one_object(pair):
     assert_same(scenario)
 
 
-def test_poll_while_its_waiter_is_held(pair):
+def test_poll_while_its_waiter_is_held(sockpair):
     """The waiter that poll() shares stays claimed while another thread
     reads its events; a poll() meanwhile uses one of its own."""
     from pyepoll._binding import lib
-    a, b = pair
+    a, b = sockpair
     with pe_epoll() as e:
         e.register(a, select.EPOLLOUT)
         e.register(b, select.EPOLLOUT)
@@ -466,7 +456,7 @@ def test_default_maxevents_is_fd_setsize_minus_one():
 # -- closed objects -------------------------------------------------------------
 
 
-def test_closed_object(impl, pair):
+def test_closed_object(impl, sockpair):
     e = impl()
     fd = e.fileno()
     assert not e.closed
@@ -476,9 +466,9 @@ def test_closed_object(impl, pair):
     with pytest.raises(OSError):
         os.fstat(fd)                            # the descriptor is gone
     for call in (lambda: e.fileno(), lambda: e.poll(0),
-                 lambda: e.register(pair[0]),
-                 lambda: e.modify(pair[0], 1),
-                 lambda: e.unregister(pair[0]),
+                 lambda: e.register(sockpair[0]),
+                 lambda: e.modify(sockpair[0], 1),
+                 lambda: e.unregister(sockpair[0]),
                  lambda: e.__enter__()):
         with pytest.raises(ValueError, match="closed epoll object"):
             call()
@@ -529,12 +519,12 @@ def test_gc_closes_descriptor(impl):
 # -- fromfd --------------------------------------------------------------------
 
 
-def test_fromfd_wraps_without_dup(impl, pair):
+def test_fromfd_wraps_without_dup(impl, sockpair):
     with impl() as e:
         e2 = impl.fromfd(e.fileno())
         assert e2.fileno() == e.fileno()
-        e2.register(pair[0], select.EPOLLOUT)
-        assert e.poll(1) == [(pair[0].fileno(), select.EPOLLOUT)]
+        e2.register(sockpair[0], select.EPOLLOUT)
+        assert e.poll(1) == [(sockpair[0].fileno(), select.EPOLLOUT)]
         e2.close()
         with pytest.raises(OSError):
             e.poll(0)                          # the shared descriptor is closed
@@ -542,22 +532,22 @@ def test_fromfd_wraps_without_dup(impl, pair):
 
 @pytest.mark.parametrize("maker", IMPLS, ids=lambda c: "made-by-" + c.__module__)
 @pytest.mark.parametrize("user", IMPLS, ids=lambda c: "used-by-" + c.__module__)
-def test_fromfd_across_implementations(maker, user, pair):
+def test_fromfd_across_implementations(maker, user, sockpair):
     """Registrations made by one implementation are seen by the other."""
     with maker() as e:
-        e.register(pair[0], select.EPOLLIN)
-        e.register(pair[1], select.EPOLLOUT)
+        e.register(sockpair[0], select.EPOLLIN)
+        e.register(sockpair[1], select.EPOLLOUT)
         with user.fromfd(os.dup(e.fileno())) as other:
-            pair[1].send(b"x")
+            sockpair[1].send(b"x")
             assert sorted(other.poll(1)) == sorted([
-                (pair[0].fileno(), select.EPOLLIN),
-                (pair[1].fileno(), select.EPOLLOUT)])
-            other.modify(pair[1], select.EPOLLIN)
-            assert e.poll(1) == [(pair[0].fileno(), select.EPOLLIN)]
-            other.unregister(pair[0])
+                (sockpair[0].fileno(), select.EPOLLIN),
+                (sockpair[1].fileno(), select.EPOLLOUT)])
+            other.modify(sockpair[1], select.EPOLLIN)
+            assert e.poll(1) == [(sockpair[0].fileno(), select.EPOLLIN)]
+            other.unregister(sockpair[0])
             assert e.poll(0) == []
             with pytest.raises(FileExistsError):
-                other.register(pair[1])
+                other.register(sockpair[1])
 
 
 @pytest.mark.parametrize("fd", [-1, -2, 2**31, 1.0, "3", None], ids=repr)
@@ -577,18 +567,18 @@ def test_fromfd_keyword_refused():
 # -- events ---------------------------------------------------------------------
 
 
-def test_poll_result_types(ep, pair):
-    ep.register(pair[0], select.EPOLLIN | select.EPOLLOUT)
-    pair[1].send(b"x")
+def test_poll_result_types(ep, sockpair):
+    ep.register(sockpair[0], select.EPOLLIN | select.EPOLLOUT)
+    sockpair[1].send(b"x")
     result = ep.poll(1)
     assert type(result) is list
-    assert result == [(pair[0].fileno(), select.EPOLLIN | select.EPOLLOUT)]
+    assert result == [(sockpair[0].fileno(), select.EPOLLIN | select.EPOLLOUT)]
     fd, events = result[0]
     assert type(result[0]) is tuple and type(fd) is int and type(events) is int
 
 
-def test_level_triggered(ep, pair):
-    a, b = pair
+def test_level_triggered(ep, sockpair):
+    a, b = sockpair
     ep.register(a, select.EPOLLIN)
     assert ep.poll(0) == []
     b.send(b"x")
@@ -598,8 +588,8 @@ def test_level_triggered(ep, pair):
     assert ep.poll(0) == []
 
 
-def test_edge_triggered(ep, pair):
-    a, b = pair
+def test_edge_triggered(ep, sockpair):
+    a, b = sockpair
     ep.register(a, select.EPOLLIN | select.EPOLLET)
     b.send(b"x")
     assert ep.poll(1) == [(a.fileno(), select.EPOLLIN)]
@@ -608,8 +598,8 @@ def test_edge_triggered(ep, pair):
     assert ep.poll(1) == [(a.fileno(), select.EPOLLIN)]
 
 
-def test_oneshot(ep, pair):
-    a, b = pair
+def test_oneshot(ep, sockpair):
+    a, b = sockpair
     ep.register(a, select.EPOLLIN | select.EPOLLONESHOT)
     b.send(b"x")
     assert ep.poll(1) == [(a.fileno(), select.EPOLLIN)]
@@ -618,8 +608,8 @@ def test_oneshot(ep, pair):
     assert ep.poll(1) == [(a.fileno(), select.EPOLLIN)]
 
 
-def test_hangup_and_rdhup(ep, pair):
-    a, b = pair
+def test_hangup_and_rdhup(ep, sockpair):
+    a, b = sockpair
     ep.register(a, select.EPOLLIN | select.EPOLLRDHUP)
     b.shutdown(socket.SHUT_WR)
     assert ep.poll(1) == [(a.fileno(), select.EPOLLIN | select.EPOLLRDHUP)]
@@ -628,8 +618,8 @@ def test_hangup_and_rdhup(ep, pair):
                            | select.EPOLLHUP)]
 
 
-def test_zero_mask_still_reports_hangup(ep, pair):
-    a, b = pair
+def test_zero_mask_still_reports_hangup(ep, sockpair):
+    a, b = sockpair
     ep.register(a, 0)
     assert ep.poll(0) == []
     b.close()
@@ -658,15 +648,15 @@ def test_error_reported(ep):
         s.close()
 
 
-def test_rdnorm_wrnorm_bits_pass_through(ep, pair):
-    a, b = pair
+def test_rdnorm_wrnorm_bits_pass_through(ep, sockpair):
+    a, b = sockpair
     ep.register(a, select.EPOLLRDNORM | select.EPOLLWRNORM)
     b.send(b"x")
     assert ep.poll(1) == [(a.fileno(), select.EPOLLRDNORM | select.EPOLLWRNORM)]
 
 
-def test_unregister_drops_pending_events(ep, pair):
-    a, b = pair
+def test_unregister_drops_pending_events(ep, sockpair):
+    a, b = sockpair
     ep.register(a, select.EPOLLIN)
     b.send(b"x")
     ep.unregister(a)
@@ -742,8 +732,8 @@ def test_timeout_waits_at_least(ep, timeout):
 
 
 @pytest.mark.parametrize("timeout", [-1, -0.5, None])
-def test_negative_timeout_blocks(ep, pair, timeout):
-    a, b = pair
+def test_negative_timeout_blocks(ep, sockpair, timeout):
+    a, b = sockpair
     ep.register(a, select.EPOLLIN)
     timer = threading.Timer(0.2, b.send, (b"x",))
     t0 = time.monotonic()
@@ -765,8 +755,8 @@ def test_tiny_negative_timeout_polls():
     assert assert_same(scenario) == ("ok", ([], True))
 
 
-def test_poll_releases_the_gil(ep, pair):
-    a, b = pair
+def test_poll_releases_the_gil(ep, sockpair):
+    a, b = sockpair
     ep.register(a, select.EPOLLIN)
     result = []
     t = threading.Thread(target=lambda: result.append(ep.poll(5)))
@@ -851,8 +841,8 @@ def test_signal_without_exception_retries_with_remaining_time(ep, alarm_handler)
 
 @needs_itimer
 @pytest.mark.timeout(30)
-def test_signal_without_exception_blocking_poll_continues(ep, pair, alarm_handler):
-    a, b = pair
+def test_signal_without_exception_blocking_poll_continues(ep, sockpair, alarm_handler):
+    a, b = sockpair
     ep.register(a, select.EPOLLIN)
     calls = []
     alarm_handler(lambda *args: calls.append(1))

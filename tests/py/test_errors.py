@@ -47,19 +47,9 @@ def expect_clear_error(call, *, allowed=ALLOWED):
     return None
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_poller_sweep(backend, pair):
-    a, b = pair
+def test_poller_sweep(backend, sockpair):
+    a, b = sockpair
     with pyepoll.Poller(backend) as p:
         for v in BAD_INTS + [1.0, float("nan")]:
             expect_clear_error(lambda: p.register(v, pyepoll.READ))
@@ -81,8 +71,8 @@ def test_poller_sweep(backend, pair):
         assert dict(p.wait(1.0)).get(a.fileno(), 0) & pyepoll.READ
 
 
-def test_epoll_sweep(pair):
-    a, b = pair
+def test_epoll_sweep(sockpair):
+    a, b = sockpair
     ep = pepoll.epoll()
     try:
         for v in BAD_INTS:
@@ -110,8 +100,8 @@ SELECTORS = [n for n in ("DefaultSelector", "EpollSelector", "PollSelector",
 
 
 @pytest.mark.parametrize("name", SELECTORS)
-def test_selectors_sweep(name, pair):
-    a, b = pair
+def test_selectors_sweep(name, sockpair):
+    a, b = sockpair
     sel = getattr(pselectors, name)()
     try:
         for v in BAD_INTS:

@@ -55,16 +55,6 @@ def cls_pair(request):
     return request.param
 
 
-@pytest.fixture
-def sockpair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 def outcome(fn, *args):
     try:
         return ("ok", fn(*args))
