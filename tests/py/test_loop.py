@@ -456,7 +456,9 @@ def test_send_accepts_bytes_like(harness):
 # -- bulk transfers ---------------------------------------------------------------
 
 
-def run_bulk(hs: Harness, payloads: List[bytes]) -> dict:
+def echo_bulk(hs: Harness, payloads: List[bytes]) -> None:
+    """One client connection per payload streams it through the loop: each
+    gets back exactly its bytes, and every connection ends CLOSED."""
     result: dict = {}
     t = threading.Thread(target=bulk_clients, args=(hs.addr, payloads, result),
                          daemon=True)
@@ -467,17 +469,16 @@ def run_bulk(hs: Harness, payloads: List[bytes]) -> dict:
     t.join(5)
     assert result.get("done"), "client thread did not finish"
     assert "error" not in result, result.get("error")
-    return result
+    for i, data in enumerate(payloads):
+        assert len(result[i]) == len(data), f"connection {i}"
+        assert result[i] == data, f"connection {i}: bytes differ"
+    hs.pump(lambda: len(hs.closed) == len(payloads), what=f"{len(payloads)} CLOSED")
 
 
 def test_bulk_64mib_through_32_connections(harness):
     hs = harness()
     payloads = [payload(2 << 20, i) for i in range(32)]
-    result = run_bulk(hs, payloads)
-    for i, data in enumerate(payloads):
-        assert len(result[i]) == len(data), f"connection {i}"
-        assert result[i] == data, f"connection {i}: bytes differ"
-    hs.pump(lambda: len(hs.closed) == 32, what="32 CLOSED")
+    echo_bulk(hs, payloads)
     st = hs.loop.stats()
     assert st["bytes_in"] == st["bytes_out"] == 64 << 20
     assert st["accepted"] == st["closed"] == 32
@@ -487,10 +488,7 @@ def test_bulk_64mib_through_32_connections(harness):
 def test_c_echo_mode_byte_exact(harness):
     hs = harness(echo=True)
     payloads = [payload(1 << 20, i) for i in range(8)]
-    result = run_bulk(hs, payloads)
-    for i, data in enumerate(payloads):
-        assert result[i] == data, f"connection {i}: bytes differ"
-    hs.pump(lambda: len(hs.closed) == 8, what="8 CLOSED")
+    echo_bulk(hs, payloads)
     kinds = {k for k, _, _ in hs.log}
     assert kinds <= {EV_OPEN, EV_CLOSED, EV_EOF}, kinds
     st = hs.loop.stats()
@@ -1371,10 +1369,7 @@ def test_exports():
 def test_batch_echo_16mib_byte_exact(harness, batch):
     hs = harness(batched=batch)
     payloads = [payload(1 << 20, i) for i in range(16)]
-    result = run_bulk(hs, payloads)
-    for i, data in enumerate(payloads):
-        assert result[i] == data, f"connection {i}: bytes differ"
-    hs.pump(lambda: len(hs.closed) == 16, what="16 CLOSED")
+    echo_bulk(hs, payloads)
     st = hs.loop.stats()
     assert st["bytes_in"] == st["bytes_out"] == 16 << 20
 

@@ -11,7 +11,6 @@ import resource
 import selectors
 import signal
 import socket
-import sys
 import threading
 import time
 
