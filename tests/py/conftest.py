@@ -45,3 +45,14 @@ def features_of(backend: str) -> frozenset:
     """What the backend honours, as pyepoll reports it."""
     with pyepoll.Poller(backend) as p:
         return p.features
+
+
+def split_at(data: bytes, cuts) -> list:
+    """`data` cut at the sorted offsets `cuts` (empty pieces kept): how a
+    stream may arrive in reads."""
+    pieces, last = [], 0
+    for c in cuts:
+        pieces.append(data[last:c])
+        last = c
+    pieces.append(data[last:])
+    return pieces

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 
 from pyepoll import http
 
+from conftest import split_at
+
 pytestmark = pytest.mark.timeout(300)
 
 # What the reference server answers for each code.
@@ -199,11 +201,7 @@ def test_chunked_any_split(chunks, ext, trailers, after, data):
     body = _encode(chunks, ext, trailers)
     stream = body + after
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
-    pieces, last = [], 0
-    for c in cuts:
-        pieces.append(stream[last:c])
-        last = c
-    pieces.append(stream[last:])
+    pieces = split_at(stream, cuts)
     payload, done, rest = _decode_pieces(pieces)
     assert done and payload == b"".join(chunks) and rest == after
 

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from pyepoll import http
 from pyepoll.server.protocols import HELLO_BODY, HttpSession, Limits
 
+from conftest import split_at
+
 # Every test here finishes by itself well within this.
 pytestmark = pytest.mark.timeout(120)
 
@@ -215,11 +217,7 @@ def test_any_split_gives_the_same_answers(messages, ending, data):
     stream = b"".join(messages) + ending
     whole = norm(feed_all([stream]))
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
-    pieces, last = [], 0
-    for c in cuts:
-        pieces.append(stream[last:c])
-        last = c
-    pieces.append(stream[last:])
+    pieces = split_at(stream, cuts)
     pieces = [p for p in pieces if p]
     # 100 Continue is sent only while the body is still missing, so it
     # depends on the split; every final answer must not.
