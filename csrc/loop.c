@@ -188,12 +188,15 @@ out:
     return NULL;
 }
 
-void pe_loop_free(pe_loop *l)
+/* Everything but the struct itself and the wakeup descriptors: a thread
+ * may still hold the pointer (see loop_guard.c) and call pe_loop_wakeup. */
+void pe__loop_teardown(pe_loop *l)
 {
     uint32_t s;
 
-    if (!l)
+    if (l->dead)
         return;
+    l->dead = 1;
     for (s = 0; s < l->ct.fresh; s++) {
         struct pe_conn *c = &l->ct.slots[s];
 
@@ -203,11 +206,12 @@ void pe_loop_free(pe_loop *l)
         pe__ring_clear(&c->in, &l->pool);
         pe__ring_clear(&c->out, &l->pool);
     }
-    pe__wakeup_close(l->wake_r, l->wake_w);
     if (l->reserve_fd >= 0)
         close(l->reserve_fd);
+    l->reserve_fd = -1;
     if (l->p)
         pe_poller_free(l->p);
+    l->p = NULL;
     pe__ct_destroy(&l->ct);
     pe__bufpool_destroy(&l->pool);
     free(l->fdmap);
@@ -215,13 +219,28 @@ void pe_loop_free(pe_loop *l)
     free(l->evs);
     free(l->q);
     free(l->pend);
+    l->fdmap = NULL;
+    l->ls = NULL;
+    l->evs = NULL;
+    l->q = NULL;
+    l->pend = NULL;
+    l->nfdmap = l->nls = 0;
+}
+
+void pe_loop_free(pe_loop *l)
+{
+    if (!l)
+        return;
+    pe__loop_teardown(l);
+    pe__wakeup_close(l->wake_r, l->wake_w);
     free(l);
 }
 
-void pe_loop_get_stats(const pe_loop *l, struct pe_loop_stats *out)
+int pe__loop_get_stats(pe_loop *l, struct pe_loop_stats *out)
 {
     *out = l->st;
     out->conns_open = l->ct.used;
+    return 0;
 }
 
 int pe_loop_wakeup(pe_loop *l)
@@ -355,7 +374,7 @@ int pe__loop_run_io(pe_loop *l, int timeout_ms)
     return 0;
 }
 
-int pe_loop_run(pe_loop *l, struct pe_loop_event *out, int max, int timeout_ms)
+int pe__loop_run(pe_loop *l, struct pe_loop_event *out, int max, int timeout_ms)
 {
     int rc;
 

@@ -13,6 +13,7 @@
 #ifndef PE_LOOP_H
 #define PE_LOOP_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -56,6 +57,10 @@ struct pe_listener {
 };
 
 struct pe_loop {
+    /* loop_guard.c: one thread inside at a time; teardown requested. */
+    atomic_int inside;
+    atomic_int closing;
+    int dead;                    /* torn down: every entry is -EBADF */
     struct pe_loop_config cfg;
     pe_poller *p;
     unsigned caps;
@@ -102,7 +107,35 @@ struct pe_loop {
 /* Tests: replace the monotonic millisecond clock. */
 void pe__loop_set_clock(pe_loop *l, uint64_t (*fn)(void *), void *arg);
 
+/* The implementations behind the entry points of loop_guard.c, which
+ * call them with the loop held; inside the core, call these. */
+int     pe__loop_run(pe_loop *l, struct pe_loop_event *out, int max,
+                     int timeout_ms);
+int     pe__loop_run_into(pe_loop *l, const pe_handle *echo, size_t necho,
+                          struct pe_loop_bevent *out, int max, int timeout_ms,
+                          void *buf, size_t buflen);
+int     pe__loop_add_listener(pe_loop *l, int fd);
+int     pe__loop_remove_listener(pe_loop *l, int id);
+int64_t pe__loop_read(pe_loop *l, pe_handle h, void *buf, size_t len);
+int64_t pe__loop_send(pe_loop *l, pe_handle h, const void *buf, size_t len);
+int64_t pe__loop_reply(pe_loop *l, pe_handle h, uint32_t off, uint32_t len);
+int     pe__loop_echo(pe_loop *l, const pe_handle *hs, size_t n);
+int     pe__loop_close(pe_loop *l, pe_handle h, int mode);
+int     pe__loop_shutdown(pe_loop *l, pe_handle h);
+int     pe__loop_pause_reading(pe_loop *l, pe_handle h);
+int     pe__loop_resume_reading(pe_loop *l, pe_handle h);
+int     pe__loop_arm_read_timeout(pe_loop *l, pe_handle h, int on);
+int     pe__loop_set_token(pe_loop *l, pe_handle h, uint64_t token);
+int     pe__loop_get_token(pe_loop *l, pe_handle h, uint64_t *token);
+int     pe__loop_buffered(pe_loop *l, pe_handle h, uint32_t *in, uint32_t *out);
+int     pe__loop_peer(pe_loop *l, pe_handle h, char *host, size_t hostlen,
+                      int *port);
+int     pe__loop_fileno(pe_loop *l, pe_handle h);
+int     pe__loop_get_stats(pe_loop *l, struct pe_loop_stats *out);
+
 /* loop.c */
+/* Close every connection, free all but the struct and the wakeup fds. */
+void pe__loop_teardown(pe_loop *l);
 /* Wait and do the I/O of one run; events pile up in the queue.  0 or the
  * poller's -errno (only when nothing is queued to hand out instead). */
 int  pe__loop_run_io(pe_loop *l, int timeout_ms);

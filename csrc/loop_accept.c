@@ -64,7 +64,7 @@ void pe__loop_slot_freed(pe_loop *l)
     pe__loop_accept_resume(l, PE_AP_FULL | PE_AP_EMFILE);
 }
 
-int pe_loop_add_listener(pe_loop *l, int fd)
+int pe__loop_add_listener(pe_loop *l, int fd)
 {
     struct pe_listener *ls;
     int id = l->nls, fl, rc;
@@ -96,7 +96,7 @@ int pe_loop_add_listener(pe_loop *l, int fd)
     return id;
 }
 
-int pe_loop_remove_listener(pe_loop *l, int id)
+int pe__loop_remove_listener(pe_loop *l, int id)
 {
     struct pe_listener *li;
 

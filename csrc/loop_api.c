@@ -31,7 +31,7 @@ void pe__conn_taken(pe_loop *l, uint32_t slot)
     }
 }
 
-int64_t pe_loop_read(pe_loop *l, pe_handle h, void *buf, size_t len)
+int64_t pe__loop_read(pe_loop *l, pe_handle h, void *buf, size_t len)
 {
     struct pe_conn *c;
     size_t n;
@@ -42,7 +42,7 @@ int64_t pe_loop_read(pe_loop *l, pe_handle h, void *buf, size_t len)
     return (int64_t)n;
 }
 
-int64_t pe_loop_send(pe_loop *l, pe_handle h, const void *buf, size_t len)
+int64_t pe__loop_send(pe_loop *l, pe_handle h, const void *buf, size_t len)
 {
     uint32_t slot = (uint32_t)h;
     struct pe_conn *c;
@@ -95,7 +95,7 @@ int64_t pe_loop_send(pe_loop *l, pe_handle h, const void *buf, size_t len)
     return (int64_t)len;
 }
 
-int pe_loop_close(pe_loop *l, pe_handle h, int mode)
+int pe__loop_close(pe_loop *l, pe_handle h, int mode)
 {
     uint32_t slot = (uint32_t)h;
     struct pe_conn *c;
@@ -117,7 +117,7 @@ int pe_loop_close(pe_loop *l, pe_handle h, int mode)
     return 0;
 }
 
-int pe_loop_shutdown(pe_loop *l, pe_handle h)
+int pe__loop_shutdown(pe_loop *l, pe_handle h)
 {
     struct pe_conn *c;
 
@@ -134,7 +134,7 @@ int pe_loop_shutdown(pe_loop *l, pe_handle h)
     return 0;
 }
 
-int pe_loop_pause_reading(pe_loop *l, pe_handle h)
+int pe__loop_pause_reading(pe_loop *l, pe_handle h)
 {
     struct pe_conn *c;
 
@@ -144,7 +144,7 @@ int pe_loop_pause_reading(pe_loop *l, pe_handle h)
     return 0;
 }
 
-int pe_loop_resume_reading(pe_loop *l, pe_handle h)
+int pe__loop_resume_reading(pe_loop *l, pe_handle h)
 {
     struct pe_conn *c;
 
@@ -156,7 +156,7 @@ int pe_loop_resume_reading(pe_loop *l, pe_handle h)
     return 0;
 }
 
-int pe_loop_arm_read_timeout(pe_loop *l, pe_handle h, int on)
+int pe__loop_arm_read_timeout(pe_loop *l, pe_handle h, int on)
 {
     uint32_t slot = (uint32_t)h;
     struct pe_conn *c;
@@ -173,7 +173,7 @@ int pe_loop_arm_read_timeout(pe_loop *l, pe_handle h, int on)
     return 0;
 }
 
-int pe_loop_set_token(pe_loop *l, pe_handle h, uint64_t token)
+int pe__loop_set_token(pe_loop *l, pe_handle h, uint64_t token)
 {
     struct pe_conn *c;
 
@@ -182,7 +182,7 @@ int pe_loop_set_token(pe_loop *l, pe_handle h, uint64_t token)
     return 0;
 }
 
-int pe_loop_get_token(pe_loop *l, pe_handle h, uint64_t *token)
+int pe__loop_get_token(pe_loop *l, pe_handle h, uint64_t *token)
 {
     struct pe_conn *c;
 
@@ -191,7 +191,7 @@ int pe_loop_get_token(pe_loop *l, pe_handle h, uint64_t *token)
     return 0;
 }
 
-int pe_loop_buffered(pe_loop *l, pe_handle h, uint32_t *in, uint32_t *out)
+int pe__loop_buffered(pe_loop *l, pe_handle h, uint32_t *in, uint32_t *out)
 {
     struct pe_conn *c;
 
@@ -203,7 +203,7 @@ int pe_loop_buffered(pe_loop *l, pe_handle h, uint32_t *in, uint32_t *out)
     return 0;
 }
 
-int pe_loop_peer(pe_loop *l, pe_handle h, char *host, size_t hostlen,
+int pe__loop_peer(pe_loop *l, pe_handle h, char *host, size_t hostlen,
                  int *port)
 {
     struct sockaddr_storage ss;
@@ -235,7 +235,7 @@ int pe_loop_peer(pe_loop *l, pe_handle h, char *host, size_t hostlen,
     return 0;
 }
 
-int pe_loop_fileno(pe_loop *l, pe_handle h)
+int pe__loop_fileno(pe_loop *l, pe_handle h)
 {
     struct pe_conn *c;
 

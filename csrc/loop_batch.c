@@ -15,14 +15,14 @@
 
 #include "loop.h"
 
-int64_t pe_loop_reply(pe_loop *l, pe_handle h, uint32_t off, uint32_t len)
+int64_t pe__loop_reply(pe_loop *l, pe_handle h, uint32_t off, uint32_t len)
 {
     if (!l->bbuf || off > l->bbuflen || len > l->bbuflen - off)
         return -EINVAL;
-    return pe_loop_send(l, h, l->bbuf + off, len);
+    return pe__loop_send(l, h, l->bbuf + off, len);
 }
 
-int pe_loop_echo(pe_loop *l, const pe_handle *hs, size_t n)
+int pe__loop_echo(pe_loop *l, const pe_handle *hs, size_t n)
 {
     struct pe_loop_bevent *e;
     struct pe_conn *c;
@@ -39,7 +39,7 @@ int pe_loop_echo(pe_loop *l, const pe_handle *hs, size_t n)
         if (idx >= l->bn || (e = &l->bout[idx])->handle != hs[i] ||
             e->kind != PE_EV_DATA)
             continue;                    /* its DATA was in an older batch */
-        rc = pe_loop_send(l, hs[i], l->bbuf + e->off, (size_t)e->arg);
+        rc = pe__loop_send(l, hs[i], l->bbuf + e->off, (size_t)e->arg);
         if (rc == -ENOBUFS)              /* nobody to tell but CLOSED */
             pe__conn_close(l, (uint32_t)hs[i], ENOBUFS);
         else if (rc >= 0)
@@ -189,7 +189,7 @@ static int deliver_into(pe_loop *l, struct pe_loop_bevent *out, int max,
     return n;
 }
 
-int pe_loop_run_into(pe_loop *l, const pe_handle *echo, size_t necho,
+int pe__loop_run_into(pe_loop *l, const pe_handle *echo, size_t necho,
                      struct pe_loop_bevent *out, int max, int timeout_ms,
                      void *buf, size_t buflen)
 {
@@ -198,7 +198,7 @@ int pe_loop_run_into(pe_loop *l, const pe_handle *echo, size_t necho,
     if (!out || max <= 0 || !buf || buflen == 0 || (necho && !echo))
         return -EINVAL;
     if (necho)
-        pe_loop_echo(l, echo, necho);
+        pe__loop_echo(l, echo, necho);
     if (buflen > UINT32_MAX)
         buflen = UINT32_MAX;
     l->bbuf = buf;

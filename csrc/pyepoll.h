@@ -231,8 +231,17 @@ struct pe_loop_stats {
 void pe_loop_config_init(struct pe_loop_config *cfg);
 pe_loop *pe_loop_new(const struct pe_loop_config *cfg, int *err);
 /* Closes every connection (no events) and frees; listener fds are not
- * closed (the caller owns them). */
+ * closed (the caller owns them).  No other thread may hold the loop. */
 void pe_loop_free(pe_loop *l);
+/* Threads.  One thread at a time may be inside the loop's functions (all
+ * but pe_loop_wakeup, pe_loop_teardown and pe_loop_free): a call made
+ * while another thread is inside returns -EBUSY and touches nothing.
+ * pe_loop_teardown closes every connection (no events) and releases all
+ * memory but the struct: at once (returns 0) when no thread is inside,
+ * else by that thread as its call returns (returns 1; the thread is woken
+ * if it waits).  From then on every call returns -EBADF, and only
+ * pe_loop_free (once nobody can call any more) releases the rest. */
+int pe_loop_teardown(pe_loop *l);
 
 /* Listening socket owned by the caller (made non-blocking if it is not).
  * Returns an id >= 0 (the OPEN event's arg), -EEXIST if the loop already
@@ -313,7 +322,7 @@ int pe_loop_buffered(pe_loop *l, pe_handle h, uint32_t *in, uint32_t *out);
 int pe_loop_peer(pe_loop *l, pe_handle h, char *host, size_t hostlen,
                  int *port);
 int pe_loop_fileno(pe_loop *l, pe_handle h);
-void pe_loop_get_stats(const pe_loop *l, struct pe_loop_stats *out);
+int pe_loop_get_stats(pe_loop *l, struct pe_loop_stats *out);
 
 /* ------------------------------------------------------------------ http */
 

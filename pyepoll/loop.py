@@ -11,8 +11,25 @@ reported with :data:`EV_OPEN` is reported exactly once with
 raises :class:`StaleHandleError` and never touches a connection that later
 reused the slot or the descriptor.
 
-Only :meth:`Loop.wakeup` (and :meth:`Loop.close`, which defers the release
-to a thread blocked in :meth:`Loop.wait`) may be called from another thread.
+Threads: a Loop belongs to one thread.  Only :meth:`Loop.wakeup` and
+:meth:`Loop.close` may be called from another; any other method called
+while a thread is inside the loop raises ``OSError(EBUSY)`` and changes
+nothing (the C core takes a flag with one atomic exchange per call), so a
+second waiter or a send from a worker thread is an error, never corrupted
+memory.
+
+A call on a connection that has closed:
+
+* what cannot lose anything is a silent no-op, because a batch may report
+  an event for a connection whose ``EV_CLOSED`` comes later in the same or
+  the next batch, and the caller cannot know: :meth:`Loop.close_connection`,
+  :meth:`Loop.shutdown_write`, :meth:`Loop.pause_reading`,
+  :meth:`Loop.resume_reading`, :meth:`Loop.arm_read_timeout`,
+  :meth:`Loop.set_token` and ``queue_echo``;
+* what would lose bytes or has no answer raises :class:`StaleHandleError`:
+  :meth:`Loop.send`, :meth:`Loop.reply`, :meth:`Loop.recv`,
+  :meth:`Loop.recv_into`, :meth:`Loop.buffered`, :meth:`Loop.peer`,
+  :meth:`Loop.fileno` and :meth:`Loop.get_token`.
 """
 from __future__ import annotations
 
@@ -21,12 +38,11 @@ import errno
 import math
 import os
 import socket
-import threading
 import time
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from ._binding import StaleHandleError, check, ffi, fileno_of, lib
+from ._binding import StaleHandleError, ffi, fileno_of, lib, raise_errno
 from ._poller import ForkError, available_backends, timeout_to_ms
 
 __all__ = [
@@ -137,6 +153,29 @@ def _choice(name: str, value: Any, table: Dict[str, int]) -> int:
             f"not {value!r}") from None
 
 
+def _raise_busy(what: str) -> None:
+    raise OSError(errno.EBUSY,
+                  f"Loop.{what}(): another thread is inside this loop (a Loop "
+                  f"belongs to one thread; only wakeup() and close() may be "
+                  f"called from others)")
+
+
+def _check(rc: int, what: str) -> int:
+    """``rc`` if it is not negative, else the exception for ``-rc``."""
+    if rc < 0:
+        if rc == -errno.EBUSY:
+            _raise_busy(what)
+        raise_errno(-rc, what)
+    return rc
+
+
+def _control(rc: int, what: str) -> None:
+    """Like :func:`_check` for the calls that are no-ops on a connection
+    that has closed (see the module docstring)."""
+    if rc < 0 and rc != -errno.ESTALE:
+        _check(rc, what)
+
+
 class Loop:
     """A connection loop: listeners, a fixed-capacity connection table,
     byte buffers per connection and idle/read timeouts, all in C.
@@ -177,7 +216,7 @@ class Loop:
                  "_in_high", "_bev", "_bq", "_bbuf", "_bview", "_bsize",
                  "_echoq", "queue_echo", "_eq", "_eqv",
                  "_out_max", "_backend", "_trigger", "_echo", "_listeners",
-                 "_owned", "_busy", "_zombie", "_lock", "_u32a", "_u32b",
+                 "_owned", "_u32a", "_u32b",
                  "_pid_fork",
                  "_u64", "_int", "_host", "_stats", "__weakref__")
 
@@ -192,9 +231,6 @@ class Loop:
                  echo: bool = False, batch: int = 1024) -> None:
         self._p: Any = None
         self._pid_fork: Optional[int] = None
-        self._busy = False
-        self._zombie: Any = None
-        self._lock = threading.Lock()
         self._listeners: Dict[int, socket.socket] = {}
         self._owned: Dict[int, socket.socket] = {}
         if backend is not None:
@@ -242,7 +278,7 @@ class Loop:
                     f"use trigger='level'")
             if rc == -errno.EINVAL:
                 raise ValueError("invalid loop configuration")
-            check(rc, "creating the loop")
+            _check(rc, "creating the loop")
         self._p = ffi.gc(p, lib.pe_loop_free)
         _live.add(self)
         self._backend = backend or available_backends()[0]
@@ -313,12 +349,12 @@ class Loop:
         # Every backend: even a poll or select loop would read the bytes of
         # sockets the parent owns.  The C loop is kept, never freed, in the
         # child (see _inherited); close() there does nothing.
-        p = self._p if self._p is not None else self._zombie
+        p = self._p
         if p is None:
             return
         _inherited.append(p)
         self._pid_fork = os.getppid()
-        self._p = self._zombie = None
+        self._p = None
         self._owned = {}
         self._listeners = {}
 
@@ -326,28 +362,20 @@ class Loop:
         """Close every connection (no events), stop listening, and close the
         sockets :meth:`listen` created (not those given to
         :meth:`add_listener`).  Idempotent.  Called while another thread is
-        blocked in :meth:`wait`, it wakes that thread, which releases the C
-        loop when its wait returns."""
+        blocked in :meth:`wait`, it wakes that thread, which finishes the
+        close as its wait returns."""
         p = self._p
         if p is None:
             return
-        self._zombie = p
-        self._p = None          # before _busy is read: see wait()
-        if self._busy:
-            lib.pe_loop_wakeup(p)
-        else:
-            self._release()
+        self._p = None
+        # The C struct itself is freed with the last reference to p (a
+        # thread inside a call holds one), so no call can reach freed memory.
+        if lib.pe_loop_teardown(p) == 0:
+            self._close_owned()
 
-    def _release(self) -> None:
-        # Reached from close() and from a wait() that close() interrupted;
-        # the lock makes sure exactly one of them frees the C loop.  The
-        # listening sockets close only after that, so that a run still in
-        # progress never sees their numbers reused.
-        with self._lock:
-            p, self._zombie = self._zombie, None
-        if p is None:
-            return
-        ffi.release(p)
+    def _close_owned(self) -> None:
+        # After the C teardown: a listening socket's number must not be
+        # reused while a run could still watch it.
         owned, self._owned = self._owned, {}
         self._listeners = {}
         for sock in owned.values():
@@ -423,7 +451,7 @@ class Loop:
                 raise ValueError("add_listener needs a SOCK_STREAM socket")
             if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
                 raise ValueError("socket is not listening (call listen())")
-        lid = check(lib.pe_loop_add_listener(p, fd), f"listener fd {fd}")
+        lid = _check(lib.pe_loop_add_listener(p, fd), f"listener fd {fd}")
         self._listeners[lid] = sock
         return lid
 
@@ -433,7 +461,10 @@ class Loop:
         KeyError for an unknown id."""
         p = self._check_open()
         _size("listener id", lid, 0, 0x7FFFFFFF)
-        if lib.pe_loop_remove_listener(p, lid) < 0:
+        rc = lib.pe_loop_remove_listener(p, lid)
+        if rc == -errno.EBUSY:
+            _raise_busy("remove_listener")
+        if rc < 0:
             raise KeyError(f"no listener with id {lid}")
         self._listeners.pop(lid, None)
         sock = self._owned.pop(lid, None)
@@ -474,12 +505,8 @@ class Loop:
         its handler raises (PEP 475).  The GIL is released while waiting.
         """
         ms = -1 if timeout is None else timeout_to_ms(timeout)
-        # _busy is set before _p is read, and close() clears _p before it
-        # reads _busy: one of the two always sees the other.
-        self._busy = True
         p = self._p
         if p is None:
-            self._busy = False
             self._raise_closed()
         if self._echoq:
             self._flush_echo(p)
@@ -494,9 +521,8 @@ class Loop:
                 if n <= 0 and (n or ms):
                     n = self._wait_slow(n, None if ms else 0.0)
         finally:
-            self._busy = False
-            if self._p is None:
-                self._release()
+            if self._p is None and self._owned:
+                self._close_owned()     # close() came while we waited
         n4 = n << 2
         vi = self._vi
         return list(zip(vi[0:n4:4], self._vq[1:n << 1:2], vi[1:n4:4]))
@@ -517,10 +543,8 @@ class Loop:
         if bev is None:
             self._batch_init()
             bev = self._bev
-        self._busy = True
         p = self._p
         if p is None:
-            self._busy = False
             self._raise_closed()
         try:
             start = _monotonic() if ms > 0 else 0.0
@@ -549,9 +573,8 @@ class Loop:
                     n, None if ms < 0 else start + ms / 1000.0 if ms else 0.0,
                     True)
         finally:
-            self._busy = False
-            if self._p is None:
-                self._release()
+            if self._p is None and self._owned:
+                self._close_owned()     # close() came while we waited
         # Four 64-bit words an event: one slice copied out, one iterator
         # zipped with itself makes the tuples.  A zip, not a list: a loop
         # that unpacks each tuple lets zip reuse it (no tuple made and
@@ -562,7 +585,9 @@ class Loop:
     def _flush_echo(self, p: Any) -> None:
         q = self._echoq
         with ffi.from_buffer("pe_handle[]", q) as hs:
-            _echo(p, hs, len(q))
+            rc = _echo(p, hs, len(q))
+        if rc == -errno.EBUSY:
+            _raise_busy("queue_echo")   # keep the queue: nothing was sent
         del q[:]
 
     def _batch_init(self) -> None:
@@ -614,7 +639,11 @@ class Loop:
             if rc > 0:
                 return rc
             if rc < 0 and rc != -errno.EINTR:
-                check(rc, "waiting for events")
+                if rc == -errno.EBADF and self._p is None:
+                    return 0            # close() from another thread
+                if rc == -errno.EBUSY:
+                    _raise_busy("wait")
+                _check(rc, "waiting for events")
             if deadline is None:
                 ms = -1
             elif deadline == 0.0:
@@ -641,7 +670,7 @@ class Loop:
         """Make a blocked (or the next) :meth:`wait` return an
         :data:`EV_WAKEUP` event.  Safe from any thread."""
         p = self._check_open()
-        check(lib.pe_loop_wakeup(p), "waking the loop")
+        _check(lib.pe_loop_wakeup(p), "waking the loop")
 
     # -- connections -----------------------------------------------------------
 
@@ -660,7 +689,7 @@ class Loop:
                 return self._recv_rest(p, h, self._rbytes[:n])
             return self._rbytes[:n]
         if n < 0:
-            check(n, "recv")
+            _check(n, "recv")
         return b""
 
     def _recv_rest(self, p: Any, h: int, head: bytes) -> bytes:
@@ -686,7 +715,7 @@ class Loop:
         except (TypeError, BufferError):
             raise TypeError(f"recv_into() needs a writable buffer, not "
                             f"{type(buffer).__name__}") from None
-        return check(lib.pe_loop_read(p, h, cbuf, len(cbuf)), "recv_into")
+        return _check(lib.pe_loop_read(p, h, cbuf, len(cbuf)), "recv_into")
 
     def send(self, h: int, data: Any) -> None:
         """Queue ``data`` (bytes-like) on ``h``: written now if the socket
@@ -722,17 +751,18 @@ class Loop:
             raise BufferError(
                 f"send() would queue more than output_max ({self._out_max} "
                 f"bytes; {unsent} already queued); wait for EV_DRAINED")
-        check(rc, "send")
+        _check(rc, "send")
 
     def close_connection(self, h: int, mode: str = "flush") -> None:
         """Close ``h``: ``"flush"`` sends queued output first (in the
         background), ``"now"`` drops it, ``"abort"`` resets (RST).  The
-        handle is stale at once; :data:`EV_CLOSED` (arg 0) follows."""
+        handle is stale at once; :data:`EV_CLOSED` (arg 0) follows.  A
+        connection that has closed already is left alone (no error)."""
         p = self._check_open()
         m = _choice("mode", mode, _CLOSE_MODES)
         if self._echoq:
             self._flush_echo(p)
-        check(lib.pe_loop_close(p, h, m), "close_connection")
+        _control(lib.pe_loop_close(p, h, m), "close_connection")
 
     def shutdown_write(self, h: int) -> None:
         """Half-close: shut down the writing side once queued output is
@@ -740,17 +770,17 @@ class Loop:
         p = self._check_open()
         if self._echoq:
             self._flush_echo(p)
-        check(lib.pe_loop_shutdown(p, h), "shutdown_write")
+        _control(lib.pe_loop_shutdown(p, h), "shutdown_write")
 
     def pause_reading(self, h: int) -> None:
         """Stop reading from ``h`` until :meth:`resume_reading`."""
-        check(lib.pe_loop_pause_reading(self._check_open(), h),
-              "pause_reading")
+        _control(lib.pe_loop_pause_reading(self._check_open(), h),
+                 "pause_reading")
 
     def resume_reading(self, h: int) -> None:
         """Undo :meth:`pause_reading`."""
-        check(lib.pe_loop_resume_reading(self._check_open(), h),
-              "resume_reading")
+        _control(lib.pe_loop_resume_reading(self._check_open(), h),
+                 "resume_reading")
 
     def arm_read_timeout(self, h: int, on: bool = True) -> None:
         """(Re)start the read deadline of ``h`` (``read_timeout`` seconds
@@ -761,7 +791,7 @@ class Loop:
         rc = lib.pe_loop_arm_read_timeout(p, h, 1 if on else 0)
         if rc == -errno.EINVAL:
             raise ValueError("arm_read_timeout() needs Loop(read_timeout=...)")
-        check(rc, "arm_read_timeout")
+        _control(rc, "arm_read_timeout")
 
     def set_token(self, h: int, token: int) -> None:
         """Attach an integer in [0, 2**64) to ``h``."""
@@ -771,30 +801,30 @@ class Loop:
                 f"token must be an int, not {type(token).__name__}")
         if not 0 <= token < 2**64:
             raise OverflowError(f"token must be in [0, 2**64), got {token}")
-        check(lib.pe_loop_set_token(p, h, token), "set_token")
+        _control(lib.pe_loop_set_token(p, h, token), "set_token")
 
     def get_token(self, h: int) -> int:
         """The integer attached with :meth:`set_token` (0 if none)."""
         out = self._u64
-        check(lib.pe_loop_get_token(self._check_open(), h, out), "get_token")
+        _check(lib.pe_loop_get_token(self._check_open(), h, out), "get_token")
         return int(out[0])
 
     def buffered(self, h: int) -> Tuple[int, int]:
         """``(unread, unsent)`` byte counts of ``h``."""
         a, b = self._u32a, self._u32b
-        check(lib.pe_loop_buffered(self._check_open(), h, a, b), "buffered")
+        _check(lib.pe_loop_buffered(self._check_open(), h, a, b), "buffered")
         return int(a[0]), int(b[0])
 
     def peer(self, h: int) -> Tuple[str, int]:
         """The peer's numeric ``(host, port)``."""
         host, port = self._host, self._int
-        check(lib.pe_loop_peer(self._check_open(), h, host, _HOSTLEN, port),
+        _check(lib.pe_loop_peer(self._check_open(), h, host, _HOSTLEN, port),
               "peer")
         return ffi.string(host).decode("ascii"), int(port[0])
 
     def fileno(self, h: int) -> int:
         """The descriptor of ``h``.  Do not close it or read from it."""
-        return check(lib.pe_loop_fileno(self._check_open(), h), "fileno")
+        return _check(lib.pe_loop_fileno(self._check_open(), h), "fileno")
 
     def stats(self) -> Dict[str, int]:
         """Counters since the loop was made: ``conns_open`` (current),
@@ -802,5 +832,5 @@ class Loop:
         ``accept_emfile``, ``bytes_in``, ``bytes_out``, ``syscalls``,
         ``events``."""
         st = self._stats
-        lib.pe_loop_get_stats(self._check_open(), st)
+        _check(lib.pe_loop_get_stats(self._check_open(), st), "stats")
         return {name: int(getattr(st, name)) for name in _STATS}

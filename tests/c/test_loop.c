@@ -1179,6 +1179,126 @@ static void test_wakeup(void **state)
     env_close(&e);
 }
 
+/* ----------------------------------------------------------------- threads */
+
+struct blocked_run {
+    pe_loop *l;
+    struct pe_loop_event ev[8];
+    int rc;
+    uint64_t took;
+};
+
+static void *run_blocking(void *arg)
+{
+    struct blocked_run *r = arg;
+    uint64_t t0 = now_ms();
+
+    /* A run may do I/O and report nothing (edge mode's first WRITE
+     * readiness): wait on until there is an event. */
+    do
+        r->rc = pe_loop_run(r->l, r->ev, 8, 5000);
+    while (r->rc == 0 && now_ms() - t0 < 5000);
+    r->took = now_ms() - t0;
+    return NULL;
+}
+
+/* Start a thread blocked in pe_loop_run and return once it is inside. */
+static void start_blocked(pthread_t *t, struct blocked_run *r, pe_loop *l)
+{
+    uint64_t until = now_ms() + DEADLINE_MS;
+    struct timespec ts = { 0, 1000 * 1000 };
+
+    memset(r, 0, sizeof(*r));
+    r->l = l;
+    assert_int_equal(pthread_create(t, NULL, run_blocking, r), 0);
+    while (!atomic_load(&l->inside)) {
+        assert_true(now_ms() < until);
+        nanosleep(&ts, NULL);
+    }
+    nanosleep(&ts, NULL);       /* past the flag, into the poller's wait */
+}
+
+/* A second thread entering any entry point while one is inside gets
+ * -EBUSY and changes nothing; wakeup still works from there. */
+static void test_threads_busy(void **state)
+{
+    struct pe_loop_config cfg;
+    struct pe_loop_event ev[4];
+    struct pe_loop_stats st;
+    struct blocked_run r;
+    struct env e;
+    char buf[16];
+    pthread_t t;
+    pe_handle h;
+    int a;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    a = tcp_client(e.port, 0);
+    h = next_open(&e);
+    start_blocked(&t, &r, e.l);
+    assert_int_equal(pe_loop_run(e.l, ev, 4, 0), -EBUSY);
+    assert_int_equal(pe_loop_send(e.l, h, "x", 1), -EBUSY);
+    assert_int_equal(pe_loop_read(e.l, h, buf, sizeof(buf)), -EBUSY);
+    assert_int_equal(pe_loop_close(e.l, h, PE_CLOSE_NOW), -EBUSY);
+    assert_int_equal(pe_loop_pause_reading(e.l, h), -EBUSY);
+    assert_int_equal(pe_loop_add_listener(e.l, a), -EBUSY);
+    assert_int_equal(pe_loop_get_stats(e.l, &st), -EBUSY);
+    assert_int_equal(pe_loop_wakeup(e.l), 0);
+    pthread_join(t, NULL);
+    assert_int_equal(r.rc, 1);
+    assert_int_equal(r.ev[0].kind, PE_EV_WAKEUP);
+    /* The refused close did nothing: the connection still echoes. */
+    assert_int_equal(pe_loop_send(e.l, h, "y", 1), 1);
+    assert_int_equal(recv_wait(a, buf, sizeof(buf), 2000), 1);
+    assert_int_equal(buf[0], 'y');
+    assert_int_equal(pe_loop_get_stats(e.l, &st), 0);
+    assert_int_equal(st.conns_open, 1);
+    close(a);
+    env_close(&e);
+}
+
+/* Teardown from another thread while one waits: the waiter is woken and
+ * tears down on its way out; then every entry point answers -EBADF, and
+ * the connections are closed.  With nobody inside it happens at once. */
+static void test_threads_teardown(void **state)
+{
+    struct pe_loop_config cfg;
+    struct pe_loop_event ev[4];
+    struct pe_loop_stats st;
+    struct blocked_run r;
+    struct env e;
+    char buf[16];
+    pthread_t t;
+    pe_handle h;
+    int a;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    a = tcp_client(e.port, 0);
+    h = next_open(&e);
+    start_blocked(&t, &r, e.l);
+    assert_int_equal(pe_loop_teardown(e.l), 1);
+    pthread_join(t, NULL);
+    assert_true(r.took < 3000);
+    assert_true(e.l->dead);
+    assert_int_equal(pe_loop_run(e.l, ev, 4, 0), -EBADF);
+    assert_int_equal(pe_loop_send(e.l, h, "x", 1), -EBADF);
+    assert_int_equal(pe_loop_get_stats(e.l, &st), -EBADF);
+    assert_int_equal(pe_loop_wakeup(e.l), 0);
+    assert_int_equal(recv_wait(a, buf, sizeof(buf), 2000), 0);   /* closed */
+    assert_int_equal(pe_loop_teardown(e.l), 0);                  /* again */
+    close(a);
+    env_close(&e);
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    assert_int_equal(pe_loop_teardown(e.l), 0);
+    assert_int_equal(pe_loop_run(e.l, ev, 4, 0), -EBADF);
+    assert_int_equal(pe_loop_add_listener(e.l, e.lfd), -EBADF);
+    env_close(&e);
+}
+
 /* -------------------------------------------------------- handles, events */
 
 static void test_stale_handle(void **state)
@@ -1763,6 +1883,8 @@ int main(void)
         T(test_pause_resume),
         T(test_pause_resume_small),
         T(test_wakeup),
+        T(test_threads_busy),
+        T(test_threads_teardown),
         T(test_stale_handle),
         T(test_events_beyond_max),
         T(test_no_sigpipe),
