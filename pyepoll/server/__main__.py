@@ -67,6 +67,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
         format="%(asctime)s pyepoll-server[%(process)d] %(levelname)s: "
                "%(message)s")
+    from ._eventloop import LoopFailed
     from ._server import Server
     options = {k: v for k, v in vars(args).items()}
     try:
@@ -81,6 +82,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except OSError as e:
         logging.getLogger("pyepoll.server").error("cannot serve: %s", e)
+        return 1
+    except LoopFailed as e:           # not a client's doing: see run()
+        logging.getLogger("pyepoll.server").critical("%s; stopping", e)
         return 1
 
 

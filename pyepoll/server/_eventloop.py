@@ -37,7 +37,7 @@ from ._stats import Stats
 from .handler import Connection, Handler
 from .protocols import HttpHandler, hello_answer
 
-__all__ = ["EventLoopModel"]
+__all__ = ["EventLoopModel", "LoopFailed"]
 
 log = logging.getLogger("pyepoll.server")
 
@@ -52,6 +52,10 @@ _IDLE_MARGIN = 0.5
 # Runs of up to this many pipelined answers are kept ready (per Date
 # second): a bound on what a client can make the server cache.
 _CACHED_RUNS = 64
+
+
+class LoopFailed(RuntimeError):
+    """The event loop itself failed; the server cannot go on."""
 
 
 class _Extra:
@@ -289,7 +293,13 @@ class EventLoopModel:
                         break
                     left = max(0.0, self._drain_deadline - now)
                     timeout = left if timeout is None else min(timeout, left)
-                events = wait(timeout)
+                try:
+                    events = wait(timeout)
+                except Exception as exc:
+                    # The loop itself failed (the poller, memory): the one
+                    # thing that stops the server.
+                    raise LoopFailed(f"the event loop failed: {exc!r}") \
+                        from exc
                 if parser is not None:
                     last_get = parser.last_get
                     if last_get is not None:
@@ -300,83 +310,88 @@ class EventLoopModel:
                         answers = {1: got}
                 hits = 0
                 for kind, h, arg, off in events:
-                    if kind == EV_DATA:
-                        if echo and not fifo:
-                            # Every active connection is a built-in echo
-                            # and none waits in the FIFO (its data would
-                            # be held): nothing to look up (queue_echo
-                            # skips handles closed meanwhile).
-                            queue_echo(h)
-                            continue
-                        c = table[h & slot]
-                        if c is None or c.closed or c.h != h:
-                            continue
-                        handler = c.handler
-                        if handler.__class__ is echo_handler \
-                                and not c.paused & hold:
-                            queue_echo(h)
-                            continue
-                        data = view[off:off + arg]
-                        if c.paused & hold:
-                            c.extra().held.append(data)
-                            continue
-                        try:
-                            if handler.__class__ is http_handler \
-                                    and handler._lingered < 0:
-                                if data == last_get:
-                                    if handler._plain:
-                                        hits += 1
-                                        try:
-                                            send(h, answer)
-                                        except (BufferError, OSError,
-                                                ValueError):
-                                            c.send_failed()
-                                        continue
-                                elif last_get is not None \
-                                        and not arg % size and handler._plain:
-                                    # Pipelined: non-overlapping copies
-                                    # adding up to the whole length tile it.
-                                    n = data.count(last_get)
-                                    if n * size == arg:
-                                        hits += n
-                                        out = answers.get(n)
-                                        if out is None:
-                                            out = answer * n
-                                            if n <= _CACHED_RUNS:
-                                                answers[n] = out
+                    try:
+                        if kind == EV_DATA:
+                            if echo and not fifo:
+                                # Every active connection is a built-in echo
+                                # and none waits in the FIFO (its data would
+                                # be held): nothing to look up (queue_echo
+                                # skips handles closed meanwhile).
+                                queue_echo(h)
+                                continue
+                            c = table[h & slot]
+                            if c is None or c.closed or c.h != h:
+                                continue
+                            handler = c.handler
+                            if handler.__class__ is echo_handler \
+                                    and not c.paused & hold:
+                                queue_echo(h)
+                                continue
+                            data = view[off:off + arg]
+                            if c.paused & hold:
+                                c.extra().held.append(data)
+                                continue
+                            try:
+                                if handler.__class__ is http_handler \
+                                        and handler._lingered < 0:
+                                    if data == last_get:
+                                        if handler._plain:
+                                            hits += 1
+                                            try:
+                                                send(h, answer)
+                                            except (BufferError, OSError,
+                                                    ValueError):
+                                                c.send_failed()
+                                            continue
+                                    elif last_get is not None \
+                                            and not arg % size and handler._plain:
+                                        # Pipelined: non-overlapping copies
+                                        # adding up to the whole length tile it.
+                                        n = data.count(last_get)
+                                        if n * size == arg:
+                                            hits += n
+                                            out = answers.get(n)
+                                            if out is None:
+                                                out = answer * n
+                                                if n <= _CACHED_RUNS:
+                                                    answers[n] = out
+                                            try:
+                                                send(h, out)
+                                            except (BufferError, OSError,
+                                                    ValueError):
+                                                c.send_failed()
+                                            continue
+                                    # The built-in HTTP, without the layers.
+                                    out = handler.feed(data)
+                                    if out:
                                         try:
                                             send(h, out)
-                                        except (BufferError, OSError,
-                                                ValueError):
+                                        except (BufferError, OSError, ValueError):
                                             c.send_failed()
-                                        continue
-                                # The built-in HTTP, without the layers.
-                                out = handler.feed(data)
-                                if out:
-                                    try:
-                                        send(h, out)
-                                    except (BufferError, OSError, ValueError):
-                                        c.send_failed()
-                                if handler.closing or handler.arm is not None:
-                                    handler.after_feed(c)
-                            else:
-                                handler.on_data(c, data)   # type: ignore
-                        except Exception:
-                            self._failed(c)
-                    elif kind == EV_OPEN:
-                        self._opened(h)
-                    elif kind == EV_CLOSED:
-                        self._closed(h, arg)
-                    elif kind == EV_EOF:
-                        self._eof(h)
-                    elif kind == EV_READ_TIMEOUT:
-                        self._timeout(h)
-                    elif kind == EV_WRITE_FULL:
-                        self._pause(h, _P_FULL)
-                    elif kind == EV_DRAINED:
-                        self._resume(h, _P_FULL)
-                    elif kind == EV_WAKEUP:
-                        self._run_done()
+                                    if handler.closing or handler.arm is not None:
+                                        handler.after_feed(c)
+                                else:
+                                    handler.on_data(c, data)   # type: ignore
+                            except Exception:
+                                self._failed(c)
+                        elif kind == EV_OPEN:
+                            self._opened(h)
+                        elif kind == EV_CLOSED:
+                            self._closed(h, arg)
+                        elif kind == EV_EOF:
+                            self._eof(h)
+                        elif kind == EV_READ_TIMEOUT:
+                            self._timeout(h)
+                        elif kind == EV_WRITE_FULL:
+                            self._pause(h, _P_FULL)
+                        elif kind == EV_DRAINED:
+                            self._resume(h, _P_FULL)
+                        elif kind == EV_WAKEUP:
+                            self._run_done()
+                    except Exception:
+                        # Whatever one connection's event raised closes
+                        # that connection only.
+                        self._event_failed(h)
                 if hits:
                     stats.requests += hits
         finally:
@@ -458,6 +473,20 @@ class EventLoopModel:
             if not q.paused:
                 self.loop.resume_reading(q.h)
             self._replay(q)
+
+    def _event_failed(self, h: int) -> None:
+        self.stats.errors += 1
+        try:
+            c = self._get(h)
+            peer = c.peer if c is not None else ("?", 0)
+            log.exception("error handling an event of %s:%s; closing it",
+                          *peer)
+            if c is not None:
+                c.abort()
+            else:
+                self.loop.close_connection(h, "abort")
+        except Exception:                   # never out of the run loop
+            log.exception("error closing a failed connection")
 
     def _failed(self, c: _LoopConn) -> None:
         self.stats.errors += 1
