@@ -211,6 +211,10 @@ static int content_length(struct pe_http_request *req,
  * Transfer-Encoding is refused whatever the order (RFC 9112 6.3: the
  * classic smuggling case), as is Transfer-Encoding in an HTTP/1.0 request,
  * whose framing RFC 9112 6.1 says to treat as faulty. */
+/* A Host field was seen: a scratch flag, cleared before the parse returns
+ * (a plain request carries no flag at all, which servers' fast paths test). */
+#define SEEN_HOST 0x80000000u
+
 static int note_header(struct pe_http_request *req, const unsigned char *name,
                        size_t nlen, const unsigned char *v, size_t vlen)
 {
@@ -243,6 +247,13 @@ static int note_header(struct pe_http_request *req, const unsigned char *name,
     case 7:
         if (IEQ(name, nlen, "upgrade"))
             req->flags |= PE_HTTP_UPGRADE;
+        return 0;
+    case 4:
+        if (IEQ(name, nlen, "host")) {
+            if (req->flags & SEEN_HOST)
+                req->flags |= PE_HTTP_HOST_BAD;
+            req->flags |= SEEN_HOST;
+        }
         return 0;
     }
     return 0;
@@ -294,6 +305,8 @@ static int parse(const unsigned char *p, size_t n, struct pe_http_request *req,
         return PE_HTTP_BAD;
     req->method.off = (uint32_t)start;
     req->method.len = (uint32_t)(i - start);
+    if (i - start == 7 && !memcmp(p + start, "CONNECT", 7))
+        req->flags |= PE_HTTP_CONNECT;      /* methods are case-sensitive */
 
     start = ++i;
     i = scan_target(p, i, n);
@@ -316,7 +329,12 @@ static int parse(const unsigned char *p, size_t n, struct pe_http_request *req,
         if (p[i] == '\r') {
             if (i + 1 == n)
                 return PE_HTTP_INCOMPLETE;
-            return p[i + 1] == '\n' ? (int)(i + 2) : PE_HTTP_BAD;
+            if (p[i + 1] != '\n')
+                return PE_HTTP_BAD;
+            if (!(req->flags & SEEN_HOST) && req->minor_version == 1)
+                req->flags |= PE_HTTP_HOST_BAD;
+            req->flags &= ~SEEN_HOST;
+            return (int)(i + 2);
         }
         if (req->nheaders == max_headers)
             return PE_HTTP_TOO_MANY;

@@ -356,6 +356,9 @@ struct pe_http_header {
 #define PE_HTTP_TE_OTHER   0x20  /* a transfer coding other than a plain
                                     "chunked" (gzip, parameters...): 501 */
 #define PE_HTTP_UPGRADE    0x40  /* Upgrade header present */
+#define PE_HTTP_HOST_BAD   0x80  /* Host repeated, or missing from an
+                                    HTTP/1.1 request: 400 (RFC 9112 3.2) */
+#define PE_HTTP_CONNECT    0x100 /* the method is CONNECT */
 
 /* Return codes of pe_http_parse_request besides a positive head length.
  * Errors are reported at the first byte that proves them, so a prefix of

@@ -21,7 +21,7 @@ __all__ = [
     "RequestParser", "ChunkedDecoder", "response", "http_date",
     "SERVER", "REASONS", "INCOMPLETE", "BAD", "TOO_MANY", "BAD_LENGTH",
     "BAD_VERSION", "CHUNKED", "CLOSE", "KEEPALIVE", "HAS_CL", "EXPECT_100",
-    "TE_OTHER", "UPGRADE", "bytes_reader",
+    "TE_OTHER", "UPGRADE", "HOST_BAD", "CONNECT", "bytes_reader",
 ]
 
 Buffer = Union[bytes, bytearray, memoryview]
@@ -41,12 +41,14 @@ HAS_CL = lib.PE_HTTP_HAS_CL
 EXPECT_100 = lib.PE_HTTP_EXPECT_100
 TE_OTHER = lib.PE_HTTP_TE_OTHER
 UPGRADE = lib.PE_HTTP_UPGRADE
+HOST_BAD = lib.PE_HTTP_HOST_BAD
+CONNECT = lib.PE_HTTP_CONNECT
 
 SERVER = ("pyepoll/" + __version__).encode()
 
 REASONS = {
     100: "Continue", 200: "OK", 400: "Bad Request",
-    404: "Not Found", 408: "Request Timeout", 411: "Length Required",
+    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
     413: "Content Too Large", 417: "Expectation Failed",
     431: "Request Header Fields Too Large", 500: "Internal Server Error",
     501: "Not Implemented", 503: "Service Unavailable",

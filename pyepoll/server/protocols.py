@@ -22,8 +22,9 @@ import time
 from typing import List, Optional
 
 from .. import http
-from ..http import (CHUNKED, CLOSE, EXPECT_100, HAS_CL, INCOMPLETE,
-                    KEEPALIVE, TE_OTHER, ChunkedDecoder, RequestParser)
+from ..http import (CHUNKED, CLOSE, CONNECT, EXPECT_100, HAS_CL, HOST_BAD,
+                    INCOMPLETE, KEEPALIVE, TE_OTHER, ChunkedDecoder,
+                    RequestParser)
 from .handler import Connection, Handler
 
 __all__ = ["HttpSession", "HttpHandler", "EchoHandler", "Limits",
@@ -32,6 +33,11 @@ __all__ = ["HttpSession", "HttpHandler", "EchoHandler", "Limits",
 HELLO_BODY = b"Hello, World!\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _HEAD_STATE, _BODY, _CHUNKED, _DEAD = 0, 1, 2, 3
+# Heads refused whatever the rest: a missing or repeated Host (RFC 9112
+# 3.2), CONNECT (no tunnels here; RFC 9110 9.3.6), an unknown transfer
+# coding.  One test on the hot path for all three.
+_REFUSED = HOST_BAD | CONNECT | TE_OTHER
+_ALLOW = ((b"Allow", b"GET, HEAD, POST"),)
 _ERRORS = {
     http.BAD: 400, http.BAD_LENGTH: 400, http.TOO_MANY: 431,
     http.BAD_VERSION: 505,
@@ -268,8 +274,9 @@ class HttpSession:
         if maybe_head:
             mo, ml = p.method
             head_only = ml == 4 and buf[mo:mo + 4] == b"HEAD"
-        if flags & TE_OTHER:
-            out.append(self._error(501))
+        if flags & _REFUSED:
+            out.append(self._error(400 if flags & HOST_BAD else
+                                   405 if flags & CONNECT else 501))
             return pos
         if flags & CHUNKED:
             if flags & HAS_CL:                 # request smuggling vector
@@ -361,7 +368,8 @@ class HttpSession:
         self.closing = True
         self.status = status
         return http.response(status, b"%d %s\n" % (
-            status, http.REASONS[status].encode()), keep_alive=False)
+            status, http.REASONS[status].encode()), keep_alive=False,
+            headers=_ALLOW if status == 405 else ())
 
     def _update_timer(self, started: bool) -> None:
         state = self._state

@@ -151,7 +151,8 @@ static void test_connection_flags(void **state)
     (void)state;
     for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
         int n = snprintf(buf, sizeof(buf),
-                         "GET / HTTP/1.1\r\nConnection: %s\r\n\r\n", cases[k].v);
+                         "GET / HTTP/1.1\r\nHost: h\r\nConnection: %s\r\n\r\n",
+                         cases[k].v);
         assert_int_equal(parse_n(buf, (size_t)n), n);
         assert_int_equal(req.flags, cases[k].flags);
     }
@@ -164,7 +165,7 @@ static void test_version_defaults_untouched(void **state)
     assert_int_equal(PARSE("GET / HTTP/1.0\r\n\r\n"), 18);
     assert_int_equal(req.minor_version, 0);
     assert_int_equal(req.flags, 0);
-    assert_int_equal(PARSE("GET / HTTP/1.1\r\n\r\n"), 18);
+    assert_int_equal(PARSE("GET / HTTP/1.1\r\nHost: h\r\n\r\n"), 27);
     assert_int_equal(req.minor_version, 1);
     assert_int_equal(req.flags, 0);
     assert_int_equal(PARSE("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"), 42);
@@ -174,13 +175,43 @@ static void test_version_defaults_untouched(void **state)
 static void test_expect_upgrade(void **state)
 {
     (void)state;
-    assert_true(PARSE("GET / HTTP/1.1\r\nExpect: 100-continue, x\r\n\r\n") > 0);
+    assert_true(PARSE("GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue, x\r\n\r\n") > 0);
     assert_int_equal(req.flags, 0);
-    assert_true(PARSE("GET / HTTP/1.1\r\nExpect:100-continue \r\n\r\n") > 0);
+    assert_true(PARSE("GET / HTTP/1.1\r\nHost: h\r\nExpect:100-continue \r\n\r\n") > 0);
     assert_int_equal(req.flags, PE_HTTP_EXPECT_100);
-    assert_true(PARSE("GET /ws HTTP/1.1\r\nConnection: Upgrade\r\n"
+    assert_true(PARSE("GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n"
                       "upgrade: websocket\r\n\r\n") > 0);
     assert_int_equal(req.flags, PE_HTTP_UPGRADE);
+}
+
+/* RFC 9112 3.2: a 1.1 request needs exactly one Host, any request at most
+ * one; the parser flags the rest for the server's 400.  CONNECT is flagged
+ * so a server that does not tunnel can refuse it. */
+static void test_host_and_connect(void **state)
+{
+    (void)state;
+    assert_true(PARSE("GET / HTTP/1.1\r\n\r\n") > 0);
+    assert_int_equal(req.flags, PE_HTTP_HOST_BAD);
+    assert_true(PARSE("GET / HTTP/1.1\r\nhOsT: a\r\n\r\n") > 0);
+    assert_int_equal(req.flags, 0);
+    assert_true(PARSE("GET / HTTP/1.1\r\nHost:\r\n\r\n") > 0);  /* empty ok */
+    assert_int_equal(req.flags, 0);
+    assert_true(PARSE("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n") > 0);
+    assert_int_equal(req.flags, PE_HTTP_HOST_BAD);
+    assert_true(PARSE("GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n") > 0);
+    assert_int_equal(req.flags, PE_HTTP_HOST_BAD);
+    assert_true(PARSE("GET / HTTP/1.0\r\n\r\n") > 0);           /* 1.0: none ok */
+    assert_int_equal(req.flags, 0);
+    assert_true(PARSE("GET / HTTP/1.1\r\nHosts: a\r\n\r\n") > 0);
+    assert_int_equal(req.flags, PE_HTTP_HOST_BAD);
+    assert_true(PARSE("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n") > 0);
+    assert_int_equal(req.flags, PE_HTTP_CONNECT);
+    assert_true(PARSE("Connect a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n") > 0);
+    assert_int_equal(req.flags, 0);                    /* another method */
+    assert_true(PARSE("CONNECTX / HTTP/1.1\r\nHost: a\r\n\r\n") > 0);
+    assert_int_equal(req.flags, 0);
+    /* An incomplete head never carries the scratch bit out. */
+    assert_int_equal(PARSE("GET / HTTP/1.1\r\nHost: a\r\n"), PE_HTTP_INCOMPLETE);
 }
 
 static void test_pipelined(void **state)
@@ -188,7 +219,7 @@ static void test_pipelined(void **state)
     static const char r[] =
         "\r\nGET /a HTTP/1.1\r\nHost: a\r\n\r\n"
         "POST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyz"
-        "\r\nGET /c HTTP/1.1\r\nConnection: close\r\n\r\n";
+        "\r\nGET /c HTTP/1.0\r\nConnection: close\r\n\r\n";
     size_t off = 0, n = sizeof(r) - 1;
     int rc;
     (void)state;
@@ -361,7 +392,7 @@ static void test_too_many(void **state)
 static void expect_cl(const char *hdrs, int want, uint64_t value)
 {
     char buf[512];
-    int n = snprintf(buf, sizeof(buf), "POST / HTTP/1.1\r\n%s\r\n", hdrs);
+    int n = snprintf(buf, sizeof(buf), "POST / HTTP/1.1\r\nHost: h\r\n%s\r\n", hdrs);
     int r = parse_n(buf, (size_t)n);
     if (want > 0)
         want = n;
@@ -400,7 +431,7 @@ static void test_content_length(void **state)
     expect_cl("Transfer-Encoding: gzip\r\nContent-Length: 5\r\n",
               PE_HTTP_BAD_LENGTH, 0);
     /* Names are matched whole. */
-    assert_true(PARSE("POST / HTTP/1.1\r\nContent-Lengths: x\r\n"
+    assert_true(PARSE("POST / HTTP/1.1\r\nHost: h\r\nContent-Lengths: x\r\n"
                       "Content-Lengt: y\r\nXContent-Length: z\r\n\r\n") > 0);
     assert_int_equal(req.flags, 0);
 }
@@ -408,7 +439,8 @@ static void test_content_length(void **state)
 static void expect_te(const char *hdrs, int minor, int want, uint32_t flags)
 {
     char buf[512];
-    int n = snprintf(buf, sizeof(buf), "POST / HTTP/1.%d\r\n%s\r\n", minor, hdrs);
+    int n = snprintf(buf, sizeof(buf), "POST / HTTP/1.%d\r\nHost: h\r\n%s\r\n",
+                     minor, hdrs);
     int r = parse_n(buf, (size_t)n);
     if (want > 0)
         want = n;
@@ -631,6 +663,7 @@ int main(void)
         cmocka_unit_test(test_get),
         cmocka_unit_test(test_post_head),
         cmocka_unit_test(test_connection_flags),
+        cmocka_unit_test(test_host_and_connect),
         cmocka_unit_test(test_version_defaults_untouched),
         cmocka_unit_test(test_expect_upgrade),
         cmocka_unit_test(test_pipelined),

@@ -436,7 +436,7 @@ def test_http10_closes_unless_keep_alive(served):
 def test_connection_close(served):
     _, srv = served
     with connect(srv.addr) as s:
-        s.sendall(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n" + GET)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" + GET)
         r = Reader(s)
         resp = r.response()
         assert resp.headers.get("connection") == "close"
@@ -470,18 +470,26 @@ def test_expect_100_continue(served):
 
 @pytest.mark.parametrize("raw,status", [
     (b"GARBAGE\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n", 400),
     (b"GET / HTTP/1.1\nHost: t\n\n", 400),              # bare LF
-    (b"GET / HTTP/1.1\r\nContent-Length: 1x\r\n\r\n", 400),
-    (b"GET / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n", 400),
-    (b"POST / HTTP/1.1\r\nContent-Length: 3\r\n"
+    (b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 1x\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n"
      b"Transfer-Encoding: chunked\r\n\r\n", 400),       # smuggling shape
-    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    (b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
     (b"GET / HTTP/2.0\r\n\r\n", 505),
-    (b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
-    (b"POST / HTTP/1.1\r\nContent-Length: 1048577\r\n\r\n", 413),
-    (b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
-    (b"GET / HTTP/1.1\r\n" + b"X-A: b\r\n" * 200 + b"\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1048577\r\n\r\n", 413),
+    (b"GET / HTTP/1.1\r\nHost: t\r\n" + b"X-Big: " + b"a" * 20000 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: t\r\n" + b"X-A: b\r\n" * 200 + b"\r\n", 431),
+    # RFC 9112 3.2: Host missing from 1.1, or repeated (any version).
+    (b"GET / HTTP/1.1\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"GET / HTTP/1.0\r\nHost: a\r\nhost: a\r\n\r\n", 400),
+    (b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nab", 400),
+    # No tunnels: CONNECT is never answered 2xx (RFC 9110 9.3.6).
+    (b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+     405),
 ])
 def test_errors_answered_then_closed(served, raw, status):
     _, srv = served
@@ -491,13 +499,21 @@ def test_errors_answered_then_closed(served, raw, status):
         resp = r.response()
         assert resp.status == status, resp
         assert resp.headers.get("connection") == "close"
+        if status == 405:
+            assert resp.headers.get("allow") == "GET, HEAD, POST"
         assert r.closed()
+
+
+def test_http10_without_host_is_served(served):
+    _, srv = served
+    resp, = request(srv.addr, b"GET / HTTP/1.0\r\n\r\n")
+    assert (resp.status, resp.body) == (200, HELLO)
 
 
 def test_chunked_body_over_limit_413(served):
     _, srv = served
     with connect(srv.addr) as s:
-        s.sendall(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        s.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
         chunk = b"10000\r\n" + b"z" * 0x10000 + b"\r\n"
         r = Reader(s)
         try:
@@ -596,7 +612,7 @@ def test_request_timeout_408(start_server, model):
         assert 0.8 < time.monotonic() - t0 < 5
         assert r.closed()
     with connect(srv.addr) as s:                     # a body that stalls
-        s.sendall(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+        s.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
         assert Reader(s).response().status == 408
 
 
@@ -622,7 +638,7 @@ def test_sigterm_drains_in_flight_request(start_server, model):
     idle_reader = Reader(idle)
     assert idle_reader.response().body == HELLO      # now idle, kept alive
     busy = connect(srv.addr)
-    busy.sendall(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n01234")
+    busy.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n01234")
     time.sleep(0.3)                                  # the request is in flight
     srv.signal(signal.SIGTERM)
     assert idle_reader.closed(timeout=5)             # idle ones go at once

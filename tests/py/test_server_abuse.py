@@ -63,7 +63,7 @@ def test_slowloris_cut_by_header_timeout(start_server, model):
 def test_one_mib_header_431_and_close(start_server, model):
     srv = start_server("--model", model)
     with connect(srv.addr) as s:
-        head = b"GET / HTTP/1.1\r\nX-Huge: " + b"h" * (1 << 20) + b"\r\n\r\n"
+        head = b"GET / HTTP/1.1\r\nHost: t\r\nX-Huge: " + b"h" * (1 << 20) + b"\r\n\r\n"
         t = threading.Thread(target=_send_quietly, args=(s, head))
         t.start()
         r = Reader(s)
@@ -79,7 +79,7 @@ def test_one_mib_header_431_and_close(start_server, model):
 def test_one_gib_declared_body_413_without_reading_it(start_server, model):
     srv = start_server("--model", model)
     with connect(srv.addr) as s:
-        s.sendall(b"POST / HTTP/1.1\r\nContent-Length: 1073741824\r\n\r\n")
+        s.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1073741824\r\n\r\n")
         # Keep sending body bytes: the answer must not wait for them.
         t = threading.Thread(target=_send_quietly,
                              args=(s, b"b" * (16 << 20)))
@@ -106,7 +106,7 @@ GARBAGE = [
     b"GET\x00/ HTTP/1.1\r\n\r\n",
     b" GET / HTTP/1.1\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n",
-    b"GET / HTTP/1.1\r\n folded: value\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: t\r\n folded: value\r\n\r\n",
 ]
 
 

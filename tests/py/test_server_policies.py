@@ -232,7 +232,7 @@ def test_grace_period_bounds_the_drain(start_server, tmp_path):
     past the grace period (10 s by default; here a stuck body)."""
     srv = start_server("--idle-timeout", "60")
     s = connect(srv.addr)
-    s.sendall(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc")
+    s.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nabc")
     time.sleep(0.2)
     t0 = time.monotonic()
     srv.signal(signal.SIGTERM)

@@ -22,11 +22,11 @@ GET = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
 def post(body: bytes) -> bytes:
-    return b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    return b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body) + body
 
 
 def chunked(*chunks: bytes) -> bytes:
-    out = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    out = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
     for c in chunks:
         out += b"%x\r\n%s\r\n" % (len(c), c)
     return out + b"0\r\n\r\n"
@@ -68,8 +68,8 @@ def test_parser_offsets_and_headers():
     assert buf[mo:mo + ml] == b"PUT" and buf[to:to + tl] == b"/a?b=1"
     assert p.minor == 0 and p.flags & http.HAS_CL and p.content_length == 3
     assert p.headers(buf) == [(b"A", b"1"), (b"Content-Length", b"3")]
-    assert p.parse(b"GET / HTTP/1.1\r\n") == http.INCOMPLETE
-    assert p.parse(b"GET / HTTP/1.1\r\n" + b"A: b\r\n" * 9 + b"\r\n") \
+    assert p.parse(b"GET / HTTP/1.1\r\nHost: t\r\n") == http.INCOMPLETE
+    assert p.parse(b"GET / HTTP/1.1\r\nHost: t\r\n" + b"A: b\r\n" * 9 + b"\r\n") \
         == http.TOO_MANY
     assert p.parse(bytearray(GET)) == len(GET)
 
@@ -103,7 +103,7 @@ def test_get_and_echo():
 
 
 def test_head_has_length_without_body():
-    out = HttpSession().feed(b"HEAD / HTTP/1.1\r\n\r\n")
+    out = HttpSession().feed(b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\n")
     assert out.endswith(b"Content-Length: %d\r\n\r\n" % len(HELLO_BODY))
 
 
@@ -115,7 +115,7 @@ def test_keep_alive_rules():
     out = s.feed(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
     assert b"Connection: keep-alive" in out and not s.closing
     s = HttpSession()
-    out = s.feed(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n" + GET)
+    out = s.feed(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" + GET)
     assert statuses(out) == [200] and s.closing and s.linger
     assert s.feed(GET) == b""                      # nothing after a close
 
@@ -123,10 +123,10 @@ def test_keep_alive_rules():
 @pytest.mark.parametrize("raw,status", [
     (b"NOT HTTP\r\n\r\n", 400),
     (b"GET / HTTP/3.0\r\n\r\n", 505),
-    (b"GET / HTTP/1.1\r\nTransfer-Encoding: br\r\n\r\n", 501),
-    (b"POST / HTTP/1.1\r\nContent-Length: 1025\r\n\r\n", 413),
-    (b"GET / HTTP/1.1\r\nX: " + b"y" * 600 + b"\r\n\r\n", 431),
-    (b"GET / HTTP/1.1\r\nX: " + b"y" * 600, 431),       # incomplete, too long
+    (b"GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: br\r\n\r\n", 501),
+    (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1025\r\n\r\n", 413),
+    (b"GET / HTTP/1.1\r\nHost: t\r\nX: " + b"y" * 600 + b"\r\n\r\n", 431),
+    (b"GET / HTTP/1.1\r\nHost: t\r\nX: " + b"y" * 600, 431),       # incomplete, too long
 ])
 def test_errors(raw, status):
     s = HttpSession(limits=Limits(max_head=512, max_body=1024))
@@ -138,7 +138,7 @@ def test_errors(raw, status):
 
 def test_body_limit_decided_before_body():
     s = HttpSession()
-    out = s.feed(b"POST / HTTP/1.1\r\nContent-Length: 1073741824\r\n\r\n")
+    out = s.feed(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1073741824\r\n\r\n")
     assert statuses(out) == [413]
 
 
@@ -152,14 +152,14 @@ def test_timer_decisions():
     s = HttpSession()
     s.feed(b"GET / HT")
     assert s.arm is True and s.busy                 # head started
-    s.feed(b"TP/1.1\r\n")
+    s.feed(b"TP/1.1\r\nHost: t\r\n")
     assert s.arm is None                            # same head: keep deadline
     out = s.feed(b"\r\n")
     assert statuses(out) == [200] and s.arm is False and not s.busy
     s.feed(GET + b"GET")                            # answered, next began
     assert s.arm is True
     s = HttpSession()
-    s.feed(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab")
+    s.feed(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nab")
     assert s.arm is True                            # body: follows progress
     s.feed(b"c")
     assert s.arm is True
@@ -179,7 +179,7 @@ def test_timeout_mid_request_is_408():
 
 def test_expect_continue():
     s = HttpSession()
-    out = s.feed(b"POST / HTTP/1.1\r\nContent-Length: 2\r\n"
+    out = s.feed(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n"
                  b"Expect: 100-continue\r\n\r\n")
     assert out == b"HTTP/1.1 100 Continue\r\n\r\n"
     assert s.feed(b"ok").endswith(b"\r\n\r\nok")
@@ -191,7 +191,7 @@ def test_drain():
     assert s.drain() is True                        # idle: close now
     assert s.feed(GET) == b""
     s = HttpSession()
-    s.feed(b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n")
+    s.feed(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n")
     assert s.drain() is False                       # finish the request
     out = s.feed(b"ok")
     assert b"Connection: close" in out and s.closing
@@ -200,14 +200,14 @@ def test_drain():
 # ------------------------------------------------- splitting never matters
 
 MESSAGES = [
-    GET, post(b""), post(b"body bytes"), b"HEAD /h HTTP/1.1\r\n\r\n",
+    GET, post(b""), post(b"body bytes"), b"HEAD /h HTTP/1.1\r\nHost: t\r\n\r\n",
     chunked(b"abc", b"defgh"), chunked(), b"\r\n" + GET,
     b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
-    b"POST / HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nxyz",
+    b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nxyz",
 ]
 ENDINGS = [b"", GET.replace(b"1.1", b"1.0"), b"BAD REQUEST\r\n\r\n",
-           b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n" + GET,
-           b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"]
+           b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" + GET,
+           b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999\r\n\r\n"]
 
 
 @settings(max_examples=300, deadline=None)
