@@ -12,7 +12,9 @@ text; a request with a body gets its body echoed back.  Errors close the
 connection after the answer: 400 malformed, 408 request not complete in
 time, 413 body over the limit (decided from Content-Length, before reading
 the body), 431 head too large or too many fields, 501 unsupported transfer
-coding, 505 HTTP version.  After an error the connection is half-closed and
+coding, 505 HTTP version, 400 for an HTTP/1.1 request without Host or any
+request with two (RFC 9112 3.2), 405 with Allow for CONNECT (no tunnels
+here, so never a 2xx: RFC 9110 9.3.6).  After an error the connection is half-closed and
 what the client still sends is read and dropped for a short while
 (a "lingering close"), so the answer is not destroyed by a reset.
 """
