@@ -7,9 +7,9 @@ and per-connection rings in C; :meth:`Loop.recv` copies them out once,
 
 Handles are ints (slot | generation << 32).  Every connection that was
 reported with :data:`EV_OPEN` is reported exactly once with
-:data:`EV_CLOSED`, after which its handle is stale: any method given it
-raises :class:`StaleHandleError` and never touches a connection that later
-reused the slot or the descriptor.
+:data:`EV_CLOSED`, after which its handle is stale: it never touches a
+connection that later reused the slot or the descriptor (what a method
+then does is listed below).
 
 Threads: a Loop belongs to one thread.  Only :meth:`Loop.wakeup` and
 :meth:`Loop.close` may be called from another; any other method called
