@@ -21,6 +21,12 @@ class Connection:
 
     ``send`` queues bytes (sent in order, coalesced with other sends made
     in the same callback); ``close`` closes once queued bytes are sent.
+
+    On a connection that has closed (the client reset it, a timeout, the
+    handler's own ``close``), every method does nothing, ``send`` included:
+    the client is gone, so there is nobody to tell, and a handler cannot
+    know before :meth:`Handler.on_close` arrives (which it always does,
+    once).  ``closed`` says whether sending still reaches the client.
     """
 
     __slots__ = ()
