@@ -1,15 +1,19 @@
 """The classic models, for comparison: a fixed thread pool, and a thread per
 connection.  Plain blocking sockets; the same handlers as the event loop.
 
-threadpool: --pool-threads workers take accepted connections from a FIFO of
---queue-size and serve each until it closes, so a worker is held by its
-connection however idle it is: that is the design's weakness, and the point
-of having it here.  When the FIFO is full, overflow ``queue`` stops accepting
-(the kernel backlog holds the rest) and ``reject`` answers 503 / closes.
+Capacity, the same rule as the event loop's: at most --max-connections
+connections are served at once (the thread pool: also at most
+--pool-threads, one per worker).  Beyond that, overflow ``queue`` keeps up
+to --queue-size accepted connections in a FIFO, served in order as slots
+free (then stops accepting: the kernel backlog holds the rest), and
+``reject`` answers 503 (HTTP) or closes (echo) at once.
 
-threads: a thread per connection, at most --max-connections of them; beyond
-that, overflow ``queue`` keeps a FIFO of --queue-size accepted connections
-(then the kernel backlog) and ``reject`` answers 503 / closes at once.
+threadpool: min(--pool-threads, --max-connections) workers serve a
+connection each until it closes, so a worker is held by its connection
+however idle it is: that is the design's weakness, and the point of having
+it here.
+
+threads: a thread per connection being served.
 
 Each connection thread waits with poll() on its socket and on a pipe shared
 by all threads, written once when the server starts draining, so idle
@@ -102,13 +106,10 @@ class ThreadedModel:
         self._listener = listener
         self._per_conn = per_connection
         self._http = cfg.handler is None and cfg.protocol == "http"
-        if per_connection:
-            self._capacity = cfg.max_connections
-            self._qcap = cfg.queue_size if cfg.overflow == "queue" else 0
-        else:
-            self._capacity = cfg.pool_threads
-            self._qcap = max(0, min(cfg.queue_size,
-                                    cfg.max_connections - cfg.pool_threads))
+        # Served at once; then the overflow FIFO (queue only).
+        self._capacity = cfg.max_connections if per_connection \
+            else min(cfg.pool_threads, cfg.max_connections)
+        self._qcap = cfg.queue_size if cfg.overflow == "queue" else 0
         self._cond = threading.Condition()
         self._fifo: Deque[Tuple[socket.socket, object]] = collections.deque()
         self._active = 0                 # connections being served
@@ -150,7 +151,7 @@ class ThreadedModel:
         poller.register(self._wake_r, select.POLLIN)
         if not self._per_conn:
             factory_maker = self._new_factory
-            for i in range(self.cfg.pool_threads):
+            for i in range(self._capacity):
                 threading.Thread(target=self._pool_worker, args=(factory_maker,),
                                  name=f"pool-{i}", daemon=True).start()
         queueing = self.cfg.overflow == "queue"

@@ -178,8 +178,9 @@ def test_flood_beyond_max_connections(start_server, model, overflow):
     """2,000 connections at once beyond --max-connections 50: the server
     stays up, keeps answering a client it already had, and recovers."""
     _raise_nofile(FLOOD + 512)
-    srv = start_server("--model", model, "--max-connections", "50",
-                       "--pool-threads", "50", "--queue-size", "100",
+    pool = ["--pool-threads", "50"] if model == "threadpool" else []
+    srv = start_server("--model", model, "--max-connections", "50", *pool,
+                       "--queue-size", "100",
                        "--overflow", overflow, "--idle-timeout", "20")
     old = connect(srv.addr)
     old_reader = Reader(old)

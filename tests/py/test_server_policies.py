@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -143,6 +144,66 @@ def test_overflow_reject(start_server, model, protocol):
     srv.signal(signal.SIGTERM)
     assert srv.wait() == 0
     srv.wait_for(r"stats \(final\):.* rejects=1 ")
+
+
+# How the capacity of 2 is given: --max-connections alone binds every model;
+# the thread pool's --pool-threads binds it too.
+_TWO_AT_ONCE = [
+    pytest.param(m.values[0], ["--max-connections", "2"], marks=m.marks,
+                 id=f"{m.id}-max-connections") for m in ALL_MODELS
+] + [pytest.param("threadpool", ["--pool-threads", "2"],
+                  id="threadpool-pool-threads")]
+
+
+@pytest.mark.parametrize("overflow", ["queue", "reject"])
+@pytest.mark.parametrize("model,capacity", _TWO_AT_ONCE)
+def test_capacity_and_overflow_as_help_says(start_server, model, capacity,
+                                            overflow):
+    """Two clients served at once, whichever option says so; the third
+    waits until a slot frees (queue) or gets 503 at once (reject)."""
+    srv = start_server("--model", model, "--overflow", overflow, *capacity)
+    a, _ = _served(srv.addr)
+    b, _ = _served(srv.addr)
+    c = connect(srv.addr)
+    rc = Reader(c)
+    c.sendall(GET)
+    if overflow == "reject":
+        assert rc.response().status == 503
+        assert rc.closed()
+    else:
+        assert _no_answer_within(c, 0.7)           # held, not served
+        a.close()
+        assert rc.response().body == HELLO
+    for s in (a, b, c):
+        s.close()
+
+
+@pytest.mark.parametrize("model,option", [
+    ("threadpool", ["--trigger", "edge"]),
+    ("threadpool", ["--trigger", "level"]),       # even the default value
+    ("threadpool", ["--backend", "poll"]),
+    ("threads", ["--trigger", "level"]),
+    ("threads", ["--backend", "epoll"]),
+    ("threads", ["--pool-threads", "4"]),
+])
+def test_option_a_model_cannot_honour_is_refused(tmp_path, model, option):
+    out = subprocess.run([sys.executable, "-m", "pyepoll.server", "--port",
+                          "0", "--model", model, *option],
+                         cwd=str(tmp_path), capture_output=True, text=True,
+                         timeout=20)
+    assert out.returncode == 2
+    assert f"error: {option[0]} does not apply to --model {model}" \
+        in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("model", ["threadpool", "threads"])
+def test_python_api_refuses_loop_options_for_thread_models(model):
+    from pyepoll.server import Server
+    with pytest.raises(ValueError, match=f"backend .* not {model}"):
+        Server(model=model, backend="poll")
+    with pytest.raises(ValueError, match=f"trigger .* not {model}"):
+        Server(model=model, trigger="edge")
+    Server(model=model)                            # the defaults are fine
 
 
 @pytest.mark.parametrize("model", [
