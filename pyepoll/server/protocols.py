@@ -22,6 +22,7 @@ import time
 from typing import List, Optional
 
 from .. import http
+from . import _connlog
 from ..http import (CHUNKED, CLOSE, EXPECT_100, HAS_CL, INCOMPLETE,
                     KEEPALIVE, TE_OTHER, ChunkedDecoder, RequestParser)
 from .handler import Connection, Handler
@@ -449,6 +450,8 @@ class HttpHandler(HttpSession, Handler):
         """Act on the session's verdict after a feed: close, or start or
         stop the request deadline."""
         if self.closing:
+            if self.status and _connlog.enabled():    # error path only
+                _connlog.http_error(conn.peer, self.status)
             if self.linger:
                 self._linger(conn)
             else:
@@ -472,6 +475,8 @@ class HttpHandler(HttpSession, Handler):
             return
         out = self.timeout()
         if out:
+            if _connlog.enabled():
+                _connlog.http_error(conn.peer, self.status)
             conn.send(out)
             self._linger(conn)
         else:

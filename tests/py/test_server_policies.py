@@ -146,6 +146,52 @@ def test_overflow_reject(start_server, model, protocol):
     srv.wait_for(r"stats \(final\):.* rejects=1 ")
 
 
+def _stalled_reader_closed_after(addr, protocol: str) -> float:
+    """Connect with a small receive buffer, send without ever reading
+    (echo: a stream; HTTP: 1 MiB POSTs, echoed back) until the server's
+    reset ends the sending; seconds from the start."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(addr)
+    if protocol == "echo":
+        chunk = b"x" * (1 << 20)
+    else:
+        chunk = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" \
+            % (1 << 20) + b"x" * (1 << 20)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(OSError) as e:       # the server's reset
+            for _ in range(64):
+                s.sendall(chunk)
+        assert not isinstance(e.value, socket.timeout)
+        return time.monotonic() - t0
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("protocol", ["echo", "http"])
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_reader_that_stops_reading_closed_at_idle_timeout(start_server, model,
+                                                          protocol):
+    """The server blocked writing to a client that reads nothing closes it
+    at the idle timeout (the thread models took twice it: a send timed out
+    after moving some bytes, and the next waited a whole timeout again)."""
+    srv = start_server("--model", model, "--protocol", protocol,
+                       "--idle-timeout", "1")
+    # The event loop's HTTP idle timer runs 0.5 s past the request timeout
+    # (_eventloop._IDLE_MARGIN), so a stalled request gets its 408 first.
+    margin = 0.5 if model == "eventloop" and protocol == "http" else 0.0
+    took = _stalled_reader_closed_after(srv.addr, protocol)
+    assert 0.9 + margin < took < 1.6 + margin, took
+    if protocol == "http":                     # still serving
+        _served(srv.addr)[0].close()
+    else:
+        with connect(srv.addr) as s:
+            s.sendall(b"ping")
+            assert s.recv(10) == b"ping"
+
+
 # How the capacity of 2 is given: --max-connections alone binds every model;
 # the thread pool's --pool-threads binds it too.
 _TWO_AT_ONCE = [
