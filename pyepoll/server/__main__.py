@@ -38,16 +38,17 @@ def parser() -> argparse.ArgumentParser:
                         "order as slots free) or reject (answer 503 for "
                         "HTTP, close for echo, at once); default: "
                         "%(default)s")
-    p.add_argument("--queue-size", type=int, default=d.queue_size,
+    p.add_argument("--queue-size", type=int, default=None,
                    metavar="N", help="with --overflow queue, the FIFO "
                    "length (beyond it the kernel's listen backlog holds "
                    "them); with reject, in the eventloop model, how many "
-                   "503 answers may be in flight at once; default: "
-                   "%(default)s")
+                   "503 answers may be in flight at once (the thread "
+                   f"models answer at once); default: {d.queue_size}")
     p.add_argument("--idle-timeout", type=float, default=d.idle_timeout,
                    metavar="SECONDS", help="close connections idle this long "
-                   "(0: never); a request must also arrive within it, at "
-                   "most 30 s (408 otherwise); default: %(default)s")
+                   "(0: never), or not reading what they are sent; a "
+                   "request must also arrive within it, at most 30 s (408 "
+                   "otherwise); default: %(default)s")
     # None: not given (an option the model cannot honour is refused).
     p.add_argument("--pool-threads", type=int, default=None,
                    metavar="N", help="threadpool workers; in the eventloop "
@@ -60,7 +61,9 @@ def parser() -> argparse.ArgumentParser:
                    help="epoll, kqueue, poll or select; eventloop model "
                         "only (default: the best available)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default=d.log_level,
-                   help="default: %(default)s")
+                   help="debug adds a line per connection event: open "
+                   "(served, queued, rejected), HTTP errors, EOF, close and "
+                   "why; default: %(default)s")
     p.add_argument("--stats-interval", type=float, default=d.stats_interval,
                    metavar="SECONDS", help="log a stats line this often "
                    "(0: only at exit; default: %(default)s)")
@@ -83,12 +86,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     the chosen model cannot honour."""
     p = parser()
     args = p.parse_args(argv)
-    for name, why in _NOT_FOR.get(args.model, {}).items():
+    refused = dict(_NOT_FOR.get(args.model, {}))
+    if args.model != "eventloop" and args.overflow == "reject":
+        refused["queue_size"] = ("with --overflow reject it answers at once "
+                                 "and queues nothing")
+    for name, why in refused.items():
         if getattr(args, name) is not None:
             p.error(f"--{name.replace('_', '-')} does not apply to "
                     f"--model {args.model}: {why}")
     d = Config()
-    for name in ("pool_threads", "trigger"):
+    for name in ("pool_threads", "trigger", "queue_size"):
         if getattr(args, name) is None:
             setattr(args, name, getattr(d, name))
     return args

@@ -110,8 +110,6 @@ def test_overflow_queue_echo_waits_then_echoes(start_server, model):
 def test_overflow_reject(start_server, model, protocol):
     args = ["--model", model, "--overflow", "reject", "--protocol", protocol,
             *_capacity_args(model, 2)]
-    if model == "threadpool":
-        args += ["--queue-size", "0"]          # the pool's FIFO holds none
     srv = start_server(*args)
     held = [connect(srv.addr) for _ in range(2)]
     for s in held:                             # both are being served
@@ -231,6 +229,8 @@ def test_capacity_and_overflow_as_help_says(start_server, model, capacity,
     ("threads", ["--trigger", "level"]),
     ("threads", ["--backend", "epoll"]),
     ("threads", ["--pool-threads", "4"]),
+    ("threads", ["--overflow", "reject", "--queue-size", "0"]),
+    ("threadpool", ["--overflow", "reject", "--queue-size", "10"]),
 ])
 def test_option_a_model_cannot_honour_is_refused(tmp_path, model, option):
     out = subprocess.run([sys.executable, "-m", "pyepoll.server", "--port",
@@ -238,7 +238,7 @@ def test_option_a_model_cannot_honour_is_refused(tmp_path, model, option):
                          cwd=str(tmp_path), capture_output=True, text=True,
                          timeout=20)
     assert out.returncode == 2
-    assert f"error: {option[0]} does not apply to --model {model}" \
+    assert f"error: {option[-2]} does not apply to --model {model}" \
         in out.stderr, out.stderr
 
 
