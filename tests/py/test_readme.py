@@ -146,8 +146,10 @@ def check_batch_echo(tmp_path, code: str) -> None:
 def check_shout(tmp_path, code: str) -> None:
     with _server(tmp_path, code) as s:
         assert _recv_exactly(s, 6) == b"hello\n"
-        s.sendall(b"abc\nquit\n")           # the pool's reply, then the close
-        assert _recv_exactly(s, 4) == b"ABC\n"
+        s.sendall(b"abc\nsecond\n")
+        assert _recv_exactly(s, 11) == b"ABC\nSECOND\n"
+        s.sendall(b"last\nquit\n")          # the pool's reply, then the close
+        assert _recv_exactly(s, 5) == b"LAST\n"
         assert _closed(s)
 
 
