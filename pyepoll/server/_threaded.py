@@ -48,7 +48,8 @@ _RECV_SIZE = 65536
 _LINGER_ABORT = struct.pack("ii", 1, 0)
 # Writes try without blocking first; a full buffer is waited on with poll,
 # so the wait is bounded by the idle timeout since the last byte moved.
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+# (Linux, macOS and the BSDs have the flag; these models need poll anyway.)
+_DONTWAIT = socket.MSG_DONTWAIT
 
 Factory = Callable[[], Handler]
 
@@ -414,7 +415,7 @@ class ThreadedModel:
         few bytes before timing out returns them: the next call waited a
         whole timeout again, closing such a reader at twice it.)"""
         idle = self._idle
-        if idle is None or not _DONTWAIT:
+        if idle is None:
             sock.sendall(data)
             return
         view = memoryview(data)
