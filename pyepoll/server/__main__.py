@@ -8,7 +8,7 @@ from typing import List, Optional
 
 from ._config import LOG_LEVELS, MODELS, OVERFLOWS, PROTOCOLS, TRIGGERS, Config
 
-__all__ = ["main", "parser"]
+__all__ = ["main", "parser", "parse_args"]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -30,39 +30,79 @@ def parser() -> argparse.ArgumentParser:
                    help="worker processes sharing the port with SO_REUSEPORT "
                         "(default: %(default)s)")
     p.add_argument("--max-connections", type=int, default=d.max_connections,
-                   metavar="N", help="connections served at once "
-                   "(default: %(default)s)")
+                   metavar="N", help="connections served at once, in every "
+                   "model (the threadpool serves at most --pool-threads at "
+                   "once too); default: %(default)s")
     p.add_argument("--overflow", choices=OVERFLOWS, default=d.overflow,
-                   help="beyond capacity: wait in a FIFO, or answer 503 / "
-                        "close (default: %(default)s)")
-    p.add_argument("--queue-size", type=int, default=d.queue_size,
-                   metavar="N", help="overflow FIFO length (the threadpool's "
-                   "connection queue; with --overflow reject, connections "
-                   "answered 503 at once); default: %(default)s")
+                   help="beyond capacity: queue (wait in a FIFO, served in "
+                        "order as slots free) or reject (answer 503 for "
+                        "HTTP, close for echo, at once); default: "
+                        "%(default)s")
+    p.add_argument("--queue-size", type=int, default=None,
+                   metavar="N", help="with --overflow queue, the FIFO "
+                   "length (beyond it the kernel's listen backlog holds "
+                   "them); with reject, in the eventloop model, how many "
+                   "503 answers may be in flight at once (the thread "
+                   f"models answer at once); default: {d.queue_size}")
     p.add_argument("--idle-timeout", type=float, default=d.idle_timeout,
                    metavar="SECONDS", help="close connections idle this long "
-                   "(0: never); a request must also arrive within it, at "
-                   "most 30 s (408 otherwise); default: %(default)s")
-    p.add_argument("--pool-threads", type=int, default=d.pool_threads,
+                   "(0: never), or not reading what they are sent; a "
+                   "request must also arrive within it, at most 30 s (408 "
+                   "otherwise); default: %(default)s")
+    # None: not given (an option the model cannot honour is refused).
+    p.add_argument("--pool-threads", type=int, default=None,
                    metavar="N", help="threadpool workers; in the eventloop "
-                   "model, the pool for blocking handlers (default: "
-                   "%(default)s)")
-    p.add_argument("--trigger", choices=TRIGGERS, default=d.trigger,
-                   help="readiness notification of the eventloop model "
-                        "(default: %(default)s)")
+                   "model, the pool for blocking handlers; not for the "
+                   f"threads model (default: {d.pool_threads})")
+    p.add_argument("--trigger", choices=TRIGGERS, default=None,
+                   help="readiness notification; eventloop model only "
+                        f"(default: {d.trigger})")
     p.add_argument("--backend", default=None,
-                   help="eventloop backend: epoll, kqueue, poll, select "
-                        "(default: the best available)")
+                   help="epoll, kqueue, poll or select; eventloop model "
+                        "only (default: the best available)")
     p.add_argument("--log-level", choices=LOG_LEVELS, default=d.log_level,
-                   help="default: %(default)s")
+                   help="debug adds a line per connection event: open "
+                   "(served, queued, rejected), HTTP errors, EOF, close and "
+                   "why; default: %(default)s")
     p.add_argument("--stats-interval", type=float, default=d.stats_interval,
                    metavar="SECONDS", help="log a stats line this often "
                    "(0: only at exit; default: %(default)s)")
     return p
 
 
+# Options each model cannot honour, and why.
+_NOT_FOR = {
+    "threadpool": {"trigger": "it waits with blocking sockets",
+                   "backend": "it waits with blocking sockets"},
+    "threads": {"trigger": "it waits with blocking sockets",
+                "backend": "it waits with blocking sockets",
+                "pool_threads": "it runs a thread per connection, and "
+                                "blocking handler work runs on that thread"},
+}
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """Parse the command line; exit 2 (argparse's error) for an option
+    the chosen model cannot honour."""
+    p = parser()
+    args = p.parse_args(argv)
+    refused = dict(_NOT_FOR.get(args.model, {}))
+    if args.model != "eventloop" and args.overflow == "reject":
+        refused["queue_size"] = ("with --overflow reject it answers at once "
+                                 "and queues nothing")
+    for name, why in refused.items():
+        if getattr(args, name) is not None:
+            p.error(f"--{name.replace('_', '-')} does not apply to "
+                    f"--model {args.model}: {why}")
+    d = Config()
+    for name in ("pool_threads", "trigger", "queue_size"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(d, name))
+    return args
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
         format="%(asctime)s pyepoll-server[%(process)d] %(levelname)s: "

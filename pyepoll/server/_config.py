@@ -73,6 +73,14 @@ class Config:
         one_of("log_level", LOG_LEVELS)
         if self.handler is None:
             one_of("protocol", PROTOCOLS)
+        if self.model != "eventloop":
+            # The thread models wait with blocking sockets.
+            if self.backend is not None:
+                raise ValueError(f"backend applies only to the eventloop "
+                                 f"model, not {self.model}")
+            if self.trigger != "level":
+                raise ValueError(f"trigger applies only to the eventloop "
+                                 f"model, not {self.model}")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be in 0..65535")
         for name in ("workers", "max_connections", "pool_threads", "backlog"):

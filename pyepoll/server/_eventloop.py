@@ -32,6 +32,7 @@ from typing import Any, Callable, Deque, List, Optional
 from ..http import bytes_reader, response
 from ..loop import (EV_CLOSED, EV_DATA, EV_DRAINED, EV_EOF, EV_OPEN,
                     EV_READ_TIMEOUT, EV_WAKEUP, EV_WRITE_FULL, Loop)
+from . import _connlog
 from ._config import Config
 from ._stats import Stats
 from .handler import Connection, Handler
@@ -213,6 +214,7 @@ class EventLoopModel:
         self._reject_answer = response(503, b"503 Service Unavailable\n",
                                        keep_alive=False)
         self._final: dict = {}
+        self._debug = _connlog.enabled()       # read once: free when off
 
     @property
     def backend(self) -> str:
@@ -410,6 +412,8 @@ class EventLoopModel:
 
     def _opened(self, h: int) -> None:
         c = self._conn_cls(h)
+        if self._debug:
+            _connlog.loop_opened(self, c)
         self._table[h & _SLOT] = c
         self._nconns += 1
         if self._draining:
@@ -435,6 +439,8 @@ class EventLoopModel:
                 self.loop.close_connection(h, "now")
 
     def _activate(self, c: _LoopConn) -> None:
+        if self._debug:
+            _connlog.loop_activated(c)
         self._active += 1
         c.active = True
         if self._echo:
@@ -450,6 +456,8 @@ class EventLoopModel:
         c = self._get(h)
         if c is None:
             return
+        if self._debug:
+            _connlog.loop_closed(self, c, err)
         self._table[h & _SLOT] = None
         self._nconns -= 1
         c.closed = True
@@ -500,6 +508,8 @@ class EventLoopModel:
         c = self._get(h)
         if c is None or c.closed:
             return
+        if self._debug:
+            _connlog.eof(c.peer)
         if c.paused & _HOLD:
             c.extra().eof_held = True
             return

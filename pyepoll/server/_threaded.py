@@ -1,15 +1,19 @@
 """The classic models, for comparison: a fixed thread pool, and a thread per
 connection.  Plain blocking sockets; the same handlers as the event loop.
 
-threadpool: --pool-threads workers take accepted connections from a FIFO of
---queue-size and serve each until it closes, so a worker is held by its
-connection however idle it is: that is the design's weakness, and the point
-of having it here.  When the FIFO is full, overflow ``queue`` stops accepting
-(the kernel backlog holds the rest) and ``reject`` answers 503 / closes.
+Capacity, the same rule as the event loop's: at most --max-connections
+connections are served at once (the thread pool: also at most
+--pool-threads, one per worker).  Beyond that, overflow ``queue`` keeps up
+to --queue-size accepted connections in a FIFO, served in order as slots
+free (then stops accepting: the kernel backlog holds the rest), and
+``reject`` answers 503 (HTTP) or closes (echo) at once.
 
-threads: a thread per connection, at most --max-connections of them; beyond
-that, overflow ``queue`` keeps a FIFO of --queue-size accepted connections
-(then the kernel backlog) and ``reject`` answers 503 / closes at once.
+threadpool: min(--pool-threads, --max-connections) workers serve a
+connection each until it closes, so a worker is held by its connection
+however idle it is: that is the design's weakness, and the point of having
+it here.
+
+threads: a thread per connection being served.
 
 Each connection thread waits with poll() on its socket and on a pipe shared
 by all threads, written once when the server starts draining, so idle
@@ -30,6 +34,7 @@ import time
 from typing import Callable, Deque, Optional, Tuple
 
 from ..http import response
+from . import _connlog
 from ._config import Config
 from ._stats import Stats
 from .handler import Connection, Handler
@@ -41,6 +46,10 @@ log = logging.getLogger("pyepoll.server")
 _POLLIN = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 _RECV_SIZE = 65536
 _LINGER_ABORT = struct.pack("ii", 1, 0)
+# Writes try without blocking first; a full buffer is waited on with poll,
+# so the wait is bounded by the idle timeout since the last byte moved.
+# (Linux, macOS and the BSDs have the flag; these models need poll anyway.)
+_DONTWAIT = socket.MSG_DONTWAIT
 
 Factory = Callable[[], Handler]
 
@@ -49,7 +58,7 @@ class _SockConn(Connection):
     """A connection served by one thread; output is coalesced per callback."""
 
     __slots__ = ("sock", "peer", "closed", "_out", "_closing", "_shut",
-                 "_deadline", "_model")
+                 "_deadline", "_model", "_err")
 
     def __init__(self, sock: socket.socket, peer, model: "ThreadedModel"):
         self.sock = sock
@@ -60,6 +69,7 @@ class _SockConn(Connection):
         self._shut = 0                         # 1 wanted, 2 done
         self._deadline: Optional[float] = None
         self._model = model
+        self._err = 0                          # errno of a failed write
 
     def send(self, data: bytes) -> None:
         if not self.closed and self._closing is None:
@@ -102,13 +112,16 @@ class ThreadedModel:
         self._listener = listener
         self._per_conn = per_connection
         self._http = cfg.handler is None and cfg.protocol == "http"
-        if per_connection:
-            self._capacity = cfg.max_connections
-            self._qcap = cfg.queue_size if cfg.overflow == "queue" else 0
-        else:
-            self._capacity = cfg.pool_threads
-            self._qcap = max(0, min(cfg.queue_size,
-                                    cfg.max_connections - cfg.pool_threads))
+        self._idle = cfg.idle_timeout or None
+        self._debug = _connlog.enabled()       # read once: free when off
+        # Served at once; then the overflow FIFO (queue only).
+        self._capacity = cfg.max_connections if per_connection \
+            else min(cfg.pool_threads, cfg.max_connections)
+        self._qcap = cfg.queue_size if cfg.overflow == "queue" else 0
+        # The option that set the capacity, for debug lines.
+        self._limit = (f"--max-connections {self._capacity}"
+                       if self._capacity == cfg.max_connections
+                       else f"--pool-threads {self._capacity}")
         self._cond = threading.Condition()
         self._fifo: Deque[Tuple[socket.socket, object]] = collections.deque()
         self._active = 0                 # connections being served
@@ -150,7 +163,7 @@ class ThreadedModel:
         poller.register(self._wake_r, select.POLLIN)
         if not self._per_conn:
             factory_maker = self._new_factory
-            for i in range(self.cfg.pool_threads):
+            for i in range(self._capacity):
                 threading.Thread(target=self._pool_worker, args=(factory_maker,),
                                  name=f"pool-{i}", daemon=True).start()
         queueing = self.cfg.overflow == "queue"
@@ -203,14 +216,21 @@ class ThreadedModel:
                 threading.Thread(target=self._conn_thread, args=(sock, peer),
                                  daemon=True).start()
             else:
+                waiting = self._active + len(self._fifo) >= self._capacity
                 self._fifo.append((sock, peer))
                 self._cond.notify_all()
                 admitted = True
+                if self._debug and waiting:
+                    _connlog.opened(peer, f"over {self._limit}: queued "
+                                    f"({len(self._fifo)} waiting)")
         if not admitted:
-            self._reject(sock)
+            self._reject(sock, peer)
 
-    def _reject(self, sock: socket.socket) -> None:
+    def _reject(self, sock: socket.socket, peer) -> None:
         self.stats.rejects += 1
+        if self._debug:
+            _connlog.opened(peer, f"over {self._limit}: rejected, "
+                            + ("503 sent" if self._http else "closed"))
         try:
             sock.setblocking(False)
             if self._http:
@@ -270,20 +290,18 @@ class ThreadedModel:
     def _serve(self, sock: socket.socket, peer, factory: Factory) -> None:
         conn = _SockConn(sock, peer, self)
         stats = self.stats
-        idle = self.cfg.idle_timeout or None
+        idle = self._idle
         err = 0
+        note = None                      # why it closed, for debug lines
         handler: Optional[Handler] = None
         poller = select.poll()
         poller.register(sock, _POLLIN)
         watching_drain = not self._draining
         if watching_drain:
             poller.register(self._wake_r, select.POLLIN)
-        if idle:
-            # Bounds a blocking send to a client that stops reading.
-            sec = int(idle)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                            struct.pack("ll", sec, int((idle - sec) * 1e6)))
         fd = sock.fileno()
+        if self._debug:
+            _connlog.opened(conn.peer, "served")
         last = time.monotonic()
         try:
             handler = factory()
@@ -305,6 +323,7 @@ class ThreadedModel:
                 now = time.monotonic()
                 if not ready:
                     if ddl is not None and now >= ddl:
+                        note = "grace period over"
                         conn.abort()
                     elif dl is not None and now >= dl:
                         conn._deadline = None
@@ -323,6 +342,7 @@ class ThreadedModel:
                     elif watching_drain and self._stopping:
                         poller.unregister(self._wake_r)
                         watching_drain = False
+                        note = "server draining"
                         handler.on_drain(conn)
                         self._flush(conn)
                 if not readable or conn._closing is not None:
@@ -336,6 +356,8 @@ class ThreadedModel:
                     break
                 last = now
                 if not data:
+                    if self._debug:
+                        _connlog.eof(conn.peer)
                     handler.on_eof(conn)
                     self._flush(conn)
                     break       # nothing more can be read: close after output
@@ -348,9 +370,17 @@ class ThreadedModel:
             stats.errors += 1
             log.exception("handler error; closing connection from %s:%s",
                           *conn.peer)
+            note = "handler error"
             conn.abort()
         finally:
             self._close(conn)
+            if not err and conn._err:
+                err = conn._err
+                if err == errno.ETIMEDOUT:
+                    stats.timeouts += 1
+                    note = "writing: the client stopped reading"
+            if self._debug:
+                _connlog.closed(conn.peer, _connlog.reason(err, handler, note))
             if handler is not None:
                 try:
                     handler.on_close(conn, err)
@@ -364,9 +394,10 @@ class ThreadedModel:
             data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
             try:
-                conn.sock.sendall(data)
+                self._send_all(conn.sock, data)
                 self.stats.bytes_out += len(data)
-            except OSError:
+            except OSError as e:
+                conn._err = e.errno or 0
                 conn.abort()
                 return
         if conn._shut == 1:
@@ -375,6 +406,31 @@ class ThreadedModel:
                 conn.sock.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
+
+    def _send_all(self, sock: socket.socket, data: bytes) -> None:
+        """sendall, except that a client taking no byte for the idle
+        timeout gets TimeoutError (errno ETIMEDOUT): a reader that stopped
+        reading is closed at the idle timeout, as by the event loop.  (A
+        socket timeout applies to each send call, and a call that moved a
+        few bytes before timing out returns them: the next call waited a
+        whole timeout again, closing such a reader at twice it.)"""
+        idle = self._idle
+        if idle is None:
+            sock.sendall(data)
+            return
+        view = memoryview(data)
+        waiter = None
+        while view:
+            try:
+                view = view[sock.send(view, _DONTWAIT):]
+                continue
+            except (BlockingIOError, InterruptedError):
+                pass
+            if waiter is None:
+                waiter = select.poll()
+                waiter.register(sock, select.POLLOUT)
+            if not waiter.poll(math.ceil(idle * 1000)):
+                raise TimeoutError(errno.ETIMEDOUT, "client stopped reading")
 
     def _close(self, conn: _SockConn) -> None:
         if conn.closed:

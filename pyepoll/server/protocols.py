@@ -24,6 +24,7 @@ import time
 from typing import List, Optional
 
 from .. import http
+from . import _connlog
 from ..http import (CHUNKED, CLOSE, CONNECT, EXPECT_100, HAS_CL, HOST_BAD,
                     INCOMPLETE, KEEPALIVE, TE_OTHER, ChunkedDecoder,
                     RequestParser)
@@ -459,6 +460,8 @@ class HttpHandler(HttpSession, Handler):
         """Act on the session's verdict after a feed: close, or start or
         stop the request deadline."""
         if self.closing:
+            if self.status and _connlog.enabled():    # error path only
+                _connlog.http_error(conn.peer, self.status)
             if self.linger:
                 self._linger(conn)
             else:
@@ -482,6 +485,8 @@ class HttpHandler(HttpSession, Handler):
             return
         out = self.timeout()
         if out:
+            if _connlog.enabled():
+                _connlog.http_error(conn.peer, self.status)
             conn.send(out)
             self._linger(conn)
         else:

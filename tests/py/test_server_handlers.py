@@ -3,7 +3,6 @@ server process: replies, close, blocking work in the pool with replies
 from the loop thread in order, and a handler that raises."""
 from __future__ import annotations
 
-import pathlib
 import signal
 import socket
 import threading
@@ -179,26 +178,3 @@ def test_in_process_server_on_a_thread(model):
     snap = server.snapshot()
     assert snap["accepted"] == 1 and snap["conns"] == 0
     assert snap["bytes_in"] == snap["bytes_out"] == 3
-
-
-def test_readme_handler_example_runs(start_server, tmp_path):
-    """The handler example in README.md, run as written (on a free port)."""
-    readme = pathlib.Path(__file__).resolve().parents[2] / "README.md"
-    text = readme.read_text()
-    start = text.index("```python", text.index("Your own protocol is a "
-                                               "handler class"))
-    code = text[start + len("```python"):text.index("```", start + 9)]
-    assert "port=9000" in code
-    code = ("import logging, sys\nlogging.basicConfig(level=logging.INFO, "
-            "format='%(levelname)s: %(message)s')\n"
-            + code.replace("port=9000", "port=0"))
-    path = tmp_path / "readme_example.py"
-    path.write_text(code)
-    srv = start_server(script=str(path))
-    c = Lines(srv.addr)                  # reads the "hello" greeting
-    c.send(b"abc\nsecond\n")
-    assert c.line() == b"ABC"
-    assert c.line() == b"SECOND"
-    c.send(b"quit\n")
-    assert c.f.read() == b""
-    c.close()

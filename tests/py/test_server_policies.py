@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -109,8 +110,6 @@ def test_overflow_queue_echo_waits_then_echoes(start_server, model):
 def test_overflow_reject(start_server, model, protocol):
     args = ["--model", model, "--overflow", "reject", "--protocol", protocol,
             *_capacity_args(model, 2)]
-    if model == "threadpool":
-        args += ["--queue-size", "0"]          # the pool's FIFO holds none
     srv = start_server(*args)
     held = [connect(srv.addr) for _ in range(2)]
     for s in held:                             # both are being served
@@ -143,6 +142,114 @@ def test_overflow_reject(start_server, model, protocol):
     srv.signal(signal.SIGTERM)
     assert srv.wait() == 0
     srv.wait_for(r"stats \(final\):.* rejects=1 ")
+
+
+def _stalled_reader_closed_after(addr, protocol: str) -> float:
+    """Connect with a small receive buffer, send without ever reading
+    (echo: a stream; HTTP: 1 MiB POSTs, echoed back) until the server's
+    reset ends the sending; seconds from the start."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(addr)
+    if protocol == "echo":
+        chunk = b"x" * (1 << 20)
+    else:
+        chunk = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" \
+            % (1 << 20) + b"x" * (1 << 20)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(OSError) as e:       # the server's reset
+            for _ in range(64):
+                s.sendall(chunk)
+        assert not isinstance(e.value, socket.timeout)
+        return time.monotonic() - t0
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("protocol", ["echo", "http"])
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_reader_that_stops_reading_closed_at_idle_timeout(start_server, model,
+                                                          protocol):
+    """The server blocked writing to a client that reads nothing closes it
+    at the idle timeout (the thread models took twice it: a send timed out
+    after moving some bytes, and the next waited a whole timeout again)."""
+    srv = start_server("--model", model, "--protocol", protocol,
+                       "--idle-timeout", "1")
+    # The event loop's HTTP idle timer runs 0.5 s past the request timeout
+    # (_eventloop._IDLE_MARGIN), so a stalled request gets its 408 first.
+    margin = 0.5 if model == "eventloop" and protocol == "http" else 0.0
+    took = _stalled_reader_closed_after(srv.addr, protocol)
+    assert 0.9 + margin < took < 1.6 + margin, took
+    if protocol == "http":                     # still serving
+        _served(srv.addr)[0].close()
+    else:
+        with connect(srv.addr) as s:
+            s.sendall(b"ping")
+            assert s.recv(10) == b"ping"
+
+
+# How the capacity of 2 is given: --max-connections alone binds every model;
+# the thread pool's --pool-threads binds it too.
+_TWO_AT_ONCE = [
+    pytest.param(m.values[0], ["--max-connections", "2"], marks=m.marks,
+                 id=f"{m.id}-max-connections") for m in ALL_MODELS
+] + [pytest.param("threadpool", ["--pool-threads", "2"],
+                  id="threadpool-pool-threads")]
+
+
+@pytest.mark.parametrize("overflow", ["queue", "reject"])
+@pytest.mark.parametrize("model,capacity", _TWO_AT_ONCE)
+def test_capacity_and_overflow_as_help_says(start_server, model, capacity,
+                                            overflow):
+    """Two clients served at once, whichever option says so; the third
+    waits until a slot frees (queue) or gets 503 at once (reject)."""
+    srv = start_server("--model", model, "--overflow", overflow, *capacity)
+    a, _ = _served(srv.addr)
+    b, _ = _served(srv.addr)
+    c = connect(srv.addr)
+    rc = Reader(c)
+    c.sendall(GET)
+    if overflow == "reject":
+        assert rc.response().status == 503
+        assert rc.closed()
+    else:
+        assert _no_answer_within(c, 0.7)           # held, not served
+        a.close()
+        assert rc.response().body == HELLO
+    for s in (a, b, c):
+        s.close()
+
+
+@pytest.mark.parametrize("model,option", [
+    ("threadpool", ["--trigger", "edge"]),
+    ("threadpool", ["--trigger", "level"]),       # even the default value
+    ("threadpool", ["--backend", "poll"]),
+    ("threads", ["--trigger", "level"]),
+    ("threads", ["--backend", "epoll"]),
+    ("threads", ["--pool-threads", "4"]),
+    ("threads", ["--overflow", "reject", "--queue-size", "0"]),
+    ("threadpool", ["--overflow", "reject", "--queue-size", "10"]),
+])
+def test_option_a_model_cannot_honour_is_refused(tmp_path, model, option):
+    out = subprocess.run([sys.executable, "-m", "pyepoll.server", "--port",
+                          "0", "--model", model, *option],
+                         cwd=str(tmp_path), capture_output=True, text=True,
+                         timeout=20)
+    assert out.returncode == 2
+    assert f"error: {option[-2]} does not apply to --model {model}" \
+        in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("model", ["threadpool", "threads"])
+def test_python_api_refuses_loop_options_for_thread_models(model):
+    from pyepoll.server import Server
+    with pytest.raises(ValueError, match=f"backend .* not {model}"):
+        Server(model=model, backend="poll")
+    with pytest.raises(ValueError, match=f"trigger .* not {model}"):
+        Server(model=model, trigger="edge")
+    Server(model=model)                            # the defaults are fine
 
 
 @pytest.mark.parametrize("model", [
