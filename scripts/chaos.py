@@ -86,8 +86,9 @@ class Server:
                 "--model", cfg["model"], "--protocol", cfg["protocol"],
                 "--overflow", cfg["overflow"],
                 "--max-connections", str(MAX_CONNECTIONS),
-                "--queue-size", str(MAX_CONNECTIONS),
                 "--idle-timeout", str(IDLE)]
+        if cfg["overflow"] == "queue" or cfg["model"] == "eventloop":
+            args += ["--queue-size", str(MAX_CONNECTIONS)]
         if cfg["model"] == "eventloop":
             args += ["--backend", cfg["backend"], "--trigger", cfg["trigger"]]
         if cfg["model"] == "threadpool":
@@ -100,7 +101,11 @@ class Server:
         self._started = threading.Event()
         self.addr: Tuple[str, int] = ("127.0.0.1", 0)
         threading.Thread(target=self._read, daemon=True).start()
-        if not self._started.wait(20):
+        until = time.monotonic() + 20
+        while not self._started.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > until:
+                break
+        if not self._started.is_set():
             self.stop()
             raise RuntimeError("server did not start:\n" + self.log())
 

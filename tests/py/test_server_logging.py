@@ -81,7 +81,7 @@ def test_debug_logging_follows_each_connection(start_server, model):
     srv.wait_for(p["ok"] + r": open, served$")
     srv.wait_for(p["ok"] + r": EOF \(the client finished sending\)$")
     srv.wait_for(p["ok"] + r": closed$")
-    srv.wait_for(p["bad"] + r": 400 Bad Request sent \(malformed request\)")
+    srv.wait_for(p["bad"] + r": 400 Bad Request sent \(malformed request")
     srv.wait_for(p["bad"] + r": closed\b.* after 400 Bad Request")
     srv.wait_for(p["extra"] + r": open, over --max-connections 1: "
                  r"rejected, 503 sent$")
