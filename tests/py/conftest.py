@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import socket
 import sys
 
@@ -36,19 +37,26 @@ def _runs_on_kqueue(item: pytest.Item) -> bool:
     """Whether the test uses the kqueue backend: its parameters name a
     backend (ids like "kqueue" or "kqueue-edge"), else the default one."""
     callspec = getattr(item, "callspec", None)
-    words = set(callspec.id.replace("[", "-").split("-")) if callspec else set()
-    named = words & {"epoll", "kqueue", "poll", "select"}
+    words = re.split(r"[^a-z]+", callspec.id.lower()) if callspec else []
+    # "kqueue", "kqueue-edge", "KqueueSelector", "pyepoll.KqueueSelector"
+    named = {w[:-len("selector")] if w.endswith("selector") else w
+             for w in words} & {"epoll", "kqueue", "poll", "select"}
     return "kqueue" in named if named else pyepoll.best_backend() == "kqueue"
 
 
 def pytest_collection_modifyitems(config, items):
-    """@pytest.mark.libkqueue(reason): on kqueue over libkqueue the test is
-    expected to fail for that libkqueue behaviour (strict: passing is
-    reported, so a fixed libkqueue is noticed); elsewhere nothing changes."""
+    """@pytest.mark.libkqueue(reason, strict=True, trigger=None): on kqueue
+    over libkqueue (with that trigger, if given) the test is expected to
+    fail for that libkqueue behaviour (strict: passing fails the run, so a
+    fixed libkqueue is noticed); elsewhere nothing changes."""
     if not OVER_LIBKQUEUE:
         return
     for item in items:
         mark = item.get_closest_marker("libkqueue")
+        trigger = mark.kwargs.get("trigger") if mark else None
+        callspec = getattr(item, "callspec", None)
+        if trigger and (not callspec or trigger not in callspec.id.split("-")):
+            continue
         if mark and _runs_on_kqueue(item):
             item.add_marker(pytest.mark.xfail(
                 reason="libkqueue: " + mark.args[0],
