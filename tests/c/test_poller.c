@@ -468,7 +468,7 @@ static void test_regular_file(void **state)
         /* kqueue(2): a file is readable while its offset is before the
          * end, so an empty one is not.  (Registered again after the write:
          * libkqueue, unlike the kernels, never reports a file that grows
-         * after it was seen at its end.) */
+         * after it was seen at its end: tests/libkqueue/repro_file_growth.c.) */
         assert_int_equal(rc, 0);
         expect(f->p, fileno(tmp), 0);
         assert_int_equal(pe_poller_unregister(f->p, fileno(tmp)), 0);
