@@ -146,9 +146,10 @@ static int kq_grow_slots(struct kq_state *st, int fd)
  *   - FreeBSD, macOS: udata, fflags and data are replaced and the filter
  *     is checked again, but the flags it was created with (EV_CLEAR,
  *     EV_DISPATCH) stay: a change of mode needs a new knote anyway.
- *   - OpenBSD, NetBSD: the same, and EV_ENABLE without EV_ADD only clears
- *     the disabled state without checking the filter again, so it would
- *     not report data that was already there when a oneshot re-arms.
+ *   - OpenBSD, NetBSD (older releases at least): the same, but EV_ENABLE
+ *     without EV_ADD only clears the disabled state, without checking the
+ *     filter again: a oneshot re-armed that way would not report data
+ *     that was already there.
  *   - libkqueue: EV_ADD (also EV_RECEIPT, or no flag) on an existing
  *     socket knote goes to the filter's modify, which refuses anything
  *     without EV_CLEAR: the receipt then holds whatever errno was left
