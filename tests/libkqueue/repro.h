@@ -3,10 +3,12 @@
  *
  * Each repro uses plain kqueue calls only (no pyepoll code) to show one way
  * libkqueue differs from the kqueue(2) of FreeBSD and macOS, the reference.
- * It exits 0 when it sees libkqueue's behaviour (the pytest tests marked
- * @pytest.mark.libkqueue for it are then expected to fail), 1 when it sees
- * the kernels' behaviour (libkqueue was fixed: drop the marker), 2 when
- * something else broke.
+ * Each names what it accounts for: pytest tests marked
+ * @pytest.mark.libkqueue (expected to fail over libkqueue), a C test that
+ * skips a check there, or a choice in csrc/kqueue.c.  It exits 0 when it
+ * sees libkqueue's behaviour, 1 when it sees the kernels' (libkqueue was
+ * fixed: drop the marker or the skip), 2 when something else broke;
+ * scripts/test.sh runs them all.
  */
 #ifndef REPRO_H
 #define REPRO_H
