@@ -76,6 +76,13 @@ struct pe_backend {
      * generic layer asks it instead of trusting its own table, which can be
      * stale after a registered fd was closed and its number reused. */
     int kernel_checks;
+    /* Optional, where the table answers (kernel_checks == 0) but the kernel
+     * drops a closed fd's registration silently (kqueue): whether fd's
+     * registration (interest ev, generation gen) went away, so that a
+     * register of the number may succeed.  0: still registered; -EBADF
+     * (fd closed) or -ENOENT (another file now): gone, kernel state
+     * cleared. */
+    int (*gone)(pe_poller *p, int fd, uint32_t ev, uint32_t gen);
     /* Bytes of one kernel event when wait uses pe__kev_area and nothing
      * else per call (see Threads above); 0 otherwise. */
     size_t kev_size;

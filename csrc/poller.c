@@ -285,11 +285,15 @@ int pe_poller_register(pe_poller *p, int fd, uint32_t events)
     if ((rc = check_events(p, events)) < 0)
         goto out;
     e = pe__fdent(p, fd);
-    /* With kernel_checks a table entry may be stale (fd closed, number
-     * reused): the kernel's add decides, and success replaces it. */
+    /* A table entry may be stale (fd closed, number reused).  With
+     * kernel_checks the kernel's add decides, and success replaces it;
+     * elsewhere the backend may know that a close took it along. */
     if (e && e->ev && !p->be->kernel_checks) {
-        rc = -EEXIST;
-        goto out;
+        if (!p->be->gone || p->be->gone(p, fd, e->ev, e->gen) == 0) {
+            rc = -EEXIST;
+            goto out;
+        }
+        forget(p, e);
     }
     gen = new_gen(p);
     if ((rc = p->be->update(p, fd, 0, ev, gen)) < 0)
@@ -316,7 +320,8 @@ int pe_poller_modify(pe_poller *p, int fd, uint32_t events)
         rc = p->be->update(p, fd, e->ev, ev, e->gen);
         if (rc == 0)
             __atomic_store_n(&e->ev, ev, __ATOMIC_RELAXED);
-        else if (p->be->kernel_checks && (rc == -ENOENT || rc == -EBADF))
+        else if ((p->be->kernel_checks || p->be->gone) &&
+                 (rc == -ENOENT || rc == -EBADF))
             forget(p, e);          /* the kernel dropped it with a close */
     } else if (!p->be->kernel_checks) {
         rc = -ENOENT;

@@ -53,9 +53,24 @@ def available_backends() -> List[str]:
     return ffi.string(lib.pe_backends()).decode().split(",")
 
 
+def _default_backend() -> str:
+    # Read once, at import, so that Poller(), Loop() and
+    # selectors.DefaultSelector agree for the whole process.
+    wanted = os.environ.get("PYEPOLL_DEFAULT_BACKEND", "")
+    names = available_backends()
+    return wanted if wanted in names else names[0]
+
+
+_DEFAULT_BACKEND = _default_backend()
+
+
 def best_backend() -> str:
-    """The backend ``Poller()`` uses when none is named."""
-    return available_backends()[0]
+    """The backend ``Poller()``, ``Loop()`` and
+    ``selectors.DefaultSelector`` use when none is named: the first of
+    :func:`available_backends`, or the one the environment variable
+    ``PYEPOLL_DEFAULT_BACKEND`` names, if it is compiled in (read at
+    import; another name is ignored)."""
+    return _DEFAULT_BACKEND
 
 
 def timeout_to_ms(timeout: Optional[float]) -> int:
@@ -123,7 +138,7 @@ class Poller:
         self._wt: Any = None
         self._pid_fork: Optional[int] = None
         err = ffi.new("int *")
-        name = ffi.NULL if backend is None else _backend_name(backend)
+        name = _backend_name(_DEFAULT_BACKEND if backend is None else backend)
         p = lib.pe_poller_new(name, 0, err)
         if p == ffi.NULL:
             if err[0] == -errno.ENOSYS:

@@ -43,7 +43,9 @@ import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from ._binding import StaleHandleError, ffi, fileno_of, lib, raise_errno
-from ._poller import ForkError, available_backends, timeout_to_ms
+from ._poller import (
+    ForkError, available_backends, best_backend, timeout_to_ms,
+)
 
 __all__ = [
     "Loop", "StaleHandleError",
@@ -260,8 +262,9 @@ class Loop:
         cfg.nodelay = 1 if nodelay else 0
         cfg.echo = 1 if echo else 0
         self._batch = _size("batch", batch, 1, _MAX_BATCH)
-        name = ffi.NULL if backend is None else ffi.new("char[]",
-                                                         backend.encode())
+        if backend is None:
+            backend = best_backend()
+        name = ffi.new("char[]", backend.encode())
         cfg.backend = name
         err = ffi.new("int *")
         p = lib.pe_loop_new(cfg, err)
@@ -274,14 +277,14 @@ class Loop:
             if rc == -errno.EOPNOTSUPP:
                 raise ValueError(
                     f"trigger='edge' is not supported by the "
-                    f"{backend or available_backends()[0]} backend; "
+                    f"{backend} backend; "
                     f"use trigger='level'")
             if rc == -errno.EINVAL:
                 raise ValueError("invalid loop configuration")
             _check(rc, "creating the loop")
         self._p = ffi.gc(p, lib.pe_loop_free)
         _live.add(self)
-        self._backend = backend or available_backends()[0]
+        self._backend = backend
         self._trigger = trigger
         self._echo = bool(echo)
         self._in_high = input_high

@@ -2,7 +2,7 @@
 
 ``from pyepoll import selectors`` and keep going: EpollSelector,
 KqueueSelector (where the kqueue backend is compiled), PollSelector,
-SelectSelector and DefaultSelector (the best of them) are
+SelectSelector and DefaultSelector (the one for pyepoll.best_backend()) are
 :class:`selectors.BaseSelector` subclasses with the semantics of
 Lib/selectors.py: the stdlib's :class:`~selectors.SelectorKey`, a read-only
 ``get_map()``, ValueError for bad events, KeyError for a duplicate or unknown
@@ -43,6 +43,7 @@ from ._binding import raise_errno as _raise_errno
 from ._poller import _EVENTS_AT, _new_pair, _new_waiter, _one_event
 from ._poller import _release, _wait_block, _wait_ms, _wait_poll
 from ._poller import available_backends as _available_backends
+from ._poller import best_backend as _best_backend
 
 # The stdlib's own names, so keys and masks compare equal across the two.
 from selectors import EVENT_READ, EVENT_WRITE, BaseSelector, SelectorKey
@@ -590,4 +591,5 @@ class SelectSelector(_CoreSelector):
 DefaultSelector: type = {
     "epoll": globals().get("EpollSelector"),
     "kqueue": globals().get("KqueueSelector"),
-}.get(_BACKENDS[0]) or PollSelector
+    "select": SelectSelector,
+}.get(_best_backend()) or PollSelector

@@ -6,6 +6,9 @@
 #   3. pytest against the built abi3 wheel installed in a fresh venv (not
 #      the source tree);
 #   4. pytest again with the extension built with ASan+UBSan;
+#   4b. the kqueue backend over libkqueue: C poller tests and pytest with
+#      kqueue as the default backend (skipped, saying so, without the
+#      libkqueue tarball: PYEPOLL_LIBKQUEUE_TARBALL);
 #   5. every libFuzzer target for a bounded time.
 # Usage: bash scripts/test.sh        (FUZZ_SECONDS=N to change stage 5)
 set -euo pipefail
@@ -91,6 +94,60 @@ ASAN_RT="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
    PYEPOLL_REQUIRE_INSTALLED=1 PYEPOLL_SANITIZED=1 \
    "$WORK/venv-asan/bin/pytest" "$ROOT/tests/py" -p no:cacheprovider -q -m "not slow")
+
+say "kqueue over libkqueue"
+# The kqueue backend, run for real on Linux: libkqueue implements the kqueue
+# API over epoll.  Its deviations from the BSD and macOS kernels are shown by
+# tests/libkqueue/repro_*.c and the tests they break are marked
+# @pytest.mark.libkqueue (expected to fail here only).
+KQ_TARBALL=${PYEPOLL_LIBKQUEUE_TARBALL:-$ROOT/../shared/third_party/libkqueue.tar.gz}
+if [ -f "$KQ_TARBALL" ]; then
+  kq_start=$SECONDS
+  KQ="$WORK/libkqueue"
+  rm -rf "$KQ" "$KQ-src" "$WORK/build-kq-c" "$WORK/build-kq-py" "$WORK/dist-kq" \
+    "$WORK/venv-kq"
+  mkdir -p "$KQ-src"
+  tar -xzf "$KQ_TARBALL" -C "$KQ-src" --strip-components=1
+  # Its CMake is noisy (deprecation, git describe outside a checkout): the
+  # log is shown only if the build fails.
+  { cmake -S "$KQ-src" -B "$KQ-src/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DENABLE_STATIC=OFF -DCMAKE_INSTALL_PREFIX="$KQ" &&
+    cmake --build "$KQ-src/build" && cmake --install "$KQ-src/build"; } \
+    >"$WORK/kq-build.log" 2>&1 || { cat "$WORK/kq-build.log"; exit 1; }
+  echo "libkqueue built into $KQ"
+  # The poller's C contract suite runs once per compiled backend: kqueue too.
+  cmake -S "$ROOT" -B "$WORK/build-kq-c" -G Ninja -DPYEPOLL_TESTS=ON \
+    -DPYEPOLL_LIBKQUEUE="$KQ" >/dev/null
+  cmake --build "$WORK/build-kq-c" --target test_poller >/dev/null
+  "$WORK/build-kq-c/test_poller" >"$WORK/kq-test_poller.log" 2>&1 \
+    || { cat "$WORK/kq-test_poller.log"; exit 1; }
+  echo "test_poller, groups general, epoll, kqueue, poll, select (the rest skipped):" \
+    "$(awk '/test\(s\) run\./ {run = $2} /PASSED/ {printf "%s/%s ", $4, run}' \
+        "$WORK/kq-test_poller.log")passed"
+  # Each reproduction exits 0 while libkqueue still behaves as its marker
+  # says, 1 once it behaves like the kernels (then the marker must go).
+  for repro in "$ROOT"/tests/libkqueue/repro_*.c; do
+    exe="$WORK/build-kq-c/$(basename "$repro" .c)"
+    cc -O1 -Wall -Wextra -Werror -o "$exe" "$repro" -I"$KQ/include/kqueue" \
+      -L"$KQ/lib" -Wl,-rpath,"$KQ/lib" -lkqueue -lpthread
+    "$exe" || { echo "$(basename "$repro"): libkqueue no longer deviates (rc $?)"; exit 1; }
+  done
+  CC=gcc "$VPY" -m pip wheel -q --no-build-isolation --no-deps \
+    -C cmake.define.PYEPOLL_LIBKQUEUE="$KQ" -C build-dir="$WORK/build-kq-py" \
+    -w "$WORK/dist-kq" "$ROOT"
+  "$PY" -m venv "$WORK/venv-kq"
+  "$WORK/venv-kq/bin/pip" install -q "$WORK"/dist-kq/*.whl pytest pytest-timeout hypothesis
+  # kqueue is the default of Poller(), Loop(), DefaultSelector and the server
+  # (conftest refuses to run otherwise); backend-parametrized tests run on
+  # every backend as always.
+  (cd "$WORK" && PYEPOLL_DEFAULT_BACKEND=kqueue PYEPOLL_REQUIRE_INSTALLED=1 \
+     "$WORK/venv-kq/bin/pytest" "$ROOT/tests/py" -p no:cacheprovider -q \
+     -m "not slow" -rxXs)
+  echo "kqueue over libkqueue: $((SECONDS - kq_start))s"
+else
+  echo "SKIPPED: no libkqueue source at $KQ_TARBALL" \
+       "(set PYEPOLL_LIBKQUEUE_TARBALL to a libkqueue .tar.gz to run it)"
+fi
 
 say "fuzzing (${FUZZ_SECONDS}s per target)"
 bash "$ROOT/scripts/fuzz.sh" "$FUZZ_SECONDS"

@@ -339,20 +339,57 @@ static void test_reused_fd_gets_no_stale_event(void **state)
     assert_int_equal(dup2(c, num), num);
     close(c);
     rc = pe_poller_register(f->p, num, PE_READ | PE_WRITE);
-    if (is("epoll")) {
-        assert_int_equal(rc, 0);    /* the kernel, not the table, decides */
+    if (is("epoll") || is("kqueue")) {
+        /* The kernel, not the table, decides: epoll's add, or kqueue's
+         * answer that the close took the old knotes along. */
+        assert_int_equal(rc, 0);
     } else {
         assert_int_equal(rc, -EEXIST);  /* the table is the authority */
         assert_int_equal(pe_poller_unregister(f->p, num), 0);
         assert_int_equal(pe_poller_register(f->p, num, PE_READ | PE_WRITE), 0);
     }
     assert_int_equal(pe_poller_count(f->p), 1);
+#ifdef PE_TEST_OVER_LIBKQUEUE
+    if (is("kqueue")) {
+        close(keep);
+        close(d);
+        print_message("libkqueue: the old file's READ may still come "
+                      "(tests/libkqueue/repro_close_keeps_knote.c)\n");
+        skip();
+    }
+#endif
     expect(f->p, num, PE_WRITE);    /* the old file's READ is stale */
     expect(f->p, num, PE_WRITE);
     put(d);
     expect(f->p, num, PE_READ | PE_WRITE);
     close(keep);
     close(d);
+}
+
+/* What a close does to a registration.  Closing a dup leaves the original
+ * registered (a kqueue knote belongs to the fd number; epoll's to the
+ * file and number), so registering it again is EEXIST everywhere.
+ * Closing the registered number itself takes the kernel's registration
+ * along: modify then fails as epoll_ctl does (EBADF) and the table forgets
+ * it. */
+static void test_close_of_dup_or_registered_fd(void **state)
+{
+    struct fx *f = *state;
+    int keep = dup(f->a);
+
+    assert_true(keep >= 0);
+    assert_int_equal(pe_poller_register(f->p, f->a, PE_READ), 0);
+    assert_int_equal(close(keep), 0);
+    assert_int_equal(pe_poller_register(f->p, f->a, PE_READ), -EEXIST);
+    assert_int_equal(pe_poller_modify(f->p, f->a, PE_READ | PE_WRITE), 0);
+    expect(f->p, f->a, PE_WRITE);
+    if (!is("epoll") && !is("kqueue"))
+        return;                     /* user-space tables: see test_errors */
+    assert_int_equal(close(f->a), 0);
+    assert_int_equal(pe_poller_modify(f->p, f->a, PE_READ), -EBADF);
+    assert_int_equal(pe_poller_count(f->p), 0);
+    assert_int_equal(pe_poller_register(f->p, f->a, PE_READ), -EBADF);
+    f->a = -1;
 }
 
 /* --------------------------------------------------------------- errors */
@@ -427,6 +464,18 @@ static void test_regular_file(void **state)
     if (is("epoll")) {
         assert_int_equal(rc, -EPERM);
         assert_int_equal(pe_poller_count(f->p), 0);
+    } else if (is("kqueue")) {
+        /* kqueue(2): a file is readable while its offset is before the
+         * end, so an empty one is not.  (Registered again after the write:
+         * libkqueue, unlike the kernels, never reports a file that grows
+         * after it was seen at its end: tests/libkqueue/repro_file_growth.c.) */
+        assert_int_equal(rc, 0);
+        expect(f->p, fileno(tmp), 0);
+        assert_int_equal(pe_poller_unregister(f->p, fileno(tmp)), 0);
+        assert_int_equal(pwrite(fileno(tmp), "x", 1, 0), 1);
+        assert_int_equal(pe_poller_register(f->p, fileno(tmp), PE_READ), 0);
+        expect(f->p, fileno(tmp), PE_READ);
+        assert_int_equal(pe_poller_unregister(f->p, fileno(tmp)), 0);
     } else {
         assert_int_equal(rc, 0);    /* always ready where it is allowed */
         expect(f->p, fileno(tmp), PE_READ);
@@ -1055,6 +1104,7 @@ int main(void)
         T(test_modify_changes_interest),
         T(test_unregister_stops_events),
         T(test_reused_fd_gets_no_stale_event),
+        T(test_close_of_dup_or_registered_fd),
         T(test_errors),
         T(test_closed_fd_number),
         T(test_regular_file),

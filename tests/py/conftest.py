@@ -1,10 +1,15 @@
 """Shared fixtures.  With PYEPOLL_REQUIRE_INSTALLED=1 (the CI wheel run) the
-suite refuses to test a pyepoll imported from the source tree."""
+suite refuses to test a pyepoll imported from the source tree.  With
+PYEPOLL_DEFAULT_BACKEND=name (the kqueue-over-libkqueue run) everything that
+picks the default backend (Poller(), Loop(), DefaultSelector, the server)
+uses that one, and the suite refuses to run if it is not compiled in."""
 from __future__ import annotations
 
 import os
 import pathlib
+import re
 import socket
+import sys
 
 import pytest
 
@@ -18,6 +23,44 @@ if os.environ.get("PYEPOLL_REQUIRE_INSTALLED") == "1":
         raise RuntimeError(f"pyepoll imported from the source tree: {imported}")
 
 BACKENDS = pyepoll.available_backends()
+
+_wanted = os.environ.get("PYEPOLL_DEFAULT_BACKEND")
+if _wanted and pyepoll.best_backend() != _wanted:
+    raise RuntimeError(f"PYEPOLL_DEFAULT_BACKEND={_wanted} but this pyepoll "
+                       f"has {BACKENDS}: the run would not test {_wanted}")
+
+# No kernel of Linux has kqueue: there it is libkqueue's emulation.
+OVER_LIBKQUEUE = sys.platform.startswith("linux") and "kqueue" in BACKENDS
+
+
+def _runs_on_kqueue(item: pytest.Item) -> bool:
+    """Whether the test uses the kqueue backend: its parameters name a
+    backend (ids like "kqueue" or "kqueue-edge"), else the default one."""
+    callspec = getattr(item, "callspec", None)
+    words = re.split(r"[^a-z]+", callspec.id.lower()) if callspec else []
+    # "kqueue", "kqueue-edge", "KqueueSelector", "pyepoll.KqueueSelector"
+    named = {w[:-len("selector")] if w.endswith("selector") else w
+             for w in words} & {"epoll", "kqueue", "poll", "select"}
+    return "kqueue" in named if named else pyepoll.best_backend() == "kqueue"
+
+
+def pytest_collection_modifyitems(config, items):
+    """@pytest.mark.libkqueue(reason, strict=True, trigger=None): on kqueue
+    over libkqueue (with that trigger, if given) the test is expected to
+    fail for that libkqueue behaviour (strict: passing fails the run, so a
+    fixed libkqueue is noticed); elsewhere nothing changes."""
+    if not OVER_LIBKQUEUE:
+        return
+    for item in items:
+        mark = item.get_closest_marker("libkqueue")
+        trigger = mark.kwargs.get("trigger") if mark else None
+        callspec = getattr(item, "callspec", None)
+        if trigger and (not callspec or trigger not in callspec.id.split("-")):
+            continue
+        if mark and _runs_on_kqueue(item):
+            item.add_marker(pytest.mark.xfail(
+                reason="libkqueue: " + mark.args[0],
+                strict=mark.kwargs.get("strict", True)))
 
 
 @pytest.fixture(params=BACKENDS)

@@ -37,7 +37,7 @@ from pyepoll import (
     StaleHandleError,
 )
 
-from conftest import BACKENDS
+from conftest import BACKENDS, OVER_LIBKQUEUE
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -81,6 +81,17 @@ class LoopMachine(RuleBasedStateMachine):
         self.eof: set = set()
         self.opened = 0
         self.sent = 0                 # bytes all clients sent
+        self.backend = self.trigger = ""
+
+    def libkqueue_breaks(self, what: str) -> bool:
+        """Whether on kqueue over libkqueue a rule would check where
+        libkqueue differs from the kernels (tests/libkqueue/), so that it
+        is not drawn there: "reset", its read event clears the socket's
+        error (repro_reset_error.c); "eof", in edge mode a write filter
+        makes read events lose EV_EOF (repro_rdhup_lost.c)."""
+        if not (OVER_LIBKQUEUE and self.backend == "kqueue"):
+            return False
+        return what == "reset" or self.trigger == "edge"
 
     # -- the server: an echo on the loop ------------------------------------------
 
@@ -94,6 +105,7 @@ class LoopMachine(RuleBasedStateMachine):
         # (DATA brings its bytes) + reply, or wait_batch + queue_echo.
         self.style = style
         backend, trigger = cfg
+        self.backend, self.trigger = cfg
         self.loop = Loop(backend=backend, trigger=trigger,
                          input_high=input_high, input_low=input_high // 4)
         self.lid = self.loop.listen("127.0.0.1", 0)
@@ -205,7 +217,8 @@ class LoopMachine(RuleBasedStateMachine):
         self.loop.send(c.handle, payload)
         c.expect += payload
 
-    @precondition(lambda self: any(not c.client_shut for c in self.live()))
+    @precondition(lambda self: any(not c.client_shut for c in self.live())
+                  and not self.libkqueue_breaks("eof"))
     @rule(data=st.data())
     def client_half_close(self, data) -> None:
         c = data.draw(st.sampled_from(
@@ -215,7 +228,8 @@ class LoopMachine(RuleBasedStateMachine):
         self.pump(lambda: c.handle in self.eof, "EOF")
         assert c.handle not in self.closed, "half-close closed the connection"
 
-    @precondition(lambda self: bool(self.live()))
+    @precondition(lambda self: bool(self.live())
+                  and not self.libkqueue_breaks("eof"))
     @rule(data=st.data())
     def client_close(self, data) -> None:
         c = data.draw(st.sampled_from(self.live()))
@@ -227,7 +241,8 @@ class LoopMachine(RuleBasedStateMachine):
         assert self.closed[c.handle] == 0
         c.gone = True
 
-    @precondition(lambda self: any(not c.client_shut for c in self.live()))
+    @precondition(lambda self: any(not c.client_shut for c in self.live())
+                  and not self.libkqueue_breaks("reset"))
     @rule(data=st.data())
     def client_reset(self, data) -> None:
         c = data.draw(st.sampled_from(
