@@ -117,6 +117,25 @@ def test_subclassable():
             assert isinstance(e2, Sub)
 
 
+def test_dotted_name_resolves_to_the_class_as_select_epoll_does():
+    """Plugin systems and tools resolve "pyepoll.epoll" as a dotted name;
+    it must give the drop-in class, as "select.epoll" gives select's, and
+    the class must name itself by that path."""
+    import importlib
+    import pkgutil
+
+    assert pkgutil.resolve_name("select.epoll") is select.epoll
+    assert pkgutil.resolve_name("pyepoll.epoll") is pe_epoll
+    assert pkgutil.resolve_name("pyepoll:epoll") is pe_epoll
+    assert isinstance(pe_epoll, type)
+    assert f"{pe_epoll.__module__}.{pe_epoll.__qualname__}" == "pyepoll.epoll"
+    # No submodule shadows the name: importing it as a module fails the
+    # way `import select.epoll` does.
+    for dotted in ("select.epoll", "pyepoll.epoll"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(dotted)
+
+
 # -- constructor ----------------------------------------------------------------
 
 
@@ -703,7 +722,7 @@ def test_high_event_bits_come_back_unsigned(monkeypatch):
     """Events are returned as C unsigned ints: a set bit 31 is 2**31, not a
     negative number (the kernel reports no such bit today, so the C core's
     output is faked here)."""
-    mod = sys.modules["pyepoll.epoll"]
+    mod = sys.modules["pyepoll._epoll"]
     fake = [(7, 0x80000001), (8, 0xFFFFFFFF)]
 
     def fake_wait(w):
