@@ -1,6 +1,7 @@
-"""How pyepoll fails when its compiled core is missing: a clone imported
-before the extension is built (or shadowing the installed package) must say
-what happened and the ways out, not just "No module named pyepoll._core"."""
+"""The newcomer's path: how pyepoll fails when its compiled core is missing
+(a clone imported before the extension is built, or shadowing the installed
+package, must say what happened and the ways out, not just "No module named
+pyepoll._core"), and the scripts' per-checkout scratch folders."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,8 @@ import subprocess
 import sys
 
 import pyepoll
+
+from conftest import SOURCE_TREE
 
 PACKAGE = pathlib.Path(pyepoll.__file__).resolve().parent
 
@@ -54,3 +57,22 @@ def test_installed_copy_without_a_loadable_core_says_reinstall(tmp_path):
     assert last.startswith("ImportError: pyepoll at "), last
     assert "has only _core.other-python.so, built for another Python" in last
     assert "reinstall pyepoll-io" in last
+
+
+def test_fuzz_scratch_folder_is_per_checkout(tmp_path):
+    """Two clones fuzzed on one machine get scratch folders of their own (as
+    test.sh's do), and one clone always the same."""
+    script = SOURCE_TREE / "scripts" / "fuzz.sh"
+    env = {k: v for k, v in os.environ.items() if k != "PYEPOLL_FUZZ_DIR"}
+
+    def workdir(checkout: pathlib.Path) -> str:
+        (checkout / "scripts").mkdir(parents=True, exist_ok=True)
+        shutil.copy(script, checkout / "scripts" / "fuzz.sh")
+        out = subprocess.run(
+            ["bash", str(checkout / "scripts" / "fuzz.sh"), "--workdir"],
+            env=env, capture_output=True, text=True, timeout=30, check=True)
+        return out.stdout.strip()
+
+    a, b = workdir(tmp_path / "a"), workdir(tmp_path / "b")
+    assert a and b and a != b
+    assert workdir(tmp_path / "a") == a
