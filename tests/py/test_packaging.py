@@ -26,7 +26,10 @@ def import_error(cwd: pathlib.Path) -> str:
     """stderr of `python -c "import pyepoll"` run in cwd, which must fail."""
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
-    proc = subprocess.run([sys.executable, "-c", "import pyepoll"], cwd=cwd,
+    # -S: no site, so no editable install's import hook sends pyepoll back
+    # to the clone this suite runs from; cwd comes first on sys.path.
+    proc = subprocess.run([sys.executable, "-S", "-c", "import pyepoll"],
+                          cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0, proc.stdout
     return proc.stderr
