@@ -137,7 +137,9 @@ say "release configuration (cibuildwheel build identifiers)"
 # What .github/workflows/wheels.yml would build, per platform; printing the
 # identifiers needs neither docker nor a Mac.
 for platform in linux macos; do
-  ids=$(cd "$ROOT" && cibuildwheel --print-build-identifiers --platform "$platform" 2>/dev/null)
+  # (stderr: notes such as "arm64 can't be built on x86_64", shown on failure)
+  ids=$(cd "$ROOT" && cibuildwheel --print-build-identifiers --platform "$platform" \
+          2>"$WORK/cibuildwheel.err") || { cat "$WORK/cibuildwheel.err" >&2; exit 1; }
   echo "$platform: $(echo $ids)"
   case $platform in
     linux) want="cp39-manylinux_x86_64 cp39-manylinux_aarch64 pp39-manylinux_x86_64
