@@ -33,7 +33,7 @@ from .loop import (
 # select.epoll drop-in, Linux only: elsewhere pyepoll.epoll does not exist,
 # as select.epoll does not.
 if "epoll" in available_backends():
-    from .epoll import (
+    from ._epoll import (
         EPOLL_CLOEXEC, EPOLLERR, EPOLLET, EPOLLEXCLUSIVE, EPOLLHUP, EPOLLIN,
         EPOLLMSG, EPOLLONESHOT, EPOLLOUT, EPOLLPRI, EPOLLRDBAND, EPOLLRDHUP,
         EPOLLRDNORM, EPOLLWRBAND, EPOLLWRNORM, epoll,

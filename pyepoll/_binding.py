@@ -11,7 +11,43 @@ import errno
 import os
 from typing import NoReturn
 
-from ._core import ffi, lib  # noqa: F401  (re-exported to the other modules)
+
+def _no_core(exc: ModuleNotFoundError) -> ImportError:
+    """The ImportError for a pyepoll without a compiled core this Python can
+    load: what happened, and the ways out."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    import importlib.machinery
+    wanted = ", ".join(f"_core{s}" for s in
+                       importlib.machinery.EXTENSION_SUFFIXES)
+    present = sorted(f for f in os.listdir(here) if f.startswith("_core."))
+    found = (f"; {here} has only {', '.join(present)}, built for another "
+             f"Python" if present else "")
+    if os.path.isfile(os.path.join(root, "csrc", "pyepoll.h")):
+        # The usual cause: run from a clone, whose pyepoll/ comes first on
+        # sys.path and hides the installed package.
+        return ImportError(
+            f"pyepoll was imported from its source tree ({here}), where the "
+            f"compiled extension pyepoll._core is not built (this Python "
+            f"loads {wanted}{found}). Either build it in place: "
+            f"pip install cffi scikit-build-core cmake ninja && "
+            f"pip install --no-build-isolation -e . (in {root}); or run from "
+            f"outside the source tree (cd elsewhere), so that Python imports "
+            f"the pyepoll installed by pip install .",
+            name=exc.name, path=here)
+    return ImportError(
+        f"pyepoll at {here} has no compiled extension pyepoll._core that "
+        f"this Python can load (it loads {wanted}{found}): reinstall "
+        f"pyepoll-io with this interpreter's pip",
+        name=exc.name, path=here)
+
+
+try:
+    from ._core import ffi, lib  # noqa: F401  (re-exported to the others)
+except ModuleNotFoundError as _exc:
+    if _exc.name != __name__.rpartition(".")[0] + "._core":
+        raise                   # something _core itself imports is missing
+    raise _no_core(_exc) from None
 
 __all__ = ["ffi", "lib", "check", "raise_errno", "fileno_of", "StaleHandleError"]
 

@@ -485,11 +485,16 @@ class Loop:
                                 f"{type(lid).__name__}") from None
             raise KeyError(f"no listener with id {lid}") from None
         if not isinstance(sock, socket.socket):
-            sock = socket.socket(fileno=fileno_of(sock))
+            fd = fileno_of(sock)
+            # PyPy's socket(fileno=) makes the file blocking, which would
+            # stall the loop's accept: keep the mode the loop set.
+            blocking = os.get_blocking(fd)
+            sock = socket.socket(fileno=fd)
             try:
                 addr = sock.getsockname()
             finally:
                 sock.detach()
+                os.set_blocking(fd, blocking)
         else:
             addr = sock.getsockname()
         return addr[0], addr[1]

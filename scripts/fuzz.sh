@@ -4,13 +4,18 @@
 # (libFuzzer adds what it finds to the first directory; the repository's
 # seeds are never written).
 # Usage: bash scripts/fuzz.sh [SECONDS] [NAME...]
+#        bash scripts/fuzz.sh --workdir   (print the scratch folder: binaries,
+#                                          logs, grown corpora; then exit)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# Scratch space per checkout, named as test.sh names its own: two clones
+# fuzzed on one machine must not share binaries or corpora.
+WORK=${PYEPOLL_FUZZ_DIR:-/tmp/pyepoll-fuzz-$(printf %s "$ROOT" | cksum | cut -d' ' -f1)}
+if [ "${1:-}" = --workdir ]; then echo "$WORK"; exit 0; fi
+mkdir -p "$WORK"
 SECONDS_EACH=${1:-30}
 shift || true
-WORK=${PYEPOLL_FUZZ_DIR:-/tmp/pyepoll-fuzz}
-mkdir -p "$WORK"
 
 core=()
 for src in "$ROOT"/csrc/*.c; do

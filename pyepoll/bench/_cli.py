@@ -8,7 +8,7 @@ from typing import Callable, Dict, List, Optional, Sequence, TypeVar
 
 from ._proc import Run, Skip, pinning_note, saturation_note
 from ._report import Section, have_matplotlib
-from ._servers import Fleet
+from ._servers import Fleet, server_python_description, set_server_python
 
 T = TypeVar("T")
 
@@ -27,13 +27,27 @@ def parser(prog: str, doc: Optional[str], seconds: float, repeats: int) -> argpa
     ap.add_argument("--smoke", action="store_true",
                     help="tiny and short: check every compared server answers "
                          "correctly, time each once")
+    ap.add_argument("--python", metavar="PATH",
+                    help="interpreter to run the Python servers with, e.g. a "
+                         "PyPy venv's python with pyepoll installed there "
+                         "(default: this one); C servers are unaffected")
     return ap
+
+
+def use_python(path: Optional[str]) -> None:
+    """Apply --python (before any server starts); exit with the reason if
+    that interpreter cannot run pyepoll."""
+    try:
+        set_server_python(path)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def main(prog: str, build: Callable[[], argparse.ArgumentParser],
          run: Callable[[argparse.Namespace], Section],
          argv: Optional[Sequence[str]]) -> int:
     args = build().parse_args(argv)
+    use_python(getattr(args, "python", None))
     section = run(args)
     print(section.render(), flush=True)
     if args.plot:
@@ -84,6 +98,7 @@ def standard_intro(args: argparse.Namespace, extra: str = "") -> List[str]:
     mode = "smoke mode: tiny and short, correctness first; " if args.smoke else ""
     return [f"{mode}{args.seconds:g} s per run x {args.repeats} interleaved repeats; "
             f"{pinning_note()}" + (f"; {extra}" if extra else ""),
+            f"Python servers run on: {server_python_description()}",
             "server CPU: run time of the server's threads in ns from /proc "
             "(clock ticks where threads came and went during a run), split "
             "into user and system by the tick counts"]

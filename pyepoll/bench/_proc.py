@@ -275,9 +275,12 @@ class ServerProc:
             with open(os.path.join(self.dir, fname), "w") as f:
                 f.write(text.format(port=self.port, dir=self.dir))
         argv = [a.format(port=self.port, dir=self.dir) for a in cmd]
+        # cwd: its own directory, so no source tree in the current one
+        # shadows the pyepoll a server's interpreter has installed.
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
-            env=env, preexec_fn=_pinner(cores()[0]), start_new_session=True)
+            env=env, cwd=self.dir, preexec_fn=_pinner(cores()[0]),
+            start_new_session=True)
 
     @property
     def pid(self) -> int:

@@ -9,6 +9,7 @@ import pathlib
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
@@ -19,18 +20,77 @@ from ._proc import ServerProc, Skip, build, disabled
 PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+# The interpreter the Python servers run on (--python): None for this one.
+# Another one (a PyPy venv's python, say) imports its own installed pyepoll:
+# this process's compiled core would not load there.
+_server_python: Optional[str] = None
+_server_desc: Optional[str] = None
+
+
+def set_server_python(path: Optional[str]) -> str:
+    """Run the Python servers with the interpreter at ``path`` (None: this
+    one); return how it describes itself. ValueError if it cannot run
+    pyepoll."""
+    global _server_python, _server_desc
+    if path is None:
+        _server_python = _server_desc = None
+        return server_python_description()
+    exe = shutil.which(path) or path
+    try:
+        described = _describe(exe)
+    except (OSError, subprocess.SubprocessError, RuntimeError) as e:
+        raise ValueError(f"--python {path}: cannot run pyepoll there: {e}") from None
+    _server_python, _server_desc = os.path.abspath(exe), described
+    return described
+
+
+def server_python_description() -> str:
+    """"IMPLEMENTATION VERSION PATH" of the servers' interpreter."""
+    if _server_desc is not None:
+        return _server_desc
+    import platform
+    return (f"{platform.python_implementation()} {platform.python_version()} "
+            f"{sys.executable}")
+
+
+def _describe(exe: str) -> str:
+    probe = ("import platform, sys, pyepoll; print(platform.python_implementation(),"
+             " platform.python_version(), sys.executable)")
+    res = subprocess.run([exe, "-c", probe], capture_output=True, text=True,
+                         timeout=60, cwd="/")
+    if res.returncode != 0:
+        raise RuntimeError((res.stderr.strip().splitlines() or ["failed"])[-1])
+    return res.stdout.strip()
+
+
+def server_python() -> str:
+    return _server_python or sys.executable
+
+
 def _env() -> Dict[str, str]:
     """Children import the same pyepoll as this process (a source tree or
-    the installed wheel)."""
+    the installed wheel), or, on another interpreter, that one's own."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = PKG_PARENT + (os.pathsep + env["PYTHONPATH"]
-                                      if env.get("PYTHONPATH") else "")
+    if _server_python is None:
+        env["PYTHONPATH"] = PKG_PARENT + (os.pathsep + env["PYTHONPATH"]
+                                          if env.get("PYTHONPATH") else "")
     return env
 
 
+def _has_module(name: str) -> bool:
+    if _server_python is None:
+        return importlib.util.find_spec(name) is not None
+    res = subprocess.run(
+        [_server_python, "-c",
+         f"import importlib.util, sys; sys.exit(importlib.util.find_spec({name!r}) is None)"],
+        capture_output=True, timeout=60, cwd="/")
+    return res.returncode == 0
+
+
 def _need_module(name: str) -> None:
-    if disabled(name) or importlib.util.find_spec(name) is None:
-        raise Skip(f"{name} not installed (pip install pyepoll-io[bench])")
+    if disabled(name) or not _has_module(name):
+        where = "" if _server_python is None else f" for {_server_python}"
+        raise Skip(f"{name} not installed{where} (pip install pyepoll-io[bench])")
 
 
 @dataclass
@@ -58,7 +118,7 @@ def _serve(kind: str, needs: Sequence[str] = ()) -> Callable[[], List[str]]:
             from pyepoll import Loop
             if kind.startswith(prefix) and not hasattr(Loop, method):
                 raise Skip(f"this pyepoll.Loop has no {method}()")
-        return [sys.executable, "-m", "pyepoll.bench._serve", kind, "{port}"]
+        return [server_python(), "-m", "pyepoll.bench._serve", kind, "{port}"]
     return argv
 
 
@@ -68,7 +128,7 @@ def _c_echo(trigger: str) -> Callable[[], List[str]]:
 
 def _reference(protocol: str, model: str, *extra: str) -> Callable[[], List[str]]:
     def argv() -> List[str]:
-        return [sys.executable, "-m", "pyepoll.server", "--port", "{port}",
+        return [server_python(), "-m", "pyepoll.server", "--port", "{port}",
                 "--protocol", protocol, "--model", model, "--log-level", "warning",
                 "--idle-timeout", "0", "--max-connections", "30000", *extra]
     return argv

@@ -35,6 +35,9 @@ def build() -> argparse.ArgumentParser:
                     help="run only these scenarios")
     ap.add_argument("--dropins", action="store_true",
                     help="also run the drop-ins and poller comparisons (quick)")
+    ap.add_argument("--python", metavar="PATH",
+                    help="interpreter to run the Python servers of the network "
+                         "scenarios with (default: this one)")
     return ap
 
 
@@ -71,6 +74,8 @@ def _loadavg() -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     shown = list(sys.argv[2:] if argv is None else argv)
     args = build().parse_args(argv)
+    from ._cli import use_python
+    use_python(args.python)
     os.makedirs(args.out, exist_ok=True)
     plots = have_matplotlib()
     started = time.monotonic()

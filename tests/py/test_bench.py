@@ -3,6 +3,7 @@ correctness checks that guard every timing really reject wrong answers."""
 from __future__ import annotations
 
 import os
+import platform
 import re
 import socket
 import subprocess
@@ -23,6 +24,13 @@ plain = pytest.mark.skipif(os.environ.get("PYEPOLL_SANITIZED") == "1",
 need_cc = pytest.mark.skipif(_proc.compiler() is None, reason="no C compiler")
 
 WITHOUT = "uvloop,httptools,wrk,nginx,matplotlib"
+# --python's interpreter imports its own installed pyepoll; this one has
+# none when the suite runs on a source tree with an in-place build only.
+installed = pytest.mark.skipif(
+    subprocess.run([sys.executable, "-c", "import pyepoll"], cwd="/",
+                   capture_output=True, timeout=60).returncode != 0,
+    reason="pyepoll is not installed for this Python (only the source "
+           "tree has it), and --python runs servers on an installed one")
 
 
 def bench(*args: str, without: str = "", timeout: float = 60) -> str:
@@ -200,6 +208,49 @@ def test_echo_smoke_tables() -> None:
     assert re.search(r"\d\.\d\dx", thr["pyepoll Loop C echo"])
     assert "load client" in out and ("not saturated" in out or "saturated" in out)
     assert "latency percentiles" in out and "summary:" in out
+
+
+@installed
+def test_server_python_is_what_python_servers_run_with(tmp_path) -> None:
+    """--python: the Python servers (handlers and the reference server) are
+    started with that interpreter, which imports its own pyepoll (no
+    PYTHONPATH pointing at this process's); the C servers are unchanged."""
+    exe = tmp_path / "python"                     # another path, same Python
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    exe.chmod(0o755)
+    try:
+        desc = _servers.set_server_python(str(exe))
+        assert desc == (f"{platform.python_implementation()} "
+                        f"{platform.python_version()} {sys.executable}"), desc
+        assert _servers._serve("loop-py-level")()[0] == str(exe)
+        assert _servers._reference("echo", "eventloop")()[0] == str(exe)
+        assert _servers._c_echo("level")()[0] != str(exe)
+        assert _servers._env().get("PYTHONPATH") == os.environ.get("PYTHONPATH")
+    finally:
+        _servers.set_server_python(None)
+    assert _servers._serve("loop-py-level")()[0] == sys.executable
+    assert _servers.PKG_PARENT in _servers._env()["PYTHONPATH"]
+    with pytest.raises(ValueError, match="cannot run pyepoll there"):
+        _servers.set_server_python(str(tmp_path / "no-such-python"))
+    assert _servers.server_python() == sys.executable
+
+
+@linux
+@plain
+@need_cc
+@installed
+def test_echo_smoke_with_python_option() -> None:
+    out = bench("echo", "--smoke", "--servers", "Loop py wait",
+                "--python", sys.executable)
+    assert f"Python servers run on: {platform.python_implementation()} " \
+           f"{platform.python_version()} {sys.executable}" in out
+    thr = rows(out, "echo throughput, 8 connections")
+    assert "n/a" not in thr["pyepoll Loop py wait/recv/send"]
+    res = subprocess.run([sys.executable, "-m", "pyepoll.bench", "echo",
+                          "--smoke", "--python", "/no/such/python"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    assert "--python /no/such/python: cannot run pyepoll there" in res.stderr
 
 
 @linux

@@ -19,7 +19,7 @@ from conftest import BACKENDS
 
 pytestmark = pytest.mark.timeout(120)
 
-pepoll = importlib.import_module("pyepoll.epoll")
+pepoll = importlib.import_module("pyepoll._epoll")
 
 ALLOWED = (TypeError, ValueError, OverflowError, KeyError, BufferError,
            OSError)

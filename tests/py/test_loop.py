@@ -86,11 +86,16 @@ def client(addr, *, rcvbuf: int = 0, sndbuf: int = 0) -> socket.socket:
 
 def sockopt(loop: Loop, h: int, level: int, opt: int, value: int) -> None:
     """Set an option on a connection's socket (through a duplicate fd)."""
-    s = socket.socket(fileno=os.dup(loop.fileno(h)))
+    fd = loop.fileno(h)
+    # PyPy's socket(fileno=) makes the file (shared with the duplicate)
+    # blocking; the loop's I/O must stay non-blocking.
+    blocking = os.get_blocking(fd)
+    s = socket.socket(fileno=os.dup(fd))
     try:
         s.setsockopt(level, opt, value)
     finally:
         s.close()
+        os.set_blocking(fd, blocking)
 
 
 def rst_close(c: socket.socket) -> None:
@@ -370,12 +375,14 @@ def test_peer_fileno_tokens(harness):
     assert hs.loop.peer(h) == c.getsockname()
     fd = hs.loop.fileno(h)
     assert isinstance(fd, int) and fd >= 0
+    blocking = os.get_blocking(fd)         # see sockopt()
     dup = socket.socket(fileno=os.dup(fd))
     try:
         assert dup.getpeername() == c.getsockname()
         assert dup.getsockname() == c.getpeername()
     finally:
         dup.close()
+        os.set_blocking(fd, blocking)
     assert hs.loop.get_token(h) == 0
     hs.loop.set_token(h, 42)
     assert hs.loop.get_token(h) == 42
@@ -1306,6 +1313,24 @@ def test_add_listener_and_close_ownership(make):
     c.close()
     c2.close()
     own.close()
+
+
+def test_sockname_of_a_descriptor_listener_keeps_it_non_blocking(make):
+    """sockname() of a listener given as a bare descriptor must leave it
+    non-blocking (PyPy's socket(fileno=) would make it blocking, and the
+    loop's accept would then stall)."""
+    loop = make()
+    own = socket.socket()
+    try:
+        own.bind(("127.0.0.1", 0))
+        own.listen(8)
+        lid = loop.add_listener(own.fileno())
+        assert not os.get_blocking(own.fileno())   # add_listener made it so
+        assert loop.sockname(lid) == own.getsockname()
+        assert not os.get_blocking(own.fileno())
+        loop.close()
+    finally:
+        own.close()
 
 
 def test_remove_listener_drains_gracefully(harness):

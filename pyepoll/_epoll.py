@@ -1,4 +1,8 @@
-"""pyepoll.epoll: a drop-in for :class:`select.epoll` on pyepoll's C core.
+"""pyepoll.epoll, the class: a drop-in for :class:`select.epoll` on
+pyepoll's C core.  This module is private: the package re-exports the class
+and the constants, so the dotted name ``pyepoll.epoll`` is the class itself
+(as ``select.epoll`` is), whatever resolves it (attribute access,
+``pkgutil.resolve_name``, a plugin system's dotted-name lookup).
 
 ``import pyepoll as select`` or ``from pyepoll import epoll`` and keep going:
 the constructor, register / modify / unregister / poll / close / fileno /
@@ -181,6 +185,9 @@ class epoll:
     """
 
     __slots__ = ("_p", "_wm", "_wt", "_held", "__weakref__")
+    # Named where users find it: pyepoll.epoll (pickle, repr of the class,
+    # tools that rebuild the dotted name from __module__ and __qualname__).
+    __module__ = "pyepoll"
 
     def __init__(self, sizehint: int = -1, flags: int = 0) -> None:
         self._p: Any = None
