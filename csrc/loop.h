@@ -36,12 +36,16 @@
 #define PE_CF_RDMORE     0x8000u   /* edge: socket may hold unread bytes */
 #define PE_CF_DIRECT    0x10000u   /* this run read into the batch buffer:
                                       bidx is the offset, DATA's arg the length */
+#define PE_CF_KEEPFD    0x20000u   /* the caller closes the fd, never the loop */
 
 #define PE_CF_PAUSED (PE_CF_UPAUSE | PE_CF_HPAUSE | PE_CF_EPAUSE)
 
 /* fd-map values: 0 = nothing, 1..PE_CT_MAX = slot + 1, tags above. */
 #define PE_FD_LISTENER 0x80000000u    /* | listener id */
 #define PE_FD_WAKEUP   0xFFFFFFFFu
+/* pe_loop_watch: | 1 watched for reading, | 2 for writing (never both 0). */
+#define PE_FD_FOREIGN  0x7FFFFFF8u
+#define PE_FD_IS_FOREIGN(v) (((v) & ~3u) == PE_FD_FOREIGN)
 
 /* accept_paused reasons. */
 #define PE_AP_FULL   0x1
@@ -113,6 +117,11 @@ void pe__loop_slot_freed(pe_loop *l);
 void pe__loop_accept(pe_loop *l, int id);
 void pe__loop_accept_resume(pe_loop *l, unsigned why);
 
+/* loop_fd.c: a foreign fd's readiness -> PE_EV_FD; forget a watched fd
+ * whose number is about to be reused (it was closed without unwatch). */
+void pe__fd_event(pe_loop *l, uint32_t v, const struct pe_event *ev);
+void pe__fd_forget_stale(pe_loop *l, int fd);
+
 /* loop_batch.c: 1 if it read (or closed), 0 if the ring must be used. */
 int  pe__conn_read_direct(pe_loop *l, uint32_t slot, int short_ok);
 
@@ -124,6 +133,9 @@ int  pe__conn_interest(pe_loop *l, uint32_t slot);
 int  pe__conn_resumed(pe_loop *l, uint32_t slot);
 void pe__conn_pending_add(pe_loop *l, uint32_t slot);
 void pe__conn_open(pe_loop *l, int fd, int listener);
+/* Make fd a connection (registered, no event): 0 and *slot, or -errno with
+ * fd left open. */
+int  pe__conn_attach(pe_loop *l, int fd, uint32_t *slot);
 void pe__conn_event(pe_loop *l, uint32_t slot, uint32_t events);
 void pe__conn_pending(pe_loop *l, uint32_t slot);
 /* Unread input was taken: resume reading paused at in_high once below

@@ -81,8 +81,10 @@ void pe__conn_finish(pe_loop *l, uint32_t slot, int abort)
         setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
         l->st.syscalls++;
     }
-    close(c->fd);
-    l->st.syscalls++;
+    if (!(c->flags & PE_CF_KEEPFD)) {
+        close(c->fd);
+        l->st.syscalls++;
+    }
     l->fdmap[c->fd] = 0;
     pe__ring_clear(&c->in, &l->pool);
     pe__ring_clear(&c->out, &l->pool);
@@ -159,12 +161,15 @@ int pe__conn_resumed(pe_loop *l, uint32_t slot)
     return pe__conn_interest(l, slot);
 }
 
-void pe__conn_open(pe_loop *l, int fd, int listener)
+int pe__conn_attach(pe_loop *l, int fd, uint32_t *slotp)
 {
-    uint32_t slot = pe__ct_alloc(&l->ct);
-    struct pe_conn *c = SLOT(l, slot);
+    uint32_t slot;
+    struct pe_conn *c;
     int rc;
 
+    if ((slot = pe__ct_alloc(&l->ct)) == PE_NOSLOT)
+        return -ENOSPC;
+    c = SLOT(l, slot);
 #ifdef SO_NOSIGPIPE
     int one = 1;
 
@@ -172,6 +177,10 @@ void pe__conn_open(pe_loop *l, int fd, int listener)
     l->st.syscalls++;
 #endif
     c->fd = fd;
+    /* A watched fd closed without pe_loop_watch(fd, 0): its number is
+     * this connection's now. */
+    if (fd < l->nfdmap && PE_FD_IS_FOREIGN(l->fdmap[fd]))
+        pe__fd_forget_stale(l, fd);
     if ((rc = pe__loop_fdmap_set(l, fd, slot + 1)) == 0) {
         rc = pe_poller_register(l->p, fd, l->conn_events);
         l->st.syscalls++;
@@ -179,15 +188,26 @@ void pe__conn_open(pe_loop *l, int fd, int listener)
             l->fdmap[fd] = 0;
     }
     if (rc < 0) {
-        close(fd);
         pe__ct_free(&l->ct, slot);
-        l->st.refused++;
-        return;
+        return rc;
     }
     c->flags |= PE_CF_REG | (l->cfg.edge ? 0 : PE_CF_REG_READ);
     if (l->cfg.idle_timeout_ms)
         pe__lru_push(&l->ct, PE_LRU_IDLE, slot, pe__tick(l));
     l->st.accepted++;
+    *slotp = slot;
+    return 0;
+}
+
+void pe__conn_open(pe_loop *l, int fd, int listener)
+{
+    uint32_t slot;
+
+    if (pe__conn_attach(l, fd, &slot) < 0) {
+        close(fd);
+        l->st.refused++;
+        return;
+    }
     pe__loop_emit(l, PE_EV_OPEN, (uint32_t)listener,
                   pe__ct_handle(&l->ct, slot));
 }
