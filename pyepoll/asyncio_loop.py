@@ -1,0 +1,831 @@
+"""An asyncio event loop whose TCP and Unix stream transports are
+connections of pyepoll's C loop (design: docs/asyncio.md).
+
+:class:`EventLoop` is the stdlib's selector event loop with two changes:
+
+* its selector is the C loop's own poller: every ``add_reader`` /
+  ``add_writer`` fd (the self-pipe, signals, subprocess pipes, UDP,
+  ``sock_*``) waits in the same ``pe_loop_run_into`` call as the C
+  connections, with the timeout asyncio's scheduler asks for;
+* stream sockets become C connections: accepting, reading, buffering and
+  writing happen in C, and each batch of connection events is handed
+  straight to the transports' protocols, with no callback handle per read.
+
+Everything else (timers, ready callbacks, TLS over these transports, UDP,
+subprocesses, signal handlers, executors) is the stdlib's own code.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import inspect
+import math
+import os
+import selectors
+import socket
+import sys
+import warnings
+from asyncio import base_events, constants, futures, protocols, sslproto
+from asyncio import transports, trsock
+from asyncio.log import logger
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ._binding import ffi, lib
+from ._poller import available_backends
+
+__all__ = ["EventLoop", "new_event_loop"]
+
+_EV_OPEN = lib.PE_EV_OPEN
+_EV_DATA = lib.PE_EV_DATA
+_EV_EOF = lib.PE_EV_EOF
+_EV_DRAINED = lib.PE_EV_DRAINED
+_EV_CLOSED = lib.PE_EV_CLOSED
+_EV_FD = lib.PE_EV_FD
+_PE_READ = lib.PE_READ
+_PE_WRITE = lib.PE_WRITE
+_CLOSE_NOW = lib.PE_CLOSE_NOW
+_ADOPT = lib.PE_ADOPT_PAUSED | lib.PE_ADOPT_KEEPFD
+_EVENT_READ = selectors.EVENT_READ
+_EVENT_WRITE = selectors.EVENT_WRITE
+
+_run_into = lib.pe_loop_run_into
+_write = lib.pe_loop_write
+_NULL = ffi.NULL
+_MS_MAX = 0x7FFFFFFF
+_STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6,
+                    getattr(socket, "AF_UNIX", -1))
+# Bytes one batch can bring: a connection reads at most input_high per run.
+_INPUT_HIGH = 256 * 1024
+_BATCH_BYTES = 1024 * 1024
+# 3.13+: Server tracks its transports (close_clients) and _attach takes one.
+_ATTACH_TAKES_TRANSPORT = len(
+    inspect.signature(base_events.Server._attach).parameters) > 1
+_MISSING = object()
+
+
+def _errno_exc(err: int) -> OSError:
+    return OSError(err, os.strerror(err))     # the subclass for err
+
+
+class _LoopSelector(selectors.BaseSelector):
+    """selectors API over the C loop's poller (``pe_loop_watch``).  Only
+    :class:`EventLoop` uses it: ``select()`` also dispatches the C
+    connections' events of the batch before it returns the fds' events."""
+
+    def __init__(self, loop: "EventLoop") -> None:
+        self._loop: Optional[EventLoop] = loop
+        self._fd_to_key: Dict[int, selectors.SelectorKey] = {}
+        self._map = selectors._SelectorMapping(self)   # type: ignore[attr-defined]
+
+    def _watch(self, fd: int, events: int) -> None:
+        loop = self._loop
+        if loop is None or loop._p is None:
+            raise RuntimeError("selector is closed")
+        bits = ((_PE_READ if events & _EVENT_READ else 0) |
+                (_PE_WRITE if events & _EVENT_WRITE else 0))
+        rc = lib.pe_loop_watch(loop._p, fd, bits)
+        if rc < 0:
+            if rc == -errno.EEXIST:
+                raise FileExistsError(
+                    errno.EEXIST, f"fd {fd} is a connection of the event "
+                                  f"loop's transports")
+            raise _errno_exc(-rc)
+
+    def register(self, fileobj: Any, events: int,
+                 data: Any = None) -> selectors.SelectorKey:
+        if not events or events & ~(_EVENT_READ | _EVENT_WRITE):
+            raise ValueError(f"Invalid events: {events!r}")
+        fd = selectors._fileobj_to_fd(fileobj)      # type: ignore[attr-defined]
+        if fd in self._fd_to_key:
+            raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        self._watch(fd, events)
+        self._fd_to_key[fd] = key
+        return key
+
+    def _fileobj_lookup(self, fileobj: Any) -> int:
+        # As selectors: a closed file object is found by identity.
+        try:
+            return selectors._fileobj_to_fd(fileobj)  # type: ignore[attr-defined]
+        except ValueError:
+            for key in self._fd_to_key.values():
+                if key.fileobj is fileobj:
+                    return key.fd
+            raise
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        fd = self._fileobj_lookup(fileobj)
+        try:
+            key = self._fd_to_key.pop(fd)
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        loop = self._loop
+        if loop is not None and loop._p is not None:
+            # A closed fd (or one a connection took over) is already gone
+            # from the poller, as selectors ignores the OSError then.
+            lib.pe_loop_watch(loop._p, fd, 0)
+        return key
+
+    def modify(self, fileobj: Any, events: int,
+               data: Any = None) -> selectors.SelectorKey:
+        if not events or events & ~(_EVENT_READ | _EVENT_WRITE):
+            raise ValueError(f"Invalid events: {events!r}")
+        fd = self._fileobj_lookup(fileobj)
+        try:
+            key = self._fd_to_key[fd]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        if events != key.events:
+            self._watch(fd, events)
+        key = key._replace(events=events, data=data)
+        self._fd_to_key[fd] = key
+        return key
+
+    def select(self, timeout: Optional[float] = None
+               ) -> List[Tuple[selectors.SelectorKey, int]]:
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("selector is closed")
+        return loop._select(timeout, self._fd_to_key)
+
+    def close(self) -> None:
+        self._fd_to_key.clear()
+        self._loop = None
+
+    def get_map(self) -> Any:
+        return self._map if self._loop is not None else None
+
+
+class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
+    """asyncio's selector event loop on pyepoll's C connection loop.
+
+    ``backend`` picks the poller (None: the best); ``trigger`` is
+    ``"edge"`` (default where the backend has it) or ``"level"`` for the
+    connections (fds given to ``add_reader`` are always level-triggered,
+    as asyncio expects); ``max_connections`` bounds the C connection table
+    (sockets beyond it get the stdlib's transports); ``batch`` is the most
+    events one wait hands out."""
+
+    def __init__(self, *, backend: Optional[str] = None,
+                 trigger: Optional[str] = None,
+                 max_connections: int = 65536, batch: int = 512) -> None:
+        self._p: Any = None
+        cfg = ffi.new("struct pe_loop_config *")
+        lib.pe_loop_config_init(cfg)
+        name = _NULL if backend is None else ffi.new("char[]", backend.encode())
+        cfg.backend = name
+        if trigger is None:
+            best = backend or available_backends()[0]
+            trigger = "edge" if best in ("epoll", "kqueue") else "level"
+        if trigger not in ("edge", "level"):
+            raise ValueError(f"trigger must be 'edge' or 'level', "
+                             f"not {trigger!r}")
+        cfg.edge = 1 if trigger == "edge" else 0
+        cfg.max_conns = max_connections
+        cfg.in_high = _INPUT_HIGH
+        cfg.in_low = _INPUT_HIGH // 4
+        # asyncio queues without bound and calls pause_writing itself: no
+        # WRITE_FULL, no ENOBUFS short of absurd sizes.
+        cfg.out_high = 0xFFFFFFFF
+        cfg.out_max = 0x7FFFFFFF
+        cfg.nodelay = 1
+        err = ffi.new("int *")
+        p = lib.pe_loop_new(cfg, err)
+        if p == _NULL:
+            raise _errno_exc(-err[0])
+        self._p = ffi.gc(p, lib.pe_loop_free)
+        self._trigger = trigger
+        self._batch = batch
+        self._bev = ffi.new("struct pe_loop_bevent[]", batch)
+        self._bq = memoryview(ffi.buffer(self._bev)).cast("Q")
+        self._bsize = _BATCH_BYTES
+        self._bbuf = ffi.new("char[]", self._bsize)
+        # Slicing the cffi buffer makes a bytes object in one copy.
+        self._bbytes = ffi.buffer(self._bbuf)
+        self._bview = memoryview(self._bbytes)
+        self._conns: Dict[int, CTransport] = {}
+        # listener id -> (protocol factory, Server); listening fd -> id.
+        self._serving: Dict[int, Tuple[Callable[[], Any], Any]] = {}
+        self._listener_of: Dict[int, int] = {}
+        self._rest: Any = None
+        self._handle_out = ffi.new("pe_handle *")
+        self._u32 = ffi.new("uint32_t[2]")
+        super().__init__(_LoopSelector(self))
+
+    # -- the wait --------------------------------------------------------------
+
+    def _select(self, timeout: Optional[float],
+                fd_to_key: Dict[int, selectors.SelectorKey]
+                ) -> List[Tuple[selectors.SelectorKey, int]]:
+        p = self._p
+        if self._rest is not None:
+            # A callback's BaseException (KeyboardInterrupt) left part of
+            # the last batch undelivered: hand it out before waiting.
+            it, self._rest = self._rest, None
+            return self._walk(it, fd_to_key)
+        if timeout is None:
+            ms = -1
+        elif timeout <= 0:
+            ms = 0
+        else:
+            # Rounded up: a timer due in 0.3 ms must not spin at 0 ms.
+            ms = math.ceil(timeout * 1000.0)
+            if ms > _MS_MAX:
+                ms = _MS_MAX
+        n = _run_into(p, _NULL, 0, self._bev, self._batch, ms, self._bbuf,
+                      self._bsize)
+        if n <= 0:
+            if n == 0 or n == -errno.EINTR:
+                return []
+            raise _errno_exc(-n)
+        it = iter(self._bq[0:n << 2].tolist())
+        return self._walk(zip(it, it, it, it), fd_to_key)
+
+    def _walk(self, events: Any, fd_to_key: Dict[int, selectors.SelectorKey]
+              ) -> List[Tuple[selectors.SelectorKey, int]]:
+        conns = self._conns
+        bbytes = self._bbytes
+        fds = None
+        try:
+            for kind, h, arg, off in events:
+                if kind == _EV_DATA:
+                    t = conns.get(h)
+                    if t is None:
+                        continue
+                    if t._fast:
+                        try:
+                            t._data_received(bbytes[off:off + arg])
+                        except (SystemExit, KeyboardInterrupt):
+                            raise
+                        except BaseException as exc:
+                            t._fatal_error(exc, "Fatal error: "
+                                           "protocol.data_received() call "
+                                           "failed.")
+                    else:
+                        t._data_slow(off, arg)
+                elif kind == _EV_FD:
+                    if fds is None:
+                        fds = []
+                    fds.append((h, arg))
+                elif kind == _EV_OPEN:
+                    self._on_open(h, arg)
+                elif kind == _EV_CLOSED:
+                    t = conns.pop(h, None)
+                    if t is not None:
+                        t._on_closed(arg)
+                elif kind == _EV_EOF:
+                    t = conns.get(h)
+                    if t is not None:
+                        t._on_eof()
+                elif kind == _EV_DRAINED:
+                    t = conns.get(h)
+                    if t is not None:
+                        t._on_drained()
+        except BaseException:
+            self._rest = events
+            raise
+        if fds is None:
+            return []
+        # Keys are looked up now: a reader removed by a callback above is
+        # not called (as selectors' select does).
+        ready = []
+        for fd, bits in fds:
+            key = fd_to_key.get(fd)
+            if key is not None:
+                mask = ((_EVENT_READ if bits & _PE_READ else 0) |
+                        (_EVENT_WRITE if bits & _PE_WRITE else 0)) & key.events
+                if mask:
+                    ready.append((key, mask))
+        return ready
+
+    # -- connections ---------------------------------------------------------
+
+    def _on_open(self, h: int, lid: int) -> None:
+        entry = self._serving.get(lid)
+        if entry is None:                  # its server closed meanwhile
+            lib.pe_loop_close(self._p, h, _CLOSE_NOW)
+            return
+        factory, server = entry
+        try:
+            protocol = factory()
+        except (SystemExit, KeyboardInterrupt):
+            lib.pe_loop_close(self._p, h, _CLOSE_NOW)
+            raise
+        except BaseException as exc:
+            lib.pe_loop_close(self._p, h, _CLOSE_NOW)
+            if self._debug:
+                self.call_exception_handler({
+                    "message": "Error on transport creation for incoming "
+                               "connection",
+                    "exception": exc,
+                })
+            return
+        t = CTransport(self, h, None, protocol, None, server)
+        try:
+            protocol.connection_made(t)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            t._fatal_error(exc, "Fatal error: protocol.connection_made() "
+                                "call failed.")
+
+    def _make_socket_transport(self, sock: socket.socket, protocol: Any,
+                               waiter: Any = None, *, extra: Any = None,
+                               server: Any = None) -> Any:
+        p = self._p
+        if (p is None or sock.type != socket.SOCK_STREAM or
+                sock.family not in _STREAM_FAMILIES):
+            return super()._make_socket_transport(
+                sock, protocol, waiter, extra=extra, server=server)
+        out = self._handle_out
+        rc = lib.pe_loop_adopt(p, sock.fileno(), _ADOPT, out)
+        if rc < 0:
+            # Table full (or a descriptor the loop cannot take): the
+            # stdlib's transport still serves it, in the same wait.
+            return super()._make_socket_transport(
+                sock, protocol, waiter, extra=extra, server=server)
+        base_events._set_nodelay(sock)
+        t = CTransport(self, int(out[0]), sock, protocol, extra, server)
+        # As the stdlib: connection_made first, then reading, then the
+        # waiter, each a callback of the next iteration.
+        self.call_soon(protocol.connection_made, t)
+        self.call_soon(t._start_reading)
+        if waiter is not None:
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        return t
+
+    def _make_ssl_transport(self, rawsock: socket.socket, protocol: Any,
+                            sslcontext: Any, waiter: Any = None, *,
+                            server_side: bool = False,
+                            server_hostname: Optional[str] = None,
+                            extra: Any = None, server: Any = None,
+                            **kwargs: Any) -> Any:
+        # The stdlib's TLS (sslproto) over a C-connection transport; the
+        # keyword arguments differ between Python versions and go through.
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            **kwargs)
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra,
+                                    server=server)
+        return ssl_protocol._app_transport
+
+    def _start_serving(self, protocol_factory: Any, sock: socket.socket,
+                       sslcontext: Any = None, server: Any = None,
+                       backlog: int = 100, *args: Any, **kwargs: Any) -> None:
+        if (sslcontext or self._p is None or
+                sock.type != socket.SOCK_STREAM or
+                sock.family not in _STREAM_FAMILIES):
+            # TLS servers accept in Python; the accepted sockets still
+            # become C connections through _make_ssl_transport.
+            return super()._start_serving(protocol_factory, sock, sslcontext,
+                                          server, backlog, *args, **kwargs)
+        fd = sock.fileno()
+        if fd in self._listener_of:
+            return
+        lid = lib.pe_loop_add_listener(self._p, fd)
+        if lid < 0:
+            raise _errno_exc(-lid)
+        self._serving[lid] = (protocol_factory, server)
+        self._listener_of[fd] = lid
+
+    def _stop_serving(self, sock: socket.socket) -> None:
+        lid = self._listener_of.pop(sock.fileno(), None)
+        if lid is None:
+            return super()._stop_serving(sock)
+        if self._p is not None:
+            lib.pe_loop_remove_listener(self._p, lid)
+        del self._serving[lid]
+        sock.close()
+
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        super().close()
+        for t in list(self._conns.values()):
+            t._loop_gone()
+        self._conns.clear()
+        self._serving.clear()
+        self._listener_of.clear()
+        p, self._p = self._p, None
+        if p is not None:
+            ffi.release(p)          # closes the C connections it owns
+
+
+class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
+                 transports.Transport):
+    """A stream transport whose socket is a connection of the C loop."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.FALLBACK
+
+    __slots__ = ("_p", "_h", "_sock", "_sock_fd", "_protocol",
+                 "_data_received", "_buffered", "_fast", "_closing",
+                 "_conn_lost", "_eof", "_paused", "_held", "_held_eof",
+                 "_lost_exc", "_server", "_protocol_connected",
+                 "__weakref__")
+
+    def __init__(self, loop: EventLoop, h: int, sock: Optional[socket.socket],
+                 protocol: Any, extra: Any, server: Any) -> None:
+        super().__init__(extra, loop)
+        self._p = loop._p
+        self._h = h
+        self._sock = sock             # ours to close; None: the C loop's fd
+        self._sock_fd = (sock.fileno() if sock is not None
+                         else lib.pe_loop_fileno(self._p, h))
+        self._closing = False
+        self._conn_lost = 0
+        self._eof = False
+        self._paused = False
+        self._held: Optional[List[bytes]] = None
+        self._held_eof = False
+        self._lost_exc: Optional[BaseException] = None
+        self._protocol_connected = False
+        self._server = server
+        self.set_protocol(protocol)
+        if server is not None:
+            if _ATTACH_TAKES_TRANSPORT:
+                server._attach(self)
+            else:
+                server._attach()
+        loop._transports[self._sock_fd] = self
+        loop._conns[h] = self
+
+    def __repr__(self) -> str:
+        state = ("closed" if self._h == 0 and self._conn_lost else
+                 "closing" if self._closing else "open")
+        return (f"<pyepoll.CTransport fd={self._sock_fd} {state} "
+                f"reading={self.is_reading()}>")
+
+    # -- protocol --------------------------------------------------------------
+
+    def set_protocol(self, protocol: Any) -> None:
+        self._protocol = protocol
+        self._protocol_connected = True
+        self._buffered = isinstance(protocol, protocols.BufferedProtocol)
+        self._data_received = (None if self._buffered
+                               else protocol.data_received)
+        self._update_fast()
+
+    def get_protocol(self) -> Any:
+        return self._protocol
+
+    def _update_fast(self) -> None:
+        # data_received straight from the batch walk, or the slow path
+        # (BufferedProtocol, paused, closing, bytes held back).
+        self._fast = (not self._buffered and not self._paused and
+                      not self._closing and self._held is None)
+
+    # -- events from the batch walk ------------------------------------------
+
+    def _data_slow(self, off: int, n: int) -> None:
+        loop = self._loop
+        if self._conn_lost or self._closing:
+            return                          # stdlib stops reading on close
+        if self._paused or self._held is not None:
+            # Paused by a callback earlier in this batch: keep the bytes
+            # for resume_reading, in order.
+            if self._held is None:
+                self._held = []
+            self._held.append(loop._bbytes[off:off + n])
+            self._update_fast()
+            return
+        if self._buffered:
+            self._feed_buffered(loop._bview[off:off + n])
+        else:
+            self._deliver(loop._bbytes[off:off + n])
+
+    def _deliver(self, data: bytes) -> None:
+        try:
+            self._data_received(data)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(
+                exc, "Fatal error: protocol.data_received() call failed.")
+
+    def _feed_buffered(self, data: memoryview) -> None:
+        """Copy data into the protocol's buffers (get_buffer may give less
+        room than there are bytes: it is asked again)."""
+        pos, end = 0, len(data)
+        while pos < end:
+            try:
+                buf = self._protocol.get_buffer(end - pos)
+                if not len(buf):
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(
+                    exc, "Fatal error: protocol.get_buffer() call failed.")
+                return
+            mv = memoryview(buf)
+            if mv.format != "B" or mv.ndim != 1:
+                mv = mv.cast("B")
+            k = min(len(mv), end - pos)
+            mv[:k] = data[pos:pos + k]
+            try:
+                self._protocol.buffer_updated(k)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(
+                    exc, "Fatal error: protocol.buffer_updated() call failed.")
+                return
+            pos += k
+            if pos < end and (self._paused or self._closing):
+                if not self._closing:
+                    self._held = [bytes(data[pos:end])]
+                    self._update_fast()
+                return
+
+    def _on_eof(self) -> None:
+        if self._conn_lost or self._closing:
+            return
+        if self._paused or self._held is not None:
+            self._held_eof = True
+            return
+        if self._loop.get_debug():
+            logger.debug("%r received EOF", self)
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(
+                exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if not keep_open:
+            self.close()
+        # else: half-open; the C loop stopped reading, writes go on.
+
+    def _on_drained(self) -> None:
+        if self._protocol_paused:
+            self._maybe_resume_protocol()
+        if self._closing and self._h:
+            self._conn_lost += 1
+            self._close_now()
+
+    def _on_closed(self, err: int) -> None:
+        """CLOSED: the handle is stale; tell the protocol once."""
+        self._h = 0
+        self._closing = True
+        self._fast = False
+        if not self._conn_lost:
+            self._conn_lost = 1
+        exc = self._lost_exc
+        if exc is None and err:
+            exc = _errno_exc(err)
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as e:
+            self._loop.call_exception_handler({
+                "message": "Exception in protocol.connection_lost()",
+                "exception": e,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+        finally:
+            self._protocol = None
+            server, self._server = self._server, None
+            if server is not None:
+                if _ATTACH_TAKES_TRANSPORT:
+                    server._detach(self)
+                else:
+                    server._detach()
+
+    def _loop_gone(self) -> None:
+        # The loop closed under us: nothing may reach the freed C loop.
+        self._h = 0
+        self._p = None
+        self._closing = True
+        self._fast = False
+        self._conn_lost = self._conn_lost or 1
+
+    def _start_reading(self) -> None:
+        # After connection_made (adopted sockets start paused in C).
+        if self._h and not self._paused and not self._closing:
+            lib.pe_loop_resume_reading(self._p, self._h)
+
+    # -- closing -------------------------------------------------------------
+
+    def _close_now(self, abort: bool = False) -> None:
+        """Close in C now; CLOSED (next batch) calls connection_lost."""
+        h, self._h = self._h, 0
+        if not h:
+            return
+        lib.pe_loop_close(self._p, h, lib.PE_CLOSE_ABORT if abort
+                          else _CLOSE_NOW)
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        # Keep the protocol until CLOSED; the loop still maps h to us.
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._fast = False
+        h = self._h
+        if not h:
+            return
+        lib.pe_loop_pause_reading(self._p, h)
+        if self.get_write_buffer_size() == 0:
+            self._conn_lost += 1
+            self._close_now()
+        # else: DRAINED closes it once the queued bytes are out.
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    def _force_close(self, exc: Optional[BaseException]) -> None:
+        if self._conn_lost:
+            return
+        self._closing = True
+        self._fast = False
+        self._conn_lost += 1
+        self._lost_exc = exc
+        self._close_now()
+
+    def _fatal_error(self, exc: BaseException,
+                     message: str = "Fatal error on transport") -> None:
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                "message": message,
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+        self._force_close(exc)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    # -- reading ---------------------------------------------------------------
+
+    def is_reading(self) -> bool:
+        return not self._closing and not self._paused
+
+    def pause_reading(self) -> None:
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        self._fast = False
+        if self._h:
+            lib.pe_loop_pause_reading(self._p, self._h)
+        if self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._held is not None or self._held_eof:
+            # Bytes a callback's pause held back go first, from the ready
+            # queue (never from inside this call).
+            self._loop.call_soon(self._deliver_held)
+        else:
+            self._update_fast()
+        if self._h:
+            lib.pe_loop_resume_reading(self._p, self._h)
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def _deliver_held(self) -> None:
+        while self._held and not self._paused and not self._closing:
+            data = self._held.pop(0)
+            if self._buffered:
+                self._feed_buffered(memoryview(data))
+            else:
+                self._deliver(data)
+        if self._held == []:
+            self._held = None
+        if self._held is None and self._held_eof and not self._paused:
+            self._held_eof = False
+            self._update_fast()
+            self._on_eof()
+            return
+        self._update_fast()
+
+    # -- writing ---------------------------------------------------------------
+
+    def write(self, data: Any) -> None:
+        if type(data) is not bytes and not isinstance(
+                data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, "
+                            f"not {type(data).__name__!r}")
+        if self._eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if not data:
+            return
+        if self._conn_lost:
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        h = self._h
+        if not h:
+            return
+        if type(data) is bytes:
+            rc = _write(self._p, h, data, len(data))
+        else:
+            rc = self._write_buffer(h, data)
+        if rc > self._high_water:
+            self._maybe_pause_protocol()
+        elif rc < 0:
+            self._write_failed(rc)
+
+    def _write_buffer(self, h: int, data: Any) -> int:
+        try:
+            buf = ffi.from_buffer(data)
+        except (TypeError, ValueError, BufferError):
+            buf = ffi.from_buffer(bytes(data))   # non-contiguous views
+        return _write(self._p, h, buf, len(buf))
+
+    def _write_failed(self, rc: int) -> None:
+        if rc == -errno.ESTALE:
+            # The C loop closed the connection (the peer went away); its
+            # CLOSED, carrying the error, is on the way.
+            self._h = 0
+            return
+        if rc == -errno.ENOBUFS:
+            self._fatal_error(BufferError("write buffer over 2 GiB"),
+                              "Fatal write error on socket transport")
+            return
+        # The send failed and the C loop closed the connection: CLOSED
+        # follows with this errno.
+        self._h = 0
+        self._conn_lost += 1
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        if self._h:
+            lib.pe_loop_shutdown(self._p, self._h)   # after queued bytes
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        h = self._h
+        if not h:
+            return 0
+        u = self._loop._u32
+        if lib.pe_loop_buffered(self._p, h, _NULL, u) < 0:
+            return 0
+        return int(u[0])
+
+    # -- extra info ----------------------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        value = self._extra.get(name, _MISSING)
+        if value is not _MISSING:
+            return value
+        if name not in ("socket", "sockname", "peername"):
+            return default
+        sock = self._socket()
+        if sock is None:
+            return default
+        extra = self._extra
+        extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            extra["sockname"] = sock.getsockname()
+        except OSError:
+            extra["sockname"] = None
+        if "peername" not in extra:
+            try:
+                extra["peername"] = sock.getpeername()
+            except OSError:
+                extra["peername"] = None
+        return extra[name]
+
+    def _socket(self) -> Optional[socket.socket]:
+        """The Python socket object, made on first use for a connection the
+        C loop accepted (the fd is then the object's to close)."""
+        if self._sock is not None:
+            return self._sock
+        if not self._h:
+            return None
+        if lib.pe_loop_keep_fd(self._p, self._h) < 0:
+            return None
+        self._sock = socket.socket(fileno=self._sock_fd)
+        return self._sock
+
+
+def new_event_loop(**kwargs: Any) -> EventLoop:
+    """A new :class:`EventLoop` (keyword arguments as its constructor)."""
+    return EventLoop(**kwargs)
