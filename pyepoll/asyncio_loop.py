@@ -169,6 +169,9 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
     def __init__(self, *, backend: Optional[str] = None,
                  trigger: Optional[str] = None,
                  max_connections: int = 65536, batch: int = 512) -> None:
+        # Closed until the stdlib's __init__ ran, so that __del__ after a
+        # refused argument finds nothing to close.
+        self._closed = True
         self._p: Any = None
         cfg = ffi.new("struct pe_loop_config *")
         lib.pe_loop_config_init(cfg)
