@@ -605,12 +605,16 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
                     server._detach()
 
     def _loop_gone(self) -> None:
-        # The loop closed under us: nothing may reach the freed C loop.
+        # The loop closed under us: nothing may reach the freed C loop, and
+        # the descriptors go with it (those the C loop owned it closes).
         self._h = 0
         self._p = None
         self._closing = True
         self._fast = False
         self._conn_lost = self._conn_lost or 1
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
     def _start_reading(self) -> None:
         # After connection_made (adopted sockets start paused in C).
