@@ -211,6 +211,7 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         self._serving: Dict[int, Tuple[Callable[[], Any], Any]] = {}
         self._listener_of: Dict[int, int] = {}
         self._rest: Any = None
+        self._later: Optional[List[int]] = None
         self._handle_out = ffi.new("pe_handle *")
         self._u32 = ffi.new("uint32_t[2]")
         super().__init__(_LoopSelector(self))
@@ -226,6 +227,11 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
             # the last batch undelivered: hand it out before waiting.
             it, self._rest = self._rest, None
             return self._walk(it, fd_to_key)
+        if self._later is not None:
+            # The iteration that queued _walk_later was interrupted: walk
+            # now, before the next run overwrites the batch buffer.
+            self._walk_later(self._later)
+            return []
         if timeout is None:
             ms = -1
         elif timeout <= 0:
@@ -241,11 +247,37 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
             if n == 0 or n == -errno.EINTR:
                 return []
             raise _errno_exc(-n)
-        it = iter(self._bq[0:n << 2].tolist())
+        vals = self._bq[0:n << 2].tolist()
+        if self._ready:
+            # asyncio runs I/O callbacks after those that were ready before
+            # the wait (a task woken by a waiter sees its transport before
+            # the transport's first data): the batch's connection events
+            # go in one callback behind them; the fds' events as usual.
+            self._later = vals
+            self._call_soon(self._walk_later, (vals,), None)
+            return self._fd_events(vals, fd_to_key)
+        it = iter(vals)
         return self._walk(zip(it, it, it, it), fd_to_key)
 
-    def _walk(self, events: Any, fd_to_key: Dict[int, selectors.SelectorKey]
+    def _walk_later(self, vals: List[int]) -> None:
+        if self._later is not vals:
+            return                       # walked already (see _select)
+        self._later = None
+        it = iter(vals)
+        self._walk(zip(it, it, it, it), None)
+
+    def _fd_events(self, vals: List[int],
+                   fd_to_key: Dict[int, selectors.SelectorKey]
+                   ) -> List[Tuple[selectors.SelectorKey, int]]:
+        fds = [(vals[i + 1], vals[i + 2]) for i in range(0, len(vals), 4)
+               if vals[i] == _EV_FD]
+        return self._ready_keys(fds, fd_to_key) if fds else []
+
+    def _walk(self, events: Any,
+              fd_to_key: Optional[Dict[int, selectors.SelectorKey]]
               ) -> List[Tuple[selectors.SelectorKey, int]]:
+        """Dispatch a batch's connection events; return its fd events as
+        selector keys (none when fd_to_key is None: handed out already)."""
         conns = self._conns
         bbytes = self._bbytes
         fds = None
@@ -285,12 +317,24 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
                     if t is not None:
                         t._on_drained()
         except BaseException:
-            self._rest = events
+            if fd_to_key is not None:
+                self._rest = events
+            else:
+                # The fds' events of this batch were handed out: drop
+                # them from what is left.
+                self._rest = ((k, h, a, o) for k, h, a, o in events
+                              if k != _EV_FD)
             raise
-        if fds is None:
+        if fds is None or fd_to_key is None:
             return []
-        # Keys are looked up now: a reader removed by a callback above is
-        # not called (as selectors' select does).
+        return self._ready_keys(fds, fd_to_key)
+
+    @staticmethod
+    def _ready_keys(fds: List[Tuple[int, int]],
+                    fd_to_key: Dict[int, selectors.SelectorKey]
+                    ) -> List[Tuple[selectors.SelectorKey, int]]:
+        # Keys are looked up now: a reader removed by a callback of the
+        # batch is not called (as selectors' select does).
         ready = []
         for fd, bits in fds:
             key = fd_to_key.get(fd)
@@ -567,11 +611,14 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         if self._protocol_paused:
             self._maybe_resume_protocol()
         if self._closing and self._h:
+            # close() waited for the queued bytes: they are out.
             self._conn_lost += 1
             self._close_now()
+            self._call_connection_lost(None)
 
     def _on_closed(self, err: int) -> None:
-        """CLOSED: the handle is stale; tell the protocol once."""
+        """CLOSED for a connection the C loop closed itself (the peer reset,
+        a send failed): the handle is stale; tell the protocol once."""
         self._h = 0
         self._closing = True
         self._fast = False
@@ -580,12 +627,8 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         exc = self._lost_exc
         if exc is None and err:
             exc = _errno_exc(err)
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
         try:
-            if self._protocol_connected:
-                self._protocol.connection_lost(exc)
+            self._call_connection_lost(exc)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as e:
@@ -595,8 +638,17 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
                 "transport": self,
                 "protocol": self._protocol,
             })
+
+    def _call_connection_lost(self, exc: Optional[BaseException]) -> None:
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
         finally:
+            sock, self._sock = self._sock, None
+            if sock is not None:
+                sock.close()
             self._protocol = None
+            self._data_received = None
             server, self._server = self._server, None
             if server is not None:
                 if _ATTACH_TAKES_TRANSPORT:
@@ -623,17 +675,18 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
 
     # -- closing -------------------------------------------------------------
 
-    def _close_now(self, abort: bool = False) -> None:
-        """Close in C now; CLOSED (next batch) calls connection_lost."""
+    def _close_now(self) -> None:
+        """Close in C now (queued bytes dropped); the caller tells the
+        protocol.  The C loop's CLOSED for it is ignored."""
         h, self._h = self._h, 0
         if not h:
             return
-        lib.pe_loop_close(self._p, h, lib.PE_CLOSE_ABORT if abort
-                          else _CLOSE_NOW)
+        if self._p is not None:
+            lib.pe_loop_close(self._p, h, _CLOSE_NOW)
+            self._loop._conns.pop(h, None)
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
-        # Keep the protocol until CLOSED; the loop still maps h to us.
 
     def close(self) -> None:
         if self._closing:
@@ -647,6 +700,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         if self.get_write_buffer_size() == 0:
             self._conn_lost += 1
             self._close_now()
+            self._loop.call_soon(self._call_connection_lost, None)
         # else: DRAINED closes it once the queued bytes are out.
 
     def abort(self) -> None:
@@ -658,8 +712,12 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         self._closing = True
         self._fast = False
         self._conn_lost += 1
-        self._lost_exc = exc
-        self._close_now()
+        if self._h:
+            self._close_now()
+            self._loop.call_soon(self._call_connection_lost, exc)
+        else:
+            # The C loop closed it already: its CLOSED will carry exc.
+            self._lost_exc = exc
 
     def _fatal_error(self, exc: BaseException,
                      message: str = "Fatal error on transport") -> None:
@@ -760,18 +818,17 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         return _write(self._p, h, buf, len(buf))
 
     def _write_failed(self, rc: int) -> None:
-        if rc == -errno.ESTALE:
-            # The C loop closed the connection (the peer went away); its
-            # CLOSED, carrying the error, is on the way.
-            self._h = 0
-            return
         if rc == -errno.ENOBUFS:
             self._fatal_error(BufferError("write buffer over 2 GiB"),
                               "Fatal write error on socket transport")
             return
-        # The send failed and the C loop closed the connection: CLOSED
-        # follows with this errno.
+        # The C loop closed the connection: the send failed (the peer went
+        # away), or it had (-ESTALE).  Its CLOSED, carrying the error, is
+        # on the way; until then the transport is closing, as asyncio's
+        # is after a write error (drain() then yields to the loop).
         self._h = 0
+        self._closing = True
+        self._fast = False
         self._conn_lost += 1
 
     def writelines(self, list_of_data: Any) -> None:

@@ -890,3 +890,73 @@ def test_new_event_loop_options_are_checked():
         assert loop._trigger == "level"
     finally:
         loop.close()
+
+
+# -- asyncio's order and errors (found by CPython's own tests) ----------------
+
+
+def test_write_and_drain_to_a_closed_peer_raises_instead_of_spinning():
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Recorder, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        lsock = server.sockets[0]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        for t in list(loop._conns.values()):
+            if t is not w.transport:
+                t.abort()                    # the server side goes away
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            for _ in range(100000):
+                w.write(b"foo\n")
+                await w.drain()
+        w.close()
+        server.close()
+        await server.wait_closed()
+        return lsock is not None
+
+    assert run(main)[0]
+
+
+def test_drain_after_close_raises_connection_reset():
+    async def main():
+        server, made, ct, cp = await server_and_client()
+        r, w = await asyncio.open_connection(
+            "127.0.0.1", server.sockets[0].getsockname()[1])
+        w.close()
+        with pytest.raises(ConnectionResetError):
+            w.write(b"data")
+            await w.drain()
+        ct.close()
+        server.close()
+        await server.wait_closed()
+        return True
+
+    assert run(main)[0]
+
+
+def test_first_data_comes_after_the_awaiting_task_resumes():
+    # create_connection's caller gets its transport before the protocol's
+    # first bytes arrive, even when they are already waiting.
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        b.send(b"early bytes")
+        seen = {}
+
+        class P(asyncio.BufferedProtocol):
+            def get_buffer(self, n):
+                self.buf = bytearray(64)
+                return self.buf
+
+            def buffer_updated(self, n):
+                seen["transport_known"] = "t" in seen
+
+        t, p = await loop.create_connection(P, sock=a)
+        seen["t"] = t
+        await until(lambda: "transport_known" in seen)
+        t.close()
+        b.close()
+        return seen["transport_known"]
+
+    known, errors = run(main)
+    assert known is True
