@@ -393,6 +393,9 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
                 sock, protocol, waiter, extra=extra, server=server)
         base_events._set_nodelay(sock)
         t = CTransport(self, int(out[0]), sock, protocol, extra, server)
+        # As the stdlib, the addresses are known from the start (a peer
+        # that answers and closes at once must not take them along).
+        t.get_extra_info("socket")
         # As the stdlib: connection_made first, then reading, then the
         # waiter, each a callback of the next iteration.
         self.call_soon(protocol.connection_made, t)
