@@ -50,6 +50,7 @@ _EVENT_WRITE = selectors.EVENT_WRITE
 
 _run_into = lib.pe_loop_run_into
 _write = lib.pe_loop_write
+_memmove = ffi.memmove
 _NULL = ffi.NULL
 _MS_MAX = 0x7FFFFFFF
 _STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6,
@@ -542,7 +543,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
             self._update_fast()
             return
         if self._buffered:
-            self._feed_buffered(loop._bview[off:off + n])
+            self._feed_buffered(loop._bbuf + off, n)
         else:
             self._deliver(loop._bbytes[off:off + n])
 
@@ -555,14 +556,26 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
             self._fatal_error(
                 exc, "Fatal error: protocol.data_received() call failed.")
 
-    def _feed_buffered(self, data: memoryview) -> None:
-        """Copy data into the protocol's buffers (get_buffer may give less
-        room than there are bytes: it is asked again)."""
-        pos, end = 0, len(data)
-        while pos < end:
+    def _feed_buffered(self, src: Any, n: int) -> None:
+        """Copy n bytes from src (a C pointer into the batch buffer, or a
+        bytes object held back) into the protocol's buffers, with no bytes
+        object made; get_buffer is asked again while it gives less room
+        than there are bytes."""
+        proto = self._protocol
+        pos = 0
+        while pos < n:
             try:
-                buf = self._protocol.get_buffer(end - pos)
-                if not len(buf):
+                buf = proto.get_buffer(n - pos)
+                kind = type(buf)
+                if kind is bytearray:
+                    room = len(buf)
+                else:
+                    mv = memoryview(buf)
+                    if not mv.c_contiguous or mv.readonly:
+                        raise TypeError("get_buffer() must return a writable "
+                                        "contiguous buffer")
+                    room = mv.nbytes
+                if not room:
                     raise RuntimeError("get_buffer() returned an empty buffer")
             except (SystemExit, KeyboardInterrupt):
                 raise
@@ -570,13 +583,13 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
                 self._fatal_error(
                     exc, "Fatal error: protocol.get_buffer() call failed.")
                 return
-            mv = memoryview(buf)
-            if mv.format != "B" or mv.ndim != 1:
-                mv = mv.cast("B")
-            k = min(len(mv), end - pos)
-            mv[:k] = data[pos:pos + k]
+            k = room if room < n - pos else n - pos
+            if type(src) is bytes:
+                _memmove(buf, memoryview(src)[pos:pos + k], k)
+            else:
+                _memmove(buf, src + pos, k)
             try:
-                self._protocol.buffer_updated(k)
+                proto.buffer_updated(k)
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
@@ -584,9 +597,11 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
                     exc, "Fatal error: protocol.buffer_updated() call failed.")
                 return
             pos += k
-            if pos < end and (self._paused or self._closing):
+            if pos < n and (self._paused or self._closing):
                 if not self._closing:
-                    self._held = [bytes(data[pos:end])]
+                    # Paused by buffer_updated: the rest waits for resume.
+                    self._held = [bytes(ffi.buffer(src + pos, n - pos))
+                                  if type(src) is not bytes else src[pos:]]
                     self._update_fast()
                 return
 
@@ -773,7 +788,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         while self._held and not self._paused and not self._closing:
             data = self._held.pop(0)
             if self._buffered:
-                self._feed_buffered(memoryview(data))
+                self._feed_buffered(data, len(data))
             else:
                 self._deliver(data)
         if self._held == []:

@@ -594,6 +594,35 @@ def test_buffered_protocol_with_small_buffers():
     assert errors == []
 
 
+def test_buffered_protocol_pausing_inside_buffer_updated():
+    # The protocol pauses after each small buffer: the rest of the bytes it
+    # was handed waits, in order, until it resumes.
+    payload = os.urandom(200_000)
+
+    class Pausing(SmallBuffers):
+        def buffer_updated(self, nbytes):
+            super().buffer_updated(nbytes)
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(
+                0.0005, self.transport.resume_reading)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        t, p = await loop.connect_accepted_socket(lambda: Pausing(4096), a)
+        b.sendall(payload)
+        await until(lambda: len(p.data) >= len(payload), "all bytes")
+        t.close()
+        b.close()
+        await p.lost
+        return bytes(p.data), len(p.sizes)
+
+    (data, calls), errors = run(main)
+    assert data == payload
+    assert calls >= len(payload) // 4096
+    assert errors == []
+
+
 def test_buffered_protocol_empty_buffer_is_a_fatal_error():
     class Empty(SmallBuffers):
         def get_buffer(self, sizehint):
