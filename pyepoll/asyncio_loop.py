@@ -51,6 +51,7 @@ _EVENT_WRITE = selectors.EVENT_WRITE
 _run_into = lib.pe_loop_run_into
 _write = lib.pe_loop_write
 _memmove = ffi.memmove
+_from_buffer = ffi.from_buffer
 _NULL = ffi.NULL
 _MS_MAX = 0x7FFFFFFF
 _STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6,
@@ -474,7 +475,8 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
     __slots__ = ("_p", "_h", "_sock", "_sock_fd", "_protocol",
                  "_data_received", "_buffered", "_fast", "_closing",
                  "_conn_lost", "_eof", "_paused", "_held", "_held_eof",
-                 "_lost_exc", "_server", "_protocol_connected",
+                 "_lost_exc", "_server", "_protocol_connected", "_bufc",
+                 "_bufc_room",
                  "__weakref__")
 
     def __init__(self, loop: EventLoop, h: int, sock: Optional[socket.socket],
@@ -492,6 +494,8 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         self._held: Optional[List[bytes]] = None
         self._held_eof = False
         self._lost_exc: Optional[BaseException] = None
+        self._bufc: Any = None          # BufferedProtocol: last view seen
+        self._bufc_room = 0
         self._protocol_connected = False
         self._server = server
         self.set_protocol(protocol)
@@ -567,7 +571,9 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
             try:
                 buf = proto.get_buffer(n - pos)
                 kind = type(buf)
-                if kind is bytearray:
+                if buf is self._bufc:
+                    room = self._bufc_room   # the same buffer as last time
+                elif kind is bytearray:
                     room = len(buf)
                 else:
                     mv = memoryview(buf)
@@ -575,6 +581,10 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
                         raise TypeError("get_buffer() must return a writable "
                                         "contiguous buffer")
                     room = mv.nbytes
+                    if kind is memoryview:
+                        # A view's size cannot change: remember it.
+                        self._bufc = buf
+                        self._bufc_room = room
                 if not room:
                     raise RuntimeError("get_buffer() returned an empty buffer")
             except (SystemExit, KeyboardInterrupt):
@@ -584,10 +594,15 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
                     exc, "Fatal error: protocol.get_buffer() call failed.")
                 return
             k = room if room < n - pos else n - pos
-            if type(src) is bytes:
-                _memmove(buf, memoryview(src)[pos:pos + k], k)
-            else:
-                _memmove(buf, src + pos, k)
+            try:
+                if type(src) is bytes:
+                    _memmove(buf, memoryview(src)[pos:pos + k], k)
+                else:
+                    _memmove(buf, src + pos, k)
+            except (TypeError, ValueError, BufferError) as exc:
+                # A view released since get_buffer returned it, say.
+                self._fatal_error(exc, "Fatal read error on socket transport")
+                return
             try:
                 proto.buffer_updated(k)
             except (SystemExit, KeyboardInterrupt):
@@ -803,8 +818,34 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
     # -- writing ---------------------------------------------------------------
 
     def write(self, data: Any) -> None:
-        if type(data) is not bytes and not isinstance(
-                data, (bytes, bytearray, memoryview)):
+        h = self._h
+        kind = type(data)
+        # The common case first: a live connection, writes allowed (h is 0
+        # once the connection is lost or closed).
+        if h and not self._eof:
+            if kind is bytes:
+                if not data:
+                    return
+                rc = _write(self._p, h, data, len(data))
+            elif kind is memoryview or kind is bytearray:
+                if not data:
+                    return
+                try:
+                    buf = _from_buffer(data)
+                except (TypeError, ValueError, BufferError):
+                    buf = _from_buffer(bytes(data))  # non-contiguous view
+                rc = _write(self._p, h, buf, len(buf))
+            else:
+                return self._write_slow(data)
+            if rc > self._high_water:
+                self._maybe_pause_protocol()
+            elif rc < 0:
+                self._write_failed(rc)
+            return
+        self._write_slow(data)
+
+    def _write_slow(self, data: Any) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, "
                             f"not {type(data).__name__!r}")
         if self._eof:
@@ -816,24 +857,8 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
                 logger.warning("socket.send() raised exception.")
             self._conn_lost += 1
             return
-        h = self._h
-        if not h:
-            return
-        if type(data) is bytes:
-            rc = _write(self._p, h, data, len(data))
-        else:
-            rc = self._write_buffer(h, data)
-        if rc > self._high_water:
-            self._maybe_pause_protocol()
-        elif rc < 0:
-            self._write_failed(rc)
-
-    def _write_buffer(self, h: int, data: Any) -> int:
-        try:
-            buf = ffi.from_buffer(data)
-        except (TypeError, ValueError, BufferError):
-            buf = ffi.from_buffer(bytes(data))   # non-contiguous views
-        return _write(self._p, h, buf, len(buf))
+        if self._h:                     # a subclass of bytes, bytearray...
+            self.write(bytes(data))
 
     def _write_failed(self, rc: int) -> None:
         if rc == -errno.ENOBUFS:
