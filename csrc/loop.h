@@ -37,6 +37,7 @@
 #define PE_CF_DIRECT    0x10000u   /* this run read into the batch buffer:
                                       bidx is the offset, DATA's arg the length */
 #define PE_CF_KEEPFD    0x20000u   /* the caller closes the fd, never the loop */
+#define PE_CF_WANTW     0x40000u   /* report DRAINED when writable (sendfile) */
 
 #define PE_CF_PAUSED (PE_CF_UPAUSE | PE_CF_HPAUSE | PE_CF_EPAUSE)
 

@@ -3,7 +3,8 @@
  * listeners: descriptors it watches itself, in the same wait as the
  * connections (pe_loop_watch), and sockets connected elsewhere made
  * connections (pe_loop_adopt, pe_loop_keep_fd), with writes that report
- * what is left queued (pe_loop_write).
+ * what is left queued (pe_loop_write), and files sent by the kernel
+ * (pe_loop_sendfile).
  *
  * A watched fd is level-triggered even in an edge loop: asyncio's readers
  * and writers are told again while the fd stays ready, and run one
@@ -14,6 +15,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#ifdef __linux__
+#include <sys/sendfile.h>
+#endif
 
 #include "loop.h"
 
@@ -134,4 +138,48 @@ int64_t pe_loop_write(pe_loop *l, pe_handle h, const void *buf, size_t len)
     if (!(c = pe__ct_get(&l->ct, h)))
         return 0;                    /* the send closed it: CLOSED follows */
     return (int64_t)c->out.len;
+}
+
+int64_t pe_loop_sendfile(pe_loop *l, pe_handle h, int in_fd, int64_t offset,
+                         size_t count)
+{
+#ifdef __linux__
+    uint32_t slot = (uint32_t)h;
+    struct pe_conn *c;
+    off_t off = (off_t)offset;
+    ssize_t n;
+    int err;
+
+    if (!(c = pe__ct_get(&l->ct, h)))
+        return -ESTALE;
+    if (c->flags & (PE_CF_SHUT_WANT | PE_CF_SHUT_DONE))
+        return -EPIPE;
+    if (c->out.len)
+        return -EBUSY;               /* the file's bytes would overtake */
+    if (in_fd < 0 || offset < 0)
+        return -EINVAL;
+    do {
+        n = sendfile(c->fd, in_fd, &off, count);
+    } while (n < 0 && errno == EINTR);
+    l->st.syscalls++;
+    if (n >= 0) {
+        l->st.bytes_out += (uint64_t)n;
+        if (n)
+            pe__conn_touch(l, slot);
+        return n;
+    }
+    err = errno;
+    if (err == EAGAIN || err == EWOULDBLOCK) {
+        c->flags |= PE_CF_WANTW;
+        pe__conn_interest(l, slot);  /* level: watch for writable */
+        return -EAGAIN;
+    }
+    if (err == EPIPE || err == ECONNRESET || err == ENOTCONN ||
+        err == ETIMEDOUT)
+        pe__conn_close(l, slot, err);
+    return -err;
+#else
+    (void)l; (void)h; (void)in_fd; (void)offset; (void)count;
+    return -ENOSYS;
+#endif
 }

@@ -115,7 +115,7 @@ int pe__conn_interest(pe_loop *l, uint32_t slot)
         return 0;
     if (!(c->flags & (PE_CF_EOF | PE_CF_PAUSED | PE_CF_DETACHED)))
         want |= PE_READ;
-    if (c->out.len)
+    if (c->out.len || (c->flags & PE_CF_WANTW))
         want |= PE_WRITE;
     if (c->flags & PE_CF_REG_READ)
         have |= PE_READ;
@@ -433,6 +433,13 @@ void pe__conn_event(pe_loop *l, uint32_t slot, uint32_t events)
     if (c->out.len && (events & (PE_WRITE | PE_HUP | PE_ERR)) &&
         conn_flush(l, slot) < 0)
         return;
+    if ((c->flags & PE_CF_WANTW) && (events & (PE_WRITE | PE_HUP | PE_ERR))) {
+        /* pe_loop_sendfile met a full socket: tell the caller once. */
+        c->flags &= ~PE_CF_WANTW;
+        pe__loop_emit(l, PE_EV_DRAINED, 0, pe__ct_handle(&l->ct, slot));
+        if (pe__conn_interest(l, slot) < 0)
+            return;
+    }
     if (events & (PE_READ | PE_RDHUP | PE_HUP | PE_ERR))
         conn_read(l, slot, events);
 }

@@ -348,6 +348,14 @@ int pe_loop_keep_fd(pe_loop *l, pe_handle h);
 /* pe_loop_send, but returns the bytes still queued for h after it (0: all
  * sent), or 0 when the send closed the connection (CLOSED follows). */
 int64_t pe_loop_write(pe_loop *l, pe_handle h, const void *buf, size_t len);
+/* Send up to count bytes of file in_fd from offset straight to h's socket
+ * (sendfile(2), Linux; -ENOSYS elsewhere), only while nothing is queued
+ * (-EBUSY otherwise).  Returns bytes sent, 0 at the file's end, or -EAGAIN
+ * when the socket is full: a PE_EV_DRAINED then says when it is writable.
+ * -EINVAL, -ESPIPE and the like (what sendfile cannot read) leave the
+ * connection open; a peer that is gone closes it (CLOSED(errno) follows). */
+int64_t pe_loop_sendfile(pe_loop *l, pe_handle h, int in_fd, int64_t offset,
+                         size_t count);
 
 /* ------------------------------------------------------------------ http */
 

@@ -517,6 +517,89 @@ static void test_keep_fd_accepted(void **state)
     close(lfd);
 }
 
+
+#ifdef __linux__
+/* A file sent by the kernel through a full socket: -EAGAIN, then DRAINED
+ * when writable, every byte once, in order; refused while bytes are
+ * queued or for a descriptor sendfile cannot read. */
+static void test_sendfile(void **state)
+{
+    pe_loop *l = new_loop(state, 8);
+    struct batch b;
+    pe_handle h = 0;
+    char path[] = "/tmp/pe_sendfile_XXXXXX";
+    static unsigned char file[1 << 21], got[1 << 21];
+    int sv[2], fd, p[2], rcv = 4096, again = 0;
+    int64_t off = 0, n;
+    size_t have = 0;
+    ssize_t r;
+    uint64_t until = now_ms() + DEADLINE_MS;
+
+    for (size_t i = 0; i < sizeof(file); i++)
+        file[i] = (unsigned char)(i * 7 + (i >> 11));
+    fd = mkstemp(path);
+    assert_true(fd >= 0);
+    unlink(path);
+    assert_int_equal(write(fd, file, sizeof(file)), (ssize_t)sizeof(file));
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+    fcntl(sv[1], F_SETFL, O_NONBLOCK);
+    assert_int_equal(pe_loop_adopt(l, sv[0], PE_ADOPT_KEEPFD, &h), 0);
+    /* Queued bytes first: the file must not overtake them. */
+    assert_true(pe_loop_write(l, h, file, sizeof(file)) > 0);
+    assert_int_equal(pe_loop_sendfile(l, h, fd, 0, 100), -EBUSY);
+    while (have < sizeof(file)) {
+        if ((r = read(sv[1], got, sizeof(got))) > 0)
+            have += (size_t)r;
+        run(l, &b, 1);
+        if (now_ms() > until)
+            fail_msg("queued bytes not drained");
+    }
+    have = 0;
+    while (off < (int64_t)sizeof(file)) {
+        n = pe_loop_sendfile(l, h, fd, off, sizeof(file) - (size_t)off);
+        if (n == -EAGAIN) {
+            again++;
+            /* Read some, then the loop must say writable. */
+            while (!find(&b, PE_EV_DRAINED, h)) {
+                if ((r = read(sv[1], got + have, sizeof(got) - have)) > 0)
+                    have += (size_t)r;
+                run(l, &b, 5);
+                if (now_ms() > until)
+                    fail_msg("no DRAINED after EAGAIN at %lld", (long long)off);
+            }
+            b.n = 0;
+            continue;
+        }
+        assert_true(n > 0);
+        off += n;
+    }
+    assert_true(again > 0);          /* the small buffer filled */
+    assert_int_equal(pe_loop_sendfile(l, h, fd, off, 100), 0);   /* EOF */
+    while (have < sizeof(file)) {
+        if ((r = read(sv[1], got + have, sizeof(got) - have)) > 0)
+            have += (size_t)r;
+        else if (now_ms() > until)
+            fail_msg("file bytes missing: %zu", have);
+    }
+    assert_memory_equal(got, file, sizeof(file));
+    /* Not a file sendfile can read: refused, the connection stays. */
+    assert_int_equal(pipe(p), 0);
+    n = pe_loop_sendfile(l, h, p[0], 0, 10);
+    assert_true(n == -EINVAL || n == -ESPIPE);
+    assert_int_equal(pe_loop_sendfile(l, h, -1, 0, 10), -EINVAL);
+    assert_int_equal(pe_loop_write(l, h, "ok", 2), 0);
+    assert_int_equal(pe_loop_close(l, h, PE_CLOSE_NOW), 0);
+    assert_int_equal(pe_loop_sendfile(l, h, fd, 0, 10), -ESTALE);
+    pe_loop_free(l);
+    close(p[0]);
+    close(p[1]);
+    close(fd);
+    close(sv[0]);
+    close(sv[1]);
+}
+#endif
+
 #define T(f) cmocka_unit_test(f)
 
 int main(void)
@@ -533,6 +616,9 @@ int main(void)
         T(test_adopt_write_queues),
         T(test_adopt_refusals),
         T(test_keep_fd_accepted),
+#ifdef __linux__
+        T(test_sendfile),
+#endif
     };
     size_t n = sizeof(per_mode) / sizeof(per_mode[0]);
     int failed = 0;
