@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import inspect
+import io
 import math
 import os
 import selectors
@@ -27,6 +28,7 @@ import sys
 import warnings
 from asyncio import base_events, constants, futures, protocols, sslproto
 from asyncio import transports, trsock
+from asyncio.exceptions import SendfileNotAvailableError
 from asyncio.log import logger
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -421,6 +423,58 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
                                     server=server)
         return ssl_protocol._app_transport
 
+    async def _sendfile_native(self, transp: Any, file: Any, offset: int,
+                               count: Optional[int]) -> int:
+        """loop.sendfile on a C connection: sendfile(2) from the file
+        straight to the socket once the transport's queue is empty, with
+        reading paused meanwhile (as the stdlib's)."""
+        if not isinstance(transp, CTransport):
+            return await super()._sendfile_native(transp, file, offset, count)
+        try:
+            fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation):
+            raise SendfileNotAvailableError("not a regular file") from None
+        try:
+            fsize = os.fstat(fileno).st_size
+        except OSError:
+            raise SendfileNotAvailableError("not a regular file") from None
+        blocksize = count if count else fsize
+        if not blocksize:
+            return 0
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._make_empty_waiter()
+        total = 0
+        try:
+            while not count or total < count:
+                want = (count - total) if count else blocksize
+                h = transp._h
+                if not h:
+                    raise ConnectionError("Connection is closed by peer")
+                n = lib.pe_loop_sendfile(self._p, h, fileno, offset + total,
+                                         min(want, 0x7FFFF000))
+                if n > 0:
+                    total += n
+                elif n == 0:
+                    break                         # the file's end
+                elif n == -errno.EAGAIN:
+                    await transp._wait_writable()
+                elif total == 0 and n not in (-errno.EPIPE,
+                                              -errno.ECONNRESET):
+                    # A file sendfile(2) cannot read: asyncio falls back.
+                    raise SendfileNotAvailableError("os.sendfile call failed")
+                else:
+                    if n == -errno.ESTALE:
+                        raise ConnectionError("Connection is closed by peer")
+                    raise _errno_exc(-n)
+            return total
+        finally:
+            if total > 0:
+                os.lseek(fileno, offset + total, os.SEEK_SET)
+            transp._reset_empty_waiter()
+            if resume_reading:
+                transp.resume_reading()
+
     def _start_serving(self, protocol_factory: Any, sock: socket.socket,
                        sslcontext: Any = None, server: Any = None,
                        backlog: int = 100, *args: Any, **kwargs: Any) -> None:
@@ -470,12 +524,15 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
     """A stream transport whose socket is a connection of the C loop."""
 
     _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    _sendfile_compatible = (constants._SendfileMode.TRY_NATIVE
+                            if sys.platform.startswith("linux")
+                            else constants._SendfileMode.FALLBACK)
 
     __slots__ = ("_p", "_h", "_sock", "_sock_fd", "_protocol",
                  "_data_received", "_buffered", "_fast", "_closing",
                  "_conn_lost", "_eof", "_paused", "_held", "_held_eof",
                  "_lost_exc", "_server", "_protocol_connected", "_bufc",
+                 "_empty_waiter", "_wwaiter", "_wblock",
                  "_bufc_room",
                  "__weakref__")
 
@@ -490,6 +547,11 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         self._closing = False
         self._conn_lost = 0
         self._eof = False
+        # loop.sendfile: the queue drained (empty) / the socket writable;
+        # _wblock: write() refuses (after write_eof, during a sendfile).
+        self._empty_waiter: Any = None
+        self._wwaiter: Any = None
+        self._wblock = False
         self._paused = False
         self._held: Optional[List[bytes]] = None
         self._held_eof = False
@@ -641,6 +703,12 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         # else: half-open; the C loop stopped reading, writes go on.
 
     def _on_drained(self) -> None:
+        waiter = self._empty_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        waiter, self._wwaiter = self._wwaiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         if self._protocol_paused:
             self._maybe_resume_protocol()
         if self._closing and self._h:
@@ -673,6 +741,11 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
             })
 
     def _call_connection_lost(self, exc: Optional[BaseException]) -> None:
+        for waiter in (self._empty_waiter, self._wwaiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(
+                    ConnectionError("Connection is closed by peer"))
+        self._wwaiter = None
         try:
             if self._protocol_connected:
                 self._protocol.connection_lost(exc)
@@ -822,7 +895,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         kind = type(data)
         # The common case first: a live connection, writes allowed (h is 0
         # once the connection is lost or closed).
-        if h and not self._eof:
+        if h and not self._wblock:
             if kind is bytes:
                 if not data:
                     return
@@ -850,6 +923,8 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
                             f"not {type(data).__name__!r}")
         if self._eof:
             raise RuntimeError("Cannot call write() after write_eof()")
+        if self._empty_waiter is not None:
+            raise RuntimeError("unable to write; sendfile is in progress")
         if not data:
             return
         if self._conn_lost:
@@ -874,13 +949,33 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         self._fast = False
         self._conn_lost += 1
 
+    def _make_empty_waiter(self) -> Any:
+        if self._empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self._empty_waiter = self._loop.create_future()
+        self._wblock = True
+        if self.get_write_buffer_size() == 0:
+            self._empty_waiter.set_result(None)
+        return self._empty_waiter
+
+    def _reset_empty_waiter(self) -> None:
+        self._empty_waiter = None
+        self._wblock = self._eof
+
+    def _wait_writable(self) -> Any:
+        """A future done at the next DRAINED (pe_loop_sendfile's EAGAIN
+        armed it)."""
+        if self._wwaiter is None:
+            self._wwaiter = self._loop.create_future()
+        return self._wwaiter
+
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
 
     def write_eof(self) -> None:
         if self._closing or self._eof:
             return
-        self._eof = True
+        self._eof = self._wblock = True
         if self._h:
             lib.pe_loop_shutdown(self._p, self._h)   # after queued bytes
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import logging
 import os
 import socket
@@ -989,3 +990,72 @@ def test_first_data_comes_after_the_awaiting_task_resumes():
 
     known, errors = run(main)
     assert known is True
+
+
+def test_native_sendfile_through_a_full_socket(tmp_path):
+    blob = os.urandom(3 * 2**20)
+    path = tmp_path / "blob"
+    path.write_bytes(blob)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        b.setblocking(False)
+        t, p = await loop.connect_accepted_socket(Recorder, a)
+        t.write(b"head:")                      # queued bytes go first
+        received = bytearray()
+
+        async def reader():
+            while len(received) < 5 + len(blob) - 1000 + 5:
+                chunk = await loop.sock_recv(b, 65536)
+                if not chunk:
+                    break
+                received.extend(chunk)
+                await asyncio.sleep(0.001)     # a slow peer: EAGAIN
+
+        task = asyncio.ensure_future(reader())
+        with open(path, "rb") as f:
+            # fallback=False: only the native path may serve it.
+            fut = asyncio.ensure_future(loop.sendfile(t, f, offset=1000,
+                                                      fallback=False))
+            await asyncio.sleep(0)
+            with pytest.raises(RuntimeError, match="sendfile is in progress"):
+                t.write(b"no")
+            sent = await fut
+            pos = f.tell()
+        t.write(b":tail")
+        await task
+        t.close()
+        await p.lost
+        b.close()
+        return sent, pos, bytes(received)
+
+    (sent, pos, received), errors = run(main)
+    assert sent == len(blob) - 1000
+    assert pos == len(blob)
+    assert received == b"head:" + blob[1000:] + b":tail"
+    assert errors == []
+
+
+def test_sendfile_without_a_file_descriptor_falls_back():
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        t, p = await loop.connect_accepted_socket(Recorder, a)
+        f = io.BytesIO(b"in memory " * 1000)
+        with pytest.raises(asyncio.SendfileNotAvailableError):
+            await loop.sendfile(t, f, fallback=False)
+        sent = await loop.sendfile(t, f)         # asyncio's write() path
+        got = bytearray()
+        while len(got) < sent:
+            got += await loop.sock_recv(b, 65536)
+        t.close()
+        await p.lost
+        b.close()
+        return sent, bytes(got)
+
+    (sent, got), errors = run(main)
+    assert sent == 10_000
+    assert got == b"in memory " * 1000
