@@ -26,6 +26,7 @@ import selectors
 import socket
 import sys
 import warnings
+import weakref
 from asyncio import base_events, constants, futures, protocols, sslproto
 from asyncio import transports, trsock
 from asyncio.exceptions import SendfileNotAvailableError
@@ -65,6 +66,22 @@ _BATCH_BYTES = 1024 * 1024
 _ATTACH_TAKES_TRANSPORT = len(
     inspect.signature(base_events.Server._attach).parameters) > 1
 _MISSING = object()
+
+
+# Loops alive in this process, so that a fork can disarm them in the child:
+# freeing a C loop there would close descriptors by number, and a kqueue's
+# number may name an unrelated file in the child (see pyepoll.loop).
+_live: "weakref.WeakSet[EventLoop]" = weakref.WeakSet()
+_inherited: List[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    for loop in list(_live):
+        loop._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _errno_exc(err: int) -> OSError:
@@ -218,7 +235,21 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         self._later: Optional[List[int]] = None
         self._handle_out = ffi.new("pe_handle *")
         self._u32 = ffi.new("uint32_t[2]")
+        self._pid_fork: Optional[int] = None
+        _live.add(self)
         super().__init__(_LoopSelector(self))
+
+    def _forked(self) -> None:
+        # In a fork()ed child: the C loop (and its sockets) are the
+        # parent's; keep it, never free or wait on it here.
+        p, self._p = self._p, None
+        if p is None:
+            return
+        _inherited.append(p)
+        self._pid_fork = os.getppid()
+        for t in list(self._conns.values()):
+            t._loop_gone()
+        self._conns.clear()
 
     # -- the wait --------------------------------------------------------------
 
@@ -226,6 +257,13 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
                 fd_to_key: Dict[int, selectors.SelectorKey]
                 ) -> List[Tuple[selectors.SelectorKey, int]]:
         p = self._p
+        if p is None:
+            if self._pid_fork is not None:
+                raise RuntimeError(
+                    f"this event loop was created in process "
+                    f"{self._pid_fork}, before fork(); create a new one in "
+                    f"the child (pid {os.getpid()})")
+            raise RuntimeError("Event loop is closed")
         if self._rest is not None:
             # A callback's BaseException (KeyboardInterrupt) left part of
             # the last batch undelivered: hand it out before waiting.
@@ -772,7 +810,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         self._conn_lost = self._conn_lost or 1
         sock, self._sock = self._sock, None
         if sock is not None:
-            sock.close()
+            sock.close()             # (in a forked child: its own copy)
 
     def _start_reading(self) -> None:
         # After connection_made (adopted sockets start paused in C).

@@ -1059,3 +1059,41 @@ def test_sendfile_without_a_file_descriptor_falls_back():
     (sent, got), errors = run(main)
     assert sent == 10_000
     assert got == b"in memory " * 1000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_forked_child_gets_a_clear_error_and_the_parent_goes_on():
+    loop = EventLoop()
+    try:
+        async def setup():
+            server, made, ct, cp = await server_and_client(
+                lambda: Recorder(echo=True))
+            return server, ct, cp
+
+        server, ct, cp = loop.run_until_complete(setup())
+        pid = os.fork()
+        if pid == 0:                              # the child
+            code = 1
+            try:
+                try:
+                    loop.run_until_complete(asyncio.sleep(0))
+                except RuntimeError as exc:
+                    code = 0 if "before fork()" in str(exc) else 2
+                ct.write(b"from child")            # no crash, dropped
+                loop.close()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+
+        async def after():
+            ct.write(b"parent")
+            await until(lambda: bytes(cp.data) == b"parent", "echo")
+            ct.close()
+            await cp.lost
+            server.close()
+            await server.wait_closed()
+
+        loop.run_until_complete(asyncio.wait_for(after(), LIMIT))
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        loop.close()
