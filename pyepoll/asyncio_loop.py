@@ -322,6 +322,7 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         selector keys (none when fd_to_key is None: handed out already)."""
         conns = self._conns
         bbytes = self._bbytes
+        bbuf = self._bbuf
         fds = None
         try:
             for kind, h, arg, off in events:
@@ -338,6 +339,30 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
                             t._fatal_error(exc, "Fatal error: "
                                            "protocol.data_received() call "
                                            "failed.")
+                    elif t._bfast:
+                        try:
+                            buf = t._get_buffer(arg)
+                        except (SystemExit, KeyboardInterrupt):
+                            raise
+                        except BaseException as exc:
+                            t._fatal_error(exc, "Fatal error: "
+                                           "protocol.get_buffer() call "
+                                           "failed.")
+                            continue
+                        if ((buf is t._bufc and t._bufc_room >= arg) or
+                                (type(buf) is bytearray and len(buf) >= arg)):
+                            # All of it fits: one copy, one call.
+                            _memmove(buf, bbuf + off, arg)
+                            try:
+                                t._buffer_updated(arg)
+                            except (SystemExit, KeyboardInterrupt):
+                                raise
+                            except BaseException as exc:
+                                t._fatal_error(exc, "Fatal error: "
+                                               "protocol.buffer_updated() "
+                                               "call failed.")
+                        else:
+                            t._feed_buffered(bbuf + off, arg, buf)
                     else:
                         t._data_slow(off, arg)
                 elif kind == _EV_FD:
@@ -567,7 +592,8 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
                             else constants._SendfileMode.FALLBACK)
 
     __slots__ = ("_p", "_h", "_sock", "_sock_fd", "_protocol",
-                 "_data_received", "_buffered", "_fast", "_closing",
+                 "_data_received", "_buffered", "_fast", "_bfast",
+                 "_get_buffer", "_buffer_updated", "_closing",
                  "_conn_lost", "_eof", "_paused", "_held", "_held_eof",
                  "_lost_exc", "_server", "_protocol_connected", "_bufc",
                  "_empty_waiter", "_wwaiter", "_wblock",
@@ -621,16 +647,21 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         self._buffered = isinstance(protocol, protocols.BufferedProtocol)
         self._data_received = (None if self._buffered
                                else protocol.data_received)
+        self._get_buffer = protocol.get_buffer if self._buffered else None
+        self._buffer_updated = (protocol.buffer_updated if self._buffered
+                                else None)
         self._update_fast()
 
     def get_protocol(self) -> Any:
         return self._protocol
 
     def _update_fast(self) -> None:
-        # data_received straight from the batch walk, or the slow path
-        # (BufferedProtocol, paused, closing, bytes held back).
-        self._fast = (not self._buffered and not self._paused and
-                      not self._closing and self._held is None)
+        # Straight from the batch walk: data_received (_fast) or one
+        # get_buffer/buffer_updated (_bfast); else the slow path (paused,
+        # closing, bytes held back).
+        ok = not self._paused and not self._closing and self._held is None
+        self._fast = ok and not self._buffered
+        self._bfast = ok and self._buffered
 
     # -- events from the batch walk ------------------------------------------
 
@@ -660,16 +691,19 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
             self._fatal_error(
                 exc, "Fatal error: protocol.data_received() call failed.")
 
-    def _feed_buffered(self, src: Any, n: int) -> None:
+    def _feed_buffered(self, src: Any, n: int, first: Any = None) -> None:
         """Copy n bytes from src (a C pointer into the batch buffer, or a
         bytes object held back) into the protocol's buffers, with no bytes
         object made; get_buffer is asked again while it gives less room
-        than there are bytes."""
+        than there are bytes.  first: what get_buffer already returned."""
         proto = self._protocol
         pos = 0
         while pos < n:
             try:
-                buf = proto.get_buffer(n - pos)
+                if first is not None:
+                    buf, first = first, None
+                else:
+                    buf = proto.get_buffer(n - pos)
                 kind = type(buf)
                 if buf is self._bufc:
                     room = self._bufc_room   # the same buffer as last time
@@ -760,7 +794,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         a send failed): the handle is stale; tell the protocol once."""
         self._h = 0
         self._closing = True
-        self._fast = False
+        self._fast = self._bfast = False
         if not self._conn_lost:
             self._conn_lost = 1
         exc = self._lost_exc
@@ -806,7 +840,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         self._h = 0
         self._p = None
         self._closing = True
-        self._fast = False
+        self._fast = self._bfast = False
         self._conn_lost = self._conn_lost or 1
         sock, self._sock = self._sock, None
         if sock is not None:
@@ -836,7 +870,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         if self._closing:
             return
         self._closing = True
-        self._fast = False
+        self._fast = self._bfast = False
         h = self._h
         if not h:
             return
@@ -854,7 +888,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         if self._conn_lost:
             return
         self._closing = True
-        self._fast = False
+        self._fast = self._bfast = False
         self._conn_lost += 1
         if self._h:
             self._close_now()
@@ -889,7 +923,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         if self._closing or self._paused:
             return
         self._paused = True
-        self._fast = False
+        self._fast = self._bfast = False
         if self._h:
             lib.pe_loop_pause_reading(self._p, self._h)
         if self._loop.get_debug():
@@ -984,7 +1018,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         # is after a write error (drain() then yields to the loop).
         self._h = 0
         self._closing = True
-        self._fast = False
+        self._fast = self._bfast = False
         self._conn_lost += 1
 
     def _make_empty_waiter(self) -> Any:
