@@ -595,6 +595,42 @@ def test_buffered_protocol_with_small_buffers():
     assert errors == []
 
 
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_buffered_protocol_with_a_buffer_that_fits(kind):
+    # The common case: every read fits the protocol's buffer (bytearray or
+    # a view of one), one copy per read.
+    payload = os.urandom(500_000)
+
+    class Big(SmallBuffers):
+        def __init__(self):
+            super().__init__(1 << 20)
+            if kind is memoryview:
+                self.buf = memoryview(self.buf)
+
+        def buffer_updated(self, nbytes):
+            self.sizes.append(nbytes)
+            self.data += self.buf[:nbytes]
+            self.buf[:nbytes] = bytes(nbytes)    # stale bytes must not pass
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        t, p = await loop.connect_accepted_socket(Big, a)
+        for i in range(0, len(payload), 7919):
+            b.send(payload[i:i + 7919])
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+        await until(lambda: len(p.data) >= len(payload), "all bytes")
+        t.close()
+        b.close()
+        await p.lost
+        return bytes(p.data), len(p.sizes)
+
+    (data, calls), errors = run(main)
+    assert data == payload
+    assert errors == []
+
+
 def test_buffered_protocol_pausing_inside_buffer_updated():
     # The protocol pauses after each small buffer: the rest of the bytes it
     # was handed waits, in order, until it resumes.
