@@ -194,6 +194,18 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         # refused argument finds nothing to close.
         self._closed = True
         self._p: Any = None
+        if backend is not None and backend not in available_backends():
+            raise ValueError(f"backend {backend!r} is not available here; "
+                             f"available: {', '.join(available_backends())}")
+        for name_, value, top in (("max_connections", max_connections,
+                                   0x7FFFFFF0),
+                                  ("batch", batch, 1 << 20)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name_} must be an int, not "
+                                f"{type(value).__name__}")
+            if not 1 <= value <= top:
+                raise ValueError(f"{name_} must be between 1 and {top}, "
+                                 f"got {value}")
         cfg = ffi.new("struct pe_loop_config *")
         lib.pe_loop_config_init(cfg)
         name = _NULL if backend is None else ffi.new("char[]", backend.encode())
@@ -216,6 +228,9 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         err = ffi.new("int *")
         p = lib.pe_loop_new(cfg, err)
         if p == _NULL:
+            if err[0] == -errno.EOPNOTSUPP:
+                raise ValueError(f"trigger='edge' is not supported by the "
+                                 f"{backend} backend; use trigger='level'")
             raise _errno_exc(-err[0])
         self._p = ffi.gc(p, lib.pe_loop_free)
         self._trigger = trigger

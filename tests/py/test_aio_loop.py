@@ -951,6 +951,16 @@ def test_loop_close_with_open_transports_is_safe():
 def test_new_event_loop_options_are_checked():
     with pytest.raises(ValueError):
         EventLoop(trigger="sideways")
+    with pytest.raises(ValueError, match="not available"):
+        EventLoop(backend="nonesuch")
+    with pytest.raises(ValueError):
+        EventLoop(batch=0)
+    with pytest.raises(ValueError):
+        EventLoop(max_connections=0)
+    with pytest.raises(TypeError):
+        EventLoop(batch="many")
+    with pytest.raises(ValueError, match="edge"):
+        EventLoop(backend="poll", trigger="edge")
     loop = asyncio_loop.new_event_loop(trigger="level")
     try:
         assert loop._trigger == "level"
