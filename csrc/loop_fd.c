@@ -128,6 +128,23 @@ int pe_loop_keep_fd(pe_loop *l, pe_handle h)
     return 0;
 }
 
+int pe_loop_fd_handle(pe_loop *l, int fd, pe_handle *out)
+{
+    uint32_t v;
+    pe_handle h;
+
+    if (fd < 0 || fd >= l->nfdmap || !out)
+        return -ENOENT;
+    v = l->fdmap[fd];
+    if (!v || v > PE_CT_MAX)
+        return -ENOENT;              /* nothing, or a listener/watch tag */
+    h = pe__ct_handle(&l->ct, v - 1);
+    if (!pe__ct_get(&l->ct, h))
+        return -ENOENT;              /* flushing after a FLUSH close */
+    *out = h;
+    return 0;
+}
+
 int64_t pe_loop_write(pe_loop *l, pe_handle h, const void *buf, size_t len)
 {
     int64_t rc = pe_loop_send(l, h, buf, len);

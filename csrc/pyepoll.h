@@ -345,6 +345,9 @@ int pe_loop_adopt(pe_loop *l, int fd, uint32_t flags, pe_handle *out);
  * it).  A connection whose fd the caller keeps cannot be closed with
  * PE_CLOSE_FLUSH while output is queued (-EINVAL). */
 int pe_loop_keep_fd(pe_loop *l, pe_handle h);
+/* The handle of the live connection whose descriptor is fd: 0 and *out,
+ * or -ENOENT (not a connection, or one closed already). */
+int pe_loop_fd_handle(pe_loop *l, int fd, pe_handle *out);
 /* pe_loop_send, but returns the bytes still queued for h after it (0: all
  * sent), or 0 when the send closed the connection (CLOSED follows). */
 int64_t pe_loop_write(pe_loop *l, pe_handle h, const void *buf, size_t len);

@@ -66,6 +66,7 @@ _BATCH_BYTES = 1024 * 1024
 _ATTACH_TAKES_TRANSPORT = len(
     inspect.signature(base_events.Server._attach).parameters) > 1
 _MISSING = object()
+_NO_EXTRA: Dict[str, Any] = {}      # shared, never written (see CTransport)
 
 
 # Loops alive in this process, so that a fork can disarm them in the child:
@@ -572,6 +573,19 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         self._serving[lid] = (protocol_factory, server)
         self._listener_of[fd] = lid
 
+    def _ensure_fd_no_transport(self, fd: Any) -> None:
+        # add_reader/add_writer/sock_* on a transport's socket: asyncio's
+        # RuntimeError, for the stdlib's transports and for C connections.
+        super()._ensure_fd_no_transport(fd)
+        fileno = fd if isinstance(fd, int) else int(fd.fileno())
+        out = self._handle_out
+        if self._p is not None and lib.pe_loop_fd_handle(
+                self._p, fileno, out) == 0:
+            transport = self._conns.get(int(out[0]))
+            if transport is not None and not transport.is_closing():
+                raise RuntimeError(f"File descriptor {fd!r} is used by "
+                                   f"transport {transport!r}")
+
     def _stop_serving(self, sock: socket.socket) -> None:
         lid = self._listener_of.pop(sock.fileno(), None)
         if lid is None:
@@ -617,7 +631,8 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
 
     def __init__(self, loop: EventLoop, h: int, sock: Optional[socket.socket],
                  protocol: Any, extra: Any, server: Any) -> None:
-        super().__init__(extra, loop)
+        # No dict per connection until get_extra_info fills one.
+        super().__init__(_NO_EXTRA if extra is None else extra, loop)
         self._p = loop._p
         self._h = h
         self._sock = sock             # ours to close; None: the C loop's fd
@@ -645,7 +660,8 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
                 server._attach(self)
             else:
                 server._attach()
-        loop._transports[self._sock_fd] = self
+        # Not in loop._transports (a weak map, ~150 bytes a connection):
+        # _ensure_fd_no_transport asks the C loop instead.
         loop._conns[h] = self
 
     def __repr__(self) -> str:
@@ -1089,6 +1105,8 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         sock = self._socket()
         if sock is None:
             return default
+        if self._extra is _NO_EXTRA:
+            self._extra = {}
         extra = self._extra
         extra["socket"] = trsock.TransportSocket(sock)
         try:

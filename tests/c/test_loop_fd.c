@@ -238,6 +238,15 @@ static void test_watch_refusals(void **state)
     sfd = pe_loop_fileno(l, e->handle);
     assert_true(sfd >= 0);
     assert_int_equal(pe_loop_watch(l, sfd, PE_READ), -EEXIST);
+    {
+        pe_handle found = 0;
+
+        assert_int_equal(pe_loop_fd_handle(l, sfd, &found), 0);
+        assert_int_equal(found, e->handle);
+        assert_int_equal(pe_loop_fd_handle(l, lfd, &found), -ENOENT);
+        assert_int_equal(pe_loop_fd_handle(l, -1, &found), -ENOENT);
+        assert_int_equal(pe_loop_fd_handle(l, 100000, &found), -ENOENT);
+    }
     assert_int_equal(pe_loop_watch(l, -1, PE_READ), -EBADF);
     assert_int_equal(pipe(p), 0);
     assert_int_equal(pe_loop_watch(l, p[0], PE_READ | PE_ERR), -EINVAL);
@@ -384,6 +393,11 @@ static void test_adopt_paused_keepfd(void **state)
     assert_memory_equal(buf, "pong", 4);
     /* EOF and CLOSED as for an accepted connection. */
     assert_int_equal(pe_loop_close(l, h, PE_CLOSE_NOW), 0);
+    {
+        pe_handle found = 0;
+
+        assert_int_equal(pe_loop_fd_handle(l, sv[0], &found), -ENOENT);
+    }
     run_until(l, &b, PE_EV_CLOSED, h);
     assert_int_equal(pe_loop_write(l, h, "x", 1), -ESTALE);
     assert_true(fd_open(sv[0]));                 /* KEEPFD: still ours */

@@ -768,6 +768,10 @@ def test_add_reader_shares_the_wait_and_refuses_a_transports_fd():
             loop.add_reader(fd, lambda: None)
         with pytest.raises(RuntimeError, match="is used by transport"):
             loop.add_writer(fd, lambda: None)
+        # The server side: a connection the C loop accepted.
+        ssock = made[0].transport.get_extra_info("socket")
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            loop.add_reader(ssock.fileno(), lambda: None)
         ct.write(b"still works")
         await until(lambda: bytes(made[0].data) == b"still works")
         os.close(r)
