@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+import pyepoll
+
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 import cpython_asyncio  # noqa: E402
@@ -24,9 +26,9 @@ pytestmark = [
 
 
 def compare(module: str) -> None:
-    root = str(HERE.parent.parent)
+    # The children import this very pyepoll (a source tree or the wheel).
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pyepoll.__file__)))
     old = os.environ.get("PYTHONPATH")
-    # The children import this pyepoll (a source tree or the wheel).
     os.environ["PYTHONPATH"] = root + (os.pathsep + old if old else "")
     try:
         stdlib = cpython_asyncio.child(module, "stdlib", 600)
