@@ -182,6 +182,11 @@ def asyncio_servers() -> Dict[str, Spec]:
             needs = ["uvloop"] if runtime == "uvloop" else []
             specs.append(Spec(f"{label} {flavour}", "echo",
                               _serve(f"{runtime}-{what}", needs)))
+    # HTTP hello, httptools parsing: the usual fast Python stack's share.
+    for label, runtime in loops:
+        needs = ["httptools"] + (["uvloop"] if runtime == "uvloop" else [])
+        specs.append(Spec(f"{label} httptools", "http",
+                          _serve(f"{runtime}-httptools", needs)))
     return {s.name: s for s in specs}
 
 
