@@ -216,6 +216,7 @@ void pe_loop_free(pe_loop *l)
     free(l->evs);
     free(l->q);
     free(l->pend);
+    free(l->wlow);
     free(l);
 }
 

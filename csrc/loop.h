@@ -38,6 +38,7 @@
                                       bidx is the offset, DATA's arg the length */
 #define PE_CF_KEEPFD    0x20000u   /* the caller closes the fd, never the loop */
 #define PE_CF_WANTW     0x40000u   /* report DRAINED when writable (sendfile) */
+#define PE_CF_LOWARM    0x80000u   /* report DRAINED(queued) at <= wlow */
 
 #define PE_CF_PAUSED (PE_CF_UPAUSE | PE_CF_HPAUSE | PE_CF_EPAUSE)
 
@@ -94,6 +95,8 @@ struct pe_loop {
     struct pe_loop_event *q;     /* events not yet handed out */
     uint32_t qhead, qlen, qcap;
 
+    uint32_t *wlow;              /* per slot: pe_loop_notify_below's mark
+                                    (calloc'd on first use, NULL before) */
     uint32_t *pend;              /* slots needing a read attempt */
     uint32_t npend, pendcap;
 

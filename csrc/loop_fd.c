@@ -15,6 +15,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <stdlib.h>
 #ifdef __linux__
 #include <sys/sendfile.h>
 #endif
@@ -125,6 +126,21 @@ int pe_loop_keep_fd(pe_loop *l, pe_handle h)
     if (!(c = pe__ct_get(&l->ct, h)))
         return -ESTALE;
     c->flags |= PE_CF_KEEPFD;
+    return 0;
+}
+
+int pe_loop_notify_below(pe_loop *l, pe_handle h, uint32_t low)
+{
+    struct pe_conn *c;
+
+    if (!(c = pe__ct_get(&l->ct, h)))
+        return -ESTALE;
+    /* Outside struct pe_conn, which must stay small for idle connections;
+     * calloc'd pages cost nothing until a slot's mark is written. */
+    if (!l->wlow && !(l->wlow = calloc(l->ct.cap, sizeof(*l->wlow))))
+        return -ENOMEM;
+    l->wlow[(uint32_t)h] = low;
+    c->flags |= PE_CF_LOWARM;
     return 0;
 }
 

@@ -260,7 +260,16 @@ static int conn_flush(pe_loop *l, uint32_t slot)
     pe__ring_consume(&c->out, &l->pool, (size_t)n);
     l->st.bytes_out += (uint64_t)n;
     pe__conn_touch(l, slot);
-    return c->out.len ? 0 : conn_drained(l, slot);
+    if (!c->out.len) {
+        c->flags &= ~PE_CF_LOWARM;
+        return conn_drained(l, slot);
+    }
+    if ((c->flags & PE_CF_LOWARM) && c->out.len <= l->wlow[slot]) {
+        c->flags &= ~PE_CF_LOWARM;
+        pe__loop_emit(l, PE_EV_DRAINED, c->out.len,
+                      pe__ct_handle(&l->ct, slot));
+    }
+    return 0;
 }
 
 /* Echo mode: send what was read straight from the input ring; hand what

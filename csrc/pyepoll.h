@@ -163,7 +163,10 @@ enum pe_loop_event_kind {
     PE_EV_EOF = 3,          /* peer shut down its writing side; arg 0.  Once;
                                reading stops, sending still works until the
                                connection is closed (idle timeout applies) */
-    PE_EV_DRAINED = 4,      /* output ring emptied after a partial send */
+    PE_EV_DRAINED = 4,      /* output ring emptied after a partial send;
+                               arg 0.  With pe_loop_notify_below armed,
+                               also once when it falls to <= the mark;
+                               arg: bytes still queued then (> 0) */
     PE_EV_WRITE_FULL = 5,   /* output crossed out_high; arg: bytes queued.
                                Once, then again only after DRAINED */
     PE_EV_READ_TIMEOUT = 6, /* armed read deadline passed; still open */
@@ -345,6 +348,10 @@ int pe_loop_adopt(pe_loop *l, int fd, uint32_t flags, pe_handle *out);
  * it).  A connection whose fd the caller keeps cannot be closed with
  * PE_CLOSE_FLUSH while output is queued (-EINVAL). */
 int pe_loop_keep_fd(pe_loop *l, pe_handle h);
+/* Report PE_EV_DRAINED once when h's queued output falls to low bytes or
+ * fewer (arg: what is left; an empty queue's DRAINED(0) also disarms it):
+ * asyncio's write low-water mark.  Armed until reported or re-armed. */
+int pe_loop_notify_below(pe_loop *l, pe_handle h, uint32_t low);
 /* The handle of the live connection whose descriptor is fd: 0 and *out,
  * or -ENOENT (not a connection, or one closed already). */
 int pe_loop_fd_handle(pe_loop *l, int fd, pe_handle *out);

@@ -398,7 +398,7 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
                 elif kind == _EV_DRAINED:
                     t = conns.get(h)
                     if t is not None:
-                        t._on_drained()
+                        t._on_drained(arg)
         except BaseException:
             if fd_to_key is not None:
                 self._rest = events
@@ -805,7 +805,12 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
             self.close()
         # else: half-open; the C loop stopped reading, writes go on.
 
-    def _on_drained(self) -> None:
+    def _on_drained(self, queued: int = 0) -> None:
+        if queued:
+            # The queue fell to the low-water mark (pe_loop_notify_below).
+            if self._protocol_paused:
+                self._maybe_resume_protocol()
+            return
         waiter = self._empty_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -1019,6 +1024,14 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
                 self._write_failed(rc)
             return
         self._write_slow(data)
+
+    def _maybe_pause_protocol(self) -> None:
+        was = self._protocol_paused
+        super()._maybe_pause_protocol()
+        if self._protocol_paused and not was and self._h and self._low_water:
+            # resume_writing at the low-water mark, as asyncio does (an
+            # empty queue reports itself anyway).
+            lib.pe_loop_notify_below(self._p, self._h, self._low_water)
 
     def _write_slow(self, data: Any) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):

@@ -532,6 +532,57 @@ static void test_keep_fd_accepted(void **state)
 }
 
 
+/* asyncio's low-water mark: DRAINED(queued) once when the queue falls to
+ * the mark, then DRAINED(0) when it empties. */
+static void test_notify_below(void **state)
+{
+    pe_loop *l = new_loop(state, 8);
+    struct batch b;
+    pe_handle h = 0;
+    static char big[1 << 20], sink[65536];
+    int sv[2], rcv = 4096, lows = 0, empty = 0;
+    uint32_t low_arg = 0;
+    int64_t q;
+    ssize_t r;
+    uint64_t until = now_ms() + DEADLINE_MS;
+
+    memset(big, 'w', sizeof(big));
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+    fcntl(sv[1], F_SETFL, O_NONBLOCK);
+    assert_int_equal(pe_loop_adopt(l, sv[0], PE_ADOPT_KEEPFD, &h), 0);
+    q = pe_loop_write(l, h, big, sizeof(big));
+    assert_true(q > 200000);
+    assert_int_equal(pe_loop_notify_below(l, h, 100000), 0);
+    while (!empty) {
+        r = read(sv[1], sink, 8192);     /* a slow reader */
+        (void)r;
+        run(l, &b, 1);
+        for (int i = 0; i < b.n; i++) {
+            if (b.ev[i].kind != PE_EV_DRAINED || b.ev[i].handle != h)
+                continue;
+            if (b.ev[i].arg) {
+                lows++;
+                low_arg = b.ev[i].arg;
+                assert_int_equal(empty, 0);
+            } else {
+                empty++;
+            }
+        }
+        if (now_ms() > until)
+            fail_msg("not drained");
+    }
+    assert_int_equal(lows, 1);           /* once */
+    assert_true(low_arg <= 100000);
+    assert_int_equal(empty, 1);
+    assert_int_equal(pe_loop_notify_below(l, h, 10), 0);
+    assert_int_equal(pe_loop_close(l, h, PE_CLOSE_NOW), 0);
+    assert_int_equal(pe_loop_notify_below(l, h, 10), -ESTALE);
+    pe_loop_free(l);
+    close(sv[0]);
+    close(sv[1]);
+}
+
 #ifdef __linux__
 /* A file sent by the kernel through a full socket: -EAGAIN, then DRAINED
  * when writable, every byte once, in order; refused while bytes are
@@ -630,6 +681,7 @@ int main(void)
         T(test_adopt_write_queues),
         T(test_adopt_refusals),
         T(test_keep_fd_accepted),
+        T(test_notify_below),
 #ifdef __linux__
         T(test_sendfile),
 #endif

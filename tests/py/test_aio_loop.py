@@ -448,6 +448,43 @@ def test_pause_and_resume_writing_at_the_water_marks():
     assert errors == []
 
 
+def test_resume_writing_comes_at_the_low_mark_not_at_empty():
+    # A slow reader: the queue passes through (0, low], and resume_writing
+    # must come there, with bytes still queued, as asyncio's does.
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        b.setblocking(False)
+        seen = {}
+
+        class Flow(Recorder):
+            def resume_writing(self):
+                super().resume_writing()
+                seen["size"] = self.transport.get_write_buffer_size()
+
+        t, p = await loop.connect_accepted_socket(Flow, a)
+        t.set_write_buffer_limits(high=64 * 1024, low=32 * 1024)
+        t.write(b"s" * (256 * 1024))
+        assert p.calls[-1] == "pause"
+        got = 0
+        while "size" not in seen or got < 256 * 1024:
+            try:
+                got += len(b.recv(4096))
+            except BlockingIOError:
+                pass
+            await asyncio.sleep(0.0005)
+        t.close()
+        await p.lost
+        b.close()
+        return seen["size"], p.calls
+
+    (size, calls), errors = run(main)
+    assert 0 < size <= 32 * 1024
+    assert calls == ["made", "pause", "resume", "lost"]
+
+
 def test_set_write_buffer_limits_validates_like_asyncio():
     async def main():
         server, made, ct, cp = await server_and_client()
