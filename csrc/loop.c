@@ -202,7 +202,8 @@ void pe__loop_teardown(pe_loop *l)
 
         if (!(c->flags & PE_CF_INUSE))
             continue;
-        close(c->fd);
+        if (!(c->flags & PE_CF_KEEPFD))
+            close(c->fd);
         pe__ring_clear(&c->in, &l->pool);
         pe__ring_clear(&c->out, &l->pool);
     }
@@ -219,7 +220,9 @@ void pe__loop_teardown(pe_loop *l)
     free(l->evs);
     free(l->q);
     free(l->pend);
+    free(l->wlow);
     l->fdmap = NULL;
+    l->wlow = NULL;
     l->ls = NULL;
     l->evs = NULL;
     l->q = NULL;
@@ -318,6 +321,8 @@ static void dispatch(pe_loop *l, const struct pe_event *ev)
         pe__wakeup_drain(l->wake_r);
         l->st.syscalls++;
         pe__loop_emit(l, PE_EV_WAKEUP, 0, 0);
+    } else if (PE_FD_IS_FOREIGN(v)) {
+        pe__fd_event(l, v, ev);
     } else if (v & PE_FD_LISTENER) {
         l->ls[v & ~PE_FD_LISTENER].ready = 1;
     } else if (l->ct.slots[v - 1].fd == ev->fd) {

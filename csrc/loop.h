@@ -37,12 +37,18 @@
 #define PE_CF_RDMORE     0x8000u   /* edge: socket may hold unread bytes */
 #define PE_CF_DIRECT    0x10000u   /* this run read into the batch buffer:
                                       bidx is the offset, DATA's arg the length */
+#define PE_CF_KEEPFD    0x20000u   /* the caller closes the fd, never the loop */
+#define PE_CF_WANTW     0x40000u   /* report DRAINED when writable (sendfile) */
+#define PE_CF_LOWARM    0x80000u   /* report DRAINED(queued) at <= wlow */
 
 #define PE_CF_PAUSED (PE_CF_UPAUSE | PE_CF_HPAUSE | PE_CF_EPAUSE)
 
 /* fd-map values: 0 = nothing, 1..PE_CT_MAX = slot + 1, tags above. */
 #define PE_FD_LISTENER 0x80000000u    /* | listener id */
 #define PE_FD_WAKEUP   0xFFFFFFFFu
+/* pe_loop_watch: | 1 watched for reading, | 2 for writing (never both 0). */
+#define PE_FD_FOREIGN  0x7FFFFFF8u
+#define PE_FD_IS_FOREIGN(v) (((v) & ~3u) == PE_FD_FOREIGN)
 
 /* accept_paused reasons. */
 #define PE_AP_FULL   0x1
@@ -94,6 +100,8 @@ struct pe_loop {
     struct pe_loop_event *q;     /* events not yet handed out */
     uint32_t qhead, qlen, qcap;
 
+    uint32_t *wlow;              /* per slot: pe_loop_notify_below's mark
+                                    (calloc'd on first use, NULL before) */
     uint32_t *pend;              /* slots needing a read attempt */
     uint32_t npend, pendcap;
 
@@ -132,6 +140,14 @@ int     pe__loop_peer(pe_loop *l, pe_handle h, char *host, size_t hostlen,
                       int *port);
 int     pe__loop_fileno(pe_loop *l, pe_handle h);
 int     pe__loop_get_stats(pe_loop *l, struct pe_loop_stats *out);
+int     pe__loop_watch(pe_loop *l, int fd, uint32_t events);
+int     pe__loop_adopt(pe_loop *l, int fd, uint32_t flags, pe_handle *out);
+int     pe__loop_keep_fd(pe_loop *l, pe_handle h);
+int     pe__loop_notify_below(pe_loop *l, pe_handle h, uint32_t low);
+int     pe__loop_fd_handle(pe_loop *l, int fd, pe_handle *out);
+int64_t pe__loop_write(pe_loop *l, pe_handle h, const void *buf, size_t len);
+int64_t pe__loop_sendfile(pe_loop *l, pe_handle h, int in_fd, int64_t offset,
+                          size_t count);
 
 /* loop.c */
 /* Close every connection, free all but the struct and the wakeup fds. */
@@ -146,6 +162,11 @@ void pe__loop_slot_freed(pe_loop *l);
 void pe__loop_accept(pe_loop *l, int id);
 void pe__loop_accept_resume(pe_loop *l, unsigned why);
 
+/* loop_fd.c: a foreign fd's readiness -> PE_EV_FD; forget a watched fd
+ * whose number is about to be reused (it was closed without unwatch). */
+void pe__fd_event(pe_loop *l, uint32_t v, const struct pe_event *ev);
+void pe__fd_forget_stale(pe_loop *l, int fd);
+
 /* loop_batch.c: 1 if it read (or closed), 0 if the ring must be used. */
 int  pe__conn_read_direct(pe_loop *l, uint32_t slot, int short_ok);
 
@@ -157,6 +178,9 @@ int  pe__conn_interest(pe_loop *l, uint32_t slot);
 int  pe__conn_resumed(pe_loop *l, uint32_t slot);
 void pe__conn_pending_add(pe_loop *l, uint32_t slot);
 void pe__conn_open(pe_loop *l, int fd, int listener);
+/* Make fd a connection (registered, no event): 0 and *slot, or -errno with
+ * fd left open. */
+int  pe__conn_attach(pe_loop *l, int fd, uint32_t *slot);
 void pe__conn_event(pe_loop *l, uint32_t slot, uint32_t events);
 void pe__conn_pending(pe_loop *l, uint32_t slot);
 /* Unread input was taken: resume reading paused at in_high once below

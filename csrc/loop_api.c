@@ -103,6 +103,9 @@ int pe__loop_close(pe_loop *l, pe_handle h, int mode)
     if (mode < PE_CLOSE_FLUSH || mode > PE_CLOSE_ABORT)
         return -EINVAL;
     GET(l, h, c);
+    /* The caller would close the fd while the loop still sends on it. */
+    if (mode == PE_CLOSE_FLUSH && c->out.len && (c->flags & PE_CF_KEEPFD))
+        return -EINVAL;
     pe__loop_emit(l, PE_EV_CLOSED, 0, h);
     if (mode == PE_CLOSE_FLUSH && c->out.len) {
         /* Keep the slot until the output is gone; refuse the handle now.

@@ -97,3 +97,14 @@ GUARDED(int, peer, (pe_loop *l, pe_handle h, char *host, size_t hostlen,
                     int *port), (l, h, host, hostlen, port))
 GUARDED(int, fileno, (pe_loop *l, pe_handle h), (l, h))
 GUARDED(int, get_stats, (pe_loop *l, struct pe_loop_stats *out), (l, out))
+GUARDED(int, watch, (pe_loop *l, int fd, uint32_t events), (l, fd, events))
+GUARDED(int, adopt, (pe_loop *l, int fd, uint32_t flags, pe_handle *out),
+        (l, fd, flags, out))
+GUARDED(int, keep_fd, (pe_loop *l, pe_handle h), (l, h))
+GUARDED(int, notify_below, (pe_loop *l, pe_handle h, uint32_t low),
+        (l, h, low))
+GUARDED(int, fd_handle, (pe_loop *l, int fd, pe_handle *out), (l, fd, out))
+GUARDED(int64_t, write, (pe_loop *l, pe_handle h, const void *buf, size_t len),
+        (l, h, buf, len))
+GUARDED(int64_t, sendfile, (pe_loop *l, pe_handle h, int in_fd, int64_t offset,
+                            size_t count), (l, h, in_fd, offset, count))

@@ -81,8 +81,10 @@ void pe__conn_finish(pe_loop *l, uint32_t slot, int abort)
         setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
         l->st.syscalls++;
     }
-    close(c->fd);
-    l->st.syscalls++;
+    if (!(c->flags & PE_CF_KEEPFD)) {
+        close(c->fd);
+        l->st.syscalls++;
+    }
     l->fdmap[c->fd] = 0;
     pe__ring_clear(&c->in, &l->pool);
     pe__ring_clear(&c->out, &l->pool);
@@ -113,7 +115,7 @@ int pe__conn_interest(pe_loop *l, uint32_t slot)
         return 0;
     if (!(c->flags & (PE_CF_EOF | PE_CF_PAUSED | PE_CF_DETACHED)))
         want |= PE_READ;
-    if (c->out.len)
+    if (c->out.len || (c->flags & PE_CF_WANTW))
         want |= PE_WRITE;
     if (c->flags & PE_CF_REG_READ)
         have |= PE_READ;
@@ -159,12 +161,15 @@ int pe__conn_resumed(pe_loop *l, uint32_t slot)
     return pe__conn_interest(l, slot);
 }
 
-void pe__conn_open(pe_loop *l, int fd, int listener)
+int pe__conn_attach(pe_loop *l, int fd, uint32_t *slotp)
 {
-    uint32_t slot = pe__ct_alloc(&l->ct);
-    struct pe_conn *c = SLOT(l, slot);
+    uint32_t slot;
+    struct pe_conn *c;
     int rc;
 
+    if ((slot = pe__ct_alloc(&l->ct)) == PE_NOSLOT)
+        return -ENOSPC;
+    c = SLOT(l, slot);
 #ifdef SO_NOSIGPIPE
     int one = 1;
 
@@ -172,6 +177,10 @@ void pe__conn_open(pe_loop *l, int fd, int listener)
     l->st.syscalls++;
 #endif
     c->fd = fd;
+    /* A watched fd closed without pe_loop_watch(fd, 0): its number is
+     * this connection's now. */
+    if (fd < l->nfdmap && PE_FD_IS_FOREIGN(l->fdmap[fd]))
+        pe__fd_forget_stale(l, fd);
     if ((rc = pe__loop_fdmap_set(l, fd, slot + 1)) == 0) {
         rc = pe_poller_register(l->p, fd, l->conn_events);
         l->st.syscalls++;
@@ -179,15 +188,26 @@ void pe__conn_open(pe_loop *l, int fd, int listener)
             l->fdmap[fd] = 0;
     }
     if (rc < 0) {
-        close(fd);
         pe__ct_free(&l->ct, slot);
-        l->st.refused++;
-        return;
+        return rc;
     }
     c->flags |= PE_CF_REG | (l->cfg.edge ? 0 : PE_CF_REG_READ);
     if (l->cfg.idle_timeout_ms)
         pe__lru_push(&l->ct, PE_LRU_IDLE, slot, pe__tick(l));
     l->st.accepted++;
+    *slotp = slot;
+    return 0;
+}
+
+void pe__conn_open(pe_loop *l, int fd, int listener)
+{
+    uint32_t slot;
+
+    if (pe__conn_attach(l, fd, &slot) < 0) {
+        close(fd);
+        l->st.refused++;
+        return;
+    }
     pe__loop_emit(l, PE_EV_OPEN, (uint32_t)listener,
                   pe__ct_handle(&l->ct, slot));
 }
@@ -240,7 +260,16 @@ static int conn_flush(pe_loop *l, uint32_t slot)
     pe__ring_consume(&c->out, &l->pool, (size_t)n);
     l->st.bytes_out += (uint64_t)n;
     pe__conn_touch(l, slot);
-    return c->out.len ? 0 : conn_drained(l, slot);
+    if (!c->out.len) {
+        c->flags &= ~PE_CF_LOWARM;
+        return conn_drained(l, slot);
+    }
+    if ((c->flags & PE_CF_LOWARM) && c->out.len <= l->wlow[slot]) {
+        c->flags &= ~PE_CF_LOWARM;
+        pe__loop_emit(l, PE_EV_DRAINED, c->out.len,
+                      pe__ct_handle(&l->ct, slot));
+    }
+    return 0;
 }
 
 /* Echo mode: send what was read straight from the input ring; hand what
@@ -413,6 +442,13 @@ void pe__conn_event(pe_loop *l, uint32_t slot, uint32_t events)
     if (c->out.len && (events & (PE_WRITE | PE_HUP | PE_ERR)) &&
         conn_flush(l, slot) < 0)
         return;
+    if ((c->flags & PE_CF_WANTW) && (events & (PE_WRITE | PE_HUP | PE_ERR))) {
+        /* pe_loop_sendfile met a full socket: tell the caller once. */
+        c->flags &= ~PE_CF_WANTW;
+        pe__loop_emit(l, PE_EV_DRAINED, 0, pe__ct_handle(&l->ct, slot));
+        if (pe__conn_interest(l, slot) < 0)
+            return;
+    }
     if (events & (PE_READ | PE_RDHUP | PE_HUP | PE_ERR))
         conn_read(l, slot, events);
 }

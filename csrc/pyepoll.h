@@ -163,13 +163,18 @@ enum pe_loop_event_kind {
     PE_EV_EOF = 3,          /* peer shut down its writing side; arg 0.  Once;
                                reading stops, sending still works until the
                                connection is closed (idle timeout applies) */
-    PE_EV_DRAINED = 4,      /* output ring emptied after a partial send */
+    PE_EV_DRAINED = 4,      /* output ring emptied after a partial send;
+                               arg 0.  With pe_loop_notify_below armed,
+                               also once when it falls to <= the mark;
+                               arg: bytes still queued then (> 0) */
     PE_EV_WRITE_FULL = 5,   /* output crossed out_high; arg: bytes queued.
                                Once, then again only after DRAINED */
     PE_EV_READ_TIMEOUT = 6, /* armed read deadline passed; still open */
     PE_EV_CLOSED = 7,       /* arg: 0 or a positive errno (ECONNRESET,
                                ETIMEDOUT for idle timeout, EPIPE, ...) */
-    PE_EV_WAKEUP = 8        /* pe_loop_wakeup() was called; handle 0 */
+    PE_EV_WAKEUP = 8,       /* pe_loop_wakeup() was called; handle 0 */
+    PE_EV_FD = 9            /* a descriptor given to pe_loop_watch is ready;
+                               handle: the fd, arg: PE_READ and/or PE_WRITE */
 };
 
 /* kind and arg first, then the handle as one 64-bit word: Python reads a
@@ -323,6 +328,53 @@ int pe_loop_peer(pe_loop *l, pe_handle h, char *host, size_t hostlen,
                  int *port);
 int pe_loop_fileno(pe_loop *l, pe_handle h);
 int pe_loop_get_stats(pe_loop *l, struct pe_loop_stats *out);
+
+/* Foreign descriptors and adopted sockets (loop_fd.c): what an event loop
+ * such as asyncio needs so that one wait serves the C connections and every
+ * other descriptor its users watch. */
+
+/* Watch fd (not one of the loop's own) for PE_READ and/or PE_WRITE,
+ * level-triggered whatever the loop's trigger; events 0 forgets it (a
+ * descriptor already closed included).  Readiness comes as PE_EV_FD, its
+ * arg masked by what is watched; an error or hangup counts as both.
+ * -EEXIST: a connection's, listener's or the wakeup descriptor; -EINVAL:
+ * other bits; else the poller's -errno.  A watched fd that is closed
+ * without being forgotten is forgotten when its number becomes a
+ * connection. */
+int pe_loop_watch(pe_loop *l, int fd, uint32_t events);
+
+/* pe_loop_adopt flags. */
+#define PE_ADOPT_PAUSED 0x1     /* do not read until pe_loop_resume_reading */
+#define PE_ADOPT_KEEPFD 0x2     /* the caller closes fd: the loop never does */
+
+/* Make a connected stream socket a connection of the loop (made
+ * non-blocking); *out gets its handle.  No OPEN event: the caller knows.
+ * -EEXIST: the loop already uses fd; -ENOSPC: the table is full; -EINVAL:
+ * unknown flags; else -errno. */
+int pe_loop_adopt(pe_loop *l, int fd, uint32_t flags, pe_handle *out);
+/* From now on the caller closes h's descriptor, after pe_loop_close
+ * returned or CLOSED was reported (the loop unregisters it, never closes
+ * it).  A connection whose fd the caller keeps cannot be closed with
+ * PE_CLOSE_FLUSH while output is queued (-EINVAL). */
+int pe_loop_keep_fd(pe_loop *l, pe_handle h);
+/* Report PE_EV_DRAINED once when h's queued output falls to low bytes or
+ * fewer (arg: what is left; an empty queue's DRAINED(0) also disarms it):
+ * asyncio's write low-water mark.  Armed until reported or re-armed. */
+int pe_loop_notify_below(pe_loop *l, pe_handle h, uint32_t low);
+/* The handle of the live connection whose descriptor is fd: 0 and *out,
+ * or -ENOENT (not a connection, or one closed already). */
+int pe_loop_fd_handle(pe_loop *l, int fd, pe_handle *out);
+/* pe_loop_send, but returns the bytes still queued for h after it (0: all
+ * sent), or 0 when the send closed the connection (CLOSED follows). */
+int64_t pe_loop_write(pe_loop *l, pe_handle h, const void *buf, size_t len);
+/* Send up to count bytes of file in_fd from offset straight to h's socket
+ * (sendfile(2), Linux; -ENOSYS elsewhere), only while nothing is queued
+ * (-EBUSY otherwise).  Returns bytes sent, 0 at the file's end, or -EAGAIN
+ * when the socket is full: a PE_EV_DRAINED then says when it is writable.
+ * -EINVAL, -ESPIPE and the like (what sendfile cannot read) leave the
+ * connection open; a peer that is gone closes it (CLOSED(errno) follows). */
+int64_t pe_loop_sendfile(pe_loop *l, pe_handle h, int in_fd, int64_t offset,
+                         size_t count);
 
 /* ------------------------------------------------------------------ http */
 

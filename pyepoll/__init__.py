@@ -46,7 +46,7 @@ __all__ = [
     "best_backend", "READ", "WRITE", "PRI", "ERR", "HUP", "RDHUP", "EDGE",
     "ONESHOT", "EXCLUSIVE",
 ]
-__all__ += ["selectors", "new_event_loop", "run"]
+__all__ += ["selectors", "new_event_loop", "new_selector_event_loop", "run"]
 __all__ += ["Loop", "EV_OPEN", "EV_DATA", "EV_EOF", "EV_DRAINED",
             "EV_WRITE_FULL", "EV_READ_TIMEOUT", "EV_CLOSED", "EV_WAKEUP"]
 if "epoll" in available_backends():
@@ -55,7 +55,8 @@ if "epoll" in available_backends():
 
 def __getattr__(name: str):
     # asyncio is imported only when its entry points are first used.
-    if name in ("new_event_loop", "run", "EventLoopPolicy"):
+    if name in ("new_event_loop", "new_selector_event_loop", "run",
+                "EventLoopPolicy"):
         from . import aio
         return getattr(aio, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,13 +1,18 @@
-"""asyncio on pyepoll: the stdlib's selector event loop, with pyepoll's
-:data:`pyepoll.selectors.DefaultSelector` underneath.
+"""asyncio on pyepoll: entry points.
 
     pyepoll.run(main())                                   # like asyncio.run
     asyncio.Runner(loop_factory=pyepoll.new_event_loop)   # 3.11+
     asyncio.run(main(), loop_factory=pyepoll.new_event_loop)  # 3.12+
 
-Everything asyncio offers on its selector loop works unchanged (streams,
-protocols, UDP, Unix sockets, subprocesses, signal handlers, sendfile, SSL):
-only the selector differs.
+:func:`new_event_loop` makes a :class:`pyepoll.asyncio_loop.EventLoop`:
+asyncio's selector loop whose TCP and Unix stream transports are
+connections of pyepoll's C loop, and whose one wait serves them and every
+other descriptor asyncio watches.  :func:`new_selector_event_loop` makes
+the stdlib's :class:`asyncio.SelectorEventLoop` with pyepoll's
+:data:`pyepoll.selectors.DefaultSelector` underneath (only the selector
+differs from asyncio's own loop).  Everything asyncio offers works on both
+(streams, protocols, UDP, Unix sockets, subprocesses, signal handlers,
+sendfile, SSL).
 
 :class:`EventLoopPolicy` is for code that still sets a policy.  asyncio
 deprecates policies from Python 3.14 on; there, reading
@@ -22,13 +27,22 @@ from typing import Any, Coroutine, Optional, TypeVar
 
 from .selectors import DefaultSelector
 
-__all__ = ["new_event_loop", "run", "EventLoopPolicy"]
+__all__ = ["new_event_loop", "new_selector_event_loop", "run",
+           "EventLoopPolicy"]
 
 _T = TypeVar("_T")
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    """A new :class:`asyncio.SelectorEventLoop` on pyepoll's best selector."""
+    """A new asyncio event loop on pyepoll's C connection loop
+    (:class:`pyepoll.asyncio_loop.EventLoop`)."""
+    from .asyncio_loop import EventLoop
+    return EventLoop()
+
+
+def new_selector_event_loop() -> asyncio.AbstractEventLoop:
+    """A new :class:`asyncio.SelectorEventLoop` on pyepoll's best selector
+    (the stdlib's loop; only the selector is pyepoll's)."""
     return asyncio.SelectorEventLoop(DefaultSelector())
 
 
@@ -109,7 +123,7 @@ def _make_policy_class() -> Optional[type]:
         """asyncio's default event loop policy, making pyepoll loops."""
 
         def new_event_loop(self) -> asyncio.AbstractEventLoop:
-            """A new event loop on pyepoll's best selector."""
+            """A new event loop on pyepoll's C connection loop."""
             return new_event_loop()
 
     EventLoopPolicy.__module__ = __name__

@@ -4,6 +4,8 @@ scenarios:
   wait-scaling   one wait, 1 ready fd among N idle: select, poll, epoll
   idle-clients   K idle connections vs the concurrency models
   echo           echo throughput, latency, CPU per message
+  asyncio        the asyncio loops side by side: Protocol, BufferedProtocol,
+                 streams echo on stdlib, pyepoll (selector, C loop), uvloop
   http           HTTP hello, keep-alive and pipelined (wrk if installed)
   trigger        edge- vs level-triggered loops on the same workloads
   dropins        pyepoll's drop-ins vs the stdlib objects they replace
@@ -21,6 +23,7 @@ SCENARIOS = {
     "wait-scaling": "wait_scaling",
     "idle-clients": "idle_clients",
     "echo": "echo",
+    "asyncio": "asyncio_bench",
     "http": "http_bench",
     "trigger": "trigger",
     "dropins": "dropins",

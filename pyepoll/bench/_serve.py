@@ -5,7 +5,9 @@ Echo: pyepoll.Loop with a Python handler (``loop-py``: wait/recv/send;
 ``loop-batch``: wait_batch/reply; ``loop-queue``: wait_batch/queue_echo;
 ``loop-fn``: wait_batch and a handler function per message) or the C echo
 path (``loop-c``), level or edge; asyncio Protocol and streams, on asyncio's own
-loop, on uvloop, and on pyepoll's asyncio loop.  HTTP: "hello" answered by
+loop, on uvloop, and on pyepoll's asyncio loops (``pyepollaio``: the C
+connection loop; ``pyepollsel``: the stdlib loop on pyepoll's selector);
+``buffered`` is an asyncio.BufferedProtocol echo.  HTTP: "hello" answered by
 an asyncio Protocol with a small hand parser, or by uvloop + httptools, the
 usual fast Python stack.  Every HTTP server answers what the reference
 server answers (same headers, same 14-byte body).
@@ -131,6 +133,22 @@ class EchoProtocol(asyncio.Protocol):
         self.transport.write(data)  # type: ignore[attr-defined]
 
 
+class BufferedEcho(asyncio.BufferedProtocol):
+    """Echo through asyncio.BufferedProtocol: bytes land in a buffer the
+    protocol owns (no bytes object per read), sent back from a view."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.buf = bytearray(65536)
+        self.view = memoryview(self.buf)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.transport.write(self.view[:nbytes])  # type: ignore[attr-defined]
+
+
 async def _echo_stream(reader: asyncio.StreamReader,
                        writer: asyncio.StreamWriter) -> None:
     try:
@@ -223,8 +241,8 @@ def serve_asyncio(port: int, factory: Callable[[], asyncio.AbstractEventLoop],
             await asyncio.start_server(_echo_stream, "127.0.0.1", port,
                                        backlog=BACKLOG)
         else:
-            proto = {"protocol": EchoProtocol, "http": HandParsedHTTP,
-                     "httptools": HttptoolsHTTP}[what]
+            proto = {"protocol": EchoProtocol, "buffered": BufferedEcho,
+                     "http": HandParsedHTTP, "httptools": HttptoolsHTTP}[what]
             await loop.create_server(proto, "127.0.0.1", port, backlog=BACKLOG)
         await asyncio.Future()
 
@@ -243,6 +261,11 @@ def _pyepoll_aio() -> asyncio.AbstractEventLoop:
     return pyepoll.new_event_loop()
 
 
+def _pyepoll_selector() -> asyncio.AbstractEventLoop:
+    import pyepoll
+    return pyepoll.new_selector_event_loop()
+
+
 def main(argv: List[str]) -> None:
     kind, port = argv[0], int(argv[1])
     if kind.startswith("loop-"):
@@ -256,7 +279,8 @@ def main(argv: List[str]) -> None:
         return
     runtime, what = kind.split("-", 1)          # asyncio-protocol, uvloop-httptools
     factory = {"asyncio": asyncio.new_event_loop, "uvloop": _uvloop,
-               "pyepollaio": _pyepoll_aio}[runtime]
+               "pyepollaio": _pyepoll_aio,
+               "pyepollsel": _pyepoll_selector}[runtime]
     serve_asyncio(port, factory, what)
 
 

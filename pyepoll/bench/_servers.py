@@ -228,6 +228,28 @@ def echo_servers(pool_threads: int = 64) -> Dict[str, Spec]:
     return {s.name: s for s in specs}
 
 
+def asyncio_servers() -> Dict[str, Spec]:
+    """The asyncio loops side by side (issue 14): each echo flavour on the
+    stdlib loop, pyepoll's selector loop, pyepoll's C-connection loop and
+    uvloop, with the plain C server as the floor."""
+    loops = [("asyncio", "asyncio"), ("pyepoll selector", "pyepollsel"),
+             ("pyepoll loop", "pyepollaio"), ("uvloop", "uvloop")]
+    specs = [Spec(C_ECHO, "echo", _c_echo("level"))]
+    for flavour, what in (("Protocol", "protocol"),
+                          ("BufferedProtocol", "buffered"),
+                          ("streams", "streams")):
+        for label, runtime in loops:
+            needs = ["uvloop"] if runtime == "uvloop" else []
+            specs.append(Spec(f"{label} {flavour}", "echo",
+                              _serve(f"{runtime}-{what}", needs)))
+    # HTTP hello, httptools parsing: the usual fast Python stack's share.
+    for label, runtime in loops:
+        needs = ["httptools"] + (["uvloop"] if runtime == "uvloop" else [])
+        specs.append(Spec(f"{label} httptools", "http",
+                          _serve(f"{runtime}-httptools", needs)))
+    return {s.name: s for s in specs}
+
+
 def http_servers() -> Dict[str, Spec]:
     specs = [
         Spec("ref server eventloop", "http", _reference("http", "eventloop")),

@@ -1,7 +1,9 @@
-"""asyncio programs on pyepoll's event loop, side by side with asyncio's own.
+"""asyncio programs on pyepoll's event loops, side by side with asyncio's own.
 
-Each program runs on asyncio's default loop and on pyepoll.new_event_loop();
-the results must be equal, and the pyepoll run must really use pyepoll's
+Each program runs on asyncio's default loop, on
+pyepoll.new_selector_event_loop() (the stdlib loop on pyepoll's selector)
+and on pyepoll.new_event_loop() (the loop on the C connection loop); the
+results must be equal, and each pyepoll run must really use its own
 selector.  Loopback only; every wait is bounded.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 
 import pyepoll
 from pyepoll import aio
+from pyepoll import asyncio_loop
 from pyepoll import selectors as pesel
 
 pytestmark = pytest.mark.timeout(120)
@@ -32,7 +35,11 @@ def stdlib_loop() -> asyncio.AbstractEventLoop:
     return asyncio.SelectorEventLoop()
 
 
-FACTORIES = {"asyncio": stdlib_loop, "pyepoll": pyepoll.new_event_loop}
+FACTORIES = {"asyncio": stdlib_loop,
+             "pyepoll-selector": pyepoll.new_selector_event_loop,
+             "pyepoll": pyepoll.new_event_loop}
+SELECTORS = {"pyepoll-selector": pesel.DefaultSelector,
+             "pyepoll": asyncio_loop._LoopSelector}
 
 
 def run_on(factory, main):
@@ -50,14 +57,15 @@ def run_on(factory, main):
 
 
 def side_by_side(main):
-    """main() on both loops; the results must be equal.  Returns one."""
+    """main() on every loop; the results must be equal.  Returns one."""
     results = {}
     for name, factory in FACTORIES.items():
         results[name], selector_cls = run_on(factory, main)
-        if name == "pyepoll":
-            assert selector_cls is pesel.DefaultSelector
+        if name in SELECTORS:
+            assert selector_cls is SELECTORS[name]
         else:
             assert selector_cls.__module__ == "selectors"
+    assert results["pyepoll-selector"] == results["asyncio"]
     assert results["pyepoll"] == results["asyncio"]
     return results["pyepoll"]
 
@@ -65,18 +73,30 @@ def side_by_side(main):
 # -- entry points -----------------------------------------------------------------
 
 
-def test_new_event_loop_uses_pyepoll_selector():
-    loop = pyepoll.new_event_loop()
+def test_new_selector_event_loop_uses_pyepoll_selector():
+    loop = pyepoll.new_selector_event_loop()
     try:
-        assert isinstance(loop, asyncio.SelectorEventLoop)
+        assert type(loop) is asyncio.SelectorEventLoop
         assert isinstance(loop._selector, pesel.DefaultSelector)
     finally:
         loop.close()
     assert loop._selector is None or loop._selector.get_map() is None
 
 
+def test_new_event_loop_is_the_c_loop():
+    loop = pyepoll.new_event_loop()
+    try:
+        assert isinstance(loop, asyncio_loop.EventLoop)
+        assert isinstance(loop, asyncio.SelectorEventLoop)
+        assert isinstance(loop._selector, asyncio_loop._LoopSelector)
+    finally:
+        loop.close()
+    assert loop._selector is None
+
+
 def test_package_exports_asyncio_entry_points():
     assert pyepoll.new_event_loop is aio.new_event_loop
+    assert pyepoll.new_selector_event_loop is aio.new_selector_event_loop
     assert pyepoll.run is aio.run
 
 
@@ -91,7 +111,7 @@ def test_run_returns_result_and_closes_loop():
         return 42
 
     assert pyepoll.run(main()) == 42
-    assert seen["selector"] is pesel.DefaultSelector
+    assert seen["selector"] is asyncio_loop._LoopSelector
     assert seen["loop"].is_closed()
 
 
@@ -169,15 +189,15 @@ def test_event_loop_policy_without_warnings():
         try:
             loop = asyncio.new_event_loop()
             try:
-                assert isinstance(loop._selector, pesel.DefaultSelector)
+                assert isinstance(loop, asyncio_loop.EventLoop)
                 assert loop.run_until_complete(asyncio.sleep(0, "ok")) == "ok"
             finally:
                 loop.close()
 
             async def main():
-                return type(asyncio.get_running_loop()._selector)
+                return type(asyncio.get_running_loop())
 
-            assert asyncio.run(main()) is pesel.DefaultSelector
+            assert asyncio.run(main()) is asyncio_loop.EventLoop
         finally:
             asyncio.set_event_loop_policy(old)
 
@@ -195,7 +215,7 @@ def test_runner_loop_factory():
         return type(asyncio.get_running_loop()._selector)
 
     with asyncio.Runner(loop_factory=pyepoll.new_event_loop) as runner:
-        assert runner.run(main()) is pesel.DefaultSelector
+        assert runner.run(main()) is asyncio_loop._LoopSelector
 
 
 # -- TCP --------------------------------------------------------------------------

@@ -1,0 +1,1151 @@
+"""An asyncio event loop whose TCP and Unix stream transports are
+connections of pyepoll's C loop (design: docs/asyncio.md).
+
+:class:`EventLoop` is the stdlib's selector event loop with two changes:
+
+* its selector is the C loop's own poller: every ``add_reader`` /
+  ``add_writer`` fd (the self-pipe, signals, subprocess pipes, UDP,
+  ``sock_*``) waits in the same ``pe_loop_run_into`` call as the C
+  connections, with the timeout asyncio's scheduler asks for;
+* stream sockets become C connections: accepting, reading, buffering and
+  writing happen in C, and each batch of connection events is handed
+  straight to the transports' protocols, with no callback handle per read.
+
+Everything else (timers, ready callbacks, TLS over these transports, UDP,
+subprocesses, signal handlers, executors) is the stdlib's own code.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import inspect
+import io
+import math
+import os
+import selectors
+import socket
+import sys
+import warnings
+import weakref
+from asyncio import base_events, constants, futures, protocols, sslproto
+from asyncio import transports, trsock
+from asyncio.exceptions import SendfileNotAvailableError
+from asyncio.log import logger
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ._binding import ffi, lib
+from ._poller import available_backends
+
+__all__ = ["EventLoop", "new_event_loop"]
+
+_EV_OPEN = lib.PE_EV_OPEN
+_EV_DATA = lib.PE_EV_DATA
+_EV_EOF = lib.PE_EV_EOF
+_EV_DRAINED = lib.PE_EV_DRAINED
+_EV_CLOSED = lib.PE_EV_CLOSED
+_EV_FD = lib.PE_EV_FD
+_PE_READ = lib.PE_READ
+_PE_WRITE = lib.PE_WRITE
+_CLOSE_NOW = lib.PE_CLOSE_NOW
+_ADOPT = lib.PE_ADOPT_PAUSED | lib.PE_ADOPT_KEEPFD
+_EVENT_READ = selectors.EVENT_READ
+_EVENT_WRITE = selectors.EVENT_WRITE
+
+_run_into = lib.pe_loop_run_into
+_write = lib.pe_loop_write
+_memmove = ffi.memmove
+_from_buffer = ffi.from_buffer
+_NULL = ffi.NULL
+_MS_MAX = 0x7FFFFFFF
+_STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6,
+                    getattr(socket, "AF_UNIX", -1))
+# Bytes one batch can bring: a connection reads at most input_high per run.
+_INPUT_HIGH = 256 * 1024
+_BATCH_BYTES = 1024 * 1024
+# 3.13+: Server tracks its transports (close_clients) and _attach takes one.
+_ATTACH_TAKES_TRANSPORT = len(
+    inspect.signature(base_events.Server._attach).parameters) > 1
+_MISSING = object()
+_NO_EXTRA: Dict[str, Any] = {}      # shared, never written (see CTransport)
+
+
+# Loops alive in this process, so that a fork can disarm them in the child:
+# freeing a C loop there would close descriptors by number, and a kqueue's
+# number may name an unrelated file in the child (see pyepoll.loop).
+_live: "weakref.WeakSet[EventLoop]" = weakref.WeakSet()
+_inherited: List[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    for loop in list(_live):
+        loop._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _errno_exc(err: int) -> OSError:
+    return OSError(err, os.strerror(err))     # the subclass for err
+
+
+class _LoopSelector(selectors.BaseSelector):
+    """selectors API over the C loop's poller (``pe_loop_watch``).  Only
+    :class:`EventLoop` uses it: ``select()`` also dispatches the C
+    connections' events of the batch before it returns the fds' events."""
+
+    def __init__(self, loop: "EventLoop") -> None:
+        self._loop: Optional[EventLoop] = loop
+        self._fd_to_key: Dict[int, selectors.SelectorKey] = {}
+        self._map = selectors._SelectorMapping(self)   # type: ignore[attr-defined]
+
+    def _watch(self, fd: int, events: int) -> None:
+        loop = self._loop
+        if loop is None or loop._p is None:
+            raise RuntimeError("selector is closed")
+        bits = ((_PE_READ if events & _EVENT_READ else 0) |
+                (_PE_WRITE if events & _EVENT_WRITE else 0))
+        rc = lib.pe_loop_watch(loop._p, fd, bits)
+        if rc < 0:
+            if rc == -errno.EEXIST:
+                raise FileExistsError(
+                    errno.EEXIST, f"fd {fd} is a connection of the event "
+                                  f"loop's transports")
+            raise _errno_exc(-rc)
+
+    def register(self, fileobj: Any, events: int,
+                 data: Any = None) -> selectors.SelectorKey:
+        if not events or events & ~(_EVENT_READ | _EVENT_WRITE):
+            raise ValueError(f"Invalid events: {events!r}")
+        fd = selectors._fileobj_to_fd(fileobj)      # type: ignore[attr-defined]
+        if fd in self._fd_to_key:
+            raise KeyError(f"{fileobj!r} (FD {fd}) is already registered")
+        key = selectors.SelectorKey(fileobj, fd, events, data)
+        self._watch(fd, events)
+        self._fd_to_key[fd] = key
+        return key
+
+    def _fileobj_lookup(self, fileobj: Any) -> int:
+        # As selectors: a closed file object is found by identity.
+        try:
+            return selectors._fileobj_to_fd(fileobj)  # type: ignore[attr-defined]
+        except ValueError:
+            for key in self._fd_to_key.values():
+                if key.fileobj is fileobj:
+                    return key.fd
+            raise
+
+    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
+        fd = self._fileobj_lookup(fileobj)
+        try:
+            key = self._fd_to_key.pop(fd)
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        loop = self._loop
+        if loop is not None and loop._p is not None:
+            # A closed fd (or one a connection took over) is already gone
+            # from the poller, as selectors ignores the OSError then.
+            lib.pe_loop_watch(loop._p, fd, 0)
+        return key
+
+    def modify(self, fileobj: Any, events: int,
+               data: Any = None) -> selectors.SelectorKey:
+        if not events or events & ~(_EVENT_READ | _EVENT_WRITE):
+            raise ValueError(f"Invalid events: {events!r}")
+        fd = self._fileobj_lookup(fileobj)
+        try:
+            key = self._fd_to_key[fd]
+        except KeyError:
+            raise KeyError(f"{fileobj!r} is not registered") from None
+        if events != key.events:
+            self._watch(fd, events)
+        key = key._replace(events=events, data=data)
+        self._fd_to_key[fd] = key
+        return key
+
+    def select(self, timeout: Optional[float] = None
+               ) -> List[Tuple[selectors.SelectorKey, int]]:
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("selector is closed")
+        return loop._select(timeout, self._fd_to_key)
+
+    def close(self) -> None:
+        self._fd_to_key.clear()
+        self._loop = None
+
+    def get_map(self) -> Any:
+        return self._map if self._loop is not None else None
+
+
+class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
+    """asyncio's selector event loop on pyepoll's C connection loop.
+
+    ``backend`` picks the poller (None: the best); ``trigger`` is
+    ``"edge"`` (default where the backend has it) or ``"level"`` for the
+    connections (fds given to ``add_reader`` are always level-triggered,
+    as asyncio expects); ``max_connections`` bounds the C connection table
+    (sockets beyond it get the stdlib's transports); ``batch`` is the most
+    events one wait hands out."""
+
+    def __init__(self, *, backend: Optional[str] = None,
+                 trigger: Optional[str] = None,
+                 max_connections: int = 65536, batch: int = 512) -> None:
+        # Closed until the stdlib's __init__ ran, so that __del__ after a
+        # refused argument finds nothing to close.
+        self._closed = True
+        self._p: Any = None
+        if backend is not None and backend not in available_backends():
+            raise ValueError(f"backend {backend!r} is not available here; "
+                             f"available: {', '.join(available_backends())}")
+        for name_, value, top in (("max_connections", max_connections,
+                                   0x7FFFFFF0),
+                                  ("batch", batch, 1 << 20)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name_} must be an int, not "
+                                f"{type(value).__name__}")
+            if not 1 <= value <= top:
+                raise ValueError(f"{name_} must be between 1 and {top}, "
+                                 f"got {value}")
+        cfg = ffi.new("struct pe_loop_config *")
+        lib.pe_loop_config_init(cfg)
+        name = _NULL if backend is None else ffi.new("char[]", backend.encode())
+        cfg.backend = name
+        if trigger is None:
+            best = backend or available_backends()[0]
+            trigger = "edge" if best in ("epoll", "kqueue") else "level"
+        if trigger not in ("edge", "level"):
+            raise ValueError(f"trigger must be 'edge' or 'level', "
+                             f"not {trigger!r}")
+        cfg.edge = 1 if trigger == "edge" else 0
+        cfg.max_conns = max_connections
+        cfg.in_high = _INPUT_HIGH
+        cfg.in_low = _INPUT_HIGH // 4
+        # asyncio queues without bound and calls pause_writing itself: no
+        # WRITE_FULL, no ENOBUFS short of absurd sizes.
+        cfg.out_high = 0xFFFFFFFF
+        cfg.out_max = 0x7FFFFFFF
+        cfg.nodelay = 1
+        err = ffi.new("int *")
+        p = lib.pe_loop_new(cfg, err)
+        if p == _NULL:
+            if err[0] == -errno.EOPNOTSUPP:
+                raise ValueError(f"trigger='edge' is not supported by the "
+                                 f"{backend} backend; use trigger='level'")
+            raise _errno_exc(-err[0])
+        self._p = ffi.gc(p, lib.pe_loop_free)
+        self._trigger = trigger
+        self._batch = batch
+        self._bev = ffi.new("struct pe_loop_bevent[]", batch)
+        self._bq = memoryview(ffi.buffer(self._bev)).cast("Q")
+        self._bsize = _BATCH_BYTES
+        self._bbuf = ffi.new("char[]", self._bsize)
+        # Slicing the cffi buffer makes a bytes object in one copy.
+        self._bbytes = ffi.buffer(self._bbuf)
+        self._bview = memoryview(self._bbytes)
+        self._conns: Dict[int, CTransport] = {}
+        # listener id -> (protocol factory, Server); listening fd -> id.
+        self._serving: Dict[int, Tuple[Callable[[], Any], Any]] = {}
+        self._listener_of: Dict[int, int] = {}
+        self._rest: Any = None
+        self._later: Optional[List[int]] = None
+        self._handle_out = ffi.new("pe_handle *")
+        self._u32 = ffi.new("uint32_t[2]")
+        self._pid_fork: Optional[int] = None
+        _live.add(self)
+        super().__init__(_LoopSelector(self))
+
+    def _forked(self) -> None:
+        # In a fork()ed child: the C loop (and its sockets) are the
+        # parent's; keep it, never free or wait on it here.
+        p, self._p = self._p, None
+        if p is None:
+            return
+        _inherited.append(p)
+        self._pid_fork = os.getppid()
+        for t in list(self._conns.values()):
+            t._loop_gone()
+        self._conns.clear()
+
+    # -- the wait --------------------------------------------------------------
+
+    def _select(self, timeout: Optional[float],
+                fd_to_key: Dict[int, selectors.SelectorKey]
+                ) -> List[Tuple[selectors.SelectorKey, int]]:
+        p = self._p
+        if p is None:
+            if self._pid_fork is not None:
+                raise RuntimeError(
+                    f"this event loop was created in process "
+                    f"{self._pid_fork}, before fork(); create a new one in "
+                    f"the child (pid {os.getpid()})")
+            raise RuntimeError("Event loop is closed")
+        if self._rest is not None:
+            # A callback's BaseException (KeyboardInterrupt) left part of
+            # the last batch undelivered: hand it out before waiting.
+            it, self._rest = self._rest, None
+            return self._walk(it, fd_to_key)
+        if self._later is not None:
+            # The iteration that queued _walk_later was interrupted: walk
+            # now, before the next run overwrites the batch buffer.
+            self._walk_later(self._later)
+            return []
+        if timeout is None:
+            ms = -1
+        elif timeout <= 0:
+            ms = 0
+        else:
+            # Rounded up: a timer due in 0.3 ms must not spin at 0 ms.
+            ms = math.ceil(timeout * 1000.0)
+            if ms > _MS_MAX:
+                ms = _MS_MAX
+        n = _run_into(p, _NULL, 0, self._bev, self._batch, ms, self._bbuf,
+                      self._bsize)
+        if n <= 0:
+            if n == 0 or n == -errno.EINTR:
+                return []
+            raise _errno_exc(-n)
+        vals = self._bq[0:n << 2].tolist()
+        if self._ready:
+            # asyncio runs I/O callbacks after those that were ready before
+            # the wait (a task woken by a waiter sees its transport before
+            # the transport's first data): the batch's connection events
+            # go in one callback behind them; the fds' events as usual.
+            self._later = vals
+            self._call_soon(self._walk_later, (vals,), None)
+            return self._fd_events(vals, fd_to_key)
+        it = iter(vals)
+        return self._walk(zip(it, it, it, it), fd_to_key)
+
+    def _walk_later(self, vals: List[int]) -> None:
+        if self._later is not vals:
+            return                       # walked already (see _select)
+        self._later = None
+        it = iter(vals)
+        self._walk(zip(it, it, it, it), None)
+
+    def _fd_events(self, vals: List[int],
+                   fd_to_key: Dict[int, selectors.SelectorKey]
+                   ) -> List[Tuple[selectors.SelectorKey, int]]:
+        fds = [(vals[i + 1], vals[i + 2]) for i in range(0, len(vals), 4)
+               if vals[i] == _EV_FD]
+        return self._ready_keys(fds, fd_to_key) if fds else []
+
+    def _walk(self, events: Any,
+              fd_to_key: Optional[Dict[int, selectors.SelectorKey]]
+              ) -> List[Tuple[selectors.SelectorKey, int]]:
+        """Dispatch a batch's connection events; return its fd events as
+        selector keys (none when fd_to_key is None: handed out already)."""
+        conns = self._conns
+        bbytes = self._bbytes
+        bbuf = self._bbuf
+        fds = None
+        try:
+            for kind, h, arg, off in events:
+                if kind == _EV_DATA:
+                    t = conns.get(h)
+                    if t is None:
+                        continue
+                    if t._fast:
+                        try:
+                            t._data_received(bbytes[off:off + arg])
+                        except (SystemExit, KeyboardInterrupt):
+                            raise
+                        except BaseException as exc:
+                            t._fatal_error(exc, "Fatal error: "
+                                           "protocol.data_received() call "
+                                           "failed.")
+                    elif t._bfast:
+                        try:
+                            buf = t._get_buffer(arg)
+                        except (SystemExit, KeyboardInterrupt):
+                            raise
+                        except BaseException as exc:
+                            t._fatal_error(exc, "Fatal error: "
+                                           "protocol.get_buffer() call "
+                                           "failed.")
+                            continue
+                        if ((buf is t._bufc and t._bufc_room >= arg) or
+                                (type(buf) is bytearray and len(buf) >= arg)):
+                            # All of it fits: one copy, one call.
+                            _memmove(buf, bbuf + off, arg)
+                            try:
+                                t._buffer_updated(arg)
+                            except (SystemExit, KeyboardInterrupt):
+                                raise
+                            except BaseException as exc:
+                                t._fatal_error(exc, "Fatal error: "
+                                               "protocol.buffer_updated() "
+                                               "call failed.")
+                        else:
+                            t._feed_buffered(bbuf + off, arg, buf)
+                    else:
+                        t._data_slow(off, arg)
+                elif kind == _EV_FD:
+                    if fds is None:
+                        fds = []
+                    fds.append((h, arg))
+                elif kind == _EV_OPEN:
+                    self._on_open(h, arg)
+                elif kind == _EV_CLOSED:
+                    t = conns.pop(h, None)
+                    if t is not None:
+                        t._on_closed(arg)
+                elif kind == _EV_EOF:
+                    t = conns.get(h)
+                    if t is not None:
+                        t._on_eof()
+                elif kind == _EV_DRAINED:
+                    t = conns.get(h)
+                    if t is not None:
+                        t._on_drained(arg)
+        except BaseException:
+            if fd_to_key is not None:
+                self._rest = events
+            else:
+                # The fds' events of this batch were handed out: drop
+                # them from what is left.
+                self._rest = ((k, h, a, o) for k, h, a, o in events
+                              if k != _EV_FD)
+            raise
+        if fds is None or fd_to_key is None:
+            return []
+        return self._ready_keys(fds, fd_to_key)
+
+    @staticmethod
+    def _ready_keys(fds: List[Tuple[int, int]],
+                    fd_to_key: Dict[int, selectors.SelectorKey]
+                    ) -> List[Tuple[selectors.SelectorKey, int]]:
+        # Keys are looked up now: a reader removed by a callback of the
+        # batch is not called (as selectors' select does).
+        ready = []
+        for fd, bits in fds:
+            key = fd_to_key.get(fd)
+            if key is not None:
+                mask = ((_EVENT_READ if bits & _PE_READ else 0) |
+                        (_EVENT_WRITE if bits & _PE_WRITE else 0)) & key.events
+                if mask:
+                    ready.append((key, mask))
+        return ready
+
+    # -- connections ---------------------------------------------------------
+
+    def _on_open(self, h: int, lid: int) -> None:
+        entry = self._serving.get(lid)
+        if entry is None:                  # its server closed meanwhile
+            lib.pe_loop_close(self._p, h, _CLOSE_NOW)
+            return
+        factory, server = entry
+        try:
+            protocol = factory()
+        except (SystemExit, KeyboardInterrupt):
+            lib.pe_loop_close(self._p, h, _CLOSE_NOW)
+            raise
+        except BaseException as exc:
+            lib.pe_loop_close(self._p, h, _CLOSE_NOW)
+            if self._debug:
+                self.call_exception_handler({
+                    "message": "Error on transport creation for incoming "
+                               "connection",
+                    "exception": exc,
+                })
+            return
+        t = CTransport(self, h, None, protocol, None, server)
+        try:
+            protocol.connection_made(t)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            t._fatal_error(exc, "Fatal error: protocol.connection_made() "
+                                "call failed.")
+
+    def _make_socket_transport(self, sock: socket.socket, protocol: Any,
+                               waiter: Any = None, *, extra: Any = None,
+                               server: Any = None) -> Any:
+        p = self._p
+        if (p is None or sock.type != socket.SOCK_STREAM or
+                sock.family not in _STREAM_FAMILIES):
+            return super()._make_socket_transport(
+                sock, protocol, waiter, extra=extra, server=server)
+        out = self._handle_out
+        rc = lib.pe_loop_adopt(p, sock.fileno(), _ADOPT, out)
+        if rc < 0:
+            # Table full (or a descriptor the loop cannot take): the
+            # stdlib's transport still serves it, in the same wait.
+            return super()._make_socket_transport(
+                sock, protocol, waiter, extra=extra, server=server)
+        base_events._set_nodelay(sock)
+        t = CTransport(self, int(out[0]), sock, protocol, extra, server)
+        # As the stdlib, the addresses are known from the start (a peer
+        # that answers and closes at once must not take them along).
+        t.get_extra_info("socket")
+        # As the stdlib: connection_made first, then reading, then the
+        # waiter, each a callback of the next iteration.
+        self.call_soon(protocol.connection_made, t)
+        self.call_soon(t._start_reading)
+        if waiter is not None:
+            self.call_soon(futures._set_result_unless_cancelled, waiter, None)
+        return t
+
+    def _make_ssl_transport(self, rawsock: socket.socket, protocol: Any,
+                            sslcontext: Any, waiter: Any = None, *,
+                            server_side: bool = False,
+                            server_hostname: Optional[str] = None,
+                            extra: Any = None, server: Any = None,
+                            **kwargs: Any) -> Any:
+        # The stdlib's TLS (sslproto) over a C-connection transport; the
+        # keyword arguments differ between Python versions and go through.
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            **kwargs)
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra,
+                                    server=server)
+        return ssl_protocol._app_transport
+
+    async def _sendfile_native(self, transp: Any, file: Any, offset: int,
+                               count: Optional[int]) -> int:
+        """loop.sendfile on a C connection: sendfile(2) from the file
+        straight to the socket once the transport's queue is empty, with
+        reading paused meanwhile (as the stdlib's)."""
+        if not isinstance(transp, CTransport):
+            return await super()._sendfile_native(transp, file, offset, count)
+        try:
+            fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation):
+            raise SendfileNotAvailableError("not a regular file") from None
+        try:
+            fsize = os.fstat(fileno).st_size
+        except OSError:
+            raise SendfileNotAvailableError("not a regular file") from None
+        blocksize = count if count else fsize
+        if not blocksize:
+            return 0
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._make_empty_waiter()
+        total = 0
+        try:
+            while not count or total < count:
+                want = (count - total) if count else blocksize
+                h = transp._h
+                if not h:
+                    raise ConnectionError("Connection is closed by peer")
+                n = lib.pe_loop_sendfile(self._p, h, fileno, offset + total,
+                                         min(want, 0x7FFFF000))
+                if n > 0:
+                    total += n
+                elif n == 0:
+                    break                         # the file's end
+                elif n == -errno.EAGAIN:
+                    await transp._wait_writable()
+                elif total == 0 and n not in (-errno.EPIPE,
+                                              -errno.ECONNRESET):
+                    # A file sendfile(2) cannot read: asyncio falls back.
+                    raise SendfileNotAvailableError("os.sendfile call failed")
+                else:
+                    if n == -errno.ESTALE:
+                        raise ConnectionError("Connection is closed by peer")
+                    raise _errno_exc(-n)
+            return total
+        finally:
+            if total > 0:
+                os.lseek(fileno, offset + total, os.SEEK_SET)
+            transp._reset_empty_waiter()
+            if resume_reading:
+                transp.resume_reading()
+
+    def _start_serving(self, protocol_factory: Any, sock: socket.socket,
+                       sslcontext: Any = None, server: Any = None,
+                       backlog: int = 100, *args: Any, **kwargs: Any) -> None:
+        if (sslcontext or self._p is None or
+                sock.type != socket.SOCK_STREAM or
+                sock.family not in _STREAM_FAMILIES):
+            # TLS servers accept in Python; the accepted sockets still
+            # become C connections through _make_ssl_transport.
+            return super()._start_serving(protocol_factory, sock, sslcontext,
+                                          server, backlog, *args, **kwargs)
+        fd = sock.fileno()
+        if fd in self._listener_of:
+            return
+        lid = lib.pe_loop_add_listener(self._p, fd)
+        if lid < 0:
+            raise _errno_exc(-lid)
+        self._serving[lid] = (protocol_factory, server)
+        self._listener_of[fd] = lid
+
+    def _ensure_fd_no_transport(self, fd: Any) -> None:
+        # add_reader/add_writer/sock_* on a transport's socket: asyncio's
+        # RuntimeError, for the stdlib's transports and for C connections.
+        super()._ensure_fd_no_transport(fd)
+        fileno = fd if isinstance(fd, int) else int(fd.fileno())
+        out = self._handle_out
+        if self._p is not None and lib.pe_loop_fd_handle(
+                self._p, fileno, out) == 0:
+            transport = self._conns.get(int(out[0]))
+            if transport is not None and not transport.is_closing():
+                raise RuntimeError(f"File descriptor {fd!r} is used by "
+                                   f"transport {transport!r}")
+
+    def _stop_serving(self, sock: socket.socket) -> None:
+        lid = self._listener_of.pop(sock.fileno(), None)
+        if lid is None:
+            return super()._stop_serving(sock)
+        if self._p is not None:
+            lib.pe_loop_remove_listener(self._p, lid)
+        del self._serving[lid]
+        sock.close()
+
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        super().close()
+        for t in list(self._conns.values()):
+            t._loop_gone()
+        self._conns.clear()
+        self._serving.clear()
+        self._listener_of.clear()
+        p, self._p = self._p, None
+        if p is not None:
+            ffi.release(p)          # closes the C connections it owns
+
+
+class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
+                 transports.Transport):
+    """A stream transport whose socket is a connection of the C loop."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = (constants._SendfileMode.TRY_NATIVE
+                            if sys.platform.startswith("linux")
+                            else constants._SendfileMode.FALLBACK)
+
+    __slots__ = ("_p", "_h", "_sock", "_sock_fd", "_protocol",
+                 "_data_received", "_buffered", "_fast", "_bfast",
+                 "_get_buffer", "_buffer_updated", "_closing",
+                 "_conn_lost", "_eof", "_paused", "_held", "_held_eof",
+                 "_lost_exc", "_server", "_protocol_connected", "_bufc",
+                 "_empty_waiter", "_wwaiter", "_wblock",
+                 "_bufc_room",
+                 "__weakref__")
+
+    def __init__(self, loop: EventLoop, h: int, sock: Optional[socket.socket],
+                 protocol: Any, extra: Any, server: Any) -> None:
+        # No dict per connection until get_extra_info fills one.
+        super().__init__(_NO_EXTRA if extra is None else extra, loop)
+        self._p = loop._p
+        self._h = h
+        self._sock = sock             # ours to close; None: the C loop's fd
+        self._sock_fd = (sock.fileno() if sock is not None
+                         else lib.pe_loop_fileno(self._p, h))
+        self._closing = False
+        self._conn_lost = 0
+        self._eof = False
+        # loop.sendfile: the queue drained (empty) / the socket writable;
+        # _wblock: write() refuses (after write_eof, during a sendfile).
+        self._empty_waiter: Any = None
+        self._wwaiter: Any = None
+        self._wblock = False
+        self._paused = False
+        self._held: Optional[List[bytes]] = None
+        self._held_eof = False
+        self._lost_exc: Optional[BaseException] = None
+        self._bufc: Any = None          # BufferedProtocol: last view seen
+        self._bufc_room = 0
+        self._protocol_connected = False
+        self._server = server
+        self.set_protocol(protocol)
+        if server is not None:
+            if _ATTACH_TAKES_TRANSPORT:
+                server._attach(self)
+            else:
+                server._attach()
+        # Not in loop._transports (a weak map, ~150 bytes a connection):
+        # _ensure_fd_no_transport asks the C loop instead.
+        loop._conns[h] = self
+
+    def __repr__(self) -> str:
+        state = ("closed" if self._h == 0 and self._conn_lost else
+                 "closing" if self._closing else "open")
+        return (f"<pyepoll.CTransport fd={self._sock_fd} {state} "
+                f"reading={self.is_reading()}>")
+
+    # -- protocol --------------------------------------------------------------
+
+    def set_protocol(self, protocol: Any) -> None:
+        self._protocol = protocol
+        self._protocol_connected = True
+        self._buffered = isinstance(protocol, protocols.BufferedProtocol)
+        self._data_received = (None if self._buffered
+                               else protocol.data_received)
+        self._get_buffer = protocol.get_buffer if self._buffered else None
+        self._buffer_updated = (protocol.buffer_updated if self._buffered
+                                else None)
+        self._update_fast()
+
+    def get_protocol(self) -> Any:
+        return self._protocol
+
+    def _update_fast(self) -> None:
+        # Straight from the batch walk: data_received (_fast) or one
+        # get_buffer/buffer_updated (_bfast); else the slow path (paused,
+        # closing, bytes held back).
+        ok = not self._paused and not self._closing and self._held is None
+        self._fast = ok and not self._buffered
+        self._bfast = ok and self._buffered
+
+    # -- events from the batch walk ------------------------------------------
+
+    def _data_slow(self, off: int, n: int) -> None:
+        loop = self._loop
+        if self._conn_lost or self._closing:
+            return                          # stdlib stops reading on close
+        if self._paused or self._held is not None:
+            # Paused by a callback earlier in this batch: keep the bytes
+            # for resume_reading, in order.
+            if self._held is None:
+                self._held = []
+            self._held.append(loop._bbytes[off:off + n])
+            self._update_fast()
+            return
+        if self._buffered:
+            self._feed_buffered(loop._bbuf + off, n)
+        else:
+            self._deliver(loop._bbytes[off:off + n])
+
+    def _deliver(self, data: bytes) -> None:
+        try:
+            self._data_received(data)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(
+                exc, "Fatal error: protocol.data_received() call failed.")
+
+    def _feed_buffered(self, src: Any, n: int, first: Any = None) -> None:
+        """Copy n bytes from src (a C pointer into the batch buffer, or a
+        bytes object held back) into the protocol's buffers, with no bytes
+        object made; get_buffer is asked again while it gives less room
+        than there are bytes.  first: what get_buffer already returned."""
+        proto = self._protocol
+        pos = 0
+        while pos < n:
+            try:
+                if first is not None:
+                    buf, first = first, None
+                else:
+                    buf = proto.get_buffer(n - pos)
+                kind = type(buf)
+                if buf is self._bufc:
+                    room = self._bufc_room   # the same buffer as last time
+                elif kind is bytearray:
+                    room = len(buf)
+                else:
+                    mv = memoryview(buf)
+                    if not mv.c_contiguous or mv.readonly:
+                        raise TypeError("get_buffer() must return a writable "
+                                        "contiguous buffer")
+                    room = mv.nbytes
+                    if kind is memoryview:
+                        # A view's size cannot change: remember it.
+                        self._bufc = buf
+                        self._bufc_room = room
+                if not room:
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(
+                    exc, "Fatal error: protocol.get_buffer() call failed.")
+                return
+            k = room if room < n - pos else n - pos
+            try:
+                if type(src) is bytes:
+                    _memmove(buf, memoryview(src)[pos:pos + k], k)
+                else:
+                    _memmove(buf, src + pos, k)
+            except (TypeError, ValueError, BufferError) as exc:
+                # A view released since get_buffer returned it, say.
+                self._fatal_error(exc, "Fatal read error on socket transport")
+                return
+            try:
+                proto.buffer_updated(k)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(
+                    exc, "Fatal error: protocol.buffer_updated() call failed.")
+                return
+            pos += k
+            if pos < n and (self._paused or self._closing):
+                if not self._closing:
+                    # Paused by buffer_updated: the rest waits for resume.
+                    self._held = [bytes(ffi.buffer(src + pos, n - pos))
+                                  if type(src) is not bytes else src[pos:]]
+                    self._update_fast()
+                return
+
+    def _on_eof(self) -> None:
+        if self._conn_lost or self._closing:
+            return
+        if self._paused or self._held is not None:
+            self._held_eof = True
+            return
+        if self._loop.get_debug():
+            logger.debug("%r received EOF", self)
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(
+                exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if not keep_open:
+            self.close()
+        # else: half-open; the C loop stopped reading, writes go on.
+
+    def _on_drained(self, queued: int = 0) -> None:
+        if queued:
+            # The queue fell to the low-water mark (pe_loop_notify_below).
+            if self._protocol_paused:
+                self._maybe_resume_protocol()
+            return
+        waiter = self._empty_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        waiter, self._wwaiter = self._wwaiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._protocol_paused:
+            self._maybe_resume_protocol()
+        if self._closing and self._h:
+            # close() waited for the queued bytes: they are out.
+            self._conn_lost += 1
+            self._close_now()
+            self._call_connection_lost(None)
+
+    def _on_closed(self, err: int) -> None:
+        """CLOSED for a connection the C loop closed itself (the peer reset,
+        a send failed): the handle is stale; tell the protocol once."""
+        self._h = 0
+        self._closing = True
+        self._fast = self._bfast = False
+        if not self._conn_lost:
+            self._conn_lost = 1
+        exc = self._lost_exc
+        if exc is None and err:
+            exc = _errno_exc(err)
+        try:
+            self._call_connection_lost(exc)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as e:
+            self._loop.call_exception_handler({
+                "message": "Exception in protocol.connection_lost()",
+                "exception": e,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+
+    def _call_connection_lost(self, exc: Optional[BaseException]) -> None:
+        for waiter in (self._empty_waiter, self._wwaiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(
+                    ConnectionError("Connection is closed by peer"))
+        self._wwaiter = None
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            sock, self._sock = self._sock, None
+            if sock is not None:
+                sock.close()
+            self._protocol = None
+            self._data_received = None
+            server, self._server = self._server, None
+            if server is not None:
+                if _ATTACH_TAKES_TRANSPORT:
+                    server._detach(self)
+                else:
+                    server._detach()
+
+    def _loop_gone(self) -> None:
+        # The loop closed under us: nothing may reach the freed C loop, and
+        # the descriptors go with it (those the C loop owned it closes).
+        self._h = 0
+        self._p = None
+        self._closing = True
+        self._fast = self._bfast = False
+        self._conn_lost = self._conn_lost or 1
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()             # (in a forked child: its own copy)
+
+    def _start_reading(self) -> None:
+        # After connection_made (adopted sockets start paused in C).
+        if self._h and not self._paused and not self._closing:
+            lib.pe_loop_resume_reading(self._p, self._h)
+
+    # -- closing -------------------------------------------------------------
+
+    def _close_now(self) -> None:
+        """Close in C now (queued bytes dropped); the caller tells the
+        protocol.  The C loop's CLOSED for it is ignored."""
+        h, self._h = self._h, 0
+        if not h:
+            return
+        if self._p is not None:
+            lib.pe_loop_close(self._p, h, _CLOSE_NOW)
+            self._loop._conns.pop(h, None)
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._fast = self._bfast = False
+        h = self._h
+        if not h:
+            return
+        lib.pe_loop_pause_reading(self._p, h)
+        if self.get_write_buffer_size() == 0:
+            self._conn_lost += 1
+            self._close_now()
+            self._loop.call_soon(self._call_connection_lost, None)
+        # else: DRAINED closes it once the queued bytes are out.
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    def _force_close(self, exc: Optional[BaseException]) -> None:
+        if self._conn_lost:
+            return
+        self._closing = True
+        self._fast = self._bfast = False
+        self._conn_lost += 1
+        if self._h:
+            self._close_now()
+            self._loop.call_soon(self._call_connection_lost, exc)
+        else:
+            # The C loop closed it already: its CLOSED will carry exc.
+            self._lost_exc = exc
+
+    def _fatal_error(self, exc: BaseException,
+                     message: str = "Fatal error on transport") -> None:
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                "message": message,
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+        self._force_close(exc)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    # -- reading ---------------------------------------------------------------
+
+    def is_reading(self) -> bool:
+        return not self._closing and not self._paused
+
+    def pause_reading(self) -> None:
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        self._fast = self._bfast = False
+        if self._h:
+            lib.pe_loop_pause_reading(self._p, self._h)
+        if self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        if self._held is not None or self._held_eof:
+            # Bytes a callback's pause held back go first, from the ready
+            # queue (never from inside this call).
+            self._loop.call_soon(self._deliver_held)
+        else:
+            self._update_fast()
+        if self._h:
+            lib.pe_loop_resume_reading(self._p, self._h)
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def _deliver_held(self) -> None:
+        while self._held and not self._paused and not self._closing:
+            data = self._held.pop(0)
+            if self._buffered:
+                self._feed_buffered(data, len(data))
+            else:
+                self._deliver(data)
+        if self._held == []:
+            self._held = None
+        if self._held is None and self._held_eof and not self._paused:
+            self._held_eof = False
+            self._update_fast()
+            self._on_eof()
+            return
+        self._update_fast()
+
+    # -- writing ---------------------------------------------------------------
+
+    def write(self, data: Any) -> None:
+        h = self._h
+        kind = type(data)
+        # The common case first: a live connection, writes allowed (h is 0
+        # once the connection is lost or closed).
+        if h and not self._wblock:
+            if kind is bytes:
+                if not data:
+                    return
+                rc = _write(self._p, h, data, len(data))
+            elif kind is memoryview or kind is bytearray:
+                if not data:
+                    return
+                try:
+                    buf = _from_buffer(data)
+                except (TypeError, ValueError, BufferError):
+                    buf = _from_buffer(bytes(data))  # non-contiguous view
+                rc = _write(self._p, h, buf, len(buf))
+            else:
+                return self._write_slow(data)
+            if rc > self._high_water:
+                self._maybe_pause_protocol()
+            elif rc < 0:
+                self._write_failed(rc)
+            return
+        self._write_slow(data)
+
+    def _maybe_pause_protocol(self) -> None:
+        was = self._protocol_paused
+        super()._maybe_pause_protocol()
+        if self._protocol_paused and not was and self._h and self._low_water:
+            # resume_writing at the low-water mark, as asyncio does (an
+            # empty queue reports itself anyway).
+            lib.pe_loop_notify_below(self._p, self._h, self._low_water)
+
+    def _write_slow(self, data: Any) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, "
+                            f"not {type(data).__name__!r}")
+        if self._eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if self._empty_waiter is not None:
+            raise RuntimeError("unable to write; sendfile is in progress")
+        if not data:
+            return
+        if self._conn_lost:
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        if self._h:                     # a subclass of bytes, bytearray...
+            self.write(bytes(data))
+
+    def _write_failed(self, rc: int) -> None:
+        if rc == -errno.ENOBUFS:
+            self._fatal_error(BufferError("write buffer over 2 GiB"),
+                              "Fatal write error on socket transport")
+            return
+        # The C loop closed the connection: the send failed (the peer went
+        # away), or it had (-ESTALE).  Its CLOSED, carrying the error, is
+        # on the way; until then the transport is closing, as asyncio's
+        # is after a write error (drain() then yields to the loop).
+        self._h = 0
+        self._closing = True
+        self._fast = self._bfast = False
+        self._conn_lost += 1
+
+    def _make_empty_waiter(self) -> Any:
+        if self._empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self._empty_waiter = self._loop.create_future()
+        self._wblock = True
+        if self.get_write_buffer_size() == 0:
+            self._empty_waiter.set_result(None)
+        return self._empty_waiter
+
+    def _reset_empty_waiter(self) -> None:
+        self._empty_waiter = None
+        self._wblock = self._eof
+
+    def _wait_writable(self) -> Any:
+        """A future done at the next DRAINED (pe_loop_sendfile's EAGAIN
+        armed it)."""
+        if self._wwaiter is None:
+            self._wwaiter = self._loop.create_future()
+        return self._wwaiter
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof:
+            return
+        self._eof = self._wblock = True
+        if self._h:
+            lib.pe_loop_shutdown(self._p, self._h)   # after queued bytes
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        h = self._h
+        if not h:
+            return 0
+        u = self._loop._u32
+        if lib.pe_loop_buffered(self._p, h, _NULL, u) < 0:
+            return 0
+        return int(u[0])
+
+    # -- extra info ----------------------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        value = self._extra.get(name, _MISSING)
+        if value is not _MISSING:
+            return value
+        if name not in ("socket", "sockname", "peername"):
+            return default
+        sock = self._socket()
+        if sock is None:
+            return default
+        if self._extra is _NO_EXTRA:
+            self._extra = {}
+        extra = self._extra
+        extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            extra["sockname"] = sock.getsockname()
+        except OSError:
+            extra["sockname"] = None
+        if "peername" not in extra:
+            try:
+                extra["peername"] = sock.getpeername()
+            except OSError:
+                extra["peername"] = None
+        return extra[name]
+
+    def _socket(self) -> Optional[socket.socket]:
+        """The Python socket object, made on first use for a connection the
+        C loop accepted (the fd is then the object's to close)."""
+        if self._sock is not None:
+            return self._sock
+        if not self._h:
+            return None
+        if lib.pe_loop_keep_fd(self._p, self._h) < 0:
+            return None
+        self._sock = socket.socket(fileno=self._sock_fd)
+        return self._sock
+
+
+def new_event_loop(**kwargs: Any) -> EventLoop:
+    """A new :class:`EventLoop` (keyword arguments as its constructor)."""
+    return EventLoop(**kwargs)

@@ -1,0 +1,1186 @@
+"""pyepoll.asyncio_loop.EventLoop: transports that are C-loop connections.
+
+Real exchanges on 127.0.0.1 (and Unix socket pairs); every program is
+bounded by LIMIT seconds.  test_asyncio.py runs the same asyncio programs
+on this loop and the stdlib's side by side; here are the behaviours that
+only this loop's transports implement (or could get wrong): which
+transport serves a socket, closing, half-close, flow control, buffered
+protocols, exceptions in callbacks, descriptors shared with add_reader.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import logging
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from pyepoll import asyncio_loop
+from pyepoll.asyncio_loop import CTransport, EventLoop
+
+pytestmark = pytest.mark.timeout(60)
+
+LIMIT = 15.0
+
+
+def run(main, **loop_kwargs):
+    """Run main() on a new EventLoop; return (result, handler contexts)."""
+    loop = EventLoop(**loop_kwargs)
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    try:
+        result = loop.run_until_complete(asyncio.wait_for(main(), LIMIT))
+        return result, errors
+    finally:
+        loop.close()
+
+
+async def until(cond, what="condition"):
+    """Wait (bounded) until cond() is true."""
+    deadline = time.monotonic() + LIMIT / 2
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.002)
+
+
+class Recorder(asyncio.Protocol):
+    """Records every callback, in order; optionally echoes."""
+
+    def __init__(self, echo=False, keep_open=False):
+        self.echo = echo
+        self.keep_open = keep_open
+        self.calls = []
+        self.data = bytearray()
+        self.transport = None
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.calls.append("made")
+
+    def data_received(self, data):
+        assert type(data) is bytes
+        self.calls.append("data")
+        self.data += data
+        if self.echo:
+            self.transport.write(data)
+
+    def eof_received(self):
+        self.calls.append("eof")
+        return self.keep_open
+
+    def pause_writing(self):
+        self.calls.append("pause")
+
+    def resume_writing(self):
+        self.calls.append("resume")
+
+    def connection_lost(self, exc):
+        self.calls.append("lost")
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+async def server_and_client(factory=None, **client):
+    """A server whose protocols are Recorders (or factory()), one client
+    connection; returns (server, server protocols list, client transport,
+    client protocol)."""
+    loop = asyncio.get_running_loop()
+    made = []
+
+    def make():
+        proto = factory() if factory else Recorder()
+        made.append(proto)
+        return proto
+
+    server = await loop.create_server(make, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    ct, cp = await loop.create_connection(lambda: Recorder(**client),
+                                          "127.0.0.1", port)
+    await until(lambda: made and made[0].transport is not None, "accept")
+    return server, made, ct, cp
+
+
+# -- which transport ----------------------------------------------------------------
+
+
+def test_server_and_client_transports_are_c_connections():
+    async def main():
+        server, made, ct, cp = await server_and_client()
+        st = made[0].transport
+        ct.write(b"ping")
+        await until(lambda: bytes(made[0].data) == b"ping")
+        st.write(b"pong")
+        await until(lambda: bytes(cp.data) == b"pong")
+        kinds = (type(st), type(ct))
+        peer = st.get_extra_info("peername")
+        assert peer == ct.get_extra_info("sockname")
+        assert ct.get_extra_info("peername") == st.get_extra_info("sockname")
+        assert st.get_extra_info("socket").fileno() >= 0
+        assert st.get_extra_info("nonexistent", 7) == 7
+        ct.close()
+        await cp.lost
+        await made[0].lost
+        server.close()
+        await server.wait_closed()
+        return kinds, made[0].calls, cp.calls
+
+    (kinds, scalls, ccalls), errors = run(main)
+    assert kinds == (CTransport, CTransport)
+    assert scalls == ["made", "data", "eof", "lost"]
+    assert ccalls == ["made", "data", "lost"]
+    assert errors == []
+
+
+def test_streams_echo_and_large_transfer():
+    payload = os.urandom(3 * 2**20)
+
+    async def main():
+        async def handle(reader, writer):
+            while True:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                writer.write(chunk)
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        lines = []
+        for i in range(50):
+            writer.write(b"line %d\n" % i)
+            lines.append(await reader.readline())
+
+        async def send():
+            writer.write(payload)
+            await writer.drain()
+            writer.write_eof()
+
+        sender = asyncio.ensure_future(send())
+        got = await reader.read(-1)
+        await sender
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return lines, got, type(writer.transport)
+
+    (lines, got, kind), errors = run(main)
+    assert lines == [b"line %d\n" % i for i in range(50)]
+    assert len(got) == len(payload) and got == payload
+    assert kind is CTransport
+    assert errors == []
+
+
+def test_servers_keep_their_own_protocol_factories():
+    class Tagged(asyncio.Protocol):
+        def __init__(self, tag):
+            self.tag = tag
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(self.tag + data)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        servers = [await loop.create_server(lambda t=t: Tagged(t),
+                                            "127.0.0.1", 0)
+                   for t in (b"A:", b"B:", b"C:")]
+        out = []
+        for _ in range(2):
+            for server in servers:
+                port = server.sockets[0].getsockname()[1]
+                r, w = await asyncio.open_connection("127.0.0.1", port)
+                w.write(b"x")
+                out.append(await r.readexactly(3))
+                w.close()
+                await w.wait_closed()
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+        return out
+
+    out, errors = run(main)
+    assert out == [b"A:x", b"B:x", b"C:x"] * 2
+    assert errors == []
+
+
+def test_connect_accepted_socket_and_sock_argument():
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        ta, pa = await loop.connect_accepted_socket(lambda: Recorder(echo=True),
+                                                    a)
+        r, w = await asyncio.open_connection(sock=b)
+        w.write(b"hello")
+        echoed = await r.readexactly(5)
+        kinds = (type(ta), type(w.transport))
+        w.close()
+        await w.wait_closed()
+        exc = await pa.lost
+        return echoed, kinds, exc, a.fileno(), b.fileno()
+
+    (echoed, kinds, exc, afd, bfd), errors = run(main)
+    assert echoed == b"hello"
+    assert kinds == (CTransport, CTransport)
+    assert exc is None
+    assert (afd, bfd) == (-1, -1)       # the transports closed them
+    assert errors == []
+
+
+def test_unix_server_is_served_in_c(tmp_path):
+    path = str(tmp_path / "s.sock")
+
+    async def main():
+        made = []
+
+        def factory():
+            made.append(Recorder(echo=True))
+            return made[-1]
+
+        server = await asyncio.get_running_loop().create_unix_server(
+            factory, path)
+        r, w = await asyncio.open_unix_connection(path)
+        w.write(b"over unix")
+        got = await r.readexactly(9)
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return got, type(made[0].transport), type(w.transport)
+
+    (got, st, ct), errors = run(main)
+    assert got == b"over unix"
+    assert (st, ct) == (CTransport, CTransport)
+
+
+# -- closing ------------------------------------------------------------------
+
+
+def test_closed_transport_answers_like_asyncio(caplog):
+    async def main():
+        server, made, ct, cp = await server_and_client()
+        ct.close()
+        ct.close()                                   # idempotent
+        state = (ct.is_closing(), ct.is_reading(), ct.get_write_buffer_size())
+        ct.write(b"dropped")                         # after close: no error
+        exc = await cp.lost
+        # Every method after connection_lost: asyncio's answers, never a
+        # stale handle error.
+        for _ in range(6):
+            ct.write(b"more")
+        ct.writelines([b"a", b"b"])
+        ct.write_eof()
+        ct.pause_reading()
+        ct.resume_reading()
+        ct.abort()
+        ct.set_write_buffer_limits(100, 10)
+        after = (ct.is_closing(), ct.is_reading(), ct.get_write_buffer_size(),
+                 ct.get_write_buffer_limits(), ct.can_write_eof())
+        await made[0].lost
+        server.close()
+        await server.wait_closed()
+        return state, exc, after, cp.calls, bytes(made[0].data)
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        (state, exc, after, calls, seen), errors = run(main)
+    assert state == (True, False, 0)
+    assert exc is None
+    assert after == (True, False, 0, (10, 100), True)
+    assert calls == ["made", "lost"]
+    assert seen == b""                              # nothing after close
+    assert "socket.send() raised exception." in caplog.text
+    assert errors == []
+
+
+def test_close_flushes_queued_bytes_before_connection_lost():
+    size = 8 * 2**20
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        t, p = await loop.connect_accepted_socket(Recorder, a)
+        t.write(b"z" * size)
+        queued = t.get_write_buffer_size()
+        t.close()
+        got = 0
+        while not p.lost.done() or got < size:
+            try:
+                chunk = await loop.sock_recv(b, 1 << 20)
+            except ConnectionError:
+                break
+            if not chunk:
+                break
+            got += len(chunk)
+            if got < size:
+                # connection_lost waits for the flush.
+                assert not p.lost.done()
+        exc = await p.lost
+        b.close()
+        return queued, got, exc
+
+    (queued, got, exc), errors = run(main)
+    assert queued > 0                   # the socket could not take it all
+    assert got == size
+    assert exc is None
+
+
+def test_abort_drops_queued_bytes():
+    async def main():
+        server, made, ct, cp = await server_and_client()
+        made[0].transport.pause_reading()
+        ct.write(b"q" * (8 * 2**20))
+        assert ct.get_write_buffer_size() > 0
+        ct.abort()
+        assert ct.get_write_buffer_size() == 0
+        exc = await cp.lost
+        made[0].transport.resume_reading()
+        sexc = await made[0].lost
+        server.close()
+        await server.wait_closed()
+        return exc, len(made[0].data), sexc
+
+    (exc, seen, sexc), errors = run(main)
+    assert exc is None
+    assert seen < 8 * 2**20
+    assert sexc is None or isinstance(sexc, ConnectionResetError)
+
+
+def test_peer_reset_reports_the_error():
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        t, p = await loop.connect_accepted_socket(Recorder, a)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                     b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        b.close()
+        exc = await p.lost
+        t.write(b"after")
+        return p.calls, exc
+
+    (calls, exc), errors = run(main)
+    # A Unix socket pair reports an orderly EOF; either way once, in order.
+    assert calls[0] == "made" and calls[-1] == "lost"
+    assert calls.count("lost") == 1
+
+
+def test_write_eof_and_eof_received_keeping_half_open():
+    async def main():
+        server, made, ct, cp = await server_and_client(
+            lambda: Recorder(keep_open=True))
+        ct.write(b"request")
+        ct.write_eof()
+        with pytest.raises(RuntimeError, match="write_eof"):
+            ct.write(b"no")
+        st = made[0].transport
+        await until(lambda: "eof" in made[0].calls, "server eof")
+        # Kept half-open: the server still answers after the EOF.
+        st.write(b"reply after eof")
+        await until(lambda: bytes(cp.data) == b"reply after eof", "reply")
+        st.close()
+        await cp.lost
+        await made[0].lost
+        server.close()
+        await server.wait_closed()
+        return made[0].calls, bytes(made[0].data), cp.calls
+
+    (scalls, sdata, ccalls), errors = run(main)
+    assert scalls == ["made", "data", "eof", "lost"]
+    assert sdata == b"request"
+    assert ccalls == ["made", "data", "eof", "lost"]
+
+
+def test_eof_received_false_closes():
+    async def main():
+        server, made, ct, cp = await server_and_client()
+        ct.write_eof()
+        await made[0].lost
+        await cp.lost
+        server.close()
+        await server.wait_closed()
+        return made[0].calls, made[0].transport.is_closing()
+
+    (calls, closing), errors = run(main)
+    assert calls == ["made", "eof", "lost"]
+    assert closing
+
+
+# -- flow control -------------------------------------------------------------
+
+
+def test_pause_and_resume_writing_at_the_water_marks():
+    async def main():
+        server, made, ct, cp = await server_and_client()
+        st = made[0].transport
+        st.pause_reading()
+        ct.set_write_buffer_limits(high=64 * 1024, low=16 * 1024)
+        sent = 0
+        while "pause" not in cp.calls:
+            ct.write(b"w" * 65536)
+            sent += 65536
+            assert sent < 64 * 2**20, "pause_writing never came"
+        size_at_pause = ct.get_write_buffer_size()
+        st.resume_reading()
+        await until(lambda: "resume" in cp.calls, "resume_writing")
+        size_at_resume = ct.get_write_buffer_size()
+        await until(lambda: len(made[0].data) == sent, "all bytes")
+        ct.close()
+        await cp.lost
+        server.close()
+        await server.wait_closed()
+        return size_at_pause, size_at_resume, cp.calls
+
+    (at_pause, at_resume, calls), errors = run(main)
+    assert at_pause > 64 * 1024
+    assert at_resume <= 16 * 1024
+    assert calls == ["made", "pause", "resume", "lost"]
+    assert errors == []
+
+
+def test_resume_writing_comes_at_the_low_mark_not_at_empty():
+    # A slow reader: the queue passes through (0, low], and resume_writing
+    # must come there, with bytes still queued, as asyncio's does.
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        b.setblocking(False)
+        seen = {}
+
+        class Flow(Recorder):
+            def resume_writing(self):
+                super().resume_writing()
+                seen["size"] = self.transport.get_write_buffer_size()
+
+        t, p = await loop.connect_accepted_socket(Flow, a)
+        t.set_write_buffer_limits(high=64 * 1024, low=32 * 1024)
+        t.write(b"s" * (256 * 1024))
+        assert p.calls[-1] == "pause"
+        got = 0
+        while "size" not in seen or got < 256 * 1024:
+            try:
+                got += len(b.recv(4096))
+            except BlockingIOError:
+                pass
+            await asyncio.sleep(0.0005)
+        t.close()
+        await p.lost
+        b.close()
+        return seen["size"], p.calls
+
+    (size, calls), errors = run(main)
+    assert 0 < size <= 32 * 1024
+    assert calls == ["made", "pause", "resume", "lost"]
+
+
+def test_set_write_buffer_limits_validates_like_asyncio():
+    async def main():
+        server, made, ct, cp = await server_and_client()
+        with pytest.raises(ValueError):
+            ct.set_write_buffer_limits(high=10, low=20)
+        ct.set_write_buffer_limits(high=0)
+        limits = ct.get_write_buffer_limits()
+        ct.close()
+        await cp.lost
+        server.close()
+        await server.wait_closed()
+        return limits
+
+    limits, errors = run(main)
+    assert limits == (0, 0)
+
+
+def test_pause_reading_holds_data_until_resume():
+    async def main():
+        server, made, ct, cp = await server_and_client()
+        st, sp = made[0].transport, made[0]
+        st.pause_reading()
+        assert not st.is_reading()
+        ct.write(b"held")
+        await asyncio.sleep(0.1)
+        held = bytes(sp.data)
+        st.resume_reading()
+        assert st.is_reading()
+        await until(lambda: bytes(sp.data) == b"held", "data after resume")
+        ct.close()
+        await sp.lost
+        server.close()
+        await server.wait_closed()
+        return held
+
+    held, errors = run(main)
+    assert held == b""
+
+
+def test_pause_reading_from_another_protocols_callback_in_the_same_batch():
+    # Two connections whose bytes arrive in one batch; whichever is
+    # delivered first pauses the other, whose bytes (already read into the
+    # batch) must wait until it is resumed, then come first, in order.
+    async def main():
+        loop = asyncio.get_running_loop()
+        pairs = [socket.socketpair() for _ in range(2)]
+        ts, ps = [], []
+        for a, b in pairs:
+            t, p = await loop.connect_accepted_socket(Recorder, a)
+            ts.append(t)
+            ps.append(p)
+        await asyncio.sleep(0)
+
+        def pausing(i):
+            orig = ps[i].data_received
+
+            def data_received(data):
+                if not any(p.data for p in ps):
+                    ts[1 - i].pause_reading()
+                orig(data)
+            return data_received
+
+        for i in range(2):
+            ps[i].data_received = pausing(i)
+            ts[i].set_protocol(ps[i])
+        pairs[0][1].send(b"zero-1")
+        pairs[1][1].send(b"one-1")
+        await until(lambda: any(p.data for p in ps), "first data")
+        await asyncio.sleep(0.05)
+        first = 0 if ps[0].data else 1
+        other = 1 - first
+        seen_paused = bytes(ps[other].data)
+        pairs[other][1].send(b"+2")
+        ts[other].resume_reading()
+        want = (b"zero-1", b"one-1")[other] + b"+2"
+        await until(lambda: bytes(ps[other].data) == want, "held bytes")
+        for t in ts:
+            t.close()
+        for a, b in pairs:
+            b.close()
+        for p in ps:
+            await p.lost
+        return seen_paused, ps[other].calls
+
+    (seen, calls), errors = run(main)
+    assert seen == b""
+    assert calls[0] == "made" and calls[-1] == "lost"
+    assert errors == []
+
+
+# -- BufferedProtocol -----------------------------------------------------------
+
+
+class SmallBuffers(asyncio.BufferedProtocol):
+    def __init__(self, size):
+        self.buf = bytearray(size)
+        self.data = bytearray()
+        self.sizes = []
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.sizes.append(nbytes)
+        self.data += self.buf[:nbytes]
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def test_buffered_protocol_with_small_buffers():
+    payload = os.urandom(300_000)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        made = []
+
+        def factory():
+            made.append(SmallBuffers(1000))
+            return made[-1]
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(payload)
+        await w.drain()
+        w.write_eof()
+        await made[0].lost
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return bytes(made[0].data), max(made[0].sizes)
+
+    (data, biggest), errors = run(main)
+    assert data == payload
+    assert biggest <= 1000
+    assert errors == []
+
+
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_buffered_protocol_with_a_buffer_that_fits(kind):
+    # The common case: every read fits the protocol's buffer (bytearray or
+    # a view of one), one copy per read.
+    payload = os.urandom(500_000)
+
+    class Big(SmallBuffers):
+        def __init__(self):
+            super().__init__(1 << 20)
+            if kind is memoryview:
+                self.buf = memoryview(self.buf)
+
+        def buffer_updated(self, nbytes):
+            self.sizes.append(nbytes)
+            self.data += self.buf[:nbytes]
+            self.buf[:nbytes] = bytes(nbytes)    # stale bytes must not pass
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        t, p = await loop.connect_accepted_socket(Big, a)
+        for i in range(0, len(payload), 7919):
+            b.send(payload[i:i + 7919])
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+        await until(lambda: len(p.data) >= len(payload), "all bytes")
+        t.close()
+        b.close()
+        await p.lost
+        return bytes(p.data), len(p.sizes)
+
+    (data, calls), errors = run(main)
+    assert data == payload
+    assert errors == []
+
+
+def test_buffered_protocol_pausing_inside_buffer_updated():
+    # The protocol pauses after each small buffer: the rest of the bytes it
+    # was handed waits, in order, until it resumes.
+    payload = os.urandom(200_000)
+
+    class Pausing(SmallBuffers):
+        def buffer_updated(self, nbytes):
+            super().buffer_updated(nbytes)
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(
+                0.0005, self.transport.resume_reading)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        t, p = await loop.connect_accepted_socket(lambda: Pausing(4096), a)
+        b.sendall(payload)
+        await until(lambda: len(p.data) >= len(payload), "all bytes")
+        t.close()
+        b.close()
+        await p.lost
+        return bytes(p.data), len(p.sizes)
+
+    (data, calls), errors = run(main)
+    assert data == payload
+    assert calls >= len(payload) // 4096
+    assert errors == []
+
+
+def test_buffered_protocol_empty_buffer_is_a_fatal_error():
+    class Empty(SmallBuffers):
+        def get_buffer(self, sizehint):
+            return bytearray()
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        t, p = await loop.connect_accepted_socket(lambda: Empty(10), a)
+        b.send(b"x")
+        exc = await p.lost
+        b.close()
+        return exc
+
+    exc, errors = run(main)
+    assert isinstance(exc, RuntimeError)
+    assert [e["message"] for e in errors] == [
+        "Fatal error: protocol.get_buffer() call failed."]
+
+
+# -- exceptions in callbacks ------------------------------------------------------
+
+
+def test_exception_in_data_received_closes_only_that_transport():
+    class Boom(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            if data == b"boom":
+                raise ZeroDivisionError("boom")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        made = []
+
+        def factory():
+            made.append(Boom(echo=True))
+            return made[-1]
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        r1, w1 = await asyncio.open_connection("127.0.0.1", port)
+        r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+        w1.write(b"boom")
+        w2.write(b"fine")
+        await until(lambda: len(made) == 2 and all(m.data for m in made))
+        gone = await r1.read()               # the server closed it
+        w2.write(b"!")
+        still = await r2.readexactly(5)
+        lost = [m.lost.result() if m.lost.done() else "open" for m in made]
+        for w in (w1, w2):
+            w.close()
+            await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return gone, still, lost
+
+    (gone, still, lost), errors = run(main)
+    assert still == b"fine!"
+    assert sum(isinstance(x, ZeroDivisionError) for x in lost) == 1
+    assert lost.count("open") == 1
+    assert len(errors) == 1
+    ctx = errors[0]
+    assert ctx["message"] == ("Fatal error: protocol.data_received() call "
+                              "failed.")
+    assert isinstance(ctx["exception"], ZeroDivisionError)
+    assert isinstance(ctx["transport"], CTransport)
+    assert isinstance(ctx["protocol"], Recorder)
+
+
+def test_exception_in_connection_lost_goes_to_the_handler():
+    class BadLost(Recorder):
+        def connection_lost(self, exc):
+            super().connection_lost(exc)
+            raise KeyError("lost")
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        t, p = await loop.connect_accepted_socket(BadLost, a)
+        t.close()
+        await p.lost
+        await asyncio.sleep(0.01)
+        b.close()
+        return p.calls
+
+    calls, errors = run(main)
+    assert calls == ["made", "lost"]
+    assert [type(e["exception"]) for e in errors] == [KeyError]
+
+
+# -- one wait for everything ------------------------------------------------------
+
+
+def test_add_reader_shares_the_wait_and_refuses_a_transports_fd():
+    async def main():
+        loop = asyncio.get_running_loop()
+        server, made, ct, cp = await server_and_client()
+        r, w = os.pipe()
+        got = loop.create_future()
+        loop.add_reader(r, lambda: got.set_result(os.read(r, 10)))
+        os.write(w, b"piped")
+        piped = await got
+        loop.remove_reader(r)
+        fd = ct.get_extra_info("socket").fileno()
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            loop.add_reader(fd, lambda: None)
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            loop.add_writer(fd, lambda: None)
+        # The server side: a connection the C loop accepted.
+        ssock = made[0].transport.get_extra_info("socket")
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            loop.add_reader(ssock.fileno(), lambda: None)
+        ct.write(b"still works")
+        await until(lambda: bytes(made[0].data) == b"still works")
+        os.close(r)
+        os.close(w)
+        ct.close()
+        await cp.lost
+        server.close()
+        await server.wait_closed()
+        return piped
+
+    piped, errors = run(main)
+    assert piped == b"piped"
+
+
+def test_writer_callbacks_and_remove_in_the_same_batch():
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        calls = []
+
+        def first():
+            calls.append("first")
+            loop.remove_writer(b)        # its event may be in this batch
+
+        def second():
+            calls.append("second")
+            loop.remove_writer(a)
+            loop.remove_writer(b)
+
+        loop.add_writer(a, second)
+        loop.add_writer(b, first)
+        await asyncio.sleep(0.05)
+        a.close()
+        b.close()
+        return calls
+
+    calls, errors = run(main)
+    # Each ran once at most, and the removal stopped the repeats.
+    assert sorted(set(calls)) == sorted(calls)
+    assert "second" in calls
+
+
+def test_timers_and_call_soon_threadsafe_wake_a_blocked_wait():
+    async def main():
+        loop = asyncio.get_running_loop()
+        order = []
+        loop.call_later(0.03, order.append, "late")
+        loop.call_later(0.01, order.append, "early")
+        loop.call_soon(order.append, "soon")
+        t0 = time.monotonic()
+        fut = loop.create_future()
+
+        def from_thread():
+            time.sleep(0.05)
+            loop.call_soon_threadsafe(fut.set_result, time.monotonic())
+
+        th = threading.Thread(target=from_thread)
+        th.start()
+        woke = await fut
+        th.join()
+        return order, woke - t0, time.monotonic() - woke
+
+    (order, elapsed, lag), errors = run(main)
+    assert order == ["soon", "early", "late"]
+    assert 0.04 <= elapsed < 5
+    assert lag < 1.0
+
+
+def test_timeout_is_rounded_up_not_spun():
+    # A timer 0.5 ms away: the wait rounds up to 1 ms instead of polling.
+    async def main():
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await asyncio.sleep(0.0005)
+        return loop.time() - t0
+
+    elapsed, errors = run(main)
+    assert elapsed >= 0.0005
+
+
+@pytest.mark.parametrize("backend, trigger", [
+    ("epoll", "edge"), ("epoll", "level"), ("poll", "level"),
+    ("select", "level")])
+def test_many_connections_on_each_backend(backend, trigger):
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: Recorder(echo=True),
+                                          "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        async def client(i):
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            msg = b"%d:" % i + b"x" * (i * 37 % 3000)
+            w.write(msg)
+            got = await r.readexactly(len(msg))
+            w.close()
+            await w.wait_closed()
+            return got == msg
+
+        oks = await asyncio.gather(*(client(i) for i in range(100)))
+        server.close()
+        await server.wait_closed()
+        return oks
+
+    oks, errors = run(main, backend=backend, trigger=trigger)
+    assert all(oks) and len(oks) == 100
+    assert errors == []
+
+
+def test_table_full_falls_back_to_stdlib_transports():
+    async def main():
+        loop = asyncio.get_running_loop()
+        pairs = [socket.socketpair() for _ in range(3)]
+        kinds, protos = [], []
+        for a, b in pairs:
+            t, p = await loop.connect_accepted_socket(
+                lambda: Recorder(echo=True), a)
+            kinds.append(type(t).__name__)
+            protos.append(p)
+        for i, (a, b) in enumerate(pairs):
+            b.send(b"n%d" % i)
+        await until(lambda: all(p.data for p in protos))
+        echoed = [b.recv(10) for a, b in pairs]
+        for p in protos:
+            p.transport.close()
+        for p in protos:
+            await p.lost
+        for a, b in pairs:
+            b.close()
+        return kinds, echoed
+
+    (kinds, echoed), errors = run(main, max_connections=2)
+    assert kinds == ["CTransport", "CTransport", "_SelectorSocketTransport"]
+    assert echoed == [b"n0", b"n1", b"n2"]
+
+
+def test_lazily_made_socket_is_closed_once():
+    async def main():
+        server, made, ct, cp = await server_and_client()
+        st = made[0].transport
+        sock = st.get_extra_info("socket")
+        fd = sock.fileno()
+        st.close()
+        await made[0].lost
+        await cp.lost
+        server.close()
+        await server.wait_closed()
+        gc.collect()
+        try:
+            os.fstat(fd)
+            still_open = True
+        except OSError:
+            still_open = False
+        return still_open
+
+    still_open, errors = run(main)
+    # The fd may already name another file only if something reused it.
+    assert not still_open
+
+
+def test_loop_close_with_open_transports_is_safe():
+    loop = EventLoop()
+
+    async def main():
+        server, made, ct, cp = await server_and_client()
+        return ct, made[0].transport, server
+
+    ct, st, server = loop.run_until_complete(main())
+    server.close()
+    loop.close()
+    # Nothing reaches the freed C loop.
+    ct.write(b"x")
+    assert ct.is_closing()
+    assert ct.get_write_buffer_size() == 0
+    ct.close()
+    ct.abort()
+    st.pause_reading()
+
+
+def test_new_event_loop_options_are_checked():
+    with pytest.raises(ValueError):
+        EventLoop(trigger="sideways")
+    with pytest.raises(ValueError, match="not available"):
+        EventLoop(backend="nonesuch")
+    with pytest.raises(ValueError):
+        EventLoop(batch=0)
+    with pytest.raises(ValueError):
+        EventLoop(max_connections=0)
+    with pytest.raises(TypeError):
+        EventLoop(batch="many")
+    with pytest.raises(ValueError, match="edge"):
+        EventLoop(backend="poll", trigger="edge")
+    loop = asyncio_loop.new_event_loop(trigger="level")
+    try:
+        assert loop._trigger == "level"
+    finally:
+        loop.close()
+
+
+# -- asyncio's order and errors (found by CPython's own tests) ----------------
+
+
+def test_write_and_drain_to_a_closed_peer_raises_instead_of_spinning():
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Recorder, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        lsock = server.sockets[0]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        for t in list(loop._conns.values()):
+            if t is not w.transport:
+                t.abort()                    # the server side goes away
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            for _ in range(100000):
+                w.write(b"foo\n")
+                await w.drain()
+        w.close()
+        server.close()
+        await server.wait_closed()
+        return lsock is not None
+
+    assert run(main)[0]
+
+
+def test_drain_after_close_raises_connection_reset():
+    async def main():
+        server, made, ct, cp = await server_and_client()
+        r, w = await asyncio.open_connection(
+            "127.0.0.1", server.sockets[0].getsockname()[1])
+        w.close()
+        with pytest.raises(ConnectionResetError):
+            w.write(b"data")
+            await w.drain()
+        ct.close()
+        server.close()
+        await server.wait_closed()
+        return True
+
+    assert run(main)[0]
+
+
+def test_first_data_comes_after_the_awaiting_task_resumes():
+    # create_connection's caller gets its transport before the protocol's
+    # first bytes arrive, even when they are already waiting.
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        b.send(b"early bytes")
+        seen = {}
+
+        class P(asyncio.BufferedProtocol):
+            def get_buffer(self, n):
+                self.buf = bytearray(64)
+                return self.buf
+
+            def buffer_updated(self, n):
+                seen["transport_known"] = "t" in seen
+
+        t, p = await loop.create_connection(P, sock=a)
+        seen["t"] = t
+        await until(lambda: "transport_known" in seen)
+        t.close()
+        b.close()
+        return seen["transport_known"]
+
+    known, errors = run(main)
+    assert known is True
+
+
+def test_native_sendfile_through_a_full_socket(tmp_path):
+    blob = os.urandom(3 * 2**20)
+    path = tmp_path / "blob"
+    path.write_bytes(blob)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        b.setblocking(False)
+        t, p = await loop.connect_accepted_socket(Recorder, a)
+        t.write(b"head:")                      # queued bytes go first
+        received = bytearray()
+
+        async def reader():
+            while len(received) < 5 + len(blob) - 1000 + 5:
+                chunk = await loop.sock_recv(b, 65536)
+                if not chunk:
+                    break
+                received.extend(chunk)
+                await asyncio.sleep(0.001)     # a slow peer: EAGAIN
+
+        task = asyncio.ensure_future(reader())
+        with open(path, "rb") as f:
+            # fallback=False: only the native path may serve it.
+            fut = asyncio.ensure_future(loop.sendfile(t, f, offset=1000,
+                                                      fallback=False))
+            await asyncio.sleep(0)
+            with pytest.raises(RuntimeError, match="sendfile is in progress"):
+                t.write(b"no")
+            sent = await fut
+            pos = f.tell()
+        t.write(b":tail")
+        await task
+        t.close()
+        await p.lost
+        b.close()
+        return sent, pos, bytes(received)
+
+    (sent, pos, received), errors = run(main)
+    assert sent == len(blob) - 1000
+    assert pos == len(blob)
+    assert received == b"head:" + blob[1000:] + b":tail"
+    assert errors == []
+
+
+def test_sendfile_without_a_file_descriptor_falls_back():
+    async def main():
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        t, p = await loop.connect_accepted_socket(Recorder, a)
+        f = io.BytesIO(b"in memory " * 1000)
+        with pytest.raises(asyncio.SendfileNotAvailableError):
+            await loop.sendfile(t, f, fallback=False)
+        sent = await loop.sendfile(t, f)         # asyncio's write() path
+        got = bytearray()
+        while len(got) < sent:
+            got += await loop.sock_recv(b, 65536)
+        t.close()
+        await p.lost
+        b.close()
+        return sent, bytes(got)
+
+    (sent, got), errors = run(main)
+    assert sent == 10_000
+    assert got == b"in memory " * 1000
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_forked_child_gets_a_clear_error_and_the_parent_goes_on():
+    loop = EventLoop()
+    try:
+        async def setup():
+            server, made, ct, cp = await server_and_client(
+                lambda: Recorder(echo=True))
+            return server, ct, cp
+
+        server, ct, cp = loop.run_until_complete(setup())
+        pid = os.fork()
+        if pid == 0:                              # the child
+            code = 1
+            try:
+                try:
+                    loop.run_until_complete(asyncio.sleep(0))
+                except RuntimeError as exc:
+                    code = 0 if "before fork()" in str(exc) else 2
+                ct.write(b"from child")            # no crash, dropped
+                loop.close()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+
+        async def after():
+            ct.write(b"parent")
+            await until(lambda: bytes(cp.data) == b"parent", "echo")
+            ct.close()
+            await cp.lost
+            server.close()
+            await server.wait_closed()
+
+        loop.run_until_complete(asyncio.wait_for(after(), LIMIT))
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        loop.close()
