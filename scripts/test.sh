@@ -130,7 +130,10 @@ print(f"wheel has {lic[0]} and {core[0]}")
 PYEOF
 rm -rf "$WORK/venv-wheel"
 "$PY" -m venv "$WORK/venv-wheel"
-"$WORK/venv-wheel/bin/pip" install -q "$wheel" pytest pytest-timeout hypothesis
+# aiohttp, uvicorn + httptools and websockets: real exchanges on pyepoll's
+# asyncio loop (tests/py/test_aio_libs.py; the test-aio extra).
+"$WORK/venv-wheel/bin/pip" install -q "$wheel" pytest pytest-timeout hypothesis \
+  "aiohttp>=3.9" "uvicorn>=0.30" "httptools>=0.6" "websockets>=13"
 say "pytest against the installed manylinux wheel"
 # Run from outside the source tree so `import pyepoll` finds the wheel.
 (cd "$WORK" && PYEPOLL_REQUIRE_INSTALLED=1 "$WORK/venv-wheel/bin/pytest" \
