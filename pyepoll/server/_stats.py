@@ -61,6 +61,11 @@ class Reporter:
         self._parent = pid
         self._orphaned = orphaned
 
+    def active(self) -> bool:
+        """False when :meth:`tick` can never do anything (no stats line,
+        no parent watched): the model may then skip calling it."""
+        return self.next_at is not None or bool(self._parent)
+
     def timeout(self, now: float) -> Optional[float]:
         """Seconds until the next tick is due (None: never)."""
         t = None if self.next_at is None else max(0.0, self.next_at - now)
