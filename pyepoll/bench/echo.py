@@ -142,6 +142,9 @@ def low_tables(results: Dict[str, Dict[object, List[Run]]], low) -> List[Table]:
                 reference=C_ECHO)
     p99 = Table("echo at low concurrency: latency p99", "us round trip", cols,
                 reference=C_ECHO)
+    batch = Table("echo at low concurrency: round trips per server sleep (voluntary "
+                  "context switches)", "round trips", cols, reference=C_ECHO,
+                  lower_is_better=False)
     for name, by_point in results.items():
         for point in low:
             for r in by_point.get(point, []):
@@ -149,9 +152,11 @@ def low_tables(results: Dict[str, Dict[object, List[Run]]], low) -> List[Table]:
                 cpu.add(name, col, r.cpu_per_op_us)
                 p50.add(name, col, r.p50)
                 p99.add(name, col, r.p99)
+                if r.ops_per_sleep == r.ops_per_sleep:
+                    batch.add(name, col, r.ops_per_sleep)
     cpu.notes.append("1 connection: every wait returns one event, so this is the "
                      "cost of one wakeup plus one read and one write")
-    return [cpu, p50, p99]
+    return [cpu, p50, p99, batch]
 
 
 def paired_ratio(results: Dict[str, Dict[object, List[Run]]], a: str, b: str,

@@ -85,6 +85,15 @@ def run(args: argparse.Namespace) -> Section:
     how = "as wrk measures it" if use_wrk else "per request; per batch when pipelined"
     lat = Table(f"HTTP latency p99 ({how})", "us", list(modes), reference=UVLOOP_HTTP)
     lat50 = Table(f"HTTP latency p50 ({how})", "us", list(modes), reference=UVLOOP_HTTP)
+    batch = Table("HTTP requests per server sleep (requests / voluntary context "
+                  "switches)", "requests", list(modes), reference=UVLOOP_HTTP,
+                  lower_is_better=False)
+    batch.notes.append(
+        "how many requests a server serves each time it sleeps in its wait and is "
+        "woken: CPU per request falls as this grows (the wakeup's cost is shared), "
+        "and it is set by how fast the client sends as much as by the server, so "
+        "CPU ratios at many connections move with the client; at 1 connection "
+        "every request wakes the server")
     for name, by_mode in results.items():
         for mode, runs in by_mode.items():
             for r in runs:
@@ -95,13 +104,15 @@ def run(args: argparse.Namespace) -> Section:
                     lat.add(name, mode, r.p99)
                 if r.p50 == r.p50:
                     lat50.add(name, mode, r.p50)
+                if r.ops_per_sleep == r.ops_per_sleep:
+                    batch.add(name, mode, r.ops_per_sleep)
     note = _cli.client_note(results)
     if note:
         thr.notes.append(note)
     if not any(UVLOOP_HTTP in t.rows for t in (thr,)):
-        for t in (thr, cpu, user, lat50, lat):
+        for t in (thr, cpu, user, lat50, lat, batch):
             t.reference = REF
-    sec.tables += [thr, cpu, user, lat50, lat]
+    sec.tables += [thr, cpu, user, batch, lat50, lat]
     sec.charts += [Chart(thr, "throughput"), Chart(cpu, "cpu"),
                    Chart(cpu, "cpu-pipelined", point=pipe), Chart(cpu, "cpu-keepalive", point=keep)]
     sec.summary = summary(results, keep, pipe)

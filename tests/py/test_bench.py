@@ -96,6 +96,15 @@ def test_paired_ratio_is_the_median_of_per_repeat_ratios() -> None:
     assert low_label((64, 1)) == "64 B x 1" and low_label((1024, 4)) == "1 KiB x 4"
 
 
+@linux
+def test_sleeps_counts_a_threads_voluntary_switches() -> None:
+    import time
+    before = _proc.sleeps(os.getpid())
+    for _ in range(20):
+        time.sleep(0.001)
+    assert _proc.sleeps(os.getpid()) - before >= 20
+
+
 def test_check_line_says_met_or_missed() -> None:
     assert check_line("a", 0.8, 1.0, "<=").endswith("met")
     assert check_line("a", 1.2, 1.0, "<=").endswith("MISSED")
@@ -250,6 +259,9 @@ def test_http_smoke_without_optional_tools() -> None:
     assert "n/a" not in rows(out, "HTTP latency p50")["ref server eventloop"]
     assert ("ref server eventloop CPU/request vs uvloop+httptools, keep-alive 1c "
             "(per-repeat ratios): not measured") in out
+    # One connection, one request in flight: every request wakes the server.
+    per_sleep = rows(out, "HTTP requests per server sleep")["ref server eventloop"]
+    assert 0.5 <= float(per_sleep.split()[0].replace(",", "")) <= 1.5, per_sleep
 
 
 @linux
