@@ -563,6 +563,12 @@ class Loop:
             # instructions a wait).
             if not q:
                 n = _run_batch(p, 0, ms)
+            elif len(q) == 1:
+                # One echo (a one-event batch answered): one item set and
+                # one pop instead of a slice copy and a slice delete
+                # (callgrind: ~400 fewer instructions).
+                self._eqv[0] = q.pop()
+                n = _run_batch(p, 1, ms)
             elif len(q) <= self._batch:
                 # The queued echoes go out in the same C call, copied into
                 # C memory first (one memcpy; exporting the array with
