@@ -217,8 +217,9 @@ class Loop:
     nothing.  Make a new Loop in the child.
     """
 
-    __slots__ = ("_p", "_ev", "_evbuf", "_bevbuf", "_vi", "_vq", "_batch", "_rbuf", "_rbytes",
-                 "_in_high", "_bev", "_bq", "_bbuf", "_bview", "_bsize",
+    __slots__ = ("_p", "_ev", "_evbuf", "_vi", "_vq", "_batch", "_rbuf",
+                 "_rbytes", "_in_high", "_bev", "_bevbuf", "_bq", "_bbuf",
+                 "_bview", "_bsize",
                  "_echoq", "queue_echo", "_eq", "_eqv",
                  "_out_max", "_backend", "_trigger", "_echo", "_listeners",
                  "_owned", "_u32a", "_u32b",
