@@ -11,7 +11,9 @@ cancel out.
 
 TARGET: c (pyepoll/bench/c/echo_server.c), loop-py, loop-batch,
 loop-queue, loop-fn (pyepoll.bench._serve kinds), server-echo,
-server-http (pyepoll-server, eventloop model, as the benchmarks start it),
+server-http (pyepoll-server, eventloop model, as the benchmarks start it;
+server-echo-w2: with --workers 2, for --tool strace: callgrind here
+records the supervisor, not the worker),
 uvloop-echo, uvloop-http.  --top N also lists the N functions whose own
 (--inclusive: with callees) instructions per round trip grew most between
 the two runs.
@@ -47,10 +49,12 @@ def argv_for(target: str, port: int) -> list:
         what = "protocol" if target == "uvloop-echo" else "httptools"
         return py + ["-m", "pyepoll.bench._serve", f"uvloop-{what}", str(port)]
     if target.startswith("server-"):
+        # server-echo-w2: two worker processes (a supervisor watching them)
+        extra = ["--workers", target.split("-w")[1]] if "-w" in target else []
         return py + ["-m", "pyepoll.server", "--port", str(port), "--protocol",
                      target.split("-")[1], "--model", "eventloop",
                      "--log-level", "warning", "--idle-timeout", "0",
-                     "--max-connections", "30000"]
+                     "--max-connections", "30000", *extra]
     raise SystemExit(f"unknown target {target}")
 
 
