@@ -102,6 +102,7 @@ _monotonic = time.monotonic
 # struct pe_loop_event, (kind, handle, arg, off) of a pe_loop_bevent.
 _unpack_event = struct.Struct("=IIQ").unpack_from
 _unpack_bevent = struct.Struct("=4Q").unpack_from
+_iter_bevents = struct.Struct("=4Q").iter_unpack
 
 
 # Loops alive in this process, so that a fork can disarm them in the child.
@@ -597,6 +598,11 @@ class Loop:
             # C call, without the slice, list and zip below (callgrind:
             # about 1,100 fewer instructions a wakeup).
             return iter((_unpack_bevent(self._bevbuf),))
+        if n <= 16:
+            # A few events: a copy of their bytes unpacked as it is iterated
+            # (callgrind, per batch: 1,100-1,800 fewer instructions than
+            # the zip below at 2-16 events; about even from 64 on).
+            return _iter_bevents(self._bevbuf[0:n << 5])
         # Four 64-bit words an event: one slice copied out, one iterator
         # zipped with itself makes the tuples.  A zip, not a list: a loop
         # that unpacks each tuple lets zip reuse it (no tuple made and
