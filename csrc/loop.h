@@ -97,6 +97,14 @@ struct pe_loop {
     uint32_t dpos, dlen, dmax;
     uint32_t bn;                 /* events it handed out */
 
+    /* pe_loop_batch_setup's buffers for pe_loop_run_batch. */
+    const pe_handle *sb_echo;
+    size_t sb_echo_cap;
+    struct pe_loop_bevent *sb_out;
+    int sb_max;
+    void *sb_buf;
+    size_t sb_buflen;
+
     struct pe_loop_event *q;     /* events not yet handed out */
     uint32_t qhead, qlen, qcap;
 
@@ -124,6 +132,10 @@ int     pe__loop_run_into(pe_loop *l, const pe_handle *echo, size_t necho,
                           void *buf, size_t buflen);
 int     pe__loop_add_listener(pe_loop *l, int fd);
 int     pe__loop_remove_listener(pe_loop *l, int id);
+int     pe__loop_batch_setup(pe_loop *l, const pe_handle *echo, size_t echo_cap,
+                             struct pe_loop_bevent *out, int max, void *buf,
+                             size_t buflen);
+int     pe__loop_run_batch(pe_loop *l, int necho, int timeout_ms);
 int64_t pe__loop_read(pe_loop *l, pe_handle h, void *buf, size_t len);
 int64_t pe__loop_send(pe_loop *l, pe_handle h, const void *buf, size_t len);
 int64_t pe__loop_reply(pe_loop *l, pe_handle h, uint32_t off, uint32_t len);

@@ -15,6 +15,30 @@
 
 #include "loop.h"
 
+int pe__loop_batch_setup(pe_loop *l, const pe_handle *echo, size_t echo_cap,
+                         struct pe_loop_bevent *out, int max, void *buf,
+                         size_t buflen)
+{
+    if ((!echo && echo_cap) || !out || max <= 0 || !buf || buflen == 0)
+        return -EINVAL;
+    l->sb_echo = echo;
+    l->sb_echo_cap = echo_cap;
+    l->sb_out = out;
+    l->sb_max = max;
+    l->sb_buf = buf;
+    l->sb_buflen = buflen;
+    return 0;
+}
+
+int pe__loop_run_batch(pe_loop *l, int necho, int timeout_ms)
+{
+    if (!l->sb_out || necho < 0 || (size_t)necho > l->sb_echo_cap)
+        return -EINVAL;
+    return pe__loop_run_into(l, necho ? l->sb_echo : NULL, (size_t)necho,
+                             l->sb_out, l->sb_max, timeout_ms, l->sb_buf,
+                             l->sb_buflen);
+}
+
 int64_t pe__loop_reply(pe_loop *l, pe_handle h, uint32_t off, uint32_t len)
 {
     if (!l->bbuf || off > l->bbuflen || len > l->bbuflen - off)

@@ -73,6 +73,12 @@ GUARDED(int, run_into, (pe_loop *l, const pe_handle *echo, size_t necho,
                         struct pe_loop_bevent *out, int max, int timeout_ms,
                         void *buf, size_t buflen),
         (l, echo, necho, out, max, timeout_ms, buf, buflen))
+GUARDED(int, batch_setup, (pe_loop *l, const pe_handle *echo, size_t echo_cap,
+                           struct pe_loop_bevent *out, int max, void *buf,
+                           size_t buflen),
+        (l, echo, echo_cap, out, max, buf, buflen))
+GUARDED(int, run_batch, (pe_loop *l, int necho, int timeout_ms),
+        (l, necho, timeout_ms))
 GUARDED(int, add_listener, (pe_loop *l, int fd), (l, fd))
 GUARDED(int, remove_listener, (pe_loop *l, int id), (l, id))
 GUARDED(int64_t, read, (pe_loop *l, pe_handle h, void *buf, size_t len),

@@ -282,6 +282,16 @@ struct pe_loop_bevent {
 int pe_loop_run_into(pe_loop *l, const pe_handle *echo, size_t necho,
                      struct pe_loop_bevent *out, int max, int timeout_ms,
                      void *buf, size_t buflen);
+/* pe_loop_run_into with the buffers named once by pe_loop_batch_setup:
+ * the echo list is the first necho (0..echo_cap) handles of echo.  A
+ * binding pays per argument it converts, and a wait that returns one
+ * event is mostly that.  -EINVAL before a setup or for necho out of
+ * range; a setup with NULL buffers or max <= 0 is -EINVAL and changes
+ * nothing.  The buffers stay the caller's: they must outlive their use. */
+int pe_loop_batch_setup(pe_loop *l, const pe_handle *echo, size_t echo_cap,
+                        struct pe_loop_bevent *out, int max, void *buf,
+                        size_t buflen);
+int pe_loop_run_batch(pe_loop *l, int necho, int timeout_ms);
 /* pe_loop_send of len bytes at off in the buffer the last
  * pe_loop_run_into filled (-EINVAL outside it): an echo-like reply with
  * no conversion of a buffer object. */

@@ -38,6 +38,7 @@ import errno
 import math
 import os
 import socket
+import struct
 import time
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -92,13 +93,18 @@ _HANDLE_CODE = "L" if array.array("L").itemsize == 8 else "Q"
 # per call (measured +22 ns a call), so these are not bound as defaults.
 _run = lib.pe_loop_run
 _run_into = lib.pe_loop_run_into
+_run_batch = lib.pe_loop_run_batch
 _read = lib.pe_loop_read
 _send = lib.pe_loop_send
 _reply = lib.pe_loop_reply
 _echo = lib.pe_loop_echo
 _from_buffer = ffi.from_buffer
-_NULL = ffi.NULL
 _monotonic = time.monotonic
+# The first event of a batch as one tuple: (kind, arg, handle) of a
+# struct pe_loop_event, (kind, handle, arg, off) of a pe_loop_bevent.
+_unpack_event = struct.Struct("=IIQ").unpack_from
+_unpack_bevent = struct.Struct("=4Q").unpack_from
+_iter_bevents = struct.Struct("=4Q").iter_unpack
 
 
 # Loops alive in this process, so that a fork can disarm them in the child.
@@ -214,8 +220,9 @@ class Loop:
     nothing.  Make a new Loop in the child.
     """
 
-    __slots__ = ("_p", "_ev", "_vi", "_vq", "_batch", "_rbuf", "_rbytes",
-                 "_in_high", "_bev", "_bq", "_bbuf", "_bview", "_bsize",
+    __slots__ = ("_p", "_ev", "_evbuf", "_vi", "_vq", "_batch", "_rbuf",
+                 "_rbytes", "_in_high", "_bev", "_bevbuf", "_bq", "_bbuf",
+                 "_bview", "_bsize",
                  "_echoq", "queue_echo", "_eq", "_eqv",
                  "_out_max", "_backend", "_trigger", "_echo", "_listeners",
                  "_owned", "_u32a", "_u32b",
@@ -292,7 +299,8 @@ class Loop:
         self._ev = ffi.new("struct pe_loop_event[]", self._batch)
         # One buffer, two views: 32-bit words for kind/arg, 64-bit words for
         # handles.  An event is 4 words or 2 double words.
-        raw = memoryview(ffi.buffer(self._ev))
+        self._evbuf = ffi.buffer(self._ev)
+        raw = memoryview(self._evbuf)
         self._vi = raw.cast("I")
         self._vq = raw.cast("Q")
         self._rbuf = ffi.new("char[]", input_high)
@@ -302,6 +310,7 @@ class Loop:
         # wait_batch's buffer and offsets: made on first use, so a loop
         # that never calls it does not pay for them.
         self._bev: Any = None
+        self._bevbuf: Any = None
         self._bq: Any = None
         self._eq: Any = None
         self._eqv: Any = None
@@ -531,6 +540,10 @@ class Loop:
         finally:
             if self._p is None and self._owned:
                 self._close_owned()     # close() came while we waited
+        if n == 1:
+            # One event: unpacked in one C call (see wait_batch).
+            kind, arg, h = _unpack_event(self._evbuf)
+            return [(kind, h, arg)]
         n4 = n << 2
         vi = self._vi
         return list(zip(vi[0:n4:4], self._vq[1:n << 1:2], vi[1:n4:4]))
@@ -547,19 +560,25 @@ class Loop:
         :meth:`wait` or :meth:`wait_batch`; :meth:`reply` sends a part of
         it back.  ``offset`` is 0 for the other kinds."""
         ms = -1 if timeout is None else timeout_to_ms(timeout)
-        bev = self._bev
-        if bev is None:
-            self._batch_init()
-            bev = self._bev
         p = self._p
         if p is None:
             self._raise_closed()
+        if self._bev is None:
+            self._batch_init()
         try:
             start = _monotonic() if ms > 0 else 0.0
             q = self._echoq
+            # The buffers were named to C once (_batch_init): a call
+            # converts three arguments, not eight (callgrind: ~600 fewer
+            # instructions a wait).
             if not q:
-                n = _run_into(p, _NULL, 0, bev, self._batch, ms, self._bbuf,
-                              self._bsize)
+                n = _run_batch(p, 0, ms)
+            elif len(q) == 1:
+                # One echo (a one-event batch answered): one item set and
+                # one pop instead of a slice copy and a slice delete
+                # (callgrind: ~400 fewer instructions).
+                self._eqv[0] = q.pop()
+                n = _run_batch(p, 1, ms)
             elif len(q) <= self._batch:
                 # The queued echoes go out in the same C call, copied into
                 # C memory first (one memcpy; exporting the array with
@@ -567,13 +586,12 @@ class Loop:
                 nq = len(q)
                 self._eqv[0:nq] = q
                 del q[:]
-                n = _run_into(p, self._eq, nq, bev, self._batch, ms,
-                              self._bbuf, self._bsize)
+                n = _run_batch(p, nq, ms)
             else:
                 # More than a batch (a handle queued twice): the array is
                 # exported, so cannot be resized, while C reads it.
                 with _from_buffer("pe_handle[]", q) as hs:
-                    n = _run_into(p, hs, len(q), bev, self._batch, ms,
+                    n = _run_into(p, hs, len(q), self._bev, self._batch, ms,
                                   self._bbuf, self._bsize)
                 del q[:]
             if n <= 0 and (n or ms):
@@ -583,6 +601,16 @@ class Loop:
         finally:
             if self._p is None and self._owned:
                 self._close_owned()     # close() came while we waited
+        if n == 1:
+            # One event (a quiet server's every wakeup): its tuple in one
+            # C call, without the slice, list and zip below (callgrind:
+            # about 1,100 fewer instructions a wakeup).
+            return iter((_unpack_bevent(self._bevbuf),))
+        if n <= 16:
+            # A few events: a copy of their bytes unpacked as it is iterated
+            # (callgrind, per batch: 1,100-1,800 fewer instructions than
+            # the zip below at 2-16 events; about even from 64 on).
+            return _iter_bevents(self._bevbuf[0:n << 5])
         # Four 64-bit words an event: one slice copied out, one iterator
         # zipped with itself makes the tuples.  A zip, not a list: a loop
         # that unpacks each tuple lets zip reuse it (no tuple made and
@@ -599,12 +627,21 @@ class Loop:
         del q[:]
 
     def _batch_init(self) -> None:
-        self._bev = ffi.new("struct pe_loop_bevent[]", self._batch)
-        self._bq = memoryview(ffi.buffer(self._bev)).cast("Q")
-        self._eq = ffi.new("pe_handle[]", self._batch)
-        self._eqv = memoryview(ffi.buffer(self._eq)).cast(_HANDLE_CODE)
-        self._bbuf = ffi.new("char[]", self._bsize)
-        self._bview = memoryview(ffi.buffer(self._bbuf)).toreadonly()
+        # Called with the loop open.  The C loop keeps pointers to these
+        # buffers; they live as long as this object, which holds the loop.
+        bev = ffi.new("struct pe_loop_bevent[]", self._batch)
+        eq = ffi.new("pe_handle[]", self._batch)
+        bbuf = ffi.new("char[]", self._bsize)
+        _check(lib.pe_loop_batch_setup(self._p, eq, self._batch, bev,
+                                       self._batch, bbuf, self._bsize),
+               "wait_batch")
+        self._bev = bev
+        self._bevbuf = ffi.buffer(bev)
+        self._bq = memoryview(self._bevbuf).cast("Q")
+        self._eq = eq
+        self._eqv = memoryview(ffi.buffer(eq)).cast(_HANDLE_CODE)
+        self._bbuf = bbuf
+        self._bview = memoryview(ffi.buffer(bbuf)).toreadonly()
 
     @property
     def batch_view(self) -> memoryview:
@@ -669,8 +706,7 @@ class Loop:
             if p is None:
                 return 0
             if into:
-                rc = _run_into(p, _NULL, 0, self._bev, self._batch, ms,
-                               self._bbuf, self._bsize)
+                rc = _run_batch(p, 0, ms)
             else:
                 rc = _run(p, self._ev, self._batch, ms)
 

@@ -218,6 +218,23 @@ def cpu_delta(a: CpuSample, b: CpuSample) -> Tuple[float, float]:
     return du, ds
 
 
+def sleeps(pid: int) -> int:
+    """Voluntary context switches of a process tree's threads: for an
+    event-loop server, how often it went to sleep in its wait and was woken
+    (a wait that finds events ready does not switch)."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            total += int(line.split()[1])
+        except (OSError, ValueError):
+            pass
+    return total
+
+
 def rss_bytes(pid: int) -> int:
     total = 0
     for p in _tree(pid):
@@ -342,6 +359,15 @@ class Run:
     server_sys: float
     client_cpu: float         # client CPU seconds (user + sys)
     wall: float
+    server_sleeps: int = 0    # voluntary context switches during the run
+
+    @property
+    def ops_per_sleep(self) -> float:
+        """Operations per time the server slept in its wait and was woken:
+        1 when every round trip wakes it, large when the client sends
+        faster than the server sleeps (a wait that finds events ready
+        does not sleep)."""
+        return self.ops / self.server_sleeps if self.server_sleeps else float("nan")
 
     @property
     def cpu_per_op_us(self) -> float:
@@ -382,11 +408,12 @@ def run_loadgen(server: ServerProc, mode: str, conns: int, seconds: float,
     # The client's own CPU: RUSAGE_CHILDREN accumulates every reaped child,
     # so take it as a difference around this one.
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    c0 = cpu_sample(server.pid)
+    c0, z0 = cpu_sample(server.pid), sleeps(server.pid)
     out, err, wall, rc = _run_pinned(
         [str(exe), mode, str(server.port), str(conns), str(seconds), str(arg)],
         timeout=seconds + 30)
     su, ss = cpu_delta(c0, cpu_sample(server.pid))
+    z = sleeps(server.pid) - z0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     fields = out.split()
     if len(fields) != 7:
@@ -396,7 +423,7 @@ def run_loadgen(server: ServerProc, mode: str, conns: int, seconds: float,
     client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     # The client's timed part excludes connecting; so does its CPU, nearly.
     return Run(ops, rate, bad, closed, *map(float, fields[4:7]),
-               su, ss, client_cpu, min(wall, seconds) or wall)
+               su, ss, client_cpu, min(wall, seconds) or wall, z)
 
 
 WRK_PIPELINE = """\
@@ -428,9 +455,10 @@ def run_wrk(server: ServerProc, conns: int, seconds: float, depth: int) -> Run:
         cmd += ["-s", script]
     cmd.append(f"http://127.0.0.1:{server.port}/")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    c0 = cpu_sample(server.pid)
+    c0, z0 = cpu_sample(server.pid), sleeps(server.pid)
     out, err, wall, rc = _run_pinned(cmd, timeout=seconds + 30)
     su, ss = cpu_delta(c0, cpu_sample(server.pid))
+    z = sleeps(server.pid) - z0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
     if rc != 0 or not m:
@@ -451,7 +479,7 @@ def run_wrk(server: ServerProc, conns: int, seconds: float, depth: int) -> Run:
         return float(mm.group(1)) * {"us": 1.0, "ms": 1e3, "s": 1e6}[mm.group(2)]
     client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return Run(ops, ops / secs if secs else 0.0, bad, closed, pct("50"), pct("99"),
-               float("nan"), su, ss, client_cpu, secs or wall)
+               float("nan"), su, ss, client_cpu, secs or wall, z)
 
 
 def saturation_note(runs: Sequence[Run], what: str = "throughput") -> Optional[str]:

@@ -1,6 +1,8 @@
 """echo: throughput, latency (p50/p99/p99.9) and server CPU per message for
 echo servers, 64 B to 64 KiB messages at 1 and 64 connections, one message
-in flight per connection.
+in flight per connection; and at low concurrency (64 B and 1 KiB at 1 and 4
+connections: one event per wakeup) server CPU per round trip beside p50
+and p99 latency.
 
 Compared: pyepoll.Loop with a Python handler and with its C echo path, the
 reference server's three models, asyncio (Protocol, streams, and on
@@ -21,6 +23,9 @@ from ._servers import C_ECHO, CECHO, PY_HANDLERS, UVLOOP_ECHO, Fleet, echo_serve
 
 SIZES = [64, 1024, 16384, 65536]
 CONNS = [1, 64]
+# Low concurrency: every wait of a server returns one event (or a few), so
+# what a server spends per wakeup shows (issue 15).
+LOW = [(64, 1), (64, 4), (1024, 1), (1024, 4)]
 ALL_ARGS = ["--seconds", "1", "--repeats", "3"]
 
 
@@ -31,7 +36,16 @@ def build() -> argparse.ArgumentParser:
     ap.add_argument("--servers", nargs="+",
                     help="substrings of server names to run (the references "
                          "plain C and uvloop always run)")
+    ap.add_argument("--no-low", dest="low", action="store_false",
+                    help="leave out the low-concurrency points (64 B and "
+                         "1 KiB at 1 and 4 connections)")
     return ap
+
+
+def low_label(point) -> str:
+    size, conns = point
+    unit = f"{size // 1024} KiB" if size >= 1024 and not size % 1024 else f"{size} B"
+    return f"{unit} x {conns}"
 
 
 def _median(runs: Sequence[Run], key) -> Optional[float]:
@@ -40,10 +54,13 @@ def _median(runs: Sequence[Run], key) -> Optional[float]:
 
 
 def run(args: argparse.Namespace) -> Section:
+    low = LOW if args.low else []
     if args.smoke:
         args.sizes, args.conns = [64, 16384], [1, 8]
         args.seconds, args.repeats = 0.2, 1
+        low = [p for p in low if p[0] == 64]
     points = [(s, c) for s in args.sizes for c in args.conns]
+    points += [p for p in low if p not in points]
     fleet = Fleet(echo_servers(pool_threads=max(args.conns)), only=args.servers,
                   always=[C_ECHO, UVLOOP_ECHO])
     try:
@@ -103,12 +120,84 @@ def run(args: argparse.Namespace) -> Section:
                                                              f"{max(args.conns)} ")), None)
     if head is not None:
         sec.charts.insert(0, Chart(head, "cpu-bars", point=size, xlabel=f"{size} B messages"))
+    if low:
+        sec.tables += low_tables(results, low)
     note = _cli.client_note(results)
     if note:
         sec.tables[0].notes.append(note)
     sec.summary = summary(results)
+    if low:
+        sec.summary += low_summary(results, low)
     sec.skipped = fleet.skip_notes()
     return sec
+
+
+def low_tables(results: Dict[str, Dict[object, List[Run]]], low) -> List[Table]:
+    """Server CPU per round trip with p50 and p99 latency beside it, at the
+    low-concurrency points (one event per wakeup, or a few)."""
+    cols = [low_label(p) for p in low]
+    cpu = Table("echo at low concurrency: server CPU per round trip", "us user+sys",
+                cols, reference=C_ECHO)
+    p50 = Table("echo at low concurrency: latency p50", "us round trip", cols,
+                reference=C_ECHO)
+    p99 = Table("echo at low concurrency: latency p99", "us round trip", cols,
+                reference=C_ECHO)
+    batch = Table("echo at low concurrency: round trips per server sleep (voluntary "
+                  "context switches)", "round trips", cols, reference=C_ECHO,
+                  lower_is_better=False)
+    for name, by_point in results.items():
+        for point in low:
+            for r in by_point.get(point, []):
+                col = low_label(point)
+                cpu.add(name, col, r.cpu_per_op_us)
+                p50.add(name, col, r.p50)
+                p99.add(name, col, r.p99)
+                if r.ops_per_sleep == r.ops_per_sleep:
+                    batch.add(name, col, r.ops_per_sleep)
+    cpu.notes.append("1 connection: every wait returns one event, so this is the "
+                     "cost of one wakeup plus one read and one write")
+    return [cpu, p50, p99, batch]
+
+
+def paired_ratio(results: Dict[str, Dict[object, List[Run]]], a: str, b: str,
+                 point, key) -> Optional[float]:
+    """Median of the per-repeat ratios a/b at `point`: the runs of one
+    repeat are seconds apart, so the machine's drift during a long run
+    cancels (medians of each side taken apart would not)."""
+    ra = results.get(a, {}).get(point, [])
+    rb = results.get(b, {}).get(point, [])
+    ratios = sorted(key(x) / key(y) for x, y in zip(ra, rb) if key(y))
+    return ratios[len(ratios) // 2] if ratios else None
+
+
+LOW_PY = "pyepoll Loop py wait/recv/send"
+REF_ECHO = "ref server eventloop"
+
+
+def low_summary(results: Dict[str, Dict[object, List[Run]]], low) -> List[str]:
+    """Issue 15's targets at one and four connections."""
+    cpu = lambda r: r.cpu_per_op_us       # noqa: E731
+    out = []
+    one = (64, 1)
+    if one in low:
+        r = lambda a, b: paired_ratio(results, a, b, one, cpu)  # noqa: E731
+        c = r(C_ECHO, UVLOOP_ECHO)
+        out += ["at 64 B x 1 connection (medians of per-repeat ratios):",
+                "floor: plain C epoll vs uvloop CPU/round trip "
+                + ("not measured" if c is None else f"{c:.2f}x"),
+                check_line(f"{REF_ECHO} CPU/round trip vs uvloop",
+                           r(REF_ECHO, UVLOOP_ECHO), 1.0, "<="),
+                check_line(f"{REF_ECHO} CPU/round trip vs plain C",
+                           r(REF_ECHO, C_ECHO), 1.1, "<="),
+                check_line("Loop py wait/recv/send CPU/round trip vs plain C",
+                           r(LOW_PY, C_ECHO), 1.05, "<=")]
+    for point in low:
+        for q in ("p50", "p99"):
+            ratio = paired_ratio(results, REF_ECHO, UVLOOP_ECHO, point,
+                                 lambda x, q=q: getattr(x, q))
+            out.append(check_line(f"{REF_ECHO} {q} vs uvloop, {low_label(point)}",
+                                  ratio, 1.0, "<="))
+    return out
 
 
 def summary(results: Dict[str, Dict[object, List[Run]]]) -> List[str]:

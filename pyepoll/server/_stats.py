@@ -53,6 +53,7 @@ class Reporter:
         self._last_requests = 0
         self.next_at = self._last_time + interval if interval > 0 else None
         self._parent = 0
+        self._parent_check_at = 0.0
         self._orphaned: Optional[Callable[[], None]] = None
 
     def watch_parent(self, pid: int, orphaned: Callable[[], None]) -> None:
@@ -61,18 +62,29 @@ class Reporter:
         self._parent = pid
         self._orphaned = orphaned
 
+    def active(self) -> bool:
+        """False when :meth:`tick` can never do anything (no stats line,
+        no parent watched): the model may then skip calling it."""
+        return self.next_at is not None or bool(self._parent)
+
     def timeout(self, now: float) -> Optional[float]:
         """Seconds until the next tick is due (None: never)."""
         t = None if self.next_at is None else max(0.0, self.next_at - now)
-        if self._parent and (t is None or t > 1.0):
-            t = 1.0
+        if self._parent:
+            left = max(0.0, self._parent_check_at - now)
+            if t is None or t > left:
+                t = left
         return t
 
     def tick(self, now: float) -> None:
         if self.next_at is not None and now >= self.next_at:
             self._log("stats", now)
             self.next_at = now + self.interval
-        if self._parent and os.getppid() != self._parent:
+        # getppid() is a system call: once a second, not once per wakeup.
+        if self._parent and now >= self._parent_check_at:
+            self._parent_check_at = now + 1.0
+            if os.getppid() == self._parent:
+                return
             self._parent = 0
             log.warning("supervisor gone; shutting down")
             self._orphaned()                      # type: ignore[misc]

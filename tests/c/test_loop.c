@@ -1498,6 +1498,8 @@ struct batch {
     struct pe_loop_bevent out[256];
     pe_handle echo[256];         /* sent by the next pump_into */
     size_t necho;
+    int setup;                   /* named by pe_loop_batch_setup: pump_into
+                                    calls pe_loop_run_batch */
 };
 
 static int pump_into(struct env *e, struct batch *b, int timeout,
@@ -1516,8 +1518,11 @@ static int pump_into(struct env *e, struct batch *b, int timeout,
     }
     ev = e->ev + e->nev;
     b->necho = 0;
-    n = pe_loop_run_into(e->l, necho ? b->echo : NULL, necho, b->out, 256,
-                         timeout, b->buf, b->len);
+    if (b->setup)
+        n = pe_loop_run_batch(e->l, (int)necho, timeout);
+    else
+        n = pe_loop_run_into(e->l, necho ? b->echo : NULL, necho, b->out, 256,
+                             timeout, b->buf, b->len);
     assert_true(n >= 0 || n == -EINTR);
     for (int i = 0; i < n; i++) {
         ev[i].kind = (uint32_t)b->out[i].kind;
@@ -1544,7 +1549,8 @@ static int pump_into(struct env *e, struct batch *b, int timeout,
 
 struct echo_state {
     int reply;            /* 1: pe_loop_reply at once, 0: pe_loop_echo,
-                             2: the echo list of the next pe_loop_run_into */
+                             2: the echo list of the next pe_loop_run_into,
+                             3: the same through pe_loop_run_batch */
     pe_handle q[256];
     size_t nq;
 };
@@ -1561,7 +1567,7 @@ static void batch_echo_use(struct env *e, struct batch *b,
     if (st->reply == 1)
         assert_int_equal(pe_loop_reply(e->l, ev->handle, off, ev->arg),
                          ev->arg);
-    else if (st->reply == 2)
+    else if (st->reply >= 2)
         b->echo[b->necho++] = ev->handle;
     else
         st->q[st->nq++] = ev->handle;
@@ -1590,6 +1596,10 @@ static void batch_echo_clients(void **state, int reply)
     b.len = cfg.in_high;
     b.buf = malloc(b.len);
     assert_non_null(b.buf);
+    b.setup = reply == 3;
+    if (b.setup)
+        assert_int_equal(pe_loop_batch_setup(e.l, b.echo, 256, b.out, 256,
+                                             b.buf, b.len), 0);
     for (int i = 0; i < NC; i++)
         fd[i] = tcp_client(e.port, 0);
     for (int i = 0; i < NC; i++)
@@ -1631,6 +1641,45 @@ static void test_batch_echo_in_run(void **state)
     batch_echo_clients(state, 2);
 }
 
+static void test_batch_echo_run_batch(void **state)
+{
+    batch_echo_clients(state, 3);
+}
+
+/* pe_loop_run_batch needs a setup, and both refuse what they cannot use
+ * (a refused setup keeps the previous one). */
+static void test_batch_setup_refusals(void **state)
+{
+    struct pe_loop_config cfg;
+    static char buf[4096];
+    static struct pe_loop_bevent out[8];
+    static pe_handle echo[4];
+    struct env e;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    assert_int_equal(pe_loop_run_batch(e.l, 0, 0), -EINVAL);
+    assert_int_equal(pe_loop_batch_setup(e.l, echo, 4, NULL, 8, buf, 4096),
+                     -EINVAL);
+    assert_int_equal(pe_loop_batch_setup(e.l, echo, 4, out, 0, buf, 4096),
+                     -EINVAL);
+    assert_int_equal(pe_loop_batch_setup(e.l, echo, 4, out, 8, NULL, 4096),
+                     -EINVAL);
+    assert_int_equal(pe_loop_batch_setup(e.l, echo, 4, out, 8, buf, 0),
+                     -EINVAL);
+    assert_int_equal(pe_loop_batch_setup(e.l, NULL, 4, out, 8, buf, 4096),
+                     -EINVAL);
+    assert_int_equal(pe_loop_run_batch(e.l, 0, 0), -EINVAL);
+    assert_int_equal(pe_loop_batch_setup(e.l, echo, 4, out, 8, buf, 4096), 0);
+    assert_int_equal(pe_loop_batch_setup(e.l, NULL, 0, NULL, 8, buf, 4096),
+                     -EINVAL);
+    assert_int_equal(pe_loop_run_batch(e.l, 0, 0), 0);
+    assert_int_equal(pe_loop_run_batch(e.l, 5, 0), -EINVAL);
+    assert_int_equal(pe_loop_run_batch(e.l, -1, 0), -EINVAL);
+    assert_int_equal(pe_loop_run_batch(e.l, 4, 0), 0); /* stale: skipped */
+    env_close(&e);
+}
+
 struct collect {
     pe_handle h;
     unsigned char got[8192];
@@ -1658,7 +1707,7 @@ static void test_batch_small_buffer(void **state)
     struct pe_loop_config cfg;
     struct collect col = { 0 };
     unsigned char out[5000], small[1000];
-    struct batch b = { small, sizeof(small), { { 0 } }, { 0 }, 0 };
+    struct batch b = { small, sizeof(small), { { 0 } }, { 0 }, 0, 0 };
     struct env e;
     uint64_t until;
     int fd;
@@ -1686,7 +1735,7 @@ static void test_batch_echo_refusals(void **state)
 {
     struct pe_loop_config cfg;
     unsigned char buf[65536], in[16];
-    struct batch b = { buf, sizeof(buf), { { 0 } }, { 0 }, 0 };
+    struct batch b = { buf, sizeof(buf), { { 0 } }, { 0 }, 0, 0 };
     struct env e;
     pe_handle h, h2, q[3];
     int fd, fd2;
@@ -1736,7 +1785,7 @@ static void test_batch_echo_enobufs(void **state)
 {
     struct pe_loop_config cfg;
     unsigned char buf[65536], out[1000] = { 0 };
-    struct batch b = { buf, sizeof(buf), { { 0 } }, { 0 }, 0 };
+    struct batch b = { buf, sizeof(buf), { { 0 } }, { 0 }, 0, 0 };
     struct echo_state st = { 0, { 0 }, 0 };
     struct env e;
     uint64_t until;
@@ -1776,7 +1825,7 @@ static void test_batch_direct_and_ring(void **state)
     struct pe_loop_config cfg;
     struct collect cx = { 0 }, cy = { 0 };
     unsigned char x[2048], y[1500], small[3000];
-    struct batch b = { small, sizeof(small), { { 0 } }, { 0 }, 0 };
+    struct batch b = { small, sizeof(small), { { 0 } }, { 0 }, 0, 0 };
     struct env e;
     uint64_t until;
     int fdx, fdy, n;
@@ -1828,7 +1877,7 @@ static void test_batch_stale_data_dropped(void **state)
 {
     struct pe_loop_config cfg;
     unsigned char buf[65536];
-    struct batch b = { buf, sizeof(buf), { { 0 } }, { 0 }, 0 };
+    struct batch b = { buf, sizeof(buf), { { 0 } }, { 0 }, 0, 0 };
     struct env e;
     pe_handle h[2], first, other;
     int fd[2];
@@ -1892,6 +1941,8 @@ int main(void)
         T(test_batch_echo_reply),
         T(test_batch_echo_queued),
         T(test_batch_echo_in_run),
+        T(test_batch_echo_run_batch),
+        T(test_batch_setup_refusals),
         T(test_batch_small_buffer),
         T(test_batch_echo_refusals),
         T(test_batch_echo_enobufs),

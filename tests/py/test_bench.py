@@ -88,6 +88,31 @@ def test_echo_floor_lines_name_an_unreachable_uvloop_target() -> None:
     assert floor_lines(None, 1.0) == []
 
 
+def test_paired_ratio_is_the_median_of_per_repeat_ratios() -> None:
+    from pyepoll.bench.echo import low_label, paired_ratio
+
+    def run(cpu_us: float) -> _proc.Run:
+        # 1,000 operations: cpu_per_op_us = seconds * 1e3
+        return _proc.Run(1000, 1.0, 0, 0, 1.0, 2.0, 3.0, cpu_us / 1e3, 0.0, 0.0, 1.0)
+    # The machine's speed drifts over the repeats: the per-repeat ratios
+    # are 2, 3 and 2, while the medians taken apart would give 30 / 10.
+    results = {"a": {(64, 1): [run(4), run(30), run(200)]},
+               "b": {(64, 1): [run(2), run(10), run(100)]}}
+    cpu = lambda r: r.cpu_per_op_us       # noqa: E731
+    assert paired_ratio(results, "a", "b", (64, 1), cpu) == pytest.approx(2.0)
+    assert paired_ratio(results, "a", "c", (64, 1), cpu) is None
+    assert low_label((64, 1)) == "64 B x 1" and low_label((1024, 4)) == "1 KiB x 4"
+
+
+@linux
+def test_sleeps_counts_a_threads_voluntary_switches() -> None:
+    import time
+    before = _proc.sleeps(os.getpid())
+    for _ in range(20):
+        time.sleep(0.001)
+    assert _proc.sleeps(os.getpid()) - before >= 20
+
+
 def test_check_line_says_met_or_missed() -> None:
     assert check_line("a", 0.8, 1.0, "<=").endswith("met")
     assert check_line("a", 1.2, 1.0, "<=").endswith("MISSED")
@@ -208,6 +233,17 @@ def test_echo_smoke_tables() -> None:
     assert re.search(r"\d\.\d\dx", thr["pyepoll Loop C echo"])
     assert "load client" in out and ("not saturated" in out or "saturated" in out)
     assert "latency percentiles" in out and "summary:" in out
+    # Low concurrency (issue 15): CPU per round trip with p50/p99 beside it.
+    for title in ("echo at low concurrency: server CPU per round trip",
+                  "echo at low concurrency: latency p50",
+                  "echo at low concurrency: latency p99"):
+        block = out.split(title, 1)[1].split("\n\n", 1)[0]
+        assert block.splitlines()[1].split() == ["64", "B", "x", "1", "64", "B", "x", "4"]
+        low = rows(out, title)
+        for name in ("plain C epoll", "pyepoll Loop C echo"):
+            cells = re.findall(r"[\d,.]+(?: \[[^]]*\])?(?: [\d.]+x)?", low[name])
+            assert len(cells) == 2 and "n/a" not in low[name], low[name]
+    assert "at 64 B x 1 connection (medians of per-repeat ratios):" in out
 
 
 @installed
@@ -265,6 +301,18 @@ def test_http_smoke_without_optional_tools() -> None:
     assert "skipped: uvloop+httptools: uvloop not installed" in out
     assert "skipped: nginx 1 worker: nginx not installed" in out
     assert "skipped: wrk not installed" in out
+    # Keep-alive at 1 and 4 connections beside --conns (8 in smoke), with
+    # p50 latency (issue 15); without uvloop the ratios are not measured.
+    block = out.split("HTTP hello server CPU per request", 1)[1].split("\n\n", 1)[0]
+    assert block.splitlines()[1].split() == [
+        "keep-alive", "1c", "keep-alive", "4c", "keep-alive", "8c", "pipelined", "x4"]
+    assert "n/a" not in rows(out, "HTTP hello server CPU per request")["ref server eventloop"]
+    assert "n/a" not in rows(out, "HTTP latency p50")["ref server eventloop"]
+    assert ("ref server eventloop CPU/request vs uvloop+httptools, keep-alive 1c "
+            "(per-repeat ratios): not measured") in out
+    # One connection, one request in flight: every request wakes the server.
+    per_sleep = rows(out, "HTTP requests per server sleep")["ref server eventloop"]
+    assert 0.5 <= float(per_sleep.split()[0].replace(",", "")) <= 1.5, per_sleep
 
 
 @linux

@@ -1392,6 +1392,10 @@ def test_closed_loop_raises_everywhere():
         lambda: loop.set_token(1, 1), lambda: loop.get_token(1),
         lambda: loop.buffered(1), lambda: loop.peer(1), lambda: loop.fileno(1),
         lambda: loop.stats(),
+        # Never waited with wait_batch: its buffers are not made (nor named
+        # to the C loop, which would be NULL here).
+        lambda: loop.wait_batch(0), lambda: loop.batch_view,
+        lambda: loop.reply(1, 0, 1),
     ]
     for call in calls:
         with pytest.raises(ValueError, match="I/O operation on closed loop"):

@@ -756,3 +756,34 @@ def test_no_arguments_serve_http_on_8080(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         proc.stdout.close()
+
+
+def test_reporter_watches_the_parent_once_a_second(monkeypatch) -> None:
+    """A worker's reporter asks for its parent (a system call) at most once
+    a second however often the loop wakes, asks again within a second,
+    and calls back once the parent is gone; with nothing to report and no
+    parent it has no work (the event loop then skips it per wakeup)."""
+    from pyepoll.server import _stats
+
+    calls: List[float] = []
+    parent = [4242]
+    monkeypatch.setattr(_stats.os, "getppid",
+                        lambda: calls.append(0.0) or parent[0])
+    orphaned: List[bool] = []
+    rep = _stats.Reporter(0.0, dict)
+    assert not rep.active() and rep.timeout(0.0) is None
+    rep.watch_parent(4242, lambda: orphaned.append(True))
+    assert rep.active()
+    for i in range(1000):               # a thousand wakeups in 0.1 s
+        rep.tick(100.0 + i / 10000)
+    assert len(calls) == 1
+    assert 0.9 < rep.timeout(100.1) <= 1.0    # the next check is due then
+    rep.tick(101.0)
+    assert len(calls) == 2 and not orphaned
+    parent[0] = 1                       # reparented: the supervisor died
+    rep.tick(101.5)
+    assert len(calls) == 2 and not orphaned     # not yet a second
+    rep.tick(102.0)
+    assert len(calls) == 3 and orphaned == [True]
+    rep.tick(105.0)
+    assert len(calls) == 3 and orphaned == [True]   # called back once

@@ -1,0 +1,184 @@
+"""Per-wakeup cost of one round trip with one connection (issue 15).
+
+Runs a server under callgrind (user-space instructions, deterministic
+whatever the machine's load) or strace -c (syscalls), drives it with one
+connection doing N round trips of a 64 B echo or a keep-alive GET, and
+prints the cost of one round trip: the difference between a run of N2 and
+a run of N1 round trips, divided by N2 - N1, so start-up and shutdown
+cancel out.
+
+    python scripts/wakeup_cost.py [--tool callgrind|strace] [--top 15] TARGET...
+
+TARGET: c (pyepoll/bench/c/echo_server.c), loop-py, loop-batch,
+loop-queue, loop-fn (pyepoll.bench._serve kinds), server-echo,
+server-http (pyepoll-server, eventloop model, as the benchmarks start it;
+server-echo-w2: with --workers 2, for --tool strace: callgrind here
+records the supervisor, not the worker),
+uvloop-echo, uvloop-http.  --top N also lists the N functions whose own
+(--inclusive: with callees) instructions per round trip grew most between
+the two runs.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from pyepoll.bench._proc import build, free_port  # noqa: E402
+
+GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+def argv_for(target: str, port: int) -> list:
+    py = [sys.executable, "-X", "frozen_modules=on"]
+    if target == "c":
+        return [str(build("echo_server")), str(port), "level"]
+    if target.startswith("loop-"):
+        return py + ["-m", "pyepoll.bench._serve", f"{target}-level", str(port)]
+    if target.startswith("uvloop-"):
+        what = "protocol" if target == "uvloop-echo" else "httptools"
+        return py + ["-m", "pyepoll.bench._serve", f"uvloop-{what}", str(port)]
+    if target.startswith("server-"):
+        # server-echo-w2: two worker processes (a supervisor watching them)
+        extra = ["--workers", target.split("-w")[1]] if "-w" in target else []
+        return py + ["-m", "pyepoll.server", "--port", str(port), "--protocol",
+                     target.split("-")[1], "--model", "eventloop",
+                     "--log-level", "warning", "--idle-timeout", "0",
+                     "--max-connections", "30000", *extra]
+    raise SystemExit(f"unknown target {target}")
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SystemExit("server not listening")
+            time.sleep(0.1)
+
+
+def drive(port: int, n: int, http: bool) -> None:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        msg = GET if http else b"x" * 64
+        for _ in range(n):
+            s.sendall(msg)
+            if http:
+                buf = b""
+                while not buf.endswith(b"Hello, World!\n"):
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        raise SystemExit("closed")
+                    buf += chunk
+            else:
+                got = 0
+                while got < 64:
+                    chunk = s.recv(64 - got)
+                    if not chunk:
+                        raise SystemExit("closed")
+                    got += len(chunk)
+
+
+def one_run(target: str, tool: str, n: int, tmp: str) -> str:
+    port = free_port()
+    out = os.path.join(tmp, f"{target}-{n}.out")
+    if tool == "callgrind":
+        pre = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    else:
+        pre = ["strace", "-f", "-c", "-o", out]
+    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=ROOT)
+    proc = subprocess.Popen(pre + argv_for(target, port), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        wait_port(port, proc)           # its one connect costs the same in both
+        drive(port, n, target.endswith("http"))
+        time.sleep(0.5)
+    finally:
+        # SIGINT: Python exits through KeyboardInterrupt, the C server on
+        # its handler; pyepoll-server drains on SIGTERM.
+        sig = signal.SIGTERM if target.startswith("server-") else signal.SIGINT
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return out
+
+
+def callgrind_total(path: str, inclusive: bool = False) -> tuple:
+    """(total Ir, {function: self Ir})"""
+    res = subprocess.run(["callgrind_annotate", "--auto=no", "--threshold=100",
+                          f"--inclusive={'yes' if inclusive else 'no'}", path],
+                         capture_output=True, text=True, check=True).stdout
+    total = int(re.search(r"^([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", res, re.M)
+                .group(1).replace(",", ""))
+    funcs = collections.Counter()
+    for line in res.splitlines():
+        m = re.match(r"^\s*([\d,]+) \(\s*[\d.]+%\)\s+(\S.*)$", line)
+        if m and "PROGRAM TOTALS" not in line:
+            funcs[m.group(2).split(" [")[0]] += int(m.group(1).replace(",", ""))
+    return total, funcs
+
+
+def strace_counts(path: str) -> collections.Counter:
+    counts = collections.Counter()
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+                counts[parts[-1]] += int(parts[3])
+    return counts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("targets", nargs="+")
+    ap.add_argument("--tool", choices=("callgrind", "strace"), default="callgrind")
+    ap.add_argument("--n1", type=int, default=500)
+    ap.add_argument("--n2", type=int, default=2500)
+    ap.add_argument("--top", type=int, default=0)
+    ap.add_argument("--inclusive", action="store_true",
+                    help="--top lists inclusive costs (callees counted)")
+    args = ap.parse_args()
+    dn = args.n2 - args.n1
+    with tempfile.TemporaryDirectory() as tmp:
+        for target in args.targets:
+            a = one_run(target, args.tool, args.n1, tmp)
+            b = one_run(target, args.tool, args.n2, tmp)
+            if args.tool == "callgrind":
+                (ta, fa), (tb, fb) = (callgrind_total(a, args.inclusive),
+                                      callgrind_total(b, args.inclusive))
+                print(f"{target}: {(tb - ta) / dn:,.0f} instructions per round trip")
+                diff = fb.copy()
+                diff.subtract(fa)
+                for name, v in diff.most_common(args.top):
+                    print(f"    {v / dn:9,.0f}  {name[:110]}")
+            else:
+                ca, cb = strace_counts(a), strace_counts(b)
+                per = {k: (cb[k] - ca[k]) / dn for k in cb}
+                per = {k: v for k, v in per.items() if abs(v) >= 0.01}
+                print(f"{target}: {sum(per.values()):.2f} syscalls per round trip: "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in
+                                  sorted(per.items(), key=lambda kv: -kv[1])))
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
