@@ -110,13 +110,13 @@ def test_http_limits_are_logged(start_server, model):
     srv = start_server("--log-level", "debug", "--model", model,
                        "--idle-timeout", "1")
     s = connect(srv.addr)
-    s.sendall(b"GET / HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n")
+    s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nX: " + b"a" * 20000 + b"\r\n\r\n")
     assert Reader(s).response().status == 431
     s.close()
     srv.wait_for(r": 431 Request Header Fields Too Large sent \(head over "
                  r"the size or field-count limit\)")
     s = connect(srv.addr)
-    s.sendall(b"POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n")
+    s.sendall(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999\r\n\r\n")
     assert Reader(s).response().status == 413
     s.close()
     srv.wait_for(r": 413 \S.* sent \(body over the size limit\)")
