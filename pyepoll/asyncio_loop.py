@@ -26,7 +26,6 @@ import selectors
 import socket
 import sys
 import warnings
-import weakref
 from asyncio import base_events, constants, futures, protocols, sslproto
 from asyncio import transports, trsock
 from asyncio.exceptions import SendfileNotAvailableError
@@ -35,6 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ._binding import ffi, lib
 from ._poller import available_backends
+from .loop import _inherited, _live
 
 __all__ = ["EventLoop", "new_event_loop"]
 
@@ -69,20 +69,9 @@ _MISSING = object()
 _NO_EXTRA: Dict[str, Any] = {}      # shared, never written (see CTransport)
 
 
-# Loops alive in this process, so that a fork can disarm them in the child:
-# freeing a C loop there would close descriptors by number, and a kqueue's
-# number may name an unrelated file in the child (see pyepoll.loop).
-_live: "weakref.WeakSet[EventLoop]" = weakref.WeakSet()
-_inherited: List[Any] = []
-
-
-def _after_fork_in_child() -> None:
-    for loop in list(_live):
-        loop._forked()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+# pyepoll.loop's fork registry serves these loops too: its after-fork hook
+# calls _forked() on every loop in _live, and _inherited keeps the C loops a
+# child must never free (a kqueue's number may name another file there).
 
 
 def _errno_exc(err: int) -> OSError:
