@@ -1,6 +1,6 @@
 """Generate the C source of the cffi extension ``pyepoll._core``.
 
-The cdef is the marked block of csrc/pyepoll.h, read here so that the C
+The cdef is the marked block of csrc/include/pyepoll.h, read here so that the C
 declarations exist in exactly one place.  CMake runs this script at build
 time (``python build_ffi.py OUT.c``) and compiles its output against the
 static core; nothing is compiled by cffi itself.
@@ -13,7 +13,8 @@ import sys
 
 from cffi import FFI
 
-HEADER = pathlib.Path(__file__).resolve().parent / "csrc" / "pyepoll.h"
+HEADER = (pathlib.Path(__file__).resolve().parent / "csrc" / "include" /
+          "pyepoll.h")
 _BLOCK = re.compile(r"/\* PE_CDEF_BEGIN \*/(.*?)/\* PE_CDEF_END \*/", re.S)
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Compile every csrc/*.c for macOS and the BSDs with zig's C compiler (PyPI
+# Compile every csrc/*/*.c for macOS and the BSDs with zig's C compiler (PyPI
 # package ziglang), warnings as errors, so the kqueue backend and the
 # portable fallbacks are checked on every CI run without those machines.
 #
@@ -28,14 +28,14 @@ else
              x86_64-openbsd)
 fi
 flags=(-std=gnu11 -Wall -Wextra -Werror -Wno-unused-parameter -Wshadow
-       -Wstrict-prototypes -DPE_HAVE_KQUEUE=1 -Icsrc)
+       -Wstrict-prototypes -DPE_HAVE_KQUEUE=1 -Icsrc/include)
 
 sources=()
-for f in csrc/*.c; do
+for f in csrc/*/*.c; do
     [ "$(basename "$f")" = epoll.c ] || sources+=("$f")
 done
 if [ ${#sources[@]} -eq 0 ]; then
-    echo "no csrc/*.c found" >&2
+    echo "no csrc/*/*.c found" >&2
     exit 2
 fi
 

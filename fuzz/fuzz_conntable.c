@@ -1,9 +1,9 @@
 /*
- * fuzz_conntable.c - libFuzzer target for csrc/conntable.c.
+ * fuzz_conntable.c - libFuzzer target for csrc/loop/conntable.c.
  *
  * Build and run (scripts/fuzz.sh does the same):
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Icsrc \
- *     fuzz/fuzz_conntable.c csrc/conntable.c -o /tmp/fuzz_conntable
+ *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Icsrc -Icsrc/include \
+ *     fuzz/fuzz_conntable.c csrc/loop/conntable.c -o /tmp/fuzz_conntable
  *   /tmp/fuzz_conntable -runs=10000000 /tmp/corpus-ct fuzz/corpus/conntable
  *
  * Byte 0 sets the capacity (1..64).  Then each op is 3 bytes:
@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "conntable.h"
+#include "loop/conntable.h"
 
 #define CHECK(x)              \
     do {                      \

@@ -1,9 +1,9 @@
 /*
- * fuzz_http.c - libFuzzer target for csrc/http.c.
+ * fuzz_http.c - libFuzzer target for csrc/http/http.c.
  *
  * Build and run (not part of CMake; scripts/fuzz.sh does the same):
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Icsrc \
- *     fuzz/fuzz_http.c csrc/http.c -o /tmp/fuzz_http
+ *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Icsrc/include \
+ *     fuzz/fuzz_http.c csrc/http/http.c -o /tmp/fuzz_http
  *   /tmp/fuzz_http -runs=10000000 /tmp/corpus-http fuzz/corpus/http
  *
  * The first byte is control: max_headers (its low 5 bits) and a split

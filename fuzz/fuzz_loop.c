@@ -1,11 +1,11 @@
 /*
- * fuzz_loop.c - libFuzzer target for the connection loop (csrc/loop*.c)
+ * fuzz_loop.c - libFuzzer target for the connection loop (csrc/loop/)
  * fed byte streams split at random points through a real socket pair.
  *
  * Build and run (scripts/fuzz.sh does the same):
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -DPE_HAVE_EPOLL=1 \
- *     -Icsrc fuzz/fuzz_loop.c csrc/{poller,epoll,poll,select,conntable,ring,\
- *     poller_wait,loop,loop_accept,loop_api,loop_batch,loop_io,wakeup}.c \
+ *     -Icsrc -Icsrc/include fuzz/fuzz_loop.c csrc/poller/{poller,poller_wait,epoll,poll,select}.c \
+ *     csrc/loop/*.c csrc/http/http.c \
  *     -o /tmp/fuzz_loop
  *   /tmp/fuzz_loop -runs=10000000 /tmp/corpus-loop fuzz/corpus/loop
  *
@@ -76,7 +76,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "loop.h"
+#include "loop/loop.h"
 #include "pyepoll.h"
 
 #define CHECK(x)                                                          \

@@ -1,6 +1,6 @@
-// Build: clang -g -O1 -fsanitize=fuzzer,address,undefined -Icsrc fuzz/fuzz_ring.c csrc/ring.c -o /tmp/fuzz_ring
+// Build: clang -g -O1 -fsanitize=fuzzer,address,undefined -Icsrc -Icsrc/include fuzz/fuzz_ring.c csrc/loop/ring.c -o /tmp/fuzz_ring
 /*
- * fuzz_ring.c - libFuzzer target for csrc/ring.c.
+ * fuzz_ring.c - libFuzzer target for csrc/loop/ring.c.
  *
  * Byte 0 sets the pool limit (0..3).  Then each op is 4 bytes:
  *   code  bits 0-2 op, bit 3 which ring (of two), bits 4-6 max (table),
@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ring.h"
+#include "loop/ring.h"
 
 #define CHECK(x)              \
     do {                      \

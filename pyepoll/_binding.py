@@ -23,7 +23,7 @@ def _no_core(exc: ModuleNotFoundError) -> ImportError:
     present = sorted(f for f in os.listdir(here) if f.startswith("_core."))
     found = (f"; {here} has only {', '.join(present)}, built for another "
              f"Python" if present else "")
-    if os.path.isfile(os.path.join(root, "csrc", "pyepoll.h")):
+    if os.path.isfile(os.path.join(root, "csrc", "include", "pyepoll.h")):
         # The usual cause: run from a clone, whose pyepoll/ comes first on
         # sys.path and hides the installed package.
         return ImportError(

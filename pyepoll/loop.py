@@ -79,7 +79,7 @@ _STATS = ("conns_open", "accepted", "closed", "timed_out", "refused",
           "accept_emfile", "bytes_in", "bytes_out", "syscalls", "events")
 _U32_MAX = 0xFFFFFFFF
 _MS_MAX = 0x7FFFFFFF
-_MAX_CONNECTIONS = 0x7FFFFFF0   # PE_CT_MAX in csrc/conntable.h
+_MAX_CONNECTIONS = 0x7FFFFFF0   # PE_CT_MAX in csrc/loop/conntable.h
 _MAX_BATCH = 1 << 20
 _HOSTLEN = 64                   # > INET6_ADDRSTRLEN (46)
 _BATCH_BYTES = 256 * 1024       # wait_batch's buffer unless input_high is more

@@ -18,7 +18,7 @@ SECONDS_EACH=${1:-30}
 shift || true
 
 core=()
-for src in "$ROOT"/csrc/*.c; do
+for src in "$ROOT"/csrc/*/*.c; do
   case "$(basename "$src")" in
     kqueue.c) ;;                       # not on Linux
     *) core+=("$src") ;;
@@ -35,7 +35,7 @@ fi
 for name in "${targets[@]}"; do
   bin="$WORK/fuzz_$name"
   clang -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-    -DPE_HAVE_EPOLL=1 -I"$ROOT/csrc" "$ROOT/fuzz/fuzz_$name.c" "${core[@]}" -o "$bin"
+    -DPE_HAVE_EPOLL=1 -I"$ROOT/csrc" -I"$ROOT/csrc/include" "$ROOT/fuzz/fuzz_$name.c" "${core[@]}" -o "$bin"
   rm -rf "$WORK/corpus-$name"; mkdir -p "$WORK/corpus-$name"
   seeds="$ROOT/fuzz/corpus/$name"
   [ -d "$seeds" ] || { echo "fuzz_$name: no seed corpus at fuzz/corpus/$name" >&2; exit 1; }

@@ -101,7 +101,7 @@ rm -rf "$WORK/dist" "$WORK/wheelhouse"
 sdist=$(ls "$WORK"/dist/*.tar.gz)
 top=$(basename "$sdist" .tar.gz)
 missing=()
-for f in LICENSE pyproject.toml CMakeLists.txt build_ffi.py csrc/pyepoll.h \
+for f in LICENSE pyproject.toml CMakeLists.txt build_ffi.py csrc/include/pyepoll.h \
          pyepoll/__init__.py pyepoll/_binding.py tests/py/conftest.py \
          tests/c/test_poller.c; do
   tar -tzf "$sdist" "$top/$f" >/dev/null 2>&1 || missing+=("$f")

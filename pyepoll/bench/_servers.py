@@ -175,7 +175,7 @@ def csrc() -> pathlib.Path:
     """The C core's sources, present in a source checkout (not in a
     wheel): the pure-C loop driver and the parser benchmark build on them."""
     path = pathlib.Path(PKG_PARENT) / "csrc"
-    if not (path / "pyepoll.h").exists():
+    if not (path / "include" / "pyepoll.h").exists():
         raise Skip("needs a source checkout (csrc/ beside the pyepoll package)")
     return path
 
@@ -186,8 +186,8 @@ def _pure_c_loop(trigger: str) -> Callable[[], List[str]]:
         # Every core file, as CMake builds it, but the backends this OS lacks.
         skip = set() if "bsd" in sys.platform or sys.platform == "darwin" else {"kqueue.c"}
         exe = build("loop_echo_server",
-                    sorted(p for p in src.glob("*.c") if p.name not in skip),
-                    ["-I", str(src)])
+                    sorted(p for p in src.glob("*/*.c") if p.name not in skip),
+                    ["-I", str(src / "include")])
         return [str(exe), "{port}", trigger]
     return argv
 

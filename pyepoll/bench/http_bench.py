@@ -128,12 +128,12 @@ def run(args: argparse.Namespace) -> Section:
 def parser_speed(iterations: int) -> str:
     """The C request parser alone, on one core (source checkouts only)."""
     src = csrc()
-    exe = build_c("http_parse", [src / "http.c"], ["-I", str(src)])
+    exe = build_c("http_parse", [src / "http" / "http.c"], ["-I", str(src / "include")])
     out = subprocess.run([str(exe), str(iterations)], capture_output=True, text=True,
                          timeout=120)
     if out.returncode != 0:
         raise AssertionError(f"http_parse failed: {out.stderr.strip()}")
-    return "C request parser (csrc/http.c) alone: " + out.stdout.strip()
+    return "C request parser (csrc/http/http.c) alone: " + out.stdout.strip()
 
 
 def summary(results: Dict[str, Dict[str, List[Run]]], keep: str, pipe: str) -> List[str]:

@@ -30,7 +30,7 @@
 #define PE_ASAN 0
 #endif
 
-#include "conntable.h"
+#include "loop/conntable.h"
 
 static void test_exhaustion(void **state)
 {

@@ -1,5 +1,5 @@
 /*
- * test_http.c - request-head parser and chunked decoder (csrc/http.c).
+ * test_http.c - request-head parser and chunked decoder (csrc/http/http.c).
  *
  * Every input is copied to the very end of a readable mapping followed by
  * a PROT_NONE page (the picohttpparser trick), so reading even one byte

@@ -27,7 +27,7 @@
 
 #include <cmocka.h>
 
-#include "loop.h"
+#include "loop/loop.h"
 #include "pyepoll.h"
 
 struct mode {

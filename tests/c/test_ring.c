@@ -1,5 +1,5 @@
 /*
- * test_ring.c - byte ring and buffer pool (csrc/ring.c).
+ * test_ring.c - byte ring and buffer pool (csrc/loop/ring.c).
  *
  * This file compiles its own copy of ring.c with malloc and free routed
  * through counters, so tests can see exactly how many buffers are alive and
@@ -50,7 +50,7 @@ static void t_free(void *p)
 
 #define malloc t_malloc
 #define free t_free
-#include "ring.c"
+#include "loop/ring.c"
 #undef malloc
 #undef free
 

@@ -5,7 +5,7 @@
  * libkqueue differs from the kqueue(2) of FreeBSD and macOS, the reference.
  * Each names what it accounts for: pytest tests marked
  * @pytest.mark.libkqueue (expected to fail over libkqueue), a C test that
- * skips a check there, or a choice in csrc/kqueue.c.  It exits 0 when it
+ * skips a check there, or a choice in csrc/poller/kqueue.c.  It exits 0 when it
  * sees libkqueue's behaviour, 1 when it sees the kernels' (libkqueue was
  * fixed: drop the marker or the skip), 2 when something else broke;
  * scripts/test.sh runs them all.

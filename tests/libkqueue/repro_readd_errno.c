@@ -6,7 +6,7 @@
  * kqueue(2): "Re-adding an existing event will modify the parameters of
  * the original event, and not result in a duplicate entry": receipt 0,
  * new udata.  Why pyepoll's modify deletes and adds a kept filter
- * (kq_filter_changes in csrc/kqueue.c); no test is marked for it.
+ * (kq_filter_changes in csrc/poller/kqueue.c); no test is marked for it.
  */
 #include "repro.h"
 

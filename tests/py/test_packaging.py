@@ -39,8 +39,8 @@ def test_source_tree_without_core_says_why_and_the_two_ways_out(tmp_path):
     # A clone: pyepoll/ beside csrc/; the current directory comes first on
     # sys.path, as with `python -m pytest` run from the clone root.
     copy_without_core(tmp_path)
-    (tmp_path / "csrc").mkdir()
-    (tmp_path / "csrc" / "pyepoll.h").write_text("/* marker */\n")
+    (tmp_path / "csrc" / "include").mkdir(parents=True)
+    (tmp_path / "csrc" / "include" / "pyepoll.h").write_text("/* marker */\n")
     err = import_error(tmp_path)
     last = err.strip().splitlines()[-1]
     assert last.startswith("ImportError: pyepoll was imported from its "

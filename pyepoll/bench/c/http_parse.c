@@ -1,9 +1,9 @@
 /*
  * http_parse.c - nanoseconds per request of the C HTTP/1.1 request parser
- * (csrc/http.c) on a typical 300-byte browser GET.  The http scenario
+ * (csrc/http/http.c) on a typical 300-byte browser GET.  The http scenario
  * compiles it when it runs from a source checkout:
  *
- *   cc -O2 -Icsrc -o http_parse http_parse.c csrc/http.c && ./http_parse [iterations]
+ *   cc -O2 -Icsrc/include -o http_parse http_parse.c csrc/http/http.c && ./http_parse [iterations]
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -5,7 +5,8 @@
  * source checkout (csrc/ is not in the wheel), to set the C loop itself
  * beside echo_server.c and beside pyepoll.Loop(echo=True):
  *
- *   cc -O2 -Icsrc -o loop_echo_server loop_echo_server.c csrc/\*.c
+ *   cc -O2 -Icsrc/include -o loop_echo_server loop_echo_server.c \
+ *      csrc/poller/\*.c csrc/loop/\*.c   # but kqueue.c off BSD/macOS
  *   ./loop_echo_server PORT [level|edge] [BACKEND]   # SIGINT/SIGTERM stops
  *
  * On exit it prints one line: "cpu_user_s cpu_sys_s bytes_echoed syscalls".
