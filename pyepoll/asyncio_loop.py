@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import heapq
 import inspect
 import io
 import math
@@ -66,6 +67,10 @@ _BATCH_BYTES = 1024 * 1024
 _ATTACH_TAKES_TRANSPORT = len(
     inspect.signature(base_events.Server._attach).parameters) > 1
 _MISSING = object()
+# The stdlib's thresholds for rebuilding the timer heap, and its longest wait.
+_MIN_SCHEDULED = base_events._MIN_SCHEDULED_TIMER_HANDLES
+_MIN_CANCELLED_FRACTION = base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION
+_MAX_SELECT_TIMEOUT = base_events.MAXIMUM_SELECT_TIMEOUT
 _NO_EXTRA: Dict[str, Any] = {}      # shared, never written (see CTransport)
 
 
@@ -257,6 +262,64 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         self._conns.clear()
 
     # -- the wait --------------------------------------------------------------
+
+    def _run_once(self) -> None:
+        """One iteration: the stdlib's _run_once, step for step, without
+        what it spends per wakeup that this loop does not need (a second
+        clock read when no timer is pending, the selector's frame, an empty
+        _process_events call).  A server that answers one request per
+        wakeup pays this every time (issue 15).  Debug mode (slow-callback
+        logging) keeps the stdlib's own."""
+        if self._debug:
+            return super()._run_once()
+        scheduled = self._scheduled
+        if scheduled:
+            n = len(scheduled)
+            if (n > _MIN_SCHEDULED and
+                    self._timer_cancelled_count / n > _MIN_CANCELLED_FRACTION):
+                # Many cancelled timers: rebuild the heap without them.
+                keep = []
+                for handle in scheduled:
+                    if handle._cancelled:
+                        handle._scheduled = False
+                    else:
+                        keep.append(handle)
+                heapq.heapify(keep)
+                self._scheduled = scheduled = keep
+                self._timer_cancelled_count = 0
+            else:
+                while scheduled and scheduled[0]._cancelled:
+                    self._timer_cancelled_count -= 1
+                    handle = heapq.heappop(scheduled)
+                    handle._scheduled = False
+        ready = self._ready
+        if ready or self._stopping:
+            timeout: Optional[float] = 0
+        elif scheduled:
+            timeout = min(max(0, scheduled[0]._when - self.time()),
+                          _MAX_SELECT_TIMEOUT)
+        else:
+            timeout = None
+        event_list = self._select(timeout, self._selector._fd_to_key)
+        if event_list:
+            self._process_events(event_list)
+        event_list = None               # no cycle through a traceback
+        if scheduled:
+            end_time = self.time() + self._clock_resolution
+            while scheduled:
+                handle = scheduled[0]
+                if handle._when >= end_time:
+                    break
+                handle = heapq.heappop(scheduled)
+                handle._scheduled = False
+                ready.append(handle)
+        # Only the callbacks ready now; those they schedule run next time.
+        for _ in range(len(ready)):
+            handle = ready.popleft()
+            if not handle._cancelled:
+                handle._run()
+        handle = None
+
 
     def _select(self, timeout: Optional[float],
                 fd_to_key: Dict[int, selectors.SelectorKey]

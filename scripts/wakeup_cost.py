@@ -14,7 +14,8 @@ loop-queue, loop-fn (pyepoll.bench._serve kinds), server-echo,
 server-http (pyepoll-server, eventloop model, as the benchmarks start it;
 server-echo-w2: with --workers 2, for --tool strace: callgrind here
 records the supervisor, not the worker),
-uvloop-echo, uvloop-http.  --top N also lists the N functions whose own
+uvloop-echo, uvloop-http, aio-echo, aio-http (pyepoll's asyncio loop),
+asyncio-echo, asyncio-http (the stdlib's loop).  --top N also lists the N functions whose own
 (--inclusive: with callees) instructions per round trip grew most between
 the two runs.
 """
@@ -45,9 +46,13 @@ def argv_for(target: str, port: int) -> list:
         return [str(build("echo_server")), str(port), "level"]
     if target.startswith("loop-"):
         return py + ["-m", "pyepoll.bench._serve", f"{target}-level", str(port)]
-    if target.startswith("uvloop-"):
-        what = "protocol" if target == "uvloop-echo" else "httptools"
-        return py + ["-m", "pyepoll.bench._serve", f"uvloop-{what}", str(port)]
+    if target.split("-")[0] in ("uvloop", "aio", "asyncio"):
+        # An asyncio Protocol server: uvloop-echo, aio-echo (pyepoll's
+        # asyncio loop), asyncio-echo (the stdlib's); -http: httptools.
+        runtime, what = target.split("-")
+        runtime = {"aio": "pyepollaio"}.get(runtime, runtime)
+        what = "protocol" if what == "echo" else "httptools"
+        return py + ["-m", "pyepoll.bench._serve", f"{runtime}-{what}", str(port)]
     if target.startswith("server-"):
         # server-echo-w2: two worker processes (a supervisor watching them)
         extra = ["--workers", target.split("-w")[1]] if "-w" in target else []

@@ -1184,3 +1184,84 @@ def test_forked_child_gets_a_clear_error_and_the_parent_goes_on():
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         loop.close()
+
+
+# -- the loop's own iteration (EventLoop._run_once) ---------------------------
+
+def test_iteration_runs_timers_in_order_and_prunes_cancelled_ones():
+    # Past the stdlib's thresholds (over 100 timers, over half of them
+    # cancelled) the heap is rebuilt without the cancelled ones; the rest
+    # still fire in time order, each once.
+    async def main():
+        loop = asyncio.get_running_loop()
+        fired = []
+        before = len(loop._scheduled)   # wait_for's own timer
+        handles = [loop.call_later(0.05 + i * 0.0001, fired.append, i)
+                   for i in range(300)]
+        for i, h in enumerate(handles):
+            if i % 4:
+                h.cancel()
+        await asyncio.sleep(0)          # one iteration: the rebuild
+        assert len(loop._scheduled) == before + 75
+        assert loop._timer_cancelled_count == 0
+        await asyncio.sleep(0.3)
+        return fired
+
+    fired, errors = run(main)
+    assert fired == list(range(0, 300, 4))
+    assert errors == []
+
+
+@pytest.mark.parametrize("make_loop", [EventLoop, asyncio.new_event_loop],
+                         ids=["pyepoll", "stdlib"])
+def test_iteration_runs_only_callbacks_ready_before_it(make_loop):
+    # A callback scheduled by a callback runs in the next iteration, ahead
+    # of the I/O callbacks of that iteration's wait: the same order on
+    # pyepoll's iteration as on the stdlib's.
+    async def main():
+        loop = asyncio.get_running_loop()
+        order = []
+        r, w = socket.socketpair()
+        try:
+            def on_readable():
+                order.append("io")
+                loop.remove_reader(r)
+
+            def first():
+                order.append("first")
+                w.send(b"x")
+                loop.call_soon(order.append, "second")
+
+            loop.add_reader(r, on_readable)
+            loop.call_soon(first)
+            await until(lambda: len(order) == 3, "three callbacks")
+            return order
+        finally:
+            r.close()
+            w.close()
+
+    loop = make_loop()
+    try:
+        order = loop.run_until_complete(asyncio.wait_for(main(), LIMIT))
+    finally:
+        loop.close()
+    assert order == ["first", "second", "io"]
+
+
+def test_debug_mode_logs_slow_callbacks(caplog):
+    # Debug mode keeps the stdlib's iteration, slow-callback warning included.
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.slow_callback_duration = 0.01
+        loop.call_soon(time.sleep, 0.05)
+        await asyncio.sleep(0.01)
+
+    loop = EventLoop()
+    loop.set_debug(True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            loop.run_until_complete(asyncio.wait_for(main(), LIMIT))
+    finally:
+        loop.close()
+    assert any("took" in r.getMessage() and "sleep" in r.getMessage()
+               for r in caplog.records), caplog.text
