@@ -126,6 +126,10 @@ def _c_echo(trigger: str) -> Callable[[], List[str]]:
     return lambda: [str(build("echo_server")), "{port}", trigger]
 
 
+def _c_http() -> List[str]:
+    return [str(build("http_server")), "{port}"]
+
+
 def _reference(protocol: str, model: str, *extra: str) -> Callable[[], List[str]]:
     def argv() -> List[str]:
         return [server_python(), "-m", "pyepoll.server", "--port", "{port}",
@@ -196,6 +200,7 @@ def _pure_c_loop(trigger: str) -> Callable[[], List[str]]:
 C_ECHO = "plain C epoll"
 UVLOOP_ECHO = "uvloop Protocol"
 UVLOOP_HTTP = "uvloop+httptools"
+C_HTTP = "plain C epoll HTTP"
 CECHO = "pyepoll Loop C echo"
 # pyepoll.Loop with Python code per message, four ways (name, kind): what a
 # first handler looks like, the batch API's two replies, and a handler
@@ -252,6 +257,8 @@ def asyncio_servers() -> Dict[str, Spec]:
 
 def http_servers() -> Dict[str, Spec]:
     specs = [
+        # The floor: the same answer from a few lines of C (kernel + ~0).
+        Spec(C_HTTP, "http", _c_http),
         Spec("ref server eventloop", "http", _reference("http", "eventloop")),
         Spec("ref server threads", "http", _reference("http", "threads")),
         Spec(UVLOOP_HTTP, "http", _serve("uvloop-httptools", ["uvloop", "httptools"])),

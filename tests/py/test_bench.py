@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -180,6 +181,38 @@ def test_check_echo_rejects_a_wrong_byte() -> None:
         bad.close()
 
 
+@linux
+@need_cc
+def test_c_http_floor_answers_split_and_pipelined_heads() -> None:
+    # The HTTP floor server must be right to be a floor: a head split
+    # inside its blank line, then three pipelined heads in one write.
+    proc = subprocess.Popen([str(_proc.build("http_server")), "0"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(get[:-3])
+            time.sleep(0.05)
+            s.sendall(get[-3:])
+            got = b""
+            while got.count(b"Hello, World!\n") < 1:
+                got += s.recv(4096)
+            s.sendall(get * 3)
+            while got.count(b"Hello, World!\n") < 4:
+                chunk = s.recv(4096)
+                assert chunk, got
+                got += chunk
+        answers = got.split(b"HTTP/1.1 200 OK\r\n")[1:]
+        assert len(answers) == 4
+        for a in answers:
+            assert b"\r\nContent-Length: 14\r\n\r\nHello, World!\n" in a
+            assert a.startswith(b"Server: bench\r\nDate: ")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def test_check_http_rejects_non_200() -> None:
     def answer(status: bytes):
         def f(data: bytes) -> bytes:
@@ -296,8 +329,10 @@ def test_http_smoke_without_optional_tools() -> None:
     out = bench("http", "--smoke", "--servers", "ref server eventloop", "nginx",
                 without=WITHOUT)
     thr = rows(out, "HTTP hello throughput")
-    assert list(thr) == ["ref server eventloop"]
+    # The plain C floor always runs beside the reference row.
+    assert list(thr) == ["plain C epoll HTTP", "ref server eventloop"]
     assert "n/a" not in thr["ref server eventloop"]
+    assert "n/a" not in thr["plain C epoll HTTP"]
     assert "skipped: uvloop+httptools: uvloop not installed" in out
     assert "skipped: nginx 1 worker: nginx not installed" in out
     assert "skipped: wrk not installed" in out
