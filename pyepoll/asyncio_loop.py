@@ -17,6 +17,7 @@ subprocesses, signal handlers, executors) is the stdlib's own code.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import heapq
 import inspect
@@ -27,7 +28,8 @@ import selectors
 import socket
 import sys
 import warnings
-from asyncio import base_events, constants, futures, protocols, sslproto
+from asyncio import base_events, constants, format_helpers, futures
+from asyncio import protocols, sslproto
 from asyncio import transports, trsock
 from asyncio.exceptions import SendfileNotAvailableError
 from asyncio.log import logger
@@ -67,6 +69,9 @@ _BATCH_BYTES = 1024 * 1024
 _ATTACH_TAKES_TRANSPORT = len(
     inspect.signature(base_events.Server._attach).parameters) > 1
 _MISSING = object()
+_Handle = asyncio.Handle
+_new_handle = asyncio.Handle.__new__
+_copy_context = contextvars.copy_context
 # The stdlib's thresholds for rebuilding the timer heap, and its longest wait.
 _MIN_SCHEDULED = base_events._MIN_SCHEDULED_TIMER_HANDLES
 _MIN_CANCELLED_FRACTION = base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION
@@ -81,6 +86,17 @@ _NO_EXTRA: Dict[str, Any] = {}      # shared, never written (see CTransport)
 
 def _errno_exc(err: int) -> OSError:
     return OSError(err, os.strerror(err))     # the subclass for err
+
+
+def _report_handle_failure(handle: asyncio.Handle, exc: BaseException) -> None:
+    """What Handle._run does when its callback raised: the loop's exception
+    handler gets the same context (message, exception, handle)."""
+    cb = format_helpers._format_callback_source(handle._callback, handle._args)
+    handle._loop.call_exception_handler({
+        "message": f"Exception in callback {cb}",
+        "exception": exc,
+        "handle": handle,
+    })
 
 
 class _LoopSelector(selectors.BaseSelector):
@@ -316,9 +332,43 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         # Only the callbacks ready now; those they schedule run next time.
         for _ in range(len(ready)):
             handle = ready.popleft()
-            if not handle._cancelled:
-                handle._run()
+            if handle._cancelled:
+                continue
+            if handle.__class__ is not _Handle:
+                handle._run()           # TimerHandle, or a subclass
+                continue
+            # Handle._run inlined (one frame less per callback); a failure
+            # goes through Handle._run's own reporting, which runs the
+            # callback no second time (_failed_handle).
+            try:
+                handle._context.run(handle._callback, *handle._args)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                _report_handle_failure(handle, exc)
         handle = None
+
+    def call_soon(self, callback: Any, *args: Any,
+                  context: Any = None) -> asyncio.Handle:
+        """The stdlib's call_soon, with the Handle made here: outside debug
+        mode that is two Python frames less (Handle.__init__ and its
+        get_debug call) for the call every task wake-up makes."""
+        if self._debug or self._closed:
+            handle = super().call_soon(callback, *args, context=context)
+            if handle._source_traceback:
+                # Debug: the stack ends at the caller, not at this frame.
+                del handle._source_traceback[-1]
+            return handle
+        handle = _new_handle(_Handle)
+        handle._context = _copy_context() if context is None else context
+        handle._loop = self
+        handle._callback = callback
+        handle._args = args
+        handle._cancelled = False
+        handle._repr = None
+        handle._source_traceback = None
+        self._ready.append(handle)
+        return handle
 
 
     def _select(self, timeout: Optional[float],

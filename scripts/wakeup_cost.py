@@ -15,7 +15,8 @@ server-http (pyepoll-server, eventloop model, as the benchmarks start it;
 server-echo-w2: with --workers 2, for --tool strace: callgrind here
 records the supervisor, not the worker),
 uvloop-echo, uvloop-http, aio-echo, aio-http (pyepoll's asyncio loop),
-asyncio-echo, asyncio-http (the stdlib's loop).  --top N also lists the N functions whose own
+asyncio-echo, asyncio-http (the stdlib's loop); -streams instead of
+-echo: the echo on asyncio.start_server.  --top N also lists the N functions whose own
 (--inclusive: with callees) instructions per round trip grew most between
 the two runs.
 """
@@ -51,7 +52,7 @@ def argv_for(target: str, port: int) -> list:
         # asyncio loop), asyncio-echo (the stdlib's); -http: httptools.
         runtime, what = target.split("-")
         runtime = {"aio": "pyepollaio"}.get(runtime, runtime)
-        what = "protocol" if what == "echo" else "httptools"
+        what = {"echo": "protocol", "http": "httptools"}.get(what, what)
         return py + ["-m", "pyepoll.bench._serve", f"{runtime}-{what}", str(port)]
     if target.startswith("server-"):
         # server-echo-w2: two worker processes (a supervisor watching them)

@@ -10,6 +10,7 @@ protocols, exceptions in callbacks, descriptors shared with add_reader.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import io
 import logging
@@ -1265,3 +1266,42 @@ def test_debug_mode_logs_slow_callbacks(caplog):
         loop.close()
     assert any("took" in r.getMessage() and "sleep" in r.getMessage()
                for r in caplog.records), caplog.text
+
+
+@pytest.mark.parametrize("make_loop", [EventLoop, asyncio.new_event_loop],
+                         ids=["pyepoll", "stdlib"])
+def test_call_soon_handles_behave_as_the_stdlibs(make_loop):
+    # pyepoll's call_soon makes its Handle itself and its iteration runs
+    # plain Handles inline: the same handle, context, cancellation and
+    # failure report as the stdlib's.
+    var = contextvars.ContextVar("var", default="unset")
+    loop = make_loop()
+    reports = []
+    loop.set_exception_handler(lambda lp, ctx: reports.append(ctx))
+    seen = []
+
+    def boom(x):
+        raise ValueError(f"boom {x}")
+
+    try:
+        ctx = contextvars.copy_context()
+        ctx.run(var.set, "in ctx")
+        h1 = loop.call_soon(lambda: seen.append(var.get()), context=ctx)
+        h2 = loop.call_soon(seen.append, "cancelled")
+        h3 = loop.call_soon(boom, 7)
+        h2.cancel()
+        loop.call_soon(loop.stop)
+        assert type(h1) is asyncio.Handle and not h1.cancelled()
+        assert h2.cancelled()
+        loop.run_forever()
+    finally:
+        loop.close()
+    assert seen == ["in ctx"]
+    assert len(reports) == 1
+    r = reports[0]
+    assert set(r) == {"message", "exception", "handle"}
+    assert r["message"].startswith("Exception in callback ") and "boom" in r["message"]
+    assert isinstance(r["exception"], ValueError) and str(r["exception"]) == "boom 7"
+    assert r["handle"] is h3
+    with pytest.raises(RuntimeError, match="Event loop is closed"):
+        loop.call_soon(seen.append, 1)
