@@ -32,7 +32,7 @@ from asyncio.exceptions import SendfileNotAvailableError
 from asyncio.log import logger
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ._binding import ffi, lib
+from ._binding import ffi, lib, run_signal_handlers
 from ._poller import available_backends
 from .loop import _inherited, _live
 
@@ -291,9 +291,11 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         n = _run_into(p, _NULL, 0, self._bev, self._batch, ms, self._bbuf,
                       self._bsize)
         if n <= 0:
-            if n == 0 or n == -errno.EINTR:
-                return []
-            raise _errno_exc(-n)
+            if n == -errno.EINTR:
+                run_signal_handlers()   # one that raises ends run (PEP 475)
+            elif n:
+                raise _errno_exc(-n)
+            return []
         vals = self._bq[0:n << 2].tolist()
         if self._ready:
             # asyncio runs I/O callbacks after those that were ready before
