@@ -52,23 +52,30 @@ except ModuleNotFoundError as _exc:
         raise                   # something _core itself imports is missing
     raise _no_core(_exc) from None
 
-__all__ = ["ffi", "lib", "check", "raise_errno", "run_signal_handlers",
-           "fileno_of", "StaleHandleError"]
+__all__ = ["ffi", "lib", "check", "errno_error", "raise_errno",
+           "run_signal_handlers", "fileno_of", "StaleHandleError"]
 
 
 class StaleHandleError(ValueError):
     """A connection handle was used after its connection closed."""
 
 
-def raise_errno(err: int, context: str = "") -> NoReturn:
-    """Raise the exception CPython would raise for the positive errno ``err``."""
-    if err == errno.ESTALE:
-        stale = "connection is closed (stale handle)"
-        raise StaleHandleError(f"{context}: {stale}" if context else stale)
+def errno_error(err: int, context: str = "") -> OSError:
+    """The OSError CPython raises for the positive errno ``err``: its
+    subclass for err (ConnectionResetError for ECONNRESET...)."""
     message = os.strerror(err)
     if context:
         message = f"{message}: {context}"
-    raise OSError(err, message)
+    return OSError(err, message)
+
+
+def raise_errno(err: int, context: str = "") -> NoReturn:
+    """Raise the exception CPython would raise for the positive errno
+    ``err``; a stale connection handle is a StaleHandleError."""
+    if err == errno.ESTALE:
+        stale = "connection is closed (stale handle)"
+        raise StaleHandleError(f"{context}: {stale}" if context else stale)
+    raise errno_error(err, context)
 
 
 def check(rc: int, context: str = "") -> int:

@@ -32,6 +32,7 @@ from asyncio.exceptions import SendfileNotAvailableError
 from asyncio.log import logger
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ._binding import errno_error as _errno_exc
 from ._binding import ffi, lib, run_signal_handlers
 from ._poller import available_backends
 from .loop import _inherited, _live
@@ -72,10 +73,6 @@ _NO_EXTRA: Dict[str, Any] = {}      # shared, never written (see CTransport)
 # pyepoll.loop's fork registry serves these loops too: its after-fork hook
 # calls _forked() on every loop in _live, and _inherited keeps the C loops a
 # child must never free (a kqueue's number may name another file there).
-
-
-def _errno_exc(err: int) -> OSError:
-    return OSError(err, os.strerror(err))     # the subclass for err
 
 
 class _LoopSelector(selectors.BaseSelector):
