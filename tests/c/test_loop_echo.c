@@ -29,26 +29,10 @@
 
 #include "loop/loop.h"
 #include "pyepoll.h"
-
-struct mode {
-    const char *backend;
-    int edge;
-};
-
-static const struct mode modes[] = {
-    { "epoll", 1 }, { "epoll", 0 }, { "poll", 0 }, { "select", 0 },
-};
+#include "support.h"
 
 #define TOTAL (256u << 10)
 #define DEADLINE_MS 5000
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static unsigned char pat(size_t i)
 {
@@ -128,7 +112,7 @@ static void roundtrip(const struct mode *m, uint32_t in_high, uint32_t out_high,
 static void test_echo_resumes_after_in_high(void **state)
 {
     (void)state;
-    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++)
+    for (size_t i = 0; i < N_MODES; i++)
         roundtrip(&modes[i], 4096, 4096, 4096, 4096);
 }
 
@@ -136,7 +120,7 @@ static void test_echo_resumes_after_in_high(void **state)
 static void test_echo_out_max_below_in_high(void **state)
 {
     (void)state;
-    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+    for (size_t i = 0; i < N_MODES; i++) {
         roundtrip(&modes[i], 65536, 100, 300, 4096);
         roundtrip(&modes[i], 65536, 1, 1000, 1);
     }
@@ -149,7 +133,7 @@ static void test_echo_defaults(void **state)
 
     (void)state;
     pe_loop_config_init(&d);
-    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++)
+    for (size_t i = 0; i < N_MODES; i++)
         roundtrip(&modes[i], d.in_high, d.out_high, d.out_max, 4096);
 }
 
