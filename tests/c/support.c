@@ -1,6 +1,7 @@
 /* support.c - see support.h. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <setjmp.h>
@@ -35,6 +36,24 @@ int run_per_mode(const char *prefix, struct CMUnitTest *tests, size_t n)
         failed += _cmocka_run_group_tests(name, tests, n, NULL, NULL);
     }
     return failed;
+}
+
+void mode_config(struct pe_loop_config *cfg, const struct mode *m)
+{
+    pe_loop_config_init(cfg);
+    cfg->backend = m->backend;
+    cfg->edge = m->edge;
+}
+
+pe_loop *new_loop_or_skip(const struct pe_loop_config *cfg)
+{
+    int err = 0;
+    pe_loop *l = pe_loop_new(cfg, &err);
+
+    if (!l && err == -ENOSYS)
+        skip();
+    assert_non_null(l);
+    return l;
 }
 
 uint64_t now_ms(void)

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "pyepoll.h"
+
 struct CMUnitTest;
 
 /* A loop configuration the per-mode loop tests run in: backend, edge
@@ -27,6 +29,13 @@ extern const struct mode modes[N_MODES];
 /* Run the group of tests once per mode, each test's state the mode, the
  * group named prefix followed by the mode's name; returns the failures. */
 int run_per_mode(const char *prefix, struct CMUnitTest *tests, size_t n);
+
+/* cfg initialised (pe_loop_config_init) for mode m's backend and trigger. */
+void mode_config(struct pe_loop_config *cfg, const struct mode *m);
+
+/* pe_loop_new(cfg); the running test is skipped when cfg's backend is not
+ * compiled in, fails on any other error. */
+pe_loop *new_loop_or_skip(const struct pe_loop_config *cfg);
 
 /* Monotonic time in milliseconds. */
 uint64_t now_ms(void);

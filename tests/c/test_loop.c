@@ -107,23 +107,14 @@ struct env {
 
 static void base_config(struct pe_loop_config *cfg, void **state)
 {
-    const struct mode *m = *state;
-
-    pe_loop_config_init(cfg);
-    cfg->backend = m->backend;
-    cfg->edge = m->edge;
+    mode_config(cfg, *state);
     cfg->max_conns = 64;
 }
 
 static void env_open(struct env *e, const struct pe_loop_config *cfg)
 {
-    int err = 0;
-
     memset(e, 0, sizeof(*e));
-    e->l = pe_loop_new(cfg, &err);
-    if (!e->l && err == -ENOSYS)
-        skip();
-    assert_non_null(e->l);
+    e->l = new_loop_or_skip(cfg);
     e->lfd = tcp_listener(&e->port);
     e->lid = pe_loop_add_listener(e->l, e->lfd);
     assert_true(e->lid >= 0);

@@ -51,21 +51,16 @@ static void roundtrip(const struct mode *m, uint32_t in_high, uint32_t out_high,
     size_t sent = 0, back = 0;
     uint64_t until;
     pe_loop *l;
-    int err = 0, sv[2], n, rounds = 0;
+    int sv[2], n, rounds = 0;
 
-    pe_loop_config_init(&cfg);
-    cfg.backend = m->backend;
-    cfg.edge = m->edge;
+    mode_config(&cfg, m);
     cfg.echo = 1;
     cfg.max_conns = 4;
     cfg.in_high = in_high;
     cfg.in_low = in_high / 2;
     cfg.out_high = out_high;
     cfg.out_max = out_max;
-    l = pe_loop_new(&cfg, &err);
-    if (!l && err == -ENOSYS)
-        skip();
-    assert_non_null(l);
+    l = new_loop_or_skip(&cfg);
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK |
                                 SOCK_CLOEXEC, 0, sv), 0);
     assert_int_equal(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sndbuf,

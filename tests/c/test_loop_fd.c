@@ -32,20 +32,11 @@
 
 static pe_loop *new_loop(void **state, uint32_t max_conns)
 {
-    const struct mode *m = *state;
     struct pe_loop_config cfg;
-    pe_loop *l;
-    int err = 0;
 
-    pe_loop_config_init(&cfg);
-    cfg.backend = m->backend;
-    cfg.edge = m->edge;
+    mode_config(&cfg, *state);
     cfg.max_conns = max_conns;
-    l = pe_loop_new(&cfg, &err);
-    if (!l && err == -ENOSYS)
-        skip();
-    assert_non_null(l);
-    return l;
+    return new_loop_or_skip(&cfg);
 }
 
 /* One run; the events of the given kind and handle (0: any) counted. */
