@@ -158,6 +158,55 @@ def _sleep_on(loop):
         task.cancel()
 
 
+@pytest.mark.parametrize("timeout", [WAIT, None])
+def test_handler_that_wakes_the_loop_ends_its_wait(timeout):
+    """A handler that returns after loop.wakeup() (the reference server's
+    SIGTERM drain) ends the wait at once: it ran before the wait was
+    retried, whose first event is then the wakeup."""
+    loop = Loop()
+    old = signal.signal(SIG, lambda signum, frame: loop.wakeup())
+    try:
+        for _ in range(ROUNDS):
+            sender = _signal_main_soon()
+            t0 = time.monotonic()
+            try:
+                events = loop.wait(timeout)
+                elapsed = time.monotonic() - t0
+            finally:
+                sender.join()
+            assert events == [(pyepoll.EV_WAKEUP, 0, 0)]
+            assert elapsed < PROMPT, f"woken after {elapsed:.2f} s"
+    finally:
+        signal.signal(SIG, old)
+        loop.close()
+
+
+@pytest.mark.parametrize("name", [n for n in (
+    "EpollSelector", "KqueueSelector", "PollSelector", "SelectSelector",
+    "DefaultSelector") if hasattr(pesel, n)])
+def test_handler_that_writes_ends_a_select(sockpair, name):
+    """A handler that returns after making a watched socket readable (a
+    wakeup-fd pattern) ends select() with that event at once."""
+    a, b = sockpair
+    old = signal.signal(SIG, lambda signum, frame: b.send(b"x"))
+    try:
+        with getattr(pesel, name)() as sel:
+            key = sel.register(a, pesel.EVENT_READ)
+            for _ in range(ROUNDS):
+                sender = _signal_main_soon()
+                t0 = time.monotonic()
+                try:
+                    ready = sel.select(WAIT)
+                    elapsed = time.monotonic() - t0
+                finally:
+                    sender.join()
+                assert ready == [(key, pesel.EVENT_READ)]
+                assert elapsed < PROMPT, f"woken after {elapsed:.2f} s"
+                assert a.recv(16) == b"x"
+    finally:
+        signal.signal(SIG, old)
+
+
 def test_asyncio_run_signal_handler_raises(raising_handler):
     """A signal.signal handler's exception ends run_until_complete while
     the loop sleeps in its wait, and the loop goes on working."""
