@@ -94,12 +94,12 @@ if hasattr(signal, "pthread_sigmask"):
         raises: PyErr_CheckSignals for Python code.  Every wait calls it
         after -EINTR, before it retries.
 
-        Returning to the interpreter is not enough on PyPy: it runs
-        handlers at a periodic check, which its JIT-compiled code can pass
-        over on the way to the retried wait (and when another thread took
-        the signal first, may not reach before that thread switch happens
-        again), so the handler ran only when the wait timed out.  Changing
-        the signal mask runs the handlers on both interpreters (CPython and
+        Returning to the interpreter is not enough on PyPy.  It runs
+        handlers at a periodic check that JIT-compiled code may not reach
+        before the retried wait, and a signal another thread's check took
+        first waits there for a thread switch: either way the handler ran
+        only when the retried wait returned, at its timeout.  Changing the
+        signal mask runs the handlers on both interpreters (CPython and
         PyPy check signals after pthread_sigmask, since an unblocked one may
         be pending); blocking the empty set changes nothing."""
         _sigmask(_SIG_BLOCK, ())

@@ -13,6 +13,7 @@ test instead of hanging it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import threading
@@ -62,12 +63,21 @@ def sockpair():
     b.close()
 
 
-def _signal_main_soon(delay: float = 0.05) -> threading.Thread:
-    """SIG to the main thread after delay seconds, from a thread that then
-    keeps running Python code for 20 ms (see the module's docstring)."""
+@contextlib.contextmanager
+def signal_after_go(delay: float = 0.05):
+    """Yields go(): delay seconds after it is called, SIG goes to the main
+    thread from a thread that then keeps running Python code for 20 ms
+    (see the module's docstring).  The thread is started before, so its
+    slow start on a loaded machine cannot send the signal before the code
+    under test runs."""
     main = threading.main_thread().ident
+    started = threading.Event()
+    abort = []
 
     def send():
+        started.wait()
+        if abort:
+            return
         time.sleep(delay)
         signal.pthread_kill(main, SIG)
         end = time.monotonic() + 0.02
@@ -76,7 +86,13 @@ def _signal_main_soon(delay: float = 0.05) -> threading.Thread:
 
     thread = threading.Thread(target=send, daemon=True)
     thread.start()
-    return thread
+    try:
+        yield started.set
+    finally:
+        if not started.is_set():
+            abort.append(True)
+            started.set()
+        thread.join()
 
 
 def assert_interrupted_promptly(wait, exc=Interrupt, waker=None):
@@ -84,19 +100,19 @@ def assert_interrupted_promptly(wait, exc=Interrupt, waker=None):
     times; waker(), if given, is called at WAIT to end a blocking wait
     that missed the signal."""
     for _ in range(ROUNDS):
-        sender = _signal_main_soon()
         timer = threading.Timer(WAIT, waker) if waker else None
-        if timer:
-            timer.start()
-        t0 = time.monotonic()
-        try:
-            with pytest.raises(exc):
-                wait()
-            elapsed = time.monotonic() - t0
-        finally:
+        with signal_after_go() as go:
             if timer:
-                timer.cancel()
-            sender.join()
+                timer.start()
+            try:
+                with pytest.raises(exc):
+                    t0 = time.monotonic()
+                    go()
+                    wait()
+                elapsed = time.monotonic() - t0
+            finally:
+                if timer:
+                    timer.cancel()
         assert elapsed < PROMPT, f"the handler ran after {elapsed:.2f} s"
 
 
@@ -167,13 +183,11 @@ def test_handler_that_wakes_the_loop_ends_its_wait(timeout):
     old = signal.signal(SIG, lambda signum, frame: loop.wakeup())
     try:
         for _ in range(ROUNDS):
-            sender = _signal_main_soon()
-            t0 = time.monotonic()
-            try:
+            with signal_after_go() as go:
+                t0 = time.monotonic()
+                go()
                 events = loop.wait(timeout)
                 elapsed = time.monotonic() - t0
-            finally:
-                sender.join()
             assert events == [(pyepoll.EV_WAKEUP, 0, 0)]
             assert elapsed < PROMPT, f"woken after {elapsed:.2f} s"
     finally:
@@ -193,13 +207,11 @@ def test_handler_that_writes_ends_a_select(sockpair, name):
         with getattr(pesel, name)() as sel:
             key = sel.register(a, pesel.EVENT_READ)
             for _ in range(ROUNDS):
-                sender = _signal_main_soon()
-                t0 = time.monotonic()
-                try:
+                with signal_after_go() as go:
+                    t0 = time.monotonic()
+                    go()
                     ready = sel.select(WAIT)
                     elapsed = time.monotonic() - t0
-                finally:
-                    sender.join()
                 assert ready == [(key, pesel.EVENT_READ)]
                 assert elapsed < PROMPT, f"woken after {elapsed:.2f} s"
                 assert a.recv(16) == b"x"
