@@ -95,6 +95,15 @@ def signal_after_go(delay: float = 0.05):
         thread.join()
 
 
+def call_signalled(fn):
+    """fn()'s result, and the seconds it took, SIG sent while it runs."""
+    with signal_after_go() as go:
+        t0 = time.monotonic()
+        go()
+        result = fn()
+        return result, time.monotonic() - t0
+
+
 def assert_interrupted_promptly(wait, exc=Interrupt, waker=None):
     """wait() raises exc within PROMPT seconds when signalled, ROUNDS
     times; waker(), if given, is called at WAIT to end a blocking wait
@@ -183,11 +192,7 @@ def test_handler_that_wakes_the_loop_ends_its_wait(timeout):
     old = signal.signal(SIG, lambda signum, frame: loop.wakeup())
     try:
         for _ in range(ROUNDS):
-            with signal_after_go() as go:
-                t0 = time.monotonic()
-                go()
-                events = loop.wait(timeout)
-                elapsed = time.monotonic() - t0
+            events, elapsed = call_signalled(lambda: loop.wait(timeout))
             assert events == [(pyepoll.EV_WAKEUP, 0, 0)]
             assert elapsed < PROMPT, f"woken after {elapsed:.2f} s"
     finally:
@@ -207,11 +212,7 @@ def test_handler_that_writes_ends_a_select(sockpair, name):
         with getattr(pesel, name)() as sel:
             key = sel.register(a, pesel.EVENT_READ)
             for _ in range(ROUNDS):
-                with signal_after_go() as go:
-                    t0 = time.monotonic()
-                    go()
-                    ready = sel.select(WAIT)
-                    elapsed = time.monotonic() - t0
+                ready, elapsed = call_signalled(lambda: sel.select(WAIT))
                 assert ready == [(key, pesel.EVENT_READ)]
                 assert elapsed < PROMPT, f"woken after {elapsed:.2f} s"
                 assert a.recv(16) == b"x"
