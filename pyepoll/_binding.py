@@ -4,11 +4,14 @@ Every C function returns 0, a count, or -errno.  :func:`check` turns a
 negative result into the exception CPython raises for the same failure, so
 ``-EEXIST`` becomes FileExistsError, ``-ENOENT`` FileNotFoundError, ``-EPERM``
 PermissionError, and so on (``OSError(errno, ...)`` picks the subclass).
+A wait that fails with ``-EINTR`` calls :func:`run_signal_handlers` before
+it retries (PEP 475).
 """
 from __future__ import annotations
 
 import errno
 import os
+import signal
 from typing import NoReturn
 
 
@@ -49,22 +52,30 @@ except ModuleNotFoundError as _exc:
         raise                   # something _core itself imports is missing
     raise _no_core(_exc) from None
 
-__all__ = ["ffi", "lib", "check", "raise_errno", "fileno_of", "StaleHandleError"]
+__all__ = ["ffi", "lib", "check", "errno_error", "raise_errno",
+           "run_signal_handlers", "fileno_of", "StaleHandleError"]
 
 
 class StaleHandleError(ValueError):
     """A connection handle was used after its connection closed."""
 
 
-def raise_errno(err: int, context: str = "") -> NoReturn:
-    """Raise the exception CPython would raise for the positive errno ``err``."""
-    if err == errno.ESTALE:
-        stale = "connection is closed (stale handle)"
-        raise StaleHandleError(f"{context}: {stale}" if context else stale)
+def errno_error(err: int, context: str = "") -> OSError:
+    """The OSError CPython raises for the positive errno ``err``: its
+    subclass for err (ConnectionResetError for ECONNRESET...)."""
     message = os.strerror(err)
     if context:
         message = f"{message}: {context}"
-    raise OSError(err, message)
+    return OSError(err, message)
+
+
+def raise_errno(err: int, context: str = "") -> NoReturn:
+    """Raise the exception CPython would raise for the positive errno
+    ``err``; a stale connection handle is a StaleHandleError."""
+    if err == errno.ESTALE:
+        stale = "connection is closed (stale handle)"
+        raise StaleHandleError(f"{context}: {stale}" if context else stale)
+    raise errno_error(err, context)
 
 
 def check(rc: int, context: str = "") -> int:
@@ -72,6 +83,30 @@ def check(rc: int, context: str = "") -> int:
     if rc < 0:
         raise_errno(-rc, context)
     return rc
+
+
+if hasattr(signal, "pthread_sigmask"):
+    _sigmask = signal.pthread_sigmask
+    _SIG_BLOCK = signal.SIG_BLOCK
+
+    def run_signal_handlers() -> None:
+        """Run the pending Python signal handlers now, raising what one
+        raises: PyErr_CheckSignals for Python code.  Every wait calls it
+        after -EINTR, before it retries.
+
+        Returning to the interpreter is not enough on PyPy.  It runs
+        handlers at a periodic check that JIT-compiled code may not reach
+        before the retried wait, and a signal another thread's check took
+        first waits there for a thread switch: either way the handler ran
+        only when the retried wait returned, at its timeout.  Changing the
+        signal mask runs the handlers on both interpreters (CPython and
+        PyPy check signals after pthread_sigmask, since an unblocked one may
+        be pending); blocking the empty set changes nothing."""
+        _sigmask(_SIG_BLOCK, ())
+else:
+    def run_signal_handlers() -> None:
+        """Without pthread_sigmask, calling a Python function is the point
+        where the interpreter runs pending handlers."""
 
 
 def fileno_of(fileobj: object) -> int:

@@ -28,6 +28,7 @@ from typing import Any, List, Optional, Tuple
 from ._binding import ffi as _ffi
 from ._binding import lib as _lib
 from ._binding import raise_errno as _raise_errno
+from ._binding import run_signal_handlers as _run_signal_handlers
 from ._poller import _ONE_BELOW, _new_pair, _new_waiter
 from ._poller import _one_event, _read_pair, _read_pairs, _result
 from ._poller import _wait_block, _wait_ms, _wait_poll
@@ -356,9 +357,7 @@ class epoll:
     def _poll_rest(self, r: int, w: Any, timeout: Optional[float],
                    maxevents: int) -> List[Tuple[int, int]]:
         """poll() on the hot path after a result other than none or one
-        event: events in the array, or a failure.  Calling this function
-        let the interpreter run signal handlers (an exception from one
-        propagates, PEP 475)."""
+        event: events in the array, or a failure."""
         if r == -_EBUSY:               # another thread polls on it
             return self._poll(timeout, maxevents)
         r, w = self._retry(r, w, -1 if timeout is None else 0, 0)
@@ -438,9 +437,9 @@ class epoll:
                deadline: int) -> Tuple[int, Any]:
         """The result of waiter w once no EINTR, and the waiter holding it:
         another one when w, shared, was taken by another thread meanwhile."""
-        # Entering this function let the interpreter run the signal handlers;
-        # an exception from one propagates (PEP 475).
         while r == -_EINTR or r == -_EBUSY:
+            if r == -_EINTR:
+                _run_signal_handlers()     # one that raises ends poll (PEP 475)
             p = self._p
             if p is None:
                 _raise_closed()
@@ -455,8 +454,6 @@ class epoll:
                 r = _wait_ms(w)
             else:
                 r = _wait_poll(w) if ms == 0 else _wait_block(w)
-            if r == -_EINTR:
-                _run_signal_handlers()
         if _ONE_BELOW <= r < 0:
             if self._p is None:
                 _raise_closed()
@@ -470,8 +467,3 @@ class epoll:
 
 def _raise_closed() -> None:
     raise ValueError("I/O operation on closed epoll object")
-
-
-def _run_signal_handlers() -> None:
-    """Calling a Python function gives the interpreter a point to run
-    pending signal handlers (and raise what they raise)."""

@@ -10,7 +10,7 @@ import time
 import weakref
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
-from ._binding import check, ffi, fileno_of, lib
+from ._binding import check, ffi, fileno_of, lib, run_signal_handlers
 
 __all__ = [
     "Poller", "ForkError", "available_backends", "best_backend",
@@ -335,14 +335,13 @@ class Poller:
     def _wait_rest(self, r: int, w: Any,
                    timeout: Optional[float]) -> List[Tuple[int, int]]:
         """wait() with timeout None or 0 after a result other than none or
-        one event: events in the array, or a failure (calling this function
-        let the interpreter run signal handlers, whose exception
-        propagates: PEP 475)."""
+        one event: events in the array, or a failure."""
         while _ONE_BELOW <= r < 0:     # an -errno
             if r == -errno.EBUSY:      # another thread waits on _w
                 return self._wait_other(timeout, -1)
             if r != -errno.EINTR or self._w is _CLOSED:
                 self._raise_failed(r)
+            run_signal_handlers()      # one that raises ends wait (PEP 475)
             r = _wait_block(w) if timeout is None else _wait_poll(w)
         return _result_registered(w, r)
 
@@ -371,8 +370,7 @@ class Poller:
                 r = _wait_ms(w)
             if r != -errno.EINTR:
                 break
-            # Back in the interpreter: signal handlers have run (the loop's
-            # jump runs them), their exception propagating.
+            run_signal_handlers()      # one that raises ends wait (PEP 475)
             if self._w is _CLOSED:
                 self._raise_closed()
             if ms > 0:

@@ -35,7 +35,8 @@ from asyncio.exceptions import SendfileNotAvailableError
 from asyncio.log import logger
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ._binding import ffi, lib
+from ._binding import errno_error as _errno_exc
+from ._binding import ffi, lib, run_signal_handlers
 from ._poller import available_backends
 from .loop import _inherited, _live
 
@@ -82,10 +83,6 @@ _NO_EXTRA: Dict[str, Any] = {}      # shared, never written (see CTransport)
 # pyepoll.loop's fork registry serves these loops too: its after-fork hook
 # calls _forked() on every loop in _live, and _inherited keeps the C loops a
 # child must never free (a kqueue's number may name another file there).
-
-
-def _errno_exc(err: int) -> OSError:
-    return OSError(err, os.strerror(err))     # the subclass for err
 
 
 def _report_handle_failure(handle: asyncio.Handle, exc: BaseException) -> None:
@@ -404,9 +401,11 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         n = _run_into(p, _NULL, 0, self._bev, self._batch, ms, self._bbuf,
                       self._bsize)
         if n <= 0:
-            if n == 0 or n == -errno.EINTR:
-                return []
-            raise _errno_exc(-n)
+            if n == -errno.EINTR:
+                run_signal_handlers()   # one that raises ends run (PEP 475)
+            elif n:
+                raise _errno_exc(-n)
+            return []
         vals = self._bq[0:n << 2].tolist()
         if self._ready:
             # asyncio runs I/O callbacks after those that were ready before

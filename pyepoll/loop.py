@@ -43,7 +43,8 @@ import time
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from ._binding import StaleHandleError, ffi, fileno_of, lib, raise_errno
+from ._binding import (StaleHandleError, ffi, fileno_of, lib, raise_errno,
+                       run_signal_handlers)
 from ._poller import (
     ForkError, available_backends, best_backend, timeout_to_ms,
 )
@@ -683,7 +684,9 @@ class Loop:
         while True:
             if rc > 0:
                 return rc
-            if rc < 0 and rc != -errno.EINTR:
+            if rc == -errno.EINTR:
+                run_signal_handlers()   # one that raises ends wait (PEP 475)
+            elif rc < 0:
                 if rc == -errno.EBADF and self._p is None:
                     return 0            # close() from another thread
                 if rc == -errno.EBUSY:
@@ -700,8 +703,6 @@ class Loop:
                 if left <= 0:
                     return 0
                 ms = math.ceil(left * 1000.0)
-            # Back in the interpreter between calls: signal handlers run
-            # here, and an exception from one propagates (PEP 475).
             p = self._p
             if p is None:
                 return 0

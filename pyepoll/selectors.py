@@ -40,6 +40,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from ._binding import ffi as _ffi
 from ._binding import lib as _lib
 from ._binding import raise_errno as _raise_errno
+from ._binding import run_signal_handlers as _run_signal_handlers
 from ._poller import _EVENTS_AT, _new_pair, _new_waiter, _one_event
 from ._poller import _release, _wait_block, _wait_ms, _wait_poll
 from ._poller import available_backends as _available_backends
@@ -417,21 +418,19 @@ def _make_select(selector: _CoreSelector) -> Any:
 
     def rest(r: int, waiter: _Waiter, ms: int
              ) -> List[Tuple[SelectorKey, int]]:
-        # Entering this function let the interpreter run the signal handlers;
-        # one that raises ends select() with its exception (PEP 475).
         if r == -_EBUSY and waiter is shared:
             waiter = _Waiter(p, cap)   # another thread waits on it
             r = -_EINTR
         deadline = _monotonic() + ms / 1000.0 if ms > 0 else 0.0
         while r == -_EINTR:
+            # One that raises ends select() with its exception (PEP 475).
+            _run_signal_handlers()
             if ms > 0:
                 ms = max(0, _ceil((deadline - _monotonic()) * 1e3))
                 waiter.w.timeout_ms = ms
                 r = _wait_ms(waiter.w)
             else:
                 r = _wait_poll(waiter.w) if ms == 0 else _wait_block(waiter.w)
-            if r == -_EINTR:
-                _run_signal_handlers()
         if r > 1048576:
             answers = ready.get(r - 1048577)
             return [answers[EVENT_READ]] if answers is not None else []
@@ -486,10 +485,6 @@ def _long_timeout(clamp: bool, timeout: float) -> int:
 def _raise_closed(backend: str) -> None:
     raise ValueError(f"I/O operation on closed {backend} object")
 
-
-def _run_signal_handlers() -> None:
-    """Calling a Python function gives the interpreter a point to run
-    pending signal handlers (and raise what they raise)."""
 
 
 class _KernelSelector(_CoreSelector):

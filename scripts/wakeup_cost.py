@@ -36,7 +36,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pyepoll.bench._proc import build, free_port  # noqa: E402
+from pyepoll.bench._proc import build, free_port, wait_listening  # noqa: E402
 
 GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -62,20 +62,6 @@ def argv_for(target: str, port: int) -> list:
                      "--log-level", "warning", "--idle-timeout", "0",
                      "--max-connections", "30000", *extra]
     raise SystemExit(f"unknown target {target}")
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise SystemExit("server not listening")
-            time.sleep(0.1)
 
 
 def drive(port: int, n: int, http: bool) -> None:
@@ -112,7 +98,8 @@ def one_run(target: str, tool: str, n: int, tmp: str) -> str:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        wait_port(port, proc)           # its one connect costs the same in both
+        # Slow under callgrind; its one connect costs the same in both runs.
+        wait_listening(port, proc, timeout=120.0)
         drive(port, n, target.endswith("http"))
         time.sleep(0.5)
     finally:

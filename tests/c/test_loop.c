@@ -31,31 +31,11 @@
 
 #include "loop/loop.h"
 #include "pyepoll.h"
-
-struct mode {
-    const char *backend;
-    int edge;
-    const char *name;
-};
-
-static const struct mode modes[] = {
-    { "epoll", 1, "epoll-edge" },
-    { "epoll", 0, "epoll-level" },
-    { "poll", 0, "poll-level" },
-    { "select", 0, "select-level" },
-};
+#include "support.h"
 
 #define DEADLINE_MS 10000
 
 /* ----------------------------------------------------------------- helpers */
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static uint64_t vclock;                   /* virtual time for timeout tests */
 
@@ -83,58 +63,6 @@ static void check_pat(const unsigned char *b, size_t off, size_t n,
         if (b[i] != pat(off + i, seed))
             fail_msg("byte %zu: got %u want %u", off + i, b[i],
                      pat(off + i, seed));
-}
-
-static void nonblock(int fd)
-{
-    int fl = fcntl(fd, F_GETFL);
-
-    assert_true(fl >= 0);
-    assert_int_equal(fcntl(fd, F_SETFL, fl | O_NONBLOCK), 0);
-}
-
-static int tcp_listener(int *port)
-{
-    struct sockaddr_in sa;
-    socklen_t sl = sizeof(sa);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
-
-    assert_true(fd >= 0);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(listen(fd, 64), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
-    *port = ntohs(sa.sin_port);
-    nonblock(fd);
-    return fd;
-}
-
-/* Connect an existing socket (blocking connect completes at once on
- * loopback), then make it non-blocking. */
-static void tcp_connect_fd(int fd, int port)
-{
-    struct sockaddr_in sa;
-
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    sa.sin_port = htons((uint16_t)port);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    nonblock(fd);
-}
-
-static int tcp_client(int port, int rcvbuf)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-    assert_true(fd >= 0);
-    if (rcvbuf)
-        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
-    tcp_connect_fd(fd, port);
-    return fd;
 }
 
 static void rst_close(int fd)
@@ -179,23 +107,14 @@ struct env {
 
 static void base_config(struct pe_loop_config *cfg, void **state)
 {
-    const struct mode *m = *state;
-
-    pe_loop_config_init(cfg);
-    cfg->backend = m->backend;
-    cfg->edge = m->edge;
+    mode_config(cfg, *state);
     cfg->max_conns = 64;
 }
 
 static void env_open(struct env *e, const struct pe_loop_config *cfg)
 {
-    int err = 0;
-
     memset(e, 0, sizeof(*e));
-    e->l = pe_loop_new(cfg, &err);
-    if (!e->l && err == -ENOSYS)
-        skip();
-    assert_non_null(e->l);
+    e->l = new_loop_or_skip(cfg);
     e->lfd = tcp_listener(&e->port);
     e->lid = pe_loop_add_listener(e->l, e->lfd);
     assert_true(e->lid >= 0);
@@ -1146,9 +1065,7 @@ static void test_pause_resume_small(void **state)
 
 static void *wake_later(void *arg)
 {
-    struct timespec ts = { 0, 50 * 1000 * 1000 };
-
-    nanosleep(&ts, NULL);
+    sleep_ms(50);
     assert_int_equal(pe_loop_wakeup(arg), 0);
     return NULL;
 }
@@ -1206,16 +1123,15 @@ static void *run_blocking(void *arg)
 static void start_blocked(pthread_t *t, struct blocked_run *r, pe_loop *l)
 {
     uint64_t until = now_ms() + DEADLINE_MS;
-    struct timespec ts = { 0, 1000 * 1000 };
 
     memset(r, 0, sizeof(*r));
     r->l = l;
     assert_int_equal(pthread_create(t, NULL, run_blocking, r), 0);
     while (!atomic_load(&l->inside)) {
         assert_true(now_ms() < until);
-        nanosleep(&ts, NULL);
+        sleep_ms(1);
     }
-    nanosleep(&ts, NULL);       /* past the flag, into the poller's wait */
+    sleep_ms(1);                /* past the flag, into the poller's wait */
 }
 
 /* A second thread entering any entry point while one is inside gets
@@ -1950,15 +1866,9 @@ int main(void)
         T(test_batch_direct_and_ring),
     };
     const struct CMUnitTest once[] = { T(test_config) };
-    size_t n = sizeof(per_mode) / sizeof(per_mode[0]);
-    int failed = 0;
+    int failed = run_per_mode("", per_mode,
+                              sizeof(per_mode) / sizeof(per_mode[0]));
 
-    for (size_t m = 0; m < sizeof(modes) / sizeof(modes[0]); m++) {
-        for (size_t i = 0; i < n; i++)
-            per_mode[i].initial_state = (void *)&modes[m];
-        failed += _cmocka_run_group_tests(modes[m].name, per_mode, n, NULL,
-                                          NULL);
-    }
     failed += cmocka_run_group_tests_name("loop", once, NULL, NULL);
     return failed;
 }

@@ -29,26 +29,10 @@
 
 #include "loop/loop.h"
 #include "pyepoll.h"
-
-struct mode {
-    const char *backend;
-    int edge;
-};
-
-static const struct mode modes[] = {
-    { "epoll", 1 }, { "epoll", 0 }, { "poll", 0 }, { "select", 0 },
-};
+#include "support.h"
 
 #define TOTAL (256u << 10)
 #define DEADLINE_MS 5000
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 static unsigned char pat(size_t i)
 {
@@ -67,21 +51,16 @@ static void roundtrip(const struct mode *m, uint32_t in_high, uint32_t out_high,
     size_t sent = 0, back = 0;
     uint64_t until;
     pe_loop *l;
-    int err = 0, sv[2], n, rounds = 0;
+    int sv[2], n, rounds = 0;
 
-    pe_loop_config_init(&cfg);
-    cfg.backend = m->backend;
-    cfg.edge = m->edge;
+    mode_config(&cfg, m);
     cfg.echo = 1;
     cfg.max_conns = 4;
     cfg.in_high = in_high;
     cfg.in_low = in_high / 2;
     cfg.out_high = out_high;
     cfg.out_max = out_max;
-    l = pe_loop_new(&cfg, &err);
-    if (!l && err == -ENOSYS)
-        skip();
-    assert_non_null(l);
+    l = new_loop_or_skip(&cfg);
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK |
                                 SOCK_CLOEXEC, 0, sv), 0);
     assert_int_equal(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sndbuf,
@@ -128,7 +107,7 @@ static void roundtrip(const struct mode *m, uint32_t in_high, uint32_t out_high,
 static void test_echo_resumes_after_in_high(void **state)
 {
     (void)state;
-    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++)
+    for (size_t i = 0; i < N_MODES; i++)
         roundtrip(&modes[i], 4096, 4096, 4096, 4096);
 }
 
@@ -136,7 +115,7 @@ static void test_echo_resumes_after_in_high(void **state)
 static void test_echo_out_max_below_in_high(void **state)
 {
     (void)state;
-    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+    for (size_t i = 0; i < N_MODES; i++) {
         roundtrip(&modes[i], 65536, 100, 300, 4096);
         roundtrip(&modes[i], 65536, 1, 1000, 1);
     }
@@ -149,7 +128,7 @@ static void test_echo_defaults(void **state)
 
     (void)state;
     pe_loop_config_init(&d);
-    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++)
+    for (size_t i = 0; i < N_MODES; i++)
         roundtrip(&modes[i], d.in_high, d.out_high, d.out_max, 4096);
 }
 

@@ -25,47 +25,18 @@
 #include <cmocka.h>
 
 #include "pyepoll.h"
-
-struct mode {
-    const char *backend;
-    int edge;
-    const char *name;
-};
-
-static const struct mode modes[] = {
-    { "epoll", 1, "fd-epoll-edge" },
-    { "epoll", 0, "fd-epoll-level" },
-    { "poll", 0, "fd-poll-level" },
-    { "select", 0, "fd-select-level" },
-};
+#include "support.h"
 
 #define DEADLINE_MS 5000
 #define MAXEV 64
 
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static pe_loop *new_loop(void **state, uint32_t max_conns)
 {
-    const struct mode *m = *state;
     struct pe_loop_config cfg;
-    pe_loop *l;
-    int err = 0;
 
-    pe_loop_config_init(&cfg);
-    cfg.backend = m->backend;
-    cfg.edge = m->edge;
+    mode_config(&cfg, *state);
     cfg.max_conns = max_conns;
-    l = pe_loop_new(&cfg, &err);
-    if (!l && err == -ENOSYS)
-        skip();
-    assert_non_null(l);
-    return l;
+    return new_loop_or_skip(&cfg);
 }
 
 /* One run; the events of the given kind and handle (0: any) counted. */
@@ -118,38 +89,6 @@ static const struct pe_loop_event *run_until(pe_loop *l, struct batch *b,
 static int fd_open(int fd)
 {
     return fcntl(fd, F_GETFD) >= 0;
-}
-
-static int tcp_listener(int *port)
-{
-    struct sockaddr_in sa;
-    socklen_t sl = sizeof(sa);
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
-
-    assert_true(fd >= 0);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(listen(fd, 16), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
-    *port = ntohs(sa.sin_port);
-    return fd;
-}
-
-static int tcp_client(int port)
-{
-    struct sockaddr_in sa;
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-    assert_true(fd >= 0);
-    memset(&sa, 0, sizeof(sa));
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    sa.sin_port = htons((uint16_t)port);
-    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    return fd;
 }
 
 /* ------------------------------------------------------------------ watch */
@@ -233,7 +172,7 @@ static void test_watch_refusals(void **state)
 
     assert_true(pe_loop_add_listener(l, lfd) >= 0);
     assert_int_equal(pe_loop_watch(l, lfd, PE_READ), -EEXIST);
-    cfd = tcp_client(port);
+    cfd = tcp_client(port, 0);
     e = run_until(l, &b, PE_EV_OPEN, 0);
     sfd = pe_loop_fileno(l, e->handle);
     assert_true(sfd >= 0);
@@ -274,7 +213,7 @@ static void test_watch_beside_connections(void **state)
     assert_true(pe_loop_add_listener(l, lfd) >= 0);
     assert_int_equal(pipe(p), 0);
     assert_int_equal(pe_loop_watch(l, p[0], PE_READ), 0);
-    cfd = tcp_client(port);
+    cfd = tcp_client(port, 0);
     e = run_until(l, &b, PE_EV_OPEN, 0);
     h = e->handle;
     assert_int_equal(send(cfd, "hello", 5, 0), 5);
@@ -347,7 +286,7 @@ static void test_watch_stale_number_reused(void **state)
     assert_int_equal(pipe(p), 0);
     stale = p[0];
     assert_int_equal(pe_loop_watch(l, stale, PE_READ), 0);
-    cfd = tcp_client(port);          /* connected, not yet accepted */
+    cfd = tcp_client(port, 0);          /* connected, not yet accepted */
     close(p[0]);                     /* the lowest free number: the accept's */
     e = run_until(l, &b, PE_EV_OPEN, 0);
     if (pe_loop_fileno(l, e->handle) != stale)
@@ -514,7 +453,7 @@ static void test_keep_fd_accepted(void **state)
     pe_handle h;
 
     assert_true(pe_loop_add_listener(l, lfd) >= 0);
-    cfd = tcp_client(port);
+    cfd = tcp_client(port, 0);
     e = run_until(l, &b, PE_EV_OPEN, 0);
     h = e->handle;
     sfd = pe_loop_fileno(l, h);
@@ -686,14 +625,7 @@ int main(void)
         T(test_sendfile),
 #endif
     };
-    size_t n = sizeof(per_mode) / sizeof(per_mode[0]);
-    int failed = 0;
 
-    for (size_t m = 0; m < sizeof(modes) / sizeof(modes[0]); m++) {
-        for (size_t i = 0; i < n; i++)
-            per_mode[i].initial_state = (void *)&modes[m];
-        failed += _cmocka_run_group_tests(modes[m].name, per_mode, n, NULL,
-                                          NULL);
-    }
-    return failed;
+    return run_per_mode("fd-", per_mode,
+                        sizeof(per_mode) / sizeof(per_mode[0]));
 }

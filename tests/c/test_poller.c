@@ -33,6 +33,7 @@
 #endif
 
 #include "pyepoll.h"
+#include "support.h"
 
 #define FLAGS (PE_EDGE | PE_ONESHOT | PE_EXCLUSIVE)
 
@@ -46,19 +47,6 @@ struct fx {
 static int is(const char *name)
 {
     return strcmp(g_backend, name) == 0;
-}
-
-static double now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
-static void nonblock(int fd)
-{
-    assert_int_equal(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
 }
 
 static void pair(int *a, int *b)
@@ -528,7 +516,7 @@ static void test_timeouts(void **state)
 {
     struct fx *f = *state;
     struct pe_event ev[4];
-    double t0;
+    uint64_t t0;
 
     t0 = now_ms();
     assert_int_equal(pe_poller_wait(f->p, ev, 4, 0), 0);
@@ -657,7 +645,7 @@ static void test_signal_interrupts_infinite_wait(void **state)
     struct pe_event ev[4];
     sigset_t alrm, prev;
     int stop[2], rc;
-    double t0;
+    uint64_t t0;
 
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_alarm;       /* no SA_RESTART */
@@ -715,12 +703,12 @@ static void test_other_thread_while_waiting(void **state)
     struct waiter w = {f->p, 3000, 1, {{0, 0}}, 0};
     struct pe_event ev[4];
     int c, d, rc;
-    double t0;
+    uint64_t t0;
 
     pair(&c, &d);
     assert_int_equal(pe_poller_register(f->p, f->a, PE_READ), 0);
     assert_int_equal(pthread_create(&w.t, NULL, waiter_main, &w), 0);
-    usleep(100 * 1000);
+    sleep_ms(100);
     t0 = now_ms();
     assert_int_equal(pe_poller_register(f->p, c, PE_READ), 0);
     rc = pe_poller_wait(f->p, ev, 4, 0);
@@ -744,7 +732,7 @@ static void test_close_while_waiting(void **state)
 
     assert_int_equal(pe_poller_register(f->p, f->a, PE_READ), 0);
     assert_int_equal(pthread_create(&w.t, NULL, waiter_main, &w), 0);
-    usleep(100 * 1000);
+    sleep_ms(100);
     assert_int_equal(pe_poller_close(f->p), 0);
     put(f->b);                      /* wakes the waiter where it still waits */
     pthread_join(w.t, NULL);
@@ -832,7 +820,7 @@ static void test_waiter_timeout_and_errors(void **state)
 {
     struct fx *f = *state;
     struct pe_waiter *w = new_waiter(f->p, 4);
-    double t0;
+    uint64_t t0;
 
     w->timeout_ms = 60;
     t0 = now_ms();
@@ -872,11 +860,11 @@ static void test_waiter_held_by_a_blocked_thread(void **state)
     struct fx *f = *state;
     struct waiter_thread wt = {new_waiter(f->p, 4), 1, 0};
     struct pe_waiter *other = new_waiter(f->p, 4);
-    double t0;
+    uint64_t t0;
 
     assert_int_equal(pe_poller_register(f->p, f->a, PE_READ), 0);
     assert_int_equal(pthread_create(&wt.t, NULL, waiter_thread_main, &wt), 0);
-    usleep(100 * 1000);
+    sleep_ms(100);
     t0 = now_ms();
     assert_int_equal(pe_waiter_block(wt.w), -EBUSY);
     assert_int_equal(pe_waiter_poll(other),
@@ -938,7 +926,7 @@ static void test_wait_while_table_changes(void **state)
     struct churn c;
     struct pe_event ev[128];
     int src, dst, i, n, rounds = 0, bad = 0, stable;
-    double t0 = now_ms();
+    uint64_t t0 = now_ms();
 
     if (!is("epoll")) {
         skip();

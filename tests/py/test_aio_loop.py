@@ -88,24 +88,58 @@ class Recorder(asyncio.Protocol):
             self.lost.set_result(exc)
 
 
-async def server_and_client(factory=None, **client):
-    """A server whose protocols are Recorders (or factory()), one client
-    connection; returns (server, server protocols list, client transport,
-    client protocol)."""
-    loop = asyncio.get_running_loop()
+def port_of(server):
+    """The port of a server listening on 127.0.0.1."""
+    return server.sockets[0].getsockname()[1]
+
+
+async def recording_server(factory=Recorder):
+    """A server on 127.0.0.1 whose protocols, factory() each, are appended
+    to the list returned with it: (server, protocols)."""
     made = []
 
     def make():
-        proto = factory() if factory else Recorder()
-        made.append(proto)
-        return proto
+        made.append(factory())
+        return made[-1]
 
-    server = await loop.create_server(make, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    ct, cp = await loop.create_connection(lambda: Recorder(**client),
-                                          "127.0.0.1", port)
+    server = await asyncio.get_running_loop().create_server(
+        make, "127.0.0.1", 0)
+    return server, made
+
+
+async def open_client(server):
+    """A streams connection to server: (reader, writer)."""
+    return await asyncio.open_connection("127.0.0.1", port_of(server))
+
+
+async def close_server(server):
+    server.close()
+    await server.wait_closed()
+
+
+async def close_writer(writer):
+    writer.close()
+    await writer.wait_closed()
+
+
+async def server_and_client(factory=Recorder, **client):
+    """A server whose protocols are Recorders (or factory()), one client
+    connection; returns (server, server protocols list, client transport,
+    client protocol)."""
+    server, made = await recording_server(factory)
+    ct, cp = await asyncio.get_running_loop().create_connection(
+        lambda: Recorder(**client), "127.0.0.1", port_of(server))
     await until(lambda: made and made[0].transport is not None, "accept")
     return server, made, ct, cp
+
+
+async def accepted(factory):
+    """A transport with protocol factory() over one end of a new socket
+    pair: (transport, protocol, the other end)."""
+    a, b = socket.socketpair()
+    t, p = await asyncio.get_running_loop().connect_accepted_socket(
+        factory, a)
+    return t, p, b
 
 
 # -- which transport ----------------------------------------------------------------
@@ -128,8 +162,7 @@ def test_server_and_client_transports_are_c_connections():
         ct.close()
         await cp.lost
         await made[0].lost
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
         return kinds, made[0].calls, cp.calls
 
     (kinds, scalls, ccalls), errors = run(main)
@@ -153,8 +186,7 @@ def test_streams_echo_and_large_transfer():
             writer.close()
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await open_client(server)
         lines = []
         for i in range(50):
             writer.write(b"line %d\n" % i)
@@ -168,10 +200,8 @@ def test_streams_echo_and_large_transfer():
         sender = asyncio.ensure_future(send())
         got = await reader.read(-1)
         await sender
-        writer.close()
-        await writer.wait_closed()
-        server.close()
-        await server.wait_closed()
+        await close_writer(writer)
+        await close_server(server)
         return lines, got, type(writer.transport)
 
     (lines, got, kind), errors = run(main)
@@ -200,15 +230,12 @@ def test_servers_keep_their_own_protocol_factories():
         out = []
         for _ in range(2):
             for server in servers:
-                port = server.sockets[0].getsockname()[1]
-                r, w = await asyncio.open_connection("127.0.0.1", port)
+                r, w = await open_client(server)
                 w.write(b"x")
                 out.append(await r.readexactly(3))
-                w.close()
-                await w.wait_closed()
+                await close_writer(w)
         for server in servers:
-            server.close()
-            await server.wait_closed()
+            await close_server(server)
         return out
 
     out, errors = run(main)
@@ -226,8 +253,7 @@ def test_connect_accepted_socket_and_sock_argument():
         w.write(b"hello")
         echoed = await r.readexactly(5)
         kinds = (type(ta), type(w.transport))
-        w.close()
-        await w.wait_closed()
+        await close_writer(w)
         exc = await pa.lost
         return echoed, kinds, exc, a.fileno(), b.fileno()
 
@@ -254,10 +280,8 @@ def test_unix_server_is_served_in_c(tmp_path):
         r, w = await asyncio.open_unix_connection(path)
         w.write(b"over unix")
         got = await r.readexactly(9)
-        w.close()
-        await w.wait_closed()
-        server.close()
-        await server.wait_closed()
+        await close_writer(w)
+        await close_server(server)
         return got, type(made[0].transport), type(w.transport)
 
     (got, st, ct), errors = run(main)
@@ -289,8 +313,7 @@ def test_closed_transport_answers_like_asyncio(caplog):
         after = (ct.is_closing(), ct.is_reading(), ct.get_write_buffer_size(),
                  ct.get_write_buffer_limits(), ct.can_write_eof())
         await made[0].lost
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
         return state, exc, after, cp.calls, bytes(made[0].data)
 
     with caplog.at_level(logging.WARNING, logger="asyncio"):
@@ -309,9 +332,8 @@ def test_close_flushes_queued_bytes_before_connection_lost():
 
     async def main():
         loop = asyncio.get_running_loop()
-        a, b = socket.socketpair()
+        t, p, b = await accepted(Recorder)
         b.setblocking(False)
-        t, p = await loop.connect_accepted_socket(Recorder, a)
         t.write(b"z" * size)
         queued = t.get_write_buffer_size()
         t.close()
@@ -348,8 +370,7 @@ def test_abort_drops_queued_bytes():
         exc = await cp.lost
         made[0].transport.resume_reading()
         sexc = await made[0].lost
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
         return exc, len(made[0].data), sexc
 
     (exc, seen, sexc), errors = run(main)
@@ -360,9 +381,7 @@ def test_abort_drops_queued_bytes():
 
 def test_peer_reset_reports_the_error():
     async def main():
-        loop = asyncio.get_running_loop()
-        a, b = socket.socketpair()
-        t, p = await loop.connect_accepted_socket(Recorder, a)
+        t, p, b = await accepted(Recorder)
         b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                      b"\x01\x00\x00\x00\x00\x00\x00\x00")
         b.close()
@@ -392,8 +411,7 @@ def test_write_eof_and_eof_received_keeping_half_open():
         st.close()
         await cp.lost
         await made[0].lost
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
         return made[0].calls, bytes(made[0].data), cp.calls
 
     (scalls, sdata, ccalls), errors = run(main)
@@ -408,8 +426,7 @@ def test_eof_received_false_closes():
         ct.write_eof()
         await made[0].lost
         await cp.lost
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
         return made[0].calls, made[0].transport.is_closing()
 
     (calls, closing), errors = run(main)
@@ -438,8 +455,7 @@ def test_pause_and_resume_writing_at_the_water_marks():
         await until(lambda: len(made[0].data) == sent, "all bytes")
         ct.close()
         await cp.lost
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
         return size_at_pause, size_at_resume, cp.calls
 
     (at_pause, at_resume, calls), errors = run(main)
@@ -495,8 +511,7 @@ def test_set_write_buffer_limits_validates_like_asyncio():
         limits = ct.get_write_buffer_limits()
         ct.close()
         await cp.lost
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
         return limits
 
     limits, errors = run(main)
@@ -517,8 +532,7 @@ def test_pause_reading_holds_data_until_resume():
         await until(lambda: bytes(sp.data) == b"held", "data after resume")
         ct.close()
         await sp.lost
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
         return held
 
     held, errors = run(main)
@@ -607,24 +621,14 @@ def test_buffered_protocol_with_small_buffers():
     payload = os.urandom(300_000)
 
     async def main():
-        loop = asyncio.get_running_loop()
-        made = []
-
-        def factory():
-            made.append(SmallBuffers(1000))
-            return made[-1]
-
-        server = await loop.create_server(factory, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        r, w = await asyncio.open_connection("127.0.0.1", port)
+        server, made = await recording_server(lambda: SmallBuffers(1000))
+        r, w = await open_client(server)
         w.write(payload)
         await w.drain()
         w.write_eof()
         await made[0].lost
-        w.close()
-        await w.wait_closed()
-        server.close()
-        await server.wait_closed()
+        await close_writer(w)
+        await close_server(server)
         return bytes(made[0].data), max(made[0].sizes)
 
     (data, biggest), errors = run(main)
@@ -651,9 +655,7 @@ def test_buffered_protocol_with_a_buffer_that_fits(kind):
             self.buf[:nbytes] = bytes(nbytes)    # stale bytes must not pass
 
     async def main():
-        loop = asyncio.get_running_loop()
-        a, b = socket.socketpair()
-        t, p = await loop.connect_accepted_socket(Big, a)
+        t, p, b = await accepted(Big)
         for i in range(0, len(payload), 7919):
             b.send(payload[i:i + 7919])
             if i % 10 == 0:
@@ -682,9 +684,7 @@ def test_buffered_protocol_pausing_inside_buffer_updated():
                 0.0005, self.transport.resume_reading)
 
     async def main():
-        loop = asyncio.get_running_loop()
-        a, b = socket.socketpair()
-        t, p = await loop.connect_accepted_socket(lambda: Pausing(4096), a)
+        t, p, b = await accepted(lambda: Pausing(4096))
         b.sendall(payload)
         await until(lambda: len(p.data) >= len(payload), "all bytes")
         t.close()
@@ -704,9 +704,7 @@ def test_buffered_protocol_empty_buffer_is_a_fatal_error():
             return bytearray()
 
     async def main():
-        loop = asyncio.get_running_loop()
-        a, b = socket.socketpair()
-        t, p = await loop.connect_accepted_socket(lambda: Empty(10), a)
+        t, p, b = await accepted(lambda: Empty(10))
         b.send(b"x")
         exc = await p.lost
         b.close()
@@ -729,17 +727,9 @@ def test_exception_in_data_received_closes_only_that_transport():
                 raise ZeroDivisionError("boom")
 
     async def main():
-        loop = asyncio.get_running_loop()
-        made = []
-
-        def factory():
-            made.append(Boom(echo=True))
-            return made[-1]
-
-        server = await loop.create_server(factory, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        r1, w1 = await asyncio.open_connection("127.0.0.1", port)
-        r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+        server, made = await recording_server(lambda: Boom(echo=True))
+        r1, w1 = await open_client(server)
+        r2, w2 = await open_client(server)
         w1.write(b"boom")
         w2.write(b"fine")
         await until(lambda: len(made) == 2 and all(m.data for m in made))
@@ -748,10 +738,8 @@ def test_exception_in_data_received_closes_only_that_transport():
         still = await r2.readexactly(5)
         lost = [m.lost.result() if m.lost.done() else "open" for m in made]
         for w in (w1, w2):
-            w.close()
-            await w.wait_closed()
-        server.close()
-        await server.wait_closed()
+            await close_writer(w)
+        await close_server(server)
         return gone, still, lost
 
     (gone, still, lost), errors = run(main)
@@ -774,9 +762,7 @@ def test_exception_in_connection_lost_goes_to_the_handler():
             raise KeyError("lost")
 
     async def main():
-        loop = asyncio.get_running_loop()
-        a, b = socket.socketpair()
-        t, p = await loop.connect_accepted_socket(BadLost, a)
+        t, p, b = await accepted(BadLost)
         t.close()
         await p.lost
         await asyncio.sleep(0.01)
@@ -816,8 +802,7 @@ def test_add_reader_shares_the_wait_and_refuses_a_transports_fd():
         os.close(w)
         ct.close()
         await cp.lost
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
         return piped
 
     piped, errors = run(main)
@@ -899,20 +884,17 @@ def test_many_connections_on_each_backend(backend, trigger):
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: Recorder(echo=True),
                                           "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
 
         async def client(i):
-            r, w = await asyncio.open_connection("127.0.0.1", port)
+            r, w = await open_client(server)
             msg = b"%d:" % i + b"x" * (i * 37 % 3000)
             w.write(msg)
             got = await r.readexactly(len(msg))
-            w.close()
-            await w.wait_closed()
+            await close_writer(w)
             return got == msg
 
         oks = await asyncio.gather(*(client(i) for i in range(100)))
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
         return oks
 
     oks, errors = run(main, backend=backend, trigger=trigger)
@@ -956,8 +938,7 @@ def test_lazily_made_socket_is_closed_once():
         st.close()
         await made[0].lost
         await cp.lost
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
         gc.collect()
         try:
             os.fstat(fd)
@@ -1017,9 +998,8 @@ def test_write_and_drain_to_a_closed_peer_raises_instead_of_spinning():
     async def main():
         loop = asyncio.get_running_loop()
         server = await loop.create_server(Recorder, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
         lsock = server.sockets[0]
-        r, w = await asyncio.open_connection("127.0.0.1", port)
+        r, w = await open_client(server)
         for t in list(loop._conns.values()):
             if t is not w.transport:
                 t.abort()                    # the server side goes away
@@ -1028,8 +1008,7 @@ def test_write_and_drain_to_a_closed_peer_raises_instead_of_spinning():
                 w.write(b"foo\n")
                 await w.drain()
         w.close()
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
         return lsock is not None
 
     assert run(main)[0]
@@ -1038,15 +1017,13 @@ def test_write_and_drain_to_a_closed_peer_raises_instead_of_spinning():
 def test_drain_after_close_raises_connection_reset():
     async def main():
         server, made, ct, cp = await server_and_client()
-        r, w = await asyncio.open_connection(
-            "127.0.0.1", server.sockets[0].getsockname()[1])
+        r, w = await open_client(server)
         w.close()
         with pytest.raises(ConnectionResetError):
             w.write(b"data")
             await w.drain()
         ct.close()
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
         return True
 
     assert run(main)[0]
@@ -1129,9 +1106,8 @@ def test_native_sendfile_through_a_full_socket(tmp_path):
 def test_sendfile_without_a_file_descriptor_falls_back():
     async def main():
         loop = asyncio.get_running_loop()
-        a, b = socket.socketpair()
+        t, p, b = await accepted(Recorder)
         b.setblocking(False)
-        t, p = await loop.connect_accepted_socket(Recorder, a)
         f = io.BytesIO(b"in memory " * 1000)
         with pytest.raises(asyncio.SendfileNotAvailableError):
             await loop.sendfile(t, f, fallback=False)
@@ -1178,8 +1154,7 @@ def test_forked_child_gets_a_clear_error_and_the_parent_goes_on():
             await until(lambda: bytes(cp.data) == b"parent", "echo")
             ct.close()
             await cp.lost
-            server.close()
-            await server.wait_closed()
+            await close_server(server)
 
         loop.run_until_complete(asyncio.wait_for(after(), LIMIT))
         assert os.waitstatus_to_exitcode(status) == 0

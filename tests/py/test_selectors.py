@@ -830,11 +830,6 @@ def _raise_interrupt(*args):
 
 @needs_itimer
 @pytest.mark.timeout(30)
-@pytest.mark.skipif(IS_PYPY, reason=(
-    "PyPy runs a Python signal handler at its next periodic check, not when "
-    "the blocking call returns EINTR: in the full suite the retried wait "
-    "blocked until its timeout before the handler raised (2 of 4 selectors, "
-    "twice); an open PyPy issue of pyepoll's waits, see the closing note"))
 def test_select_interrupt_exc(sel, sockpair, alarm_handler):
     alarm_handler(_raise_interrupt)
     sel.register(sockpair[0], EVENT_READ)

@@ -1,0 +1,250 @@
+"""A signal whose handler raises ends every pyepoll wait at once (PEP 475),
+on CPython and on PyPy: Poller.wait, the selectors, the epoll drop-in,
+Loop.wait and wait_batch, and the asyncio loop.
+
+The signal comes from a thread that goes on running Python code: on PyPy
+that thread's periodic check tends to take the signal first and leave it
+pending for the main thread, the case where a wait retried after EINTR used
+to block until its timeout before the handler ran (seen in the full PyPy
+suite).  The waits' timeout is WAIT; an interruption counts as prompt well
+under it.  Blocking waits get a waker at WAIT, so a regression fails the
+test instead of hanging it.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+import pyepoll
+from pyepoll import Loop, Poller, READ
+from pyepoll import selectors as pesel
+from pyepoll.asyncio_loop import EventLoop
+
+from conftest import BACKENDS
+
+pytestmark = [
+    pytest.mark.skipif(not hasattr(signal, "pthread_kill"),
+                       reason="needs pthread_kill"),
+    pytest.mark.timeout(60),
+]
+
+# Not SIGALRM: pytest-timeout's signal method owns that one.
+SIG = getattr(signal, "SIGUSR1", None)
+WAIT = 10.0
+PROMPT = 2.0
+ROUNDS = 3          # each round a new race between the two threads
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.fixture
+def raising_handler():
+    def handler(signum, frame):
+        raise Interrupt
+
+    old = signal.signal(SIG, handler)
+    yield
+    signal.signal(SIG, old)
+
+
+@pytest.fixture
+def sockpair():
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+@contextlib.contextmanager
+def signal_after_go(delay: float = 0.05):
+    """Yields go(): delay seconds after it is called, SIG goes to the main
+    thread from a thread that then keeps running Python code for 20 ms
+    (see the module's docstring).  The thread is started before, so its
+    slow start on a loaded machine cannot send the signal before the code
+    under test runs."""
+    main = threading.main_thread().ident
+    started = threading.Event()
+    abort = []
+
+    def send():
+        started.wait()
+        if abort:
+            return
+        time.sleep(delay)
+        signal.pthread_kill(main, SIG)
+        end = time.monotonic() + 0.02
+        while time.monotonic() < end:
+            pass
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    try:
+        yield started.set
+    finally:
+        if not started.is_set():
+            abort.append(True)
+            started.set()
+        thread.join()
+
+
+def call_signalled(fn):
+    """fn()'s result, and the seconds it took, SIG sent while it runs."""
+    with signal_after_go() as go:
+        t0 = time.monotonic()
+        go()
+        result = fn()
+        return result, time.monotonic() - t0
+
+
+def assert_interrupted_promptly(wait, exc=Interrupt, waker=None):
+    """wait() raises exc within PROMPT seconds when signalled, ROUNDS
+    times; waker(), if given, is called at WAIT to end a blocking wait
+    that missed the signal."""
+    for _ in range(ROUNDS):
+        timer = threading.Timer(WAIT, waker) if waker else None
+        with signal_after_go() as go:
+            if timer:
+                timer.start()
+            try:
+                with pytest.raises(exc):
+                    t0 = time.monotonic()
+                    go()
+                    wait()
+                elapsed = time.monotonic() - t0
+            finally:
+                if timer:
+                    timer.cancel()
+        assert elapsed < PROMPT, f"the handler ran after {elapsed:.2f} s"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("timeout", [WAIT, None])
+def test_poller_wait(raising_handler, sockpair, backend, timeout):
+    a, b = sockpair
+    with Poller(backend) as poller:
+        poller.register(a.fileno(), READ)
+        assert_interrupted_promptly(lambda: poller.wait(timeout),
+                                    waker=lambda: b.send(b"x"))
+        assert poller.wait(0) == []     # still usable, nothing consumed
+
+
+@pytest.mark.parametrize("name", [n for n in (
+    "EpollSelector", "KqueueSelector", "PollSelector", "SelectSelector",
+    "DefaultSelector") if hasattr(pesel, n)])
+@pytest.mark.parametrize("timeout", [WAIT, None])
+def test_selector_select(raising_handler, sockpair, name, timeout):
+    a, b = sockpair
+    with getattr(pesel, name)() as sel:
+        sel.register(a, pesel.EVENT_READ)
+        assert_interrupted_promptly(lambda: sel.select(timeout),
+                                    waker=lambda: b.send(b"x"))
+        assert sel.select(0) == []
+
+
+@pytest.mark.skipif(not hasattr(pyepoll, "epoll"), reason="epoll only")
+@pytest.mark.parametrize("timeout", [WAIT, -1])
+def test_epoll_poll(raising_handler, sockpair, timeout):
+    a, b = sockpair
+    with pyepoll.epoll() as ep:
+        ep.register(a.fileno(), pyepoll.EPOLLIN)
+        assert_interrupted_promptly(lambda: ep.poll(timeout),
+                                    waker=lambda: b.send(b"x"))
+        assert ep.poll(0) == []
+
+
+@pytest.mark.parametrize("timeout", [WAIT, None])
+@pytest.mark.parametrize("method", ["wait", "wait_batch"])
+def test_loop_wait(raising_handler, method, timeout):
+    loop = Loop()
+    try:
+        wait = getattr(loop, method)
+        assert_interrupted_promptly(lambda: list(wait(timeout)),
+                                    waker=loop.wakeup)
+        assert list(wait(0)) == []
+    finally:
+        loop.close()
+
+
+def _sleep_on(loop):
+    """Run a WAIT-second sleep on loop; the task is cancelled whatever
+    ends the run, so no interrupted round leaves one pending."""
+    task = loop.create_task(asyncio.sleep(WAIT))
+    try:
+        loop.run_until_complete(task)
+    finally:
+        task.cancel()
+
+
+@pytest.mark.parametrize("timeout", [WAIT, None])
+def test_handler_that_wakes_the_loop_ends_its_wait(timeout):
+    """A handler that returns after loop.wakeup() (the reference server's
+    SIGTERM drain) ends the wait at once: it ran before the wait was
+    retried, whose first event is then the wakeup."""
+    loop = Loop()
+    old = signal.signal(SIG, lambda signum, frame: loop.wakeup())
+    try:
+        for _ in range(ROUNDS):
+            events, elapsed = call_signalled(lambda: loop.wait(timeout))
+            assert events == [(pyepoll.EV_WAKEUP, 0, 0)]
+            assert elapsed < PROMPT, f"woken after {elapsed:.2f} s"
+    finally:
+        signal.signal(SIG, old)
+        loop.close()
+
+
+@pytest.mark.parametrize("name", [n for n in (
+    "EpollSelector", "KqueueSelector", "PollSelector", "SelectSelector",
+    "DefaultSelector") if hasattr(pesel, n)])
+def test_handler_that_writes_ends_a_select(sockpair, name):
+    """A handler that returns after making a watched socket readable (a
+    wakeup-fd pattern) ends select() with that event at once."""
+    a, b = sockpair
+    old = signal.signal(SIG, lambda signum, frame: b.send(b"x"))
+    try:
+        with getattr(pesel, name)() as sel:
+            key = sel.register(a, pesel.EVENT_READ)
+            for _ in range(ROUNDS):
+                ready, elapsed = call_signalled(lambda: sel.select(WAIT))
+                assert ready == [(key, pesel.EVENT_READ)]
+                assert elapsed < PROMPT, f"woken after {elapsed:.2f} s"
+                assert a.recv(16) == b"x"
+    finally:
+        signal.signal(SIG, old)
+
+
+def test_asyncio_run_signal_handler_raises(raising_handler):
+    """A signal.signal handler's exception ends run_until_complete while
+    the loop sleeps in its wait, and the loop goes on working."""
+    loop = EventLoop()
+    try:
+        assert_interrupted_promptly(lambda: _sleep_on(loop))
+        assert loop.run_until_complete(asyncio.sleep(0, "ok")) == "ok"
+    finally:
+        loop.close()
+
+
+def test_asyncio_add_signal_handler_keyboard_interrupt():
+    """A loop.add_signal_handler callback raising KeyboardInterrupt (as a
+    server's Ctrl-C handler may) ends the loop's run promptly."""
+    def interrupt():
+        raise KeyboardInterrupt
+
+    loop = EventLoop()
+    try:
+        loop.add_signal_handler(SIG, interrupt)
+        try:
+            assert_interrupted_promptly(lambda: _sleep_on(loop),
+                                        exc=KeyboardInterrupt)
+        finally:
+            assert loop.remove_signal_handler(SIG)
+        assert loop.run_until_complete(asyncio.sleep(0, "ok")) == "ok"
+    finally:
+        loop.close()
