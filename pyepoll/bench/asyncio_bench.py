@@ -6,17 +6,32 @@ transports are C connections) and on uvloop, with the plain C epoll server
 as the floor no Python server can pass; and an HTTP hello parsed with
 httptools (keep-alive GETs) on the same loops.  The load client is compiled C,
 pinned to its own core; the figure that separates servers on two cores is
-server CPU per message."""
+server CPU per message.
+
+Frameworks: uvicorn (httptools, lifespan and access log off) serving an ASGI
+hello and aiohttp.web's hello, on the stdlib loop, pyepoll's loop and
+uvloop, loaded by wrk (100 keep-alive connections by default); then each
+framework's server on pyepoll's loop (and on the stdlib's) is profiled
+under the same load: which share of its CPU is the loop's, the
+framework's, the kernel's.  Memory: N idle connections (5000 by default)
+held against a fresh Protocol echo server on each loop, its RSS growth
+divided by N."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
+import signal
+import threading
+import time
 from typing import Dict, List, Optional, Sequence
 
 from . import _cli
-from ._proc import Run, run_loadgen
+from ._proc import (Run, ServerProc, Skip, cpu_delta, cpu_sample, raise_nofile,
+                    rss_bytes, run_loadgen, run_wrk)
 from ._report import Section, Table, check_line
-from ._servers import C_ECHO, Fleet, asyncio_servers
+from ._servers import C_ECHO, FRAMEWORKS, Fleet, asyncio_servers, check_echo
 
 FLAVOURS = ("Protocol", "BufferedProtocol", "streams")
 
@@ -28,6 +43,15 @@ def build() -> argparse.ArgumentParser:
     ap.add_argument("--servers", nargs="+",
                     help="substrings of server names to run (plain C and "
                          "the uvloop rows always run)")
+    ap.add_argument("--wrk-conns", type=int, default=100,
+                    help="wrk's keep-alive connections for the framework "
+                         "rows (default: %(default)s)")
+    ap.add_argument("--profile-seconds", type=float, default=3.0,
+                    help="length of each framework server's profile under "
+                         "load (default: %(default)s; 0: none)")
+    ap.add_argument("--idle", type=int, default=5000,
+                    help="idle connections of the memory rows (default: "
+                         "%(default)s; 0: none)")
     return ap
 
 
@@ -40,25 +64,37 @@ def run(args: argparse.Namespace) -> Section:
     if args.smoke:
         args.sizes, args.conns = [1024], [8]
         args.seconds, args.repeats = 0.2, 1
+        args.wrk_conns = min(args.wrk_conns, 8)
+        args.profile_seconds = min(args.profile_seconds, 0.5)
+        args.idle = min(args.idle, 200)
     points = [(s, c) for s in args.sizes for c in args.conns]
     # HTTP: keep-alive GETs, one in flight per connection (size 0 marks it).
     http_points = [(0, c) for c in args.conns]
+    # The frameworks under wrk ("wrk" marks it).
+    wrk_points = [("wrk", args.wrk_conns)]
     specs = asyncio_servers()
     fleet = Fleet(specs, only=args.servers,
                   always=[C_ECHO] + [n for n in specs if n.startswith("uvloop")])
 
     def measure(name, p):
-        http = specs[name].protocol == "http"
-        if http != (p[0] == 0):
+        spec = specs[name]
+        if spec.load == "wrk":
+            return (run_wrk(fleet.procs[name], p[1], args.seconds, 1)
+                    if p[0] == "wrk" else None)
+        http = spec.protocol == "http"
+        if p[0] == "wrk" or http != (p[0] == 0):
             return None
         return run_loadgen(fleet.procs[name], "http" if http else "echo",
                            p[1], args.seconds, 1 if http else p[0])
 
     try:
-        results = _cli.interleave(fleet, points + http_points, args.repeats,
-                                  measure)
+        results = _cli.interleave(fleet, points + http_points + wrk_points,
+                                  args.repeats, measure)
+        shares = profile_frameworks(fleet, args) if args.profile_seconds > 0 else []
     finally:
         fleet.stop()
+    memory = (idle_memory(specs, args)
+              if args.idle > 0 else Table("", "", []))
 
     sec = Section("asyncio", intro=_cli.standard_intro(args))
     sec.intro.append("every server first echoed 7 B and 200 KB byte-exact; "
@@ -77,8 +113,19 @@ def run(args: argparse.Namespace) -> Section:
                  cols, reference=C_ECHO)
     p99 = Table("asyncio echo latency p99", "us round trip", cols,
                 reference=C_ECHO)
+    wcols = [f"wrk {c} conns" for _, c in wrk_points]
+    wcpu = Table("asyncio frameworks hello (wrk, keep-alive) server CPU per "
+                 "request", "us user+sys", wcols, reference="uvloop uvicorn")
+    wthr = Table("asyncio frameworks hello (wrk, keep-alive) throughput",
+                 "requests/s", wcols, reference="uvloop uvicorn",
+                 lower_is_better=False)
     for name, by_point in results.items():
         for (size, conns), runs in by_point.items():
+            if size == "wrk":
+                for r in runs:
+                    wcpu.add(name, f"wrk {conns} conns", r.cpu_per_op_us)
+                    wthr.add(name, f"wrk {conns} conns", r.rate)
+                continue
             if size == 0:
                 for r in runs:
                     hcpu.add(name, f"GET x {conns}", r.cpu_per_op_us)
@@ -90,17 +137,161 @@ def run(args: argparse.Namespace) -> Section:
                 cpu.add(name, col, r.cpu_per_op_us)
                 user.add(name, col, r.user_per_op_us)
                 p99.add(name, col, r.p99)
-    sec.tables += [cpu, user, thr, p99, hcpu, hthr]
+    wcpu.notes.append("ratios are to uvloop uvicorn; the summary compares "
+                      "each framework with itself on uvloop")
+    sec.tables += [cpu, user, thr, p99, hcpu, hthr, wcpu, wthr]
+    if memory.points:
+        sec.tables.append(memory)
     note = _cli.client_note(results)
     if note:
         sec.tables[0].notes.append(note)
-    sec.summary = summary(results, points[0], http_points[0])
-    sec.skipped = fleet.skip_notes()
+    sec.summary = summary(results, points[0], http_points[0], wrk_points[0])
+    if memory.points:
+        col = memory.points[0]
+        sec.summary.append(check_line(
+            f"pyepoll loop memory per idle connection vs uvloop ({col})",
+            memory.ratio("pyepoll loop Protocol", col), 0.5, "<="))
+    sec.summary += shares
+    sec.skipped = fleet.skip_notes() + [
+        n for n in memory.notes if n.startswith("skipped")]
     return sec
 
 
+# -- the loop's share of a framework request ---------------------------------------
+
+
+def profile_frameworks(fleet: Fleet, args: argparse.Namespace) -> List[str]:
+    """For each framework server on pyepoll's loop and on the stdlib loop:
+    a wrk run, and inside it a window of --profile-seconds during which the
+    server samples its own user CPU by part of the stack (see
+    _serve._Sampler) while /proc gives its user and system CPU."""
+    out = []
+    for fw in FRAMEWORKS:
+        for loop in ("pyepoll loop", "asyncio"):
+            name = f"{loop} {fw}"
+            proc = fleet.procs.get(name)
+            if proc is None or not proc.alive():
+                continue
+            try:
+                out.append(f"{name}: " + _profile(proc, args))
+            except (RuntimeError, OSError) as e:
+                out.append(f"{name}: profile failed: {e}")
+    if out:
+        out.insert(0, "share of server CPU per request under wrk "
+                      f"({args.wrk_conns} conns): kernel = the server's system "
+                      "CPU (/proc); the user CPU split by a 1 ms ITIMER_VIRTUAL "
+                      "sampler in the server counting the running Python "
+                      "function's package (C code counts to its Python caller); "
+                      "loop = pyepoll + asyncio")
+    return out
+
+
+def _profile(proc: ServerProc, args: argparse.Namespace) -> str:
+    path = os.path.join(proc.dir, "profile.json")
+    if os.path.exists(path):
+        os.unlink(path)
+    lead = 0.3 if args.smoke else 0.5
+    done: List[object] = []
+    load = threading.Thread(target=lambda: done.append(_wrk_or_error(
+        proc, args.wrk_conns, lead + args.profile_seconds + 0.7)))
+    load.start()
+    try:
+        time.sleep(lead)
+        c0 = cpu_sample(proc.pid)
+        os.kill(proc.pid, signal.SIGUSR1)
+        time.sleep(args.profile_seconds)
+        os.kill(proc.pid, signal.SIGUSR2)
+        user, system = cpu_delta(c0, cpu_sample(proc.pid))
+    finally:
+        load.join()
+    if isinstance(done[0], Exception):
+        raise RuntimeError(str(done[0]))
+    deadline = time.monotonic() + 5
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server wrote no profile")
+        time.sleep(0.05)
+    with open(path) as f:
+        counts: Dict[str, int] = json.load(f)
+    samples = sum(counts.values())
+    total = user + system
+    if not samples or total <= 0:
+        raise RuntimeError("no samples")
+
+    def share(*parts: str) -> float:
+        return user / total * sum(counts.get(p, 0) for p in parts) / samples
+
+    return (f"loop {share('pyepoll', 'asyncio'):.0%} (pyepoll {share('pyepoll'):.0%}, "
+            f"asyncio {share('asyncio'):.0%}), framework {share('framework'):.0%}, "
+            f"app {share('app'):.0%}, other Python {share('other'):.0%}, "
+            f"kernel {system / total:.0%} ({samples} samples, "
+            f"{total / max(args.profile_seconds, 1e-9):.0%} of a core)")
+
+
+def _wrk_or_error(proc: ServerProc, conns: int, seconds: float) -> object:
+    try:
+        return run_wrk(proc, conns, seconds, 1)
+    except (RuntimeError, Skip) as e:
+        return e
+
+
+# -- memory per idle connection ----------------------------------------------------
+
+
+MEMORY_ROWS = ("asyncio Protocol", "pyepoll loop Protocol", "uvloop Protocol")
+
+
+def idle_memory(specs, args: argparse.Namespace) -> Table:
+    """A fresh Protocol echo server per loop and repeat (interleaved): echo
+    checked, RSS read once its descriptors are steady, then --idle
+    connections opened from this process; once the server holds them all
+    and a moment has passed, (RSS after - RSS before) / N."""
+    from .idle_clients import Idle, settle, stable_fds
+    n = args.idle
+    col = f"{n} idle"
+    table = Table("asyncio memory per idle connection (Protocol echo server)",
+                  "bytes RSS", [col], reference="uvloop Protocol")
+    raise_nofile(n + 1024)
+    names = [r for r in MEMORY_ROWS if r in specs and (
+        not args.servers or r.startswith("uvloop")
+        or any(w in r for w in args.servers))]
+    skipped = set()
+    for rep in range(min(args.repeats, 3)):
+        shift = rep % max(len(names), 1)
+        for name in names[shift:] + names[:shift]:
+            if name in skipped:
+                continue
+            try:
+                proc = specs[name].start()
+            except Skip as e:
+                table.notes.append(f"skipped {name}: {e}")
+                skipped.add(name)
+                continue
+            idle = Idle(proc.port)
+            try:
+                check_echo(proc.port)
+                base_fds = stable_fds(proc.pid)
+                base = rss_bytes(proc.pid)
+                got = idle.grow(n, timeout=max(10.0, n / 500))
+                held = settle(proc.pid, base_fds + got, timeout=5.0) - base_fds
+                time.sleep(0.3)
+                if got < n or held < n:
+                    table.notes.append(f"{name}: only {held} of {n} idle "
+                                       f"connections held; not counted")
+                    continue
+                table.add(name, col, (rss_bytes(proc.pid) - base) / n)
+                check_echo(proc.port)       # still serving with N held
+            finally:
+                idle.close()
+                proc.stop()
+    table.notes.append("RSS growth of a fresh server from before the idle "
+                       "connections to after, divided by their number; "
+                       "kernel socket buffers are not in RSS")
+    return table
+
+
 def summary(results: Dict[str, Dict[object, List[Run]]], point,
-            http_point) -> List[str]:
+            http_point, wrk_point) -> List[str]:
     """Issue 14's targets at the first point (1 KiB x 64 by default)."""
     def med(name: str, at=point) -> Optional[float]:
         return _median(results.get(name, {}).get(at, []),
@@ -128,6 +319,14 @@ def summary(results: Dict[str, Dict[object, List[Run]]], point,
         check_line("pyepoll loop httptools hello vs uvloop (CPU/request)",
                    ratio("pyepoll loop httptools", "uvloop httptools",
                          http_point), 0.9, "<="),
+        check_line(f"pyepoll loop uvicorn+httptools vs uvloop (CPU/request, "
+                   f"wrk {wrk_point[1]} conns)",
+                   ratio("pyepoll loop uvicorn", "uvloop uvicorn", wrk_point),
+                   0.9, "<="),
+        check_line(f"pyepoll loop aiohttp vs uvloop (CPU/request, wrk "
+                   f"{wrk_point[1]} conns)",
+                   ratio("pyepoll loop aiohttp", "uvloop aiohttp", wrk_point),
+                   0.9, "<="),
         # Issue 14 asks PyPy for <= 0.7x its stdlib loop (no uvloop there).
         check_line("pyepoll loop Protocol vs stdlib asyncio",
                    ratio("pyepoll loop Protocol", "asyncio Protocol"),
