@@ -25,7 +25,7 @@ import platform
 import signal
 import threading
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import _cli
 from ._proc import (Run, ServerProc, Skip, cpu_delta, cpu_sample, raise_nofile,
@@ -93,8 +93,8 @@ def run(args: argparse.Namespace) -> Section:
         shares = profile_frameworks(fleet, args) if args.profile_seconds > 0 else []
     finally:
         fleet.stop()
-    memory = (idle_memory(specs, args)
-              if args.idle > 0 else Table("", "", []))
+    memory, mem_skipped = (idle_memory(specs, args) if args.idle > 0
+                           else (Table("", "", []), {}))
 
     sec = Section("asyncio", intro=_cli.standard_intro(args))
     sec.intro.append("every server first echoed 7 B and 200 KB byte-exact; "
@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> Section:
             memory.ratio("pyepoll loop Protocol", col), 0.5, "<="))
     sec.summary += shares
     sec.skipped = fleet.skip_notes() + [
-        n for n in memory.notes if n.startswith("skipped")]
+        f"{n} (memory): {why}" for n, why in mem_skipped.items()
+        if n not in fleet.skipped]
     return sec
 
 
@@ -241,11 +242,12 @@ def _wrk_or_error(proc: ServerProc, conns: int, seconds: float) -> object:
 MEMORY_ROWS = ("asyncio Protocol", "pyepoll loop Protocol", "uvloop Protocol")
 
 
-def idle_memory(specs, args: argparse.Namespace) -> Table:
+def idle_memory(specs, args: argparse.Namespace) -> Tuple[Table, Dict[str, str]]:
     """A fresh Protocol echo server per loop and repeat (interleaved): echo
     checked, RSS read once its descriptors are steady, then --idle
     connections opened from this process; once the server holds them all
-    and a moment has passed, (RSS after - RSS before) / N."""
+    and a moment has passed, (RSS after - RSS before) / N.  Returns the
+    table and the rows skipped, with why."""
     from .idle_clients import Idle, settle, stable_fds
     n = args.idle
     col = f"{n} idle"
@@ -255,7 +257,7 @@ def idle_memory(specs, args: argparse.Namespace) -> Table:
     names = [r for r in MEMORY_ROWS if r in specs and (
         not args.servers or r.startswith("uvloop")
         or any(w in r for w in args.servers))]
-    skipped = set()
+    skipped: Dict[str, str] = {}
     for rep in range(min(args.repeats, 3)):
         shift = rep % max(len(names), 1)
         for name in names[shift:] + names[:shift]:
@@ -264,8 +266,7 @@ def idle_memory(specs, args: argparse.Namespace) -> Table:
             try:
                 proc = specs[name].start()
             except Skip as e:
-                table.notes.append(f"skipped {name}: {e}")
-                skipped.add(name)
+                skipped[name] = str(e)
                 continue
             idle = Idle(proc.port)
             try:
@@ -287,7 +288,7 @@ def idle_memory(specs, args: argparse.Namespace) -> Table:
     table.notes.append("RSS growth of a fresh server from before the idle "
                        "connections to after, divided by their number; "
                        "kernel socket buffers are not in RSS")
-    return table
+    return table, skipped
 
 
 def summary(results: Dict[str, Dict[object, List[Run]]], point,

@@ -367,3 +367,85 @@ def test_dropins_and_poller_in_the_report(tmp_path) -> None:
     assert "selectors.EpollSelector" in report      # the dropins table
     assert "select.epoll.poll" in report and "pyepoll.Poller.wait" in report
     assert "FAILED" not in report
+
+
+# -- asyncio: frameworks, the loop's share, memory ----------------------------------
+
+
+def _have(*modules: str) -> bool:
+    import importlib.util
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def test_sampler_parts_follow_the_innermost_package() -> None:
+    from pyepoll.bench import _serve
+    site = "/usr/lib/python3/site-packages"
+    assert _serve._part(f"{site}/uvicorn/protocols/http/httptools_impl.py") == "framework"
+    assert _serve._part(f"{site}/aiohttp/web_protocol.py") == "framework"
+    assert _serve._part("/usr/lib/python3.11/asyncio/base_events.py") == "asyncio"
+    # A checkout under a folder named like another part still counts as pyepoll.
+    assert _serve._part("/src/asyncio/pyepoll/asyncio_loop.py") == "pyepoll"
+    assert _serve._part("/usr/lib/python3.11/email/utils.py") == "other"
+    assert _serve._part(_serve.__file__) == "app"
+
+
+@linux
+@plain
+def test_fleet_rejects_a_server_on_the_wrong_loop() -> None:
+    # The stdlib-loop Protocol server, told to be on pyepoll's loop.
+    spec = _servers.asyncio_servers()["asyncio Protocol"]
+    wrong = _servers.Spec("claims pyepoll loop", "echo", spec.argv,
+                          loop=_servers.LOOP_CLASSES["pyepollaio"])
+    with pytest.raises(AssertionError, match="_UnixSelectorEventLoop"):
+        _servers.Fleet({wrong.name: wrong})
+    fleet = _servers.Fleet({spec.name: spec})     # the true claim passes
+    try:
+        assert _servers.running_loop(fleet.procs[spec.name]) == spec.loop
+    finally:
+        fleet.stop()
+
+
+@linux
+@plain
+@need_cc
+@pytest.mark.skipif(not (_have("uvicorn", "httptools", "aiohttp", "uvloop")
+                         and _proc.wrk_path()),
+                    reason="needs uvicorn, httptools, aiohttp, uvloop and wrk")
+def test_asyncio_smoke_frameworks_share_and_memory() -> None:
+    out = bench("asyncio", "--smoke", "--servers", "pyepoll loop", timeout=120)
+    cpu = rows(out, "asyncio frameworks hello (wrk, keep-alive) server CPU per request")
+    for name in ("pyepoll loop uvicorn", "uvloop uvicorn",
+                 "pyepoll loop aiohttp", "uvloop aiohttp"):
+        assert re.match(r"[\d.]+", cpu[name]) and "n/a" not in cpu[name], cpu
+    mem = rows(out, "asyncio memory per idle connection")
+    assert set(mem) >= {"pyepoll loop Protocol", "uvloop Protocol"}
+    assert re.search(r"\d\.\d\dx", mem["pyepoll loop Protocol"])
+    for fw in ("uvicorn", "aiohttp"):
+        assert re.search(rf"pyepoll loop {fw}\+?\w* vs uvloop \(CPU/request, wrk 8 "
+                         rf"conns\): \d+\.\d\dx", out), out
+        line = re.search(rf"^  pyepoll loop {fw}: loop (\d+)% .*framework (\d+)%, "
+                         rf"app (\d+)%, other Python (\d+)%, kernel (\d+)% "
+                         rf"\((\d+) samples", out, re.M)
+        assert line, out
+        shares = [int(g) for g in line.groups()[:5]]
+        assert 95 <= sum(shares) <= 105 and int(line.group(6)) > 0, line.group(0)
+        assert shares[0] > 0 and shares[1] > 0, line.group(0)
+    assert "pyepoll loop memory per idle connection vs uvloop (200 idle)" in out
+
+
+@linux
+@plain
+@need_cc
+def test_asyncio_smoke_skips_frameworks_that_are_absent() -> None:
+    out = bench("asyncio", "--smoke", "--servers", "pyepoll loop Protocol",
+                "pyepoll loop uvicorn", "pyepoll loop aiohttp",
+                without="uvloop,uvicorn,wrk", timeout=120)
+    assert "skipped: pyepoll loop uvicorn: uvicorn not installed" in out
+    assert ("skipped: pyepoll loop aiohttp: aiohttp not installed" in out
+            or "skipped: pyepoll loop aiohttp: wrk not installed" in out)
+    assert "skipped: uvloop Protocol: uvloop not installed" in out
+    assert "pyepoll loop uvicorn+httptools vs uvloop (CPU/request, wrk 8 conns): " \
+           "not measured" in out
+    # Memory still measured on the loops that are here, without a ratio.
+    mem = rows(out, "asyncio memory per idle connection")
+    assert "n/a" not in mem["pyepoll loop Protocol"]
