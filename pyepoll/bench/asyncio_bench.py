@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import threading
 import time
@@ -31,7 +30,8 @@ from . import _cli
 from ._proc import (Run, ServerProc, Skip, cpu_delta, cpu_sample, raise_nofile,
                     rss_bytes, run_loadgen, run_wrk)
 from ._report import Section, Table, check_line
-from ._servers import C_ECHO, FRAMEWORKS, Fleet, asyncio_servers, check_echo
+from ._servers import (C_ECHO, FRAMEWORKS, Fleet, asyncio_servers, check_echo,
+                       server_python_description)
 
 FLAVOURS = ("Protocol", "BufferedProtocol", "streams")
 
@@ -113,18 +113,20 @@ def run(args: argparse.Namespace) -> Section:
                  cols, reference=C_ECHO)
     p99 = Table("asyncio echo latency p99", "us round trip", cols,
                 reference=C_ECHO)
-    wcols = [f"wrk {c} conns" for _, c in wrk_points]
+    # Rows are loops, columns frameworks: each ratio is to the same
+    # framework on uvloop.
+    wcols = [f"{fw}, wrk {c} conns" for fw in FRAMEWORKS for _, c in wrk_points]
     wcpu = Table("asyncio frameworks hello (wrk, keep-alive) server CPU per "
-                 "request", "us user+sys", wcols, reference="uvloop uvicorn")
+                 "request", "us user+sys", wcols, reference="uvloop")
     wthr = Table("asyncio frameworks hello (wrk, keep-alive) throughput",
-                 "requests/s", wcols, reference="uvloop uvicorn",
-                 lower_is_better=False)
+                 "requests/s", wcols, reference="uvloop", lower_is_better=False)
     for name, by_point in results.items():
         for (size, conns), runs in by_point.items():
             if size == "wrk":
+                loop, fw = name.rsplit(" ", 1)
                 for r in runs:
-                    wcpu.add(name, f"wrk {conns} conns", r.cpu_per_op_us)
-                    wthr.add(name, f"wrk {conns} conns", r.rate)
+                    wcpu.add(loop, f"{fw}, wrk {conns} conns", r.cpu_per_op_us)
+                    wthr.add(loop, f"{fw}, wrk {conns} conns", r.rate)
                 continue
             if size == 0:
                 for r in runs:
@@ -137,8 +139,9 @@ def run(args: argparse.Namespace) -> Section:
                 cpu.add(name, col, r.cpu_per_op_us)
                 user.add(name, col, r.user_per_op_us)
                 p99.add(name, col, r.p99)
-    wcpu.notes.append("ratios are to uvloop uvicorn; the summary compares "
-                      "each framework with itself on uvloop")
+    wcpu.notes.append("uvicorn: httptools parser, ASGI hello app, lifespan and "
+                      "access log off; aiohttp: aiohttp.web, one GET handler; "
+                      "wrk -t1, one request in flight per connection")
     sec.tables += [cpu, user, thr, p99, hcpu, hthr, wcpu, wthr]
     if memory.points:
         sec.tables.append(memory)
@@ -291,6 +294,12 @@ def idle_memory(specs, args: argparse.Namespace) -> Tuple[Table, Dict[str, str]]
     return table, skipped
 
 
+def on_pypy() -> bool:
+    """Whether the Python servers run on PyPy (this process, or --python's
+    interpreter)."""
+    return server_python_description().startswith("PyPy")
+
+
 def summary(results: Dict[str, Dict[object, List[Run]]], point,
             http_point, wrk_point) -> List[str]:
     """Issue 14's targets at the first point (1 KiB x 64 by default)."""
@@ -331,7 +340,7 @@ def summary(results: Dict[str, Dict[object, List[Run]]], point,
         # Issue 14 asks PyPy for <= 0.7x its stdlib loop (no uvloop there).
         check_line("pyepoll loop Protocol vs stdlib asyncio",
                    ratio("pyepoll loop Protocol", "asyncio Protocol"),
-                   0.7 if platform.python_implementation() == "PyPy" else 1.0,
+                   0.7 if on_pypy() else 1.0,
                    "<="),
     ]
     return out

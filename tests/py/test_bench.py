@@ -414,9 +414,10 @@ def test_fleet_rejects_a_server_on_the_wrong_loop() -> None:
 def test_asyncio_smoke_frameworks_share_and_memory() -> None:
     out = bench("asyncio", "--smoke", "--servers", "pyepoll loop", timeout=120)
     cpu = rows(out, "asyncio frameworks hello (wrk, keep-alive) server CPU per request")
-    for name in ("pyepoll loop uvicorn", "uvloop uvicorn",
-                 "pyepoll loop aiohttp", "uvloop aiohttp"):
-        assert re.match(r"[\d.]+", cpu[name]) and "n/a" not in cpu[name], cpu
+    # Rows are loops, one column per framework, each a ratio to uvloop.
+    assert set(cpu) >= {"pyepoll loop", "uvloop"}, cpu
+    assert "n/a" not in cpu["pyepoll loop"] + cpu["uvloop"], cpu
+    assert len(re.findall(r"\d\.\d\dx", cpu["pyepoll loop"])) == 2, cpu
     mem = rows(out, "asyncio memory per idle connection")
     assert set(mem) >= {"pyepoll loop Protocol", "uvloop Protocol"}
     assert re.search(r"\d\.\d\dx", mem["pyepoll loop Protocol"])
