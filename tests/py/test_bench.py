@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -431,6 +432,15 @@ def test_asyncio_smoke_frameworks_share_and_memory() -> None:
         shares = [int(g) for g in line.groups()[:5]]
         assert 95 <= sum(shares) <= 105 and int(line.group(6)) > 0, line.group(0)
         assert shares[0] > 0 and shares[1] > 0, line.group(0)
+        if _proc.wrk_path() and shutil.which("perf"):
+            # perf's split by binary, from a second window of the same run
+            # (or why perf could not record here).
+            perf = re.search(rf"^  pyepoll loop {fw}, perf: (?:failed: .+|kernel (\d+)%, "
+                             rf"interpreter (\d+)%, pyepoll C core (\d+)%, other C "
+                             rf"extensions (\d+)%)$", out, re.M)
+            assert perf, out
+            if perf.group(1):
+                assert 95 <= sum(int(g) for g in perf.groups()) <= 105, perf.group(0)
     assert "pyepoll loop memory per idle connection vs uvloop (200 idle)" in out
 
 
