@@ -333,36 +333,45 @@ def _part(filename: str) -> str:
 
 
 class _Sampler:
-    """A statistical profile of the server's user-space CPU: ITIMER_VIRTUAL
-    (which runs on user CPU time only) fires every millisecond, and each
-    signal counts the Python function that was running, by its part of the
-    stack.  CPU spent in C code is counted to the Python function that
-    called it (httptools' parser to uvicorn, pyepoll's C core to
-    pyepoll.asyncio_loop).  SIGUSR1 starts it, SIGUSR2 stops it and writes
-    the counts to ``profile.json`` in the working directory."""
+    """A statistical profile of the server's CPU: ITIMER_PROF fires every
+    millisecond of CPU time (user and system), and each SIGPROF counts the
+    Python function running when Python handles it.  A signal that lands
+    in C code or in a system call is handled as that call returns, so C
+    code and the kernel's work for a system call count to the Python
+    function that made the call (httptools' parser to uvicorn, pyepoll's
+    C core and its send/recv/epoll_wait to pyepoll.asyncio_loop).  (On
+    this tick-accounted kernel ITIMER_VIRTUAL was measured to land the
+    same way, so a "user time only" sampler is not to be had this way.)
+    SIGUSR1 starts it, SIGUSR2 stops it and writes the counts, by part of
+    the stack and by function, to ``profile.json`` in the working
+    directory."""
 
     def __init__(self) -> None:
-        self.counts: Dict[str, int] = collections.Counter()
-        self.cache: Dict[object, str] = {}
+        self.counts: Dict[object, int] = collections.Counter()   # by code object
         signal.signal(signal.SIGUSR1, self.start)
         signal.signal(signal.SIGUSR2, self.stop)
 
     def sample(self, signum: int, frame) -> None:
         code = frame.f_code if frame is not None else None
-        part = self.cache.get(code)
-        if part is None:
-            part = self.cache[code] = _part(code.co_filename) if code else "other"
-        self.counts[part] += 1
+        self.counts[code] += 1
 
     def start(self, signum: int, frame) -> None:
         self.counts.clear()
-        signal.signal(signal.SIGVTALRM, self.sample)
-        signal.setitimer(signal.ITIMER_VIRTUAL, 0.001, 0.001)
+        signal.signal(signal.SIGPROF, self.sample)
+        signal.setitimer(signal.ITIMER_PROF, 0.001, 0.001)
 
     def stop(self, signum: int, frame) -> None:
-        signal.setitimer(signal.ITIMER_VIRTUAL, 0, 0)
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        parts: Dict[str, int] = collections.Counter()
+        functions: Dict[str, int] = collections.Counter()
+        for code, n in self.counts.items():
+            part = _part(code.co_filename) if code is not None else "other"
+            parts[part] += n
+            if code is not None:
+                name = f"{os.path.basename(code.co_filename)}:{code.co_name}"
+                functions[f"{part}|{name}"] += n
         with open("profile.json.tmp", "w") as f:
-            json.dump(dict(self.counts), f)
+            json.dump({"parts": parts, "functions": functions}, f)
         os.replace("profile.json.tmp", "profile.json")
 
 

@@ -190,24 +190,32 @@ def profile_frameworks(fleet: Fleet, args: argparse.Namespace) -> List[str]:
             except (RuntimeError, OSError) as e:
                 out.append(f"{name}: profile failed: {e}")
                 continue
-            out.append(f"{name}: {sampled}")
+            out.append(f"{name}: {sampled[0]}")
+            out.append(f"{name}, the loop's top functions: {sampled[1]}")
             if perf:
                 out.append(f"{name}, perf: {perf}")
     if out:
         out.insert(0, "share of server CPU per request under wrk "
-                      f"({args.wrk_conns} conns): kernel = the server's system "
-                      "CPU (/proc); the user CPU split by a 1 ms ITIMER_VIRTUAL "
+                      f"({args.wrk_conns} conns), from a 1 ms ITIMER_PROF "
                       "sampler in the server counting the running Python "
-                      "function's package (C code counts to its Python caller); "
-                      "loop = pyepoll + asyncio.  Where perf is installed, a "
-                      "second window of the same run: perf's cpu-clock samples "
-                      "by binary, which cannot tell loop from framework Python "
-                      "but checks the kernel share and shows the C parts")
+                      "function's package; C code and system calls count to "
+                      "the Python function calling them, so the loop's share "
+                      "includes the kernel's work for its send/recv/epoll "
+                      "(loop = pyepoll + asyncio); kernel = the server's "
+                      "system CPU from /proc; loop - kernel approximates the "
+                      "loop's own user-space share (the frameworks make their "
+                      "system calls through the loop's transports).  Where "
+                      "perf is installed, a second window of the same run: "
+                      "perf's cpu-clock samples by binary, which cannot tell "
+                      "loop from framework Python but checks the kernel share "
+                      "and shows the C parts")
     return out
 
 
-def _profile(proc: ServerProc, args: argparse.Namespace) -> Tuple[str, Optional[str]]:
-    """(the sampler's split, perf's split or None) of one wrk run."""
+def _profile(proc: ServerProc, args: argparse.Namespace
+             ) -> Tuple[Tuple[str, str], Optional[str]]:
+    """((the sampler's split, the loop's costliest functions), perf's split
+    or None) of one wrk run."""
     path = os.path.join(proc.dir, "profile.json")
     if os.path.exists(path):
         os.unlink(path)
@@ -238,20 +246,27 @@ def _profile(proc: ServerProc, args: argparse.Namespace) -> Tuple[str, Optional[
             raise RuntimeError("the server wrote no profile")
         time.sleep(0.05)
     with open(path) as f:
-        counts: Dict[str, int] = json.load(f)
+        prof = json.load(f)
+    counts: Dict[str, int] = prof["parts"]
     samples = sum(counts.values())
     total = user + system
     if not samples or total <= 0:
         raise RuntimeError("no samples")
 
     def share(*parts: str) -> float:
-        return user / total * sum(counts.get(p, 0) for p in parts) / samples
+        return sum(counts.get(p, 0) for p in parts) / samples
 
-    return (f"loop {share('pyepoll', 'asyncio'):.0%} (pyepoll {share('pyepoll'):.0%}, "
+    loop_fns = sorted(((n, f.split("|", 1)[1]) for f, n in prof["functions"].items()
+                       if f.split("|", 1)[0] in ("pyepoll", "asyncio")), reverse=True)
+    top = ", ".join(f"{fn} {n / samples:.0%}" for n, fn in loop_fns[:6])
+    loop, kernel = share("pyepoll", "asyncio"), system / total
+    return (f"loop {loop:.0%} (pyepoll {share('pyepoll'):.0%}, "
             f"asyncio {share('asyncio'):.0%}), framework {share('framework'):.0%}, "
-            f"app {share('app'):.0%}, other Python {share('other'):.0%}, "
-            f"kernel {system / total:.0%} ({samples} samples, "
-            f"{total / max(args.profile_seconds, 1e-9):.0%} of a core)"), perf
+            f"app {share('app'):.0%}, other Python {share('other'):.0%}; "
+            f"kernel {kernel:.0%}, loop - kernel {loop - kernel:.0%} "
+            f"({samples} samples, "
+            f"{total / max(args.profile_seconds, 1e-9):.0%} of a core)",
+            top or "none sampled"), perf
 
 
 def _perf_split(exe: str, proc: ServerProc, seconds: float) -> str:
