@@ -34,7 +34,7 @@ from ._proc import (Run, ServerProc, Skip, cpu_delta, cpu_sample, disabled,
                     raise_nofile, rss_bytes, run_loadgen, run_wrk)
 from ._report import Section, Table, check_line
 from ._servers import (C_ECHO, FRAMEWORKS, Fleet, asyncio_servers, check_echo,
-                       server_python_description)
+                       running_loop, server_python_description)
 
 FLAVOURS = ("Protocol", "BufferedProtocol", "streams")
 
@@ -176,8 +176,9 @@ def run(args: argparse.Namespace) -> Section:
 def profile_frameworks(fleet: Fleet, args: argparse.Namespace) -> List[str]:
     """For each framework server on pyepoll's loop and on the stdlib loop:
     a wrk run, and inside it a window of --profile-seconds during which the
-    server samples its own user CPU by part of the stack (see
-    _serve._Sampler) while /proc gives its user and system CPU."""
+    server samples its own CPU by part of the stack (see _serve._Sampler)
+    while /proc gives its user and system CPU; then, where perf is
+    installed, a second window recorded by perf."""
     out = []
     for fw in FRAMEWORKS:
         for loop in ("pyepoll loop", "asyncio"):
@@ -299,9 +300,11 @@ def _perf_split(exe: str, proc: ServerProc, seconds: float) -> str:
 
 
 def _wrk_or_error(proc: ServerProc, conns: int, seconds: float) -> object:
+    """The load thread's result: the Run, or the exception it raised (so
+    that the main thread reports it)."""
     try:
         return run_wrk(proc, conns, seconds, 1)
-    except (RuntimeError, Skip) as e:
+    except Exception as e:      # noqa: BLE001 (handed over, not swallowed)
         return e
 
 
@@ -340,6 +343,10 @@ def idle_memory(specs, args: argparse.Namespace) -> Tuple[Table, Dict[str, str]]
                 continue
             idle = Idle(proc.port)
             try:
+                if running_loop(proc) != specs[name].loop:
+                    raise AssertionError(f"{name} runs on loop "
+                                         f"{running_loop(proc)!r}, not "
+                                         f"{specs[name].loop!r}")
                 check_echo(proc.port)
                 base_fds = stable_fds(proc.pid)
                 base = rss_bytes(proc.pid)
