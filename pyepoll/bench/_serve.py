@@ -339,9 +339,10 @@ class _Sampler:
     in C code or in a system call is handled as that call returns, so C
     code and the kernel's work for a system call count to the Python
     function that made the call (httptools' parser to uvicorn, pyepoll's
-    C core and its send/recv/epoll_wait to pyepoll.asyncio_loop).  (On
-    this tick-accounted kernel ITIMER_VIRTUAL was measured to land the
-    same way, so a "user time only" sampler is not to be had this way.)
+    C core and its send/recv/epoll_wait to pyepoll.asyncio_loop).
+    (ITIMER_VIRTUAL, meant for user time only, was measured to land the
+    same way on a Linux kernel with tick-based CPU accounting, so it is no
+    way to leave the kernel out.)
     SIGUSR1 starts it, SIGUSR2 stops it and writes the counts, by part of
     the stack and by function, to ``profile.json`` in the working
     directory."""
