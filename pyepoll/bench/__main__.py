@@ -5,7 +5,9 @@ scenarios:
   idle-clients   K idle connections vs the concurrency models
   echo           echo throughput, latency, CPU per message
   asyncio        the asyncio loops side by side: Protocol, BufferedProtocol,
-                 streams echo on stdlib, pyepoll (selector, C loop), uvloop
+                 streams echo on stdlib, pyepoll (selector, C loop), uvloop;
+                 uvicorn and aiohttp under wrk with the loop's share of a
+                 request; memory per idle connection
   http           HTTP hello, keep-alive and pipelined (wrk if installed)
   trigger        edge- vs level-triggered loops on the same workloads
   dropins        pyepoll's drop-ins vs the stdlib objects they replace

@@ -9,17 +9,29 @@ loop, on uvloop, and on pyepoll's asyncio loops (``pyepollaio``: the C
 connection loop; ``pyepollsel``: the stdlib loop on pyepoll's selector);
 ``buffered`` is an asyncio.BufferedProtocol echo.  HTTP: "hello" answered by
 an asyncio Protocol with a small hand parser, or by uvloop + httptools, the
-usual fast Python stack.  Every HTTP server answers what the reference
-server answers (same headers, same 14-byte body).
+usual fast Python stack; and by two frameworks as their users run them:
+uvicorn (httptools) serving an ASGI app and aiohttp.web, each on any of the
+asyncio loops (``pyepollaio-uvicorn``, ``uvloop-aiohttp``, ...).  Every HTTP
+server answers what the reference server answers (a 200 with the same
+14-byte body).
+
+Every asyncio server prints the class of its running loop once at start-up
+(``pyepoll-bench loop: MODULE.CLASS``), which the bench checks, so a row is
+known to run on the loop it names.  The framework servers also answer
+SIGUSR1/SIGUSR2 by starting/stopping a CPU sampler (see ``_Sampler``).
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import email.utils
+import json
+import os
 import resource
+import signal
 import sys
 import time
-from typing import Callable, List
+from typing import Callable, Dict, List
 
 BODY = b"Hello, World!\n"
 BACKLOG = 4096
@@ -231,12 +243,23 @@ class HttptoolsHTTP(asyncio.Protocol):
             self.out.clear()
 
 
+LOOP_LINE = "pyepoll-bench loop:"
+
+
+def announce_loop() -> None:
+    """Print the running loop's class (the bench checks it against the row's
+    name before timing anything)."""
+    t = type(asyncio.get_running_loop())
+    print(f"{LOOP_LINE} {t.__module__}.{t.__qualname__}", flush=True)
+
+
 def serve_asyncio(port: int, factory: Callable[[], asyncio.AbstractEventLoop],
                   what: str) -> None:
     _nofile()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        announce_loop()
         if what == "streams":
             await asyncio.start_server(_echo_stream, "127.0.0.1", port,
                                        backlog=BACKLOG)
@@ -245,6 +268,122 @@ def serve_asyncio(port: int, factory: Callable[[], asyncio.AbstractEventLoop],
                      "http": HandParsedHTTP, "httptools": HttptoolsHTTP}[what]
             await loop.create_server(proto, "127.0.0.1", port, backlog=BACKLOG)
         await asyncio.Future()
+
+    loop = factory()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(main())
+
+
+# -- frameworks --------------------------------------------------------------------
+
+
+async def hello_asgi(scope: dict, receive: Callable, send: Callable) -> None:
+    """The smallest ASGI app: every request gets the 14-byte hello."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(BODY)).encode())]})
+    await send({"type": "http.response.body", "body": BODY})
+
+
+async def _uvicorn(port: int) -> None:
+    """uvicorn's own Server, as ``uvicorn.run`` would build it, but served on
+    the loop that is already running (``loop="none"``: uvicorn picks none)."""
+    import uvicorn
+    config = uvicorn.Config(hello_asgi, host="127.0.0.1", port=port,
+                            http="httptools", ws="none", lifespan="off",
+                            access_log=False, log_level="warning", loop="none",
+                            interface="asgi3", backlog=BACKLOG,
+                            timeout_graceful_shutdown=1)
+    await uvicorn.Server(config).serve()
+
+
+async def _aiohttp(port: int) -> None:
+    from aiohttp import web
+
+    async def hello(request: "web.Request") -> "web.Response":
+        return web.Response(text=BODY.decode())
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, backlog=BACKLOG).start()
+    await asyncio.Future()
+
+
+# Which part of the stack a Python source file belongs to, by the top-level
+# package it lives in (the loop's own code, the framework, the app).
+_PARTS = {"pyepoll": "pyepoll", "asyncio": "asyncio", "uvicorn": "framework",
+          "httptools": "framework", "h11": "framework", "aiohttp": "framework",
+          "multidict": "framework", "yarl": "framework", "propcache": "framework",
+          "aiosignal": "framework", "frozenlist": "framework"}
+
+
+def _part(filename: str) -> str:
+    if filename == __file__:
+        return "app"
+    parts = os.path.normpath(filename).split(os.sep)
+    # The innermost known package directory on the path decides.
+    for name in reversed(parts[:-1]):
+        if name in _PARTS:
+            return _PARTS[name]
+    return "other"
+
+
+class _Sampler:
+    """A statistical profile of the server's CPU: ITIMER_PROF fires every
+    millisecond of CPU time (user and system), and each SIGPROF counts the
+    Python function running when Python handles it.  A signal that lands
+    in C code or in a system call is handled as that call returns, so C
+    code and the kernel's work for a system call count to the Python
+    function that made the call (httptools' parser to uvicorn, pyepoll's
+    C core and its send/recv/epoll_wait to pyepoll.asyncio_loop).
+    (ITIMER_VIRTUAL, meant for user time only, was measured to land the
+    same way on a Linux kernel with tick-based CPU accounting, so it is no
+    way to leave the kernel out.)
+    SIGUSR1 starts it, SIGUSR2 stops it and writes the counts, by part of
+    the stack and by function, to ``profile.json`` in the working
+    directory."""
+
+    def __init__(self) -> None:
+        self.counts: Dict[object, int] = collections.Counter()   # by code object
+        signal.signal(signal.SIGUSR1, self.start)
+        signal.signal(signal.SIGUSR2, self.stop)
+
+    def sample(self, signum: int, frame) -> None:
+        code = frame.f_code if frame is not None else None
+        self.counts[code] += 1
+
+    def start(self, signum: int, frame) -> None:
+        self.counts.clear()
+        signal.signal(signal.SIGPROF, self.sample)
+        signal.setitimer(signal.ITIMER_PROF, 0.001, 0.001)
+
+    def stop(self, signum: int, frame) -> None:
+        signal.setitimer(signal.ITIMER_PROF, 0, 0)
+        parts: Dict[str, int] = collections.Counter()
+        functions: Dict[str, int] = collections.Counter()
+        for code, n in self.counts.items():
+            part = _part(code.co_filename) if code is not None else "other"
+            parts[part] += n
+            if code is not None:
+                name = f"{os.path.basename(code.co_filename)}:{code.co_name}"
+                functions[f"{part}|{name}"] += n
+        with open("profile.json.tmp", "w") as f:
+            json.dump({"parts": parts, "functions": functions}, f)
+        os.replace("profile.json.tmp", "profile.json")
+
+
+def serve_framework(port: int, factory: Callable[[], asyncio.AbstractEventLoop],
+                    what: str) -> None:
+    _nofile()
+    _Sampler()
+
+    async def main() -> None:
+        announce_loop()
+        await {"uvicorn": _uvicorn, "aiohttp": _aiohttp}[what](port)
 
     loop = factory()
     asyncio.set_event_loop(loop)
@@ -281,7 +420,10 @@ def main(argv: List[str]) -> None:
     factory = {"asyncio": asyncio.new_event_loop, "uvloop": _uvloop,
                "pyepollaio": _pyepoll_aio,
                "pyepollsel": _pyepoll_selector}[runtime]
-    serve_asyncio(port, factory, what)
+    if what in ("uvicorn", "aiohttp"):
+        serve_framework(port, factory, what)
+    else:
+        serve_asyncio(port, factory, what)
 
 
 if __name__ == "__main__":

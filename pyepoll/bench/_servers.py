@@ -100,12 +100,43 @@ class Spec:
     argv: Callable[[], List[str]]               # may raise Skip
     files: Dict[str, str] = field(default_factory=dict)
     stop_signal: int = signal.SIGTERM
+    # The asyncio loop class the server must report at start-up
+    # ("MODULE.CLASS"), checked before it is timed; None: not an asyncio one.
+    loop: Optional[str] = None
+    load: str = "loadgen"                       # or "wrk"
 
     def start(self) -> ServerProc:
         """Start and wait until it listens; raises Skip or RuntimeError."""
         proc = ServerProc(self.name, self.argv(), env=_env(),
                           stop_signal=self.stop_signal, files=self.files)
         return proc.ready()
+
+
+# What each asyncio runtime of pyepoll.bench._serve must report as its loop
+# (pyepoll's selector loop is the stdlib class on pyepoll's selector).
+LOOP_CLASSES = {"asyncio": "asyncio.unix_events._UnixSelectorEventLoop",
+                "pyepollsel": "asyncio.unix_events._UnixSelectorEventLoop",
+                "pyepollaio": "pyepoll.asyncio_loop.EventLoop",
+                "uvloop": "uvloop.Loop"}
+
+
+def running_loop(proc: ServerProc) -> Optional[str]:
+    """The loop class an asyncio server printed at start-up, if it did."""
+    from ._serve import LOOP_LINE
+    try:
+        with open(proc.log.name) as f:
+            for line in f:
+                if line.startswith(LOOP_LINE):
+                    return line[len(LOOP_LINE):].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _need_wrk() -> None:
+    from ._proc import wrk_path
+    if wrk_path() is None:
+        raise Skip("wrk not installed (apt-get install wrk)")
 
 
 def _serve(kind: str, needs: Sequence[str] = ()) -> Callable[[], List[str]]:
@@ -246,13 +277,39 @@ def asyncio_servers() -> Dict[str, Spec]:
         for label, runtime in loops:
             needs = ["uvloop"] if runtime == "uvloop" else []
             specs.append(Spec(f"{label} {flavour}", "echo",
-                              _serve(f"{runtime}-{what}", needs)))
+                              _serve(f"{runtime}-{what}", needs),
+                              loop=LOOP_CLASSES[runtime]))
     # HTTP hello, httptools parsing: the usual fast Python stack's share.
     for label, runtime in loops:
         needs = ["httptools"] + (["uvloop"] if runtime == "uvloop" else [])
         specs.append(Spec(f"{label} httptools", "http",
-                          _serve(f"{runtime}-httptools", needs)))
+                          _serve(f"{runtime}-httptools", needs),
+                          loop=LOOP_CLASSES[runtime]))
+    specs += framework_servers()
     return {s.name: s for s in specs}
+
+
+FRAMEWORKS = {"uvicorn": ["uvicorn", "httptools"], "aiohttp": ["aiohttp"]}
+
+
+def framework_servers() -> List[Spec]:
+    """uvicorn (httptools) with an ASGI hello and aiohttp.web's hello, each
+    on the stdlib loop, pyepoll's loop and uvloop, loaded by wrk."""
+    loops = [("asyncio", "asyncio"), ("pyepoll loop", "pyepollaio"),
+             ("uvloop", "uvloop")]
+    specs = []
+    for fw, mods in FRAMEWORKS.items():
+        for label, runtime in loops:
+            needs = mods + (["uvloop"] if runtime == "uvloop" else [])
+            serve = _serve(f"{runtime}-{fw}", needs)
+
+            def argv(serve=serve) -> List[str]:
+                cmd = serve()           # Skip when a module is missing
+                _need_wrk()
+                return cmd
+            specs.append(Spec(f"{label} {fw}", "http", argv,
+                              loop=LOOP_CLASSES[runtime], load="wrk"))
+    return specs
 
 
 def http_servers() -> Dict[str, Spec]:
@@ -385,6 +442,10 @@ class Fleet:
                     self.skipped[name] = str(e)
                     continue
                 self.procs[name] = proc
+                if spec.loop is not None and running_loop(proc) != spec.loop:
+                    raise AssertionError(
+                        f"{name} runs on loop {running_loop(proc)!r}, not "
+                        f"{spec.loop!r}: {proc.tail()[-300:]}")
                 try:
                     check(spec, proc.port)
                 except (AssertionError, OSError) as e:
