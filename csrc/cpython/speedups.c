@@ -42,7 +42,7 @@ static PyTypeObject *batch_type;
 static PyTypeObject *conn_type;
 
 /* Interned attribute and method names. */
-static PyObject *s_w, *s_event, *s_feed_at, *s_fatal_error, *s_write_py,
+static PyObject *s_w, *s_c_contiguous, *s_event, *s_feed_at, *s_fatal_error, *s_write_py,
     *s_maybe_pause, *s_write_failed;
 
 /* A memoryview written up to this size is copied into a bytes object and
@@ -332,8 +332,8 @@ static int callback_failed(PyObject *t, const char *message)
 /* BufferedProtocol: n bytes at src into what get_buffer returned, then
  * buffer_updated(n).  1: done; 0: not a buffer handled here (the Python
  * way takes it); -1: an exception to propagate. */
-static int feed_buffer(PyObject *t, Conn *c, PyObject *buf, const char *src,
-                       Py_ssize_t n)
+static int feed_buffer(PyObject *t, PyObject *buffer_updated, PyObject *buf,
+                       const char *src, Py_ssize_t n)
 {
     PyObject *r;
 
@@ -345,10 +345,14 @@ static int feed_buffer(PyObject *t, Conn *c, PyObject *buf, const char *src,
         /* buf[:n] = the bytes: memoryview's own assignment copies them,
          * and refuses (no byte written) a read-only view, another format
          * or too little room; the Python way then says what is wrong. */
-        PyObject *from, *slice, *stop;
+        PyObject *from, *slice, *stop, *contiguous;
         int rc;
 
-        if (PyObject_Size(buf) < n) {
+        /* A strided view would take the bytes; the Python way refuses it. */
+        contiguous = PyObject_GetAttr(buf, s_c_contiguous);
+        rc = contiguous == Py_True;
+        Py_XDECREF(contiguous);
+        if (!rc || PyObject_Size(buf) < n) {
             PyErr_Clear();
             return 0;
         }
@@ -370,7 +374,7 @@ static int feed_buffer(PyObject *t, Conn *c, PyObject *buf, const char *src,
     } else {
         return 0;
     }
-    r = call1(c->cb2, PyLong_FromSsize_t(n));
+    r = call1(buffer_updated, PyLong_FromSsize_t(n));
     if (!r)
         return callback_failed(
             t, "Fatal error: protocol.buffer_updated() call failed.") < 0
@@ -384,7 +388,7 @@ static int deliver(PyObject *loop, PyObject *t, Conn *c,
                    const struct pe_loop_bevent *e, const char *src)
 {
     Py_ssize_t n = (Py_ssize_t)e->arg;
-    PyObject *r;
+    PyObject *r, *get_buffer, *buffer_updated;
     int rc;
 
     if (c->mode == MODE_DATA) {
@@ -395,11 +399,22 @@ static int deliver(PyObject *loop, PyObject *t, Conn *c,
         Py_DECREF(r);
         return 0;
     }
-    r = call1(c->cb1, PyLong_FromSsize_t(n));
-    if (!r)
+    /* Both callbacks as they are now: get_buffer may close or pause the
+     * transport (its _sync() then clears them in the Conn), and the
+     * Python walk still calls buffer_updated then. */
+    get_buffer = c->cb1;
+    buffer_updated = c->cb2;
+    Py_INCREF(get_buffer);
+    Py_INCREF(buffer_updated);
+    r = call1(get_buffer, PyLong_FromSsize_t(n));
+    Py_DECREF(get_buffer);
+    if (!r) {
+        Py_DECREF(buffer_updated);
         return callback_failed(
             t, "Fatal error: protocol.get_buffer() call failed.");
-    rc = feed_buffer(t, c, r, src, n);
+    }
+    rc = feed_buffer(t, buffer_updated, r, src, n);
+    Py_DECREF(buffer_updated);
     if (rc == 0) {
         /* Smaller, odd or refused: the Python way, from this buffer. */
         PyObject *x = PyObject_CallMethod(loop, "_feed_at", "OKKO", t,
@@ -657,7 +672,8 @@ PyMODINIT_FUNC PyInit__speedups(void)
 {
     PyObject *m;
 
-    if (intern(&s_w, "_w") < 0 || intern(&s_event, "_event") < 0 ||
+    if (intern(&s_w, "_w") < 0 ||
+        intern(&s_c_contiguous, "c_contiguous") < 0 || intern(&s_event, "_event") < 0 ||
         intern(&s_feed_at, "_feed_at") < 0 ||
         intern(&s_fatal_error, "_fatal_error") < 0 ||
         intern(&s_write_py, "_write_py") < 0 ||

@@ -256,10 +256,11 @@ def test_buffered_protocol_buffers_the_c_walk_fills_or_hands_back(kind):
     assert errors == []
 
 
-@pytest.mark.parametrize("kind", ["readonly view", "bytes"])
+@pytest.mark.parametrize("kind", ["readonly view", "bytes", "strided view"])
 def test_buffered_protocol_unwritable_buffer_is_a_fatal_error(kind):
     makers = {"readonly view": lambda n: memoryview(bytes(n + 10)),
-              "bytes": lambda n: bytes(n + 10)}
+              "bytes": lambda n: bytes(n + 10),
+              "strided view": lambda n: memoryview(bytearray(2 * n + 20))[::2]}
 
     async def main():
         t, p, b = await pair(lambda: Keep(makers[kind]))
@@ -273,6 +274,39 @@ def test_buffered_protocol_unwritable_buffer_is_a_fatal_error(kind):
     assert isinstance(exc, TypeError)
     assert [e["message"] for e in errors] == [
         "Fatal error: protocol.get_buffer() call failed."]
+
+
+def test_get_buffer_that_closes_the_transport_still_gets_buffer_updated():
+    class P(asyncio.BufferedProtocol):
+        def __init__(self):
+            self.calls = []
+            self.lost = asyncio.get_running_loop().create_future()
+
+        def connection_made(self, t):
+            self.t = t
+
+        def get_buffer(self, n):
+            self.calls.append("get_buffer")
+            self.t.close()
+            return bytearray(n)
+
+        def buffer_updated(self, n):
+            self.calls.append(("buffer_updated", n))
+
+        def connection_lost(self, exc):
+            self.calls.append("lost")
+            self.lost.set_result(exc)
+
+    async def main():
+        t, p, b = await pair(P)
+        b.sendall(b"12345")
+        await p.lost
+        b.close()
+        return p.calls
+
+    calls, errors = run(main)
+    assert calls == ["get_buffer", ("buffer_updated", 5), "lost"]
+    assert errors == []
 
 
 # -- CTransport.write ---------------------------------------------------------------
