@@ -277,6 +277,8 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         self._pid_fork: Optional[int] = None
         _live.add(self)
         super().__init__(_LoopSelector(self))
+        if self._sb is not None:
+            self._sb.bind(self, self._conns, self._ready)
 
     def _forked(self) -> None:
         # In a fork()ed child: the C loop (and its sockets) are the
@@ -317,6 +319,28 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
             # now, before the next run overwrites the batch buffer.
             self._walk_later(self._later)
             return []
+        sb = self._sb
+        if sb is not None:
+            # The C path: timeout, wait and walk in one call (as below).
+            try:
+                r = sb.select(timeout)
+            except BaseException:
+                self._rest = True            # the walk keeps its position
+                raise
+            if r is None:
+                return []
+            if type(r) is list:
+                return self._ready_keys(r, fd_to_key)
+            if r <= 0:
+                if r == 0 or r == -errno.EINTR:
+                    return []
+                raise _errno_exc(-r)
+            # Callbacks were ready before the wait: as below, the batch
+            # stays in the buffers until the queued walk.
+            token = self._later = [r]
+            self._call_soon(self._walk_later, (token,), None)
+            fds = sb.fd_events()
+            return self._ready_keys(fds, fd_to_key) if fds else []
         if timeout is None:
             ms = -1
         elif timeout <= 0:
@@ -326,20 +350,6 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
             ms = math.ceil(timeout * 1000.0)
             if ms > _MS_MAX:
                 ms = _MS_MAX
-        sb = self._sb
-        if sb is not None:
-            n = sb.run(ms)
-            if n <= 0:
-                if n == 0 or n == -errno.EINTR:
-                    return []
-                raise _errno_exc(-n)
-            if self._ready:
-                # As below; the batch stays in the buffers until then.
-                token = self._later = [n]
-                self._call_soon(self._walk_later, (token,), None)
-                fds = sb.fd_events()
-                return self._ready_keys(fds, fd_to_key) if fds else []
-            return self._walk_c(True, fd_to_key)
         n = _run_into(p, _NULL, 0, self._bev, self._batch, ms, self._bbuf,
                       self._bsize)
         if n <= 0:

@@ -69,6 +69,9 @@ typedef struct {
     int n;                      /* events in the last batch */
     int pos;                    /* the next one to walk */
     PyObject *owners;
+    /* bind(): what select() walks with (the loop, its _conns and _ready);
+     * a cycle through the loop, which detach() breaks. */
+    PyObject *loop, *conns, *ready;
 } Batch;
 
 static PyObject *batch_new(PyTypeObject *type, PyObject *args, PyObject *kw)
@@ -103,38 +106,59 @@ static PyObject *batch_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     return (PyObject *)b;
 }
 
+static int batch_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    Batch *b = (Batch *)self;
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(b->owners);
+    Py_VISIT(b->loop);
+    Py_VISIT(b->conns);
+    Py_VISIT(b->ready);
+    return 0;
+}
+
+static int batch_clear(PyObject *self)
+{
+    Batch *b = (Batch *)self;
+    Py_CLEAR(b->loop);
+    Py_CLEAR(b->conns);
+    Py_CLEAR(b->ready);
+    return 0;
+}
+
 static void batch_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    batch_clear(self);
     Py_CLEAR(((Batch *)self)->owners);
     ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);
     Py_DECREF(tp);
 }
 
-/* run(timeout_ms) -> events, or -errno: pe_loop_run_into with the GIL
- * released only around it; the walk starts at the first event. */
-static PyObject *batch_run(PyObject *self, PyObject *arg)
+/* bind(loop, conns, ready): what select() walks with. */
+static PyObject *batch_bind(PyObject *self, PyObject *args)
 {
     Batch *b = (Batch *)self;
-    int ms, n;
+    PyObject *loop, *conns, *ready;
 
-    ms = (int)PyLong_AsLong(arg);
-    if (ms == -1 && PyErr_Occurred())
+    if (!PyArg_ParseTuple(args, "OO!O", &loop, &PyDict_Type, &conns, &ready))
         return NULL;
-    if (!b->l)
-        return PyLong_FromLong(-EBADF);
-    Py_BEGIN_ALLOW_THREADS
-    n = core_run_into(b->l, NULL, 0, b->ev, b->max, ms, b->buf, b->buflen);
-    Py_END_ALLOW_THREADS
-    b->n = n > 0 ? n : 0;
-    b->pos = 0;
-    return PyLong_FromLong(n);
+    batch_clear(self);
+    Py_INCREF(loop);
+    Py_INCREF(conns);
+    Py_INCREF(ready);
+    b->loop = loop;
+    b->conns = conns;
+    b->ready = ready;
+    Py_RETURN_NONE;
 }
 
 static PyObject *batch_detach(PyObject *self, PyObject *unused)
 {
     ((Batch *)self)->l = NULL;
     ((Batch *)self)->n = ((Batch *)self)->pos = 0;
+    batch_clear(self);
     Py_RETURN_NONE;
 }
 
@@ -433,15 +457,11 @@ static int deliver(PyObject *loop, PyObject *t, Conn *c,
  * in batch order, FD events are collected (if want_fds).  An exception
  * that escapes (SystemExit, KeyboardInterrupt, or one the Python side let
  * through) leaves the rest of the batch for the next walk. */
-static PyObject *batch_walk(PyObject *self, PyObject *args)
+static PyObject *walk(Batch *b, PyObject *loop, PyObject *conns,
+                      int want_fds)
 {
-    Batch *b = (Batch *)self;
-    PyObject *loop, *conns, *fds = NULL;
-    int want_fds;
+    PyObject *fds = NULL;
 
-    if (!PyArg_ParseTuple(args, "OO!p", &loop, &PyDict_Type, &conns,
-                          &want_fds))
-        return NULL;
     while (b->pos < b->n) {
         const struct pe_loop_bevent *e = &b->ev[b->pos++];
         PyObject *r;
@@ -498,6 +518,87 @@ static PyObject *batch_walk(PyObject *self, PyObject *args)
 fail:
     Py_XDECREF(fds);
     return NULL;
+}
+
+static PyObject *batch_walk(PyObject *self, PyObject *args)
+{
+    PyObject *loop, *conns;
+    int want_fds;
+
+    if (!PyArg_ParseTuple(args, "OO!p", &loop, &PyDict_Type, &conns,
+                          &want_fds))
+        return NULL;
+    return walk((Batch *)self, loop, conns, want_fds);
+}
+
+#define MS_MAX 0x7FFFFFFF
+
+/* select(timeout) -> None, [(fd, bits)] or an int: the common iteration
+ * of EventLoop._select in one call.  The timeout in seconds (None: block)
+ * becomes milliseconds rounded up; the wait runs; when the loop's ready
+ * queue is empty the batch is walked here (None: no fd events).  An int is
+ * for the Python side: the wait's result when it is 0 or -errno, or the
+ * count of a batch left for later (callbacks were ready before it). */
+static PyObject *batch_select(PyObject *self, PyObject *timeout)
+{
+    Batch *b = (Batch *)self;
+    PyObject *loop, *conns, *r;
+    Py_ssize_t queued;
+    int ms, n;
+
+    if (!b->l)
+        return PyLong_FromLong(-EBADF);         /* detached */
+    if (!b->loop) {
+        PyErr_SetString(PyExc_RuntimeError, "Batch.select before bind()");
+        return NULL;
+    }
+    if (timeout == Py_None) {
+        ms = -1;
+    } else {
+        double t = PyFloat_AsDouble(timeout), x;
+
+        if (t == -1.0 && PyErr_Occurred())
+            return NULL;
+        if (t != t) {
+            PyErr_SetString(PyExc_ValueError,
+                            "cannot convert float NaN to integer");
+            return NULL;
+        }
+        if (t <= 0) {
+            ms = 0;
+        } else {
+            /* Rounded up: a timer due in 0.3 ms must not spin at 0 ms. */
+            x = t * 1000.0;
+            if (x >= (double)MS_MAX) {
+                ms = MS_MAX;
+            } else {
+                ms = (int)x;
+                if ((double)ms < x)
+                    ms++;
+            }
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    n = core_run_into(b->l, NULL, 0, b->ev, b->max, ms, b->buf, b->buflen);
+    Py_END_ALLOW_THREADS
+    b->n = n > 0 ? n : 0;
+    b->pos = 0;
+    if (n <= 0)
+        return PyLong_FromLong(n);
+    queued = PyObject_Size(b->ready);
+    if (queued < 0)
+        return NULL;
+    if (queued)
+        return PyLong_FromLong(n);
+    /* The walk's callbacks may close the loop (detach clears these). */
+    loop = b->loop;
+    conns = b->conns;
+    Py_INCREF(loop);
+    Py_INCREF(conns);
+    r = walk(b, loop, conns, 1);
+    Py_DECREF(loop);
+    Py_DECREF(conns);
+    return r;
 }
 
 /* -------------------------------------------------------- transport.write */
@@ -604,7 +705,9 @@ static PyObject *init(PyObject *module, PyObject *args)
 /* ----------------------------------------------------------------- module */
 
 static PyMethodDef batch_methods[] = {
-    {"run", batch_run, METH_O, "run(timeout_ms) -> events or -errno"},
+    {"bind", batch_bind, METH_VARARGS, "bind(loop, conns, ready)"},
+    {"select", batch_select, METH_O,
+     "select(timeout) -> None, [(fd, bits)], or an int for the caller"},
     {"walk", batch_walk, METH_VARARGS,
      "walk(loop, conns, want_fds) -> [(fd, bits)] or None"},
     {"fd_events", batch_fd_events, METH_NOARGS,
@@ -617,6 +720,8 @@ static PyMethodDef batch_methods[] = {
 static PyType_Slot batch_slots[] = {
     {Py_tp_new, batch_new},
     {Py_tp_dealloc, batch_dealloc},
+    {Py_tp_traverse, batch_traverse},
+    {Py_tp_clear, batch_clear},
     {Py_tp_methods, batch_methods},
     {Py_tp_doc, "Batch(loop, events, max, buf, buflen, owners): "
                 "an EventLoop's C loop and batch buffers (addresses)"},
@@ -624,8 +729,8 @@ static PyType_Slot batch_slots[] = {
 };
 
 static PyType_Spec batch_spec = {
-    "pyepoll._speedups.Batch", sizeof(Batch), 0, Py_TPFLAGS_DEFAULT,
-    batch_slots,
+    "pyepoll._speedups.Batch", sizeof(Batch), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, batch_slots,
 };
 
 static PyMethodDef conn_methods[] = {

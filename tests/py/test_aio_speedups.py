@@ -475,6 +475,6 @@ def test_write_on_a_closed_loop_reaches_no_freed_memory():
     assert t.is_closing()
     if sb is not None:
         assert t._w.state()[0] == 0
-        assert sb.run(0) == -errno.EBADF
+        assert sb.select(0) == -errno.EBADF
         assert sb.walk(loop, {}, True) is None
     b.close()
