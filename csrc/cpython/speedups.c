@@ -210,6 +210,7 @@ typedef struct {
     int mode;                   /* MODE_*: how the walk delivers DATA */
     PyObject *cb1;              /* data_received, or get_buffer */
     PyObject *cb2;              /* buffer_updated */
+    PyObject *view;             /* a memoryview get_buffer gave, checked */
 } Conn;
 
 static PyObject *conn_new(PyTypeObject *type, PyObject *args, PyObject *kw)
@@ -238,6 +239,7 @@ static int conn_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(c->batch);
     Py_VISIT(c->cb1);
     Py_VISIT(c->cb2);
+    Py_VISIT(c->view);
     return 0;
 }
 
@@ -249,6 +251,7 @@ static int conn_clear(PyObject *self)
     Py_CLEAR(c->batch);
     Py_CLEAR(c->cb1);
     Py_CLEAR(c->cb2);
+    Py_CLEAR(c->view);
     return 0;
 }
 
@@ -287,6 +290,7 @@ static PyObject *conn_set(PyObject *self, PyObject *args)
     c->cb2 = cb2 == Py_None ? NULL : (Py_INCREF(cb2), cb2);
     Py_XDECREF(old1);
     Py_XDECREF(old2);
+    Py_CLEAR(c->view);
     Py_RETURN_NONE;
 }
 
@@ -356,8 +360,8 @@ static int callback_failed(PyObject *t, const char *message)
 /* BufferedProtocol: n bytes at src into what get_buffer returned, then
  * buffer_updated(n).  1: done; 0: not a buffer handled here (the Python
  * way takes it); -1: an exception to propagate. */
-static int feed_buffer(PyObject *t, PyObject *buffer_updated, PyObject *buf,
-                       const char *src, Py_ssize_t n)
+static int feed_buffer(PyObject *t, Conn *c, PyObject *buffer_updated,
+                       PyObject *buf, const char *src, Py_ssize_t n)
 {
     PyObject *r;
 
@@ -372,11 +376,24 @@ static int feed_buffer(PyObject *t, PyObject *buffer_updated, PyObject *buf,
         PyObject *from, *slice, *stop, *contiguous;
         int rc;
 
-        /* A strided view would take the bytes; the Python way refuses it. */
-        contiguous = PyObject_GetAttr(buf, s_c_contiguous);
-        rc = contiguous == Py_True;
-        Py_XDECREF(contiguous);
-        if (!rc || PyObject_Size(buf) < n) {
+        /* A strided view would take the bytes; the Python way refuses it.
+         * A view's layout never changes: the one checked last time (a
+         * protocol's usual one buffer) is not checked again. */
+        if (buf != c->view) {
+            contiguous = PyObject_GetAttr(buf, s_c_contiguous);
+            rc = contiguous == Py_True;
+            Py_XDECREF(contiguous);
+            if (!rc) {
+                PyErr_Clear();
+                return 0;
+            }
+            PyObject *old = c->view;
+
+            Py_INCREF(buf);
+            c->view = buf;
+            Py_XDECREF(old);
+        }
+        if (PyObject_Size(buf) < n) {
             PyErr_Clear();
             return 0;
         }
@@ -437,7 +454,7 @@ static int deliver(PyObject *loop, PyObject *t, Conn *c,
         return callback_failed(
             t, "Fatal error: protocol.get_buffer() call failed.");
     }
-    rc = feed_buffer(t, buffer_updated, r, src, n);
+    rc = feed_buffer(t, c, buffer_updated, r, src, n);
     Py_DECREF(buffer_updated);
     if (rc == 0) {
         /* Smaller, odd or refused: the Python way, from this buffer. */
