@@ -40,7 +40,7 @@ from ._binding import ffi, lib, run_signal_handlers
 from ._poller import available_backends
 from .loop import _inherited, _live
 
-__all__ = ["EventLoop", "new_event_loop"]
+__all__ = ["EventLoop", "new_event_loop", "SPEEDUPS"]
 
 _EV_OPEN = lib.PE_EV_OPEN
 _EV_DATA = lib.PE_EV_DATA
@@ -78,6 +78,30 @@ _MIN_SCHEDULED = base_events._MIN_SCHEDULED_TIMER_HANDLES
 _MIN_CANCELLED_FRACTION = base_events._MIN_CANCELLED_TIMER_HANDLES_FRACTION
 _MAX_SELECT_TIMEOUT = base_events.MAXIMUM_SELECT_TIMEOUT
 _NO_EXTRA: Dict[str, Any] = {}      # shared, never written (see CTransport)
+_HIGH_MAX = 1 << 62                 # a high-water mark C compares as int64
+
+
+def _load_speedups() -> Any:
+    """pyepoll._speedups (csrc/cpython/speedups.c), the C hot path of the
+    batch walk and of CTransport.write, given the core's entry points; None
+    on PyPy, where it is not built, or with PYEPOLL_SPEEDUPS=0."""
+    if (os.environ.get("PYEPOLL_SPEEDUPS") == "0" or
+            sys.implementation.name != "cpython"):
+        return None
+    try:
+        from . import _speedups
+    except ImportError:
+        return None             # a dev build of _core alone
+    _speedups.init(
+        int(ffi.cast("uintptr_t", ffi.addressof(lib, "pe_loop_run_into"))),
+        int(ffi.cast("uintptr_t", ffi.addressof(lib, "pe_loop_write"))))
+    return _speedups
+
+
+# The module new loops use; None: the pure Python path.  SPEEDUPS says which
+# (read at import: PYEPOLL_SPEEDUPS=0 forces the Python path).
+_sp = _load_speedups()
+SPEEDUPS = _sp is not None
 
 
 # pyepoll.loop's fork registry serves these loops too: its after-fork hook
@@ -250,6 +274,16 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         # Slicing the cffi buffer makes a bytes object in one copy.
         self._bbytes = ffi.buffer(self._bbuf)
         self._bview = memoryview(self._bbytes)
+        # The C walk (pyepoll._speedups) over the same buffers; None: the
+        # Python walk.
+        self._sb: Any = None
+        if _sp is not None:
+            addr = ffi.cast
+            self._sb = _sp.Batch(
+                int(addr("uintptr_t", self._p)),
+                int(addr("uintptr_t", self._bev)), batch,
+                int(addr("uintptr_t", self._bbuf)), self._bsize,
+                (self._p, self._bev, self._bbuf))
         self._conns: Dict[int, CTransport] = {}
         # listener id -> (protocol factory, Server); listening fd -> id.
         self._serving: Dict[int, Tuple[Callable[[], Any], Any]] = {}
@@ -261,6 +295,8 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         self._pid_fork: Optional[int] = None
         _live.add(self)
         super().__init__(_LoopSelector(self))
+        if self._sb is not None:
+            self._sb.bind(self, self._conns, self._ready)
 
     def _forked(self) -> None:
         # In a fork()ed child: the C loop (and its sockets) are the
@@ -269,6 +305,8 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         if p is None:
             return
         _inherited.append(p)
+        if self._sb is not None:
+            self._sb.detach()
         self._pid_fork = os.getppid()
         for t in list(self._conns.values()):
             t._loop_gone()
@@ -383,12 +421,36 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
             # A callback's BaseException (KeyboardInterrupt) left part of
             # the last batch undelivered: hand it out before waiting.
             it, self._rest = self._rest, None
+            if self._sb is not None:
+                return self._walk_c(it, fd_to_key)
             return self._walk(it, fd_to_key)
         if self._later is not None:
             # The iteration that queued _walk_later was interrupted: walk
             # now, before the next run overwrites the batch buffer.
             self._walk_later(self._later)
             return []
+        sb = self._sb
+        if sb is not None:
+            # The C path: timeout, wait and walk in one call (as below).
+            try:
+                r = sb.select(timeout)
+            except BaseException:
+                self._rest = True            # the walk keeps its position
+                raise
+            if r is None:
+                return []
+            if type(r) is list:
+                return self._ready_keys(r, fd_to_key)
+            if r <= 0:
+                if r == 0 or r == -errno.EINTR:
+                    return []
+                raise _errno_exc(-r)
+            # Callbacks were ready before the wait: as below, the batch
+            # stays in the buffers until the queued walk.
+            token = self._later = [r]
+            self._call_soon(self._walk_later, (token,), None)
+            fds = sb.fd_events()
+            return self._ready_keys(fds, fd_to_key) if fds else []
         if timeout is None:
             ms = -1
         elif timeout <= 0:
@@ -422,8 +484,36 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         if self._later is not vals:
             return                       # walked already (see _select)
         self._later = None
+        if self._sb is not None:
+            self._walk_c(False, None)
+            return
         it = iter(vals)
         self._walk(zip(it, it, it, it), None)
+
+    def _walk_c(self, want_fds: bool,
+                fd_to_key: Optional[Dict[int, selectors.SelectorKey]]
+                ) -> List[Tuple[selectors.SelectorKey, int]]:
+        """_walk in C (pyepoll._speedups): DATA for transports on a fast
+        path is delivered there, every other event comes to _event in
+        batch order.  An exception that escapes leaves the rest of the
+        batch (its position is the C walk's) for the next select."""
+        try:
+            fds = self._sb.walk(self, self._conns, want_fds)
+        except BaseException:
+            self._rest = want_fds
+            raise
+        if fds is None or fd_to_key is None:
+            return []
+        return self._ready_keys(fds, fd_to_key)
+
+    def _event(self, kind: int, h: int, arg: int, off: int) -> None:
+        # One event the C walk hands back: the Python walk's own code
+        # (what escapes it, the C walk lets escape).
+        self._walk(((kind, h, arg, off),), None)
+
+    def _feed_at(self, t: "CTransport", off: int, n: int, buf: Any) -> None:
+        # BufferedProtocol, a buffer the C walk does not fill itself.
+        t._feed_buffered(self._bbuf + off, n, buf)
 
     def _fd_events(self, vals: List[int],
                    fd_to_key: Dict[int, selectors.SelectorKey]
@@ -708,6 +798,8 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         self._serving.clear()
         self._listener_of.clear()
         p, self._p = self._p, None
+        if self._sb is not None:
+            self._sb.detach()       # before the C loop is freed
         if p is not None:
             ffi.release(p)          # closes the C connections it owns
 
@@ -727,11 +819,14 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
                  "_conn_lost", "_eof", "_paused", "_held", "_held_eof",
                  "_lost_exc", "_server", "_protocol_connected", "_bufc",
                  "_empty_waiter", "_wwaiter", "_wblock",
-                 "_bufc_room",
+                 "_bufc_room", "_w",
                  "__weakref__")
 
     def __init__(self, loop: EventLoop, h: int, sock: Optional[socket.socket],
                  protocol: Any, extra: Any, server: Any) -> None:
+        # _w: the transport's state for the C paths (pyepoll._speedups.Conn),
+        # kept current by _sync(); None on the Python path.
+        self._w: Any = None
         # No dict per connection until get_extra_info fills one.
         super().__init__(_NO_EXTRA if extra is None else extra, loop)
         self._p = loop._p
@@ -764,6 +859,30 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         # Not in loop._transports (a weak map, ~150 bytes a connection):
         # _ensure_fd_no_transport asks the C loop instead.
         loop._conns[h] = self
+        if loop._sb is not None:
+            self._w = _sp.Conn(loop._sb)
+            self._sync()
+
+    def _sync(self) -> None:
+        """Tell the C paths (if any) what changed: the handle write() may
+        use (0: the Python way), the high-water mark, how DATA is
+        delivered.  Called after every change of those."""
+        w = self._w
+        if w is None:
+            return
+        if self._fast:
+            mode, cb1, cb2 = 1, self._data_received, None
+        elif self._bfast:
+            mode, cb1, cb2 = 2, self._get_buffer, self._buffer_updated
+        else:
+            mode, cb1, cb2 = 0, None, None
+        h = 0 if self._wblock or self._p is None else self._h
+        w.set(h, min(self._high_water, _HIGH_MAX), mode, cb1, cb2)
+
+    def _set_write_buffer_limits(self, high: Any = None,
+                                 low: Any = None) -> None:
+        super()._set_write_buffer_limits(high, low)
+        self._sync()
 
     def __repr__(self) -> str:
         state = ("closed" if self._h == 0 and self._conn_lost else
@@ -794,6 +913,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         ok = not self._paused and not self._closing and self._held is None
         self._fast = ok and not self._buffered
         self._bfast = ok and self._buffered
+        self._sync()
 
     # -- events from the batch walk ------------------------------------------
 
@@ -932,6 +1052,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         self._h = 0
         self._closing = True
         self._fast = self._bfast = False
+        self._sync()
         if not self._conn_lost:
             self._conn_lost = 1
         exc = self._lost_exc
@@ -964,6 +1085,8 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
                 sock.close()
             self._protocol = None
             self._data_received = None
+            self._get_buffer = self._buffer_updated = None
+            self._sync()
             server, self._server = self._server, None
             if server is not None:
                 if _ATTACH_TAKES_TRANSPORT:
@@ -978,6 +1101,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         self._p = None
         self._closing = True
         self._fast = self._bfast = False
+        self._sync()
         self._conn_lost = self._conn_lost or 1
         sock, self._sock = self._sock, None
         if sock is not None:
@@ -996,6 +1120,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         h, self._h = self._h, 0
         if not h:
             return
+        self._sync()
         if self._p is not None:
             lib.pe_loop_close(self._p, h, _CLOSE_NOW)
             self._loop._conns.pop(h, None)
@@ -1008,6 +1133,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
             return
         self._closing = True
         self._fast = self._bfast = False
+        self._sync()
         h = self._h
         if not h:
             return
@@ -1026,6 +1152,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
             return
         self._closing = True
         self._fast = self._bfast = False
+        self._sync()
         self._conn_lost += 1
         if self._h:
             self._close_now()
@@ -1061,6 +1188,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
             return
         self._paused = True
         self._fast = self._bfast = False
+        self._sync()
         if self._h:
             lib.pe_loop_pause_reading(self._p, self._h)
         if self._loop.get_debug():
@@ -1099,7 +1227,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
 
     # -- writing ---------------------------------------------------------------
 
-    def write(self, data: Any) -> None:
+    def _write_py(self, data: Any) -> None:
         h = self._h
         kind = type(data)
         # The common case first: a live connection, writes allowed (h is 0
@@ -1125,6 +1253,8 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
                 self._write_failed(rc)
             return
         self._write_slow(data)
+
+    write = _write_py    # the C one (pyepoll._speedups) replaces it
 
     def _maybe_pause_protocol(self) -> None:
         was = self._protocol_paused
@@ -1164,6 +1294,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         self._h = 0
         self._closing = True
         self._fast = self._bfast = False
+        self._sync()
         self._conn_lost += 1
 
     def _make_empty_waiter(self) -> Any:
@@ -1171,6 +1302,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
             raise RuntimeError("Empty waiter is already set")
         self._empty_waiter = self._loop.create_future()
         self._wblock = True
+        self._sync()
         if self.get_write_buffer_size() == 0:
             self._empty_waiter.set_result(None)
         return self._empty_waiter
@@ -1178,6 +1310,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
     def _reset_empty_waiter(self) -> None:
         self._empty_waiter = None
         self._wblock = self._eof
+        self._sync()
 
     def _wait_writable(self) -> Any:
         """A future done at the next DRAINED (pe_loop_sendfile's EAGAIN
@@ -1193,6 +1326,7 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         if self._closing or self._eof:
             return
         self._eof = self._wblock = True
+        self._sync()
         if self._h:
             lib.pe_loop_shutdown(self._p, self._h)   # after queued bytes
 
@@ -1245,6 +1379,20 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
             return None
         self._sock = socket.socket(fileno=self._sock_fd)
         return self._sock
+
+
+def _use_speedups(on: bool) -> None:
+    """Switch the path loops created from now on take (tests): the C one
+    (only where pyepoll._speedups loaded) or the pure Python one."""
+    global _sp, SPEEDUPS
+    _sp = (_sp_module if on else None)
+    SPEEDUPS = _sp is not None
+    CTransport.write = (_sp.write_method(CTransport)  # type: ignore
+                        if _sp is not None else CTransport._write_py)
+
+
+_sp_module = _sp
+_use_speedups(SPEEDUPS)
 
 
 def new_event_loop(**kwargs: Any) -> EventLoop:

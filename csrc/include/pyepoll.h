@@ -4,7 +4,10 @@
  * Conventions (everywhere in csrc/):
  *   - functions return 0, a count, or -errno; EINTR is returned, never
  *     swallowed, so the caller can run signal handlers and retry (PEP 475);
- *   - nothing here knows Python: no PyObject, no printing;
+ *   - nothing here knows Python: no PyObject, no printing (the one
+ *     exception is csrc/cpython/, the CPython-only accelerator module
+ *     pyepoll._speedups, which calls this API through cffi's function
+ *     addresses and is no part of the core);
  *   - pe_ names are public, pe__ names are internal to csrc/, the rest static.
  *
  * The block between the PE_CDEF_BEGIN and PE_CDEF_END markers is read by

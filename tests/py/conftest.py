@@ -116,3 +116,21 @@ def split_at(data: bytes, cuts) -> list:
         last = c
     pieces.append(data[last:])
     return pieces
+
+
+# The asyncio loop's two paths (pyepoll.asyncio_loop): the C one
+# (pyepoll._speedups, CPython only) and the pure Python one
+# (PYEPOLL_SPEEDUPS=0, PyPy).  Tests that use this fixture (test_aio_loop.py
+# and test_asyncio.py through their pytestmark) run on each path there is.
+def _aio_paths() -> list:
+    from pyepoll import asyncio_loop
+    return (["c", "py"] if asyncio_loop._sp_module is not None else ["py"])
+
+
+@pytest.fixture(params=_aio_paths())
+def aio_path(request: pytest.FixtureRequest):
+    from pyepoll import asyncio_loop
+    was = asyncio_loop.SPEEDUPS
+    asyncio_loop._use_speedups(request.param == "c")
+    yield request.param
+    asyncio_loop._use_speedups(was)

@@ -24,7 +24,7 @@ import pytest
 from pyepoll import asyncio_loop
 from pyepoll.asyncio_loop import CTransport, EventLoop
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("aio_path")]
 
 LIMIT = 15.0
 

@@ -26,7 +26,7 @@ from pyepoll import aio
 from pyepoll import asyncio_loop
 from pyepoll import selectors as pesel
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("aio_path")]
 
 LIMIT = 20.0          # seconds any single program may take
 
