@@ -405,7 +405,6 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         self._ready.append(handle)
         return handle
 
-
     def _select(self, timeout: Optional[float],
                 fd_to_key: Dict[int, selectors.SelectorKey]
                 ) -> List[Tuple[selectors.SelectorKey, int]]:
@@ -442,9 +441,11 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
             if type(r) is list:
                 return self._ready_keys(r, fd_to_key)
             if r <= 0:
-                if r == 0 or r == -errno.EINTR:
-                    return []
-                raise _errno_exc(-r)
+                if r == -errno.EINTR:
+                    run_signal_handlers()   # as on the Python path below
+                elif r:
+                    raise _errno_exc(-r)
+                return []
             # Callbacks were ready before the wait: as below, the batch
             # stays in the buffers until the queued walk.
             token = self._later = [r]
