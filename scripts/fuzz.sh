@@ -18,7 +18,7 @@ SECONDS_EACH=${1:-30}
 shift || true
 
 core=()
-for src in "$ROOT"/csrc/*/*.c; do
+for src in "$ROOT"/csrc/poller/*.c "$ROOT"/csrc/loop/*.c "$ROOT"/csrc/http/*.c; do
   case "$(basename "$src")" in
     kqueue.c) ;;                       # not on Linux
     *) core+=("$src") ;;

@@ -21,14 +21,10 @@
  * PyObject_GetBuffer, so only bytes and bytearray are read directly;
  * memoryviews are copied or assigned through their own slicing.
  */
-#define Py_LIMITED_API 0x03090000
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "speedups.h"
 
 #include <errno.h>
 #include <string.h>
-
-#include "pyepoll.h"
 
 typedef int (*run_into_fn)(pe_loop *, const pe_handle *, size_t,
                            struct pe_loop_bevent *, int, int, void *, size_t);

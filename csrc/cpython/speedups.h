@@ -1,0 +1,23 @@
+/*
+ * speedups.h - what the files of pyepoll._speedups (csrc/cpython/*.c)
+ * share: one module, several files, each adding its own types and
+ * functions to the module from PyInit__speedups (speedups.c).
+ *
+ * Same rules in every file: Limited API 3.9 (one abi3 module for every
+ * CPython >= 3.9), the core reached only through addresses cffi hands over
+ * (never a second copy of it), and anything unusual left to the Python
+ * code, which stays the one implementation of the semantics.
+ */
+#ifndef PYEPOLL_SPEEDUPS_H
+#define PYEPOLL_SPEEDUPS_H
+
+#define Py_LIMITED_API 0x03090000
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "pyepoll.h"
+
+/* Each file's part of the module: adds its types and functions to m;
+ * 0, or -1 with an exception set. */
+
+#endif
