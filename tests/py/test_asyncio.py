@@ -780,12 +780,14 @@ def test_timers_threads_and_cancellation():
     async def main():
         loop = asyncio.get_running_loop()
         order = []
-        loop.call_later(0.03, order.append, "late")
         loop.call_soon(order.append, "soon")
         handle = loop.call_later(0.01, order.append, "cancelled")
         handle.cancel()
         threaded = await loop.run_in_executor(None, sum, [1, 2, 3])
         loop.call_soon_threadsafe(order.append, "threadsafe")
+        # Scheduled after the executor returned: a slow executor (PyPy on
+        # a loaded machine took over 30 ms) cannot reorder it.
+        loop.call_later(0.03, order.append, "late")
         try:
             await asyncio.wait_for(asyncio.sleep(10), 0.05)
         except asyncio.TimeoutError:

@@ -346,9 +346,12 @@ def test_http_smoke_without_optional_tools() -> None:
     assert "n/a" not in rows(out, "HTTP latency p50")["ref server eventloop"]
     assert ("ref server eventloop CPU/request vs uvloop+httptools, keep-alive 1c "
             "(per-repeat ratios): not measured") in out
-    # One connection, one request in flight: every request wakes the server.
+    # One connection, one request in flight: about every request wakes the
+    # server.  A server slower than the client's round trip finds the next
+    # request there when it comes back to wait (PyPy on a loaded machine
+    # measured 1.79), so the upper bound is loose.
     per_sleep = rows(out, "HTTP requests per server sleep")["ref server eventloop"]
-    assert 0.5 <= float(per_sleep.split()[0].replace(",", "")) <= 1.5, per_sleep
+    assert 0.5 <= float(per_sleep.split()[0].replace(",", "")) <= 3.0, per_sleep
 
 
 @linux
