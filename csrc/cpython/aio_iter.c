@@ -32,7 +32,7 @@ static PyObject *s_debug, *s_closed, *s_ready, *s_scheduled, *s_stopping,
     *s_repr, *s_source_tb, *s_time, *s_clock_res, *s_sb, *s_p, *s_rest,
     *s_later, *s_select, *s_select_py, *s_select_result, *s_process_events,
     *s_run, *s_run_once_py, *s_call_soon_py, *s_prune, *s_append, *s_popleft,
-    *s_scheduled_flag, *s_kw_context, *s_cancelled_count;
+    *s_scheduled_flag, *s_kw_context, *s_cancelled_count, *s_dict;
 
 static PyObject *empty_tuple;
 
@@ -64,6 +64,61 @@ static double attr_double(PyObject *o, PyObject *name)
     return d;
 }
 
+/* The loop's own attributes (_ready, _debug, ...) are read from its
+ * instance dict d (one getattr of __dict__ per call instead of a full
+ * attribute lookup through EventLoop's long MRO each); one not there is
+ * looked up the usual way.  A new reference, or NULL with an exception. */
+static PyObject *lget(PyObject *d, PyObject *loop, PyObject *name)
+{
+    PyObject *v = d ? PyDict_GetItemWithError(d, name) : NULL;
+
+    if (v) {
+        Py_INCREF(v);
+        return v;
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    return PyObject_GetAttr(loop, name);
+}
+
+static int ltrue(PyObject *d, PyObject *loop, PyObject *name)
+{
+    PyObject *v = lget(d, loop, name);
+    int r;
+
+    if (!v)
+        return -1;
+    r = v == Py_True ? 1 : v == Py_False ? 0 : PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+static double ldouble(PyObject *d, PyObject *loop, PyObject *name)
+{
+    PyObject *v = lget(d, loop, name);
+    double x;
+
+    if (!v)
+        return -1.0;
+    x = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return x;
+}
+
+/* loop.__dict__ (a new reference), or NULL without an exception when it
+ * has none. */
+static PyObject *loop_dict(PyObject *loop)
+{
+    PyObject *d = PyObject_GetAttr(loop, s_dict);
+
+    if (!d || !PyDict_CheckExact(d)) {
+        PyErr_Clear();
+        Py_XDECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
 static double call_time(PyObject *loop)
 {
     PyObject *v = PyObject_CallMethodObjArgs(loop, s_time, NULL);
@@ -87,7 +142,7 @@ static int call_drop(PyObject *r)
 /* The cancelled timers: when the heap's head is one, or when they are many
  * (the stdlib's thresholds), loop._prune_timers() does the stdlib's work.
  * 0, or -1 with an exception. */
-static int prune_timers(PyObject *loop, PyObject *scheduled, Py_ssize_t n)
+static int prune_timers(PyObject *loop, PyObject *d, PyObject *scheduled, Py_ssize_t n)
 {
     PyObject *head = PyList_GetItem(scheduled, 0);      /* borrowed */
     int cancelled;
@@ -100,7 +155,7 @@ static int prune_timers(PyObject *loop, PyObject *scheduled, Py_ssize_t n)
     if (cancelled < 0)
         return -1;
     if (!cancelled && n > min_scheduled) {
-        PyObject *c = PyObject_GetAttr(loop, s_cancelled_count);
+        PyObject *c = lget(d, loop, s_cancelled_count);
         double count;
 
         if (!c)
@@ -120,27 +175,27 @@ static int prune_timers(PyObject *loop, PyObject *scheduled, Py_ssize_t n)
  * Batch.select, its rare results and the loop's odd states the Python
  * _select's.  A new reference to the fd events' list (possibly empty) or
  * Py_None; NULL with an exception. */
-static PyObject *loop_wait(PyObject *loop, PyObject *timeout)
+static PyObject *loop_wait(PyObject *loop, PyObject *d, PyObject *timeout)
 {
     PyObject *sb, *v, *r;
     int plain;
 
-    sb = PyObject_GetAttr(loop, s_sb);
+    sb = lget(d, loop, s_sb);
     if (!sb)
         return NULL;
     plain = sb != Py_None;
     if (plain) {
-        v = PyObject_GetAttr(loop, s_p);
+        v = lget(d, loop, s_p);
         plain = v && v != Py_None;
         Py_XDECREF(v);
     }
     if (plain) {
-        v = PyObject_GetAttr(loop, s_rest);
+        v = lget(d, loop, s_rest);
         plain = v && v == Py_None;
         Py_XDECREF(v);
     }
     if (plain) {
-        v = PyObject_GetAttr(loop, s_later);
+        v = lget(d, loop, s_later);
         plain = v && v == Py_None;
         Py_XDECREF(v);
     }
@@ -250,18 +305,18 @@ fail:
 }
 
 /* EventLoop._run_once: the steps of _run_once_py (the stdlib's, in order). */
-static PyObject *run_once(PyObject *loop, PyObject *unused)
+static PyObject *run_once_in(PyObject *loop, PyObject *d)
 {
     PyObject *scheduled = NULL, *ready = NULL, *timeout = NULL, *events;
     PyObject *popleft = NULL, *append = NULL, *h;
     Py_ssize_t n, todo, i;
     int t;
 
-    t = attr_true(loop, s_debug);
+    t = ltrue(d, loop, s_debug);
     if (t)
         return t < 0 ? NULL
                      : PyObject_CallMethodObjArgs(loop, s_run_once_py, NULL);
-    scheduled = PyObject_GetAttr(loop, s_scheduled);
+    scheduled = lget(d, loop, s_scheduled);
     if (!scheduled)
         return NULL;
     if (!PyList_CheckExact(scheduled)) {
@@ -269,16 +324,16 @@ static PyObject *run_once(PyObject *loop, PyObject *unused)
         return PyObject_CallMethodObjArgs(loop, s_run_once_py, NULL);
     }
     n = PyList_Size(scheduled);
-    if (n && prune_timers(loop, scheduled, n) < 0)
+    if (n && prune_timers(loop, d, scheduled, n) < 0)
         goto fail;
     Py_DECREF(scheduled);
-    scheduled = PyObject_GetAttr(loop, s_scheduled);    /* pruning renews it */
+    scheduled = lget(d, loop, s_scheduled);    /* pruning renews it */
     if (!scheduled)
         goto fail;
-    ready = PyObject_GetAttr(loop, s_ready);
+    ready = lget(d, loop, s_ready);
     if (!ready || (n = PyObject_Size(ready)) < 0)
         goto fail;
-    t = n ? 1 : attr_true(loop, s_stopping);
+    t = n ? 1 : ltrue(d, loop, s_stopping);
     if (t < 0)
         goto fail;
     if (t) {
@@ -307,7 +362,7 @@ static PyObject *run_once(PyObject *loop, PyObject *unused)
     }
     if (!timeout)
         goto fail;
-    events = loop_wait(loop, timeout);
+    events = loop_wait(loop, d, timeout);
     Py_CLEAR(timeout);
     if (!events)
         goto fail;
@@ -325,7 +380,7 @@ static PyObject *run_once(PyObject *loop, PyObject *unused)
 
         if (end == -1.0 && PyErr_Occurred())
             goto fail;
-        res = attr_double(loop, s_clock_res);
+        res = ldouble(d, loop, s_clock_res);
         if (res == -1.0 && PyErr_Occurred())
             goto fail;
         end += res;
@@ -390,7 +445,8 @@ fail:
  * asyncio.Handle with every slot as Handle.__init__ sets it outside debug
  * mode, appended to _ready.  Debug mode, a closed loop, a non-callable
  * callback and odd arguments: _call_soon_py. */
-static PyObject *call_soon(PyObject *loop, PyObject *args, PyObject *kw)
+static PyObject *call_soon_in(PyObject *loop, PyObject *d, PyObject *args,
+                             PyObject *kw)
 {
     PyObject *ctx = Py_None, *cb, *cbargs = NULL, *h = NULL, *ready;
     int t;
@@ -411,8 +467,8 @@ static PyObject *call_soon(PyObject *loop, PyObject *args, PyObject *kw)
     cb = PyTuple_GetItem(args, 0);
     if (!PyCallable_Check(cb))
         goto python;
-    if ((t = attr_true(loop, s_debug)) != 0 ||
-        (t = attr_true(loop, s_closed)) != 0) {
+    if ((t = ltrue(d, loop, s_debug)) != 0 ||
+        (t = ltrue(d, loop, s_closed)) != 0) {
         if (t < 0)
             return NULL;
         goto python;
@@ -436,7 +492,7 @@ static PyObject *call_soon(PyObject *loop, PyObject *args, PyObject *kw)
         goto fail;
     Py_CLEAR(ctx);
     Py_CLEAR(cbargs);
-    ready = PyObject_GetAttr(loop, s_ready);
+    ready = lget(d, loop, s_ready);
     if (!ready)
         goto fail;
     t = call_drop(PyObject_CallMethodObjArgs(ready, s_append, h, NULL));
@@ -451,7 +507,7 @@ fail:
     return NULL;
 python:
     {
-        PyObject *f = PyObject_GetAttr(loop, s_call_soon_py), *r;
+        PyObject *f = lget(d, loop, s_call_soon_py), *r;
 
         if (!f)
             return NULL;
@@ -459,6 +515,22 @@ python:
         Py_DECREF(f);
         return r;
     }
+}
+
+static PyObject *run_once(PyObject *loop, PyObject *unused)
+{
+    PyObject *d = loop_dict(loop), *r = run_once_in(loop, d);
+
+    Py_XDECREF(d);
+    return r;
+}
+
+static PyObject *call_soon(PyObject *loop, PyObject *args, PyObject *kw)
+{
+    PyObject *d = loop_dict(loop), *r = call_soon_in(loop, d, args, kw);
+
+    Py_XDECREF(d);
+    return r;
 }
 
 static PyMethodDef run_once_def = {
@@ -576,7 +648,8 @@ int pe_py_add_iter(PyObject *m)
         name(&s_append, "append") < 0 || name(&s_popleft, "popleft") < 0 ||
         name(&s_scheduled_flag, "_scheduled") < 0 ||
         name(&s_kw_context, "context") < 0 ||
-        name(&s_cancelled_count, "_timer_cancelled_count") < 0)
+        name(&s_cancelled_count, "_timer_cancelled_count") < 0 ||
+        name(&s_dict, "__dict__") < 0)
         return -1;
     empty_tuple = PyTuple_New(0);
     if (!empty_tuple)
