@@ -36,6 +36,34 @@ static PyObject *s_debug, *s_closed, *s_ready, *s_scheduled, *s_stopping,
 
 static PyObject *empty_tuple;
 
+/* Handle's slots, set and read through their member descriptors' own
+ * functions where the runtime gives them out (PyType_GetSlot on a static
+ * type: 3.10+), which is what setattr/getattr end in for a class with
+ * __slots__ and no __dict__, minus the type lookup; else setattr/getattr. */
+enum { F_CONTEXT, F_LOOP, F_CALLBACK, F_ARGS, F_CANCELLED, F_REPR,
+       F_SOURCE_TB, NFIELDS };
+static PyObject **const field_name[NFIELDS] = {
+    &s_context, &s_loop, &s_callback, &s_args, &s_cancelled, &s_repr,
+    &s_source_tb,
+};
+static PyObject *field_descr[NFIELDS];
+static descrgetfunc field_get[NFIELDS];
+static descrsetfunc field_set[NFIELDS];
+
+static int hset(PyObject *h, int f, PyObject *v)
+{
+    if (field_set[f])
+        return field_set[f](field_descr[f], h, v);
+    return PyObject_SetAttr(h, *field_name[f], v);
+}
+
+static PyObject *hget(PyObject *h, int f)
+{
+    if (field_get[f])
+        return field_get[f](field_descr[f], h, (PyObject *)handle_type);
+    return PyObject_GetAttr(h, *field_name[f]);
+}
+
 static Py_ssize_t min_scheduled;
 static double min_cancelled_fraction, max_select_timeout;
 
@@ -258,15 +286,24 @@ static int run_handle(PyObject *h)
 {
     PyObject *ctx = NULL, *cb = NULL, *args = NULL, *call = NULL, *r;
     Py_ssize_t i, na;
-    int c = attr_true(h, s_cancelled);
+    int c;
 
+    if (Py_TYPE(h) != handle_type) {
+        c = attr_true(h, s_cancelled);
+        if (c)
+            return c < 0 ? -1 : 0;
+        return call_drop(PyObject_CallMethodObjArgs(h, s_run, NULL));
+    }
+    r = hget(h, F_CANCELLED);
+    if (!r)
+        return -1;
+    c = r == Py_False ? 0 : PyObject_IsTrue(r);
+    Py_DECREF(r);
     if (c)
         return c < 0 ? -1 : 0;
-    if (Py_TYPE(h) != handle_type)
-        return call_drop(PyObject_CallMethodObjArgs(h, s_run, NULL));
-    ctx = PyObject_GetAttr(h, s_context);
-    cb = ctx ? PyObject_GetAttr(h, s_callback) : NULL;
-    args = cb ? PyObject_GetAttr(h, s_args) : NULL;
+    ctx = hget(h, F_CONTEXT);
+    cb = ctx ? hget(h, F_CALLBACK) : NULL;
+    args = cb ? hget(h, F_ARGS) : NULL;
     if (!args)
         goto fail;
     if ((PyObject *)Py_TYPE(ctx) != context_type ||
@@ -482,13 +519,10 @@ static PyObject *call_soon_in(PyObject *loop, PyObject *d, PyObject *args,
     cbargs = PyTuple_GetSlice(args, 1, PyTuple_Size(args));
     h = cbargs ? handle_new(handle_type, empty_tuple, NULL) : NULL;
     if (!h ||
-        PyObject_SetAttr(h, s_context, ctx) < 0 ||
-        PyObject_SetAttr(h, s_loop, loop) < 0 ||
-        PyObject_SetAttr(h, s_callback, cb) < 0 ||
-        PyObject_SetAttr(h, s_args, cbargs) < 0 ||
-        PyObject_SetAttr(h, s_cancelled, Py_False) < 0 ||
-        PyObject_SetAttr(h, s_repr, Py_None) < 0 ||
-        PyObject_SetAttr(h, s_source_tb, Py_None) < 0)
+        hset(h, F_CONTEXT, ctx) < 0 || hset(h, F_LOOP, loop) < 0 ||
+        hset(h, F_CALLBACK, cb) < 0 || hset(h, F_ARGS, cbargs) < 0 ||
+        hset(h, F_CANCELLED, Py_False) < 0 || hset(h, F_REPR, Py_None) < 0 ||
+        hset(h, F_SOURCE_TB, Py_None) < 0)
         goto fail;
     Py_CLEAR(ctx);
     Py_CLEAR(cbargs);
@@ -583,6 +617,7 @@ static PyObject *iter_init(PyObject *module, PyObject *args)
     PyObject *ht, *ct, *cc, *hp, *rf, *run;
     Py_ssize_t ms;
     double frac, mx;
+    int i;
 
     if (!PyArg_ParseTuple(args, "O!O!OOOndd", &PyType_Type, &ht,
                           &PyType_Type, &ct, &cc, &hp, &rf, &ms, &frac, &mx))
@@ -598,6 +633,26 @@ static PyObject *iter_init(PyObject *module, PyObject *args)
     Py_DECREF(run);
     keep((PyObject **)&handle_type, ht);
     handle_new = (newfunc)PyType_GetSlot(handle_type, Py_tp_new);
+    for (i = 0; i < NFIELDS; i++) {
+        PyObject *descr = PyObject_GetAttr(ht, *field_name[i]);
+        descrgetfunc g;
+        descrsetfunc st;
+
+        if (!descr)
+            return NULL;
+        g = (descrgetfunc)PyType_GetSlot(Py_TYPE(descr), Py_tp_descr_get);
+        st = g ? (descrsetfunc)PyType_GetSlot(Py_TYPE(descr),
+                                              Py_tp_descr_set) : NULL;
+        PyErr_Clear();          /* 3.9: no slots of a static type */
+        field_get[i] = NULL;    /* the slow way until both are known */
+        field_set[i] = NULL;
+        keep(&field_descr[i], descr);
+        Py_DECREF(descr);
+        if (g && st) {
+            field_get[i] = g;
+            field_set[i] = st;
+        }
+    }
     keep(&context_type, ct);
     keep(&copy_context, cc);
     keep(&heappop, hp);
