@@ -403,14 +403,12 @@ static PyObject *run_once_in(PyObject *loop, PyObject *d)
     Py_CLEAR(timeout);
     if (!events)
         goto fail;
-    if (events != Py_None && PyObject_IsTrue(events) &&
-        call_drop(PyObject_CallMethodObjArgs(loop, s_process_events, events,
-                                             NULL)) < 0) {
-        Py_DECREF(events);
-        goto fail;
-    }
+    t = events == Py_None ? 0 : PyObject_IsTrue(events);
+    if (t > 0)
+        t = call_drop(PyObject_CallMethodObjArgs(loop, s_process_events,
+                                                 events, NULL));
     Py_DECREF(events);
-    if (PyErr_Occurred())
+    if (t < 0)
         goto fail;
     if (PyList_Size(scheduled) > 0) {
         double end = call_time(loop), res;

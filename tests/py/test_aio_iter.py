@@ -239,3 +239,41 @@ def test_speedups_module_checks_its_arguments():
         sp.iter_methods(42)
     with pytest.raises(TypeError):
         sp.iter_init(1, 2, 3, 4, 5, 6, 7.0, 8.0)
+
+
+def test_handles_not_made_by_call_soon_run_as_handle_run_does():
+    class Mine(asyncio.Handle):
+        def _run(self):
+            seen.append("mine._run")
+            super()._run()
+
+    class NotAContext:
+        def run(self, cb, *args):
+            seen.append("odd.run")
+            return cb(*args)
+    seen: list = []
+
+    def scenario(loop):
+        seen.clear()
+        errors = []
+        loop.set_exception_handler(lambda lp, ctx: errors.append(
+            (ctx["message"].split(" at ")[0], type(ctx["exception"]))))
+        ctx = contextvars.copy_context()
+        ctx.run(VAR.set, "given")
+        ready = loop._ready
+        ready.append(asyncio.Handle(lambda: seen.append(VAR.get()), (),
+                                    loop, context=ctx))
+        ready.append(Mine(seen.append, ("m",), loop))
+        ready.append(asyncio.TimerHandle(0, seen.append, ("t",), loop))
+        h = asyncio.Handle(seen.append, ("odd",), loop)
+        h._context = NotAContext()
+        ready.append(h)
+        h2 = asyncio.Handle(seen.append, ("list",), loop)
+        h2._args = ["not", "a", "tuple"]     # Handle._run's own error
+        ready.append(h2)
+        loop._run_once()
+        return list(seen), errors
+    stdlib, ours = on_both(scenario)
+    assert stdlib == ours
+    assert ours[0] == ["given", "mine._run", "m", "t", "odd.run", "odd"]
+    assert len(ours[1]) == 1 and ours[1][0][1] is TypeError
