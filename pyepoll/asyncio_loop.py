@@ -81,6 +81,17 @@ _NO_EXTRA: Dict[str, Any] = {}      # shared, never written (see CTransport)
 _HIGH_MAX = 1 << 62                 # a high-water mark C compares as int64
 
 
+def _report_handle_failure(handle: asyncio.Handle, exc: BaseException) -> None:
+    """What Handle._run does when its callback raised: the loop's exception
+    handler gets the same context (message, exception, handle)."""
+    cb = format_helpers._format_callback_source(handle._callback, handle._args)
+    handle._loop.call_exception_handler({
+        "message": f"Exception in callback {cb}",
+        "exception": exc,
+        "handle": handle,
+    })
+
+
 def _load_speedups() -> Any:
     """pyepoll._speedups (csrc/cpython/speedups.c), the C hot path of the
     batch walk and of CTransport.write, given the core's entry points; None
@@ -95,6 +106,10 @@ def _load_speedups() -> Any:
     _speedups.init(
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "pe_loop_run_into"))),
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "pe_loop_write"))))
+    _speedups.iter_init(
+        asyncio.Handle, contextvars.Context, contextvars.copy_context,
+        heapq.heappop, _report_handle_failure, _MIN_SCHEDULED,
+        _MIN_CANCELLED_FRACTION, _MAX_SELECT_TIMEOUT)
     return _speedups
 
 
@@ -107,17 +122,6 @@ SPEEDUPS = _sp is not None
 # pyepoll.loop's fork registry serves these loops too: its after-fork hook
 # calls _forked() on every loop in _live, and _inherited keeps the C loops a
 # child must never free (a kqueue's number may name another file there).
-
-
-def _report_handle_failure(handle: asyncio.Handle, exc: BaseException) -> None:
-    """What Handle._run does when its callback raised: the loop's exception
-    handler gets the same context (message, exception, handle)."""
-    cb = format_helpers._format_callback_source(handle._callback, handle._args)
-    handle._loop.call_exception_handler({
-        "message": f"Exception in callback {cb}",
-        "exception": exc,
-        "handle": handle,
-    })
 
 
 class _LoopSelector(selectors.BaseSelector):
@@ -314,7 +318,29 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
 
     # -- the wait --------------------------------------------------------------
 
-    def _run_once(self) -> None:
+    def _prune_timers(self) -> None:
+        """The stdlib's upkeep of the timer heap: rebuild it without the
+        cancelled timers when they are many, else pop those at its head."""
+        scheduled = self._scheduled
+        n = len(scheduled)
+        if (n > _MIN_SCHEDULED and
+                self._timer_cancelled_count / n > _MIN_CANCELLED_FRACTION):
+            keep = []
+            for handle in scheduled:
+                if handle._cancelled:
+                    handle._scheduled = False
+                else:
+                    keep.append(handle)
+            heapq.heapify(keep)
+            self._scheduled = keep
+            self._timer_cancelled_count = 0
+        else:
+            while scheduled and scheduled[0]._cancelled:
+                self._timer_cancelled_count -= 1
+                handle = heapq.heappop(scheduled)
+                handle._scheduled = False
+
+    def _run_once_py(self) -> None:
         """One iteration: the stdlib's _run_once, step for step, without
         what it spends per wakeup that this loop does not need (a second
         clock read when no timer is pending, the selector's frame, an empty
@@ -323,26 +349,9 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         logging) keeps the stdlib's own."""
         if self._debug:
             return super()._run_once()
+        if self._scheduled:
+            self._prune_timers()
         scheduled = self._scheduled
-        if scheduled:
-            n = len(scheduled)
-            if (n > _MIN_SCHEDULED and
-                    self._timer_cancelled_count / n > _MIN_CANCELLED_FRACTION):
-                # Many cancelled timers: rebuild the heap without them.
-                keep = []
-                for handle in scheduled:
-                    if handle._cancelled:
-                        handle._scheduled = False
-                    else:
-                        keep.append(handle)
-                heapq.heapify(keep)
-                self._scheduled = scheduled = keep
-                self._timer_cancelled_count = 0
-            else:
-                while scheduled and scheduled[0]._cancelled:
-                    self._timer_cancelled_count -= 1
-                    handle = heapq.heappop(scheduled)
-                    handle._scheduled = False
         ready = self._ready
         if ready or self._stopping:
             timeout: Optional[float] = 0
@@ -383,8 +392,11 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
                 _report_handle_failure(handle, exc)
         handle = None
 
-    def call_soon(self, callback: Any, *args: Any,
-                  context: Any = None) -> asyncio.Handle:
+    # pyepoll._speedups replaces it with the same steps in C (aio_iter.c).
+    _run_once = _run_once_py
+
+    def _call_soon_py(self, callback: Any, *args: Any,
+                      context: Any = None) -> asyncio.Handle:
         """The stdlib's call_soon, with the Handle made here: outside debug
         mode that is two Python frames less (Handle.__init__ and its
         get_debug call) for the call every task wake-up makes."""
@@ -404,6 +416,13 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         handle._source_traceback = None
         self._ready.append(handle)
         return handle
+
+    call_soon = _call_soon_py       # or aio_iter.c's (see _use_speedups)
+
+    def _select_timeout(self, timeout: Optional[float]
+                        ) -> List[Tuple[selectors.SelectorKey, int]]:
+        # aio_iter.c's run_once, when the wait is not Batch.select's alone.
+        return self._select(timeout, self._selector._fd_to_key)
 
     def _select(self, timeout: Optional[float],
                 fd_to_key: Dict[int, selectors.SelectorKey]
@@ -438,20 +457,7 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
                 raise
             if r is None:
                 return []
-            if type(r) is list:
-                return self._ready_keys(r, fd_to_key)
-            if r <= 0:
-                if r == -errno.EINTR:
-                    run_signal_handlers()   # as on the Python path below
-                elif r:
-                    raise _errno_exc(-r)
-                return []
-            # Callbacks were ready before the wait: as below, the batch
-            # stays in the buffers until the queued walk.
-            token = self._later = [r]
-            self._call_soon(self._walk_later, (token,), None)
-            fds = sb.fd_events()
-            return self._ready_keys(fds, fd_to_key) if fds else []
+            return self._select_result(r, fd_to_key)
         if timeout is None:
             ms = -1
         elif timeout <= 0:
@@ -480,6 +486,29 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
             return self._fd_events(vals, fd_to_key)
         it = iter(vals)
         return self._walk(zip(it, it, it, it), fd_to_key)
+
+    def _select_result(self, r: Any,
+                       fd_to_key: Optional[Dict[int, selectors.SelectorKey]]
+                       = None) -> List[Tuple[selectors.SelectorKey, int]]:
+        """What Batch.select's answer other than None means (the C path of
+        _select, and aio_iter.c's run_once): the fds' events, a failed or
+        interrupted wait, or a batch left for a queued walk."""
+        if fd_to_key is None:
+            fd_to_key = self._selector._fd_to_key
+        if type(r) is list:
+            return self._ready_keys(r, fd_to_key)
+        if r <= 0:
+            if r == -errno.EINTR:
+                run_signal_handlers()   # as on the Python path of _select
+            elif r:
+                raise _errno_exc(-r)
+            return []
+        # Callbacks were ready before the wait: as in _select, the batch
+        # stays in the buffers until the queued walk.
+        token = self._later = [r]
+        self._call_soon(self._walk_later, (token,), None)
+        fds = self._sb.fd_events()
+        return self._ready_keys(fds, fd_to_key) if fds else []
 
     def _walk_later(self, vals: List[int]) -> None:
         if self._later is not vals:
@@ -1390,6 +1419,12 @@ def _use_speedups(on: bool) -> None:
     SPEEDUPS = _sp is not None
     CTransport.write = (_sp.write_method(CTransport)  # type: ignore
                         if _sp is not None else CTransport._write_py)
+    if _sp is not None:
+        # One iteration and call_soon in C (csrc/cpython/aio_iter.c).
+        EventLoop._run_once, EventLoop.call_soon = _sp.iter_methods(EventLoop)
+    else:
+        EventLoop._run_once = EventLoop._run_once_py    # type: ignore
+        EventLoop.call_soon = EventLoop._call_soon_py   # type: ignore
 
 
 _sp_module = _sp

@@ -811,5 +811,9 @@ PyMODINIT_FUNC PyInit__speedups(void)
         Py_DECREF(m);
         return NULL;
     }
+    if (pe_py_add_iter(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

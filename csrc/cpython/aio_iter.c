@@ -1,0 +1,711 @@
+/*
+ * aio_iter.c - one asyncio loop iteration and call_soon in C, for
+ * pyepoll.asyncio_loop.EventLoop on CPython (docs/asyncio.md, "Speedups").
+ *
+ * What a server pays per wakeup and per callback besides its protocol:
+ * the stdlib's _run_once (timer upkeep, the timeout, the wait, moving due
+ * timers, running the ready callbacks) and call_soon (a Handle per task
+ * step).  uvloop has these in Cython; here they are the same steps as
+ * EventLoop._run_once_py and EventLoop._call_soon_py, without a Python
+ * frame each.  Anything unusual goes to that Python code, which stays the
+ * one implementation: debug mode, a closed loop, a non-callable callback,
+ * pruning cancelled timers, the wait's rare results, a Handle subclass
+ * (TimerHandle) or an odd context.
+ *
+ * Limited API 3.9: Handle's slots are read and written as attributes
+ * (their member descriptors), Context.run is called through its method
+ * descriptor, heapq.heappop is the stdlib's.
+ */
+#include "speedups.h"
+
+/* From iter_init(): the stdlib's objects these steps use. */
+static PyTypeObject *handle_type;       /* asyncio.Handle */
+static newfunc handle_new;
+static PyObject *context_type;          /* contextvars.Context */
+static PyObject *context_run;           /* contextvars.Context.run */
+static PyObject *copy_context;
+static PyObject *heappop;
+static PyObject *report_failure;        /* asyncio_loop._report_handle_failure */
+
+static PyObject *s_debug, *s_closed, *s_ready, *s_scheduled, *s_stopping,
+    *s_when, *s_cancelled, *s_context, *s_callback, *s_args, *s_loop,
+    *s_repr, *s_source_tb, *s_time, *s_clock_res, *s_sb, *s_p, *s_rest,
+    *s_later, *s_select, *s_select_py, *s_select_result, *s_process_events,
+    *s_run, *s_run_once_py, *s_call_soon_py, *s_prune, *s_append, *s_popleft,
+    *s_scheduled_flag, *s_kw_context, *s_cancelled_count, *s_dict;
+
+static PyObject *empty_tuple;
+
+/* Handle's slots, set and read through their member descriptors' own
+ * functions where the runtime gives them out (PyType_GetSlot on a static
+ * type: 3.10+), which is what setattr/getattr end in for a class with
+ * __slots__ and no __dict__, minus the type lookup; else setattr/getattr. */
+enum { F_CONTEXT, F_LOOP, F_CALLBACK, F_ARGS, F_CANCELLED, F_REPR,
+       F_SOURCE_TB, NFIELDS };
+static PyObject **const field_name[NFIELDS] = {
+    &s_context, &s_loop, &s_callback, &s_args, &s_cancelled, &s_repr,
+    &s_source_tb,
+};
+static PyObject *field_descr[NFIELDS];
+static descrgetfunc field_get[NFIELDS];
+static descrsetfunc field_set[NFIELDS];
+
+static int hset(PyObject *h, int f, PyObject *v)
+{
+    if (field_set[f])
+        return field_set[f](field_descr[f], h, v);
+    return PyObject_SetAttr(h, *field_name[f], v);
+}
+
+static PyObject *hget(PyObject *h, int f)
+{
+    if (field_get[f])
+        return field_get[f](field_descr[f], h, (PyObject *)handle_type);
+    return PyObject_GetAttr(h, *field_name[f]);
+}
+
+static Py_ssize_t min_scheduled;
+static double min_cancelled_fraction, max_select_timeout;
+
+/* getattr(o, name) is true: 1, 0, or -1 with an exception. */
+static int attr_true(PyObject *o, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(o, name);
+    int r;
+
+    if (!v)
+        return -1;
+    r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+static double attr_double(PyObject *o, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(o, name);
+    double d;
+
+    if (!v)
+        return -1.0;
+    d = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return d;
+}
+
+/* The loop's own attributes (_ready, _debug, ...) are read from its
+ * instance dict d (one getattr of __dict__ per call instead of a full
+ * attribute lookup through EventLoop's long MRO each); one not there is
+ * looked up the usual way.  A new reference, or NULL with an exception. */
+static PyObject *lget(PyObject *d, PyObject *loop, PyObject *name)
+{
+    PyObject *v = d ? PyDict_GetItemWithError(d, name) : NULL;
+
+    if (v) {
+        Py_INCREF(v);
+        return v;
+    }
+    if (PyErr_Occurred())
+        return NULL;
+    return PyObject_GetAttr(loop, name);
+}
+
+static int ltrue(PyObject *d, PyObject *loop, PyObject *name)
+{
+    PyObject *v = lget(d, loop, name);
+    int r;
+
+    if (!v)
+        return -1;
+    r = v == Py_True ? 1 : v == Py_False ? 0 : PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+static double ldouble(PyObject *d, PyObject *loop, PyObject *name)
+{
+    PyObject *v = lget(d, loop, name);
+    double x;
+
+    if (!v)
+        return -1.0;
+    x = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return x;
+}
+
+/* loop.__dict__ (a new reference), or NULL without an exception when it
+ * has none. */
+static PyObject *loop_dict(PyObject *loop)
+{
+    PyObject *d = PyObject_GetAttr(loop, s_dict);
+
+    if (!d || !PyDict_CheckExact(d)) {
+        PyErr_Clear();
+        Py_XDECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
+static double call_time(PyObject *loop)
+{
+    PyObject *v = PyObject_CallMethodObjArgs(loop, s_time, NULL);
+    double d;
+
+    if (!v)
+        return -1.0;
+    d = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return d;
+}
+
+static int call_drop(PyObject *r)
+{
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* The cancelled timers: when the heap's head is one, or when they are many
+ * (the stdlib's thresholds), loop._prune_timers() does the stdlib's work.
+ * 0, or -1 with an exception. */
+static int prune_timers(PyObject *loop, PyObject *d, PyObject *scheduled, Py_ssize_t n)
+{
+    PyObject *head = PyList_GetItem(scheduled, 0);      /* borrowed */
+    int cancelled;
+
+    if (!head)
+        return -1;
+    Py_INCREF(head);
+    cancelled = attr_true(head, s_cancelled);
+    Py_DECREF(head);
+    if (cancelled < 0)
+        return -1;
+    if (!cancelled && n > min_scheduled) {
+        PyObject *c = lget(d, loop, s_cancelled_count);
+        double count;
+
+        if (!c)
+            return -1;
+        count = PyFloat_AsDouble(c);
+        Py_DECREF(c);
+        if (count == -1.0 && PyErr_Occurred())
+            return -1;
+        cancelled = count / (double)n > min_cancelled_fraction;
+    }
+    if (!cancelled)
+        return 0;
+    return call_drop(PyObject_CallMethodObjArgs(loop, s_prune, NULL));
+}
+
+/* The wait, with the timeout in seconds (None: block).  The common case is
+ * Batch.select, its rare results and the loop's odd states the Python
+ * _select's.  A new reference to the fd events' list (possibly empty) or
+ * Py_None; NULL with an exception. */
+static PyObject *loop_wait(PyObject *loop, PyObject *d, PyObject *timeout)
+{
+    PyObject *sb, *v, *r;
+    int plain;
+
+    sb = lget(d, loop, s_sb);
+    if (!sb)
+        return NULL;
+    plain = sb != Py_None;
+    if (plain) {
+        v = lget(d, loop, s_p);
+        plain = v && v != Py_None;
+        Py_XDECREF(v);
+    }
+    if (plain) {
+        v = lget(d, loop, s_rest);
+        plain = v && v == Py_None;
+        Py_XDECREF(v);
+    }
+    if (plain) {
+        v = lget(d, loop, s_later);
+        plain = v && v == Py_None;
+        Py_XDECREF(v);
+    }
+    if (PyErr_Occurred()) {
+        Py_DECREF(sb);
+        return NULL;
+    }
+    if (!plain) {
+        Py_DECREF(sb);
+        return PyObject_CallMethodObjArgs(loop, s_select_py, timeout, NULL);
+    }
+    r = PyObject_CallMethodObjArgs(sb, s_select, timeout, NULL);
+    Py_DECREF(sb);
+    if (!r) {
+        /* As _select: the walk keeps its position for the next select. */
+        PyObject *type, *value, *tb;
+
+        PyErr_Fetch(&type, &value, &tb);
+        if (PyObject_SetAttr(loop, s_rest, Py_True) < 0)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+        return NULL;
+    }
+    if (r == Py_None)
+        return r;
+    v = PyObject_CallMethodObjArgs(loop, s_select_result, r, NULL);
+    Py_DECREF(r);
+    return v;
+}
+
+/* A plain Handle's callback raised: as `except BaseException as exc:
+ * _report_handle_failure(handle, exc)`, exc the handled exception
+ * meanwhile; SystemExit and KeyboardInterrupt propagate.  0 or -1. */
+static int handle_failed(PyObject *handle)
+{
+    PyObject *type, *value, *tb, *ot, *ov, *otb, *r;
+
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
+        PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+        return -1;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb)
+        PyException_SetTraceback(value, tb);
+    PyErr_GetExcInfo(&ot, &ov, &otb);
+    Py_INCREF(type);
+    Py_INCREF(value);
+    Py_XINCREF(tb);
+    PyErr_SetExcInfo(type, value, tb);
+    r = PyObject_CallFunctionObjArgs(report_failure, handle, value, NULL);
+    PyErr_SetExcInfo(ot, ov, otb);
+    Py_DECREF(type);
+    Py_DECREF(value);
+    Py_XDECREF(tb);
+    return call_drop(r);
+}
+
+/* Run one handle popped from _ready: 0, or -1 with an exception. */
+static int run_handle(PyObject *h)
+{
+    PyObject *ctx = NULL, *cb = NULL, *args = NULL, *call = NULL, *r;
+    Py_ssize_t i, na;
+    int c;
+
+    if (Py_TYPE(h) != handle_type) {
+        c = attr_true(h, s_cancelled);
+        if (c)
+            return c < 0 ? -1 : 0;
+        return call_drop(PyObject_CallMethodObjArgs(h, s_run, NULL));
+    }
+    r = hget(h, F_CANCELLED);
+    if (!r)
+        return -1;
+    c = r == Py_False ? 0 : PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (c)
+        return c < 0 ? -1 : 0;
+    ctx = hget(h, F_CONTEXT);
+    cb = ctx ? hget(h, F_CALLBACK) : NULL;
+    args = cb ? hget(h, F_ARGS) : NULL;
+    if (!args)
+        goto fail;
+    if ((PyObject *)Py_TYPE(ctx) != context_type ||
+        !PyTuple_CheckExact(args)) {
+        /* Not what call_soon makes: Handle._run's own way. */
+        Py_DECREF(ctx);
+        Py_DECREF(cb);
+        Py_DECREF(args);
+        return call_drop(PyObject_CallMethodObjArgs(h, s_run, NULL));
+    }
+    na = PyTuple_Size(args);
+    call = PyTuple_New(na + 2);
+    if (!call)
+        goto fail;
+    PyTuple_SetItem(call, 0, ctx);                      /* steals */
+    PyTuple_SetItem(call, 1, cb);
+    ctx = cb = NULL;
+    for (i = 0; i < na; i++) {
+        PyObject *a = PyTuple_GetItem(args, i);
+        Py_INCREF(a);
+        PyTuple_SetItem(call, i + 2, a);
+    }
+    Py_DECREF(args);
+    r = PyObject_Call(context_run, call, NULL);         /* ctx.run(cb, *a) */
+    Py_DECREF(call);
+    if (r) {
+        Py_DECREF(r);
+        return 0;
+    }
+    return handle_failed(h);
+fail:
+    Py_XDECREF(ctx);
+    Py_XDECREF(cb);
+    Py_XDECREF(args);
+    return -1;
+}
+
+/* EventLoop._run_once: the steps of _run_once_py (the stdlib's, in order). */
+static PyObject *run_once_in(PyObject *loop, PyObject *d)
+{
+    PyObject *scheduled = NULL, *ready = NULL, *timeout = NULL, *events;
+    PyObject *popleft = NULL, *append = NULL, *h;
+    Py_ssize_t n, todo, i;
+    int t;
+
+    t = ltrue(d, loop, s_debug);
+    if (t)
+        return t < 0 ? NULL
+                     : PyObject_CallMethodObjArgs(loop, s_run_once_py, NULL);
+    scheduled = lget(d, loop, s_scheduled);
+    if (!scheduled)
+        return NULL;
+    if (!PyList_CheckExact(scheduled)) {
+        Py_DECREF(scheduled);
+        return PyObject_CallMethodObjArgs(loop, s_run_once_py, NULL);
+    }
+    n = PyList_Size(scheduled);
+    if (n && prune_timers(loop, d, scheduled, n) < 0)
+        goto fail;
+    Py_DECREF(scheduled);
+    scheduled = lget(d, loop, s_scheduled);    /* pruning renews it */
+    if (!scheduled)
+        goto fail;
+    ready = lget(d, loop, s_ready);
+    if (!ready || (n = PyObject_Size(ready)) < 0)
+        goto fail;
+    t = n ? 1 : ltrue(d, loop, s_stopping);
+    if (t < 0)
+        goto fail;
+    if (t) {
+        timeout = PyLong_FromLong(0);
+    } else if (PyList_Size(scheduled) > 0) {
+        PyObject *head = PyList_GetItem(scheduled, 0);
+        double when, now;
+
+        Py_INCREF(head);
+        when = attr_double(head, s_when);
+        Py_DECREF(head);
+        if (when == -1.0 && PyErr_Occurred())
+            goto fail;
+        now = call_time(loop);
+        if (now == -1.0 && PyErr_Occurred())
+            goto fail;
+        when -= now;
+        if (when < 0)
+            when = 0;
+        if (when > max_select_timeout)
+            when = max_select_timeout;
+        timeout = PyFloat_FromDouble(when);
+    } else {
+        timeout = Py_None;
+        Py_INCREF(timeout);
+    }
+    if (!timeout)
+        goto fail;
+    events = loop_wait(loop, d, timeout);
+    Py_CLEAR(timeout);
+    if (!events)
+        goto fail;
+    t = events == Py_None ? 0 : PyObject_IsTrue(events);
+    if (t > 0)
+        t = call_drop(PyObject_CallMethodObjArgs(loop, s_process_events,
+                                                 events, NULL));
+    Py_DECREF(events);
+    if (t < 0)
+        goto fail;
+    if (PyList_Size(scheduled) > 0) {
+        double end = call_time(loop), res;
+
+        if (end == -1.0 && PyErr_Occurred())
+            goto fail;
+        res = ldouble(d, loop, s_clock_res);
+        if (res == -1.0 && PyErr_Occurred())
+            goto fail;
+        end += res;
+        append = PyObject_GetAttr(ready, s_append);
+        if (!append)
+            goto fail;
+        while (PyList_Size(scheduled) > 0) {
+            PyObject *head = PyList_GetItem(scheduled, 0);
+            double when;
+
+            Py_INCREF(head);
+            when = attr_double(head, s_when);
+            Py_DECREF(head);
+            if (when == -1.0 && PyErr_Occurred())
+                goto fail;
+            if (when >= end)
+                break;
+            h = PyObject_CallFunctionObjArgs(heappop, scheduled, NULL);
+            if (!h)
+                goto fail;
+            if (PyObject_SetAttr(h, s_scheduled_flag, Py_False) < 0 ||
+                call_drop(PyObject_CallFunctionObjArgs(append, h, NULL)) < 0) {
+                Py_DECREF(h);
+                goto fail;
+            }
+            Py_DECREF(h);
+        }
+    }
+    /* Only the callbacks ready now; those they schedule run next time. */
+    todo = PyObject_Size(ready);
+    if (todo < 0)
+        goto fail;
+    if (todo) {
+        popleft = PyObject_GetAttr(ready, s_popleft);
+        if (!popleft)
+            goto fail;
+    }
+    for (i = 0; i < todo; i++) {
+        h = PyObject_CallObject(popleft, NULL);
+        if (!h)
+            goto fail;
+        t = run_handle(h);
+        Py_DECREF(h);
+        if (t < 0)
+            goto fail;
+    }
+    Py_XDECREF(popleft);
+    Py_XDECREF(append);
+    Py_DECREF(ready);
+    Py_DECREF(scheduled);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(popleft);
+    Py_XDECREF(append);
+    Py_XDECREF(timeout);
+    Py_XDECREF(ready);
+    Py_XDECREF(scheduled);
+    return NULL;
+}
+
+/* EventLoop.call_soon(callback, *args, context=None): a real
+ * asyncio.Handle with every slot as Handle.__init__ sets it outside debug
+ * mode, appended to _ready.  Debug mode, a closed loop, a non-callable
+ * callback and odd arguments: _call_soon_py. */
+static PyObject *call_soon_in(PyObject *loop, PyObject *d, PyObject *args,
+                             PyObject *kw)
+{
+    PyObject *ctx = Py_None, *cb, *cbargs = NULL, *h = NULL, *ready;
+    int t;
+
+    if (PyTuple_Size(args) < 1)
+        goto python;
+    if (kw) {
+        Py_ssize_t nkw = PyDict_Size(kw);
+        PyObject *c = PyDict_GetItemWithError(kw, s_kw_context);
+
+        if (!c && PyErr_Occurred())
+            return NULL;
+        if (nkw > 1 || (nkw == 1 && !c))
+            goto python;
+        if (c)
+            ctx = c;
+    }
+    cb = PyTuple_GetItem(args, 0);
+    if (!PyCallable_Check(cb))
+        goto python;
+    if ((t = ltrue(d, loop, s_debug)) != 0 ||
+        (t = ltrue(d, loop, s_closed)) != 0) {
+        if (t < 0)
+            return NULL;
+        goto python;
+    }
+    if (ctx == Py_None)
+        ctx = PyObject_CallObject(copy_context, NULL);
+    else
+        Py_INCREF(ctx);
+    if (!ctx)
+        return NULL;
+    cbargs = PyTuple_GetSlice(args, 1, PyTuple_Size(args));
+    h = cbargs ? handle_new(handle_type, empty_tuple, NULL) : NULL;
+    if (!h ||
+        hset(h, F_CONTEXT, ctx) < 0 || hset(h, F_LOOP, loop) < 0 ||
+        hset(h, F_CALLBACK, cb) < 0 || hset(h, F_ARGS, cbargs) < 0 ||
+        hset(h, F_CANCELLED, Py_False) < 0 || hset(h, F_REPR, Py_None) < 0 ||
+        hset(h, F_SOURCE_TB, Py_None) < 0)
+        goto fail;
+    Py_CLEAR(ctx);
+    Py_CLEAR(cbargs);
+    ready = lget(d, loop, s_ready);
+    if (!ready)
+        goto fail;
+    t = call_drop(PyObject_CallMethodObjArgs(ready, s_append, h, NULL));
+    Py_DECREF(ready);
+    if (t < 0)
+        goto fail;
+    return h;
+fail:
+    Py_XDECREF(ctx);
+    Py_XDECREF(cbargs);
+    Py_XDECREF(h);
+    return NULL;
+python:
+    {
+        PyObject *f = lget(d, loop, s_call_soon_py), *r;
+
+        if (!f)
+            return NULL;
+        r = PyObject_Call(f, args, kw);
+        Py_DECREF(f);
+        return r;
+    }
+}
+
+static PyObject *run_once(PyObject *loop, PyObject *unused)
+{
+    PyObject *d = loop_dict(loop), *r = run_once_in(loop, d);
+
+    Py_XDECREF(d);
+    return r;
+}
+
+static PyObject *call_soon(PyObject *loop, PyObject *args, PyObject *kw)
+{
+    PyObject *d = loop_dict(loop), *r = call_soon_in(loop, d, args, kw);
+
+    Py_XDECREF(d);
+    return r;
+}
+
+static PyMethodDef run_once_def = {
+    "_run_once", run_once, METH_NOARGS,
+    "One iteration of the loop (C; see EventLoop._run_once_py)."
+};
+
+static PyMethodDef call_soon_def = {
+    "call_soon", (PyCFunction)(void (*)(void))call_soon,
+    METH_VARARGS | METH_KEYWORDS,
+    "call_soon(callback, *args, context=None) -> asyncio.Handle"
+};
+
+/* iter_methods(cls) -> (_run_once, call_soon) as method descriptors of cls */
+static PyObject *iter_methods(PyObject *module, PyObject *cls)
+{
+    PyObject *a, *b;
+
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "iter_methods() needs a class");
+        return NULL;
+    }
+    if (!handle_type) {
+        PyErr_SetString(PyExc_RuntimeError, "iter_init() was not called");
+        return NULL;
+    }
+    a = PyDescr_NewMethod((PyTypeObject *)cls, &run_once_def);
+    b = a ? PyDescr_NewMethod((PyTypeObject *)cls, &call_soon_def) : NULL;
+    if (!b) {
+        Py_XDECREF(a);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", a, b);
+}
+
+/* *slot = a new reference to v (a second iter_init replaces the first). */
+static void keep(PyObject **slot, PyObject *v)
+{
+    PyObject *old = *slot;
+
+    Py_INCREF(v);
+    *slot = v;
+    Py_XDECREF(old);
+}
+
+/* iter_init(Handle, Context, copy_context, heappop, report_failure,
+ *           min_scheduled, min_cancelled_fraction, max_select_timeout) */
+static PyObject *iter_init(PyObject *module, PyObject *args)
+{
+    PyObject *ht, *ct, *cc, *hp, *rf, *run;
+    Py_ssize_t ms;
+    double frac, mx;
+    int i;
+
+    if (!PyArg_ParseTuple(args, "O!O!OOOndd", &PyType_Type, &ht,
+                          &PyType_Type, &ct, &cc, &hp, &rf, &ms, &frac, &mx))
+        return NULL;
+    if (!(PyType_GetFlags((PyTypeObject *)ht) & Py_TPFLAGS_HEAPTYPE)) {
+        PyErr_SetString(PyExc_TypeError, "iter_init: Handle must be a class");
+        return NULL;
+    }
+    run = PyObject_GetAttrString(ct, "run");
+    if (!run)
+        return NULL;
+    keep(&context_run, run);
+    Py_DECREF(run);
+    keep((PyObject **)&handle_type, ht);
+    handle_new = (newfunc)PyType_GetSlot(handle_type, Py_tp_new);
+    for (i = 0; i < NFIELDS; i++) {
+        PyObject *descr = PyObject_GetAttr(ht, *field_name[i]);
+        descrgetfunc g;
+        descrsetfunc st;
+
+        if (!descr)
+            return NULL;
+        g = (descrgetfunc)PyType_GetSlot(Py_TYPE(descr), Py_tp_descr_get);
+        st = g ? (descrsetfunc)PyType_GetSlot(Py_TYPE(descr),
+                                              Py_tp_descr_set) : NULL;
+        PyErr_Clear();          /* 3.9: no slots of a static type */
+        field_get[i] = NULL;    /* the slow way until both are known */
+        field_set[i] = NULL;
+        keep(&field_descr[i], descr);
+        Py_DECREF(descr);
+        if (g && st) {
+            field_get[i] = g;
+            field_set[i] = st;
+        }
+    }
+    keep(&context_type, ct);
+    keep(&copy_context, cc);
+    keep(&heappop, hp);
+    keep(&report_failure, rf);
+    min_scheduled = ms;
+    min_cancelled_fraction = frac;
+    max_select_timeout = mx;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef iter_functions[] = {
+    {"iter_init", iter_init, METH_VARARGS,
+     "iter_init(Handle, Context, copy_context, heappop, report_failure, "
+     "min_scheduled, min_cancelled_fraction, max_select_timeout)"},
+    {"iter_methods", iter_methods, METH_O,
+     "iter_methods(cls) -> (_run_once, call_soon) in C, as methods of cls"},
+    {NULL, NULL, 0, NULL},
+};
+
+static int name(PyObject **slot, const char *s)
+{
+    *slot = PyUnicode_InternFromString(s);
+    return *slot ? 0 : -1;
+}
+
+int pe_py_add_iter(PyObject *m)
+{
+    if (name(&s_debug, "_debug") < 0 || name(&s_closed, "_closed") < 0 ||
+        name(&s_ready, "_ready") < 0 || name(&s_scheduled, "_scheduled") < 0 ||
+        name(&s_stopping, "_stopping") < 0 || name(&s_when, "_when") < 0 ||
+        name(&s_cancelled, "_cancelled") < 0 ||
+        name(&s_context, "_context") < 0 ||
+        name(&s_callback, "_callback") < 0 || name(&s_args, "_args") < 0 ||
+        name(&s_loop, "_loop") < 0 || name(&s_repr, "_repr") < 0 ||
+        name(&s_source_tb, "_source_traceback") < 0 ||
+        name(&s_time, "time") < 0 ||
+        name(&s_clock_res, "_clock_resolution") < 0 ||
+        name(&s_sb, "_sb") < 0 || name(&s_p, "_p") < 0 ||
+        name(&s_rest, "_rest") < 0 || name(&s_later, "_later") < 0 ||
+        name(&s_select, "select") < 0 ||
+        name(&s_select_py, "_select_timeout") < 0 ||
+        name(&s_select_result, "_select_result") < 0 ||
+        name(&s_process_events, "_process_events") < 0 ||
+        name(&s_run, "_run") < 0 ||
+        name(&s_run_once_py, "_run_once_py") < 0 ||
+        name(&s_call_soon_py, "_call_soon_py") < 0 ||
+        name(&s_prune, "_prune_timers") < 0 ||
+        name(&s_append, "append") < 0 || name(&s_popleft, "popleft") < 0 ||
+        name(&s_scheduled_flag, "_scheduled") < 0 ||
+        name(&s_kw_context, "context") < 0 ||
+        name(&s_cancelled_count, "_timer_cancelled_count") < 0 ||
+        name(&s_dict, "__dict__") < 0)
+        return -1;
+    empty_tuple = PyTuple_New(0);
+    if (!empty_tuple)
+        return -1;
+    return PyModule_AddFunctions(m, iter_functions);
+}

@@ -1,0 +1,279 @@
+"""EventLoop's iteration and call_soon (C: csrc/cpython/aio_iter.c; Python:
+EventLoop._run_once_py/_call_soon_py) against the stdlib's loop: each
+scenario runs on asyncio's own SelectorEventLoop and on EventLoop, on both
+paths (the aio_path fixture), and must give the same observations."""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import sys
+
+import pytest
+
+from pyepoll import asyncio_loop
+from pyepoll.asyncio_loop import EventLoop
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("aio_path")]
+
+VAR: contextvars.ContextVar = contextvars.ContextVar("VAR", default="unset")
+
+
+def on_both(scenario):
+    """scenario(loop) on the stdlib's loop and on EventLoop: both results."""
+    out = []
+    for make in (asyncio.SelectorEventLoop, EventLoop):
+        loop = make()
+        try:
+            out.append(scenario(loop))
+        finally:
+            loop.close()
+    return out
+
+
+def test_the_path_under_test_is_the_one_asked(aio_path):
+    c = aio_path == "c"
+    assert (EventLoop._run_once is EventLoop._run_once_py) is not c
+    assert (EventLoop.call_soon is EventLoop._call_soon_py) is not c
+
+
+def test_call_soon_makes_a_real_handle():
+    def scenario(loop):
+        seen = []
+        ctx = contextvars.copy_context()
+        ctx.run(VAR.set, "mine")
+        h = loop.call_soon(seen.append, 1)
+        h2 = loop.call_soon(lambda: seen.append(VAR.get()), context=ctx)
+        h3 = loop.call_soon(seen.append, 3)
+        h3.cancel()
+        state = [(type(x) is asyncio.Handle, type(x._context),
+                  x._loop is loop, x._source_traceback, x.cancelled())
+                 for x in (h, h2, h3)]
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        return seen, state, repr(h).replace(hex(id(seen)), "ID")
+    stdlib, ours = on_both(scenario)
+    assert stdlib == ours
+    assert ours[0] == [1, "mine"]
+
+
+def test_call_soon_refuses_bad_keywords_as_the_stdlib():
+    for loop in (asyncio.SelectorEventLoop(), EventLoop()):
+        try:
+            with pytest.raises(TypeError):
+                loop.call_soon(print, bogus=1)
+            with pytest.raises(TypeError):
+                loop.call_soon()
+        finally:
+            loop.close()
+
+
+def test_call_soon_on_a_closed_loop_raises():
+    def scenario(loop):
+        loop.close()
+        with pytest.raises(RuntimeError) as e:
+            loop.call_soon(print)
+        return str(e.value)
+    stdlib, ours = on_both(scenario)
+    assert stdlib == ours == "Event loop is closed"
+
+
+def test_a_callback_scheduled_by_a_callback_runs_next_iteration():
+    def scenario(loop):
+        seen = []
+
+        def a():
+            seen.append("a")
+            loop.call_soon(lambda: seen.append("b"))
+        loop.call_soon(a)
+        loop.call_soon(lambda: seen.append("a2"))
+        loop._run_once()
+        first = list(seen)
+        loop._run_once()
+        return first, seen
+    stdlib, ours = on_both(scenario)
+    assert stdlib == ours == (["a", "a2"], ["a", "a2", "b"])
+
+
+def test_timers_run_in_the_stdlibs_order():
+    def scenario(loop):
+        seen = []
+        t0 = loop.time()
+        for i, d in enumerate([0.03, 0.01, 0.02, 0.01, 0, 0.025, 0.005]):
+            loop.call_at(t0 + d, seen.append, i)
+        loop.call_later(0.02, seen.append, "later")
+        loop.call_soon(seen.append, "soon")
+        loop.call_at(t0 + 0.05, loop.stop)
+        loop.run_forever()
+        return seen
+    stdlib, ours = on_both(scenario)
+    assert stdlib == ours
+    assert ours[0] == "soon" and len(ours) == 9
+
+
+@pytest.mark.parametrize("cancel", [150, 20, 0])
+def test_cancelled_timers_are_pruned_as_the_stdlib_does(cancel):
+    def scenario(loop):
+        seen = []
+        t0 = loop.time()
+        timers = [loop.call_at(t0 + 100 + i, seen.append, i)
+                  for i in range(200)]
+        for t in timers[:cancel]:
+            t.cancel()
+        loop.call_soon(seen.append, "x")
+        loop._run_once()
+        return (seen, len(loop._scheduled), loop._timer_cancelled_count,
+                [t._scheduled for t in timers],
+                loop._scheduled[0]._when - t0 if loop._scheduled else None)
+    stdlib, ours = on_both(scenario)
+    assert stdlib == ours
+    # 150 of 200: the heap is rebuilt; 20 at its head: popped one by one.
+    assert ours[1] == 200 - cancel
+
+
+def test_a_timer_wakes_a_blocked_wait():
+    def scenario(loop):
+        seen = []
+        loop.call_later(0.02, seen.append, "t")
+        for _ in range(5):       # waits for the timer (nothing else ready)
+            if seen:
+                break
+            loop._run_once()
+        return seen
+    stdlib, ours = on_both(scenario)
+    assert stdlib == ours == ["t"]
+
+
+def _failure_scenario(loop):
+    got = []
+
+    def handler(lp, ctx):
+        got.append((dict(ctx), sys.exc_info()[1]))
+    loop.set_exception_handler(handler)
+    err = ValueError("boom")
+
+    def bad(x):
+        raise err
+    seen = []
+    h = loop.call_soon(bad, 1)
+    loop.call_soon(seen.append, "after")
+    t = loop.call_later(0, bad, 2)
+    loop.call_soon(5)                    # not callable: fails when run
+    loop._run_once()
+    while loop._ready or loop._scheduled:   # the timer, if not yet due
+        loop._run_once()
+    out = []
+    for ctx, handled in got:
+        ctx["handle"] = ("h" if ctx["handle"] is h else
+                         "t" if ctx["handle"] is t else
+                         type(ctx["handle"]).__name__)
+        exc = ctx.pop("exception")
+        out.append((ctx, type(exc), str(exc), exc is err,
+                    handled is exc))
+    return out, seen
+
+
+def test_an_exception_in_a_callback_is_reported_as_the_stdlib_does():
+    stdlib, ours = on_both(_failure_scenario)
+    assert stdlib == ours
+    assert len(ours[0]) == 3 and ours[1] == ["after"]
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+def test_keyboardinterrupt_leaves_the_rest_ready(exc):
+    def scenario(loop):
+        seen = []
+
+        def stop():
+            raise exc()
+        loop.call_soon(seen.append, 1)
+        loop.call_soon(stop)
+        loop.call_soon(seen.append, 3)
+        loop.call_soon(seen.append, 4)
+        with pytest.raises(exc):
+            loop._run_once()
+        left = [h._args for h in loop._ready]
+        loop._run_once()
+        return seen, left
+    stdlib, ours = on_both(scenario)
+    assert stdlib == ours == ([1, 3, 4], [(3,), (4,)])
+
+
+def test_debug_mode_behaves_as_the_stdlibs(caplog):
+    def scenario(loop):
+        loop.set_debug(True)
+        loop.slow_callback_duration = 0.0
+        h = loop.call_soon(lambda: None)
+        tb_last = h._source_traceback[-1]
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            loop._run_once()
+        slow = [r.getMessage().split(" took")[0].split(" ")[0]
+                for r in caplog.records if "took" in r.getMessage()]
+        return tb_last.name, tb_last.lineno, slow
+    stdlib, ours = on_both(scenario)
+    assert stdlib == ours
+    assert ours[0] == "scenario" and ours[2] == ["Executing"]
+
+
+def test_run_until_complete_with_tasks_and_futures():
+    def scenario(loop):
+        async def child(i):
+            await asyncio.sleep(0)
+            VAR.set(i)
+            await asyncio.sleep(0.001 * (i % 3))
+            return VAR.get()
+
+        async def main():
+            return await asyncio.gather(*(child(i) for i in range(20)))
+        return loop.run_until_complete(main()), VAR.get()
+    stdlib, ours = on_both(scenario)
+    assert stdlib == ours == (list(range(20)), "unset")
+
+
+def test_speedups_module_checks_its_arguments():
+    sp = asyncio_loop._sp_module
+    if sp is None:
+        pytest.skip("pyepoll._speedups is not built here")
+    with pytest.raises(TypeError):
+        sp.iter_methods(42)
+    with pytest.raises(TypeError):
+        sp.iter_init(1, 2, 3, 4, 5, 6, 7.0, 8.0)
+
+
+def test_handles_not_made_by_call_soon_run_as_handle_run_does():
+    class Mine(asyncio.Handle):
+        def _run(self):
+            seen.append("mine._run")
+            super()._run()
+
+    class NotAContext:
+        def run(self, cb, *args):
+            seen.append("odd.run")
+            return cb(*args)
+    seen: list = []
+
+    def scenario(loop):
+        seen.clear()
+        errors = []
+        loop.set_exception_handler(lambda lp, ctx: errors.append(
+            (ctx["message"].split(" at ")[0], type(ctx["exception"]))))
+        ctx = contextvars.copy_context()
+        ctx.run(VAR.set, "given")
+        ready = loop._ready
+        ready.append(asyncio.Handle(lambda: seen.append(VAR.get()), (),
+                                    loop, context=ctx))
+        ready.append(Mine(seen.append, ("m",), loop))
+        ready.append(asyncio.TimerHandle(0, seen.append, ("t",), loop))
+        h = asyncio.Handle(seen.append, ("odd",), loop)
+        h._context = NotAContext()
+        ready.append(h)
+        h2 = asyncio.Handle(seen.append, ("list",), loop)
+        h2._args = ["not", "a", "tuple"]     # Handle._run's own error
+        ready.append(h2)
+        loop._run_once()
+        return list(seen), errors
+    stdlib, ours = on_both(scenario)
+    assert stdlib == ours
+    assert ours[0] == ["given", "mine._run", "m", "t", "odd.run", "odd"]
+    assert len(ours[1]) == 1 and ours[1][0][1] is TypeError
