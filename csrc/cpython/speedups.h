@@ -1,5 +1,5 @@
 /*
- * speedups.h - what the files of pyepoll._speedups (csrc/cpython/*.c)
+ * speedups.h - what the files of pyepoll._speedups (every .c in csrc/cpython/)
  * share: one module, several files, each adding its own types and
  * functions to the module from PyInit__speedups (speedups.c).
  *
