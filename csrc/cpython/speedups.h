@@ -19,5 +19,6 @@
 
 /* Each file's part of the module: adds its types and functions to m;
  * 0, or -1 with an exception set. */
+int pe_py_add_loop(PyObject *m);        /* loop_calls.c: pyepoll.Loop */
 
 #endif
