@@ -39,7 +39,8 @@ from pyepoll import (
 
 from conftest import BACKENDS, OVER_LIBKQUEUE
 
-pytestmark = pytest.mark.timeout(600)
+# Each test on both Loop paths (conftest.loop_path: C calls and Python).
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("loop_path")]
 
 CONFIGS: List[Tuple[str, str]] = []
 for _b in BACKENDS:
