@@ -20,6 +20,8 @@
 #include "speedups.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <stdint.h>
 
 typedef int (*run_batch_fn)(pe_loop *, int, int);
 typedef int64_t (*send_fn)(pe_loop *, pe_handle, const void *, size_t);
@@ -226,12 +228,37 @@ static PyObject *whole_python(LoopCalls *c, int which, PyObject *args,
     return r;
 }
 
+/* 64-bit unsigned long (LP64): CPython converts it with a digit loop, an
+ * unsigned long long through the generic byte-array path. */
+#if ULONG_MAX >= UINT64_MAX
+#define U64_FROM(v) PyLong_FromUnsignedLong((unsigned long)(v))
+#define U64_AS(o) PyLong_AsUnsignedLong(o)
+#else
+#define U64_FROM(v) PyLong_FromUnsignedLongLong((unsigned long long)(v))
+#define U64_AS(o) PyLong_AsUnsignedLongLong(o)
+#endif
+
 static PyObject *event_tuple(const struct pe_loop_bevent *e)
 {
-    return Py_BuildValue("(KKKK)", (unsigned long long)e->kind,
-                         (unsigned long long)e->handle,
-                         (unsigned long long)e->arg,
-                         (unsigned long long)e->off);
+    PyObject *t = PyTuple_New(4), *v[4];
+    int i;
+
+    if (!t)
+        return NULL;
+    v[0] = U64_FROM(e->kind);
+    v[1] = U64_FROM(e->handle);
+    v[2] = U64_FROM(e->arg);
+    v[3] = U64_FROM(e->off);
+    for (i = 0; i < 4; i++) {
+        if (!v[i]) {
+            for (; i < 4; i++)
+                Py_XDECREF(v[i]);
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SetItem(t, i, v[i]);            /* steals v[i] */
+    }
+    return t;
 }
 
 /* The batch's n events as an iterator of (kind, handle, arg, offset). */
@@ -263,13 +290,13 @@ static int take_echoes(LoopCalls *c, Py_ssize_t nq)
 
     for (i = 0; i < nq; i++) {
         PyObject *h = PySequence_GetItem(c->echoq, i);
-        unsigned long long v;
+        uint64_t v;
 
         if (!h)
             return -1;
-        v = PyLong_AsUnsignedLongLong(h);
+        v = U64_AS(h);
         Py_DECREF(h);
-        if (v == (unsigned long long)-1 && PyErr_Occurred())
+        if (v == (uint64_t)-1 && PyErr_Occurred())
             return -1;
         c->eq[i] = (pe_handle)v;
     }
@@ -387,7 +414,7 @@ static PyObject *lc_send_impl(PyObject *self, PyObject *const *args,
 
     if (nargs != 2 || c->l == NULL || !PyLong_Check(args[0]))
         goto python;
-    h = PyLong_AsUnsignedLongLong(args[0]);
+    h = U64_AS(args[0]);
     if (h == (unsigned long long)-1 && PyErr_Occurred()) {
         PyErr_Clear();                  /* Python raises its own error */
         goto python;
@@ -449,9 +476,9 @@ static PyObject *lc_reply_impl(PyObject *self, PyObject *const *args,
     if (nargs != 3 || c->l == NULL || !PyLong_Check(args[0]) ||
         !PyLong_Check(args[1]) || !PyLong_Check(args[2]))
         goto python;
-    h = PyLong_AsUnsignedLongLong(args[0]);
-    off = PyLong_AsUnsignedLongLong(args[1]);
-    len = PyLong_AsUnsignedLongLong(args[2]);
+    h = U64_AS(args[0]);
+    off = U64_AS(args[1]);
+    len = U64_AS(args[2]);
     if (PyErr_Occurred()) {
         PyErr_Clear();
         goto python;

@@ -39,8 +39,7 @@ from pyepoll import (
 
 from conftest import BACKENDS, OVER_LIBKQUEUE
 
-# Each test on both Loop paths (conftest.loop_path: C calls and Python).
-pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("loop_path")]
+pytestmark = pytest.mark.timeout(600)
 
 CONFIGS: List[Tuple[str, str]] = []
 for _b in BACKENDS:
