@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import sys
 from typing import NoReturn
 
 
@@ -58,6 +59,20 @@ __all__ = ["ffi", "lib", "check", "errno_error", "raise_errno",
 
 class StaleHandleError(ValueError):
     """A connection handle was used after its connection closed."""
+
+
+def load_speedups() -> object:
+    """pyepoll._speedups (csrc/cpython/), the C hot paths of the asyncio
+    loop and of Loop; None on PyPy, where it is not built, in a dev build
+    of _core alone, or with PYEPOLL_SPEEDUPS=0 (the pure Python paths)."""
+    if (os.environ.get("PYEPOLL_SPEEDUPS") == "0" or
+            sys.implementation.name != "cpython"):
+        return None
+    try:
+        from . import _speedups
+    except ImportError:
+        return None
+    return _speedups
 
 
 def errno_error(err: int, context: str = "") -> OSError:

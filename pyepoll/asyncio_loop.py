@@ -36,7 +36,7 @@ from asyncio.log import logger
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ._binding import errno_error as _errno_exc
-from ._binding import ffi, lib, run_signal_handlers
+from ._binding import ffi, lib, load_speedups, run_signal_handlers
 from ._poller import available_backends
 from .loop import _inherited, _live
 
@@ -96,13 +96,9 @@ def _load_speedups() -> Any:
     """pyepoll._speedups (csrc/cpython/speedups.c), the C hot path of the
     batch walk and of CTransport.write, given the core's entry points; None
     on PyPy, where it is not built, or with PYEPOLL_SPEEDUPS=0."""
-    if (os.environ.get("PYEPOLL_SPEEDUPS") == "0" or
-            sys.implementation.name != "cpython"):
+    _speedups: Any = load_speedups()
+    if _speedups is None:
         return None
-    try:
-        from . import _speedups
-    except ImportError:
-        return None             # a dev build of _core alone
     _speedups.init(
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "pe_loop_run_into"))),
         int(ffi.cast("uintptr_t", ffi.addressof(lib, "pe_loop_write"))))

@@ -43,8 +43,8 @@ import time
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from ._binding import (StaleHandleError, ffi, fileno_of, lib, raise_errno,
-                       run_signal_handlers)
+from ._binding import (StaleHandleError, ffi, fileno_of, lib, load_speedups,
+                       raise_errno, run_signal_handlers)
 from ._poller import (
     ForkError, available_backends, best_backend, timeout_to_ms,
 )
@@ -106,6 +106,18 @@ _monotonic = time.monotonic
 _unpack_event = struct.Struct("=IIQ").unpack_from
 _unpack_bevent = struct.Struct("=4Q").unpack_from
 _iter_bevents = struct.Struct("=4Q").iter_unpack
+
+# wait_batch, send and reply in C (csrc/cpython/loop_calls.c), CPython only:
+# None on PyPy or with PYEPOLL_SPEEDUPS=0, where the Python code below runs.
+_sp: Any = load_speedups()
+_LoopCalls: Any = None if _sp is None else _sp.LoopCalls
+_CALL_ADDRS = tuple(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+                    for name in ("pe_loop_run_batch", "pe_loop_send",
+                                 "pe_loop_reply"))
+
+
+def _address(cdata: Any) -> int:
+    return int(ffi.cast("uintptr_t", cdata))
 
 
 # Loops alive in this process, so that a fork can disarm them in the child.
@@ -227,7 +239,7 @@ class Loop:
                  "_echoq", "queue_echo", "_eq", "_eqv",
                  "_out_max", "_backend", "_trigger", "_echo", "_listeners",
                  "_owned", "_u32a", "_u32b",
-                 "_pid_fork",
+                 "_pid_fork", "_fast",
                  "_u64", "_int", "_host", "_stats", "__weakref__")
 
     def __init__(self, *, backend: Optional[str] = None,
@@ -320,6 +332,12 @@ class Loop:
         self._bsize = max(input_high, _BATCH_BYTES)
         self._echoq = array.array(_HANDLE_CODE)
         self.queue_echo: Callable[[int], None] = self._echoq.append
+        # The C calls of this loop; they hold the cffi owner of p too, so
+        # the struct outlives a call that is inside when close() comes.
+        self._fast: Any = None
+        if _LoopCalls is not None:
+            self._fast = _LoopCalls(self, _address(p), self._p, self._echoq,
+                                    _CALL_ADDRS, _FALLBACKS)
         self._u32a = ffi.new("uint32_t *")
         self._u32b = ffi.new("uint32_t *")
         self._u64 = ffi.new("uint64_t *")
@@ -366,6 +384,8 @@ class Loop:
         if p is None:
             return
         _inherited.append(p)
+        if self._fast is not None:
+            self._fast.detach()
         self._pid_fork = os.getppid()
         self._p = None
         self._owned = {}
@@ -381,6 +401,8 @@ class Loop:
         if p is None:
             return
         self._p = None
+        if self._fast is not None:
+            self._fast.detach()
         # The C struct itself is freed with the last reference to p (a
         # thread inside a call holds one), so no call can reach freed memory.
         if lib.pe_loop_teardown(p) == 0:
@@ -643,6 +665,28 @@ class Loop:
         self._eqv = memoryview(ffi.buffer(eq)).cast(_HANDLE_CODE)
         self._bbuf = bbuf
         self._bview = memoryview(ffi.buffer(bbuf)).toreadonly()
+        if self._fast is not None:
+            self._fast.setup(_address(eq), _address(bev), self._batch,
+                             (bev, eq, bbuf))
+
+    def _batch_tail(self, n: int, ms: int, start: float
+                    ) -> Iterator[Tuple[int, int, int, int]]:
+        # wait_batch in C (LoopCalls) after a run that returned nothing, an
+        # error, or while close() came: what wait_batch does from there.
+        try:
+            if n <= 0 and (n or ms):
+                n = self._wait_slow(
+                    n, None if ms < 0 else start + ms / 1000.0 if ms else 0.0,
+                    True)
+        finally:
+            if self._p is None and self._owned:
+                self._close_owned()     # close() came while we waited
+        if n == 1:
+            return iter((_unpack_bevent(self._bevbuf),))
+        if n <= 16:
+            return _iter_bevents(self._bevbuf[0:n << 5])
+        it = iter(self._bq[0:n << 2].tolist())
+        return zip(it, it, it, it)
 
     @property
     def batch_view(self) -> memoryview:
@@ -670,12 +714,16 @@ class Loop:
             _size("length", length, 0)
             raise                       # the handle was the bad argument
         if rc < 0:
-            if rc == -errno.EINVAL:
-                raise ValueError(
-                    f"reply range [{offset}, {offset + length}) is outside "
-                    f"the batch buffer ({self._bsize} bytes, filled by "
-                    f"wait_batch)")
-            self._send_failed(h, rc)
+            self._reply_failed(h, rc, offset, length)
+
+    def _reply_failed(self, h: int, rc: int, offset: int, length: int
+                      ) -> None:
+        if rc == -errno.EINVAL:
+            raise ValueError(
+                f"reply range [{offset}, {offset + length}) is outside "
+                f"the batch buffer ({self._bsize} bytes, filled by "
+                f"wait_batch)")
+        self._send_failed(h, rc)
 
     def _wait_slow(self, rc: int, deadline: Optional[float],
                    into: bool = False) -> int:
@@ -879,3 +927,30 @@ class Loop:
         st = self._stats
         _check(lib.pe_loop_get_stats(self._check_open(), st), "stats")
         return {name: int(getattr(st, name)) for name in _STATS}
+
+
+class _Hot:
+    """A Loop method that is the loop's C one (LoopCalls) where it has one,
+    else the Python method; ``Loop.name`` is the Python one (its doc)."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+
+    def __get__(self, obj: Any, cls: Any = None) -> Any:
+        if obj is None:
+            return self.func
+        fast = obj._fast
+        if fast is None:
+            return self.func.__get__(obj, cls)
+        return getattr(fast, self.name)
+
+
+# LoopCalls' fallbacks, in the order of loop_calls.c's PY_* enum.
+_FALLBACKS = (Loop.wait_batch, Loop._batch_tail, Loop.send,
+              Loop._send_failed, Loop.reply, Loop._reply_failed,
+              timeout_to_ms, _monotonic)
+Loop.wait_batch = _Hot(Loop.wait_batch)      # type: ignore[assignment]
+Loop.send = _Hot(Loop.send)                  # type: ignore[assignment]
+Loop.reply = _Hot(Loop.reply)                # type: ignore[assignment]

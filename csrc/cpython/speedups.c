@@ -807,7 +807,8 @@ PyMODINIT_FUNC PyInit__speedups(void)
         PyModule_AddObject(m, "Batch", (Py_INCREF(batch_type),
                                         (PyObject *)batch_type)) < 0 ||
         PyModule_AddObject(m, "Conn", (Py_INCREF(conn_type),
-                                       (PyObject *)conn_type)) < 0) {
+                                       (PyObject *)conn_type)) < 0 ||
+        pe_py_add_loop(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

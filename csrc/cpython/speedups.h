@@ -19,6 +19,7 @@
 
 /* Each file's part of the module: adds its types and functions to m;
  * 0, or -1 with an exception set. */
-int pe_py_add_iter(PyObject *m);      /* aio_iter.c */
+int pe_py_add_iter(PyObject *m);      /* aio_iter.c: EventLoop's iteration */
+int pe_py_add_loop(PyObject *m);      /* loop_calls.c: pyepoll.Loop */
 
 #endif

@@ -134,3 +134,26 @@ def aio_path(request: pytest.FixtureRequest):
     asyncio_loop._use_speedups(request.param == "c")
     yield request.param
     asyncio_loop._use_speedups(was)
+
+
+# pyepoll.Loop's two paths: wait_batch/send/reply in C (LoopCalls, CPython
+# only) and the pure Python ones (PYEPOLL_SPEEDUPS=0, PyPy).  Loops made
+# under the fixture take its path; subprocesses get the environment switch.
+# The Loop test files (test_loop.py, test_loop_hypothesis.py, test_errors.py,
+# test_faults.py, test_signals.py) run on each path there is through their
+# pytestmark.
+def _loop_paths() -> list:
+    from pyepoll import loop
+    return ["c", "py"] if loop._sp is not None else ["py"]
+
+
+@pytest.fixture(params=_loop_paths())
+def loop_path(request: pytest.FixtureRequest,
+              monkeypatch: pytest.MonkeyPatch):
+    from pyepoll import loop
+    if request.param == "py":
+        monkeypatch.setattr(loop, "_LoopCalls", None)
+        monkeypatch.setenv("PYEPOLL_SPEEDUPS", "0")
+    else:
+        monkeypatch.setattr(loop, "_LoopCalls", loop._sp.LoopCalls)
+    yield request.param

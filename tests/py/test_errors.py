@@ -17,7 +17,8 @@ from pyepoll import Loop, StaleHandleError, http
 
 from conftest import BACKENDS
 
-pytestmark = pytest.mark.timeout(120)
+# Each test on both Loop paths (conftest.loop_path: C calls and Python).
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("loop_path")]
 
 pepoll = importlib.import_module("pyepoll._epoll")
 

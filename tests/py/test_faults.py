@@ -29,7 +29,8 @@ from test_server import (ALL_MODELS, GET, HELLO, Reader, connect, recovered,
 from test_server import start_server  # noqa: F401  (fixture)
 from test_server_abuse import _flood, _raise_nofile
 
-pytestmark = pytest.mark.timeout(120)
+# Each test on both Loop paths (conftest.loop_path: C calls and Python).
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("loop_path")]
 
 LINUX = sys.platform.startswith("linux")
 

@@ -39,7 +39,8 @@ from pyepoll import (
 
 from conftest import BACKENDS
 
-pytestmark = pytest.mark.timeout(120)
+# Each test on both Loop paths (conftest.loop_path: C calls and Python).
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("loop_path")]
 
 CONFIGS: List[Tuple[str, str]] = []
 for _b in BACKENDS:
@@ -1760,3 +1761,254 @@ def test_forked_child_gets_fork_error(harness):
     assert hs.read(c, 2) == b"ok"
     c.close()
 
+
+
+# -- the C calls (LoopCalls) and the Python ones: same behaviour at the edges --
+# Every test in this file runs on both paths (conftest.loop_path); these
+# exercise where the C calls hand over to the Python code.
+
+
+def _open_conns(loop: Loop, n: int) -> List[Tuple[socket.socket, int]]:
+    addr = loop.sockname(loop.listen())
+    socks = [client(addr) for _ in range(n)]
+    handles: List[int] = []
+    deadline = time.monotonic() + 5
+    while len(handles) < n:
+        assert time.monotonic() < deadline
+        handles += [h for kind, h, _, _ in loop.wait_batch(0.01)
+                    if kind == EV_OPEN]
+    # Accept order is the connect order on one listener.
+    by_port = {}
+    for h in handles:
+        by_port[loop.peer(h)[1]] = h
+    return [(c, by_port[c.getsockname()[1]]) for c in socks]
+
+
+def test_c_calls_in_use(loop_path):
+    loop = Loop()
+    try:
+        for name in ("wait_batch", "send", "reply"):
+            method = getattr(loop, name)
+            # The C path binds LoopCalls' builtin methods; the Python path
+            # the methods of Loop.
+            assert (type(method).__name__ == "builtin_function_or_method") \
+                == (loop_path == "c"), name
+        assert Loop.send.__doc__.startswith("Queue ``data``")
+    finally:
+        loop.close()
+
+
+def test_calls_on_closed_loop_bound_before(loop_path):
+    loop = Loop()
+    loop.batch_view
+    wait_batch, send, reply = loop.wait_batch, loop.send, loop.reply
+    loop.close()
+    for call in (lambda: wait_batch(0), lambda: wait_batch(None),
+                 lambda: send(1, b"x"), lambda: send(1, bytearray(b"x")),
+                 lambda: reply(1, 0, 1)):
+        with pytest.raises(ValueError, match="I/O operation on closed loop"):
+            call()
+
+
+def test_send_kinds_and_messages(loop_path):
+    loop = Loop()
+    try:
+        [(c, h)] = _open_conns(loop, 1)
+        loop.send(h, b"ab")
+        loop.send(h, bytearray(b"cd"))
+        loop.send(h, memoryview(b"xefx")[1:3])
+        loop.send(h, array("B", b"gh"))
+        got = b""
+        deadline = time.monotonic() + 5
+        while len(got) < 8:
+            assert time.monotonic() < deadline
+            loop.wait_batch(0.01)
+            try:
+                got += c.recv(100)
+            except BlockingIOError:
+                pass
+        assert got == b"abcdefgh"
+        with pytest.raises(TypeError,
+                           match=r"^send\(\) needs a bytes-like object, "
+                                 r"not str$"):
+            loop.send(h, "text")
+        with pytest.raises(TypeError,
+                           match=r"^send\(\) needs a bytes-like object, "
+                                 r"not int$"):
+            loop.send(h, 5)
+        with pytest.raises(TypeError):
+            loop.send("h", b"x")
+        with pytest.raises(OverflowError):
+            loop.send(-1, b"x")
+        with pytest.raises(TypeError):
+            loop.send(h)
+        with pytest.raises(TypeError):
+            loop.wait_batch(0, 1)
+        with pytest.raises(TypeError):
+            loop.reply(h, "0", 1)
+        with pytest.raises(ValueError, match="length must be between"):
+            loop.reply(h, 0, -1)
+        with pytest.raises(ValueError, match=r"reply range \[0, 16777216\)"):
+            loop.reply(h, 0, 1 << 24)
+        # Keywords go to the Python method, same answer.
+        assert list(loop.wait_batch(timeout=0)) == []
+        loop.shutdown_write(h)
+        with pytest.raises(BrokenPipeError):
+            loop.send(h, b"late")
+        with pytest.raises(BrokenPipeError):
+            loop.send(h, bytearray(b"late"))
+        c.close()
+    finally:
+        loop.close()
+
+
+def test_send_reply_on_stale_handle(loop_path):
+    loop = Loop()
+    try:
+        [(c, h)] = _open_conns(loop, 1)
+        loop.close_connection(h, "now")
+        with pytest.raises(StaleHandleError):
+            loop.send(h, b"x")
+        with pytest.raises(StaleHandleError):
+            loop.send(h, bytearray(b"x"))
+        with pytest.raises(StaleHandleError):
+            loop.reply(h, 0, 0)
+        with pytest.raises(StaleHandleError):
+            loop.send(h + (7 << 32), b"x")     # a generation never issued
+        c.close()
+    finally:
+        loop.close()
+
+
+def test_second_thread_gets_ebusy(loop_path):
+    loop = Loop()
+    try:
+        [(c, h)] = _open_conns(loop, 1)
+        out: List[object] = []
+        t = threading.Thread(target=lambda: out.append(list(loop.wait_batch(3))))
+        t.start()
+        time.sleep(0.2)         # the thread is inside the blocking wait
+        for call, what in ((lambda: loop.send(h, b"x"), "send"),
+                           (lambda: loop.send(h, bytearray(b"x")), "send"),
+                           # reply's errors are send's (_send_failed)
+                           (lambda: loop.reply(h, 0, 1), "send"),
+                           (lambda: loop.wait_batch(0), "wait")):
+            with pytest.raises(OSError) as info:
+                call()
+            assert info.value.errno == errno.EBUSY
+            assert f"Loop.{what}(): another thread" in str(info.value)
+        loop.wakeup()
+        t.join(5)
+        assert out and [k for k, *_ in out[0]] == [EV_WAKEUP]
+        c.close()
+    finally:
+        loop.close()
+
+
+def test_close_from_another_thread_during_wait_batch(loop_path):
+    loop = Loop()
+    loop.listen()
+    loop.batch_view
+    wait_batch = loop.wait_batch
+    out: List[object] = []
+    t = threading.Thread(target=lambda: out.append(list(wait_batch(5))))
+    t.start()
+    time.sleep(0.2)
+    loop.close()
+    t.join(5)
+    assert not t.is_alive() and len(out) == 1
+    with pytest.raises(ValueError, match="closed loop"):
+        wait_batch(0)
+
+
+def test_signal_during_blocking_wait_batch(loop_path):
+    loop = Loop()
+    loop.batch_view
+    seen: List[int] = []
+    raise_at = [2]              # the handler raises at this many signals
+    threads: List[threading.Thread] = []
+
+    class Stop(Exception):
+        pass
+
+    def handler(signum, frame):
+        seen.append(signum)
+        if len(seen) == raise_at[0]:
+            raise Stop
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    try:
+        main = threading.get_ident()
+
+        def kick():
+            for _ in range(2):
+                time.sleep(0.2)
+                signal.pthread_kill(main, signal.SIGUSR1)
+
+        t = threading.Thread(target=kick)
+        threads.append(t)
+        t.start()
+        start = time.monotonic()
+        # The first handler returns: the wait goes on (PEP 475); the
+        # second raises, which ends the wait.
+        with pytest.raises(Stop):
+            loop.wait_batch(5)
+        assert 0.3 < time.monotonic() - start < 4
+        assert seen == [signal.SIGUSR1] * 2
+        t.join(5)
+        # A handler that returns, with a timeout: the wait ends at it, empty.
+        seen.clear()
+        raise_at[0] = 0
+        t = threading.Thread(target=kick)
+        threads.append(t)
+        t.start()
+        start = time.monotonic()
+        assert list(loop.wait_batch(0.3)) == []
+        assert 0.29 < time.monotonic() - start < 2
+        assert seen == [signal.SIGUSR1]     # it came, the wait went on
+        t.join(5)
+    finally:
+        for t in threads:
+            t.join(5)           # no signal may come after the restore
+        signal.signal(signal.SIGUSR1, old)
+        loop.close()
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16, 17, 40])
+def test_batches_of_n_events(loop_path, n):
+    loop = Loop()
+    try:
+        conns = _open_conns(loop, n)
+        for i, (c, _) in enumerate(conns):
+            c.sendall(b"%03d" % i * (i + 1))
+        time.sleep(0.1)         # all of them readable at the next wait
+        got: Dict[int, bytes] = {}
+        sizes: List[int] = []
+        deadline = time.monotonic() + 5
+        while sum(map(len, got.values())) < 3 * n * (n + 1) // 2:
+            assert time.monotonic() < deadline
+            events = loop.wait_batch(0.05)
+            assert iter(events) is events
+            batch = list(events)
+            sizes.append(len(batch))
+            view = loop.batch_view
+            for kind, h, arg, off in batch:
+                assert kind == EV_DATA
+                got[h] = got.get(h, b"") + bytes(view[off:off + arg])
+        assert sizes[0] == n    # one batch of n events
+        for i, (_, h) in enumerate(conns):
+            assert got[h] == b"%03d" % i * (i + 1)
+        # Echo them all back queued: the queue goes out with the next wait.
+        for h in got:
+            loop.queue_echo(h)
+        assert list(loop.wait_batch(0)) == []
+        for i, (c, _) in enumerate(conns):
+            c.settimeout(5)
+            want = b"%03d" % i * (i + 1)
+            back = b""
+            while len(back) < len(want):
+                back += c.recv(4096)
+            assert back == want
+            c.close()
+    finally:
+        loop.close()

@@ -32,6 +32,7 @@ pytestmark = [
     pytest.mark.skipif(not hasattr(signal, "pthread_kill"),
                        reason="needs pthread_kill"),
     pytest.mark.timeout(60),
+    pytest.mark.usefixtures("loop_path"),   # both Loop paths (conftest)
 ]
 
 # Not SIGALRM: pytest-timeout's signal method owns that one.

@@ -1,0 +1,554 @@
+/*
+ * loop_calls.c - pyepoll.Loop's hot calls in C (CPython only): wait_batch,
+ * send and reply of one Loop, as the Python code in pyepoll/loop.py does
+ * them in their common case (issue 15: cffi's argument conversion and the
+ * GIL release of a non-blocking call were ~1,000 instructions a wakeup).
+ *
+ * One LoopCalls per Loop.  It calls the core's guarded entry points
+ * (csrc/loop/loop_guard.c) through addresses cffi handed over, on the
+ * buffers Loop._batch_init allocated with cffi (`owners` keeps them and
+ * the C loop's cffi owner alive: the struct is freed only with the last
+ * reference to that owner, so a Loop closed by another thread while a
+ * call is inside leaves memory the core answers -EBADF from).
+ *
+ * Anything unusual goes back to the Python code, which stays the one
+ * implementation of the semantics and of every message: a closed or
+ * forked loop (detach()), a queued echo before send/reply, arguments that
+ * are not plain ints or bytes/bytearray, a wait that returned nothing or
+ * an error (EINTR runs the signal handlers there), and any failed send.
+ */
+#include "speedups.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
+
+typedef int (*run_batch_fn)(pe_loop *, int, int);
+typedef int64_t (*send_fn)(pe_loop *, pe_handle, const void *, size_t);
+typedef int64_t (*reply_fn)(pe_loop *, pe_handle, uint32_t, uint32_t);
+
+/* The Python fallbacks (loop.py), each called with the Loop first. */
+enum {
+    PY_WAIT_BATCH,      /* (loop, timeout): the whole Python wait_batch */
+    PY_BATCH_TAIL,      /* (loop, n, ms, start): after the run */
+    PY_SEND,            /* (loop, h, data): the whole Python send */
+    PY_SEND_FAILED,     /* (loop, h, rc) */
+    PY_REPLY,           /* (loop, h, offset, length): the whole reply */
+    PY_REPLY_FAILED,    /* (loop, h, rc, offset, length) */
+    PY_TIMEOUT_MS,      /* (timeout) -> ms */
+    PY_MONOTONIC,       /* () -> seconds */
+    PY_N
+};
+
+typedef struct {
+    PyObject_HEAD
+    pe_loop *l;                 /* NULL after detach(): Python decides */
+    pe_handle *eq;              /* the batch buffers; NULL before setup() */
+    int cap;                    /* events and echo handles they hold */
+    struct pe_loop_bevent *ev;
+    run_batch_fn run_batch;
+    send_fn send;
+    reply_fn reply;
+    PyObject *loop_ref;         /* a weak reference: no cycle via the Loop */
+    PyObject *echoq;            /* Loop._echoq (the array queue_echo fills) */
+    PyObject *owners;           /* cffi objects that own l and the buffers */
+    PyObject *py[PY_N];
+} LoopCalls;
+
+static PyTypeObject *loop_calls_type;
+
+/* LoopCalls(loop, l, owner, echoq, (run_batch, send, reply), fallbacks) */
+static PyObject *lc_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    PyObject *loop, *owner, *echoq, *fallbacks;
+    unsigned long long l, run_batch, send, reply;
+    LoopCalls *c;
+    int i;
+
+    if (kw && PyDict_Size(kw)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "LoopCalls() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OKOO(KKK)O!", &loop, &l, &owner, &echoq,
+                          &run_batch, &send, &reply, &PyTuple_Type,
+                          &fallbacks))
+        return NULL;
+    if (!l || !run_batch || !send || !reply ||
+        PyTuple_Size(fallbacks) != PY_N) {
+        PyErr_SetString(PyExc_ValueError,
+                        "LoopCalls: null address or wrong fallbacks");
+        return NULL;
+    }
+    c = (LoopCalls *)PyType_GenericAlloc(type, 0);
+    if (!c)
+        return NULL;
+    c->loop_ref = PyWeakref_NewRef(loop, NULL);
+    if (!c->loop_ref) {
+        Py_DECREF(c);
+        return NULL;
+    }
+    c->l = (pe_loop *)(uintptr_t)l;
+    c->run_batch = (run_batch_fn)(uintptr_t)run_batch;
+    c->send = (send_fn)(uintptr_t)send;
+    c->reply = (reply_fn)(uintptr_t)reply;
+    Py_INCREF(echoq);
+    c->echoq = echoq;
+    c->owners = PyList_New(0);
+    if (!c->owners || PyList_Append(c->owners, owner) < 0) {
+        Py_DECREF(c);
+        return NULL;
+    }
+    for (i = 0; i < PY_N; i++) {
+        c->py[i] = PyTuple_GetItem(fallbacks, i);
+        Py_INCREF(c->py[i]);
+    }
+    return (PyObject *)c;
+}
+
+static int lc_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    LoopCalls *c = (LoopCalls *)self;
+    int i;
+
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(c->loop_ref);
+    Py_VISIT(c->echoq);
+    Py_VISIT(c->owners);
+    for (i = 0; i < PY_N; i++)
+        Py_VISIT(c->py[i]);
+    return 0;
+}
+
+static int lc_clear(PyObject *self)
+{
+    LoopCalls *c = (LoopCalls *)self;
+    int i;
+
+    c->l = NULL;
+    c->eq = NULL;
+    Py_CLEAR(c->loop_ref);
+    Py_CLEAR(c->echoq);
+    Py_CLEAR(c->owners);
+    for (i = 0; i < PY_N; i++)
+        Py_CLEAR(c->py[i]);
+    return 0;
+}
+
+static void lc_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    lc_clear(self);
+    ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);
+    Py_DECREF(tp);
+}
+
+/* setup(eq, ev, cap, owners): the buffers Loop._batch_init named to
+ * pe_loop_batch_setup (cap handles and cap events). */
+static PyObject *lc_setup(PyObject *self, PyObject *args)
+{
+    LoopCalls *c = (LoopCalls *)self;
+    unsigned long long eq, ev;
+    int cap;
+    PyObject *owners;
+
+    if (!PyArg_ParseTuple(args, "KKiO", &eq, &ev, &cap, &owners))
+        return NULL;
+    if (!eq || !ev || cap <= 0) {
+        PyErr_SetString(PyExc_ValueError, "setup: null buffer or cap <= 0");
+        return NULL;
+    }
+    if (!c->owners || PyList_Append(c->owners, owners) < 0)
+        return NULL;
+    c->eq = (pe_handle *)(uintptr_t)eq;
+    c->ev = (struct pe_loop_bevent *)(uintptr_t)ev;
+    c->cap = cap;
+    Py_RETURN_NONE;
+}
+
+/* detach(): the Loop closed or this is a forked child; every call goes the
+ * Python way from now on (it raises what the Loop raises). */
+static PyObject *lc_detach(PyObject *self, PyObject *unused)
+{
+    ((LoopCalls *)self)->l = NULL;
+    Py_RETURN_NONE;
+}
+
+/* A fallback called with the Loop first; NULL if the Loop is gone (a
+ * bound method outliving it), as calling its Python method would not. */
+static PyObject *fallback(LoopCalls *c, int which, PyObject *a, PyObject *b,
+                          PyObject *d, PyObject *e)
+{
+    PyObject *loop = c->loop_ref ? PyWeakref_GetObject(c->loop_ref) : NULL;
+    PyObject *fn = c->py[which], *r;
+
+    if (!loop || loop == Py_None || !fn) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ReferenceError, "the Loop is gone");
+        return NULL;
+    }
+    Py_INCREF(loop);
+    Py_INCREF(fn);
+    r = PyObject_CallFunctionObjArgs(fn, loop, a, b, d, e, NULL);
+    Py_DECREF(fn);
+    Py_DECREF(loop);
+    return r;
+}
+
+static PyObject *lc_wait_batch_impl(PyObject *, PyObject *const *,
+                                    Py_ssize_t);
+static PyObject *lc_send_impl(PyObject *, PyObject *const *, Py_ssize_t);
+static PyObject *lc_reply_impl(PyObject *, PyObject *const *, Py_ssize_t);
+
+/* Keywords or odd arguments: the Python method, called as given. */
+static PyObject *whole_python(LoopCalls *c, int which, PyObject *args,
+                              PyObject *kw)
+{
+    PyObject *loop = c->loop_ref ? PyWeakref_GetObject(c->loop_ref) : NULL;
+    PyObject *full, *r;
+    Py_ssize_t i, n = PyTuple_Size(args);
+
+    if (!loop || loop == Py_None || !c->py[which]) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ReferenceError, "the Loop is gone");
+        return NULL;
+    }
+    if (!(full = PyTuple_New(n + 1)))
+        return NULL;
+    Py_INCREF(loop);
+    PyTuple_SetItem(full, 0, loop);
+    for (i = 0; i < n; i++) {
+        PyObject *a = PyTuple_GetItem(args, i);
+        Py_INCREF(a);
+        PyTuple_SetItem(full, i + 1, a);
+    }
+    r = PyObject_Call(c->py[which], full, kw);
+    Py_DECREF(full);
+    return r;
+}
+
+/* 64-bit unsigned long (LP64): CPython converts it with a digit loop, an
+ * unsigned long long through the generic byte-array path. */
+#if ULONG_MAX >= UINT64_MAX
+#define U64_FROM(v) PyLong_FromUnsignedLong((unsigned long)(v))
+#define U64_AS(o) PyLong_AsUnsignedLong(o)
+#else
+#define U64_FROM(v) PyLong_FromUnsignedLongLong((unsigned long long)(v))
+#define U64_AS(o) PyLong_AsUnsignedLongLong(o)
+#endif
+
+static PyObject *event_tuple(const struct pe_loop_bevent *e)
+{
+    PyObject *t = PyTuple_New(4), *v[4];
+    int i;
+
+    if (!t)
+        return NULL;
+    v[0] = U64_FROM(e->kind);
+    v[1] = U64_FROM(e->handle);
+    v[2] = U64_FROM(e->arg);
+    v[3] = U64_FROM(e->off);
+    for (i = 0; i < 4; i++) {
+        if (!v[i]) {
+            for (; i < 4; i++)
+                Py_XDECREF(v[i]);
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SetItem(t, i, v[i]);            /* steals v[i] */
+    }
+    return t;
+}
+
+/* The batch's n events as an iterator of (kind, handle, arg, offset). */
+static PyObject *events(LoopCalls *c, int n)
+{
+    PyObject *t = PyTuple_New(n), *it;
+    int i;
+
+    if (!t)
+        return NULL;
+    for (i = 0; i < n; i++) {
+        PyObject *e = event_tuple(&c->ev[i]);
+        if (!e) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SetItem(t, i, e);               /* steals e */
+    }
+    it = PyObject_GetIter(t);
+    Py_DECREF(t);
+    return it;
+}
+
+/* The queued echoes (Loop._echoq) moved into eq, as the Python code moves
+ * them: how many, or -1 with an exception. */
+static int take_echoes(LoopCalls *c, Py_ssize_t nq)
+{
+    Py_ssize_t i;
+
+    for (i = 0; i < nq; i++) {
+        PyObject *h = PySequence_GetItem(c->echoq, i);
+        uint64_t v;
+
+        if (!h)
+            return -1;
+        v = U64_AS(h);
+        Py_DECREF(h);
+        if (v == (uint64_t)-1 && PyErr_Occurred())
+            return -1;
+        c->eq[i] = (pe_handle)v;
+    }
+    if (PySequence_DelSlice(c->echoq, 0, nq) < 0)
+        return -1;
+    return (int)nq;
+}
+
+/* wait_batch(timeout=None): Loop.wait_batch. */
+static PyObject *lc_wait_batch(PyObject *self, PyObject *targs, PyObject *kw)
+{
+    PyObject *args[3];
+    Py_ssize_t nargs = PyTuple_Size(targs), i;
+
+    if ((kw && PyDict_Size(kw)) || nargs > 3)
+        return whole_python((LoopCalls *)self, PY_WAIT_BATCH, targs, kw);
+    for (i = 0; i < nargs && i < 3; i++)
+        args[i] = PyTuple_GetItem(targs, i);
+    return lc_wait_batch_impl(self, args, nargs);
+}
+
+static PyObject *lc_wait_batch_impl(PyObject *self, PyObject *const *args,
+                               Py_ssize_t nargs)
+{
+    LoopCalls *c = (LoopCalls *)self;
+    PyObject *timeout = nargs > 0 ? args[0] : Py_None, *start = NULL, *r;
+    Py_ssize_t nq;
+    int ms, necho, n;
+
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "wait_batch() takes at most 1 argument (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    if (c->l == NULL || c->eq == NULL ||
+        (nq = PyObject_Size(c->echoq)) < 0 || nq > c->cap)
+        goto python;
+    if (timeout == Py_None) {
+        ms = -1;
+    } else {
+        PyObject *m = PyObject_CallFunctionObjArgs(c->py[PY_TIMEOUT_MS],
+                                                   timeout, NULL);
+        long v;
+
+        if (!m)
+            return NULL;
+        v = PyLong_AsLong(m);
+        Py_DECREF(m);
+        if (v == -1 && PyErr_Occurred())
+            return NULL;
+        ms = (int)v;
+        if (ms > 0 && !(start = PyObject_CallObject(c->py[PY_MONOTONIC], NULL)))
+            return NULL;
+    }
+    necho = nq ? take_echoes(c, nq) : 0;
+    if (necho < 0) {
+        Py_XDECREF(start);
+        return NULL;
+    }
+    if (ms) {
+        pe_loop *l = c->l;
+        Py_BEGIN_ALLOW_THREADS
+        n = c->run_batch(l, necho, ms);
+        Py_END_ALLOW_THREADS
+    } else {
+        n = c->run_batch(c->l, necho, ms);
+    }
+    if (c->l == NULL || (n <= 0 && (n || ms))) {
+        /* close() came meanwhile, nothing yet, or an error: the Python
+         * tail (it waits on, runs signal handlers, raises). */
+        PyObject *pn = PyLong_FromLong(n), *pms = PyLong_FromLong(ms);
+
+        if (!start) {
+            start = PyFloat_FromDouble(0.0);
+        }
+        r = pn && pms && start
+            ? fallback(c, PY_BATCH_TAIL, pn, pms, start, NULL) : NULL;
+        Py_XDECREF(pn);
+        Py_XDECREF(pms);
+        Py_XDECREF(start);
+        return r;
+    }
+    Py_XDECREF(start);
+    return events(c, n);
+python:
+    if (PyErr_Occurred())
+        return NULL;
+    return fallback(c, PY_WAIT_BATCH, timeout, NULL, NULL, NULL);
+}
+
+/* send(h, data): Loop.send for bytes and bytearray, the GIL held (the
+ * core's send never blocks). */
+static PyObject *lc_send(PyObject *self, PyObject *targs, PyObject *kw)
+{
+    PyObject *args[3];
+    Py_ssize_t nargs = PyTuple_Size(targs), i;
+
+    if ((kw && PyDict_Size(kw)) || nargs > 3)
+        return whole_python((LoopCalls *)self, PY_SEND, targs, kw);
+    for (i = 0; i < nargs && i < 3; i++)
+        args[i] = PyTuple_GetItem(targs, i);
+    return lc_send_impl(self, args, nargs);
+}
+
+static PyObject *lc_send_impl(PyObject *self, PyObject *const *args,
+                         Py_ssize_t nargs)
+{
+    LoopCalls *c = (LoopCalls *)self;
+    unsigned long long h;
+    char *buf;
+    Py_ssize_t len;
+    int64_t rc;
+    PyObject *data, *prc, *r;
+
+    if (nargs != 2 || c->l == NULL || !PyLong_Check(args[0]))
+        goto python;
+    h = U64_AS(args[0]);
+    if (h == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();                  /* Python raises its own error */
+        goto python;
+    }
+    data = args[1];
+    if (PyBytes_CheckExact(data)) {
+        if (PyBytes_AsStringAndSize(data, &buf, &len) < 0)
+            return NULL;
+    } else if (PyByteArray_CheckExact(data)) {
+        buf = PyByteArray_AsString(data);
+        len = PyByteArray_Size(data);
+    } else {
+        goto python;
+    }
+    if (PyObject_Size(c->echoq) != 0)  /* queued echoes go out first */
+        goto python;
+    rc = c->send(c->l, (pe_handle)h, buf, (size_t)len);
+    if (rc >= 0)
+        Py_RETURN_NONE;
+    if (!(prc = PyLong_FromLongLong(rc)))
+        return NULL;
+    r = fallback(c, PY_SEND_FAILED, args[0], prc, NULL, NULL);
+    Py_DECREF(prc);
+    return r;
+python:
+    if (PyErr_Occurred())
+        return NULL;
+    if (nargs != 2) {
+        PyErr_Format(PyExc_TypeError,
+                     "send() takes 2 positional arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    return fallback(c, PY_SEND, args[0], args[1], NULL, NULL);
+}
+
+/* reply(h, offset, length): Loop.reply, the GIL held. */
+static PyObject *lc_reply(PyObject *self, PyObject *targs, PyObject *kw)
+{
+    PyObject *args[3];
+    Py_ssize_t nargs = PyTuple_Size(targs), i;
+
+    if ((kw && PyDict_Size(kw)) || nargs > 3)
+        return whole_python((LoopCalls *)self, PY_REPLY, targs, kw);
+    for (i = 0; i < nargs && i < 3; i++)
+        args[i] = PyTuple_GetItem(targs, i);
+    return lc_reply_impl(self, args, nargs);
+}
+
+static PyObject *lc_reply_impl(PyObject *self, PyObject *const *args,
+                          Py_ssize_t nargs)
+{
+    LoopCalls *c = (LoopCalls *)self;
+    unsigned long long h, off, len;
+    int64_t rc;
+    PyObject *prc, *r;
+    Py_ssize_t nq;
+
+    if (nargs != 3 || c->l == NULL || !PyLong_Check(args[0]) ||
+        !PyLong_Check(args[1]) || !PyLong_Check(args[2]))
+        goto python;
+    h = U64_AS(args[0]);
+    off = U64_AS(args[1]);
+    len = U64_AS(args[2]);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        goto python;
+    }
+    if (off > UINT32_MAX || len > UINT32_MAX)
+        goto python;
+    nq = PyObject_Size(c->echoq);
+    if (nq != 0)
+        goto python;
+    rc = c->reply(c->l, (pe_handle)h, (uint32_t)off, (uint32_t)len);
+    if (rc >= 0)
+        Py_RETURN_NONE;
+    if (!(prc = PyLong_FromLongLong(rc)))
+        return NULL;
+    r = fallback(c, PY_REPLY_FAILED, args[0], prc, args[1], args[2]);
+    Py_DECREF(prc);
+    return r;
+python:
+    if (PyErr_Occurred())
+        return NULL;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError,
+                     "reply() takes 3 positional arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    return fallback(c, PY_REPLY, args[0], args[1], args[2], NULL);
+}
+
+static PyMethodDef lc_methods[] = {
+    {"wait_batch", (PyCFunction)(void (*)(void))lc_wait_batch,
+     METH_VARARGS | METH_KEYWORDS,
+     "Loop.wait_batch"},
+    {"send", (PyCFunction)(void (*)(void))lc_send,
+     METH_VARARGS | METH_KEYWORDS,
+     "Loop.send"},
+    {"reply", (PyCFunction)(void (*)(void))lc_reply,
+     METH_VARARGS | METH_KEYWORDS,
+     "Loop.reply"},
+    {"setup", lc_setup, METH_VARARGS, "setup(eq, ev, cap, owners)"},
+    {"detach", lc_detach, METH_NOARGS,
+     "forget the C loop: the Loop closed (or is the parent's)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot lc_slots[] = {
+    {Py_tp_new, lc_new},
+    {Py_tp_dealloc, lc_dealloc},
+    {Py_tp_traverse, lc_traverse},
+    {Py_tp_clear, lc_clear},
+    {Py_tp_methods, lc_methods},
+    {Py_tp_doc, "LoopCalls(loop, l, owner, echoq, addresses, fallbacks): "
+                "a pyepoll.Loop's hot calls in C"},
+    {0, NULL},
+};
+
+static PyType_Spec lc_spec = {
+    "pyepoll._speedups.LoopCalls", sizeof(LoopCalls), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, lc_slots,
+};
+
+int pe_py_add_loop(PyObject *m)
+{
+    loop_calls_type = (PyTypeObject *)PyType_FromSpec(&lc_spec);
+    if (!loop_calls_type)
+        return -1;
+    Py_INCREF(loop_calls_type);
+    if (PyModule_AddObject(m, "LoopCalls", (PyObject *)loop_calls_type) < 0) {
+        Py_DECREF(loop_calls_type);
+        return -1;
+    }
+    return 0;
+}
