@@ -65,6 +65,9 @@ _STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6,
                     getattr(socket, "AF_UNIX", -1))
 # Bytes one batch can bring: a connection reads at most input_high per run.
 _INPUT_HIGH = 256 * 1024
+# Writes a connection may hold back for the flush before the next wait
+# (defer_writes, docs/asyncio.md "Writes and flushing").
+_DEFER_BYTES = 64 * 1024
 _BATCH_BYTES = 1024 * 1024
 # 3.13+: Server tracks its transports (close_clients) and _attach takes one.
 _ATTACH_TAKES_TRANSPORT = len(
@@ -233,6 +236,9 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         cfg.out_high = 0xFFFFFFFF
         cfg.out_max = 0x7FFFFFFF
         cfg.nodelay = 1
+        # The writes of one batch of callbacks (uvicorn's head and body)
+        # leave in one send, before the next wait.
+        cfg.defer_writes = _DEFER_BYTES
         err = ffi.new("int *")
         p = lib.pe_loop_new(cfg, err)
         if p == _NULL:
@@ -275,6 +281,22 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         self._conns.clear()
 
     # -- the wait --------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        # Writes are sent before each wait; an iteration that stops the loop
+        # has no next wait, so its writes leave here (run_until_complete
+        # ends through this too).
+        try:
+            super().run_forever()
+        finally:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send every connection's deferred writes now; a failed send
+        closes that connection (its CLOSED comes with the next batch)."""
+        p = self._p
+        if p is not None:
+            lib.pe_loop_flush(p)
 
     def _run_once(self) -> None:
         """One iteration: the stdlib's _run_once, step for step, without
@@ -701,6 +723,8 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
             raise RuntimeError("Cannot close a running event loop")
         if self.is_closed():
             return
+        # Before the transports' sockets close: what they wrote goes out.
+        self._flush()
         super().close()
         for t in list(self._conns.values()):
             t._loop_gone()
@@ -1012,6 +1036,13 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         if not h:
             return
         lib.pe_loop_pause_reading(self._p, h)
+        if self.get_write_buffer_size():
+            # Writes deferred to the next wait go now, as the stdlib's
+            # would have gone at write(): only what the socket refused
+            # delays connection_lost (a failed send: CLOSED with the error).
+            self._loop._flush()
+            if lib.pe_loop_buffered(self._p, h, _NULL, _NULL) < 0:
+                return
         if self.get_write_buffer_size() == 0:
             self._conn_lost += 1
             self._close_now()
@@ -1028,6 +1059,10 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         self._fast = self._bfast = False
         self._conn_lost += 1
         if self._h:
+            if self.get_write_buffer_size():
+                # The stdlib's write() sent what the socket took before an
+                # abort; deferred writes get that one send too.
+                self._loop._flush()
             self._close_now()
             self._loop.call_soon(self._call_connection_lost, exc)
         else:
@@ -1129,9 +1164,10 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
     def _maybe_pause_protocol(self) -> None:
         was = self._protocol_paused
         super()._maybe_pause_protocol()
-        if self._protocol_paused and not was and self._h and self._low_water:
-            # resume_writing at the low-water mark, as asyncio does (an
-            # empty queue reports itself anyway).
+        if self._protocol_paused and not was and self._h:
+            # resume_writing at the low-water mark, as asyncio does; with a
+            # mark of 0 this asks for the DRAINED of an empty queue, which
+            # deferred bytes sent whole would not report otherwise.
             lib.pe_loop_notify_below(self._p, self._h, self._low_water)
 
     def _write_slow(self, data: Any) -> None:
@@ -1171,6 +1207,9 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
             raise RuntimeError("Empty waiter is already set")
         self._empty_waiter = self._loop.create_future()
         self._wblock = True
+        if self.get_write_buffer_size():
+            # Deferred writes go now; only a full socket is waited for.
+            self._loop._flush()
         if self.get_write_buffer_size() == 0:
             self._empty_waiter.set_result(None)
         return self._empty_waiter

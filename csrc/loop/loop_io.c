@@ -368,6 +368,8 @@ int pe__loop_flush(pe_loop *l)
     uint32_t n = l->ndfl, i;
     int sent = 0;
 
+    if (!n)
+        return 0;                        /* dfl may still be NULL */
     for (i = 0; i < n; i++) {
         if (!dfl_entry(l, l->dfl[i]))
             continue;
