@@ -945,7 +945,12 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         if self._protocol_paused:
             self._maybe_resume_protocol()
         if self._closing and self._h:
-            # close() waited for the queued bytes: they are out.
+            # close() waited for the queued bytes: they are out, unless a
+            # callback above (resume_writing: TLS's close_notify) wrote
+            # more, which leaves first (-1: that send failed, CLOSED
+            # follows with the error; > 0: the next DRAINED closes).
+            if self._send_deferred():
+                return
             self._conn_lost += 1
             self._close_now()
             self._call_connection_lost(None)
@@ -1014,6 +1019,20 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
 
     # -- closing -------------------------------------------------------------
 
+    def _send_deferred(self) -> int:
+        """Send the loop's deferred writes now if this transport has bytes
+        queued.  Returns the bytes still queued (the socket is full), or -1
+        when the send failed: the C loop closed the connection and its
+        CLOSED, with the error, is on the way."""
+        p, h = self._p, self._h
+        u = self._loop._u32
+        if not h or lib.pe_loop_buffered(p, h, _NULL, u) < 0 or not u[0]:
+            return 0                 # nothing queued (or closed already)
+        lib.pe_loop_flush(p)
+        if lib.pe_loop_buffered(p, h, _NULL, u) < 0:
+            return -1
+        return int(u[0])
+
     def _close_now(self) -> None:
         """Close in C now (queued bytes dropped); the caller tells the
         protocol.  The C loop's CLOSED for it is ignored."""
@@ -1036,14 +1055,10 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         if not h:
             return
         lib.pe_loop_pause_reading(self._p, h)
-        if self.get_write_buffer_size():
-            # Writes deferred to the next wait go now, as the stdlib's
-            # would have gone at write(): only what the socket refused
-            # delays connection_lost (a failed send: CLOSED with the error).
-            self._loop._flush()
-            if lib.pe_loop_buffered(self._p, h, _NULL, _NULL) < 0:
-                return
-        if self.get_write_buffer_size() == 0:
+        # Writes deferred to the next wait go now, as the stdlib's write()
+        # would have sent them: only what the socket refused delays
+        # connection_lost (a failed send: CLOSED brings the error).
+        if self._send_deferred() == 0:
             self._conn_lost += 1
             self._close_now()
             self._loop.call_soon(self._call_connection_lost, None)
@@ -1059,10 +1074,9 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         self._fast = self._bfast = False
         self._conn_lost += 1
         if self._h:
-            if self.get_write_buffer_size():
-                # The stdlib's write() sent what the socket took before an
-                # abort; deferred writes get that one send too.
-                self._loop._flush()
+            # The stdlib's write() sent what the socket took before an
+            # abort; deferred writes get that one send too.
+            self._send_deferred()
             self._close_now()
             self._loop.call_soon(self._call_connection_lost, exc)
         else:
@@ -1207,10 +1221,8 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
             raise RuntimeError("Empty waiter is already set")
         self._empty_waiter = self._loop.create_future()
         self._wblock = True
-        if self.get_write_buffer_size():
-            # Deferred writes go now; only a full socket is waited for.
-            self._loop._flush()
-        if self.get_write_buffer_size() == 0:
+        # Deferred writes go now; only a full socket is waited for.
+        if self._send_deferred() <= 0:
             self._empty_waiter.set_result(None)
         return self._empty_waiter
 

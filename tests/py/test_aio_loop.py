@@ -1435,3 +1435,41 @@ def test_deferred_write_to_a_gone_peer_reports_the_error():
 
     exc, errors = run(main)
     assert isinstance(exc, (BrokenPipeError, ConnectionResetError))
+
+
+def test_bytes_written_by_resume_writing_while_closing_are_sent():
+    # TLS writes its close_notify from resume_writing after close(): the
+    # DRAINED that ends the close must not drop it.
+    size = 4 * 2**20
+
+    class Closer(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.t = transport
+            self.lost = asyncio.get_running_loop().create_future()
+
+        def resume_writing(self):
+            self.t.write(b"bye")
+
+        def connection_lost(self, exc):
+            if not self.lost.done():
+                self.lost.set_result(exc)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        t, p, b = await accepted(Closer)
+        b.setblocking(False)
+        t.write(b"z" * size)
+        assert t.get_write_buffer_size() > 0
+        t.close()
+        got = bytearray()
+        while True:
+            chunk = await loop.sock_recv(b, 1 << 20)
+            if not chunk:
+                break
+            got += chunk
+        b.close()
+        return bytes(got[-3:]), len(got), await p.lost
+
+    (tail, n, exc), errors = run(main)
+    assert n == size + 3 and tail == b"bye"
+    assert exc is None
