@@ -65,6 +65,9 @@ _STREAM_FAMILIES = (socket.AF_INET, socket.AF_INET6,
                     getattr(socket, "AF_UNIX", -1))
 # Bytes one batch can bring: a connection reads at most input_high per run.
 _INPUT_HIGH = 256 * 1024
+# Writes a connection may hold back for the flush before the next wait
+# (defer_writes, docs/asyncio.md "Writes and flushing").
+_DEFER_BYTES = 64 * 1024
 _BATCH_BYTES = 1024 * 1024
 # 3.13+: Server tracks its transports (close_clients) and _attach takes one.
 _ATTACH_TAKES_TRANSPORT = len(
@@ -257,6 +260,9 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         cfg.out_high = 0xFFFFFFFF
         cfg.out_max = 0x7FFFFFFF
         cfg.nodelay = 1
+        # The writes of one batch of callbacks (uvicorn's head and body)
+        # leave in one send, before the next wait.
+        cfg.defer_writes = _DEFER_BYTES
         err = ffi.new("int *")
         p = lib.pe_loop_new(cfg, err)
         if p == _NULL:
@@ -313,6 +319,22 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         self._conns.clear()
 
     # -- the wait --------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        # Writes are sent before each wait; an iteration that stops the loop
+        # has no next wait, so its writes leave here (run_until_complete
+        # ends through this too).
+        try:
+            super().run_forever()
+        finally:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Send every connection's deferred writes now; a failed send
+        closes that connection (its CLOSED comes with the next batch)."""
+        p = self._p
+        if p is not None:
+            lib.pe_loop_flush(p)
 
     def _prune_timers(self) -> None:
         """The stdlib's upkeep of the timer heap: rebuild it without the
@@ -817,6 +839,8 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
             raise RuntimeError("Cannot close a running event loop")
         if self.is_closed():
             return
+        # Before the transports' sockets close: what they wrote goes out.
+        self._flush()
         super().close()
         for t in list(self._conns.values()):
             t._loop_gone()
@@ -1067,7 +1091,12 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         if self._protocol_paused:
             self._maybe_resume_protocol()
         if self._closing and self._h:
-            # close() waited for the queued bytes: they are out.
+            # close() waited for the queued bytes: they are out, unless a
+            # callback above (resume_writing: TLS's close_notify) wrote
+            # more, which leaves first (-1: that send failed, CLOSED
+            # follows with the error; > 0: the next DRAINED closes).
+            if self._send_deferred():
+                return
             self._conn_lost += 1
             self._close_now()
             self._call_connection_lost(None)
@@ -1140,6 +1169,20 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
 
     # -- closing -------------------------------------------------------------
 
+    def _send_deferred(self) -> int:
+        """Send the loop's deferred writes now if this transport has bytes
+        queued.  Returns the bytes still queued (the socket is full), or -1
+        when the send failed: the C loop closed the connection and its
+        CLOSED, with the error, is on the way."""
+        p, h = self._p, self._h
+        u = self._loop._u32
+        if not h or lib.pe_loop_buffered(p, h, _NULL, u) < 0 or not u[0]:
+            return 0                 # nothing queued (or closed already)
+        lib.pe_loop_flush(p)
+        if lib.pe_loop_buffered(p, h, _NULL, u) < 0:
+            return -1
+        return int(u[0])
+
     def _close_now(self) -> None:
         """Close in C now (queued bytes dropped); the caller tells the
         protocol.  The C loop's CLOSED for it is ignored."""
@@ -1164,7 +1207,10 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         if not h:
             return
         lib.pe_loop_pause_reading(self._p, h)
-        if self.get_write_buffer_size() == 0:
+        # Writes deferred to the next wait go now, as the stdlib's write()
+        # would have sent them: only what the socket refused delays
+        # connection_lost (a failed send: CLOSED brings the error).
+        if self._send_deferred() == 0:
             self._conn_lost += 1
             self._close_now()
             self._loop.call_soon(self._call_connection_lost, None)
@@ -1181,6 +1227,9 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         self._sync()
         self._conn_lost += 1
         if self._h:
+            # The stdlib's write() sent what the socket took before an
+            # abort; deferred writes get that one send too.
+            self._send_deferred()
             self._close_now()
             self._loop.call_soon(self._call_connection_lost, exc)
         else:
@@ -1285,9 +1334,10 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
     def _maybe_pause_protocol(self) -> None:
         was = self._protocol_paused
         super()._maybe_pause_protocol()
-        if self._protocol_paused and not was and self._h and self._low_water:
-            # resume_writing at the low-water mark, as asyncio does (an
-            # empty queue reports itself anyway).
+        if self._protocol_paused and not was and self._h:
+            # resume_writing at the low-water mark, as asyncio does; with a
+            # mark of 0 this asks for the DRAINED of an empty queue, which
+            # deferred bytes sent whole would not report otherwise.
             lib.pe_loop_notify_below(self._p, self._h, self._low_water)
 
     def _write_slow(self, data: Any) -> None:
@@ -1329,7 +1379,8 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
         self._empty_waiter = self._loop.create_future()
         self._wblock = True
         self._sync()
-        if self.get_write_buffer_size() == 0:
+        # Deferred writes go now; only a full socket is waited for.
+        if self._send_deferred() <= 0:
             self._empty_waiter.set_result(None)
         return self._empty_waiter
 

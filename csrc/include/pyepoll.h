@@ -215,6 +215,12 @@ struct pe_loop_config {
     int      nodelay;           /* TCP_NODELAY on accepted sockets */
     int      echo;              /* data read is sent back in C: no DATA,
                                    DRAINED or WRITE_FULL events */
+    uint32_t defer_writes;      /* 0: off.  Else pe_loop_send/write to a
+                                   connection with nothing queued only
+                                   queue, up to this many bytes in all, and
+                                   the next run (or pe_loop_flush) sends
+                                   them, one send per connection; a write
+                                   that would exceed it sends at once */
 };
 
 /* Counters since pe_loop_new.  conns_open is current (connections still
@@ -388,6 +394,15 @@ int64_t pe_loop_write(pe_loop *l, pe_handle h, const void *buf, size_t len);
  * connection open; a peer that is gone closes it (CLOSED(errno) follows). */
 int64_t pe_loop_sendfile(pe_loop *l, pe_handle h, int in_fd, int64_t offset,
                          size_t count);
+/* With defer_writes: send every connection's deferred bytes now (one send
+ * or writev each; what the socket does not take stays queued and goes out
+ * when it is writable, DRAINED(0) then as for any queued output).  Runs do
+ * this themselves before they wait.  A deferred flush that sends all
+ * reports no DRAINED unless one was asked for (pe_loop_notify_below, a
+ * WRITE_FULL, a pe_loop_sendfile refused with -EBUSY).  A failed send
+ * closes the connection: CLOSED(errno).  Returns how many connections it
+ * sent for. */
+int pe_loop_flush(pe_loop *l);
 
 /* ------------------------------------------------------------------ http */
 

@@ -197,6 +197,8 @@ void pe__loop_teardown(pe_loop *l)
     if (l->dead)
         return;
     l->dead = 1;
+    if (l->ndfl)
+        pe__loop_flush_teardown(l);
     for (s = 0; s < l->ct.fresh; s++) {
         struct pe_conn *c = &l->ct.slots[s];
 
@@ -220,6 +222,7 @@ void pe__loop_teardown(pe_loop *l)
     free(l->evs);
     free(l->q);
     free(l->pend);
+    free(l->dfl);
     free(l->wlow);
     l->fdmap = NULL;
     l->wlow = NULL;
@@ -227,6 +230,8 @@ void pe__loop_teardown(pe_loop *l)
     l->evs = NULL;
     l->q = NULL;
     l->pend = NULL;
+    l->dfl = NULL;
+    l->ndfl = l->dflcap = 0;
     l->nfdmap = l->nls = 0;
 }
 
@@ -386,6 +391,8 @@ int pe__loop_run(pe_loop *l, struct pe_loop_event *out, int max, int timeout_ms)
     if (!out || max <= 0)
         return -EINVAL;
     l->bn = 0;          /* DATA from here on is not in the batch buffer */
+    if (l->ndfl)
+        pe__loop_flush(l);      /* deferred writes leave before the wait */
     if ((rc = pe__loop_run_io(l, timeout_ms)) < 0)
         return rc;
     return l->qlen ? deliver(l, out, max) : 0;

@@ -40,6 +40,11 @@
 #define PE_CF_KEEPFD    0x20000u   /* the caller closes the fd, never the loop */
 #define PE_CF_WANTW     0x40000u   /* report DRAINED when writable (sendfile) */
 #define PE_CF_LOWARM    0x80000u   /* report DRAINED(queued) at <= wlow */
+#define PE_CF_DEFER    0x100000u   /* defer_writes: every queued byte is
+                                      deferred (none sent, socket not known
+                                      full); on the flush list */
+#define PE_CF_DREPORT  0x200000u   /* report DRAINED(0) when the deferred
+                                      bytes are out (sendfile's -EBUSY) */
 
 #define PE_CF_PAUSED (PE_CF_UPAUSE | PE_CF_HPAUSE | PE_CF_EPAUSE)
 
@@ -112,6 +117,11 @@ struct pe_loop {
                                     (calloc'd on first use, NULL before) */
     uint32_t *pend;              /* slots needing a read attempt */
     uint32_t npend, pendcap;
+    /* defer_writes: connections holding deferred bytes, as handles so an
+     * entry whose slot was freed (and maybe reused) is known stale; only
+     * entries whose slot still has PE_CF_DEFER count (see loop_io.c). */
+    pe_handle *dfl;
+    uint32_t ndfl, dflcap;
 
     uint64_t (*clock)(void *);
     void *clock_arg;
@@ -160,6 +170,7 @@ int     pe__loop_fd_handle(pe_loop *l, int fd, pe_handle *out);
 int64_t pe__loop_write(pe_loop *l, pe_handle h, const void *buf, size_t len);
 int64_t pe__loop_sendfile(pe_loop *l, pe_handle h, int in_fd, int64_t offset,
                           size_t count);
+int     pe__loop_flush(pe_loop *l);
 
 /* loop.c */
 /* Close every connection, free all but the struct and the wakeup fds. */
@@ -189,6 +200,14 @@ void pe__conn_finish(pe_loop *l, uint32_t slot, int abort);  /* no event */
 int  pe__conn_interest(pe_loop *l, uint32_t slot);
 int  pe__conn_resumed(pe_loop *l, uint32_t slot);
 void pe__conn_pending_add(pe_loop *l, uint32_t slot);
+/* defer_writes: queue len bytes without sending (1), or 0 when they must
+ * be sent now (deferring is off, the socket is known full, or the
+ * connection would hold more deferred bytes than allowed: those it holds
+ * are sent first, so the caller's send keeps the order); < 0: -ENOMEM, or
+ * -EPIPE when sending the deferred bytes closed it (CLOSED follows). */
+int  pe__conn_defer(pe_loop *l, uint32_t slot, const void *buf, size_t len);
+/* loop_guard teardown: each connection's deferred bytes, one send. */
+void pe__loop_flush_teardown(pe_loop *l);
 void pe__conn_open(pe_loop *l, int fd, int listener);
 /* Make fd a connection (registered, no event): 0 and *slot, or -errno with
  * fd left open. */

@@ -57,6 +57,8 @@ int64_t pe__loop_send(pe_loop *l, pe_handle h, const void *buf, size_t len)
     /* All or nothing, decided before the kernel takes a byte. */
     if (len > l->cfg.out_max || c->out.len > l->cfg.out_max - len)
         return -ENOBUFS;
+    if (l->cfg.defer_writes && (rc = pe__conn_defer(l, slot, buf, len)))
+        return rc < 0 ? rc : (int64_t)len;
     if (c->out.len == 0) {
         /* Most sends fit the socket buffer: one syscall, no copy. */
         struct iovec iov = { (void *)buf, len };

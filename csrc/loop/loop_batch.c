@@ -223,6 +223,8 @@ int pe__loop_run_into(pe_loop *l, const pe_handle *echo, size_t necho,
         return -EINVAL;
     if (necho)
         pe__loop_echo(l, echo, necho);
+    if (l->ndfl)
+        pe__loop_flush(l);      /* deferred writes leave before the wait */
     if (buflen > UINT32_MAX)
         buflen = UINT32_MAX;
     l->bbuf = buf;

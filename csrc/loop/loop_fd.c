@@ -187,8 +187,13 @@ int64_t pe__loop_sendfile(pe_loop *l, pe_handle h, int in_fd, int64_t offset,
         return -ESTALE;
     if (c->flags & (PE_CF_SHUT_WANT | PE_CF_SHUT_DONE))
         return -EPIPE;
-    if (c->out.len)
-        return -EBUSY;               /* the file's bytes would overtake */
+    if (c->out.len) {
+        /* The file's bytes would overtake.  Deferred bytes make no DRAINED
+         * when they leave whole, unless asked: the caller waits for one. */
+        if (c->flags & PE_CF_DEFER)
+            c->flags |= PE_CF_DREPORT;
+        return -EBUSY;
+    }
     if (in_fd < 0 || offset < 0)
         return -EINVAL;
     do {

@@ -114,3 +114,4 @@ GUARDED(int64_t, write, (pe_loop *l, pe_handle h, const void *buf, size_t len),
         (l, h, buf, len))
 GUARDED(int64_t, sendfile, (pe_loop *l, pe_handle h, int in_fd, int64_t offset,
                             size_t count), (l, h, in_fd, offset, count))
+GUARDED(int, flush, (pe_loop *l), (l))

@@ -115,7 +115,10 @@ int pe__conn_interest(pe_loop *l, uint32_t slot)
         return 0;
     if (!(c->flags & (PE_CF_EOF | PE_CF_PAUSED | PE_CF_DETACHED)))
         want |= PE_READ;
-    if (c->out.len || (c->flags & PE_CF_WANTW))
+    /* Deferred bytes wait for the flush before the next wait, not for a
+     * writable event (the socket is not known to be full). */
+    if ((c->out.len && !(c->flags & PE_CF_DEFER)) ||
+        (c->flags & PE_CF_WANTW))
         want |= PE_WRITE;
     if (c->flags & PE_CF_REG_READ)
         have |= PE_READ;
@@ -214,8 +217,8 @@ void pe__conn_open(pe_loop *l, int fd, int listener)
 
 static int echo(pe_loop *l, uint32_t slot);
 
-/* Output ring emptied. */
-static int conn_drained(pe_loop *l, uint32_t slot)
+/* Output ring emptied; report: emit DRAINED (see conn_flush). */
+static int conn_drained(pe_loop *l, uint32_t slot, int report)
 {
     struct pe_conn *c = SLOT(l, slot);
 
@@ -224,7 +227,7 @@ static int conn_drained(pe_loop *l, uint32_t slot)
         return -1;
     }
     c->flags &= ~PE_CF_WFULL;
-    if (!l->cfg.echo)
+    if (report && !l->cfg.echo)
         pe__loop_emit(l, PE_EV_DRAINED, 0, pe__ct_handle(&l->ct, slot));
     if ((c->flags & (PE_CF_SHUT_WANT | PE_CF_SHUT_DONE)) == PE_CF_SHUT_WANT) {
         shutdown(c->fd, SHUT_WR);
@@ -242,13 +245,22 @@ static int conn_drained(pe_loop *l, uint32_t slot)
 }
 
 /* Write queued output once; partial means the socket is full, and both
- * level and edge notification will say when it is not. */
+ * level and edge notification will say when it is not.  Deferred bytes
+ * sent whole make no DRAINED (the caller never saw a full socket) unless
+ * something waits for one: a low mark, a WRITE_FULL, sendfile's -EBUSY.
+ * Whatever is left afterwards is plain queued output. */
 static int conn_flush(pe_loop *l, uint32_t slot)
 {
     struct pe_conn *c = SLOT(l, slot);
+    uint32_t f = c->flags;
+    int report = !(f & PE_CF_DEFER) ||
+                 (f & (PE_CF_LOWARM | PE_CF_WFULL | PE_CF_DREPORT));
     struct iovec iov[2];
     ssize_t n;
 
+    c->flags &= ~(PE_CF_DEFER | PE_CF_DREPORT);
+    if (!c->out.len)
+        return 0;
     n = pe__sendv(c->fd, iov, pe__ring_data_iov(&c->out, iov));
     l->st.syscalls++;
     if (n < 0) {
@@ -262,7 +274,7 @@ static int conn_flush(pe_loop *l, uint32_t slot)
     pe__conn_touch(l, slot);
     if (!c->out.len) {
         c->flags &= ~PE_CF_LOWARM;
-        return conn_drained(l, slot);
+        return conn_drained(l, slot, report);
     }
     if ((c->flags & PE_CF_LOWARM) && c->out.len <= l->wlow[slot]) {
         c->flags &= ~PE_CF_LOWARM;
@@ -270,6 +282,125 @@ static int conn_flush(pe_loop *l, uint32_t slot)
                       pe__ct_handle(&l->ct, slot));
     }
     return 0;
+}
+
+/* ------------------------------------------------------- deferred writes */
+
+/* defer_writes: a write to a connection with nothing queued goes into its
+ * output ring and the connection onto the flush list (dfl); runs flush the
+ * list before they wait (pe__loop_flush), so the writes one batch of
+ * callbacks makes leave in one send.  The bytes are ordinary queued output
+ * the whole time (pe_loop_buffered, close FLUSH, shutdown and sendfile see
+ * them), only their first send is put off. */
+
+static int dfl_add(pe_loop *l, uint32_t slot)
+{
+    if (l->ndfl == l->dflcap) {
+        uint32_t n = l->dflcap ? l->dflcap * 2 : 64;
+        pe_handle *p = realloc(l->dfl, (size_t)n * sizeof(*p));
+
+        if (!p)
+            return -ENOMEM;
+        l->dfl = p;
+        l->dflcap = n;
+    }
+    l->dfl[l->ndfl++] = pe__ct_handle(&l->ct, slot);
+    return 0;
+}
+
+/* One send of the deferred bytes; the rest waits for writable. */
+static int flush_deferred(pe_loop *l, uint32_t slot)
+{
+    if (conn_flush(l, slot) < 0)
+        return -1;
+    return SLOT(l, slot)->out.len ? pe__conn_interest(l, slot) : 0;
+}
+
+int pe__conn_defer(pe_loop *l, uint32_t slot, const void *buf, size_t len)
+{
+    struct pe_conn *c = SLOT(l, slot);
+    uint32_t max = l->cfg.defer_writes;
+    int rc;
+
+    if (c->out.len && !(c->flags & PE_CF_DEFER))
+        return 0;                        /* the socket is full: queue */
+    if (c->out.len && len > max - c->out.len) {
+        /* Over the bound: what is deferred leaves first, then this write
+         * is deferred anew or sent by the caller. */
+        if (flush_deferred(l, slot) < 0)
+            return -EPIPE;
+        if (c->out.len)
+            return 0;
+    }
+    if (len > max)
+        return 0;
+    if (!(c->flags & PE_CF_DEFER) && dfl_add(l, slot) < 0)
+        return 0;                        /* no room to remember: send */
+    rc = pe__ring_append(&c->out, &l->pool, buf, len, l->cfg.out_max);
+    if (rc < 0)
+        return c->out.len ? rc : 0;      /* empty: the caller sends it */
+    c->flags |= PE_CF_DEFER;
+    if (c->out.len > l->cfg.out_high && !(c->flags & PE_CF_WFULL) &&
+        !l->cfg.echo) {
+        c->flags |= PE_CF_WFULL;
+        pe__loop_emit(l, PE_EV_WRITE_FULL, c->out.len,
+                      pe__ct_handle(&l->ct, slot));
+    }
+    return 1;
+}
+
+/* The live entries of the list: the slot still has the handle's
+ * generation (a freed slot has a new one) and PE_CF_DEFER (cleared by
+ * any send of its output, a close, or a free). */
+static struct pe_conn *dfl_entry(pe_loop *l, pe_handle h)
+{
+    struct pe_conn *c = SLOT(l, (uint32_t)h);
+
+    if (c->gen != (uint32_t)(h >> 32) ||
+        (c->flags & (PE_CF_INUSE | PE_CF_DEFER)) !=
+            (PE_CF_INUSE | PE_CF_DEFER))
+        return NULL;
+    return c;
+}
+
+int pe__loop_flush(pe_loop *l)
+{
+    uint32_t n = l->ndfl, i;
+    int sent = 0;
+
+    if (!n)
+        return 0;                        /* dfl may still be NULL */
+    for (i = 0; i < n; i++) {
+        if (!dfl_entry(l, l->dfl[i]))
+            continue;
+        flush_deferred(l, (uint32_t)l->dfl[i]);
+        sent++;
+    }
+    /* Nothing above defers anew, but keep any entry it added. */
+    memmove(l->dfl, l->dfl + n, (size_t)(l->ndfl - n) * sizeof(*l->dfl));
+    l->ndfl -= n;
+    return sent;
+}
+
+void pe__loop_flush_teardown(pe_loop *l)
+{
+    struct iovec iov[2];
+    struct pe_conn *c;
+    uint32_t i;
+    int niov;
+
+    /* A write that found nothing queued would have been sent at once
+     * without defer_writes: send it now, once, before the close. */
+    for (i = 0; i < l->ndfl; i++) {
+        if (!(c = dfl_entry(l, l->dfl[i])))
+            continue;
+        c->flags &= ~PE_CF_DEFER;
+        if ((niov = pe__ring_data_iov(&c->out, iov)) > 0) {
+            pe__sendv(c->fd, iov, niov);    /* what it takes; no retry */
+            l->st.syscalls++;
+        }
+    }
+    l->ndfl = 0;
 }
 
 /* Echo mode: send what was read straight from the input ring; hand what

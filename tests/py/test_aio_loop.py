@@ -1280,3 +1280,196 @@ def test_call_soon_handles_behave_as_the_stdlibs(make_loop):
     assert r["handle"] is h3
     with pytest.raises(RuntimeError, match="Event loop is closed"):
         loop.call_soon(seen.append, 1)
+
+
+# -- deferred writes: sent before the next wait, and never left unsent -------
+
+
+def _adopted_pair(loop, factory):
+    """A CTransport on one end of a socket pair (its protocol from factory)
+    and the blocking peer socket, with a timeout."""
+    a, b = socket.socketpair()
+    t, p = loop.run_until_complete(
+        loop.connect_accepted_socket(factory, a))
+    assert isinstance(t, CTransport)
+    b.settimeout(LIMIT / 3)
+    return t, p, b
+
+
+def _recv_exact(sock, n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_writes_of_one_callback_leave_in_one_send_before_the_wait():
+    loop = EventLoop()
+    try:
+        t, p, b = _adopted_pair(loop, asyncio.Protocol)
+        t.write(b"head")
+        t.write(memoryview(b"body"))
+        # Queued for the next wait, counted as asyncio's write buffer.
+        assert t.get_write_buffer_size() == 8
+        b.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            b.recv(16)
+        b.setblocking(True)
+        b.settimeout(LIMIT / 3)
+        loop.run_until_complete(asyncio.sleep(0))
+        assert t.get_write_buffer_size() == 0
+        # One send: the peer reads both in one recv.
+        assert b.recv(16) == b"headbody"
+        t.close()
+        b.close()
+    finally:
+        loop.close()
+
+
+def test_writes_leave_when_the_loop_stops_in_the_same_callback():
+    loop = EventLoop()
+
+    class Answer(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.t = transport
+
+        def data_received(self, data):
+            self.t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+            self.t.write(b"hello " + data)
+            loop.stop()              # no further iteration, no further wait
+
+    try:
+        t, p, b = _adopted_pair(loop, Answer)
+        b.sendall(b"you")
+        loop.run_forever()
+        want = b"HTTP/1.1 200 OK\r\n\r\nhello you"
+        assert _recv_exact(b, len(want)) == want
+        t.close()
+        b.close()
+    finally:
+        loop.close()
+
+
+def test_writes_leave_when_run_until_complete_returns_right_after():
+    loop = EventLoop()
+    try:
+        t, p, b = _adopted_pair(loop, asyncio.Protocol)
+        fut = loop.create_future()
+        # Runs in the same iteration as run_until_complete's own stop.
+        fut.add_done_callback(lambda f: t.write(b"last words"))
+        loop.call_soon(fut.set_result, None)
+        loop.run_until_complete(fut)
+        assert _recv_exact(b, 10) == b"last words"
+        t.close()
+        b.close()
+    finally:
+        loop.close()
+
+
+def test_writes_leave_on_loop_close_and_on_abort():
+    loop = EventLoop()
+    t, p, b = _adopted_pair(loop, asyncio.Protocol)
+    t2, p2, b2 = _adopted_pair(loop, asyncio.Protocol)
+    # Written while the loop is not running: no wait will come.
+    t.write(b"before close")
+    t2.write(b"before abort")
+    t2.abort()                       # the stdlib sent it at write()
+    assert _recv_exact(b2, 12) == b"before abort"
+    assert b2.recv(16) == b""
+    loop.close()
+    assert _recv_exact(b, 12) == b"before close"
+    assert b.recv(16) == b""         # then the close
+    b.close()
+    b2.close()
+
+
+def test_close_and_write_eof_send_deferred_writes_first():
+    async def main():
+        loop = asyncio.get_running_loop()
+        t, p, b = await accepted(Recorder)
+        b.setblocking(False)
+        t.write(b"a" * 1000)
+        t.write_eof()                # FIN after the deferred bytes
+        got = b""
+        while True:
+            chunk = await loop.sock_recv(b, 4096)
+            if not chunk:
+                break
+            got += chunk
+        t.close()
+        exc = await p.lost
+        t2, p2, b2 = await accepted(Recorder)
+        b2.setblocking(False)
+        t2.write(b"b" * 1000)
+        t2.close()                   # connection_lost after they are out
+        lost_at_once = p2.lost.done()
+        exc2 = await p2.lost
+        got2 = b""
+        while True:
+            chunk = await loop.sock_recv(b2, 4096)
+            if not chunk:
+                break
+            got2 += chunk
+        b.close()
+        b2.close()
+        return got, exc, got2, exc2, lost_at_once
+
+    (got, exc, got2, exc2, lost_at_once), errors = run(main)
+    assert got == b"a" * 1000 and exc is None
+    assert got2 == b"b" * 1000 and exc2 is None
+    assert not lost_at_once          # scheduled, as the stdlib's close()
+    assert not errors
+
+
+def test_deferred_write_to_a_gone_peer_reports_the_error():
+    async def main():
+        t, p, b = await accepted(lambda: Recorder(keep_open=True))
+        b.close()
+        await until(lambda: "eof" in p.calls, "peer EOF")
+        t.write(b"into the void")         # deferred: fails at the flush
+        assert not p.lost.done()
+        return await p.lost
+
+    exc, errors = run(main)
+    assert isinstance(exc, (BrokenPipeError, ConnectionResetError))
+
+
+def test_bytes_written_by_resume_writing_while_closing_are_sent():
+    # TLS writes its close_notify from resume_writing after close(): the
+    # DRAINED that ends the close must not drop it.
+    size = 4 * 2**20
+
+    class Closer(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.t = transport
+            self.lost = asyncio.get_running_loop().create_future()
+
+        def resume_writing(self):
+            self.t.write(b"bye")
+
+        def connection_lost(self, exc):
+            if not self.lost.done():
+                self.lost.set_result(exc)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        t, p, b = await accepted(Closer)
+        b.setblocking(False)
+        t.write(b"z" * size)
+        assert t.get_write_buffer_size() > 0
+        t.close()
+        got = bytearray()
+        while True:
+            chunk = await loop.sock_recv(b, 1 << 20)
+            if not chunk:
+                break
+            got += chunk
+        b.close()
+        return bytes(got[-3:]), len(got), await p.lost
+
+    (tail, n, exc), errors = run(main)
+    assert n == size + 3 and tail == b"bye"
+    assert exc is None
