@@ -393,6 +393,7 @@ def test_write_after_write_eof_and_after_close(caplog):
             t.write(b"after eof")
         with pytest.raises(RuntimeError):
             t.write(bytearray(b"after eof"))
+        await asyncio.sleep(0)      # deferred writes leave at the next wait
         got = recv_exactly(b, 6) + b.recv(10)          # then the EOF
         t2, p2, b2 = await pair(asyncio.Protocol)
         t2.close()
