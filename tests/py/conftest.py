@@ -122,9 +122,18 @@ def split_at(data: bytes, cuts) -> list:
 # (pyepoll._speedups, CPython only) and the pure Python one
 # (PYEPOLL_SPEEDUPS=0, PyPy).  Tests that use this fixture (test_aio_loop.py
 # and test_asyncio.py through their pytestmark) run on each path there is.
+def _paths(have_c: bool) -> list:
+    """The paths to test: both where the C one exists; with
+    PYEPOLL_TEST_PATHS=c only the C one (scripts/test.sh's ASan and libkqueue
+    stages: the Python path runs in its wheel and PyPy stages)."""
+    if not have_c:
+        return ["py"]
+    return ["c"] if os.environ.get("PYEPOLL_TEST_PATHS") == "c" else ["c", "py"]
+
+
 def _aio_paths() -> list:
     from pyepoll import asyncio_loop
-    return (["c", "py"] if asyncio_loop._sp_module is not None else ["py"])
+    return _paths(asyncio_loop._sp_module is not None)
 
 
 @pytest.fixture(params=_aio_paths())
@@ -144,7 +153,7 @@ def aio_path(request: pytest.FixtureRequest):
 # pytestmark.
 def _loop_paths() -> list:
     from pyepoll import loop
-    return ["c", "py"] if loop._sp is not None else ["py"]
+    return _paths(loop._sp is not None)
 
 
 @pytest.fixture(params=_loop_paths())
