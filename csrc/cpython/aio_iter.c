@@ -259,26 +259,7 @@ static PyObject *loop_wait(PyObject *loop, PyObject *d, PyObject *timeout)
  * meanwhile; SystemExit and KeyboardInterrupt propagate.  0 or -1. */
 static int handle_failed(PyObject *handle)
 {
-    PyObject *type, *value, *tb, *ot, *ov, *otb, *r;
-
-    if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
-        PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
-        return -1;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb)
-        PyException_SetTraceback(value, tb);
-    PyErr_GetExcInfo(&ot, &ov, &otb);
-    Py_INCREF(type);
-    Py_INCREF(value);
-    Py_XINCREF(tb);
-    PyErr_SetExcInfo(type, value, tb);
-    r = PyObject_CallFunctionObjArgs(report_failure, handle, value, NULL);
-    PyErr_SetExcInfo(ot, ov, otb);
-    Py_DECREF(type);
-    Py_DECREF(value);
-    Py_XDECREF(tb);
-    return call_drop(r);
+    return pe_py_report_raised(report_failure, handle, NULL);
 }
 
 /* Run one handle popped from _ready: 0, or -1 with an exception. */

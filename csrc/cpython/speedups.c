@@ -324,13 +324,32 @@ static PyObject *call1(PyObject *callable, PyObject *arg)
  * propagate. */
 static int callback_failed(PyObject *t, const char *message)
 {
-    PyObject *type, *value, *tb, *ot, *ov, *otb, *r, *msg;
+    PyObject *fatal, *msg;
+    int rc;
 
     if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
         PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
         return -1;
     msg = PyUnicode_FromString(message);
     if (!msg)
+        return -1;
+    fatal = PyObject_GetAttr(t, s_fatal_error);
+    if (!fatal) {
+        Py_DECREF(msg);
+        return -1;
+    }
+    rc = pe_py_report_raised(fatal, NULL, msg);
+    Py_DECREF(fatal);
+    Py_DECREF(msg);
+    return rc;
+}
+
+int pe_py_report_raised(PyObject *func, PyObject *lead, PyObject *trail)
+{
+    PyObject *type, *value, *tb, *ot, *ov, *otb, *args, *r = NULL;
+
+    if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
+        PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
         return -1;
     PyErr_Fetch(&type, &value, &tb);
     PyErr_NormalizeException(&type, &value, &tb);
@@ -341,9 +360,15 @@ static int callback_failed(PyObject *t, const char *message)
     Py_INCREF(value);
     Py_XINCREF(tb);
     PyErr_SetExcInfo(type, value, tb);
-    r = PyObject_CallMethodObjArgs(t, s_fatal_error, value, msg, NULL);
+    args = lead ? (trail ? PyTuple_Pack(3, lead, value, trail)
+                         : PyTuple_Pack(2, lead, value))
+                : (trail ? PyTuple_Pack(2, value, trail)
+                         : PyTuple_Pack(1, value));
+    if (args) {
+        r = PyObject_Call(func, args, NULL);
+        Py_DECREF(args);
+    }
     PyErr_SetExcInfo(ot, ov, otb);
-    Py_DECREF(msg);
     Py_DECREF(type);
     Py_DECREF(value);
     Py_XDECREF(tb);

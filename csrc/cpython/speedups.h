@@ -19,6 +19,13 @@
 
 /* Each file's part of the module: adds its types and functions to m;
  * 0, or -1 with an exception set. */
+/* The exception being raised reported as `except BaseException as exc:
+ * func(*lead, exc, *trail)` would: exc is the handled one (sys.exc_info())
+ * during the call, and is cleared.  lead and trail may be NULL.
+ * SystemExit and KeyboardInterrupt stay raised.  0, or -1 with an
+ * exception to propagate (speedups.c). */
+int pe_py_report_raised(PyObject *func, PyObject *lead, PyObject *trail);
+
 int pe_py_add_iter(PyObject *m);      /* aio_iter.c: EventLoop's iteration */
 int pe_py_add_loop(PyObject *m);      /* loop_calls.c: pyepoll.Loop */
 

@@ -19,31 +19,13 @@ import pytest
 
 from pyepoll import asyncio_loop
 from pyepoll.asyncio_loop import CTransport, EventLoop
+from test_aio_loop import LIMIT, run, until
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("aio_path")]
 
-LIMIT = 15.0
 IS_CPYTHON = sys.implementation.name == "cpython"
 # Inputs write() refuses, and a few odd bytes-likes it takes.
 NOT_BYTES = ["text", 7, None, [1, 2], 3.5]
-
-
-def run(main):
-    loop = EventLoop()
-    errors = []
-    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
-    try:
-        return loop.run_until_complete(asyncio.wait_for(main(), LIMIT)), errors
-    finally:
-        loop.close()
-
-
-async def until(cond, what="condition"):
-    deadline = time.monotonic() + LIMIT / 2
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.002)
 
 
 async def pair(protocol):
