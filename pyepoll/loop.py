@@ -77,7 +77,8 @@ _OVERFLOWS = {"backlog": lib.PE_OVERFLOW_BACKLOG, "close": lib.PE_OVERFLOW_CLOSE
 _CLOSE_MODES = {"flush": lib.PE_CLOSE_FLUSH, "now": lib.PE_CLOSE_NOW,
                 "abort": lib.PE_CLOSE_ABORT}
 _STATS = ("conns_open", "accepted", "closed", "timed_out", "refused",
-          "accept_emfile", "bytes_in", "bytes_out", "syscalls", "events")
+          "accept_emfile", "bytes_in", "bytes_out", "syscalls", "events",
+          "canned")
 _U32_MAX = 0xFFFFFFFF
 _MS_MAX = 0x7FFFFFFF
 _MAX_CONNECTIONS = 0x7FFFFFF0   # PE_CT_MAX in csrc/loop/conntable.h
@@ -885,6 +886,38 @@ class Loop:
         if rc == -errno.EINVAL:
             raise ValueError("arm_read_timeout() needs Loop(read_timeout=...)")
         _control(rc, "arm_read_timeout")
+
+    def set_canned(self, ask: Optional[bytes], answer: bytes = b"",
+                   until: float = 0.0) -> None:
+        """Answer ``ask`` with ``answer`` in C, without an event: a read
+        on a connection marked with :meth:`canned_mark` that brings
+        exactly 1 to 64 copies of ``ask`` gets as many copies of
+        ``answer`` sent back (counted in ``stats()["canned"]``), as long
+        as the wall clock (:func:`time.time`) is before ``until``; other
+        bytes come as :data:`EV_DATA` as usual.  Any event of a marked
+        connection unmarks it.  ``None`` (or ``b""``) stops it.  Both are
+        at most 4096 bytes (ValueError)."""
+        p = self._check_open()
+        if not ask:
+            _check(lib.pe_loop_set_canned(p, ffi.NULL, 0, ffi.NULL, 0, 0),
+                   "set_canned")
+            return
+        if type(ask) is not bytes or type(answer) is not bytes:
+            raise TypeError("set_canned() needs bytes")
+        if not answer or len(ask) > lib.PE_CANNED_MAX \
+                or len(answer) > lib.PE_CANNED_MAX:
+            raise ValueError("set_canned(): answer empty or a part over "
+                             f"{lib.PE_CANNED_MAX} bytes")
+        # C compares whole seconds (time() < until): rounded down, an
+        # answer is never sent at or past ``until``.
+        _check(lib.pe_loop_set_canned(p, ask, len(ask), answer, len(answer),
+                                      math.floor(until)), "set_canned")
+
+    def canned_mark(self, h: int, on: bool = True) -> None:
+        """Mark ``h`` (or with ``on=False`` unmark it) for the answers of
+        :meth:`set_canned`.  Nothing on a closed connection."""
+        _control(lib.pe_loop_canned_mark(self._check_open(), h,
+                                         1 if on else 0), "canned_mark")
 
     def set_token(self, h: int, token: int) -> None:
         """Attach an integer in [0, 2**64) to ``h``."""

@@ -238,6 +238,7 @@ struct pe_loop_stats {
     uint64_t bytes_out;
     uint64_t syscalls;
     uint64_t events;
+    uint64_t canned;            /* requests answered by pe_loop_set_canned */
 };
 
 /* Fill cfg with defaults (level, 1024 conns, 64 KiB/16 KiB input marks,
@@ -311,6 +312,25 @@ int64_t pe_loop_reply(pe_loop *l, pe_handle h, uint32_t off, uint32_t len);
  * connection (CLOSED(errno); ENOBUFS beyond out_max).  Returns how many
  * were sent or queued.  One call for a whole batch of replies. */
 int pe_loop_echo(pe_loop *l, const pe_handle *hs, size_t n);
+/* Canned answers: an HTTP server's hot path without its caller.  While
+ * set (ask_len > 0), a read of pe_loop_run_into on a connection marked by
+ * pe_loop_canned_mark that brings exactly k copies of ask, 1 <= k <=
+ * PE_CANNED_RUN, and nothing else is answered in C with k copies of
+ * answer (pe_loop_send's rules; -ENOBUFS closes): no DATA event, counted
+ * in stats.canned.  Only until the wall clock (time()) reaches until, in
+ * seconds: an answer carrying a Date stops there, and the caller sets the
+ * next.  Any event of a marked connection unmarks it, so its caller sees
+ * everything that could change its state.  A pe_loop_run_into whose
+ * reads were all answered waits again (timeout -1 only) rather than
+ * return no events.  ask_len 0 clears (ask and answer unused); the bytes
+ * are copied.  -EINVAL for NULL buffers with a length or an answer
+ * longer than PE_CANNED_MAX; -ENOMEM. */
+#define PE_CANNED_RUN 64
+#define PE_CANNED_MAX 4096
+int pe_loop_set_canned(pe_loop *l, const void *ask, size_t ask_len,
+                       const void *answer, size_t answer_len, int64_t until);
+/* Mark (on != 0) or unmark h for canned answers.  -ESTALE: stale handle. */
+int pe_loop_canned_mark(pe_loop *l, pe_handle h, int on);
 /* Thread-safe and async-signal-safe: make a blocked or the next run return
  * with a PE_EV_WAKEUP event. */
 int pe_loop_wakeup(pe_loop *l);

@@ -76,6 +76,15 @@ void pe__loop_emit(pe_loop *l, uint32_t kind, uint32_t arg, pe_handle h)
      * takes a failed allocation of at least 8 KiB. */
     if (l->qlen == l->qcap && queue_grow(l) < 0)
         return;
+    if (l->cn_asklen && kind != PE_EV_OPEN && kind != PE_EV_WAKEUP &&
+        kind != PE_EV_FD) {
+        /* Whatever the caller hears of a connection may change what it
+         * would answer: canned answers stop until it marks it again. */
+        struct pe_conn *c = pe__ct_get(&l->ct, h);
+
+        if (c)
+            c->flags &= ~PE_CF_CANNED;
+    }
     e = &l->q[(l->qhead + l->qlen) & (l->qcap - 1)];
     e->kind = kind;
     e->arg = arg;
@@ -224,6 +233,10 @@ void pe__loop_teardown(pe_loop *l)
     free(l->pend);
     free(l->dfl);
     free(l->wlow);
+    free(l->cn_ask);
+    free(l->cn_answers);
+    l->cn_ask = l->cn_answers = NULL;
+    l->cn_asklen = 0;
     l->fdmap = NULL;
     l->wlow = NULL;
     l->ls = NULL;

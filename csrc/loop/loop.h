@@ -45,6 +45,7 @@
                                       full); on the flush list */
 #define PE_CF_DREPORT  0x200000u   /* report DRAINED(0) when the deferred
                                       bytes are out (sendfile's -EBUSY) */
+#define PE_CF_CANNED   0x400000u   /* pe_loop_canned_mark: canned answers */
 
 #define PE_CF_PAUSED (PE_CF_UPAUSE | PE_CF_HPAUSE | PE_CF_EPAUSE)
 
@@ -123,6 +124,14 @@ struct pe_loop {
     pe_handle *dfl;
     uint32_t ndfl, dflcap;
 
+    /* pe_loop_set_canned: the ask, its answer PE_CANNED_RUN times over
+     * (one send for a pipelined run), valid while time() < cn_until. */
+    char *cn_ask;
+    char *cn_answers;
+    uint32_t cn_asklen, cn_anslen;
+    int64_t cn_until;
+    int canned_run;              /* this run answered a canned ask */
+
     uint64_t (*clock)(void *);
     void *clock_arg;
     uint64_t now;                /* ms, read once per run */
@@ -171,6 +180,10 @@ int64_t pe__loop_write(pe_loop *l, pe_handle h, const void *buf, size_t len);
 int64_t pe__loop_sendfile(pe_loop *l, pe_handle h, int in_fd, int64_t offset,
                           size_t count);
 int     pe__loop_flush(pe_loop *l);
+int     pe__loop_set_canned(pe_loop *l, const void *ask, size_t ask_len,
+                            const void *answer, size_t answer_len,
+                            int64_t until);
+int     pe__loop_canned_mark(pe_loop *l, pe_handle h, int on);
 
 /* loop.c */
 /* Close every connection, free all but the struct and the wakeup fds. */

@@ -115,3 +115,8 @@ GUARDED(int64_t, write, (pe_loop *l, pe_handle h, const void *buf, size_t len),
 GUARDED(int64_t, sendfile, (pe_loop *l, pe_handle h, int in_fd, int64_t offset,
                             size_t count), (l, h, in_fd, offset, count))
 GUARDED(int, flush, (pe_loop *l), (l))
+GUARDED(int, set_canned, (pe_loop *l, const void *ask, size_t ask_len,
+                          const void *answer, size_t answer_len,
+                          int64_t until),
+        (l, ask, ask_len, answer, answer_len, until))
+GUARDED(int, canned_mark, (pe_loop *l, pe_handle h, int on), (l, h, on))

@@ -36,7 +36,7 @@ from . import _connlog
 from ._config import Config
 from ._stats import Stats
 from .handler import Connection, Handler
-from .protocols import HttpHandler, hello_answer
+from .protocols import HttpHandler, hello_answer, hello_until
 
 __all__ = ["EventLoopModel", "LoopFailed"]
 
@@ -250,6 +250,7 @@ class EventLoopModel:
             snap["bytes_out"] = ls["bytes_out"]
             snap["timeouts"] += ls["timed_out"]
             snap["rejects"] += ls["refused"]
+            snap["requests"] += ls["canned"]      # answered in C
         return snap
 
     # ---------------------------------------------------------------- run
@@ -283,6 +284,14 @@ class EventLoopModel:
         size = 0
         answer = b""
         answers: dict = {}      # n -> n answers in a row, for this Date
+        # Further in: a connection answered here is marked, and its next
+        # reads of that head are answered by the C loop itself
+        # (Loop.set_canned) until any event of it comes here, or the
+        # answer's Date second ends.  Per request then: no wakeup of this
+        # loop, no bytes object, no call.
+        set_canned, mark = loop.set_canned, loop.canned_mark
+        canned_ask: Optional[bytes] = None
+        canned_answer = b""
         # A reporter with no stats line and no parent to watch has nothing
         # to do between waits: no clock read or calls per wakeup then.
         timed = reporter.active()
@@ -315,6 +324,11 @@ class EventLoopModel:
                     if got is not answer:
                         answer = got
                         answers = {1: got}
+                    if (last_get is not canned_ask
+                            or answer is not canned_answer) \
+                            and last_get is not None and not self._draining:
+                        set_canned(last_get, answer, hello_until())
+                        canned_ask, canned_answer = last_get, answer
                 hits = 0
                 for kind, h, arg, off in events:
                     try:
@@ -346,6 +360,7 @@ class EventLoopModel:
                                             hits += 1
                                             try:
                                                 send(h, answer)
+                                                mark(h)
                                             except (BufferError, OSError,
                                                     ValueError):
                                                 c.send_failed()
@@ -364,6 +379,7 @@ class EventLoopModel:
                                                     answers[n] = out
                                             try:
                                                 send(h, out)
+                                                mark(h)
                                             except (BufferError, OSError,
                                                     ValueError):
                                                 c.send_failed()
@@ -628,6 +644,8 @@ class EventLoopModel:
 
     def _begin_drain(self) -> None:
         self._draining = True
+        if self._http:
+            self.loop.set_canned(None)      # every request reaches on_drain
         if self._drain_deadline is None:
             self._drain_deadline = time.monotonic() + self.cfg.grace
         try:

@@ -31,7 +31,7 @@ from ..http import (CHUNKED, CLOSE, CONNECT, EXPECT_100, HAS_CL, HOST_BAD,
 from .handler import Connection, Handler
 
 __all__ = ["HttpSession", "HttpHandler", "EchoHandler", "Limits",
-           "HELLO_BODY", "hello_answer"]
+           "HELLO_BODY", "hello_answer", "hello_until"]
 
 HELLO_BODY = b"Hello, World!\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -107,6 +107,12 @@ _time = time.time
 def hello_answer() -> bytes:
     """The keep-alive answer to a plain GET, with the current Date."""
     return _canned[0] if _time() < _canned_until else _hello()[0]
+
+
+def hello_until() -> float:
+    """When the answers :func:`hello_answer` returned last go stale (the
+    end of their Date second, on the :func:`time.time` clock)."""
+    return _canned_until
 
 
 def _hello() -> tuple:

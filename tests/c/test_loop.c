@@ -1823,6 +1823,185 @@ static void test_batch_stale_data_dropped(void **state)
     env_close(&e);
 }
 
+/* ---------------------------------------------------------- canned answers */
+
+#define ASK "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+#define ANSWER "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+
+/* Runs the loop until the client has received k answers; checks them. */
+static size_t canned_exchange(struct env *e, struct batch *b, int fd,
+                              size_t k)
+{
+    char got[64 * sizeof(ANSWER)];
+    size_t want = k * (sizeof(ANSWER) - 1), n = 0;
+    uint64_t until = now_ms() + DEADLINE_MS;
+    ssize_t r;
+
+    while (n < want) {
+        assert_true(now_ms() < until);
+        pump_into(e, b, 5, NULL, NULL);
+        r = recv(fd, got + n, sizeof(got) - n, MSG_DONTWAIT);
+        if (r > 0)
+            n += (size_t)r;
+    }
+    assert_int_equal(n, want);
+    for (size_t i = 0; i < k; i++)
+        assert_memory_equal(got + i * (sizeof(ANSWER) - 1), ANSWER,
+                            sizeof(ANSWER) - 1);
+    return n;
+}
+
+/* PUMP_UNTIL through pe_loop_run_into, the only run that answers. */
+#define PUMP_INTO_UNTIL(e, b, cond)                                    \
+    do {                                                               \
+        uint64_t until_ = now_ms() + DEADLINE_MS;                      \
+        while (!(cond)) {                                              \
+            if (now_ms() > until_)                                     \
+                fail_msg("timed out waiting for: %s", #cond);          \
+            pump_into((e), (b), 5, NULL, NULL);                        \
+        }                                                              \
+    } while (0)
+
+/* A marked connection's exact asks (one, or a pipelined run) are answered
+ * in C without DATA; anything else comes as DATA and unmarks it; an
+ * unmarked connection, a stale answer, a run over PE_CANNED_RUN or a
+ * cleared ask come as DATA too. */
+static void test_canned(void **state)
+{
+    static unsigned char buf[65536];
+    static struct batch b;
+    struct pe_loop_config cfg;
+    char run[65 * sizeof(ASK)];
+    struct env e;
+    pe_handle h, h2;
+    int fd, fd2;
+    size_t d;
+
+    b.buf = buf;
+    b.len = sizeof(buf);
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    fd = tcp_client(e.port, 0);
+    h = next_open(&e);
+    fd2 = tcp_client(e.port, 0);
+    h2 = next_open(&e);
+    assert_int_equal(pe_loop_set_canned(e.l, ASK, sizeof(ASK) - 1, ANSWER,
+                                        sizeof(ANSWER) - 1,
+                                        (int64_t)time(NULL) + 3600), 0);
+    assert_int_equal(pe_loop_canned_mark(e.l, h, 1), 0);
+
+    assert_int_equal(send(fd, ASK, sizeof(ASK) - 1, 0), sizeof(ASK) - 1);
+    canned_exchange(&e, &b, fd, 1);
+    for (size_t i = 0; i < 3; i++)
+        memcpy(run + i * (sizeof(ASK) - 1), ASK, sizeof(ASK) - 1);
+    assert_int_equal(send(fd, run, 3 * (sizeof(ASK) - 1), 0),
+                     3 * (sizeof(ASK) - 1));
+    canned_exchange(&e, &b, fd, 3);
+    assert_int_equal(count_ev(&e, PE_EV_DATA, h), 0);
+    assert_int_equal(stats(&e).canned, 4);
+
+    /* The unmarked connection gets its ask as DATA. */
+    assert_int_equal(send(fd2, ASK, sizeof(ASK) - 1, 0), sizeof(ASK) - 1);
+    PUMP_INTO_UNTIL(&e, &b, count_ev(&e, PE_EV_DATA, h2) == 1);
+
+    /* Other bytes: DATA, and the mark is gone (the next ask is DATA). */
+    assert_int_equal(send(fd, "GET /x", 6, 0), 6);
+    PUMP_INTO_UNTIL(&e, &b, count_ev(&e, PE_EV_DATA, h) == 1);
+    assert_int_equal(last_ev(&e, PE_EV_DATA, h)->arg, 6);
+    assert_int_equal(send(fd, ASK, sizeof(ASK) - 1, 0), sizeof(ASK) - 1);
+    PUMP_INTO_UNTIL(&e, &b, count_ev(&e, PE_EV_DATA, h) == 2);
+
+    /* More than PE_CANNED_RUN asks in one read: DATA. */
+    assert_int_equal(pe_loop_canned_mark(e.l, h, 1), 0);
+    for (size_t i = 0; i < PE_CANNED_RUN + 1; i++)
+        memcpy(run + i * (sizeof(ASK) - 1), ASK, sizeof(ASK) - 1);
+    d = (PE_CANNED_RUN + 1) * (sizeof(ASK) - 1);
+    assert_int_equal(send(fd, run, d, 0), (ssize_t)d);
+    PUMP_INTO_UNTIL(&e, &b, count_ev(&e, PE_EV_DATA, h) == 3);
+
+    /* A stale answer (until passed): DATA. */
+    assert_int_equal(pe_loop_canned_mark(e.l, h, 1), 0);
+    assert_int_equal(pe_loop_set_canned(e.l, ASK, sizeof(ASK) - 1, ANSWER,
+                                        sizeof(ANSWER) - 1,
+                                        (int64_t)time(NULL)), 0);
+    assert_int_equal(send(fd, ASK, sizeof(ASK) - 1, 0), sizeof(ASK) - 1);
+    PUMP_INTO_UNTIL(&e, &b, count_ev(&e, PE_EV_DATA, h) == 4);
+
+    /* Cleared: DATA. */
+    assert_int_equal(pe_loop_canned_mark(e.l, h, 1), 0);
+    assert_int_equal(pe_loop_set_canned(e.l, NULL, 0, NULL, 0, 0), 0);
+    assert_int_equal(send(fd, ASK, sizeof(ASK) - 1, 0), sizeof(ASK) - 1);
+    PUMP_INTO_UNTIL(&e, &b, count_ev(&e, PE_EV_DATA, h) == 5);
+    assert_int_equal(stats(&e).canned, 4);
+    close(fd);
+    close(fd2);
+    env_close(&e);
+}
+
+static void test_canned_refusals(void **state)
+{
+    struct pe_loop_config cfg;
+    static char big[PE_CANNED_MAX + 1];
+    struct env e;
+    pe_handle h;
+    int fd;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    assert_int_equal(pe_loop_set_canned(e.l, NULL, 3, "a", 1, 0), -EINVAL);
+    assert_int_equal(pe_loop_set_canned(e.l, "abc", 3, NULL, 1, 0), -EINVAL);
+    assert_int_equal(pe_loop_set_canned(e.l, "abc", 3, "a", 0, 0), -EINVAL);
+    assert_int_equal(pe_loop_set_canned(e.l, big, sizeof(big), "a", 1, 0),
+                     -EINVAL);
+    assert_int_equal(pe_loop_set_canned(e.l, "abc", 3, big, sizeof(big), 0),
+                     -EINVAL);
+    assert_int_equal(pe_loop_canned_mark(e.l, 12345, 1), -ESTALE);
+    fd = tcp_client(e.port, 0);
+    h = next_open(&e);
+    assert_int_equal(pe_loop_canned_mark(e.l, h, 1), 0);
+    assert_int_equal(pe_loop_close(e.l, h, PE_CLOSE_NOW), 0);
+    assert_int_equal(pe_loop_canned_mark(e.l, h, 0), -ESTALE);
+    close(fd);
+    env_close(&e);
+}
+
+/* A wait without a timeout whose reads were all answered in C waits again
+ * instead of returning no events: here until a wakeup. */
+static void test_canned_waits_again(void **state)
+{
+    static unsigned char buf[65536];
+    static struct batch b;
+    struct pe_loop_config cfg;
+    char got[sizeof(ANSWER)];
+    struct env e;
+    pthread_t t;
+    pe_handle h;
+    int fd, n;
+
+    b.buf = buf;
+    b.len = sizeof(buf);
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    fd = tcp_client(e.port, 0);
+    h = next_open(&e);
+    assert_int_equal(pe_loop_set_canned(e.l, ASK, sizeof(ASK) - 1, ANSWER,
+                                        sizeof(ANSWER) - 1,
+                                        (int64_t)time(NULL) + 3600), 0);
+    assert_int_equal(pe_loop_canned_mark(e.l, h, 1), 0);
+    assert_int_equal(send(fd, ASK, sizeof(ASK) - 1, 0), sizeof(ASK) - 1);
+    assert_int_equal(pthread_create(&t, NULL, wake_later, e.l), 0);
+    n = pump_into(&e, &b, -1, NULL, NULL);
+    pthread_join(t, NULL);
+    assert_int_equal(n, 1);
+    assert_int_equal(e.ev[e.nev - 1].kind, PE_EV_WAKEUP);
+    assert_int_equal(stats(&e).canned, 1);
+    assert_int_equal(recv_wait(fd, got, sizeof(got), 1000),
+                     sizeof(ANSWER) - 1);
+    assert_memory_equal(got, ANSWER, sizeof(ANSWER) - 1);
+    close(fd);
+    env_close(&e);
+}
+
 /* ------------------------------------------------------------------ main */
 
 #define T(f) cmocka_unit_test(f)
@@ -1864,6 +2043,9 @@ int main(void)
         T(test_batch_echo_enobufs),
         T(test_batch_stale_data_dropped),
         T(test_batch_direct_and_ring),
+        T(test_canned),
+        T(test_canned_refusals),
+        T(test_canned_waits_again),
     };
     const struct CMUnitTest once[] = { T(test_config) };
     int failed = run_per_mode("", per_mode,
