@@ -2012,3 +2012,93 @@ def test_batches_of_n_events(loop_path, n):
             c.close()
     finally:
         loop.close()
+
+
+ASK = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+
+
+def _recv_exactly(c: socket.socket, loop: Loop, n: int) -> bytes:
+    """Run the loop until the client has n bytes (no more come after)."""
+    got = b""
+    deadline = time.monotonic() + 5
+    while len(got) < n:
+        assert time.monotonic() < deadline, f"got {got!r}"
+        assert [k for k, *_ in loop.wait_batch(0.01)] == []
+        try:
+            got += c.recv(65536)
+        except BlockingIOError:
+            pass
+    return got
+
+
+def _data_of(loop: Loop, h: int) -> bytes:
+    """Run the loop until h's DATA comes; its bytes."""
+    deadline = time.monotonic() + 5
+    while True:
+        assert time.monotonic() < deadline, "no DATA"
+        for kind, eh, arg, off in loop.wait_batch(0.01):
+            if kind == EV_DATA and eh == h:
+                return bytes(loop.batch_view[off:off + arg])
+
+
+def test_canned_answers(make, loop_path):
+    """A marked connection's exact asks (alone or pipelined) are answered
+    in C with no event; other bytes come as DATA and unmark it; an
+    unmarked connection, a passed ``until`` and a cleared ask get DATA."""
+    loop = make()
+    (c, h), (c2, h2) = _open_conns(loop, 2)
+    loop.set_canned(ASK, ANSWER, time.time() + 3600)
+    loop.canned_mark(h)
+    c.sendall(ASK)
+    assert _recv_exactly(c, loop, len(ANSWER)) == ANSWER
+    c.sendall(ASK * 5)
+    assert _recv_exactly(c, loop, 5 * len(ANSWER)) == ANSWER * 5
+    assert loop.stats()["canned"] == 6
+    c2.sendall(ASK)                                 # not marked
+    assert _data_of(loop, h2) == ASK
+    c.sendall(ASK + b"GET")                         # not only asks
+    assert _data_of(loop, h) == ASK + b"GET"
+    c.sendall(ASK)                                  # unmarked by that DATA
+    assert _data_of(loop, h) == ASK
+    loop.canned_mark(h)
+    loop.set_canned(ASK, ANSWER, time.time() - 1)   # stale
+    c.sendall(ASK)
+    assert _data_of(loop, h) == ASK
+    loop.canned_mark(h)
+    loop.set_canned(ASK, ANSWER, time.time() + 3600)
+    loop.canned_mark(h, False)
+    c.sendall(ASK)
+    assert _data_of(loop, h) == ASK
+    loop.canned_mark(h)
+    loop.set_canned(None)
+    c.sendall(ASK)
+    assert _data_of(loop, h) == ASK
+    assert loop.stats()["canned"] == 6
+    with pytest.raises(BlockingIOError):
+        c.recv(10)                                  # nothing answered
+    c.close()
+    c2.close()
+
+
+def test_canned_refusals(make):
+    loop = make()
+    with pytest.raises(TypeError):
+        loop.set_canned("GET", ANSWER)              # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        loop.set_canned(ASK, bytearray(ANSWER))     # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        loop.set_canned(ASK, b"")
+    with pytest.raises(ValueError):
+        loop.set_canned(ASK, b"x" * 4097)
+    with pytest.raises(ValueError):
+        loop.set_canned(b"x" * 4097, ANSWER)
+    (c, h), = _open_conns(loop, 1)
+    loop.close_connection(h, "now")
+    loop.canned_mark(h)                             # closed: nothing
+    c.close()
+    loop.close()
+    with pytest.raises(ValueError):
+        loop.set_canned(None)
+    with pytest.raises(ValueError):
+        loop.canned_mark(h)

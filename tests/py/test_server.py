@@ -7,6 +7,7 @@ HTTP response reader) is shared by the other test_server_*.py files.
 """
 from __future__ import annotations
 
+import email.utils
 import http.client
 import os
 import re
@@ -537,6 +538,73 @@ def test_many_pipelined_requests(served):
             resp = r.response()
             assert resp.body == (HELLO if i % 3 else b"%d" % i)
         sender.join(10)
+
+
+def test_http_rules_after_repeated_gets(served):
+    """A connection served runs of the same GET (the event loop answers
+    them in C once it has seen one) still gets every other request
+    answered by the HTTP rules: a body echoed, a head split across
+    writes, runs longer than the C loop answers at once, and a malformed
+    request's 400 and close."""
+    _, srv = served
+    with connect(srv.addr) as s:
+        r = Reader(s)
+        for _ in range(4):
+            s.sendall(GET)
+            assert r.response().body == HELLO
+        s.sendall(post(b"body"))
+        assert r.response().body == b"body"
+        for _ in range(3):
+            s.sendall(GET)
+            assert r.response().body == HELLO
+        s.sendall(GET * 70)
+        assert [r.response().body for _ in range(70)] == [HELLO] * 70
+        s.sendall(GET[:10])
+        time.sleep(0.05)
+        s.sendall(GET[10:])
+        assert r.response().body == HELLO
+        s.sendall(GET)
+        assert r.response().body == HELLO
+        s.sendall(b"GET / HTTP/1.1\r\nHost t\r\n\r\n")
+        resp = r.response()
+        assert (resp.status, resp.headers.get("connection")) == (400, "close")
+        assert r.closed()
+
+
+def test_repeated_gets_date_follows_clock(served):
+    """The Date of each answer on a kept-alive connection is the second it
+    was sent in, across second boundaries (the C loop's copy of the
+    answer stops when its Date second ends)."""
+    _, srv = served
+    with connect(srv.addr) as s:
+        r = Reader(s)
+        seen = set()
+        t_end = time.time() + 2.3
+        while time.time() < t_end:
+            before = int(time.time())
+            s.sendall(GET)
+            resp = r.response()
+            after = time.time()
+            date = email.utils.parsedate_to_datetime(resp.headers["date"])
+            assert before <= date.timestamp() <= after, (before, date, after)
+            seen.add(date.timestamp())
+            time.sleep(0.01)
+        assert len(seen) >= 2
+
+
+def test_drain_after_repeated_gets(start_server):
+    """SIGTERM closes an idle kept-alive connection whose GETs the event
+    loop answered in C, and the server exits, counting every request."""
+    srv = start_server("--model", "eventloop", "--idle-timeout", "30")
+    with connect(srv.addr) as s:
+        r = Reader(s)
+        for _ in range(50):
+            s.sendall(GET)
+            assert r.response().body == HELLO
+        srv.signal(signal.SIGTERM)
+        assert r.closed()
+    assert srv.wait() == 0
+    srv.wait_for(r"stats \(final\): .*requests=50 ")
 
 
 @pytest.mark.parametrize("model", ALL_MODELS)
