@@ -127,6 +127,7 @@ static int canned_answer(pe_loop *l, uint32_t slot, const char *p,
                          uint32_t n)
 {
     uint32_t len = l->cn_asklen, i, k;
+    struct timespec now;
     pe_handle h;
     int64_t rc;
 
@@ -135,7 +136,10 @@ static int canned_answer(pe_loop *l, uint32_t slot, const char *p,
     for (i = 0; i < n; i += len)
         if (memcmp(p + i, l->cn_ask, len) != 0)
             return 0;
-    if ((int64_t)time(NULL) >= l->cn_until)
+    /* Not time(): on Linux it is the coarse clock, a tick behind the
+     * one the caller's until came from. */
+    if (clock_gettime(CLOCK_REALTIME, &now) < 0 ||
+        (int64_t)now.tv_sec >= l->cn_until)
         return 0;                        /* stale Date: the caller renews */
     h = pe__ct_handle(&l->ct, slot);
     rc = pe__loop_send(l, h, l->cn_answers, (size_t)k * l->cn_anslen);
