@@ -2002,6 +2002,49 @@ static void test_canned_waits_again(void **state)
     env_close(&e);
 }
 
+/* Two connections answered without an event: the run waits again until
+ * the wakeup; both answers are out and nothing else is reported. */
+static void test_canned_two_then_sleep(void **state)
+{
+    static unsigned char buf[65536];
+    static struct batch b;
+    struct pe_loop_config cfg;
+    char got[sizeof(ANSWER)];
+    struct env e;
+    pthread_t t;
+    pe_handle h[2];
+    int fd[2], n;
+
+    b.buf = buf;
+    b.len = sizeof(buf);
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    assert_int_equal(pe_loop_set_canned(e.l, ASK, sizeof(ASK) - 1, ANSWER,
+                                        sizeof(ANSWER) - 1,
+                                        (int64_t)time(NULL) + 3600), 0);
+    for (int i = 0; i < 2; i++) {
+        fd[i] = tcp_client(e.port, 0);
+        h[i] = next_open(&e);
+        assert_int_equal(pe_loop_canned_mark(e.l, h[i], 1), 0);
+    }
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(send(fd[i], ASK, sizeof(ASK) - 1, 0),
+                         sizeof(ASK) - 1);
+    assert_int_equal(pthread_create(&t, NULL, wake_later, e.l), 0);
+    n = pump_into(&e, &b, -1, NULL, NULL);
+    pthread_join(t, NULL);
+    assert_int_equal(n, 1);
+    assert_int_equal(e.ev[e.nev - 1].kind, PE_EV_WAKEUP);
+    assert_int_equal(stats(&e).canned, 2);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(recv_wait(fd[i], got, sizeof(got), 1000),
+                         sizeof(ANSWER) - 1);
+        assert_memory_equal(got, ANSWER, sizeof(ANSWER) - 1);
+        close(fd[i]);
+    }
+    env_close(&e);
+}
+
 /* ------------------------------------------------------------------ main */
 
 #define T(f) cmocka_unit_test(f)
@@ -2046,6 +2089,7 @@ int main(void)
         T(test_canned),
         T(test_canned_refusals),
         T(test_canned_waits_again),
+        T(test_canned_two_then_sleep),
     };
     const struct CMUnitTest once[] = { T(test_config) };
     int failed = run_per_mode("", per_mode,
