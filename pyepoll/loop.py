@@ -956,7 +956,7 @@ class Loop:
         """Counters since the loop was made: ``conns_open`` (current),
         ``accepted``, ``closed``, ``timed_out``, ``refused``,
         ``accept_emfile``, ``bytes_in``, ``bytes_out``, ``syscalls``,
-        ``events``."""
+        ``events``, ``canned`` (requests :meth:`set_canned` answered)."""
         st = self._stats
         _check(lib.pe_loop_get_stats(self._check_open(), st), "stats")
         return {name: int(getattr(st, name)) for name in _STATS}

@@ -1269,8 +1269,9 @@ def test_stats_counters(harness):
     st = hs.loop.stats()
     assert set(st) == {"conns_open", "accepted", "closed", "timed_out",
                        "refused", "accept_emfile", "bytes_in", "bytes_out",
-                       "syscalls", "events"}
+                       "syscalls", "events", "canned"}
     assert st["conns_open"] == 2 and st["accepted"] == 2
+    assert st["canned"] == 0
     assert st["closed"] == 0
     assert st["bytes_in"] == st["bytes_out"] == 350
     assert st["syscalls"] > 0
