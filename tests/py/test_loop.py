@@ -1949,6 +1949,35 @@ def test_recv_arguments_and_errors(loop_path):
         loop.close()
 
 
+def test_handles_from_wait_reach_their_connections(loop_path):
+    # Two connections taking turns (the C path keeps the int of the last
+    # reported handle): each recv/send reaches its own connection, whether
+    # given the int wait returned or an equal one made anew.
+    loop = Loop()
+    try:
+        conns = _open_conns(loop, 2)
+        deadline = time.monotonic() + 5
+        for rnd in range(6):
+            c, want_h = conns[rnd % 2]
+            msg = b"m%d" % rnd
+            c.sendall(msg)
+            got: List[Tuple[int, int, int]] = []
+            while not got:
+                assert time.monotonic() < deadline
+                got = [e for e in loop.wait(0.05) if e[0] == EV_DATA]
+            [(_, h, n)] = got
+            assert h == want_h and n == len(msg)
+            same = int(str(h))          # equal, not the same object
+            assert loop.recv(h if rnd < 3 else same) == msg
+            loop.send(same if rnd < 3 else h, msg.upper())
+            c.settimeout(5)
+            assert c.recv(10) == msg.upper()
+        for c, _ in conns:
+            c.close()
+    finally:
+        loop.close()
+
+
 def test_second_thread_wait_and_recv_get_ebusy(loop_path):
     loop = Loop()
     try:
