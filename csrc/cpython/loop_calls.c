@@ -284,31 +284,6 @@ done:
 #define U64_AS(o) PyLong_AsUnsignedLongLong(o)
 #endif
 
-/* A tuple of n (3 or 4) 64-bit words as ints. */
-static PyObject *words_tuple(const uint64_t *w, int n)
-{
-    PyObject *t = PyTuple_New(n), *v;
-    int i;
-
-    if (!t)
-        return NULL;
-    for (i = 0; i < n; i++) {
-        if (!(v = U64_FROM(w[i]))) {
-            Py_DECREF(t);
-            return NULL;
-        }
-        PyTuple_SetItem(t, i, v);               /* steals v */
-    }
-    return t;
-}
-
-static PyObject *event_tuple(const struct pe_loop_bevent *e)
-{
-    uint64_t w[4] = {e->kind, e->handle, e->arg, e->off};
-
-    return words_tuple(w, 4);
-}
-
 /* A new reference to an int of value h: the cached one (last_obj) when
  * it is that value, else a new one, which becomes the cached one. */
 static PyObject *handle_obj(LoopCalls *c, pe_handle h)
@@ -328,6 +303,32 @@ static PyObject *handle_obj(LoopCalls *c, pe_handle h)
     return o;
 }
 
+/* An event as a tuple: (kind, handle, arg) for wait, n == 3, or (kind,
+ * handle, arg, off) for wait_batch, n == 4. */
+static PyObject *event_obj(LoopCalls *c, int n, uint64_t kind, pe_handle h,
+                           uint64_t arg, uint64_t off)
+{
+    PyObject *t = PyTuple_New(n), *v[4];
+    int i;
+
+    if (!t)
+        return NULL;
+    v[0] = U64_FROM(kind);
+    v[1] = handle_obj(c, h);
+    v[2] = U64_FROM(arg);
+    v[3] = n == 4 ? U64_FROM(off) : NULL;
+    for (i = 0; i < n; i++) {
+        if (!v[i]) {
+            for (; i < n; i++)
+                Py_XDECREF(v[i]);
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SetItem(t, i, v[i]);            /* steals v[i] */
+    }
+    return t;
+}
+
 /* wait's n events as the list of (kind, handle, arg) it returns. */
 static PyObject *wait_list(LoopCalls *c, int n)
 {
@@ -338,26 +339,13 @@ static PyObject *wait_list(LoopCalls *c, int n)
         return NULL;
     for (i = 0; i < n; i++) {
         const struct pe_loop_event *e = &c->wev[i];
-        PyObject *t = PyTuple_New(3), *v[3];
-        int j;
+        PyObject *t = event_obj(c, 3, e->kind, e->handle, e->arg, 0);
 
         if (!t) {
             Py_DECREF(list);
             return NULL;
         }
         PyList_SetItem(list, i, t);             /* steals t */
-        v[0] = PyLong_FromUnsignedLong(e->kind);
-        v[1] = handle_obj(c, e->handle);
-        v[2] = PyLong_FromUnsignedLong(e->arg);
-        for (j = 0; j < 3; j++) {
-            if (!v[j]) {
-                for (; j < 3; j++)
-                    Py_XDECREF(v[j]);
-                Py_DECREF(list);
-                return NULL;
-            }
-            PyTuple_SetItem(t, j, v[j]);        /* steals v[j] */
-        }
     }
     return list;
 }
@@ -389,7 +377,8 @@ static PyObject *events(LoopCalls *c, int n)
     if (!t)
         return NULL;
     for (i = 0; i < n; i++) {
-        PyObject *e = event_tuple(&c->ev[i]);
+        const struct pe_loop_bevent *b = &c->ev[i];
+        PyObject *e = event_obj(c, 4, b->kind, b->handle, b->arg, b->off);
         if (!e) {
             Py_DECREF(t);
             return NULL;
@@ -678,7 +667,8 @@ static PyObject *lc_reply_impl(PyObject *self, PyObject *const *args,
                           Py_ssize_t nargs)
 {
     LoopCalls *c = (LoopCalls *)self;
-    unsigned long long h, off, len;
+    unsigned long long off, len;
+    pe_handle h;
     int64_t rc;
     PyObject *prc, *r;
     Py_ssize_t nq;
@@ -686,7 +676,10 @@ static PyObject *lc_reply_impl(PyObject *self, PyObject *const *args,
     if (nargs != 3 || c->l == NULL || !PyLong_Check(args[0]) ||
         !PyLong_Check(args[1]) || !PyLong_Check(args[2]))
         goto python;
-    h = U64_AS(args[0]);
+    if (handle_of(c, args[0], &h) < 0) {
+        PyErr_Clear();
+        goto python;
+    }
     off = U64_AS(args[1]);
     len = U64_AS(args[2]);
     if (PyErr_Occurred()) {
@@ -698,7 +691,7 @@ static PyObject *lc_reply_impl(PyObject *self, PyObject *const *args,
     nq = PyObject_Size(c->echoq);
     if (nq != 0)
         goto python;
-    rc = c->reply(c->l, (pe_handle)h, (uint32_t)off, (uint32_t)len);
+    rc = c->reply(c->l, h, (uint32_t)off, (uint32_t)len);
     if (rc >= 0)
         Py_RETURN_NONE;
     if (!(prc = PyLong_FromLongLong(rc)))
