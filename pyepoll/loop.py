@@ -108,13 +108,15 @@ _unpack_event = struct.Struct("=IIQ").unpack_from
 _unpack_bevent = struct.Struct("=4Q").unpack_from
 _iter_bevents = struct.Struct("=4Q").iter_unpack
 
-# wait_batch, send and reply in C (csrc/cpython/loop_calls.c), CPython only:
-# None on PyPy or with PYEPOLL_SPEEDUPS=0, where the Python code below runs.
+# wait, recv, wait_batch, send and reply in C (csrc/cpython/loop_calls.c),
+# CPython only: None on PyPy or with PYEPOLL_SPEEDUPS=0, where the Python
+# code below runs.
 _sp: Any = load_speedups()
 _LoopCalls: Any = None if _sp is None else _sp.LoopCalls
 _CALL_ADDRS = tuple(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
                     for name in ("pe_loop_run_batch", "pe_loop_send",
-                                 "pe_loop_reply"))
+                                 "pe_loop_reply", "pe_loop_run",
+                                 "pe_loop_read"))
 
 
 def _address(cdata: Any) -> int:
@@ -337,8 +339,11 @@ class Loop:
         # the struct outlives a call that is inside when close() comes.
         self._fast: Any = None
         if _LoopCalls is not None:
-            self._fast = _LoopCalls(self, _address(p), self._p, self._echoq,
-                                    _CALL_ADDRS, _FALLBACKS)
+            self._fast = _LoopCalls(
+                self, _address(p), self._p, self._echoq, _CALL_ADDRS,
+                _FALLBACKS, (_address(self._ev), self._batch,
+                             _address(self._rbuf), input_high,
+                             (self._ev, self._rbuf)))
         self._u32a = ffi.new("uint32_t *")
         self._u32b = ffi.new("uint32_t *")
         self._u64 = ffi.new("uint64_t *")
@@ -551,23 +556,30 @@ class Loop:
             self._raise_closed()
         if self._echoq:
             self._flush_echo(p)
-        try:
-            if ms > 0:
-                start = _monotonic()
-                n = _run(p, self._ev, self._batch, ms)
-                if n <= 0:
-                    n = self._wait_slow(n, start + ms / 1000.0)
-            else:
-                n = _run(p, self._ev, self._batch, ms)
-                if n <= 0 and (n or ms):
-                    n = self._wait_slow(n, None if ms else 0.0)
-        finally:
-            if self._p is None and self._owned:
-                self._close_owned()     # close() came while we waited
+        start = _monotonic() if ms > 0 else 0.0
+        n = _run(p, self._ev, self._batch, ms)
+        if n <= 0 and (n or ms) or self._p is None:
+            return self._wait_tail(n, ms, start)
         if n == 1:
             # One event: unpacked in one C call (see wait_batch).
             kind, arg, h = _unpack_event(self._evbuf)
             return [(kind, h, arg)]
+        return self._wait_events(n)
+
+    def _wait_tail(self, n: int, ms: int, start: float
+                   ) -> List[Tuple[int, int, int]]:
+        # After a run that returned nothing, an error, or while close()
+        # came (wait in Python or in C, LoopCalls): what wait does from there.
+        try:
+            if n <= 0 and (n or ms):
+                n = self._wait_slow(
+                    n, None if ms < 0 else start + ms / 1000.0 if ms else 0.0)
+        finally:
+            if self._p is None and self._owned:
+                self._close_owned()     # close() came while we waited
+        return self._wait_events(n)
+
+    def _wait_events(self, n: int) -> List[Tuple[int, int, int]]:
         n4 = n << 2
         vi = self._vi
         return list(zip(vi[0:n4:4], self._vq[1:n << 1:2], vi[1:n4:4]))
@@ -780,15 +792,21 @@ class Loop:
         n = _read(p, h, self._rbuf, size)
         if n > 0:
             if n == size and max < 0:
-                return self._recv_rest(p, h, self._rbytes[:n])
+                return self._recv_rest(h, self._rbytes[:n])
             return self._rbytes[:n]
         if n < 0:
-            _check(n, "recv")
+            self._recv_failed(n)
         return b""
 
-    def _recv_rest(self, p: Any, h: int, head: bytes) -> bytes:
+    def _recv_failed(self, rc: int) -> None:
+        _check(rc, "recv")
+
+    def _recv_rest(self, h: int, head: bytes) -> bytes:
         # The buffer filled up: there may be more unread than input_high
         # (the core can read past it by up to one ring buffer).
+        p = self._p
+        if p is None:
+            return head                 # close() from another thread
         parts = [head]
         size = self._in_high
         while True:
@@ -983,7 +1001,10 @@ class _Hot:
 # LoopCalls' fallbacks, in the order of loop_calls.c's PY_* enum.
 _FALLBACKS = (Loop.wait_batch, Loop._batch_tail, Loop.send,
               Loop._send_failed, Loop.reply, Loop._reply_failed,
-              timeout_to_ms, _monotonic)
+              timeout_to_ms, _monotonic, Loop.wait, Loop._wait_tail,
+              Loop.recv, Loop._recv_rest, Loop._recv_failed)
+Loop.wait = _Hot(Loop.wait)                  # type: ignore[assignment]
+Loop.recv = _Hot(Loop.recv)                  # type: ignore[assignment]
 Loop.wait_batch = _Hot(Loop.wait_batch)      # type: ignore[assignment]
 Loop.send = _Hot(Loop.send)                  # type: ignore[assignment]
 Loop.reply = _Hot(Loop.reply)                # type: ignore[assignment]

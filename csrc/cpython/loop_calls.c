@@ -1,8 +1,9 @@
 /*
- * loop_calls.c - pyepoll.Loop's hot calls in C (CPython only): wait_batch,
- * send and reply of one Loop, as the Python code in pyepoll/loop.py does
- * them in their common case (issue 15: cffi's argument conversion and the
- * GIL release of a non-blocking call were ~1,000 instructions a wakeup).
+ * loop_calls.c - pyepoll.Loop's hot calls in C (CPython only): wait,
+ * recv, wait_batch, send and reply of one Loop, as the Python code in
+ * pyepoll/loop.py does them in their common case (issue 15: cffi's
+ * argument conversion and the GIL release of a non-blocking call were
+ * ~1,000 instructions a wakeup).
  *
  * One LoopCalls per Loop.  It calls the core's guarded entry points
  * (csrc/loop/loop_guard.c) through addresses cffi handed over, on the
@@ -13,9 +14,10 @@
  *
  * Anything unusual goes back to the Python code, which stays the one
  * implementation of the semantics and of every message: a closed or
- * forked loop (detach()), a queued echo before send/reply, arguments that
- * are not plain ints or bytes/bytearray, a wait that returned nothing or
- * an error (EINTR runs the signal handlers there), and any failed send.
+ * forked loop (detach()), a queued echo before wait/send/reply, keyword
+ * arguments, arguments that are not plain ints or bytes/bytearray, a wait
+ * that returned nothing or an error (EINTR runs the signal handlers
+ * there), a recv that filled its buffer, and any failed call.
  */
 #include "speedups.h"
 
@@ -23,6 +25,16 @@
 #include <limits.h>
 #include <stdint.h>
 
+/* METH_FASTCALL | METH_KEYWORDS: in the limited API from 3.10 on, and the
+ * same convention and flag value in CPython 3.9 (since 3.7), only not
+ * promised there: named here for the 3.9 build.  It saves the argument
+ * tuple a METH_VARARGS call makes (~150 instructions a call). */
+#ifndef METH_FASTCALL
+#define METH_FASTCALL 0x0080
+#endif
+
+typedef int (*run_fn)(pe_loop *, struct pe_loop_event *, int, int);
+typedef int64_t (*read_fn)(pe_loop *, pe_handle, void *, size_t);
 typedef int (*run_batch_fn)(pe_loop *, int, int);
 typedef int64_t (*send_fn)(pe_loop *, pe_handle, const void *, size_t);
 typedef int64_t (*reply_fn)(pe_loop *, pe_handle, uint32_t, uint32_t);
@@ -37,6 +49,11 @@ enum {
     PY_REPLY_FAILED,    /* (loop, h, rc, offset, length) */
     PY_TIMEOUT_MS,      /* (timeout) -> ms */
     PY_MONOTONIC,       /* () -> seconds */
+    PY_WAIT,            /* (loop, timeout): the whole Python wait */
+    PY_WAIT_TAIL,       /* (loop, n, ms, start): after the run */
+    PY_RECV,            /* (loop, h, max): the whole Python recv */
+    PY_RECV_REST,       /* (loop, h, head): the buffer filled up */
+    PY_RECV_FAILED,     /* (loop, rc) */
     PY_N
 };
 
@@ -46,6 +63,18 @@ typedef struct {
     pe_handle *eq;              /* the batch buffers; NULL before setup() */
     int cap;                    /* events and echo handles they hold */
     struct pe_loop_bevent *ev;
+    struct pe_loop_event *wev;  /* wait's events: Loop._ev, wcap of them */
+    int wcap;
+    char *rbuf;                 /* recv's buffer: Loop._rbuf, rsize bytes */
+    size_t rsize;
+    run_fn run;
+    read_fn read;
+    /* The int of the handle wait last reported, and its value: a quiet
+     * server's next wait reports the same connection, and its recv and
+     * send get that int back, so neither converts (~170 instructions a
+     * round trip at one connection). */
+    PyObject *last_obj;
+    pe_handle last_h;
     run_batch_fn run_batch;
     send_fn send;
     reply_fn reply;
@@ -57,25 +86,27 @@ typedef struct {
 
 static PyTypeObject *loop_calls_type;
 
-/* LoopCalls(loop, l, owner, echoq, (run_batch, send, reply), fallbacks) */
+/* LoopCalls(loop, l, owner, echoq, (run_batch, send, reply, run, read),
+ *           fallbacks, (ev, batch, rbuf, rsize, owners)) */
 static PyObject *lc_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-    PyObject *loop, *owner, *echoq, *fallbacks;
-    unsigned long long l, run_batch, send, reply;
+    PyObject *loop, *owner, *echoq, *fallbacks, *bufowners;
+    unsigned long long l, run_batch, send, reply, run, read, wev, rbuf, rsize;
     LoopCalls *c;
-    int i;
+    int i, wcap;
 
     if (kw && PyDict_Size(kw)) {
         PyErr_SetString(PyExc_TypeError,
                         "LoopCalls() takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OKOO(KKK)O!", &loop, &l, &owner, &echoq,
-                          &run_batch, &send, &reply, &PyTuple_Type,
-                          &fallbacks))
+    if (!PyArg_ParseTuple(args, "OKOO(KKKKK)O!(KiKKO)", &loop, &l, &owner,
+                          &echoq, &run_batch, &send, &reply, &run, &read,
+                          &PyTuple_Type, &fallbacks, &wev, &wcap, &rbuf,
+                          &rsize, &bufowners))
         return NULL;
-    if (!l || !run_batch || !send || !reply ||
-        PyTuple_Size(fallbacks) != PY_N) {
+    if (!l || !run_batch || !send || !reply || !run || !read || !wev ||
+        wcap <= 0 || !rbuf || !rsize || PyTuple_Size(fallbacks) != PY_N) {
         PyErr_SetString(PyExc_ValueError,
                         "LoopCalls: null address or wrong fallbacks");
         return NULL;
@@ -92,10 +123,17 @@ static PyObject *lc_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     c->run_batch = (run_batch_fn)(uintptr_t)run_batch;
     c->send = (send_fn)(uintptr_t)send;
     c->reply = (reply_fn)(uintptr_t)reply;
+    c->run = (run_fn)(uintptr_t)run;
+    c->read = (read_fn)(uintptr_t)read;
+    c->wev = (struct pe_loop_event *)(uintptr_t)wev;
+    c->wcap = wcap;
+    c->rbuf = (char *)(uintptr_t)rbuf;
+    c->rsize = (size_t)rsize;
     Py_INCREF(echoq);
     c->echoq = echoq;
     c->owners = PyList_New(0);
-    if (!c->owners || PyList_Append(c->owners, owner) < 0) {
+    if (!c->owners || PyList_Append(c->owners, owner) < 0 ||
+        PyList_Append(c->owners, bufowners) < 0) {
         Py_DECREF(c);
         return NULL;
     }
@@ -127,6 +165,7 @@ static int lc_clear(PyObject *self)
 
     c->l = NULL;
     c->eq = NULL;
+    Py_CLEAR(c->last_obj);
     Py_CLEAR(c->loop_ref);
     Py_CLEAR(c->echoq);
     Py_CLEAR(c->owners);
@@ -196,34 +235,41 @@ static PyObject *fallback(LoopCalls *c, int which, PyObject *a, PyObject *b,
     return r;
 }
 
-static PyObject *lc_wait_batch_impl(PyObject *, PyObject *const *,
-                                    Py_ssize_t);
 static PyObject *lc_send_impl(PyObject *, PyObject *const *, Py_ssize_t);
 static PyObject *lc_reply_impl(PyObject *, PyObject *const *, Py_ssize_t);
 
 /* Keywords or odd arguments: the Python method, called as given. */
-static PyObject *whole_python(LoopCalls *c, int which, PyObject *args,
-                              PyObject *kw)
+static PyObject *whole_python(LoopCalls *c, int which, PyObject *const *args,
+                              Py_ssize_t nargs, PyObject *kwnames)
 {
     PyObject *loop = c->loop_ref ? PyWeakref_GetObject(c->loop_ref) : NULL;
-    PyObject *full, *r;
-    Py_ssize_t i, n = PyTuple_Size(args);
+    PyObject *full, *kw = NULL, *r = NULL;
+    Py_ssize_t i, nkw = kwnames ? PyTuple_Size(kwnames) : 0;
 
     if (!loop || loop == Py_None || !c->py[which]) {
         if (!PyErr_Occurred())
             PyErr_SetString(PyExc_ReferenceError, "the Loop is gone");
         return NULL;
     }
-    if (!(full = PyTuple_New(n + 1)))
+    if (!(full = PyTuple_New(nargs + 1)))
         return NULL;
     Py_INCREF(loop);
     PyTuple_SetItem(full, 0, loop);
-    for (i = 0; i < n; i++) {
-        PyObject *a = PyTuple_GetItem(args, i);
-        Py_INCREF(a);
-        PyTuple_SetItem(full, i + 1, a);
+    for (i = 0; i < nargs; i++) {
+        Py_INCREF(args[i]);
+        PyTuple_SetItem(full, i + 1, args[i]);
+    }
+    if (nkw) {
+        if (!(kw = PyDict_New()))
+            goto done;
+        for (i = 0; i < nkw; i++)
+            if (PyDict_SetItem(kw, PyTuple_GetItem(kwnames, i),
+                               args[nargs + i]) < 0)
+                goto done;
     }
     r = PyObject_Call(c->py[which], full, kw);
+done:
+    Py_XDECREF(kw);
     Py_DECREF(full);
     return r;
 }
@@ -238,20 +284,42 @@ static PyObject *whole_python(LoopCalls *c, int which, PyObject *args,
 #define U64_AS(o) PyLong_AsUnsignedLongLong(o)
 #endif
 
-static PyObject *event_tuple(const struct pe_loop_bevent *e)
+/* A new reference to an int of value h: the cached one (last_obj) when
+ * it is that value, else a new one, which becomes the cached one. */
+static PyObject *handle_obj(LoopCalls *c, pe_handle h)
 {
-    PyObject *t = PyTuple_New(4), *v[4];
+    PyObject *o;
+
+    if (c->last_obj && c->last_h == h) {
+        Py_INCREF(c->last_obj);
+        return c->last_obj;
+    }
+    if (!(o = U64_FROM(h)))
+        return NULL;
+    Py_INCREF(o);
+    Py_XDECREF(c->last_obj);
+    c->last_obj = o;
+    c->last_h = h;
+    return o;
+}
+
+/* An event as a tuple: (kind, handle, arg) for wait, n == 3, or (kind,
+ * handle, arg, off) for wait_batch, n == 4. */
+static PyObject *event_obj(LoopCalls *c, int n, uint64_t kind, pe_handle h,
+                           uint64_t arg, uint64_t off)
+{
+    PyObject *t = PyTuple_New(n), *v[4];
     int i;
 
     if (!t)
         return NULL;
-    v[0] = U64_FROM(e->kind);
-    v[1] = U64_FROM(e->handle);
-    v[2] = U64_FROM(e->arg);
-    v[3] = U64_FROM(e->off);
-    for (i = 0; i < 4; i++) {
+    v[0] = U64_FROM(kind);
+    v[1] = handle_obj(c, h);
+    v[2] = U64_FROM(arg);
+    v[3] = n == 4 ? U64_FROM(off) : NULL;
+    for (i = 0; i < n; i++) {
         if (!v[i]) {
-            for (; i < 4; i++)
+            for (; i < n; i++)
                 Py_XDECREF(v[i]);
             Py_DECREF(t);
             return NULL;
@@ -259,6 +327,45 @@ static PyObject *event_tuple(const struct pe_loop_bevent *e)
         PyTuple_SetItem(t, i, v[i]);            /* steals v[i] */
     }
     return t;
+}
+
+/* wait's n events as the list of (kind, handle, arg) it returns. */
+static PyObject *wait_list(LoopCalls *c, int n)
+{
+    PyObject *list = PyList_New(n);
+    int i;
+
+    if (!list)
+        return NULL;
+    for (i = 0; i < n; i++) {
+        const struct pe_loop_event *e = &c->wev[i];
+        PyObject *t = event_obj(c, 3, e->kind, e->handle, e->arg, 0);
+
+        if (!t) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SetItem(list, i, t);             /* steals t */
+    }
+    return list;
+}
+
+/* The handle in h as the uint64 value the core takes; the int wait last
+ * reported is known without a conversion.  -1 with an exception set for
+ * what is not an int in [0, 2**64). */
+static int handle_of(LoopCalls *c, PyObject *h, pe_handle *out)
+{
+    unsigned long long v;
+
+    if (h == c->last_obj) {
+        *out = c->last_h;
+        return 0;
+    }
+    v = U64_AS(h);
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    *out = (pe_handle)v;
+    return 0;
 }
 
 /* The batch's n events as an iterator of (kind, handle, arg, offset). */
@@ -270,7 +377,8 @@ static PyObject *events(LoopCalls *c, int n)
     if (!t)
         return NULL;
     for (i = 0; i < n; i++) {
-        PyObject *e = event_tuple(&c->ev[i]);
+        const struct pe_loop_bevent *b = &c->ev[i];
+        PyObject *e = event_obj(c, 4, b->kind, b->handle, b->arg, b->off);
         if (!e) {
             Py_DECREF(t);
             return NULL;
@@ -305,27 +413,151 @@ static int take_echoes(LoopCalls *c, Py_ssize_t nq)
     return (int)nq;
 }
 
-/* wait_batch(timeout=None): Loop.wait_batch. */
-static PyObject *lc_wait_batch(PyObject *self, PyObject *targs, PyObject *kw)
+/* The timeout as wait and wait_batch convert it (timeout_to_ms): *ms (-1:
+ * none) and, for a positive one, *start (monotonic seconds; else NULL).
+ * 0, or -1 with an exception. */
+static int timeout_ms(LoopCalls *c, PyObject *timeout, int *ms,
+                      PyObject **start)
 {
-    PyObject *args[3];
-    Py_ssize_t nargs = PyTuple_Size(targs), i;
+    PyObject *m;
+    long v;
 
-    if ((kw && PyDict_Size(kw)) || nargs > 3)
-        return whole_python((LoopCalls *)self, PY_WAIT_BATCH, targs, kw);
-    for (i = 0; i < nargs && i < 3; i++)
-        args[i] = PyTuple_GetItem(targs, i);
-    return lc_wait_batch_impl(self, args, nargs);
+    *start = NULL;
+    if (timeout == Py_None) {
+        *ms = -1;
+        return 0;
+    }
+    if (!(m = PyObject_CallFunctionObjArgs(c->py[PY_TIMEOUT_MS], timeout,
+                                           NULL)))
+        return -1;
+    v = PyLong_AsLong(m);
+    Py_DECREF(m);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    *ms = (int)v;
+    if (*ms > 0 && !(*start = PyObject_CallObject(c->py[PY_MONOTONIC], NULL)))
+        return -1;
+    return 0;
 }
 
-static PyObject *lc_wait_batch_impl(PyObject *self, PyObject *const *args,
-                               Py_ssize_t nargs)
+/* After a run that returned nothing, an error, or that close() came
+ * during: the Python tail `which` (it waits on, runs signal handlers,
+ * raises, closes the owned sockets).  Takes start's reference. */
+static PyObject *wait_tail(LoopCalls *c, int which, int n, int ms,
+                           PyObject *start)
+{
+    PyObject *pn = PyLong_FromLong(n), *pms = PyLong_FromLong(ms), *r;
+
+    if (!start)
+        start = PyFloat_FromDouble(0.0);
+    r = pn && pms && start ? fallback(c, which, pn, pms, start, NULL) : NULL;
+    Py_XDECREF(pn);
+    Py_XDECREF(pms);
+    Py_XDECREF(start);
+    return r;
+}
+
+/* wait(timeout=None): Loop.wait. */
+static PyObject *lc_wait(PyObject *self, PyObject *const *args,
+                         Py_ssize_t nargs, PyObject *kwnames)
 {
     LoopCalls *c = (LoopCalls *)self;
-    PyObject *timeout = nargs > 0 ? args[0] : Py_None, *start = NULL, *r;
+    PyObject *start;
+    Py_ssize_t nq;
+    pe_loop *l;
+    int ms, n;
+
+    if (kwnames || nargs > 1 || c->l == NULL ||
+        (nq = PyObject_Size(c->echoq)) != 0)    /* echoes go out first */
+        return PyErr_Occurred() ? NULL
+               : whole_python(c, PY_WAIT, args, nargs, kwnames);
+    if (timeout_ms(c, nargs ? args[0] : Py_None, &ms, &start) < 0)
+        return NULL;
+    if ((l = c->l) == NULL) {       /* the timeout's __index__ closed it */
+        Py_XDECREF(start);
+        return whole_python(c, PY_WAIT, args, nargs, kwnames);
+    }
+    if (ms == 0) {
+        n = c->run(l, c->wev, c->wcap, 0);
+    } else {
+        /* A wait that may block lets other threads run (and call wakeup()
+         * or close()).  A zero-timeout run first, with the GIL held, and
+         * the release only if it found nothing, was measured and is worse
+         * at one connection: the next request is rarely there yet, so it
+         * adds an epoll_wait (1.22 a round trip under strace) and, under
+         * callgrind, costs more instructions than the release it saves. */
+        Py_BEGIN_ALLOW_THREADS
+        n = c->run(l, c->wev, c->wcap, ms);
+        Py_END_ALLOW_THREADS
+    }
+    if (c->l == NULL || (n <= 0 && (n || ms)))
+        return wait_tail(c, PY_WAIT_TAIL, n, ms, start);
+    Py_XDECREF(start);
+    return wait_list(c, n);
+}
+
+/* recv(h, max=-1): Loop.recv, the GIL held (a copy out of the ring). */
+static PyObject *lc_recv(PyObject *self, PyObject *const *args,
+                         Py_ssize_t nargs, PyObject *kwnames)
+{
+    LoopCalls *c = (LoopCalls *)self;
+    pe_handle h;
+    long long max = -1;
+    size_t size;
+    int64_t n;
+    PyObject *b, *r;
+
+    if (kwnames || nargs < 1 || nargs > 2 || c->l == NULL ||
+        !PyLong_Check(args[0]) || (nargs == 2 && !PyLong_Check(args[1])))
+        return whole_python(c, PY_RECV, args, nargs, kwnames);
+    if (handle_of(c, args[0], &h) < 0) {
+        PyErr_Clear();                  /* Python raises its own error */
+        return whole_python(c, PY_RECV, args, nargs, kwnames);
+    }
+    if (nargs == 2) {
+        int overflow;
+
+        max = PyLong_AsLongLongAndOverflow(args[1], &overflow);
+        if (max == -1 && PyErr_Occurred())
+            return NULL;
+        if (overflow)                   /* only its sign matters below */
+            max = overflow > 0 ? LLONG_MAX : LLONG_MIN;
+    }
+    size = c->rsize;
+    if (max > -1 && (unsigned long long)max < size)
+        size = (size_t)max;
+    n = c->read(c->l, (pe_handle)h, c->rbuf, size);
+    if (n > 0) {
+        if (!(b = PyBytes_FromStringAndSize(c->rbuf, (Py_ssize_t)n)))
+            return NULL;
+        if ((size_t)n < size || max >= 0)
+            return b;
+        /* The buffer filled up: more may be unread (Python reads on). */
+        r = fallback(c, PY_RECV_REST, args[0], b, NULL, NULL);
+        Py_DECREF(b);
+        return r;
+    }
+    if (n < 0) {
+        if (!(b = PyLong_FromLongLong(n)))
+            return NULL;
+        r = fallback(c, PY_RECV_FAILED, b, NULL, NULL, NULL);
+        Py_DECREF(b);
+        return r;
+    }
+    return PyBytes_FromStringAndSize(NULL, 0);
+}
+
+/* wait_batch(timeout=None): Loop.wait_batch. */
+static PyObject *lc_wait_batch(PyObject *self, PyObject *const *args,
+                               Py_ssize_t nargs, PyObject *kwnames)
+{
+    LoopCalls *c = (LoopCalls *)self;
+    PyObject *timeout = nargs > 0 ? args[0] : Py_None, *start;
     Py_ssize_t nq;
     int ms, necho, n;
 
+    if (kwnames)
+        return whole_python(c, PY_WAIT_BATCH, args, nargs, kwnames);
     if (nargs > 1) {
         PyErr_Format(PyExc_TypeError,
                      "wait_batch() takes at most 1 argument (%zd given)",
@@ -335,22 +567,11 @@ static PyObject *lc_wait_batch_impl(PyObject *self, PyObject *const *args,
     if (c->l == NULL || c->eq == NULL ||
         (nq = PyObject_Size(c->echoq)) < 0 || nq > c->cap)
         goto python;
-    if (timeout == Py_None) {
-        ms = -1;
-    } else {
-        PyObject *m = PyObject_CallFunctionObjArgs(c->py[PY_TIMEOUT_MS],
-                                                   timeout, NULL);
-        long v;
-
-        if (!m)
-            return NULL;
-        v = PyLong_AsLong(m);
-        Py_DECREF(m);
-        if (v == -1 && PyErr_Occurred())
-            return NULL;
-        ms = (int)v;
-        if (ms > 0 && !(start = PyObject_CallObject(c->py[PY_MONOTONIC], NULL)))
-            return NULL;
+    if (timeout_ms(c, timeout, &ms, &start) < 0)
+        return NULL;
+    if (c->l == NULL) {             /* the timeout's __index__ closed it */
+        Py_XDECREF(start);
+        goto python;
     }
     necho = nq ? take_echoes(c, nq) : 0;
     if (necho < 0) {
@@ -365,21 +586,8 @@ static PyObject *lc_wait_batch_impl(PyObject *self, PyObject *const *args,
     } else {
         n = c->run_batch(c->l, necho, ms);
     }
-    if (c->l == NULL || (n <= 0 && (n || ms))) {
-        /* close() came meanwhile, nothing yet, or an error: the Python
-         * tail (it waits on, runs signal handlers, raises). */
-        PyObject *pn = PyLong_FromLong(n), *pms = PyLong_FromLong(ms);
-
-        if (!start) {
-            start = PyFloat_FromDouble(0.0);
-        }
-        r = pn && pms && start
-            ? fallback(c, PY_BATCH_TAIL, pn, pms, start, NULL) : NULL;
-        Py_XDECREF(pn);
-        Py_XDECREF(pms);
-        Py_XDECREF(start);
-        return r;
-    }
+    if (c->l == NULL || (n <= 0 && (n || ms)))
+        return wait_tail(c, PY_BATCH_TAIL, n, ms, start);
     Py_XDECREF(start);
     return events(c, n);
 python:
@@ -390,15 +598,11 @@ python:
 
 /* send(h, data): Loop.send for bytes and bytearray, the GIL held (the
  * core's send never blocks). */
-static PyObject *lc_send(PyObject *self, PyObject *targs, PyObject *kw)
+static PyObject *lc_send(PyObject *self, PyObject *const *args,
+                         Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *args[3];
-    Py_ssize_t nargs = PyTuple_Size(targs), i;
-
-    if ((kw && PyDict_Size(kw)) || nargs > 3)
-        return whole_python((LoopCalls *)self, PY_SEND, targs, kw);
-    for (i = 0; i < nargs && i < 3; i++)
-        args[i] = PyTuple_GetItem(targs, i);
+    if (kwnames)
+        return whole_python((LoopCalls *)self, PY_SEND, args, nargs, kwnames);
     return lc_send_impl(self, args, nargs);
 }
 
@@ -406,7 +610,7 @@ static PyObject *lc_send_impl(PyObject *self, PyObject *const *args,
                          Py_ssize_t nargs)
 {
     LoopCalls *c = (LoopCalls *)self;
-    unsigned long long h;
+    pe_handle h;
     char *buf;
     Py_ssize_t len;
     int64_t rc;
@@ -414,8 +618,7 @@ static PyObject *lc_send_impl(PyObject *self, PyObject *const *args,
 
     if (nargs != 2 || c->l == NULL || !PyLong_Check(args[0]))
         goto python;
-    h = U64_AS(args[0]);
-    if (h == (unsigned long long)-1 && PyErr_Occurred()) {
+    if (handle_of(c, args[0], &h) < 0) {
         PyErr_Clear();                  /* Python raises its own error */
         goto python;
     }
@@ -431,7 +634,7 @@ static PyObject *lc_send_impl(PyObject *self, PyObject *const *args,
     }
     if (PyObject_Size(c->echoq) != 0)  /* queued echoes go out first */
         goto python;
-    rc = c->send(c->l, (pe_handle)h, buf, (size_t)len);
+    rc = c->send(c->l, h, buf, (size_t)len);
     if (rc >= 0)
         Py_RETURN_NONE;
     if (!(prc = PyLong_FromLongLong(rc)))
@@ -452,15 +655,11 @@ python:
 }
 
 /* reply(h, offset, length): Loop.reply, the GIL held. */
-static PyObject *lc_reply(PyObject *self, PyObject *targs, PyObject *kw)
+static PyObject *lc_reply(PyObject *self, PyObject *const *args,
+                         Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *args[3];
-    Py_ssize_t nargs = PyTuple_Size(targs), i;
-
-    if ((kw && PyDict_Size(kw)) || nargs > 3)
-        return whole_python((LoopCalls *)self, PY_REPLY, targs, kw);
-    for (i = 0; i < nargs && i < 3; i++)
-        args[i] = PyTuple_GetItem(targs, i);
+    if (kwnames)
+        return whole_python((LoopCalls *)self, PY_REPLY, args, nargs, kwnames);
     return lc_reply_impl(self, args, nargs);
 }
 
@@ -468,7 +667,8 @@ static PyObject *lc_reply_impl(PyObject *self, PyObject *const *args,
                           Py_ssize_t nargs)
 {
     LoopCalls *c = (LoopCalls *)self;
-    unsigned long long h, off, len;
+    unsigned long long off, len;
+    pe_handle h;
     int64_t rc;
     PyObject *prc, *r;
     Py_ssize_t nq;
@@ -476,7 +676,10 @@ static PyObject *lc_reply_impl(PyObject *self, PyObject *const *args,
     if (nargs != 3 || c->l == NULL || !PyLong_Check(args[0]) ||
         !PyLong_Check(args[1]) || !PyLong_Check(args[2]))
         goto python;
-    h = U64_AS(args[0]);
+    if (handle_of(c, args[0], &h) < 0) {
+        PyErr_Clear();
+        goto python;
+    }
     off = U64_AS(args[1]);
     len = U64_AS(args[2]);
     if (PyErr_Occurred()) {
@@ -488,7 +691,7 @@ static PyObject *lc_reply_impl(PyObject *self, PyObject *const *args,
     nq = PyObject_Size(c->echoq);
     if (nq != 0)
         goto python;
-    rc = c->reply(c->l, (pe_handle)h, (uint32_t)off, (uint32_t)len);
+    rc = c->reply(c->l, h, (uint32_t)off, (uint32_t)len);
     if (rc >= 0)
         Py_RETURN_NONE;
     if (!(prc = PyLong_FromLongLong(rc)))
@@ -508,16 +711,16 @@ python:
     return fallback(c, PY_REPLY, args[0], args[1], args[2], NULL);
 }
 
+#define FAST(name, doc)                                         \
+    {#name, (PyCFunction)(void (*)(void))lc_##name,             \
+     METH_FASTCALL | METH_KEYWORDS, doc}
+
 static PyMethodDef lc_methods[] = {
-    {"wait_batch", (PyCFunction)(void (*)(void))lc_wait_batch,
-     METH_VARARGS | METH_KEYWORDS,
-     "Loop.wait_batch"},
-    {"send", (PyCFunction)(void (*)(void))lc_send,
-     METH_VARARGS | METH_KEYWORDS,
-     "Loop.send"},
-    {"reply", (PyCFunction)(void (*)(void))lc_reply,
-     METH_VARARGS | METH_KEYWORDS,
-     "Loop.reply"},
+    FAST(wait, "Loop.wait"),
+    FAST(recv, "Loop.recv"),
+    FAST(wait_batch, "Loop.wait_batch"),
+    FAST(send, "Loop.send"),
+    FAST(reply, "Loop.reply"),
     {"setup", lc_setup, METH_VARARGS, "setup(eq, ev, cap, owners)"},
     {"detach", lc_detach, METH_NOARGS,
      "forget the C loop: the Loop closed (or is the parent's)"},
@@ -530,8 +733,8 @@ static PyType_Slot lc_slots[] = {
     {Py_tp_traverse, lc_traverse},
     {Py_tp_clear, lc_clear},
     {Py_tp_methods, lc_methods},
-    {Py_tp_doc, "LoopCalls(loop, l, owner, echoq, addresses, fallbacks): "
-                "a pyepoll.Loop's hot calls in C"},
+    {Py_tp_doc, "LoopCalls(loop, l, owner, echoq, addresses, fallbacks, "
+                "buffers): a pyepoll.Loop's hot calls in C"},
     {0, NULL},
 };
 

@@ -145,8 +145,8 @@ def aio_path(request: pytest.FixtureRequest):
     asyncio_loop._use_speedups(was)
 
 
-# pyepoll.Loop's two paths: wait_batch/send/reply in C (LoopCalls, CPython
-# only) and the pure Python ones (PYEPOLL_SPEEDUPS=0, PyPy).  Loops made
+# pyepoll.Loop's two paths: wait/recv/wait_batch/send/reply in C (LoopCalls,
+# CPython only) and the pure Python ones (PYEPOLL_SPEEDUPS=0, PyPy).  Loops made
 # under the fixture take its path; subprocesses get the environment switch.
 # The Loop test files (test_loop.py, test_loop_hypothesis.py, test_errors.py,
 # test_faults.py, test_signals.py) run on each path there is through their

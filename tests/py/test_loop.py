@@ -1788,13 +1788,15 @@ def _open_conns(loop: Loop, n: int) -> List[Tuple[socket.socket, int]]:
 def test_c_calls_in_use(loop_path):
     loop = Loop()
     try:
-        for name in ("wait_batch", "send", "reply"):
+        for name in ("wait", "recv", "wait_batch", "send", "reply"):
             method = getattr(loop, name)
             # The C path binds LoopCalls' builtin methods; the Python path
             # the methods of Loop.
             assert (type(method).__name__ == "builtin_function_or_method") \
                 == (loop_path == "c"), name
         assert Loop.send.__doc__.startswith("Queue ``data``")
+        assert Loop.wait.__doc__.startswith("Do all I/O that is ready")
+        assert Loop.recv.__doc__.startswith("Take up to ``max``")
     finally:
         loop.close()
 
@@ -1803,12 +1805,222 @@ def test_calls_on_closed_loop_bound_before(loop_path):
     loop = Loop()
     loop.batch_view
     wait_batch, send, reply = loop.wait_batch, loop.send, loop.reply
+    wait, recv = loop.wait, loop.recv
     loop.close()
     for call in (lambda: wait_batch(0), lambda: wait_batch(None),
                  lambda: send(1, b"x"), lambda: send(1, bytearray(b"x")),
-                 lambda: reply(1, 0, 1)):
+                 lambda: reply(1, 0, 1), lambda: wait(), lambda: wait(0),
+                 lambda: wait(timeout=0.5), lambda: recv(1),
+                 lambda: recv(1, 5), lambda: recv(1, max=5)):
         with pytest.raises(ValueError, match="I/O operation on closed loop"):
             call()
+    # The timeout is checked first, as in the Python code.
+    with pytest.raises(TypeError, match="timeout must be an integer"):
+        wait("1")
+
+
+def test_timeout_index_that_closes_the_loop(loop_path):
+    # A timeout whose __index__ closes the loop: the closed-loop error,
+    # never a call into the torn-down C loop.
+    loop = Loop()
+    loop.batch_view
+
+    class Closing:
+        def __index__(self) -> int:
+            loop.close()
+            return 1
+
+    with pytest.raises(ValueError, match="I/O operation on closed loop"):
+        loop.wait(Closing())
+    loop = Loop()
+    loop.batch_view
+    with pytest.raises(ValueError, match="I/O operation on closed loop"):
+        loop.wait_batch(Closing())
+
+
+def test_wait_events_and_arguments(loop_path):
+    loop = Loop(batch=3)
+    try:
+        conns = _open_conns(loop, 5)
+        for c, _ in conns:
+            c.sendall(b"hello")
+        time.sleep(0.1)
+        seen: Dict[int, int] = {}
+        sizes: List[int] = []
+        deadline = time.monotonic() + 5
+        while len(seen) < 5:
+            assert time.monotonic() < deadline
+            events = loop.wait(0.05)
+            assert type(events) is list
+            sizes.append(len(events))
+            for ev in events:
+                assert type(ev) is tuple and len(ev) == 3
+                kind, h, arg = ev
+                assert (kind, arg) == (EV_DATA, 5)
+                seen[h] = arg
+        assert sizes[0] == 3 and max(sizes) == 3    # at most batch a wait
+        assert sorted(seen) == sorted(h for _, h in conns)
+        assert loop.wait(timeout=0) == []
+        assert loop.wait(0.0) == []
+        with pytest.raises(TypeError):
+            loop.wait(0, 1)
+        with pytest.raises(TypeError):
+            loop.wait(nonsense=1)
+        with pytest.raises(TypeError, match="timeout must be an integer"):
+            loop.wait("0")
+        with pytest.raises(ValueError, match="NaN"):
+            loop.wait(float("nan"))
+        with pytest.raises(OverflowError):
+            loop.wait(1e300)
+        for c, _ in conns:
+            c.close()
+    finally:
+        loop.close()
+
+
+def test_wait_sends_queued_echoes_first(loop_path):
+    loop = Loop()
+    try:
+        [(c, h)] = _open_conns(loop, 1)
+        c.sendall(b"ping")
+        deadline = time.monotonic() + 5
+        while True:
+            assert time.monotonic() < deadline
+            if any(k == EV_DATA for k, *_ in loop.wait_batch(0.05)):
+                break
+        loop.queue_echo(h)
+        assert loop.wait(0) == []           # the echo left before the wait
+        c.settimeout(5)
+        assert c.recv(10) == b"ping"
+        c.close()
+    finally:
+        loop.close()
+
+
+def test_recv_arguments_and_errors(loop_path):
+    loop = Loop(input_high=4096, input_low=1024)
+    try:
+        [(c, h)] = _open_conns(loop, 1)
+        c.sendall(b"abcdefghij")
+        deadline = time.monotonic() + 5
+        while loop.buffered(h)[0] < 10:
+            assert time.monotonic() < deadline
+            loop.wait(0.05)
+        assert loop.recv(h, True) == b"a"           # an int, as cffi takes it
+        assert loop.recv(h, max=2) == b"bc"
+        assert loop.recv(h, 0) == b""
+        assert loop.recv(h, 2**70) == b"defghij"    # more than input_high
+        c.sendall(b"qrst")
+        while loop.buffered(h)[0] < 4:
+            assert time.monotonic() < deadline
+            loop.wait(0.05)
+        assert loop.recv(h, -(2**70)) == b"qrst"    # negative: all of it
+        assert loop.recv(h) == b""
+        with pytest.raises(TypeError):
+            loop.recv(h, 2.0)
+        with pytest.raises(TypeError):
+            loop.recv("h")
+        with pytest.raises(TypeError):
+            loop.recv(1.0)
+        with pytest.raises(OverflowError):
+            loop.recv(-1)
+        with pytest.raises(OverflowError):
+            loop.recv(2**64)
+        with pytest.raises(TypeError):
+            loop.recv()
+        with pytest.raises(TypeError):
+            loop.recv(h, 1, 2)
+        with pytest.raises(TypeError):
+            loop.recv(h, size=1)
+        # A full buffer (unread == input_high): read on until empty.
+        data = bytes(range(256)) * 16
+        c.sendall(data)
+        while loop.buffered(h)[0] < 4096:
+            assert time.monotonic() < deadline
+            loop.wait(0.05)
+        assert loop.recv(h) == data
+        assert loop.recv(h) == b""
+        loop.close_connection(h, "now")
+        with pytest.raises(StaleHandleError):
+            loop.recv(h)
+        with pytest.raises(StaleHandleError):
+            loop.recv(h, 5)
+        c.close()
+    finally:
+        loop.close()
+
+
+def test_handles_from_wait_reach_their_connections(loop_path):
+    # Two connections taking turns (the C path keeps the int of the last
+    # reported handle): each recv/send reaches its own connection, whether
+    # given the int wait returned or an equal one made anew.
+    loop = Loop()
+    try:
+        conns = _open_conns(loop, 2)
+        deadline = time.monotonic() + 5
+        for rnd in range(6):
+            c, want_h = conns[rnd % 2]
+            msg = b"m%d" % rnd
+            c.sendall(msg)
+            got: List[Tuple[int, int, int]] = []
+            while not got:
+                assert time.monotonic() < deadline
+                got = [e for e in loop.wait(0.05) if e[0] == EV_DATA]
+            [(_, h, n)] = got
+            assert h == want_h and n == len(msg)
+            same = int(str(h))          # equal, not the same object
+            assert loop.recv(h if rnd < 3 else same) == msg
+            loop.send(same if rnd < 3 else h, msg.upper())
+            c.settimeout(5)
+            assert c.recv(10) == msg.upper()
+        for c, _ in conns:
+            c.close()
+    finally:
+        loop.close()
+
+
+def test_second_thread_wait_and_recv_get_ebusy(loop_path):
+    loop = Loop()
+    try:
+        [(c, h)] = _open_conns(loop, 1)
+        out: List[object] = []
+        t = threading.Thread(target=lambda: out.append(loop.wait(3)))
+        t.start()
+        time.sleep(0.2)         # the thread is inside the blocking wait
+        for call, what in ((lambda: loop.recv(h), "recv"),
+                           (lambda: loop.recv(h, 5), "recv"),
+                           (lambda: loop.wait(0), "wait"),
+                           (lambda: loop.wait(0.1), "wait")):
+            with pytest.raises(OSError) as info:
+                call()
+            assert info.value.errno == errno.EBUSY
+            assert f"Loop.{what}(): another thread" in str(info.value)
+        loop.wakeup()
+        t.join(5)
+        assert out == [[(EV_WAKEUP, 0, 0)]]
+        c.close()
+    finally:
+        loop.close()
+
+
+def test_close_from_another_thread_during_wait_bound(loop_path):
+    loop = Loop()
+    addr = loop.sockname(loop.listen())
+    wait = loop.wait
+    out: List[object] = []
+    t = threading.Thread(target=lambda: out.append(wait(5)))
+    t.start()
+    time.sleep(0.2)
+    loop.close()
+    t.join(5)
+    # It returns (close() wakes it: a WAKEUP at most), no error.
+    assert not t.is_alive() and len(out) == 1
+    assert [k for k, _, _ in out[0]] in ([], [EV_WAKEUP])
+    with pytest.raises(ValueError, match="closed loop"):
+        wait(0)
+    # The waiter closed the listening socket the loop owned.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(addr, 5)
 
 
 def test_send_kinds_and_messages(loop_path):
