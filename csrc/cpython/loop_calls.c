@@ -1,8 +1,10 @@
 /*
  * loop_calls.c - pyepoll.Loop's hot calls in C (CPython only): wait_batch,
- * send and reply of one Loop, as the Python code in pyepoll/loop.py does
- * them in their common case (issue 15: cffi's argument conversion and the
- * GIL release of a non-blocking call were ~1,000 instructions a wakeup).
+ * wait_batch_echo, send and reply of one Loop, as the Python code in
+ * pyepoll/loop.py does them in their common case (issue 15: cffi's argument
+ * conversion and the GIL release of a non-blocking call were ~1,000
+ * instructions a wakeup; wait_batch_echo keeps a quiet echo server's round
+ * trips out of Python altogether).
  *
  * One LoopCalls per Loop.  It calls the core's guarded entry points
  * (csrc/loop/loop_guard.c) through addresses cffi handed over, on the
@@ -21,6 +23,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdint.h>
 
 typedef int (*run_batch_fn)(pe_loop *, int, int);
@@ -37,6 +40,7 @@ enum {
     PY_REPLY_FAILED,    /* (loop, h, rc, offset, length) */
     PY_TIMEOUT_MS,      /* (timeout) -> ms */
     PY_MONOTONIC,       /* () -> seconds */
+    PY_WAIT_ECHO,       /* (loop, timeout): the whole wait_batch_echo */
     PY_N
 };
 
@@ -200,6 +204,7 @@ static PyObject *lc_wait_batch_impl(PyObject *, PyObject *const *,
                                     Py_ssize_t);
 static PyObject *lc_send_impl(PyObject *, PyObject *const *, Py_ssize_t);
 static PyObject *lc_reply_impl(PyObject *, PyObject *const *, Py_ssize_t);
+static PyObject *lc_wait_echo_impl(PyObject *, PyObject *const *, Py_ssize_t);
 
 /* Keywords or odd arguments: the Python method, called as given. */
 static PyObject *whole_python(LoopCalls *c, int which, PyObject *args,
@@ -388,6 +393,154 @@ python:
     return fallback(c, PY_WAIT_BATCH, timeout, NULL, NULL, NULL);
 }
 
+/* The batch's n handles put back in Loop._echoq (queue_echo), the
+ * exception being raised kept: a signal handler raised between two runs
+ * of wait_batch_echo, whose echoes then go out with the next wait. */
+static void requeue_echoes(LoopCalls *c, int n)
+{
+    PyObject *type, *value, *tb;
+    int i;
+
+    PyErr_Fetch(&type, &value, &tb);
+    for (i = 0; i < n; i++) {
+        PyObject *r = PyObject_CallMethod(c->echoq, "append", "K",
+                                          (unsigned long long)c->ev[i].handle);
+        if (!r) {
+            PyErr_Clear();              /* the signal's exception wins */
+            break;
+        }
+        Py_DECREF(r);
+    }
+    PyErr_Restore(type, value, tb);
+}
+
+/* wait_batch_echo(timeout=None): Loop.wait_batch_echo.  The waits and the
+ * echoes of data-only batches stay in here: with one client doing round
+ * trips no Python code runs per round trip (issue 15). */
+static PyObject *lc_wait_echo(PyObject *self, PyObject *targs, PyObject *kw)
+{
+    PyObject *args[3];
+    Py_ssize_t nargs = PyTuple_Size(targs), i;
+
+    if ((kw && PyDict_Size(kw)) || nargs > 3)
+        return whole_python((LoopCalls *)self, PY_WAIT_ECHO, targs, kw);
+    for (i = 0; i < nargs && i < 3; i++)
+        args[i] = PyTuple_GetItem(targs, i);
+    return lc_wait_echo_impl(self, args, nargs);
+}
+
+static PyObject *lc_wait_echo_impl(PyObject *self, PyObject *const *args,
+                                   Py_ssize_t nargs)
+{
+    LoopCalls *c = (LoopCalls *)self;
+    PyObject *timeout = nargs > 0 ? args[0] : Py_None, *r;
+    double start = 0.0;
+    Py_ssize_t nq;
+    int ms, ms0, necho, n, i;
+
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "wait_batch_echo() takes at most 1 argument (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    if (c->l == NULL || c->eq == NULL ||
+        (nq = PyObject_Size(c->echoq)) < 0 || nq > c->cap)
+        goto python;
+    if (timeout == Py_None) {
+        ms = -1;
+    } else {
+        PyObject *m = PyObject_CallFunctionObjArgs(c->py[PY_TIMEOUT_MS],
+                                                   timeout, NULL);
+        long v;
+
+        if (!m)
+            return NULL;
+        v = PyLong_AsLong(m);
+        Py_DECREF(m);
+        if (v == -1 && PyErr_Occurred())
+            return NULL;
+        ms = (int)v;
+        if (ms > 0) {
+            PyObject *t = PyObject_CallObject(c->py[PY_MONOTONIC], NULL);
+
+            if (!t)
+                return NULL;
+            start = PyFloat_AsDouble(t);
+            Py_DECREF(t);
+            if (start == -1.0 && PyErr_Occurred())
+                return NULL;
+        }
+    }
+    ms0 = ms;
+    necho = nq ? take_echoes(c, nq) : 0;
+    if (necho < 0)
+        return NULL;
+    for (;;) {
+        if (ms) {
+            pe_loop *l = c->l;
+            Py_BEGIN_ALLOW_THREADS
+            n = c->run_batch(l, necho, ms);
+            Py_END_ALLOW_THREADS
+        } else {
+            n = c->run_batch(c->l, necho, ms);
+        }
+        if (c->l == NULL || (n <= 0 && (n || ms))) {
+            /* As wait_batch: the Python tail, with the first deadline. */
+            PyObject *pn = PyLong_FromLong(n), *pms = PyLong_FromLong(ms0),
+                     *pstart = PyFloat_FromDouble(start);
+
+            r = pn && pms && pstart
+                ? fallback(c, PY_BATCH_TAIL, pn, pms, pstart, NULL) : NULL;
+            Py_XDECREF(pn);
+            Py_XDECREF(pms);
+            Py_XDECREF(pstart);
+            return r;
+        }
+        /* Returned as it is: a batch with another kind of event, an empty
+         * poll, or any batch once the time is up. */
+        for (i = 0; i < n && c->ev[i].kind == PE_EV_DATA; i++)
+            ;
+        if (i < n || n == 0 || ms == 0)
+            return events(c, n);
+        if (ms > 0) {
+            PyObject *t = PyObject_CallObject(c->py[PY_MONOTONIC], NULL);
+            double left;
+
+            if (!t) {
+                requeue_echoes(c, n);
+                return NULL;
+            }
+            left = start + ms0 / 1000.0 - PyFloat_AsDouble(t);
+            Py_DECREF(t);
+            if (PyErr_Occurred()) {
+                requeue_echoes(c, n);
+                return NULL;
+            }
+            if (left <= 0)
+                return events(c, n);
+            ms = (int)ceil(left * 1000.0);
+        }
+        /* What Python would do between two waits: signal handlers (a
+         * handler's stop() wakes the loop, so the next run returns). */
+        if (PyErr_CheckSignals() < 0) {
+            requeue_echoes(c, n);
+            return NULL;
+        }
+        if (c->l == NULL) {             /* a handler closed the loop */
+            requeue_echoes(c, n);
+            goto python;
+        }
+        for (i = 0; i < n; i++)
+            c->eq[i] = c->ev[i].handle;
+        necho = n;
+    }
+python:
+    if (PyErr_Occurred())
+        return NULL;
+    return fallback(c, PY_WAIT_ECHO, timeout, NULL, NULL, NULL);
+}
+
 /* send(h, data): Loop.send for bytes and bytearray, the GIL held (the
  * core's send never blocks). */
 static PyObject *lc_send(PyObject *self, PyObject *targs, PyObject *kw)
@@ -512,6 +665,9 @@ static PyMethodDef lc_methods[] = {
     {"wait_batch", (PyCFunction)(void (*)(void))lc_wait_batch,
      METH_VARARGS | METH_KEYWORDS,
      "Loop.wait_batch"},
+    {"wait_batch_echo", (PyCFunction)(void (*)(void))lc_wait_echo,
+     METH_VARARGS | METH_KEYWORDS,
+     "Loop.wait_batch_echo"},
     {"send", (PyCFunction)(void (*)(void))lc_send,
      METH_VARARGS | METH_KEYWORDS,
      "Loop.send"},
