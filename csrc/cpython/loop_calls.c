@@ -25,6 +25,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
+#include <time.h>
 
 typedef int (*run_batch_fn)(pe_loop *, int, int);
 typedef int64_t (*send_fn)(pe_loop *, pe_handle, const void *, size_t);
@@ -310,6 +311,65 @@ static int take_echoes(LoopCalls *c, Py_ssize_t nq)
     return (int)nq;
 }
 
+/* Seconds on CLOCK_MONOTONIC: a wait's own deadline is kept on it, with
+ * no call into Python (time.monotonic() was ~280 instructions a wait).
+ * Only differences of it are used: the Python code's deadlines stay on
+ * time.monotonic(). */
+static double mono_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* The Python tail of a wait (Loop._batch_tail) after a run that returned
+ * n: ms the wait's whole timeout, begun at t0 (mono_now()) when ms > 0;
+ * its start is passed on time.monotonic()'s scale. */
+static PyObject *batch_tail(LoopCalls *c, int n, int ms, double t0)
+{
+    PyObject *pn, *pms, *pstart = NULL, *r = NULL;
+    double start = 0.0;
+
+    if (ms > 0) {
+        PyObject *t = PyObject_CallObject(c->py[PY_MONOTONIC], NULL);
+
+        if (!t)
+            return NULL;
+        start = PyFloat_AsDouble(t) - (mono_now() - t0);
+        Py_DECREF(t);
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    pn = PyLong_FromLong(n);
+    pms = PyLong_FromLong(ms);
+    pstart = PyFloat_FromDouble(start);
+    if (pn && pms && pstart)
+        r = fallback(c, PY_BATCH_TAIL, pn, pms, pstart, NULL);
+    Py_XDECREF(pn);
+    Py_XDECREF(pms);
+    Py_XDECREF(pstart);
+    return r;
+}
+
+/* Loop.wait_batch's timeout in ms (-1: none), or -2 with an exception. */
+static int timeout_ms(LoopCalls *c, PyObject *timeout)
+{
+    PyObject *m;
+    long v;
+
+    if (timeout == Py_None)
+        return -1;
+    if (!(m = PyObject_CallFunctionObjArgs(c->py[PY_TIMEOUT_MS], timeout,
+                                           NULL)))
+        return -2;
+    v = PyLong_AsLong(m);
+    Py_DECREF(m);
+    if (v == -1 && PyErr_Occurred())
+        return -2;
+    return (int)v;
+}
+
 /* wait_batch(timeout=None): Loop.wait_batch. */
 static PyObject *lc_wait_batch(PyObject *self, PyObject *targs, PyObject *kw)
 {
@@ -327,7 +387,8 @@ static PyObject *lc_wait_batch_impl(PyObject *self, PyObject *const *args,
                                Py_ssize_t nargs)
 {
     LoopCalls *c = (LoopCalls *)self;
-    PyObject *timeout = nargs > 0 ? args[0] : Py_None, *start = NULL, *r;
+    PyObject *timeout = nargs > 0 ? args[0] : Py_None;
+    double t0 = 0.0;
     Py_ssize_t nq;
     int ms, necho, n;
 
@@ -340,28 +401,13 @@ static PyObject *lc_wait_batch_impl(PyObject *self, PyObject *const *args,
     if (c->l == NULL || c->eq == NULL ||
         (nq = PyObject_Size(c->echoq)) < 0 || nq > c->cap)
         goto python;
-    if (timeout == Py_None) {
-        ms = -1;
-    } else {
-        PyObject *m = PyObject_CallFunctionObjArgs(c->py[PY_TIMEOUT_MS],
-                                                   timeout, NULL);
-        long v;
-
-        if (!m)
-            return NULL;
-        v = PyLong_AsLong(m);
-        Py_DECREF(m);
-        if (v == -1 && PyErr_Occurred())
-            return NULL;
-        ms = (int)v;
-        if (ms > 0 && !(start = PyObject_CallObject(c->py[PY_MONOTONIC], NULL)))
-            return NULL;
-    }
-    necho = nq ? take_echoes(c, nq) : 0;
-    if (necho < 0) {
-        Py_XDECREF(start);
+    if ((ms = timeout_ms(c, timeout)) == -2)
         return NULL;
-    }
+    if (ms > 0)
+        t0 = mono_now();
+    necho = nq ? take_echoes(c, nq) : 0;
+    if (necho < 0)
+        return NULL;
     if (ms) {
         pe_loop *l = c->l;
         Py_BEGIN_ALLOW_THREADS
@@ -370,22 +416,10 @@ static PyObject *lc_wait_batch_impl(PyObject *self, PyObject *const *args,
     } else {
         n = c->run_batch(c->l, necho, ms);
     }
-    if (c->l == NULL || (n <= 0 && (n || ms))) {
-        /* close() came meanwhile, nothing yet, or an error: the Python
-         * tail (it waits on, runs signal handlers, raises). */
-        PyObject *pn = PyLong_FromLong(n), *pms = PyLong_FromLong(ms);
-
-        if (!start) {
-            start = PyFloat_FromDouble(0.0);
-        }
-        r = pn && pms && start
-            ? fallback(c, PY_BATCH_TAIL, pn, pms, start, NULL) : NULL;
-        Py_XDECREF(pn);
-        Py_XDECREF(pms);
-        Py_XDECREF(start);
-        return r;
-    }
-    Py_XDECREF(start);
+    /* close() came meanwhile, nothing yet, or an error: the Python tail
+     * (it waits on, runs signal handlers, raises). */
+    if (c->l == NULL || (n <= 0 && (n || ms)))
+        return batch_tail(c, n, ms, t0);
     return events(c, n);
 python:
     if (PyErr_Occurred())
@@ -433,8 +467,8 @@ static PyObject *lc_wait_echo_impl(PyObject *self, PyObject *const *args,
                                    Py_ssize_t nargs)
 {
     LoopCalls *c = (LoopCalls *)self;
-    PyObject *timeout = nargs > 0 ? args[0] : Py_None, *r;
-    double start = 0.0;
+    PyObject *timeout = nargs > 0 ? args[0] : Py_None;
+    double t0 = 0.0;
     Py_ssize_t nq;
     int ms, ms0, necho, n, i;
 
@@ -447,31 +481,10 @@ static PyObject *lc_wait_echo_impl(PyObject *self, PyObject *const *args,
     if (c->l == NULL || c->eq == NULL ||
         (nq = PyObject_Size(c->echoq)) < 0 || nq > c->cap)
         goto python;
-    if (timeout == Py_None) {
-        ms = -1;
-    } else {
-        PyObject *m = PyObject_CallFunctionObjArgs(c->py[PY_TIMEOUT_MS],
-                                                   timeout, NULL);
-        long v;
-
-        if (!m)
-            return NULL;
-        v = PyLong_AsLong(m);
-        Py_DECREF(m);
-        if (v == -1 && PyErr_Occurred())
-            return NULL;
-        ms = (int)v;
-        if (ms > 0) {
-            PyObject *t = PyObject_CallObject(c->py[PY_MONOTONIC], NULL);
-
-            if (!t)
-                return NULL;
-            start = PyFloat_AsDouble(t);
-            Py_DECREF(t);
-            if (start == -1.0 && PyErr_Occurred())
-                return NULL;
-        }
-    }
+    if ((ms = timeout_ms(c, timeout)) == -2)
+        return NULL;
+    if (ms > 0)
+        t0 = mono_now();
     ms0 = ms;
     necho = nq ? take_echoes(c, nq) : 0;
     if (necho < 0)
@@ -485,18 +498,9 @@ static PyObject *lc_wait_echo_impl(PyObject *self, PyObject *const *args,
         } else {
             n = c->run_batch(c->l, necho, ms);
         }
-        if (c->l == NULL || (n <= 0 && (n || ms))) {
-            /* As wait_batch: the Python tail, with the first deadline. */
-            PyObject *pn = PyLong_FromLong(n), *pms = PyLong_FromLong(ms0),
-                     *pstart = PyFloat_FromDouble(start);
-
-            r = pn && pms && pstart
-                ? fallback(c, PY_BATCH_TAIL, pn, pms, pstart, NULL) : NULL;
-            Py_XDECREF(pn);
-            Py_XDECREF(pms);
-            Py_XDECREF(pstart);
-            return r;
-        }
+        /* As wait_batch: the Python tail, with the whole timeout. */
+        if (c->l == NULL || (n <= 0 && (n || ms)))
+            return batch_tail(c, n, ms0, t0);
         /* Returned as it is: a batch with another kind of event, an empty
          * poll, or any batch once the time is up. */
         for (i = 0; i < n && c->ev[i].kind == PE_EV_DATA; i++)
@@ -504,19 +508,8 @@ static PyObject *lc_wait_echo_impl(PyObject *self, PyObject *const *args,
         if (i < n || n == 0 || ms == 0)
             return events(c, n);
         if (ms > 0) {
-            PyObject *t = PyObject_CallObject(c->py[PY_MONOTONIC], NULL);
-            double left;
+            double left = ms0 / 1000.0 - (mono_now() - t0);
 
-            if (!t) {
-                requeue_echoes(c, n);
-                return NULL;
-            }
-            left = start + ms0 / 1000.0 - PyFloat_AsDouble(t);
-            Py_DECREF(t);
-            if (PyErr_Occurred()) {
-                requeue_echoes(c, n);
-                return NULL;
-            }
             if (left <= 0)
                 return events(c, n);
             ms = (int)ceil(left * 1000.0);

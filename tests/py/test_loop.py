@@ -2047,6 +2047,15 @@ class _RoundTrips(threading.Thread):
         except BaseException as exc:            # reported by the test
             self.error = exc
 
+    def finish(self) -> None:
+        """Stop a client still at its round trips (its recv fails)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.join(10)
+        self.sock.close()
+
 
 def test_wait_batch_echo_answers_round_trips_in_one_call(loop_path):
     loop = Loop()
@@ -2133,8 +2142,7 @@ def test_wait_batch_echo_keeps_its_timeout_while_echoing(loop_path):
             waits += 1
         assert 3 <= waits
         assert rt.done > 10 and rt.is_alive() and rt.error is None
-        c.close()                   # the client fails out of its recv
-        rt.join(10)
+        rt.finish()
     finally:
         loop.close()
 
@@ -2236,8 +2244,7 @@ def test_wait_batch_echo_signals_between_waits(loop_path):
                 if kind == EV_DATA:
                     loop.queue_echo(hh)
         assert rt.error is None
-        c.close()
-        rt.join(10)
+        rt.finish()
     finally:
         if kicker is not None:
             kicker.join(5)
@@ -2260,5 +2267,27 @@ def test_wait_batch_echo_close_from_another_thread(loop_path):
     assert not t.is_alive() and len(out) == 1
     with pytest.raises(ValueError, match="closed loop"):
         wait_echo(0)
-    c.close()
-    rt.join(10)
+    rt.finish()
+
+
+def test_wait_batch_echo_signal_keeps_the_deadline(loop_path):
+    # A handler that returns during the blocking wait: the wait goes on
+    # (PEP 475) to the call's own deadline, not a fresh one.
+    loop = Loop()
+    loop.batch_view
+    seen: List[int] = []
+    old = signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum))
+    main = threading.get_ident()
+    kicker = threading.Thread(
+        target=lambda: (time.sleep(0.2),
+                        signal.pthread_kill(main, signal.SIGUSR1)))
+    try:
+        kicker.start()
+        start = time.monotonic()
+        assert list(loop.wait_batch_echo(0.4)) == []
+        assert 0.39 < time.monotonic() - start < 0.55 + 1.0
+        assert seen == [signal.SIGUSR1]
+    finally:
+        kicker.join(5)
+        signal.signal(signal.SIGUSR1, old)
+        loop.close()
