@@ -13,7 +13,8 @@ TARGET: c (pyepoll/bench/c/echo_server.c), loop-py, loop-batch,
 loop-queue, loop-fn (pyepoll.bench._serve kinds), server-echo,
 server-http (pyepoll-server, eventloop model, as the benchmarks start it;
 server-echo-w2: with --workers 2, for --tool strace: callgrind here
-records the supervisor, not the worker),
+records the supervisor, not the worker; server-echo-stats: with a stats
+interval, so every wait has a timeout),
 uvloop-echo, uvloop-http, aio-echo, aio-http (pyepoll's asyncio loop),
 asyncio-echo, asyncio-http (the stdlib's loop); -streams instead of
 -echo: the echo on asyncio.start_server.  --top N also lists the N functions whose own
@@ -57,6 +58,11 @@ def argv_for(target: str, port: int) -> list:
     if target.startswith("server-"):
         # server-echo-w2: two worker processes (a supervisor watching them)
         extra = ["--workers", target.split("-w")[1]] if "-w" in target else []
+        if target.endswith("-stats"):
+            # server-echo-stats: a stats line (never due in the run), so
+            # every wait has a timeout, as with --workers' parent watch.
+            extra += ["--stats-interval", "3600"]
+            target = target[:-len("-stats")]
         return py + ["-m", "pyepoll.server", "--port", str(port), "--protocol",
                      target.split("-")[1], "--model", "eventloop",
                      "--log-level", "warning", "--idle-timeout", "0",

@@ -1,9 +1,10 @@
 /*
  * loop_calls.c - pyepoll.Loop's hot calls in C (CPython only): wait,
- * recv, wait_batch, send and reply of one Loop, as the Python code in
- * pyepoll/loop.py does them in their common case (issue 15: cffi's
- * argument conversion and the GIL release of a non-blocking call were
- * ~1,000 instructions a wakeup).
+ * recv, wait_batch, wait_batch_echo, send and reply of one Loop, as the
+ * Python code in pyepoll/loop.py does them in their common case (issue 15:
+ * cffi's argument conversion and the GIL release of a non-blocking call
+ * were ~1,000 instructions a wakeup; wait_batch_echo keeps a quiet echo
+ * server's round trips out of Python altogether).
  *
  * One LoopCalls per Loop.  It calls the core's guarded entry points
  * (csrc/loop/loop_guard.c) through addresses cffi handed over, on the
@@ -23,7 +24,9 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdint.h>
+#include <time.h>
 
 /* METH_FASTCALL | METH_KEYWORDS: in the limited API from 3.10 on, and the
  * same convention and flag value in CPython 3.9 (since 3.7), only not
@@ -54,6 +57,7 @@ enum {
     PY_RECV,            /* (loop, h, max): the whole Python recv */
     PY_RECV_REST,       /* (loop, h, head): the buffer filled up */
     PY_RECV_FAILED,     /* (loop, rc) */
+    PY_WAIT_ECHO,       /* (loop, timeout): the whole wait_batch_echo */
     PY_N
 };
 
@@ -413,16 +417,27 @@ static int take_echoes(LoopCalls *c, Py_ssize_t nq)
     return (int)nq;
 }
 
+/* Seconds on CLOCK_MONOTONIC: a wait's own deadline is kept on it, with
+ * no call into Python (time.monotonic() was ~280 instructions a wait).
+ * Only differences of it are used: the Python code's deadlines stay on
+ * time.monotonic(). */
+static double mono_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 /* The timeout as wait and wait_batch convert it (timeout_to_ms): *ms (-1:
- * none) and, for a positive one, *start (monotonic seconds; else NULL).
- * 0, or -1 with an exception. */
-static int timeout_ms(LoopCalls *c, PyObject *timeout, int *ms,
-                      PyObject **start)
+ * none) and, for a positive one, *t0 (mono_now()).  0, or -1 with an
+ * exception. */
+static int timeout_ms(LoopCalls *c, PyObject *timeout, int *ms, double *t0)
 {
     PyObject *m;
     long v;
 
-    *start = NULL;
+    *t0 = 0.0;
     if (timeout == Py_None) {
         *ms = -1;
         return 0;
@@ -435,25 +450,38 @@ static int timeout_ms(LoopCalls *c, PyObject *timeout, int *ms,
     if (v == -1 && PyErr_Occurred())
         return -1;
     *ms = (int)v;
-    if (*ms > 0 && !(*start = PyObject_CallObject(c->py[PY_MONOTONIC], NULL)))
-        return -1;
+    if (*ms > 0)
+        *t0 = mono_now();
     return 0;
 }
 
 /* After a run that returned nothing, an error, or that close() came
  * during: the Python tail `which` (it waits on, runs signal handlers,
- * raises, closes the owned sockets).  Takes start's reference. */
-static PyObject *wait_tail(LoopCalls *c, int which, int n, int ms,
-                           PyObject *start)
+ * raises, closes the owned sockets), given the wait's whole timeout ms
+ * and, when ms > 0, its start t0 rebased onto time.monotonic()'s scale. */
+static PyObject *wait_tail(LoopCalls *c, int which, int n, int ms, double t0)
 {
-    PyObject *pn = PyLong_FromLong(n), *pms = PyLong_FromLong(ms), *r;
+    PyObject *pn, *pms, *pstart, *r = NULL;
+    double start = 0.0;
 
-    if (!start)
-        start = PyFloat_FromDouble(0.0);
-    r = pn && pms && start ? fallback(c, which, pn, pms, start, NULL) : NULL;
+    if (ms > 0) {
+        PyObject *t = PyObject_CallObject(c->py[PY_MONOTONIC], NULL);
+
+        if (!t)
+            return NULL;
+        start = PyFloat_AsDouble(t) - (mono_now() - t0);
+        Py_DECREF(t);
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    pn = PyLong_FromLong(n);
+    pms = PyLong_FromLong(ms);
+    pstart = PyFloat_FromDouble(start);
+    if (pn && pms && pstart)
+        r = fallback(c, which, pn, pms, pstart, NULL);
     Py_XDECREF(pn);
     Py_XDECREF(pms);
-    Py_XDECREF(start);
+    Py_XDECREF(pstart);
     return r;
 }
 
@@ -462,7 +490,7 @@ static PyObject *lc_wait(PyObject *self, PyObject *const *args,
                          Py_ssize_t nargs, PyObject *kwnames)
 {
     LoopCalls *c = (LoopCalls *)self;
-    PyObject *start;
+    double t0;
     Py_ssize_t nq;
     pe_loop *l;
     int ms, n;
@@ -471,12 +499,10 @@ static PyObject *lc_wait(PyObject *self, PyObject *const *args,
         (nq = PyObject_Size(c->echoq)) != 0)    /* echoes go out first */
         return PyErr_Occurred() ? NULL
                : whole_python(c, PY_WAIT, args, nargs, kwnames);
-    if (timeout_ms(c, nargs ? args[0] : Py_None, &ms, &start) < 0)
+    if (timeout_ms(c, nargs ? args[0] : Py_None, &ms, &t0) < 0)
         return NULL;
-    if ((l = c->l) == NULL) {       /* the timeout's __index__ closed it */
-        Py_XDECREF(start);
+    if ((l = c->l) == NULL)         /* the timeout's __index__ closed it */
         return whole_python(c, PY_WAIT, args, nargs, kwnames);
-    }
     if (ms == 0) {
         n = c->run(l, c->wev, c->wcap, 0);
     } else {
@@ -491,8 +517,7 @@ static PyObject *lc_wait(PyObject *self, PyObject *const *args,
         Py_END_ALLOW_THREADS
     }
     if (c->l == NULL || (n <= 0 && (n || ms)))
-        return wait_tail(c, PY_WAIT_TAIL, n, ms, start);
-    Py_XDECREF(start);
+        return wait_tail(c, PY_WAIT_TAIL, n, ms, t0);
     return wait_list(c, n);
 }
 
@@ -552,7 +577,8 @@ static PyObject *lc_wait_batch(PyObject *self, PyObject *const *args,
                                Py_ssize_t nargs, PyObject *kwnames)
 {
     LoopCalls *c = (LoopCalls *)self;
-    PyObject *timeout = nargs > 0 ? args[0] : Py_None, *start;
+    PyObject *timeout = nargs > 0 ? args[0] : Py_None;
+    double t0;
     Py_ssize_t nq;
     int ms, necho, n;
 
@@ -567,17 +593,13 @@ static PyObject *lc_wait_batch(PyObject *self, PyObject *const *args,
     if (c->l == NULL || c->eq == NULL ||
         (nq = PyObject_Size(c->echoq)) < 0 || nq > c->cap)
         goto python;
-    if (timeout_ms(c, timeout, &ms, &start) < 0)
+    if (timeout_ms(c, timeout, &ms, &t0) < 0)
         return NULL;
-    if (c->l == NULL) {             /* the timeout's __index__ closed it */
-        Py_XDECREF(start);
+    if (c->l == NULL)               /* the timeout's __index__ closed it */
         goto python;
-    }
     necho = nq ? take_echoes(c, nq) : 0;
-    if (necho < 0) {
-        Py_XDECREF(start);
+    if (necho < 0)
         return NULL;
-    }
     if (ms) {
         pe_loop *l = c->l;
         Py_BEGIN_ALLOW_THREADS
@@ -587,13 +609,109 @@ static PyObject *lc_wait_batch(PyObject *self, PyObject *const *args,
         n = c->run_batch(c->l, necho, ms);
     }
     if (c->l == NULL || (n <= 0 && (n || ms)))
-        return wait_tail(c, PY_BATCH_TAIL, n, ms, start);
-    Py_XDECREF(start);
+        return wait_tail(c, PY_BATCH_TAIL, n, ms, t0);
     return events(c, n);
 python:
     if (PyErr_Occurred())
         return NULL;
     return fallback(c, PY_WAIT_BATCH, timeout, NULL, NULL, NULL);
+}
+
+/* The batch's n handles put back in Loop._echoq (queue_echo), the
+ * exception being raised kept: a signal handler raised between two runs
+ * of wait_batch_echo, whose echoes then go out with the next wait. */
+static void requeue_echoes(LoopCalls *c, int n)
+{
+    PyObject *type, *value, *tb;
+    int i;
+
+    PyErr_Fetch(&type, &value, &tb);
+    for (i = 0; i < n; i++) {
+        PyObject *r = PyObject_CallMethod(c->echoq, "append", "K",
+                                          (unsigned long long)c->ev[i].handle);
+        if (!r) {
+            PyErr_Clear();              /* the signal's exception wins */
+            break;
+        }
+        Py_DECREF(r);
+    }
+    PyErr_Restore(type, value, tb);
+}
+
+/* wait_batch_echo(timeout=None): Loop.wait_batch_echo.  The waits and the
+ * echoes of data-only batches stay in here: with one client doing round
+ * trips no Python code runs per round trip (issue 15). */
+static PyObject *lc_wait_batch_echo(PyObject *self, PyObject *const *args,
+                                    Py_ssize_t nargs, PyObject *kwnames)
+{
+    LoopCalls *c = (LoopCalls *)self;
+    PyObject *timeout = nargs > 0 ? args[0] : Py_None;
+    double t0;
+    Py_ssize_t nq;
+    int ms, ms0, necho, n, i;
+
+    if (kwnames)
+        return whole_python(c, PY_WAIT_ECHO, args, nargs, kwnames);
+    if (nargs > 1) {
+        PyErr_Format(PyExc_TypeError,
+                     "wait_batch_echo() takes at most 1 argument (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    if (c->l == NULL || c->eq == NULL ||
+        (nq = PyObject_Size(c->echoq)) < 0 || nq > c->cap)
+        goto python;
+    if (timeout_ms(c, timeout, &ms, &t0) < 0)
+        return NULL;
+    if (c->l == NULL)               /* the timeout's __index__ closed it */
+        goto python;
+    ms0 = ms;
+    necho = nq ? take_echoes(c, nq) : 0;
+    if (necho < 0)
+        return NULL;
+    for (;;) {
+        if (ms) {
+            pe_loop *l = c->l;
+            Py_BEGIN_ALLOW_THREADS
+            n = c->run_batch(l, necho, ms);
+            Py_END_ALLOW_THREADS
+        } else {
+            n = c->run_batch(c->l, necho, ms);
+        }
+        /* As wait_batch: the Python tail, with the whole timeout. */
+        if (c->l == NULL || (n <= 0 && (n || ms)))
+            return wait_tail(c, PY_BATCH_TAIL, n, ms0, t0);
+        /* Returned as it is: a batch with another kind of event, an empty
+         * poll, or any batch once the time is up. */
+        for (i = 0; i < n && c->ev[i].kind == PE_EV_DATA; i++)
+            ;
+        if (i < n || n == 0 || ms == 0)
+            return events(c, n);
+        if (ms > 0) {
+            double left = ms0 / 1000.0 - (mono_now() - t0);
+
+            if (left <= 0)
+                return events(c, n);
+            ms = (int)ceil(left * 1000.0);
+        }
+        /* What Python would do between two waits: signal handlers (a
+         * handler's stop() wakes the loop, so the next run returns). */
+        if (PyErr_CheckSignals() < 0) {
+            requeue_echoes(c, n);
+            return NULL;
+        }
+        if (c->l == NULL) {             /* a handler closed the loop */
+            requeue_echoes(c, n);
+            goto python;
+        }
+        for (i = 0; i < n; i++)
+            c->eq[i] = c->ev[i].handle;
+        necho = n;
+    }
+python:
+    if (PyErr_Occurred())
+        return NULL;
+    return fallback(c, PY_WAIT_ECHO, timeout, NULL, NULL, NULL);
 }
 
 /* send(h, data): Loop.send for bytes and bytearray, the GIL held (the
@@ -719,6 +837,7 @@ static PyMethodDef lc_methods[] = {
     FAST(wait, "Loop.wait"),
     FAST(recv, "Loop.recv"),
     FAST(wait_batch, "Loop.wait_batch"),
+    FAST(wait_batch_echo, "Loop.wait_batch_echo"),
     FAST(send, "Loop.send"),
     FAST(reply, "Loop.reply"),
     {"setup", lc_setup, METH_VARARGS, "setup(eq, ev, cap, owners)"},

@@ -1788,7 +1788,8 @@ def _open_conns(loop: Loop, n: int) -> List[Tuple[socket.socket, int]]:
 def test_c_calls_in_use(loop_path):
     loop = Loop()
     try:
-        for name in ("wait", "recv", "wait_batch", "send", "reply"):
+        for name in ("wait", "recv", "wait_batch", "wait_batch_echo", "send",
+                     "reply"):
             method = getattr(loop, name)
             # The C path binds LoopCalls' builtin methods; the Python path
             # the methods of Loop.
@@ -1806,8 +1807,10 @@ def test_calls_on_closed_loop_bound_before(loop_path):
     loop.batch_view
     wait_batch, send, reply = loop.wait_batch, loop.send, loop.reply
     wait, recv = loop.wait, loop.recv
+    wait_echo = loop.wait_batch_echo
     loop.close()
     for call in (lambda: wait_batch(0), lambda: wait_batch(None),
+                 lambda: wait_echo(0), lambda: wait_echo(None),
                  lambda: send(1, b"x"), lambda: send(1, bytearray(b"x")),
                  lambda: reply(1, 0, 1), lambda: wait(), lambda: wait(0),
                  lambda: wait(timeout=0.5), lambda: recv(1),
@@ -2315,3 +2318,280 @@ def test_canned_refusals(make):
         loop.set_canned(None)
     with pytest.raises(ValueError):
         loop.canned_mark(h)
+
+
+# -- wait_batch_echo: data-only batches echoed without returning ----------------
+
+
+class _RoundTrips(threading.Thread):
+    """A blocking client doing ``n`` 64 B round trips (each checked), then
+    a half-close; ``done`` counts the finished ones."""
+
+    def __init__(self, sock: socket.socket, n: int, size: int = 64) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.n, self.size = sock, n, size
+        self.done = 0
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        try:
+            self.sock.setblocking(True)
+            self.sock.settimeout(10)
+            for i in range(self.n):
+                msg = bytes([i % 251]) * self.size
+                self.sock.sendall(msg)
+                got = b""
+                while len(got) < self.size:
+                    chunk = self.sock.recv(self.size - len(got))
+                    assert chunk, "closed"
+                    got += chunk
+                assert got == msg
+                self.done += 1
+            self.sock.shutdown(socket.SHUT_WR)
+        except BaseException as exc:            # reported by the test
+            self.error = exc
+
+    def finish(self) -> None:
+        """Stop a client still at its round trips (its recv fails)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.join(10)
+        self.sock.close()
+
+
+def test_wait_batch_echo_answers_round_trips_in_one_call(loop_path):
+    loop = Loop()
+    try:
+        [(c, h)] = _open_conns(loop, 1)
+        before = loop.stats()
+        rt = _RoundTrips(c, 300)
+        rt.start()
+        # Every round trip is a batch of one DATA: all are echoed inside
+        # this one call, which returns with the client's EOF.
+        batch = list(loop.wait_batch_echo(10))
+        rt.join(10)
+        assert rt.error is None and rt.done == 300
+        assert [(k, hh) for k, hh, _, _ in batch] == [(EV_EOF, h)]
+        st = loop.stats()
+        assert st["bytes_out"] - before["bytes_out"] == 300 * 64
+        assert st["events"] - before["events"] == 301
+        c.close()
+    finally:
+        loop.close()
+
+
+def test_wait_batch_echo_returns_mixed_batches_unanswered(loop_path):
+    loop = Loop()
+    try:
+        [(c, h)] = _open_conns(loop, 1)
+        c.sendall(b"ping")
+        loop.wakeup()
+        time.sleep(0.1)             # both ready before the wait
+        batch = list(loop.wait_batch_echo(5))
+        assert sorted(k for k, *_ in batch) == sorted([EV_DATA, EV_WAKEUP])
+        [(_, _, arg, off)] = [e for e in batch if e[0] == EV_DATA]
+        assert bytes(loop.batch_view[off:off + arg]) == b"ping"
+        assert list(loop.wait_batch(0.05)) == []
+        with pytest.raises(BlockingIOError):
+            c.recv(10)              # not echoed: the caller decides
+        c.sendall(b"again")         # a data-only batch: echoed in the call
+        assert list(loop.wait_batch_echo(0.3)) == []
+        c.settimeout(5)
+        assert c.recv(10) == b"again"
+        c.close()
+    finally:
+        loop.close()
+
+
+def test_wait_batch_echo_poll_returns_data_as_is(loop_path):
+    loop = Loop()
+    try:
+        [(c, h)] = _open_conns(loop, 1)
+        assert list(loop.wait_batch_echo(0)) == []
+        c.sendall(b"abc")
+        deadline = time.monotonic() + 5
+        batch: List[Tuple[int, int, int, int]] = []
+        while not batch:
+            assert time.monotonic() < deadline
+            batch = list(loop.wait_batch_echo(0))
+        assert [(k, hh, a) for k, hh, a, _ in batch] == [(EV_DATA, h, 3)]
+        time.sleep(0.05)
+        with pytest.raises(BlockingIOError):
+            c.recv(10)
+        c.close()
+    finally:
+        loop.close()
+
+
+def test_wait_batch_echo_keeps_its_timeout_while_echoing(loop_path):
+    loop = Loop()
+    try:
+        [(c, h)] = _open_conns(loop, 1)
+        assert list(loop.wait_batch_echo(0.05)) == []       # nothing came
+        rt = _RoundTrips(c, 10**6)
+        rt.start()
+        waits = 0
+        start = time.monotonic()
+        # Round trips never stop: each call still ends at its timeout, with
+        # nothing or a data-only batch that came when the time was up.
+        while time.monotonic() - start < 0.6:
+            t0 = time.monotonic()
+            batch = list(loop.wait_batch_echo(0.1))
+            assert time.monotonic() - t0 < 0.09 + 0.4, "went past its timeout"
+            assert all(k == EV_DATA for k, *_ in batch)
+            for _, hh, _, _ in batch:
+                loop.queue_echo(hh)
+            waits += 1
+        assert 3 <= waits
+        assert rt.done > 10 and rt.is_alive() and rt.error is None
+        rt.finish()
+    finally:
+        loop.close()
+
+
+def test_wait_batch_echo_arguments(loop_path):
+    loop = Loop()
+    try:
+        loop.listen()
+        assert list(loop.wait_batch_echo(timeout=0.01)) == []
+        with pytest.raises(TypeError):
+            loop.wait_batch_echo("1")
+        with pytest.raises(TypeError):
+            loop.wait_batch_echo(0, 1)
+        with pytest.raises(ValueError):
+            loop.wait_batch_echo(float("nan"))
+        loop.wakeup()
+        assert [k for k, *_ in loop.wait_batch_echo(-1)] == [EV_WAKEUP]
+    finally:
+        loop.close()
+
+
+def test_wait_batch_echo_sends_echoes_queued_before(loop_path):
+    loop = Loop()
+    try:
+        [(c, h)] = _open_conns(loop, 1)
+        c.sendall(b"first")
+        deadline = time.monotonic() + 5
+        while not any(k == EV_DATA for k, *_ in loop.wait_batch(0.01)):
+            assert time.monotonic() < deadline
+        loop.queue_echo(h)
+        assert list(loop.wait_batch_echo(0.05)) == []
+        c.settimeout(5)
+        assert c.recv(10) == b"first"
+        c.close()
+    finally:
+        loop.close()
+
+
+def test_wait_batch_echo_signals_between_waits(loop_path):
+    """Handlers run while the round trips keep the call busy: one that
+    wakes the loop ends the call with EV_WAKEUP (the server's stop), one
+    that raises ends it with its exception, and no echo is lost."""
+    loop = Loop()
+    seen: List[int] = []
+    mode = ["wake"]
+
+    class Stop(Exception):
+        pass
+
+    def handler(signum, frame):
+        seen.append(signum)
+        if mode[0] == "wake":
+            loop.wakeup()
+        else:
+            raise Stop
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    kicker: Optional[threading.Thread] = None
+    try:
+        [(c, h)] = _open_conns(loop, 1)
+        rt = _RoundTrips(c, 10**6)
+        rt.start()
+        main = threading.get_ident()
+
+        def kick():
+            time.sleep(0.3)
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+        for m in ("wake", "raise"):
+            mode[0] = m
+            seen.clear()
+            kicker = threading.Thread(target=kick)
+            kicker.start()
+            start = time.monotonic()
+            done = rt.done
+            try:
+                woken = False
+                while not woken:
+                    for kind, hh, _, _ in loop.wait_batch_echo(10):
+                        if kind == EV_DATA:     # beside the wakeup
+                            loop.queue_echo(hh)
+                        woken |= kind == EV_WAKEUP
+            except Stop:
+                assert m == "raise"
+            else:
+                assert m == "wake"
+            kicker.join(5)
+            assert seen == [signal.SIGUSR1]
+            assert time.monotonic() - start < 5
+            assert rt.done > done
+        # In C, whatever the raise interrupted still goes out: the round
+        # trips go on once the loop waits again.  (In Python a handler may
+        # raise anywhere, in this test's loop too, and lose what is in hand.)
+        done = rt.done
+        deadline = time.monotonic() + 5
+        while loop_path == "c" and rt.done < done + 50:
+            assert time.monotonic() < deadline, "an echo was lost"
+            for kind, hh, _, _ in loop.wait_batch_echo(0.05):
+                if kind == EV_DATA:
+                    loop.queue_echo(hh)
+        assert rt.error is None
+        rt.finish()
+    finally:
+        if kicker is not None:
+            kicker.join(5)
+        signal.signal(signal.SIGUSR1, old)
+        loop.close()
+
+
+def test_wait_batch_echo_close_from_another_thread(loop_path):
+    loop = Loop()
+    [(c, h)] = _open_conns(loop, 1)
+    rt = _RoundTrips(c, 10**6)
+    rt.start()
+    wait_echo = loop.wait_batch_echo
+    out: List[object] = []
+    t = threading.Thread(target=lambda: out.append(list(wait_echo(5))))
+    t.start()
+    time.sleep(0.3)
+    loop.close()
+    t.join(5)
+    assert not t.is_alive() and len(out) == 1
+    with pytest.raises(ValueError, match="closed loop"):
+        wait_echo(0)
+    rt.finish()
+
+
+def test_wait_batch_echo_signal_keeps_the_deadline(loop_path):
+    # A handler that returns during the blocking wait: the wait goes on
+    # (PEP 475) to the call's own deadline, not a fresh one.
+    loop = Loop()
+    loop.batch_view
+    seen: List[int] = []
+    old = signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum))
+    main = threading.get_ident()
+    kicker = threading.Thread(
+        target=lambda: (time.sleep(0.2),
+                        signal.pthread_kill(main, signal.SIGUSR1)))
+    try:
+        kicker.start()
+        start = time.monotonic()
+        assert list(loop.wait_batch_echo(0.4)) == []
+        assert 0.39 < time.monotonic() - start < 0.55 + 1.0
+        assert seen == [signal.SIGUSR1]
+    finally:
+        kicker.join(5)
+        signal.signal(signal.SIGUSR1, old)
+        loop.close()

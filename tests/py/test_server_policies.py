@@ -8,12 +8,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from typing import Optional
 
 import pytest
 
 from test_server import (ALL_MODELS, GET, HELLO, Reader, connect, get,
-                         model_param, start_server)  # noqa: F401  (fixture)
+                         loop_available, model_param,
+                         start_server)  # noqa: F401  (fixture)
 
 # Every test here finishes by itself well within this.
 pytestmark = pytest.mark.timeout(120)
@@ -71,6 +74,20 @@ def test_overflow_queue_serves_in_order(start_server, model):
 def test_overflow_queue_echo_waits_then_echoes(start_server, model):
     """Echo beyond capacity: bytes sent while queued (some read with the
     accept) are echoed only once a slot frees, whole and in order."""
+    _overflow_queue_echo(start_server, model)
+
+
+def test_overflow_queue_echo_python_loop_path(start_server, monkeypatch):
+    """The same on Loop's Python path (the test above runs the C one where
+    there is one): the event loop hands data-only batches to
+    wait_batch_echo only while nobody is queued."""
+    if not loop_available():
+        pytest.skip("pyepoll.Loop not available")
+    monkeypatch.setenv("PYEPOLL_SPEEDUPS", "0")
+    _overflow_queue_echo(start_server, "eventloop")
+
+
+def _overflow_queue_echo(start_server, model: str) -> None:
     srv = start_server("--model", model, "--protocol", "echo",
                        "--overflow", "queue", "--queue-size", "4",
                        *_capacity_args(model, 2))
@@ -348,3 +365,109 @@ def test_grace_period_bounds_the_drain(start_server, tmp_path):
     assert 9 < time.monotonic() - t0 < 15
     srv.wait_for(r"grace period over: 1 connection")
     s.close()
+
+
+class _Pinger(threading.Thread):
+    """64 B echo round trips on one connection until ``stop`` is set or the
+    server closes it; ``done`` counts them, ``eof`` says the server closed."""
+
+    def __init__(self, addr) -> None:
+        super().__init__(daemon=True)
+        self.sock = connect(addr)
+        self.stop = threading.Event()
+        self.done = 0
+        self.eof = False
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                msg = bytes([self.done % 251]) * 64
+                self.sock.sendall(msg)
+                got = b""
+                while len(got) < 64:
+                    chunk = self.sock.recv(64 - len(got))
+                    if not chunk:
+                        self.eof = True
+                        return
+                    got += chunk
+                assert got == msg
+                self.done += 1
+        except BaseException as exc:
+            self.error = exc
+
+
+@pytest.mark.usefixtures("loop_path")
+def test_echo_round_trips_keep_stats_lines_and_stop(start_server):
+    """While one client's round trips keep the event loop busy (every wait
+    one DATA, answered without returning to Python on CPython), the stats
+    line still comes on time with the C loop's counters, and SIGTERM still
+    drains: the connection is closed after its last echo, exit 0."""
+    if not loop_available():
+        pytest.skip("pyepoll.Loop not available")
+    srv = start_server("--protocol", "echo", "--model", "eventloop",
+                       "--stats-interval", "0.2")
+    pinger = _Pinger(srv.addr)
+    pinger.start()
+    try:
+        rx = r"stats: conns=1 .* bytes_in=(\d+) "
+        first = srv.wait_for(rx)
+        n = srv.count(r"stats: ")
+        second = srv.wait_for(rx, start=len(srv.lines) - 1)
+        while srv.count(r"stats: ") < n + 2:
+            second = srv.wait_for(rx, start=len(srv.lines) - 1)
+        assert int(second.group(1)) > int(first.group(1)) > 0
+        assert pinger.is_alive() and pinger.error is None
+        done = pinger.done
+        t0 = time.monotonic()
+        srv.signal(signal.SIGTERM)
+        pinger.join(10)
+        # Closed after an echo: EOF, or a reset when the close found the
+        # next message unread.
+        assert not pinger.is_alive() and pinger.done > done
+        assert pinger.eof or isinstance(pinger.error, ConnectionResetError), \
+            pinger.error
+        assert srv.wait(timeout=10) == 0
+        assert time.monotonic() - t0 < 5
+        srv.wait_for(r"stopped by SIGTERM")
+        final = srv.wait_for(r"stats \(final\): .* bytes_in=(\d+) bytes_out=(\d+)")
+        # Every byte read was echoed; the last echo may have met the reset.
+        assert int(final.group(1)) == int(final.group(2))
+        assert 64 * pinger.done <= int(final.group(2)) <= 64 * (pinger.done + 1)
+    finally:
+        pinger.stop.set()
+        pinger.join(10)
+        pinger.sock.close()
+
+
+@pytest.mark.usefixtures("loop_path")
+def test_echo_round_trips_with_opens_and_closes_between(start_server):
+    """Connections come and go (OPEN and CLOSED events end the C waits)
+    while another keeps doing round trips: every echo arrives whole."""
+    if not loop_available():
+        pytest.skip("pyepoll.Loop not available")
+    srv = start_server("--protocol", "echo", "--model", "eventloop",
+                       "--max-connections", "3", "--queue-size", "2")
+    pinger = _Pinger(srv.addr)
+    pinger.start()
+    try:
+        for i in range(30):
+            with connect(srv.addr) as s:
+                s.sendall(b"hello %d" % i)
+                want = b"hello %d" % i
+                got = b""
+                while len(got) < len(want):
+                    chunk = s.recv(64)
+                    assert chunk
+                    got += chunk
+                assert got == want
+        done = pinger.done
+        deadline = time.monotonic() + 5
+        while pinger.done < done + 100:
+            assert time.monotonic() < deadline and pinger.error is None
+            time.sleep(0.01)
+    finally:
+        pinger.stop.set()
+        pinger.join(10)
+        pinger.sock.close()
+    assert pinger.error is None and not pinger.eof
