@@ -39,7 +39,7 @@ static PyObject *s_debug, *s_closed, *s_ready, *s_scheduled, *s_stopping,
     *s_repr, *s_source_tb, *s_time, *s_clock_res, *s_sb, *s_p, *s_rest,
     *s_later, *s_select, *s_select_py, *s_select_result, *s_process_events,
     *s_run, *s_run_once_py, *s_call_soon_py, *s_prune, *s_append, *s_popleft,
-    *s_scheduled_flag, *s_kw_context, *s_cancelled_count, *s_dict;
+    *s_scheduled_flag, *s_kw_context, *s_cancelled_count;
 
 static PyObject *empty_tuple;
 static PyObject *future_type;           /* asyncio.Future (create_future) */
@@ -152,14 +152,7 @@ static double ldouble(PyObject *d, PyObject *loop, PyObject *name)
  * has none. */
 static PyObject *loop_dict(PyObject *loop)
 {
-    PyObject *d = PyObject_GetAttr(loop, s_dict);
-
-    if (!d || !PyDict_CheckExact(d)) {
-        PyErr_Clear();
-        Py_XDECREF(d);
-        return NULL;
-    }
-    return d;
+    return pe_py_loop_dict(loop);
 }
 
 static double call_time(PyObject *loop)
@@ -822,7 +815,7 @@ int pe_py_add_iter(PyObject *m)
         name(&s_scheduled_flag, "_scheduled") < 0 ||
         name(&s_kw_context, "context") < 0 ||
         name(&s_cancelled_count, "_timer_cancelled_count") < 0 ||
-        name(&s_dict, "__dict__") < 0 || name(&s_loop_kw, "loop") < 0 ||
+        name(&s_loop_kw, "loop") < 0 ||
         name(&s_closing, "_closing") < 0 ||
         name(&s_create_future_py, "_create_future_py") < 0)
         return -1;

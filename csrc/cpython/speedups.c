@@ -68,7 +68,12 @@ typedef struct {
     /* bind(): what select() walks with (the loop, its _conns and _ready);
      * a cycle through the loop, which detach() breaks. */
     PyObject *loop, *conns, *ready;
+    PyObject *dict;             /* loop.__dict__ (pe_py_loop_dict) */
 } Batch;
+
+/* The Batch bound last (borrowed: its dealloc forgets it), so that
+ * aio_iter.c finds that loop's __dict__ without a getattr per call. */
+static Batch *current;
 
 static PyObject *batch_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
@@ -110,6 +115,7 @@ static int batch_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(b->loop);
     Py_VISIT(b->conns);
     Py_VISIT(b->ready);
+    Py_VISIT(b->dict);
     return 0;
 }
 
@@ -119,6 +125,7 @@ static int batch_clear(PyObject *self)
     Py_CLEAR(b->loop);
     Py_CLEAR(b->conns);
     Py_CLEAR(b->ready);
+    Py_CLEAR(b->dict);
     return 0;
 }
 
@@ -126,20 +133,31 @@ static void batch_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    if (current == (Batch *)self)
+        current = NULL;
     batch_clear(self);
     Py_CLEAR(((Batch *)self)->owners);
     ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);
     Py_DECREF(tp);
 }
 
-/* bind(loop, conns, ready): what select() walks with. */
+/* bind(loop, conns, ready): what select() walks with; the loop's
+ * __dict__ is kept too (an EventLoop's is never replaced). */
 static PyObject *batch_bind(PyObject *self, PyObject *args)
 {
     Batch *b = (Batch *)self;
-    PyObject *loop, *conns, *ready;
+    PyObject *loop, *conns, *ready, *dict;
 
     if (!PyArg_ParseTuple(args, "OO!O", &loop, &PyDict_Type, &conns, &ready))
         return NULL;
+    dict = PyObject_GetAttrString(loop, "__dict__");
+    if (!dict)
+        return NULL;
+    if (!PyDict_CheckExact(dict)) {
+        Py_DECREF(dict);
+        PyErr_SetString(PyExc_TypeError, "Batch.bind: the loop has no dict");
+        return NULL;
+    }
     batch_clear(self);
     Py_INCREF(loop);
     Py_INCREF(conns);
@@ -147,7 +165,26 @@ static PyObject *batch_bind(PyObject *self, PyObject *args)
     b->loop = loop;
     b->conns = conns;
     b->ready = ready;
+    b->dict = dict;
+    current = b;
     Py_RETURN_NONE;
+}
+
+PyObject *pe_py_loop_dict(PyObject *loop)
+{
+    PyObject *d;
+
+    if (current && current->loop == loop && current->dict) {
+        Py_INCREF(current->dict);
+        return current->dict;
+    }
+    d = PyObject_GetAttrString(loop, "__dict__");
+    if (!d || !PyDict_CheckExact(d)) {
+        PyErr_Clear();
+        Py_XDECREF(d);
+        return NULL;
+    }
+    return d;       /* another loop than the one that waited last */
 }
 
 static PyObject *batch_detach(PyObject *self, PyObject *unused)
@@ -590,6 +627,7 @@ static PyObject *batch_select(PyObject *self, PyObject *timeout)
         PyErr_SetString(PyExc_RuntimeError, "Batch.select before bind()");
         return NULL;
     }
+    current = b;
     if (timeout == Py_None) {
         ms = -1;
     } else {

@@ -26,6 +26,11 @@
  * exception to propagate (speedups.c). */
 int pe_py_report_raised(PyObject *func, PyObject *lead, PyObject *trail);
 
+/* loop.__dict__ (a new reference), or NULL without an exception when it
+ * has none: the dict the Batch of the loop that waited last kept, else
+ * the getattr (speedups.c). */
+PyObject *pe_py_loop_dict(PyObject *loop);
+
 int pe_py_add_iter(PyObject *m);      /* aio_iter.c: EventLoop's iteration */
 int pe_py_add_loop(PyObject *m);      /* loop_calls.c: pyepoll.Loop */
 
