@@ -213,14 +213,18 @@ static int prune_timers(PyObject *loop, PyObject *d, PyObject *scheduled, Py_ssi
  * Py_None; NULL with an exception. */
 static PyObject *loop_wait(PyObject *loop, PyObject *d, PyObject *timeout)
 {
-    PyObject *sb, *v, *r;
-    int plain;
+    PyObject *sb = NULL, *v, *r;
+    int plain, known;
 
-    sb = lget(d, loop, s_sb);
-    if (!sb)
-        return NULL;
-    plain = sb != Py_None;
-    if (plain) {
+    /* The loop that waited last, alive: its _sb and _p need no lookup. */
+    known = pe_py_loop_known(loop);
+    if (!known) {
+        sb = lget(d, loop, s_sb);
+        if (!sb)
+            return NULL;
+    }
+    plain = known || sb != Py_None;
+    if (plain && !known) {
         v = lget(d, loop, s_p);
         plain = v && v != Py_None;
         Py_XDECREF(v);
@@ -236,15 +240,19 @@ static PyObject *loop_wait(PyObject *loop, PyObject *d, PyObject *timeout)
         Py_XDECREF(v);
     }
     if (PyErr_Occurred()) {
-        Py_DECREF(sb);
+        Py_XDECREF(sb);
         return NULL;
     }
     if (!plain) {
-        Py_DECREF(sb);
+        Py_XDECREF(sb);
         return PyObject_CallMethodObjArgs(loop, s_select_py, timeout, NULL);
     }
-    r = PyObject_CallMethodObjArgs(sb, s_select, timeout, NULL);
-    Py_DECREF(sb);
+    if (known) {
+        r = pe_py_loop_select(timeout);
+    } else {
+        r = PyObject_CallMethodObjArgs(sb, s_select, timeout, NULL);
+        Py_DECREF(sb);
+    }
     if (!r) {
         /* As _select: the walk keeps its position for the next select. */
         PyObject *type, *value, *tb;

@@ -595,6 +595,18 @@ fail:
     return NULL;
 }
 
+static PyObject *batch_select(PyObject *self, PyObject *timeout);
+
+int pe_py_loop_known(PyObject *loop)
+{
+    return current && current->loop == loop && current->l;
+}
+
+PyObject *pe_py_loop_select(PyObject *timeout)
+{
+    return batch_select((PyObject *)current, timeout);
+}
+
 static PyObject *batch_walk(PyObject *self, PyObject *args)
 {
     PyObject *loop, *conns;

@@ -31,6 +31,12 @@ int pe_py_report_raised(PyObject *func, PyObject *lead, PyObject *trail);
  * the getattr (speedups.c). */
 PyObject *pe_py_loop_dict(PyObject *loop);
 
+/* Whether loop is the one that waited last (or was bound last) and its C
+ * loop is live: then its _sb is that Batch and its _p is set, and
+ * pe_py_loop_select(timeout) is its Batch.select(timeout) (speedups.c). */
+int pe_py_loop_known(PyObject *loop);
+PyObject *pe_py_loop_select(PyObject *timeout);
+
 int pe_py_add_iter(PyObject *m);      /* aio_iter.c: EventLoop's iteration */
 int pe_py_add_loop(PyObject *m);      /* loop_calls.c: pyepoll.Loop */
 
