@@ -387,3 +387,35 @@ def test_handles_not_made_by_call_soon_run_as_handle_run_does():
     assert stdlib == ours
     assert ours[0] == ["given", "mine._run", "m", "t", "odd.run", "odd"]
     assert len(ours[1]) == 1 and ours[1][0][1] is TypeError
+
+
+def test_two_loops_in_turn_keep_their_own_state():
+    # The C path remembers the loop that waited last (speedups.c's
+    # current Batch): the other loop's calls must still see their own
+    # loop's state, before and after either of them closes.
+    a, b = EventLoop(), EventLoop()
+    try:
+        b.set_debug(True)
+        seen = []
+
+        async def work(tag):
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            loop.call_soon(fut.set_result, tag)
+            return (await fut, loop.get_debug(), fut.get_loop() is loop,
+                    fut._source_traceback is not None)
+        for _ in range(3):
+            seen.append(a.run_until_complete(work("a")))
+            assert a.get_debug() is False and b.get_debug() is True
+            seen.append(b.run_until_complete(work("b")))
+            assert a.get_debug() is False and b.get_debug() is True
+        assert seen == [("a", False, True, False),
+                        ("b", True, True, True)] * 3
+        b.close()
+        assert a.run_until_complete(work("a")) == ("a", False, True, False)
+        assert b.get_debug() is True
+        with pytest.raises(RuntimeError):
+            b.call_soon(print)
+    finally:
+        a.close()
+        b.close()
