@@ -606,6 +606,9 @@ static PyObject *create_future(PyObject *loop, PyObject *unused)
         return t < 0 ? NULL
                      : PyObject_CallMethodObjArgs(loop, s_create_future_py,
                                                   NULL);
+    kw = pe_py_loop_future_kw(loop);
+    if (kw)                     /* the loop's own {"loop": loop} */
+        return PyObject_Call(future_type, empty_tuple, kw);
     kw = PyDict_New();
     if (!kw)
         return NULL;

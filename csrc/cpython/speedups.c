@@ -69,6 +69,7 @@ typedef struct {
      * a cycle through the loop, which detach() breaks. */
     PyObject *loop, *conns, *ready;
     PyObject *dict;             /* loop.__dict__ (pe_py_loop_dict) */
+    PyObject *future_kw;        /* {"loop": loop} (pe_py_loop_future_kw) */
 } Batch;
 
 /* The Batch bound last (borrowed: its dealloc forgets it), so that
@@ -116,6 +117,7 @@ static int batch_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(b->conns);
     Py_VISIT(b->ready);
     Py_VISIT(b->dict);
+    Py_VISIT(b->future_kw);
     return 0;
 }
 
@@ -126,6 +128,7 @@ static int batch_clear(PyObject *self)
     Py_CLEAR(b->conns);
     Py_CLEAR(b->ready);
     Py_CLEAR(b->dict);
+    Py_CLEAR(b->future_kw);
     return 0;
 }
 
@@ -146,7 +149,7 @@ static void batch_dealloc(PyObject *self)
 static PyObject *batch_bind(PyObject *self, PyObject *args)
 {
     Batch *b = (Batch *)self;
-    PyObject *loop, *conns, *ready, *dict;
+    PyObject *loop, *conns, *ready, *dict, *kw;
 
     if (!PyArg_ParseTuple(args, "OO!O", &loop, &PyDict_Type, &conns, &ready))
         return NULL;
@@ -158,6 +161,12 @@ static PyObject *batch_bind(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_TypeError, "Batch.bind: the loop has no dict");
         return NULL;
     }
+    kw = PyDict_New();
+    if (!kw || PyDict_SetItemString(kw, "loop", loop) < 0) {
+        Py_XDECREF(kw);
+        Py_DECREF(dict);
+        return NULL;
+    }
     batch_clear(self);
     Py_INCREF(loop);
     Py_INCREF(conns);
@@ -166,8 +175,14 @@ static PyObject *batch_bind(PyObject *self, PyObject *args)
     b->conns = conns;
     b->ready = ready;
     b->dict = dict;
+    b->future_kw = kw;
     current = b;
     Py_RETURN_NONE;
+}
+
+PyObject *pe_py_loop_future_kw(PyObject *loop)
+{
+    return current && current->loop == loop ? current->future_kw : NULL;
 }
 
 PyObject *pe_py_loop_dict(PyObject *loop)

@@ -37,6 +37,11 @@ PyObject *pe_py_loop_dict(PyObject *loop);
 int pe_py_loop_known(PyObject *loop);
 PyObject *pe_py_loop_select(PyObject *timeout);
 
+/* {"loop": loop} to call asyncio.Future with, kept by the Batch of the
+ * loop that waited last (never changed; callees do not write to keyword
+ * dicts), or NULL for another loop (borrowed; speedups.c). */
+PyObject *pe_py_loop_future_kw(PyObject *loop);
+
 int pe_py_add_iter(PyObject *m);      /* aio_iter.c: EventLoop's iteration */
 int pe_py_add_loop(PyObject *m);      /* loop_calls.c: pyepoll.Loop */
 
