@@ -107,6 +107,20 @@ static double attr_double(PyObject *o, PyObject *name)
     return d;
 }
 
+static PyObject *lget(PyObject *d, PyObject *loop, PyObject *name);
+
+/* loop._ready: the Batch's, or looked up (a new reference). */
+static PyObject *lready(PyObject *d, PyObject *loop)
+{
+    PyObject *r = pe_py_loop_ready(loop);
+
+    if (r) {
+        Py_INCREF(r);
+        return r;
+    }
+    return lget(d, loop, s_ready);
+}
+
 /* The loop's own attributes (_ready, _debug, ...) are read from its
  * instance dict d (one getattr of __dict__ per call instead of a full
  * attribute lookup through EventLoop's long MRO each); one not there is
@@ -358,13 +372,15 @@ static PyObject *run_once_in(PyObject *loop, PyObject *d)
         return PyObject_CallMethodObjArgs(loop, s_run_once_py, NULL);
     }
     n = PyList_Size(scheduled);
-    if (n && prune_timers(loop, d, scheduled, n) < 0)
-        goto fail;
-    Py_DECREF(scheduled);
-    scheduled = lget(d, loop, s_scheduled);    /* pruning renews it */
-    if (!scheduled)
-        goto fail;
-    ready = lget(d, loop, s_ready);
+    if (n) {
+        if (prune_timers(loop, d, scheduled, n) < 0)
+            goto fail;
+        Py_DECREF(scheduled);
+        scheduled = lget(d, loop, s_scheduled);    /* pruning renews it */
+        if (!scheduled)
+            goto fail;
+    }
+    ready = lready(d, loop);
     if (!ready || (n = PyObject_Size(ready)) < 0)
         goto fail;
     t = n ? 1 : ltrue(d, loop, s_stopping);
@@ -532,7 +548,7 @@ static PyObject *call_soon_in(PyObject *loop, PyObject *d,
         goto fail;
     Py_CLEAR(ctx);
     Py_CLEAR(cbargs);
-    ready = lget(d, loop, s_ready);
+    ready = lready(d, loop);
     if (!ready)
         goto fail;
     t = call_drop(PyObject_CallMethodObjArgs(ready, s_append, h, NULL));

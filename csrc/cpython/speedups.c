@@ -180,6 +180,11 @@ static PyObject *batch_bind(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+PyObject *pe_py_loop_ready(PyObject *loop)
+{
+    return current && current->loop == loop ? current->ready : NULL;
+}
+
 PyObject *pe_py_loop_future_kw(PyObject *loop)
 {
     return current && current->loop == loop ? current->future_kw : NULL;
