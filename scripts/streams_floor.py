@@ -121,10 +121,13 @@ def run_fake(n: int) -> None:
         run_ready()                         # the Task: write, drain, read
     # The echo really ran: the last write was the message, and EOF ends
     # the Task without an error.
-    assert transport.write.__self__[0] == MSG
+    written = transport.write.__self__
+    if list(written) != [MSG]:
+        raise AssertionError(f"the echo wrote {list(written)!r}, not the message")
     protocol.eof_received()
     run_ready()
-    assert tasks[0].done() and tasks[0].exception() is None
+    if not tasks[0].done() or tasks[0].exception() is not None:
+        raise AssertionError(f"the echo Task did not end cleanly: {tasks[0]!r}")
 
 
 def run_glue(n: int) -> None:
