@@ -72,6 +72,20 @@ typedef struct {
     PyObject *future_kw;        /* {"loop": loop} (pe_py_loop_future_kw) */
 } Batch;
 
+/* CTransport's `_w` slot: its member descriptor and that one's get
+ * function (from write_method(); NULL: getattr, as on 3.9). */
+static PyObject *w_descr;
+static descrgetfunc w_get;
+
+/* t._w, a new reference (t: a CTransport, as the conns map and the write
+ * method descriptor guarantee). */
+static PyObject *get_w(PyObject *t)
+{
+    if (w_get)
+        return w_get(w_descr, t, NULL);
+    return PyObject_GetAttr(t, s_w);
+}
+
 /* The Batch bound last (borrowed: its dealloc forgets it), so that
  * aio_iter.c finds that loop's __dict__ without a getattr per call. */
 static Batch *current;
@@ -581,7 +595,7 @@ static PyObject *walk(Batch *b, PyObject *loop, PyObject *conns,
                 continue;                       /* closed meanwhile */
             }
             Py_INCREF(t);
-            w = PyObject_GetAttr(t, s_w);
+            w = get_w(t);
             if (!w) {
                 Py_DECREF(t);
                 goto fail;
@@ -724,7 +738,7 @@ static PyObject *transport_write(PyObject *self, PyObject *data)
     int64_t rc;
     Conn *c;
 
-    w = PyObject_GetAttr(self, s_w);
+    w = get_w(self);
     if (!w)
         return NULL;
     c = (Conn *)w;
@@ -787,10 +801,25 @@ static PyMethodDef write_def = {
 /* write_method(cls) -> a method descriptor of cls running transport_write */
 static PyObject *write_method(PyObject *module, PyObject *cls)
 {
+    PyObject *descr, *old;
+    descrgetfunc g;
+
     if (!PyType_Check(cls)) {
         PyErr_SetString(PyExc_TypeError, "write_method() needs a class");
         return NULL;
     }
+    /* The class's `_w` slot, read without a getattr by the walk and by
+     * write(). */
+    descr = PyObject_GetAttr(cls, s_w);
+    if (!descr)
+        return NULL;
+    g = (descrgetfunc)PyType_GetSlot(Py_TYPE(descr), Py_tp_descr_get);
+    PyErr_Clear();              /* 3.9: no slots of a static type */
+    w_get = NULL;               /* getattr until the new one is kept */
+    old = w_descr;
+    w_descr = descr;            /* the reference GetAttr gave */
+    Py_XDECREF(old);
+    w_get = g;
     return PyDescr_NewMethod((PyTypeObject *)cls, &write_def);
 }
 
