@@ -108,7 +108,7 @@ def _load_speedups() -> Any:
     _speedups.iter_init(
         asyncio.Handle, contextvars.Context, contextvars.copy_context,
         heapq.heappop, _report_handle_failure, _MIN_SCHEDULED,
-        _MIN_CANCELLED_FRACTION, _MAX_SELECT_TIMEOUT)
+        _MIN_CANCELLED_FRACTION, _MAX_SELECT_TIMEOUT, futures.Future)
     return _speedups
 
 
@@ -436,6 +436,14 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         return handle
 
     call_soon = _call_soon_py       # or aio_iter.c's (see _use_speedups)
+
+    # The stdlib's; aio_iter.c has both in C (no Python frame per Future,
+    # whose __init__ asks get_debug) and calls this one in debug mode, so
+    # a Future's source traceback is the stdlib's.
+    _create_future_py = base_events.BaseEventLoop.create_future
+    create_future = _create_future_py
+    _get_debug_py = base_events.BaseEventLoop.get_debug
+    get_debug = _get_debug_py
 
     def _select_timeout(self, timeout: Optional[float]
                         ) -> List[Tuple[selectors.SelectorKey, int]]:
@@ -1250,8 +1258,10 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
             })
         self._force_close(exc)
 
-    def is_closing(self) -> bool:
+    def _is_closing_py(self) -> bool:
         return self._closing
+
+    is_closing = _is_closing_py     # or aio_iter.c's (see _use_speedups)
 
     # -- reading ---------------------------------------------------------------
 
@@ -1467,11 +1477,17 @@ def _use_speedups(on: bool) -> None:
     CTransport.write = (_sp.write_method(CTransport)  # type: ignore
                         if _sp is not None else CTransport._write_py)
     if _sp is not None:
-        # One iteration and call_soon in C (csrc/cpython/aio_iter.c).
-        EventLoop._run_once, EventLoop.call_soon = _sp.iter_methods(EventLoop)
+        # One iteration, call_soon, create_future, get_debug and the
+        # transport's is_closing in C (csrc/cpython/aio_iter.c).
+        (EventLoop._run_once, EventLoop.call_soon, EventLoop.create_future,
+         EventLoop.get_debug) = _sp.iter_methods(EventLoop)
+        CTransport.is_closing, = _sp.transport_methods(CTransport)
     else:
         EventLoop._run_once = EventLoop._run_once_py    # type: ignore
         EventLoop.call_soon = EventLoop._call_soon_py   # type: ignore
+        EventLoop.create_future = EventLoop._create_future_py  # type: ignore
+        EventLoop.get_debug = EventLoop._get_debug_py   # type: ignore
+        CTransport.is_closing = CTransport._is_closing_py  # type: ignore
 
 
 _sp_module = _sp

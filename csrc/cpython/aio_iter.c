@@ -18,6 +18,13 @@
  */
 #include "speedups.h"
 
+#ifndef METH_FASTCALL
+/* The vectorcall convention of builtin methods: CPython implements it
+ * since 3.7 with this value, and the stable ABI names it from 3.10 on;
+ * the 3.9 limited headers only do not declare it. */
+#define METH_FASTCALL 0x0080
+#endif
+
 /* From iter_init(): the stdlib's objects these steps use. */
 static PyTypeObject *handle_type;       /* asyncio.Handle */
 static newfunc handle_new;
@@ -32,9 +39,17 @@ static PyObject *s_debug, *s_closed, *s_ready, *s_scheduled, *s_stopping,
     *s_repr, *s_source_tb, *s_time, *s_clock_res, *s_sb, *s_p, *s_rest,
     *s_later, *s_select, *s_select_py, *s_select_result, *s_process_events,
     *s_run, *s_run_once_py, *s_call_soon_py, *s_prune, *s_append, *s_popleft,
-    *s_scheduled_flag, *s_kw_context, *s_cancelled_count, *s_dict;
+    *s_scheduled_flag, *s_kw_context, *s_cancelled_count;
 
 static PyObject *empty_tuple;
+static PyObject *future_type;           /* asyncio.Future (create_future) */
+static PyObject *s_loop_kw, *s_closing, *s_create_future_py;
+/* CTransport's `_closing` slot: its member descriptor and that one's
+ * get function (NULL: getattr). */
+static PyObject *closing_descr;
+static descrgetfunc closing_get;
+
+static void keep(PyObject **slot, PyObject *v);
 
 /* Handle's slots, set and read through their member descriptors' own
  * functions where the runtime gives them out (PyType_GetSlot on a static
@@ -92,6 +107,20 @@ static double attr_double(PyObject *o, PyObject *name)
     return d;
 }
 
+static PyObject *lget(PyObject *d, PyObject *loop, PyObject *name);
+
+/* loop._ready: the Batch's, or looked up (a new reference). */
+static PyObject *lready(PyObject *d, PyObject *loop)
+{
+    PyObject *r = pe_py_loop_ready(loop);
+
+    if (r) {
+        Py_INCREF(r);
+        return r;
+    }
+    return lget(d, loop, s_ready);
+}
+
 /* The loop's own attributes (_ready, _debug, ...) are read from its
  * instance dict d (one getattr of __dict__ per call instead of a full
  * attribute lookup through EventLoop's long MRO each); one not there is
@@ -137,14 +166,7 @@ static double ldouble(PyObject *d, PyObject *loop, PyObject *name)
  * has none. */
 static PyObject *loop_dict(PyObject *loop)
 {
-    PyObject *d = PyObject_GetAttr(loop, s_dict);
-
-    if (!d || !PyDict_CheckExact(d)) {
-        PyErr_Clear();
-        Py_XDECREF(d);
-        return NULL;
-    }
-    return d;
+    return pe_py_loop_dict(loop);
 }
 
 static double call_time(PyObject *loop)
@@ -205,14 +227,18 @@ static int prune_timers(PyObject *loop, PyObject *d, PyObject *scheduled, Py_ssi
  * Py_None; NULL with an exception. */
 static PyObject *loop_wait(PyObject *loop, PyObject *d, PyObject *timeout)
 {
-    PyObject *sb, *v, *r;
-    int plain;
+    PyObject *sb = NULL, *v, *r;
+    int plain, known;
 
-    sb = lget(d, loop, s_sb);
-    if (!sb)
-        return NULL;
-    plain = sb != Py_None;
-    if (plain) {
+    /* The loop that waited last, alive: its _sb and _p need no lookup. */
+    known = pe_py_loop_known(loop);
+    if (!known) {
+        sb = lget(d, loop, s_sb);
+        if (!sb)
+            return NULL;
+    }
+    plain = known || sb != Py_None;
+    if (plain && !known) {
         v = lget(d, loop, s_p);
         plain = v && v != Py_None;
         Py_XDECREF(v);
@@ -228,15 +254,19 @@ static PyObject *loop_wait(PyObject *loop, PyObject *d, PyObject *timeout)
         Py_XDECREF(v);
     }
     if (PyErr_Occurred()) {
-        Py_DECREF(sb);
+        Py_XDECREF(sb);
         return NULL;
     }
     if (!plain) {
-        Py_DECREF(sb);
+        Py_XDECREF(sb);
         return PyObject_CallMethodObjArgs(loop, s_select_py, timeout, NULL);
     }
-    r = PyObject_CallMethodObjArgs(sb, s_select, timeout, NULL);
-    Py_DECREF(sb);
+    if (known) {
+        r = pe_py_loop_select(timeout);
+    } else {
+        r = PyObject_CallMethodObjArgs(sb, s_select, timeout, NULL);
+        Py_DECREF(sb);
+    }
     if (!r) {
         /* As _select: the walk keeps its position for the next select. */
         PyObject *type, *value, *tb;
@@ -342,13 +372,15 @@ static PyObject *run_once_in(PyObject *loop, PyObject *d)
         return PyObject_CallMethodObjArgs(loop, s_run_once_py, NULL);
     }
     n = PyList_Size(scheduled);
-    if (n && prune_timers(loop, d, scheduled, n) < 0)
-        goto fail;
-    Py_DECREF(scheduled);
-    scheduled = lget(d, loop, s_scheduled);    /* pruning renews it */
-    if (!scheduled)
-        goto fail;
-    ready = lget(d, loop, s_ready);
+    if (n) {
+        if (prune_timers(loop, d, scheduled, n) < 0)
+            goto fail;
+        Py_DECREF(scheduled);
+        scheduled = lget(d, loop, s_scheduled);    /* pruning renews it */
+        if (!scheduled)
+            goto fail;
+    }
+    ready = lready(d, loop);
     if (!ready || (n = PyObject_Size(ready)) < 0)
         goto fail;
     t = n ? 1 : ltrue(d, loop, s_stopping);
@@ -460,27 +492,32 @@ fail:
 /* EventLoop.call_soon(callback, *args, context=None): a real
  * asyncio.Handle with every slot as Handle.__init__ sets it outside debug
  * mode, appended to _ready.  Debug mode, a closed loop, a non-callable
- * callback and odd arguments: _call_soon_py. */
-static PyObject *call_soon_in(PyObject *loop, PyObject *d, PyObject *args,
-                             PyObject *kw)
+ * callback and odd arguments: _call_soon_py.  Called the vectorcall way
+ * (args[0..nargs), then the values of the keywords named in kwnames): a
+ * Future's done callbacks come with context=, and a keyword dict per
+ * call was a third of this call's cost. */
+static PyObject *call_soon_in(PyObject *loop, PyObject *d,
+                             PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames)
 {
     PyObject *ctx = Py_None, *cb, *cbargs = NULL, *h = NULL, *ready;
+    Py_ssize_t i, nkw = kwnames ? PyTuple_Size(kwnames) : 0;
     int t;
 
-    if (PyTuple_Size(args) < 1)
+    if (nargs < 1 || nkw > 1)
         goto python;
-    if (kw) {
-        Py_ssize_t nkw = PyDict_Size(kw);
-        PyObject *c = PyDict_GetItemWithError(kw, s_kw_context);
+    if (nkw == 1) {
+        PyObject *k = PyTuple_GetItem(kwnames, 0);
 
-        if (!c && PyErr_Occurred())
+        t = k == s_kw_context ? 1
+            : PyObject_RichCompareBool(k, s_kw_context, Py_EQ);
+        if (t < 0)
             return NULL;
-        if (nkw > 1 || (nkw == 1 && !c))
+        if (!t)
             goto python;
-        if (c)
-            ctx = c;
+        ctx = args[nargs];
     }
-    cb = PyTuple_GetItem(args, 0);
+    cb = args[0];
     if (!PyCallable_Check(cb))
         goto python;
     if ((t = ltrue(d, loop, s_debug)) != 0 ||
@@ -495,8 +532,14 @@ static PyObject *call_soon_in(PyObject *loop, PyObject *d, PyObject *args,
         Py_INCREF(ctx);
     if (!ctx)
         return NULL;
-    cbargs = PyTuple_GetSlice(args, 1, PyTuple_Size(args));
-    h = cbargs ? handle_new(handle_type, empty_tuple, NULL) : NULL;
+    cbargs = PyTuple_New(nargs - 1);
+    if (!cbargs)
+        goto fail;
+    for (i = 1; i < nargs; i++) {
+        Py_INCREF(args[i]);
+        PyTuple_SetItem(cbargs, i - 1, args[i]);        /* steals */
+    }
+    h = handle_new(handle_type, empty_tuple, NULL);
     if (!h ||
         hset(h, F_CONTEXT, ctx) < 0 || hset(h, F_LOOP, loop) < 0 ||
         hset(h, F_CALLBACK, cb) < 0 || hset(h, F_ARGS, cbargs) < 0 ||
@@ -505,7 +548,7 @@ static PyObject *call_soon_in(PyObject *loop, PyObject *d, PyObject *args,
         goto fail;
     Py_CLEAR(ctx);
     Py_CLEAR(cbargs);
-    ready = lget(d, loop, s_ready);
+    ready = lready(d, loop);
     if (!ready)
         goto fail;
     t = call_drop(PyObject_CallMethodObjArgs(ready, s_append, h, NULL));
@@ -520,12 +563,31 @@ fail:
     return NULL;
 python:
     {
-        PyObject *f = lget(d, loop, s_call_soon_py), *r;
+        /* _call_soon_py(*args, **kwargs): rebuilt as a tuple and a dict. */
+        PyObject *f = NULL, *a = NULL, *kw = NULL, *r = NULL;
 
-        if (!f)
-            return NULL;
-        r = PyObject_Call(f, args, kw);
-        Py_DECREF(f);
+        f = lget(d, loop, s_call_soon_py);
+        a = f ? PyTuple_New(nargs) : NULL;
+        if (!a)
+            goto pyfail;
+        for (i = 0; i < nargs; i++) {
+            Py_INCREF(args[i]);
+            PyTuple_SetItem(a, i, args[i]);
+        }
+        if (nkw) {
+            kw = PyDict_New();
+            if (!kw)
+                goto pyfail;
+            for (i = 0; i < nkw; i++)
+                if (PyDict_SetItem(kw, PyTuple_GetItem(kwnames, i),
+                                   args[nargs + i]) < 0)
+                    goto pyfail;
+        }
+        r = PyObject_Call(f, a, kw);
+pyfail:
+        Py_XDECREF(f);
+        Py_XDECREF(a);
+        Py_XDECREF(kw);
         return r;
     }
 }
@@ -538,12 +600,60 @@ static PyObject *run_once(PyObject *loop, PyObject *unused)
     return r;
 }
 
-static PyObject *call_soon(PyObject *loop, PyObject *args, PyObject *kw)
+static PyObject *call_soon(PyObject *loop, PyObject *const *args,
+                           Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *d = loop_dict(loop), *r = call_soon_in(loop, d, args, kw);
+    PyObject *d = loop_dict(loop);
+    PyObject *r = call_soon_in(loop, d, args, nargs, kwnames);
 
     Py_XDECREF(d);
     return r;
+}
+
+/* EventLoop.create_future(): BaseEventLoop's `futures.Future(loop=self)`,
+ * without its Python frame (every StreamReader read makes one). */
+static PyObject *create_future(PyObject *loop, PyObject *unused)
+{
+    PyObject *d = loop_dict(loop), *kw, *r;
+    int t = ltrue(d, loop, s_debug);
+
+    Py_XDECREF(d);
+    if (t)      /* debug: the Future's source traceback shows this call */
+        return t < 0 ? NULL
+                     : PyObject_CallMethodObjArgs(loop, s_create_future_py,
+                                                  NULL);
+    kw = pe_py_loop_future_kw(loop);
+    if (kw)                     /* the loop's own {"loop": loop} */
+        return PyObject_Call(future_type, empty_tuple, kw);
+    kw = PyDict_New();
+    if (!kw)
+        return NULL;
+    if (PyDict_SetItem(kw, s_loop_kw, loop) < 0) {
+        Py_DECREF(kw);
+        return NULL;
+    }
+    r = PyObject_Call(future_type, empty_tuple, kw);
+    Py_DECREF(kw);
+    return r;
+}
+
+/* EventLoop.get_debug(): BaseEventLoop's `return self._debug`, without
+ * its Python frame (every Future's __init__ asks it). */
+static PyObject *get_debug(PyObject *loop, PyObject *unused)
+{
+    PyObject *d = loop_dict(loop), *r = lget(d, loop, s_debug);
+
+    Py_XDECREF(d);
+    return r;
+}
+
+/* CTransport.is_closing(): `return self._closing`, without a Python frame
+ * (StreamWriter.drain asks it per write). */
+static PyObject *is_closing(PyObject *t, PyObject *unused)
+{
+    if (closing_get)
+        return closing_get(closing_descr, t, NULL);
+    return PyObject_GetAttr(t, s_closing);
 }
 
 static PyMethodDef run_once_def = {
@@ -553,14 +663,29 @@ static PyMethodDef run_once_def = {
 
 static PyMethodDef call_soon_def = {
     "call_soon", (PyCFunction)(void (*)(void))call_soon,
-    METH_VARARGS | METH_KEYWORDS,
+    METH_FASTCALL | METH_KEYWORDS,
     "call_soon(callback, *args, context=None) -> asyncio.Handle"
 };
 
-/* iter_methods(cls) -> (_run_once, call_soon) as method descriptors of cls */
+static PyMethodDef create_future_def = {
+    "create_future", create_future, METH_NOARGS,
+    "Create a Future object attached to the loop."
+};
+
+static PyMethodDef get_debug_def = {
+    "get_debug", get_debug, METH_NOARGS, "The loop's debug mode."
+};
+
+static PyMethodDef is_closing_def = {
+    "is_closing", is_closing, METH_NOARGS,
+    "Return True if the transport is closing or closed."
+};
+
+/* iter_methods(cls) -> (_run_once, call_soon, create_future, get_debug)
+ * as method descriptors of cls */
 static PyObject *iter_methods(PyObject *module, PyObject *cls)
 {
-    PyObject *a, *b;
+    PyObject *a, *b, *c, *e;
 
     if (!PyType_Check(cls)) {
         PyErr_SetString(PyExc_TypeError, "iter_methods() needs a class");
@@ -572,11 +697,39 @@ static PyObject *iter_methods(PyObject *module, PyObject *cls)
     }
     a = PyDescr_NewMethod((PyTypeObject *)cls, &run_once_def);
     b = a ? PyDescr_NewMethod((PyTypeObject *)cls, &call_soon_def) : NULL;
-    if (!b) {
+    c = b ? PyDescr_NewMethod((PyTypeObject *)cls, &create_future_def) : NULL;
+    e = c ? PyDescr_NewMethod((PyTypeObject *)cls, &get_debug_def) : NULL;
+    if (!e) {
         Py_XDECREF(a);
+        Py_XDECREF(b);
+        Py_XDECREF(c);
         return NULL;
     }
-    return Py_BuildValue("(NN)", a, b);
+    return Py_BuildValue("(NNNN)", a, b, c, e);
+}
+
+/* transport_methods(cls) -> (is_closing,) as method descriptors of cls,
+ * which must have a `_closing` slot. */
+static PyObject *transport_methods(PyObject *module, PyObject *cls)
+{
+    PyObject *descr, *a;
+    descrgetfunc g;
+
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "transport_methods() needs a class");
+        return NULL;
+    }
+    descr = PyObject_GetAttr(cls, s_closing);
+    if (!descr)
+        return NULL;
+    g = (descrgetfunc)PyType_GetSlot(Py_TYPE(descr), Py_tp_descr_get);
+    PyErr_Clear();              /* 3.9: no slots of a static type */
+    closing_get = NULL;         /* getattr until the new one is known */
+    keep(&closing_descr, descr);
+    Py_DECREF(descr);
+    closing_get = g;
+    a = PyDescr_NewMethod((PyTypeObject *)cls, &is_closing_def);
+    return a ? Py_BuildValue("(N)", a) : NULL;
 }
 
 /* *slot = a new reference to v (a second iter_init replaces the first). */
@@ -590,16 +743,18 @@ static void keep(PyObject **slot, PyObject *v)
 }
 
 /* iter_init(Handle, Context, copy_context, heappop, report_failure,
- *           min_scheduled, min_cancelled_fraction, max_select_timeout) */
+ *           min_scheduled, min_cancelled_fraction, max_select_timeout,
+ *           Future) */
 static PyObject *iter_init(PyObject *module, PyObject *args)
 {
-    PyObject *ht, *ct, *cc, *hp, *rf, *run;
+    PyObject *ht, *ct, *cc, *hp, *rf, *ft, *run;
     Py_ssize_t ms;
     double frac, mx;
     int i;
 
-    if (!PyArg_ParseTuple(args, "O!O!OOOndd", &PyType_Type, &ht,
-                          &PyType_Type, &ct, &cc, &hp, &rf, &ms, &frac, &mx))
+    if (!PyArg_ParseTuple(args, "O!O!OOOnddO!", &PyType_Type, &ht,
+                          &PyType_Type, &ct, &cc, &hp, &rf, &ms, &frac, &mx,
+                          &PyType_Type, &ft))
         return NULL;
     if (!(PyType_GetFlags((PyTypeObject *)ht) & Py_TPFLAGS_HEAPTYPE)) {
         PyErr_SetString(PyExc_TypeError, "iter_init: Handle must be a class");
@@ -636,6 +791,7 @@ static PyObject *iter_init(PyObject *module, PyObject *args)
     keep(&copy_context, cc);
     keep(&heappop, hp);
     keep(&report_failure, rf);
+    keep(&future_type, ft);
     min_scheduled = ms;
     min_cancelled_fraction = frac;
     max_select_timeout = mx;
@@ -645,9 +801,12 @@ static PyObject *iter_init(PyObject *module, PyObject *args)
 static PyMethodDef iter_functions[] = {
     {"iter_init", iter_init, METH_VARARGS,
      "iter_init(Handle, Context, copy_context, heappop, report_failure, "
-     "min_scheduled, min_cancelled_fraction, max_select_timeout)"},
+     "min_scheduled, min_cancelled_fraction, max_select_timeout, Future)"},
     {"iter_methods", iter_methods, METH_O,
-     "iter_methods(cls) -> (_run_once, call_soon) in C, as methods of cls"},
+     "iter_methods(cls) -> (_run_once, call_soon, create_future, get_debug) "
+     "in C, as methods of cls"},
+    {"transport_methods", transport_methods, METH_O,
+     "transport_methods(cls) -> (is_closing,) in C, as methods of cls"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -683,7 +842,9 @@ int pe_py_add_iter(PyObject *m)
         name(&s_scheduled_flag, "_scheduled") < 0 ||
         name(&s_kw_context, "context") < 0 ||
         name(&s_cancelled_count, "_timer_cancelled_count") < 0 ||
-        name(&s_dict, "__dict__") < 0)
+        name(&s_loop_kw, "loop") < 0 ||
+        name(&s_closing, "_closing") < 0 ||
+        name(&s_create_future_py, "_create_future_py") < 0)
         return -1;
     empty_tuple = PyTuple_New(0);
     if (!empty_tuple)

@@ -68,7 +68,27 @@ typedef struct {
     /* bind(): what select() walks with (the loop, its _conns and _ready);
      * a cycle through the loop, which detach() breaks. */
     PyObject *loop, *conns, *ready;
+    PyObject *dict;             /* loop.__dict__ (pe_py_loop_dict) */
+    PyObject *future_kw;        /* {"loop": loop} (pe_py_loop_future_kw) */
 } Batch;
+
+/* CTransport's `_w` slot: its member descriptor and that one's get
+ * function (from write_method(); NULL: getattr, as on 3.9). */
+static PyObject *w_descr;
+static descrgetfunc w_get;
+
+/* t._w, a new reference (t: a CTransport, as the conns map and the write
+ * method descriptor guarantee). */
+static PyObject *get_w(PyObject *t)
+{
+    if (w_get)
+        return w_get(w_descr, t, NULL);
+    return PyObject_GetAttr(t, s_w);
+}
+
+/* The Batch bound last (borrowed: its dealloc forgets it), so that
+ * aio_iter.c finds that loop's __dict__ without a getattr per call. */
+static Batch *current;
 
 static PyObject *batch_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
@@ -110,6 +130,8 @@ static int batch_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(b->loop);
     Py_VISIT(b->conns);
     Py_VISIT(b->ready);
+    Py_VISIT(b->dict);
+    Py_VISIT(b->future_kw);
     return 0;
 }
 
@@ -119,6 +141,8 @@ static int batch_clear(PyObject *self)
     Py_CLEAR(b->loop);
     Py_CLEAR(b->conns);
     Py_CLEAR(b->ready);
+    Py_CLEAR(b->dict);
+    Py_CLEAR(b->future_kw);
     return 0;
 }
 
@@ -126,20 +150,37 @@ static void batch_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    if (current == (Batch *)self)
+        current = NULL;
     batch_clear(self);
     Py_CLEAR(((Batch *)self)->owners);
     ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);
     Py_DECREF(tp);
 }
 
-/* bind(loop, conns, ready): what select() walks with. */
+/* bind(loop, conns, ready): what select() walks with; the loop's
+ * __dict__ is kept too (an EventLoop's is never replaced). */
 static PyObject *batch_bind(PyObject *self, PyObject *args)
 {
     Batch *b = (Batch *)self;
-    PyObject *loop, *conns, *ready;
+    PyObject *loop, *conns, *ready, *dict, *kw;
 
     if (!PyArg_ParseTuple(args, "OO!O", &loop, &PyDict_Type, &conns, &ready))
         return NULL;
+    dict = PyObject_GetAttrString(loop, "__dict__");
+    if (!dict)
+        return NULL;
+    if (!PyDict_CheckExact(dict)) {
+        Py_DECREF(dict);
+        PyErr_SetString(PyExc_TypeError, "Batch.bind: the loop has no dict");
+        return NULL;
+    }
+    kw = PyDict_New();
+    if (!kw || PyDict_SetItemString(kw, "loop", loop) < 0) {
+        Py_XDECREF(kw);
+        Py_DECREF(dict);
+        return NULL;
+    }
     batch_clear(self);
     Py_INCREF(loop);
     Py_INCREF(conns);
@@ -147,7 +188,37 @@ static PyObject *batch_bind(PyObject *self, PyObject *args)
     b->loop = loop;
     b->conns = conns;
     b->ready = ready;
+    b->dict = dict;
+    b->future_kw = kw;
+    current = b;
     Py_RETURN_NONE;
+}
+
+PyObject *pe_py_loop_ready(PyObject *loop)
+{
+    return current && current->loop == loop ? current->ready : NULL;
+}
+
+PyObject *pe_py_loop_future_kw(PyObject *loop)
+{
+    return current && current->loop == loop ? current->future_kw : NULL;
+}
+
+PyObject *pe_py_loop_dict(PyObject *loop)
+{
+    PyObject *d;
+
+    if (current && current->loop == loop && current->dict) {
+        Py_INCREF(current->dict);
+        return current->dict;
+    }
+    d = PyObject_GetAttrString(loop, "__dict__");
+    if (!d || !PyDict_CheckExact(d)) {
+        PyErr_Clear();
+        Py_XDECREF(d);
+        return NULL;
+    }
+    return d;       /* another loop than the one that waited last */
 }
 
 static PyObject *batch_detach(PyObject *self, PyObject *unused)
@@ -524,7 +595,7 @@ static PyObject *walk(Batch *b, PyObject *loop, PyObject *conns,
                 continue;                       /* closed meanwhile */
             }
             Py_INCREF(t);
-            w = PyObject_GetAttr(t, s_w);
+            w = get_w(t);
             if (!w) {
                 Py_DECREF(t);
                 goto fail;
@@ -556,6 +627,18 @@ static PyObject *walk(Batch *b, PyObject *loop, PyObject *conns,
 fail:
     Py_XDECREF(fds);
     return NULL;
+}
+
+static PyObject *batch_select(PyObject *self, PyObject *timeout);
+
+int pe_py_loop_known(PyObject *loop)
+{
+    return current && current->loop == loop && current->l;
+}
+
+PyObject *pe_py_loop_select(PyObject *timeout)
+{
+    return batch_select((PyObject *)current, timeout);
 }
 
 static PyObject *batch_walk(PyObject *self, PyObject *args)
@@ -590,6 +673,7 @@ static PyObject *batch_select(PyObject *self, PyObject *timeout)
         PyErr_SetString(PyExc_RuntimeError, "Batch.select before bind()");
         return NULL;
     }
+    current = b;
     if (timeout == Py_None) {
         ms = -1;
     } else {
@@ -654,7 +738,7 @@ static PyObject *transport_write(PyObject *self, PyObject *data)
     int64_t rc;
     Conn *c;
 
-    w = PyObject_GetAttr(self, s_w);
+    w = get_w(self);
     if (!w)
         return NULL;
     c = (Conn *)w;
@@ -717,10 +801,25 @@ static PyMethodDef write_def = {
 /* write_method(cls) -> a method descriptor of cls running transport_write */
 static PyObject *write_method(PyObject *module, PyObject *cls)
 {
+    PyObject *descr, *old;
+    descrgetfunc g;
+
     if (!PyType_Check(cls)) {
         PyErr_SetString(PyExc_TypeError, "write_method() needs a class");
         return NULL;
     }
+    /* The class's `_w` slot, read without a getattr by the walk and by
+     * write(). */
+    descr = PyObject_GetAttr(cls, s_w);
+    if (!descr)
+        return NULL;
+    g = (descrgetfunc)PyType_GetSlot(Py_TYPE(descr), Py_tp_descr_get);
+    PyErr_Clear();              /* 3.9: no slots of a static type */
+    w_get = NULL;               /* getattr until the new one is kept */
+    old = w_descr;
+    w_descr = descr;            /* the reference GetAttr gave */
+    Py_XDECREF(old);
+    w_get = g;
     return PyDescr_NewMethod((PyTypeObject *)cls, &write_def);
 }
 

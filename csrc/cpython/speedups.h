@@ -26,6 +26,26 @@
  * exception to propagate (speedups.c). */
 int pe_py_report_raised(PyObject *func, PyObject *lead, PyObject *trail);
 
+/* loop.__dict__ (a new reference), or NULL without an exception when it
+ * has none: the dict the Batch of the loop that waited last kept, else
+ * the getattr (speedups.c). */
+PyObject *pe_py_loop_dict(PyObject *loop);
+
+/* Whether loop is the one that waited last (or was bound last) and its C
+ * loop is live: then its _sb is that Batch and its _p is set, and
+ * pe_py_loop_select(timeout) is its Batch.select(timeout) (speedups.c). */
+int pe_py_loop_known(PyObject *loop);
+PyObject *pe_py_loop_select(PyObject *timeout);
+
+/* {"loop": loop} to call asyncio.Future with, kept by the Batch of the
+ * loop that waited last (never changed; callees do not write to keyword
+ * dicts), or NULL for another loop (borrowed; speedups.c). */
+PyObject *pe_py_loop_future_kw(PyObject *loop);
+
+/* loop._ready (never rebound after __init__) as the Batch of the loop
+ * that waited last keeps it, or NULL for another loop (borrowed). */
+PyObject *pe_py_loop_ready(PyObject *loop);
+
 int pe_py_add_iter(PyObject *m);      /* aio_iter.c: EventLoop's iteration */
 int pe_py_add_loop(PyObject *m);      /* loop_calls.c: pyepoll.Loop */
 

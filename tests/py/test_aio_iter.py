@@ -35,6 +35,104 @@ def test_the_path_under_test_is_the_one_asked(aio_path):
     c = aio_path == "c"
     assert (EventLoop._run_once is EventLoop._run_once_py) is not c
     assert (EventLoop.call_soon is EventLoop._call_soon_py) is not c
+    assert (EventLoop.create_future is EventLoop._create_future_py) is not c
+    assert (EventLoop.get_debug is EventLoop._get_debug_py) is not c
+    CT = asyncio_loop.CTransport
+    assert (CT.is_closing is CT._is_closing_py) is not c
+
+
+def test_call_soon_passes_arguments_and_the_context_keyword():
+    def scenario(loop):
+        seen = []
+        ctx = contextvars.copy_context()
+        ctx.run(VAR.set, "ctx")
+        loop.call_soon(lambda *a: seen.append((a, VAR.get())), 1, "two",
+                       None, context=ctx)
+        loop.call_soon(lambda *a: seen.append((a, VAR.get())))
+        # context=None: a copy of the current context, as the stdlib's.
+        loop.call_soon(lambda: seen.append(((), VAR.get())), context=None)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        errors = []
+        for call in (lambda: loop.call_soon(print, 1, ctx=ctx),
+                     lambda: loop.call_soon(print, context=ctx, other=1),
+                     lambda: loop.call_soon(callback=len),
+                     lambda: loop.call_soon(print, **{"con" + "text": ctx,
+                                                      "x": 2})):
+            try:
+                errors.append(repr(call()))
+            except TypeError:
+                errors.append("TypeError")
+        return seen, errors
+    stdlib, ours = on_both(scenario)
+    assert stdlib == ours
+    assert ours[0][0] == ((1, "two", None), "ctx")
+    assert ours[1] == ["TypeError", "TypeError", "<Handle len()>",
+                       "TypeError"]
+
+
+def test_create_future_and_get_debug_as_the_stdlibs():
+    def scenario(loop):
+        out = []
+        for debug in (False, True, False):
+            loop.set_debug(debug)
+            fut = loop.create_future()
+            tb = fut._source_traceback
+            out.append((type(fut) is asyncio.Future, fut.get_loop() is loop,
+                        loop.get_debug(), fut.done(),
+                        None if tb is None else (tb[-1].name, tb[-1].lineno)))
+        fut = loop.create_future()
+        loop.call_soon(fut.set_result, 7)
+        out.append(loop.run_until_complete(fut))
+        return out
+    stdlib, ours = on_both(scenario)
+    assert stdlib == ours
+    assert ours[0] == (True, True, False, False, None)
+    # Debug: the traceback ends in the stdlib's create_future, on both loops.
+    assert ours[1][2] is True and ours[1][4][0] == "create_future"
+    assert ours[3] == 7
+
+
+def test_a_subclass_keeps_its_own_create_future_and_get_debug():
+    class Mine(EventLoop):
+        def create_future(self):
+            return "mine"
+
+        def get_debug(self):
+            return "dbg"
+    loop = Mine()
+    try:
+        assert loop.create_future() == "mine"
+        assert loop.get_debug() == "dbg"
+    finally:
+        loop.close()
+
+
+def test_transport_is_closing_follows_close_and_the_peers_reset():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        t = w.transport
+        states = [type(t).__name__ if isinstance(
+            t, asyncio_loop.CTransport) else "stdlib", t.is_closing()]
+        w.close()
+        states.append(t.is_closing())
+        await w.wait_closed()
+        states.append(t.is_closing())
+        server.close()
+        await server.wait_closed()
+        del loop
+        return states
+    for make in (asyncio.SelectorEventLoop, EventLoop):
+        loop = make()
+        try:
+            states = loop.run_until_complete(scenario())
+        finally:
+            loop.close()
+        assert states[1:] == [False, True, True]
+        assert states[0] == ("CTransport" if make is EventLoop else "stdlib")
 
 
 def test_call_soon_makes_a_real_handle():
@@ -239,6 +337,18 @@ def test_speedups_module_checks_its_arguments():
         sp.iter_methods(42)
     with pytest.raises(TypeError):
         sp.iter_init(1, 2, 3, 4, 5, 6, 7.0, 8.0)
+    with pytest.raises(TypeError):
+        sp.transport_methods(42)
+    with pytest.raises(AttributeError):
+        sp.transport_methods(int)        # no _closing slot
+    # The methods check what they are called on.
+    create_future, = [m for m in sp.iter_methods(EventLoop)
+                      if m.__name__ == "create_future"]
+    with pytest.raises(TypeError):
+        create_future(object())
+    is_closing, = sp.transport_methods(asyncio_loop.CTransport)
+    with pytest.raises(TypeError):
+        is_closing(object())
 
 
 def test_handles_not_made_by_call_soon_run_as_handle_run_does():
@@ -277,3 +387,35 @@ def test_handles_not_made_by_call_soon_run_as_handle_run_does():
     assert stdlib == ours
     assert ours[0] == ["given", "mine._run", "m", "t", "odd.run", "odd"]
     assert len(ours[1]) == 1 and ours[1][0][1] is TypeError
+
+
+def test_two_loops_in_turn_keep_their_own_state():
+    # The C path remembers the loop that waited last (speedups.c's
+    # current Batch): the other loop's calls must still see their own
+    # loop's state, before and after either of them closes.
+    a, b = EventLoop(), EventLoop()
+    try:
+        b.set_debug(True)
+        seen = []
+
+        async def work(tag):
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            loop.call_soon(fut.set_result, tag)
+            return (await fut, loop.get_debug(), fut.get_loop() is loop,
+                    fut._source_traceback is not None)
+        for _ in range(3):
+            seen.append(a.run_until_complete(work("a")))
+            assert a.get_debug() is False and b.get_debug() is True
+            seen.append(b.run_until_complete(work("b")))
+            assert a.get_debug() is False and b.get_debug() is True
+        assert seen == [("a", False, True, False),
+                        ("b", True, True, True)] * 3
+        b.close()
+        assert a.run_until_complete(work("a")) == ("a", False, True, False)
+        assert b.get_debug() is True
+        with pytest.raises(RuntimeError):
+            b.call_soon(print)
+    finally:
+        a.close()
+        b.close()
