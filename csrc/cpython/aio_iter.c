@@ -18,13 +18,6 @@
  */
 #include "speedups.h"
 
-#ifndef METH_FASTCALL
-/* The vectorcall convention of builtin methods: CPython implements it
- * since 3.7 with this value, and the stable ABI names it from 3.10 on;
- * the 3.9 limited headers only do not declare it. */
-#define METH_FASTCALL 0x0080
-#endif
-
 /* From iter_init(): the stdlib's objects these steps use. */
 static PyTypeObject *handle_type;       /* asyncio.Handle */
 static newfunc handle_new;

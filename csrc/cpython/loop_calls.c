@@ -28,14 +28,6 @@
 #include <stdint.h>
 #include <time.h>
 
-/* METH_FASTCALL | METH_KEYWORDS: in the limited API from 3.10 on, and the
- * same convention and flag value in CPython 3.9 (since 3.7), only not
- * promised there: named here for the 3.9 build.  It saves the argument
- * tuple a METH_VARARGS call makes (~150 instructions a call). */
-#ifndef METH_FASTCALL
-#define METH_FASTCALL 0x0080
-#endif
-
 typedef int (*run_fn)(pe_loop *, struct pe_loop_event *, int, int);
 typedef int64_t (*read_fn)(pe_loop *, pe_handle, void *, size_t);
 typedef int (*run_batch_fn)(pe_loop *, int, int);
