@@ -1250,8 +1250,10 @@ class CTransport(transports._FlowControlMixin,  # type: ignore[misc]
             })
         self._force_close(exc)
 
-    def is_closing(self) -> bool:
+    def _is_closing_py(self) -> bool:
         return self._closing
+
+    is_closing = _is_closing_py     # or aio_methods.c's (see _use_speedups)
 
     # -- reading ---------------------------------------------------------------
 
@@ -1469,12 +1471,26 @@ def _use_speedups(on: bool) -> None:
     if _sp is not None:
         # One iteration and call_soon in C (csrc/cpython/aio_iter.c).
         EventLoop._run_once, EventLoop.call_soon = _sp.iter_methods(EventLoop)
+        # time, get_debug, create_task, is_closing (aio_methods.c): the
+        # stdlib's one-liners that aiohttp calls per request.
+        loop_m, transport_m = _sp.small_methods(EventLoop, CTransport,
+                                                base_events)
     else:
         EventLoop._run_once = EventLoop._run_once_py    # type: ignore
         EventLoop.call_soon = EventLoop._call_soon_py   # type: ignore
+        loop_m, transport_m = _SMALL_PY
+    for name, method in loop_m.items():
+        setattr(EventLoop, name, method)
+    for name, method in transport_m.items():
+        setattr(CTransport, name, method)
 
 
 _sp_module = _sp
+# The Python methods the C ones replace: the stdlib's own for the loop.
+_SMALL_PY = ({"time": base_events.BaseEventLoop.time,
+              "get_debug": base_events.BaseEventLoop.get_debug,
+              "create_task": base_events.BaseEventLoop.create_task},
+             {"is_closing": CTransport._is_closing_py})
 _use_speedups(SPEEDUPS)
 
 

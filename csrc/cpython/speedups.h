@@ -28,5 +28,6 @@ int pe_py_report_raised(PyObject *func, PyObject *lead, PyObject *trail);
 
 int pe_py_add_iter(PyObject *m);      /* aio_iter.c: EventLoop's iteration */
 int pe_py_add_loop(PyObject *m);      /* loop_calls.c: pyepoll.Loop */
+int pe_py_add_methods(PyObject *m);   /* aio_methods.c: small methods */
 
 #endif
