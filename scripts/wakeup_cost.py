@@ -20,9 +20,10 @@ asyncio-echo, asyncio-http (the stdlib's loop); -streams instead of
 bench's aiohttp.web hello server (keep-alive GET).  floor-uvloop-aiohttp
 (also floor-aio-, floor-asyncio-): that app with no socket under it
 (pyepoll.bench._inproc: an in-process transport, the loop only running
-the tasks), aiohttp's own cost per request that no loop can avoid.  --top N also lists the N functions whose own
-(--inclusive: with callees) instructions per round trip grew most between
-the two runs.
+the tasks), aiohttp's own cost per request that no loop can avoid; give
+the socket targets --gap 4 to compare loops (see --help).  --top N also
+lists the N functions whose own (--inclusive: with callees) instructions
+per round trip grew most between the two runs.
 """
 from __future__ import annotations
 
