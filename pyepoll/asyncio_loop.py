@@ -1473,8 +1473,10 @@ def _use_speedups(on: bool) -> None:
         EventLoop._run_once, EventLoop.call_soon = _sp.iter_methods(EventLoop)
         # time, get_debug, create_task, is_closing (aio_methods.c): the
         # stdlib's one-liners that aiohttp calls per request.
-        loop_m, transport_m = _sp.small_methods(EventLoop, CTransport,
-                                                base_events)
+        loop_m, transport_m = _sp.small_methods(
+            EventLoop, CTransport, base_events,
+            "context" in inspect.signature(
+                base_events.BaseEventLoop.create_task).parameters)
     else:
         EventLoop._run_once = EventLoop._run_once_py    # type: ignore
         EventLoop.call_soon = EventLoop._call_soon_py   # type: ignore

@@ -18,6 +18,7 @@
 static PyObject *be_globals;        /* asyncio.base_events.__dict__ */
 static PyObject *check_closed_py;   /* BaseEventLoop._check_closed */
 static PyObject *create_task_py;    /* BaseEventLoop.create_task */
+static int has_context;             /* create_task takes context= (3.11+) */
 static PyObject *s_time_mod, *s_monotonic, *s_tasks, *s_Task, *s_debug,
     *s_closed, *s_closing, *s_task_factory, *s_check_closed, *s_name,
     *s_context, *s_loop;
@@ -84,7 +85,7 @@ static int plain_create_task(PyObject *self, PyObject *args, PyObject *kw)
             if (value != Py_None)
                 return 0;
             t = PyObject_RichCompareBool(key, s_name, Py_EQ);
-            if (t == 0)
+            if (t == 0 && has_context)
                 t = PyObject_RichCompareBool(key, s_context, Py_EQ);
             if (t <= 0)
                 return t;
@@ -215,14 +216,17 @@ static void replace(PyObject **slot, PyObject *v)
     Py_XDECREF(old);
 }
 
-/* small_methods(loop_cls, transport_cls, base_events) -> (loop methods,
- * transport methods), dicts of name -> method descriptor for setattr. */
+/* small_methods(loop_cls, transport_cls, base_events, has_context) ->
+ * (loop methods, transport methods), dicts of name -> method descriptor
+ * for setattr.  has_context: the stdlib's create_task takes context=
+ * (3.11+; before, passing it is its TypeError). */
 static PyObject *small_methods(PyObject *module, PyObject *args)
 {
     PyObject *lc, *tc, *be, *g, *cc, *ct, *base, *lm = NULL, *tm = NULL;
+    int ctx;
 
-    if (!PyArg_ParseTuple(args, "O!O!O!", &PyType_Type, &lc, &PyType_Type,
-                          &tc, &PyModule_Type, &be))
+    if (!PyArg_ParseTuple(args, "O!O!O!p", &PyType_Type, &lc, &PyType_Type,
+                          &tc, &PyModule_Type, &be, &ctx))
         return NULL;
     g = PyModule_GetDict(be);
     if (!g)
@@ -240,6 +244,7 @@ static PyObject *small_methods(PyObject *module, PyObject *args)
     replace(&be_globals, g);
     replace(&check_closed_py, cc);
     replace(&create_task_py, ct);
+    has_context = ctx;
     lm = PyDict_New();
     tm = lm ? PyDict_New() : NULL;
     if (!tm || add_methods(lm, lc, loop_defs) < 0 ||
@@ -253,7 +258,8 @@ static PyObject *small_methods(PyObject *module, PyObject *args)
 
 static PyMethodDef methods_functions[] = {
     {"small_methods", small_methods, METH_VARARGS,
-     "small_methods(EventLoop, CTransport, asyncio.base_events) -> "
+     "small_methods(EventLoop, CTransport, asyncio.base_events, "
+     "has_context) -> "
      "({name: loop method}, {name: transport method}) in C"},
     {NULL, NULL, 0, NULL},
 };
