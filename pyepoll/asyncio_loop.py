@@ -1478,19 +1478,31 @@ def _use_speedups(on: bool) -> None:
                         if _sp is not None else CTransport._write_py)
     if _sp is not None:
         # One iteration, call_soon, create_future, get_debug and the
-        # transport's is_closing in C (csrc/cpython/aio_iter.c).
+        # transport's is_closing in C (csrc/cpython/aio_iter.c); time and
+        # create_task, the stdlib's one-liners aiohttp calls per request,
+        # in csrc/cpython/aio_methods.c.
         (EventLoop._run_once, EventLoop.call_soon, EventLoop.create_future,
          EventLoop.get_debug) = _sp.iter_methods(EventLoop)
         CTransport.is_closing, = _sp.transport_methods(CTransport)
+        small = _sp.small_methods(
+            EventLoop, base_events,
+            "context" in inspect.signature(
+                base_events.BaseEventLoop.create_task).parameters)
     else:
         EventLoop._run_once = EventLoop._run_once_py    # type: ignore
         EventLoop.call_soon = EventLoop._call_soon_py   # type: ignore
         EventLoop.create_future = EventLoop._create_future_py  # type: ignore
         EventLoop.get_debug = EventLoop._get_debug_py   # type: ignore
         CTransport.is_closing = CTransport._is_closing_py  # type: ignore
+        small = _SMALL_PY
+    for name, method in small.items():
+        setattr(EventLoop, name, method)
 
 
 _sp_module = _sp
+# The Python methods the C ones replace: the stdlib's own for the loop.
+_SMALL_PY = {"time": base_events.BaseEventLoop.time,
+             "create_task": base_events.BaseEventLoop.create_task}
 _use_speedups(SPEEDUPS)
 
 

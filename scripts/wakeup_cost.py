@@ -17,9 +17,14 @@ records the supervisor, not the worker; server-echo-stats: with a stats
 interval, so every wait has a timeout),
 uvloop-echo, uvloop-http, aio-echo, aio-http (pyepoll's asyncio loop),
 asyncio-echo, asyncio-http (the stdlib's loop); -streams instead of
--echo: the echo on asyncio.start_server.  --top N also lists the N functions whose own
-(--inclusive: with callees) instructions per round trip grew most between
-the two runs.
+-echo: the echo on asyncio.start_server; -aiohttp instead of -http: the
+bench's aiohttp.web hello server (keep-alive GET).  floor-uvloop-aiohttp
+(also floor-aio-, floor-asyncio-): that app with no socket under it
+(pyepoll.bench._inproc: an in-process transport, the loop only running
+the tasks), aiohttp's own cost per request that no loop can avoid; give
+the socket targets --gap 4 to compare loops (see --help).  --top N also
+lists the N functions whose own (--inclusive: with callees) instructions
+per round trip grew most between the two runs.
 """
 from __future__ import annotations
 
@@ -42,15 +47,21 @@ from pyepoll.bench._proc import build, free_port, wait_listening  # noqa: E402
 GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
-def argv_for(target: str, port: int) -> list:
+def argv_for(target: str, port: int, n: int = 0) -> list:
     py = [sys.executable, "-X", "frozen_modules=on"]
+    if target.startswith("floor-"):
+        # floor-uvloop-aiohttp: n requests in-process, no server to drive
+        runtime = target.split("-")[1]
+        runtime = {"aio": "pyepollaio"}.get(runtime, runtime)
+        return py + ["-m", "pyepoll.bench._inproc", runtime, str(n)]
     if target == "c":
         return [str(build("echo_server")), str(port), "level"]
     if target.startswith("loop-"):
         return py + ["-m", "pyepoll.bench._serve", f"{target}-level", str(port)]
     if target.split("-")[0] in ("uvloop", "aio", "asyncio"):
         # An asyncio Protocol server: uvloop-echo, aio-echo (pyepoll's
-        # asyncio loop), asyncio-echo (the stdlib's); -http: httptools.
+        # asyncio loop), asyncio-echo (the stdlib's); -http: httptools,
+        # -aiohttp: aiohttp.web.
         runtime, what = target.split("-")
         runtime = {"aio": "pyepollaio"}.get(runtime, runtime)
         what = {"echo": "protocol", "http": "httptools"}.get(what, what)
@@ -70,11 +81,13 @@ def argv_for(target: str, port: int) -> list:
     raise SystemExit(f"unknown target {target}")
 
 
-def drive(port: int, n: int, http: bool) -> None:
+def drive(port: int, n: int, http: bool, gap: float = 0.0) -> None:
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         msg = GET if http else b"x" * 64
         for _ in range(n):
+            if gap:
+                time.sleep(gap)
             s.sendall(msg)
             if http:
                 buf = b""
@@ -92,7 +105,8 @@ def drive(port: int, n: int, http: bool) -> None:
                     got += len(chunk)
 
 
-def one_run(target: str, tool: str, n: int, tmp: str) -> str:
+def one_run(target: str, tool: str, n: int, tmp: str, gap: float = 0.0
+            ) -> str:
     port = free_port()
     out = os.path.join(tmp, f"{target}-{n}.out")
     if tool == "callgrind":
@@ -100,13 +114,17 @@ def one_run(target: str, tool: str, n: int, tmp: str) -> str:
     else:
         pre = ["strace", "-f", "-c", "-o", out]
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=ROOT)
-    proc = subprocess.Popen(pre + argv_for(target, port), env=env,
+    proc = subprocess.Popen(pre + argv_for(target, port, n), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
+    if target.startswith("floor-"):
+        if proc.wait(timeout=600) != 0:
+            raise SystemExit(f"{target} failed")
+        return out
     try:
         # Slow under callgrind; its one connect costs the same in both runs.
         wait_listening(port, proc, timeout=120.0)
-        drive(port, n, target.endswith("http"))
+        drive(port, n, target.endswith(("http", "aiohttp")), gap)
         time.sleep(0.5)
     finally:
         # SIGINT: Python exits through KeyboardInterrupt, the C server on
@@ -153,14 +171,21 @@ def main() -> None:
     ap.add_argument("--n1", type=int, default=500)
     ap.add_argument("--n2", type=int, default=2500)
     ap.add_argument("--top", type=int, default=0)
+    ap.add_argument("--gap", type=float, default=0.0, metavar="MS",
+                    help="wait MS milliseconds before each request, so the "
+                    "server is idle when it comes (a loop that sends the "
+                    "response sooner must not get a different framework "
+                    "path: aiohttp skips its wait for the next request "
+                    "when that is already in)")
     ap.add_argument("--inclusive", action="store_true",
                     help="--top lists inclusive costs (callees counted)")
     args = ap.parse_args()
     dn = args.n2 - args.n1
     with tempfile.TemporaryDirectory() as tmp:
         for target in args.targets:
-            a = one_run(target, args.tool, args.n1, tmp)
-            b = one_run(target, args.tool, args.n2, tmp)
+            gap = args.gap / 1000.0
+            a = one_run(target, args.tool, args.n1, tmp, gap)
+            b = one_run(target, args.tool, args.n2, tmp, gap)
             if args.tool == "callgrind":
                 (ta, fa), (tb, fb) = (callgrind_total(a, args.inclusive),
                                       callgrind_total(b, args.inclusive))

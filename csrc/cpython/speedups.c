@@ -657,9 +657,10 @@ static PyObject *batch_walk(PyObject *self, PyObject *args)
 /* select(timeout) -> None, [(fd, bits)] or an int: the common iteration
  * of EventLoop._select in one call.  The timeout in seconds (None: block)
  * becomes milliseconds rounded up; the wait runs; when the loop's ready
- * queue is empty the batch is walked here (None: no fd events).  An int is
- * for the Python side: the wait's result when it is 0 or -errno, or the
- * count of a batch left for later (callbacks were ready before it). */
+ * queue is empty the batch is walked here (None: no fd events, or nothing
+ * came: the common wait of 0 ms between callbacks needs no Python).  An
+ * int is for the Python side: the wait's -errno, or the count of a batch
+ * left for later (callbacks were ready before it). */
 static PyObject *batch_select(PyObject *self, PyObject *timeout)
 {
     Batch *b = (Batch *)self;
@@ -705,7 +706,9 @@ static PyObject *batch_select(PyObject *self, PyObject *timeout)
     Py_END_ALLOW_THREADS
     b->n = n > 0 ? n : 0;
     b->pos = 0;
-    if (n <= 0)
+    if (n == 0)
+        Py_RETURN_NONE;     /* nothing came: as an empty walk */
+    if (n < 0)
         return PyLong_FromLong(n);
     queued = PyObject_Size(b->ready);
     if (queued < 0)
@@ -936,7 +939,7 @@ PyMODINIT_FUNC PyInit__speedups(void)
         Py_DECREF(m);
         return NULL;
     }
-    if (pe_py_add_iter(m) < 0) {
+    if (pe_py_add_iter(m) < 0 || pe_py_add_methods(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -57,5 +57,6 @@ PyObject *pe_py_loop_ready(PyObject *loop);
 
 int pe_py_add_iter(PyObject *m);      /* aio_iter.c: EventLoop's iteration */
 int pe_py_add_loop(PyObject *m);      /* loop_calls.c: pyepoll.Loop */
+int pe_py_add_methods(PyObject *m);   /* aio_methods.c: small methods */
 
 #endif

@@ -1,0 +1,250 @@
+"""EventLoop.time/get_debug/create_task and CTransport.is_closing (C:
+csrc/cpython/aio_methods.c, get_debug and is_closing aio_iter.c; Python:
+the stdlib's methods, EventLoop._get_debug_py, CTransport._is_closing_py) against the stdlib's loop, on both paths (the
+aio_path fixture); and the no-socket aiohttp floor of the bench
+(pyepoll.bench._inproc) that scripts/wakeup_cost.py measures."""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import socket
+import sys
+import time
+import types
+import warnings
+
+import pytest
+
+from pyepoll import asyncio_loop
+from pyepoll.asyncio_loop import CTransport, EventLoop
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("aio_path")]
+
+VAR: contextvars.ContextVar = contextvars.ContextVar("VAR", default="unset")
+
+
+def on_both(scenario, ours=EventLoop):
+    """scenario(loop) on the stdlib's loop and on EventLoop: both results."""
+    out = []
+    for make in (asyncio.SelectorEventLoop, ours):
+        loop = make()
+        try:
+            out.append(scenario(loop))
+        finally:
+            loop.close()
+    return out
+
+
+async def answer(x):
+    await asyncio.sleep(0)
+    return x
+
+
+def test_the_path_under_test_is_the_one_asked(aio_path):
+    kinds = {type(EventLoop.__dict__[n]).__name__
+             for n in ("time", "get_debug", "create_task")}
+    kinds.add(type(CTransport.__dict__["is_closing"]).__name__)
+    assert kinds == ({"method_descriptor"} if aio_path == "c"
+                     else {"function"})
+
+
+def test_time_is_the_monotonic_clock_and_follows_a_patched_one(monkeypatch):
+    loop = EventLoop()
+    try:
+        before = time.monotonic()
+        now = loop.time()
+        assert type(now) is float and before <= now <= time.monotonic()
+        # The stdlib's time() looks time.monotonic up at each call.
+        monkeypatch.setattr(time, "monotonic", lambda: 1234.5)
+        assert loop.time() == 1234.5
+        monkeypatch.undo()
+        assert loop.time() >= now
+    finally:
+        loop.close()
+
+
+def test_get_debug_follows_set_debug():
+    def scenario(loop):
+        seen = [loop.get_debug()]
+        loop.set_debug(True)
+        seen.append(loop.get_debug())
+        loop._debug = 0             # whatever the attribute holds
+        seen.append(loop.get_debug())
+        return seen
+    stdlib, ours = on_both(scenario)
+    assert stdlib == ours == [False, True, 0]
+
+
+def test_create_task_plain_named_and_with_context():
+    def scenario(loop):
+        ctx = contextvars.copy_context()
+        ctx.run(VAR.set, "mine")
+
+        async def var():
+            return VAR.get()
+        tasks = [loop.create_task(answer(1)),
+                 loop.create_task(answer(2), name="two"),
+                 loop.create_task(var(), context=ctx),
+                 loop.create_task(var(), name=None, context=None)]
+        got = loop.run_until_complete(asyncio.gather(*tasks))
+        return (got, [type(t) is asyncio.Task for t in tasks],
+                tasks[1].get_name(), [t.get_loop() is loop for t in tasks],
+                tasks[0].get_name().startswith("Task-"))
+    stdlib, ours = on_both(scenario)
+    assert stdlib == ours
+    assert ours[0] == [1, 2, "mine", "unset"]
+
+
+def test_create_task_uses_the_task_factory():
+    def scenario(loop):
+        made = []
+
+        def factory(lp, coro, **kw):
+            made.append((lp is loop, sorted(kw)))
+            return asyncio.Task(coro, loop=lp, **kw)
+        loop.set_task_factory(factory)
+        t = loop.create_task(answer(5))
+        t2 = loop.create_task(answer(6), name="n")
+        got = loop.run_until_complete(asyncio.gather(t, t2))
+        return got, made, t2.get_name()
+    stdlib, ours = on_both(scenario)
+    assert stdlib == ours
+    assert ours[1] == [(True, []), (True, [])]
+
+
+def test_create_task_refuses_as_the_stdlib():
+    def scenario(loop):
+        out = []
+        for args, kw in (((), {}), ((answer(1), 2), {}),
+                         ((answer(1),), {"bogus": None}),
+                         ((42,), {}),
+                         # a TypeError before 3.11, whose create_task has
+                         # no context parameter
+                         ((answer(1),), {"context": None})):
+            try:
+                t = loop.create_task(*args, **kw)
+                out.append(("made", loop.run_until_complete(t)))
+            except TypeError as exc:
+                out.append(type(exc).__name__)
+        loop.close()
+        coro = answer(1)
+        try:
+            loop.create_task(coro)
+        except RuntimeError as exc:
+            out.append(str(exc))
+        coro.close()
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # never awaited
+        stdlib, ours = on_both(scenario)
+    assert stdlib == ours
+    assert ours[:4] == ["TypeError"] * 4
+    assert ours[5] == "Event loop is closed"
+
+
+def test_create_task_in_debug_mode_trims_the_traceback_as_the_stdlib():
+    def scenario(loop):
+        loop.set_debug(True)
+        t = loop.create_task(answer(3))
+        tb = t._source_traceback
+        last = (tb[-1].name, tb[-1].filename == __file__) if tb else None
+        return loop.run_until_complete(t), last
+    stdlib, ours = on_both(scenario)
+    assert stdlib == ours == (3, ("scenario", True))
+
+
+def test_create_task_calls_an_overridden_check_closed():
+    class Guarded(EventLoop):
+        checks = 0
+
+        def _check_closed(self):
+            type(self).checks += 1
+            super()._check_closed()
+
+    loop = Guarded()
+    try:
+        loop.run_until_complete(loop.create_task(answer(1)))
+        assert Guarded.checks >= 1
+    finally:
+        loop.close()
+
+
+def test_is_closing_follows_the_transport(aio_path):
+    async def main():
+        a, b = socket.socketpair()
+        loop = asyncio.get_running_loop()
+        t, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+        seen = [type(t) is CTransport, t.is_closing()]
+        t.close()
+        seen.append(t.is_closing())
+        await asyncio.sleep(0.01)
+        seen.append(t.is_closing())
+        b.close()
+        return seen
+
+    loop = EventLoop()
+    try:
+        assert loop.run_until_complete(main()) == [True, False, True, True]
+    finally:
+        loop.close()
+
+
+def test_speedups_small_methods_checks_its_arguments():
+    sp = asyncio_loop._sp_module
+    if sp is None:
+        pytest.skip("pyepoll._speedups is not built here")
+    with pytest.raises(TypeError):
+        sp.small_methods(1, asyncio.base_events, True)
+    with pytest.raises(TypeError):
+        sp.small_methods(EventLoop, 42, True)
+    with pytest.raises(AttributeError):
+        sp.small_methods(EventLoop, types.ModuleType("empty"), True)
+
+
+# -- the aiohttp floor (pyepoll.bench._inproc) -----------------------------------
+
+
+@pytest.mark.parametrize("runtime", ["pyepollaio", "asyncio"])
+def test_inproc_aiohttp_serves_on_the_socket_runs_path(runtime):
+    pytest.importorskip("aiohttp")
+    from pyepoll.bench import _inproc
+
+    # Every request answered, each found the connection waiting for it.
+    assert _inproc.run(runtime, 50) == 0
+
+
+def test_inproc_aiohttp_transport_sees_each_response():
+    pytest.importorskip("aiohttp")
+    from pyepoll.bench import _inproc
+
+    seen = []
+    real = _inproc.IdealTransport.write
+
+    def write(self, data):
+        seen.append(bytes(data))
+        real(self, data)
+
+    _inproc.IdealTransport.write = write
+    try:
+        assert _inproc.run("pyepollaio", 3) == 0
+    finally:
+        _inproc.IdealTransport.write = real
+    assert len(seen) == 3
+    for data in seen:
+        assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert data.endswith(b"\r\n\r\n" + _inproc.BODY)
+
+
+def test_wakeup_cost_knows_the_aiohttp_targets():
+    import os
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
+                                    "scripts"))
+    try:
+        import wakeup_cost
+    finally:
+        sys.path.pop(0)
+    assert wakeup_cost.argv_for("aio-aiohttp", 8080)[-2:] == [
+        "pyepollaio-aiohttp", "8080"]
+    assert wakeup_cost.argv_for("uvloop-aiohttp", 1)[-2] == "uvloop-aiohttp"
+    assert wakeup_cost.argv_for("floor-aio-aiohttp", 0, 700)[-3:] == [
+        "pyepoll.bench._inproc", "pyepollaio", "700"]
