@@ -74,6 +74,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "loop/loop.h"
@@ -122,6 +123,20 @@ struct h {
     size_t nsent, nback;
     size_t phead, npend;     /* pend[phead .. phead + npend) */
     size_t nrecv;            /* bytes handed to the application so far */
+    size_t rpos;             /* where the next of them sits in the client
+                                stream: answered asks are skipped */
+    size_t nout;             /* outx[0 .. nout): what the client should
+                                read back (app mode) */
+    /* Canned answers, as the model sees them. */
+    uint8_t ask[4], ans[8];
+    uint32_t asklen;         /* 0: cleared (ask keeps the last one) */
+    uint32_t lastlen;        /* the last ask's length, for client writes */
+    uint32_t anslen;
+    int future;              /* until is ahead of the wall clock */
+    int marked;              /* the loop's mark, unless unsure */
+    int unsure;              /* an event may have cleared the loop's mark
+                                unseen (queued, or dropped): re-set it */
+    uint64_t ncanned;        /* asks answered, as stats.canned counts */
     int carried;             /* events were left queued by the last run */
     int batch_finish;        /* finish() runs pe_loop_run_into */
     int client_broken;       /* the client's writes fail: server closed */
@@ -147,6 +162,11 @@ static struct {
 /* What the client wrote; application bytes read but not yet sent. */
 static uint8_t sent[MAXSENT], pend[MAXSENT], iobuf[MAXSENT];
 static uint8_t pattern[MAXSENT];
+/* What the client reads back in app mode: the application's sends and the
+ * loop's canned answers, in the order they were queued (answers are at
+ * most 8 bytes for an ask of at least 1). */
+#define MAXOUT (9 * MAXSENT)
+static uint8_t outx[MAXOUT];
 static uint32_t pat_off;
 
 static int lfd = -1;
@@ -209,6 +229,15 @@ static int next_fd(void)
     return fd;
 }
 
+/* Everything the client sent was handed to the application or answered,
+ * and all of it (or its answers) came back. */
+static int all_back(const struct h *h)
+{
+    if (h->echo)
+        return h->nback == h->nsent;
+    return h->nback == h->nout && h->rpos == h->nsent && h->npend == 0;
+}
+
 /* Client side: take what has come back (up to max) and compare. */
 static void client_read(struct h *h, size_t max)
 {
@@ -217,8 +246,11 @@ static void client_read(struct h *h, size_t max)
                          MSG_DONTWAIT);
 
         if (n > 0) {
-            CHECK(h->nback + (size_t)n <= h->nsent);
-            CHECK(memcmp(iobuf, sent + h->nback, (size_t)n) == 0);
+            /* Echo mode: the loop sends the stream back by itself. */
+            const uint8_t *want = h->echo ? sent : outx;
+
+            CHECK(h->nback + (size_t)n <= (h->echo ? h->nsent : h->nout));
+            CHECK(memcmp(iobuf, want + h->nback, (size_t)n) == 0);
             h->nback += (size_t)n;
             max -= (size_t)n;
             h->progress = 1;
@@ -229,7 +261,7 @@ static void client_read(struct h *h, size_t max)
         /* EOF (or a reset) only after everything, unless the server
          * side ended the stream early. */
         CHECK(n == 0 || errno == ECONNRESET);
-        CHECK(h->server_ended || h->nback == h->nsent);
+        CHECK(h->server_ended || all_back(h));
         h->client_eof = 1;
         h->progress = 1;
     }
@@ -265,9 +297,10 @@ static int live(const struct h *h)
  * the client's, in order, each exactly once. */
 static void got_bytes(struct h *h, const uint8_t *p, size_t n)
 {
-    CHECK(h->nrecv + n <= h->nsent);
-    CHECK(memcmp(p, sent + h->nrecv, n) == 0);
+    CHECK(h->rpos + n <= h->nsent);
+    CHECK(memcmp(p, sent + h->rpos, n) == 0);
     h->nrecv += n;
+    h->rpos += n;
 }
 
 /* Where the head of pend sits in the client's stream: everything before it
@@ -277,10 +310,19 @@ static size_t nqueued(const struct h *h)
     return h->nrecv - h->npend;
 }
 
-/* The loop took k bytes from the head of pend (a reply or an echo). */
+/* Bytes the loop queued for the client, in order. */
+static void out_add(struct h *h, const uint8_t *p, size_t k)
+{
+    CHECK(h->nout + k <= MAXOUT);
+    memcpy(outx + h->nout, p, k);
+    h->nout += k;
+}
+
+/* The loop took k bytes from the head of pend (a send, reply or echo). */
 static void pend_sent(struct h *h, size_t k)
 {
     CHECK(k <= h->npend);
+    out_add(h, pend + h->phead, k);
     h->phead += k;
     h->npend -= k;
     if (!h->npend)
@@ -319,11 +361,7 @@ static void app_flush(struct h *h)
         r = pe_loop_send(h->l, h->conn, pend + h->phead, k);
         if (r != (int64_t)k)
             break;
-        h->phead += k;
-        h->npend -= k;
-        if (!h->npend)
-            h->phead = 0;
-        h->progress = 1;
+        pend_sent(h, k);
     }
     if (!h->npend || !live(h) || h->server_ended)
         return;
@@ -443,6 +481,14 @@ static void side_op(struct h *h, unsigned arg)
     S.nsent += (size_t)w;
 }
 
+/* The application heard of the connection: the loop unmarked it then
+ * (while an ask is set), so that its caller sees every change. */
+static void heard(struct h *h)
+{
+    if (h->asklen)
+        h->marked = 0;
+}
+
 static void handle(struct h *h, const struct pe_loop_event *e)
 {
     uint32_t in, out;
@@ -460,6 +506,7 @@ static void handle(struct h *h, const struct pe_loop_event *e)
         return;
     }
     CHECK(h->opened && e->handle == h->conn);
+    heard(h);
     switch (e->kind) {
     case PE_EV_DATA:
         CHECK(!h->echo && !h->eof);
@@ -652,6 +699,7 @@ static void batch_events(struct h *h, int n, int max)
             continue;
         }
         CHECK(h->opened && !h->closed && e->handle == h->conn);
+        heard(h);
         CHECK(!h->echo && !h->eof);
         CHECK(e->arg <= h->in_high);
         B.reg[B.nreg].off = (uint32_t)e->off;
@@ -689,6 +737,188 @@ static size_t pick_buflen(const struct h *h, unsigned i)
     return (size_t)h->in_high + 1;
 }
 
+/* ------------------------------------------------------- canned answers */
+
+/* Make the loop's mark the model's again once no event of the connection
+ * can be waiting (or have been dropped) unseen: an explicit (un)mark. */
+static void canned_sync(struct h *h)
+{
+    if (!h->unsure || h->l->qlen)
+        return;
+    if (live(h) && pe_loop_buffered(h->l, h->conn, NULL, NULL) == 0)
+        CHECK(pe_loop_canned_mark(h->l, h->conn, h->marked) == 0);
+    h->unsure = 0;
+}
+
+/* After a run: events left queued may unmark the connection at any time
+ * (a DATA whose bytes a read took is dropped unseen); with none left, the
+ * loop's mark is exactly the model's. */
+static void check_mark(struct h *h)
+{
+    if (h->l->qlen) {
+        h->unsure |= h->marked;
+        return;
+    }
+    canned_sync(h);
+    if (live(h) && pe_loop_buffered(h->l, h->conn, NULL, NULL) == 0)
+        CHECK(!!(h->l->ct.slots[(uint32_t)h->conn].flags & PE_CF_CANNED) ==
+              h->marked);
+}
+
+/* How many asks the next pe_loop_run_into (no echo list) must answer, or
+ * -1 when the model cannot tell.  It can when the connection is marked
+ * for sure, nothing is queued or buffered either way, the second
+ * connection has nothing to say, and the client's unread bytes fit one
+ * read straight into the caller's buffer: a read of a socket pair takes
+ * them all, so they are answered iff they are 1..64 whole asks. */
+static int canned_predict(struct h *h, size_t buflen)
+{
+    uint32_t in, out, room = h->in_high;
+    size_t unread = h->nsent - h->rpos, k, i;
+
+    if (!h->asklen || !h->future || h->echo || !h->marked || h->unsure ||
+        !live(h) || h->paused || h->server_ended || h->eof ||
+        h->client < 0 || h->l->qlen ||
+        pe_loop_buffered(h->l, h->conn, &in, &out) != 0 || in || out)
+        return -1;
+    if (S.fd >= 0 && (!S.h || S.close_called || S.nrecv != S.nsent))
+        return -1;
+    if (buflen < (room < 4096 ? room : 4096))
+        return -1;                       /* no read into the buffer */
+    if (room > buflen)
+        room = (uint32_t)buflen;
+    if (unread > room)
+        return -1;                       /* split across reads */
+    if (unread % h->asklen || (k = unread / h->asklen) > PE_CANNED_RUN)
+        return 0;
+    for (i = 0; i < k; i++)
+        if (memcmp(sent + h->rpos + i * h->asklen, h->ask, h->asklen))
+            return 0;
+    return (int)k;
+}
+
+/* d asks were answered in the last pe_loop_run_into (after its echo list,
+ * before its reads were handed out): they must be the next bytes of the
+ * stream, on a marked connection, with an ask set and live; their answers
+ * join what the client reads back.  out0: the most the connection had
+ * queued before them (a send over out_max closes it). */
+static void canned_done(struct h *h, uint64_t d, int pred, uint64_t out0)
+{
+    uint64_t i;
+    int closed;
+
+    CHECK(pred < 0 || d == (uint64_t)pred);
+    if (!d)
+        return;
+    CHECK(!h->echo && h->asklen && h->future && (h->marked || h->unsure));
+    CHECK(h->rpos + d * h->asklen <= h->nsent);
+    for (i = 0; i < d; i++) {
+        CHECK(memcmp(sent + h->rpos, h->ask, h->asklen) == 0);
+        h->rpos += h->asklen;
+        out_add(h, h->ans, h->anslen);
+    }
+    h->ncanned += d;
+    h->progress = 1;
+    closed = live(h) && pe_loop_buffered(h->l, h->conn, NULL, NULL) ==
+             -ESTALE;
+    if (pred > 0)                        /* nothing was queued before */
+        CHECK(closed == (d * h->anslen > h->out_max));
+    if (!closed)
+        return;
+    /* The answers' send failed and closed it: over out_max, or to a
+     * client that is gone; the client gets a prefix. */
+    CHECK(h->client < 0 || d * h->anslen + out0 > h->out_max);
+    h->close_called = h->server_ended = 1;
+    B.echo_avail = 0;
+}
+
+/* Canned-answer ops (see the header); returns the input bytes taken. */
+static size_t canned_op(struct h *h, unsigned c, const uint8_t *in,
+                        size_t avail)
+{
+    uint8_t n = avail ? in[0] : 0, buf[PE_CANNED_RUN * 4 + 4];
+    int64_t now = (int64_t)time(NULL), until;
+    pe_handle bad;
+    size_t used = avail ? 1 : 0, k, j, len;
+    uint32_t i;
+    int want;
+
+    switch (c) {
+    case 0: case 1: case 2: case 3:      /* set: past or future until */
+        h->asklen = h->lastlen = 1 + (n & 3u);
+        for (i = 0; i < h->asklen; i++)
+            h->ask[i] = used < avail ? in[used++] : pattern[i + n];
+        h->anslen = 1 + ((n >> 2) & 7u);
+        memcpy(h->ans, pattern + 64 + n, h->anslen);
+        h->future = c & 1;
+        until = c == 0 ? now - 5 : c == 2 ? 0 : now + 3600;
+        CHECK(pe_loop_set_canned(h->l, h->ask, h->asklen, h->ans, h->anslen,
+                                 until) == 0);
+        /* Queued events were emitted under the old ask. */
+        h->unsure |= h->marked && h->l->qlen;
+        return used;
+    case 4:                              /* clear */
+        CHECK(pe_loop_set_canned(h->l, NULL, 0, NULL, 0, 0) == 0);
+        h->asklen = 0;
+        h->unsure |= h->marked && h->l->qlen;
+        return 0;
+    case 5:                              /* refused, nothing changed */
+        switch (n & 3) {
+        case 0:
+            want = pe_loop_set_canned(h->l, NULL, 1, "x", 1, now + 60);
+            break;
+        case 1:
+            want = pe_loop_set_canned(h->l, "x", 1, NULL, 1, now + 60);
+            break;
+        case 2:
+            want = pe_loop_set_canned(h->l, "x", 1, pattern,
+                                      PE_CANNED_MAX + 1, now + 60);
+            break;
+        default:
+            want = pe_loop_set_canned(h->l, pattern, PE_CANNED_MAX + 1, "x",
+                                      1, now + 60);
+            break;
+        }
+        CHECK(want == -EINVAL);
+        return used;
+    case 6: case 7:                      /* mark / unmark the connection */
+        CHECK(pe_loop_canned_mark(h->l, h->conn, c == 6) ==
+              (live(h) ? 0 : -ESTALE));
+        if (live(h)) {
+            h->marked = c == 6;
+            h->unsure |= h->marked && h->l->qlen;
+        }
+        return 0;
+    case 8:                              /* stale and forged handles */
+        bad = other_gen(h, n & 7);
+        CHECK(pe_loop_canned_mark(h->l, bad, n & 1) == -ESTALE);
+        CHECK(pe_loop_canned_mark(h->l, 0, 1) == -ESTALE);
+        CHECK(pe_loop_canned_mark(h->l, (pe_handle)1 << 32 | 0x7fff, 1) ==
+              -ESTALE);
+        if (S.h && !S.close_called)      /* never marked: a no-op */
+            CHECK(pe_loop_canned_mark(h->l, S.h, 0) == 0);
+        return used;
+    default:
+        /* The client writes 1..64 copies of the (last) ask, maybe cut
+         * short or followed by a byte that is not one. */
+        len = h->lastlen ? h->lastlen : 1;
+        k = 1 + (n & 63u);
+        for (j = 0; j < k; j++)
+            memcpy(buf + j * len, h->ask, len);
+        j = k * len;
+        if (n & 64) {
+            if (len > 1) {
+                memcpy(buf + j, h->ask, len - 1);
+                j += len - 1;
+            } else {
+                buf[j++] = (uint8_t)(h->ask[0] ^ 0x5a);
+            }
+        }
+        client_write(h, buf, j);
+        return used;
+    }
+}
+
 /* One pe_loop_run_into(timeout 0) with an echo list of variant v (0: none,
  * 6: a call with invalid arguments, refused with nothing changed). */
 static void batch_run(struct h *h, int max, size_t buflen, unsigned v)
@@ -696,9 +926,11 @@ static void batch_run(struct h *h, int max, size_t buflen, unsigned v)
     pe_handle list[6];
     struct pe_loop_bevent *nout;
     uint8_t *nbuf;
-    uint32_t len = 0;
+    struct pe_loop_stats st;
+    uint64_t canned0, out0 = 0;
+    uint32_t len = 0, in, out;
     size_t nl = 0;
-    int n, expect = 0;
+    int n, expect = 0, pred;
 
     if (v == 6) {
         struct pe_loop_bevent ev1;
@@ -722,8 +954,14 @@ static void batch_run(struct h *h, int max, size_t buflen, unsigned v)
         CHECK(n == -EINVAL);
         return;
     }
+    canned_sync(h);
+    pred = v ? -1 : canned_predict(h, buflen);
     if (v)
         nl = echo_list(h, v, list, &expect, &len);
+    if (live(h) && pe_loop_buffered(h->l, h->conn, &in, &out) == 0)
+        out0 = out + (expect == 1 ? len : 0);
+    pe_loop_get_stats(h->l, &st);
+    canned0 = st.canned;
     CHECK((nbuf = malloc(buflen)) != NULL);
     CHECK((nout = malloc((size_t)max * sizeof(*nout))) != NULL);
     n = pe_loop_run_into(h->l, nl ? list : NULL, nl, nout, max, 0, nbuf,
@@ -732,6 +970,8 @@ static void batch_run(struct h *h, int max, size_t buflen, unsigned v)
     while (n == -EINTR)
         n = pe_loop_run_into(h->l, NULL, 0, nout, max, 0, nbuf, buflen);
     echo_done(h, expect, len);
+    pe_loop_get_stats(h->l, &st);
+    canned_done(h, st.canned - canned0, pred, out0);
     /* The previous batch's memory is no longer the loop's to read. */
     free(B.buf);
     free(B.out);
@@ -740,6 +980,7 @@ static void batch_run(struct h *h, int max, size_t buflen, unsigned v)
     B.out = nout;
     batch_events(h, n, max);
     h->carried = h->l->qlen != 0;
+    check_mark(h);
 }
 
 /* pe_loop_echo on its own: list variant v (6: an empty list). */
@@ -856,6 +1097,8 @@ static void batch_cycle(struct h *h)
 static void run_once(struct h *h)
 {
     struct pe_loop_event ev[NEV];
+    struct pe_loop_stats st;
+    uint64_t canned0;
     int n;
 
     if (h->ending && h->batch_finish) {
@@ -865,14 +1108,20 @@ static void run_once(struct h *h)
     h->carried = h->l->qlen != 0;
     /* libFuzzer's -timeout timer is a SIGALRM without SA_RESTART: even a
      * 0 ms wait may return -EINTR, which the loop hands back (PEP 475). */
+    pe_loop_get_stats(h->l, &st);
+    canned0 = st.canned;
     while ((n = pe_loop_run(h->l, ev, NEV, 0)) == -EINTR)
         ;
+    pe_loop_get_stats(h->l, &st);
+    CHECK(st.canned == canned0);         /* only pe_loop_run_into reads
+                                            into a buffer to answer from */
     B.echo_avail = S.in_batch = 0;       /* the batch is over */
     nbatch++;
     CHECK(n >= 0 && n <= NEV);
     for (int i = 0; i < n; i++)
         handle(h, &ev[i]);
     app_read(h);
+    check_mark(h);
 }
 
 static void probe(struct h *h, uint8_t arg)
@@ -977,7 +1226,8 @@ static void finish(struct h *h, int how, int abort_close)
         }
     }
     if (!h->server_ended && h->client >= 0)
-        CHECK(h->nback == h->nsent);
+        CHECK(all_back(h));
+    CHECK(st.canned == h->ncanned);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -1062,7 +1312,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             pat_off += (uint32_t)n;
             break;
         case 2:
-            run_once(&h);
+            if (arg < 16)
+                run_once(&h);
+            else
+                i += canned_op(&h, arg & 15u, data + i + 1, size - i - 1);
             break;
         case 3:
             client_read(&h, ((size_t)arg + 1) * ((size_t)arg + 1) * 16);
