@@ -171,7 +171,8 @@ struct h {
 #define BMAXEV 16
 struct breg {
     uint32_t off, len;
-    size_t spos;             /* where its bytes start in the client stream */
+    size_t spos;             /* where its bytes start among those handed
+                                to the application (answered asks are not) */
 };
 static struct {
     uint8_t *buf;
@@ -326,8 +327,8 @@ static void got_bytes(struct h *h, const uint8_t *p, size_t n)
     h->rpos += n;
 }
 
-/* Where the head of pend sits in the client's stream: everything before it
- * was handed back to the loop. */
+/* Where the head of pend sits among the bytes handed to the application:
+ * everything before it was handed back to the loop. */
 static size_t nqueued(const struct h *h)
 {
     return h->nrecv - h->npend;
