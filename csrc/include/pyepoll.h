@@ -317,7 +317,7 @@ int pe_loop_echo(pe_loop *l, const pe_handle *hs, size_t n);
  * pe_loop_canned_mark that brings exactly k copies of ask, 1 <= k <=
  * PE_CANNED_RUN, and nothing else is answered in C with k copies of
  * answer (pe_loop_send's rules; -ENOBUFS closes): no DATA event, counted
- * in stats.canned.  Only until the wall clock (CLOCK_REALTIME) reaches
+ * in stats.canned; after pe_loop_shutdown the read is DATA.  Only until the wall clock (CLOCK_REALTIME) reaches
  * until, in seconds: an answer carrying a Date stops there, and the caller sets the
  * next.  Any event of a marked connection unmarks it, so its caller sees
  * everything that could change its state.  A pe_loop_run_into whose

@@ -133,6 +133,10 @@ static int canned_answer(pe_loop *l, uint32_t slot, const char *p,
 
     if (!len || n % len || (k = n / len) > PE_CANNED_RUN)
         return 0;
+    /* Shut down for writing (pe_loop_shutdown): no answer can go out, and
+     * the caller still reads the rest of the input: DATA as for anyone. */
+    if (l->ct.slots[slot].flags & (PE_CF_SHUT_WANT | PE_CF_SHUT_DONE))
+        return 0;
     for (i = 0; i < n; i += len)
         if (memcmp(p + i, l->cn_ask, len) != 0)
             return 0;

@@ -1965,6 +1965,42 @@ static void test_canned_refusals(void **state)
     env_close(&e);
 }
 
+/* After pe_loop_shutdown an answer cannot be sent: the ask comes as DATA
+ * and the connection stays open for the rest of its input (it was eaten,
+ * counted and the connection closed with EPIPE: found by fuzz_loop). */
+static void test_canned_after_shutdown(void **state)
+{
+    static unsigned char buf[65536];
+    static struct batch b;
+    struct pe_loop_config cfg;
+    struct env e;
+    pe_handle h;
+    char c;
+    int fd;
+
+    b.buf = buf;
+    b.len = sizeof(buf);
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    fd = tcp_client(e.port, 0);
+    h = next_open(&e);
+    assert_int_equal(pe_loop_set_canned(e.l, ASK, sizeof(ASK) - 1, ANSWER,
+                                        sizeof(ANSWER) - 1,
+                                        (int64_t)time(NULL) + 3600), 0);
+    assert_int_equal(pe_loop_canned_mark(e.l, h, 1), 0);
+    assert_int_equal(pe_loop_shutdown(e.l, h), 0);
+    assert_int_equal(recv(fd, &c, 1, 0), 0);          /* EOF: shut down */
+    assert_int_equal(send(fd, ASK, sizeof(ASK) - 1, 0), sizeof(ASK) - 1);
+    PUMP_INTO_UNTIL(&e, &b, count_ev(&e, PE_EV_DATA, h) == 1 ||
+                                count_ev(&e, PE_EV_CLOSED, h) == 1);
+    assert_int_equal(count_ev(&e, PE_EV_CLOSED, h), 0);
+    assert_int_equal(last_ev(&e, PE_EV_DATA, h)->arg, sizeof(ASK) - 1);
+    assert_int_equal(stats(&e).canned, 0);
+    assert_int_equal(pe_loop_buffered(e.l, h, NULL, NULL), 0);
+    close(fd);
+    env_close(&e);
+}
+
 /* A wait without a timeout whose reads were all answered in C waits again
  * instead of returning no events: here until a wakeup. */
 static void test_canned_waits_again(void **state)
@@ -2088,6 +2124,7 @@ int main(void)
         T(test_batch_direct_and_ring),
         T(test_canned),
         T(test_canned_refusals),
+        T(test_canned_after_shutdown),
         T(test_canned_waits_again),
         T(test_canned_two_then_sleep),
     };
