@@ -39,6 +39,7 @@ import math
 import os
 import socket
 import struct
+import sys
 import time
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -84,6 +85,8 @@ _MS_MAX = 0x7FFFFFFF
 _MAX_CONNECTIONS = 0x7FFFFFF0   # PE_CT_MAX in csrc/loop/conntable.h
 _MAX_BATCH = 1 << 20
 _HOSTLEN = 64                   # > INET6_ADDRSTRLEN (46)
+# Pending signal handlers run only at a call on PyPy (run_signal_handlers).
+_HANDLERS_NEED_A_CALL = sys.implementation.name == "pypy"
 _BATCH_BYTES = 256 * 1024       # wait_batch's buffer unless input_high is more
 # queue_echo's array: 'L' where it is 64 bits, since CPython converts an int
 # to unsigned long with a digit loop but to unsigned long long through the
@@ -774,8 +777,15 @@ class Loop:
         while True:
             if rc > 0:
                 return rc
-            if rc == -errno.EINTR:
-                run_signal_handlers()   # one that raises ends wait (PEP 475)
+            if rc == -errno.EINTR or (rc == 0 and deadline is None
+                                       and _HANDLERS_NEED_A_CALL):
+                # One that raises ends wait (PEP 475).  A blocking run that
+                # returned nothing (every read answered in C: canned
+                # answers, the C echo) was interrupted by no signal that
+                # came meanwhile: on PyPy its handler would wait for the
+                # next event (see run_signal_handlers); CPython's
+                # interpreter runs it at its next bytecode.
+                run_signal_handlers()
             elif rc < 0:
                 if rc == -errno.EBADF and self._p is None:
                     return 0            # close() from another thread

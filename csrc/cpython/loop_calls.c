@@ -564,6 +564,39 @@ static PyObject *lc_recv(PyObject *self, PyObject *const *args,
     return PyBytes_FromStringAndSize(NULL, 0);
 }
 
+/* run_batch's result when a signal handler raised (the exception set). */
+#define RUN_RAISED INT_MIN
+
+/* One pe_loop_run_batch with the necho handles queued in eq, the GIL
+ * released around a run that may block.  A run with no timeout that
+ * returned no events (every read answered in C: canned answers, or the
+ * C echo) is run again here after the signal handlers, as a wait that a
+ * signal interrupted would: a signal that came while the loop was
+ * answering interrupted no syscall, and must not wait for the next
+ * event to be handled. */
+static int run_batch(LoopCalls *c, int necho, int ms)
+{
+    int n;
+
+    for (;;) {
+        if (ms) {
+            pe_loop *l = c->l;
+            Py_BEGIN_ALLOW_THREADS
+            n = c->run_batch(l, necho, ms);
+            Py_END_ALLOW_THREADS
+        } else {
+            n = c->run_batch(c->l, necho, ms);
+        }
+        if (n != 0 || ms >= 0 || c->l == NULL)
+            return n;
+        if (PyErr_CheckSignals() < 0)
+            return RUN_RAISED;
+        if (c->l == NULL)               /* a handler closed the loop */
+            return 0;
+        necho = 0;
+    }
+}
+
 /* wait_batch(timeout=None): Loop.wait_batch. */
 static PyObject *lc_wait_batch(PyObject *self, PyObject *const *args,
                                Py_ssize_t nargs, PyObject *kwnames)
@@ -592,14 +625,8 @@ static PyObject *lc_wait_batch(PyObject *self, PyObject *const *args,
     necho = nq ? take_echoes(c, nq) : 0;
     if (necho < 0)
         return NULL;
-    if (ms) {
-        pe_loop *l = c->l;
-        Py_BEGIN_ALLOW_THREADS
-        n = c->run_batch(l, necho, ms);
-        Py_END_ALLOW_THREADS
-    } else {
-        n = c->run_batch(c->l, necho, ms);
-    }
+    if ((n = run_batch(c, necho, ms)) == RUN_RAISED)
+        return NULL;
     if (c->l == NULL || (n <= 0 && (n || ms)))
         return wait_tail(c, PY_BATCH_TAIL, n, ms, t0);
     return events(c, n);
@@ -662,14 +689,8 @@ static PyObject *lc_wait_batch_echo(PyObject *self, PyObject *const *args,
     if (necho < 0)
         return NULL;
     for (;;) {
-        if (ms) {
-            pe_loop *l = c->l;
-            Py_BEGIN_ALLOW_THREADS
-            n = c->run_batch(l, necho, ms);
-            Py_END_ALLOW_THREADS
-        } else {
-            n = c->run_batch(c->l, necho, ms);
-        }
+        if ((n = run_batch(c, necho, ms)) == RUN_RAISED)
+            return NULL;                /* the echoes went out */
         /* As wait_batch: the Python tail, with the whole timeout. */
         if (c->l == NULL || (n <= 0 && (n || ms)))
             return wait_tail(c, PY_BATCH_TAIL, n, ms0, t0);

@@ -321,8 +321,10 @@ int pe_loop_echo(pe_loop *l, const pe_handle *hs, size_t n);
  * until, in seconds: an answer carrying a Date stops there, and the caller sets the
  * next.  Any event of a marked connection unmarks it, so its caller sees
  * everything that could change its state.  A pe_loop_run_into whose
- * reads were all answered waits again (timeout -1 only) rather than
- * return no events.  ask_len 0 clears (ask and answer unused); the bytes
+ * reads were all answered returns 0 (no events), whatever its timeout:
+ * the caller runs what must run between waits (a signal that came while
+ * the loop was answering interrupts no wait) and waits again.  ask_len 0
+ * clears (ask and answer unused); the bytes
  * are copied.  -EINVAL for NULL buffers with a length or an answer
  * longer than PE_CANNED_MAX; -ENOMEM. */
 #define PE_CANNED_RUN 64

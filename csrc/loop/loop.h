@@ -130,7 +130,6 @@ struct pe_loop {
     char *cn_answers;
     uint32_t cn_asklen, cn_anslen;
     int64_t cn_until;
-    int canned_run;              /* this run answered a canned ask */
 
     uint64_t (*clock)(void *);
     void *clock_arg;

@@ -187,7 +187,6 @@ int pe__conn_read_direct(pe_loop *l, uint32_t slot, int short_ok)
         l->st.bytes_in += (uint64_t)n;
         if (!(c->flags & PE_CF_INUSE) || pe__ct_handle(&l->ct, slot) != h)
             return 1;                    /* the send closed it */
-        l->canned_run = 1;
         if (short_ok && (uint32_t)n < room) {
             c->flags &= ~PE_CF_RDMORE;
         } else {
@@ -332,18 +331,10 @@ int pe__loop_run_into(pe_loop *l, const pe_handle *echo, size_t necho,
     l->dpos = 0;
     l->dlen = (uint32_t)buflen;
     l->dmax = (uint32_t)max;
-    for (;;) {
-        l->canned_run = 0;
-        rc = pe__loop_run_io(l, timeout_ms);
-        /* Every read answered in C and nothing else to say: a caller
-         * told "no events" would only call again (a wait with a timeout
-         * returns, its time being the caller's to count). */
-        if (rc < 0 || l->qlen || !l->canned_run || timeout_ms >= 0 ||
-            atomic_load(&l->closing))
-            break;
-        if (l->ndfl)
-            pe__loop_flush(l);
-    }
+    /* Reads all answered in C (canned) make no events: 0 goes back, not
+     * a second wait here, so the caller gets to run its signal handlers
+     * (a signal while the loop answers interrupts no syscall). */
+    rc = pe__loop_run_io(l, timeout_ms);
     l->dbuf = NULL;
     if (rc < 0)
         return rc;                       /* nothing was read: dpos is 0 */

@@ -2001,16 +2001,16 @@ static void test_canned_after_shutdown(void **state)
     env_close(&e);
 }
 
-/* A wait without a timeout whose reads were all answered in C waits again
- * instead of returning no events: here until a wakeup. */
-static void test_canned_waits_again(void **state)
+/* A wait without a timeout whose reads were all answered in C returns 0,
+ * no events (its caller runs signal handlers and waits again), the
+ * answer out. */
+static void test_canned_returns_no_events(void **state)
 {
     static unsigned char buf[65536];
     static struct batch b;
     struct pe_loop_config cfg;
     char got[sizeof(ANSWER)];
     struct env e;
-    pthread_t t;
     pe_handle h;
     int fd, n;
 
@@ -2025,31 +2025,33 @@ static void test_canned_waits_again(void **state)
                                         (int64_t)time(NULL) + 3600), 0);
     assert_int_equal(pe_loop_canned_mark(e.l, h, 1), 0);
     assert_int_equal(send(fd, ASK, sizeof(ASK) - 1, 0), sizeof(ASK) - 1);
-    assert_int_equal(pthread_create(&t, NULL, wake_later, e.l), 0);
     n = pump_into(&e, &b, -1, NULL, NULL);
-    pthread_join(t, NULL);
-    assert_int_equal(n, 1);
-    assert_int_equal(e.ev[e.nev - 1].kind, PE_EV_WAKEUP);
+    assert_int_equal(n, 0);
     assert_int_equal(stats(&e).canned, 1);
     assert_int_equal(recv_wait(fd, got, sizeof(got), 1000),
                      sizeof(ANSWER) - 1);
     assert_memory_equal(got, ANSWER, sizeof(ANSWER) - 1);
+    /* Still marked: the next ask is answered the same way. */
+    assert_int_equal(send(fd, ASK, sizeof(ASK) - 1, 0), sizeof(ASK) - 1);
+    assert_int_equal(pump_into(&e, &b, -1, NULL, NULL), 0);
+    assert_int_equal(stats(&e).canned, 2);
+    assert_int_equal(recv_wait(fd, got, sizeof(got), 1000),
+                     sizeof(ANSWER) - 1);
     close(fd);
     env_close(&e);
 }
 
-/* Two connections answered without an event: the run waits again until
- * the wakeup; both answers are out and nothing else is reported. */
-static void test_canned_two_then_sleep(void **state)
+/* Two connections answered without an event in one run: both answers
+ * are out and nothing is reported. */
+static void test_canned_two_no_events(void **state)
 {
     static unsigned char buf[65536];
     static struct batch b;
     struct pe_loop_config cfg;
     char got[sizeof(ANSWER)];
     struct env e;
-    pthread_t t;
     pe_handle h[2];
-    int fd[2], n;
+    int fd[2], n, answered = 0;
 
     b.buf = buf;
     b.len = sizeof(buf);
@@ -2066,12 +2068,14 @@ static void test_canned_two_then_sleep(void **state)
     for (int i = 0; i < 2; i++)
         assert_int_equal(send(fd[i], ASK, sizeof(ASK) - 1, 0),
                          sizeof(ASK) - 1);
-    assert_int_equal(pthread_create(&t, NULL, wake_later, e.l), 0);
-    n = pump_into(&e, &b, -1, NULL, NULL);
-    pthread_join(t, NULL);
-    assert_int_equal(n, 1);
-    assert_int_equal(e.ev[e.nev - 1].kind, PE_EV_WAKEUP);
-    assert_int_equal(stats(&e).canned, 2);
+    /* Loopback has both asks in place already; a backend may still hand
+     * them over in two runs, each with no events. */
+    for (int tries = 0; tries < 50 && answered < 2; tries++) {
+        n = pump_into(&e, &b, 100, NULL, NULL);
+        assert_int_equal(n, 0);
+        answered = (int)stats(&e).canned;
+    }
+    assert_int_equal(answered, 2);
     for (int i = 0; i < 2; i++) {
         assert_int_equal(recv_wait(fd[i], got, sizeof(got), 1000),
                          sizeof(ANSWER) - 1);
@@ -2125,8 +2129,8 @@ int main(void)
         T(test_canned),
         T(test_canned_refusals),
         T(test_canned_after_shutdown),
-        T(test_canned_waits_again),
-        T(test_canned_two_then_sleep),
+        T(test_canned_returns_no_events),
+        T(test_canned_two_no_events),
     };
     const struct CMUnitTest once[] = { T(test_config) };
     int failed = run_per_mode("", per_mode,
