@@ -222,6 +222,15 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
     (sockets beyond it get the stdlib's transports); ``batch`` is the most
     events one wait hands out."""
 
+    # The state the iteration and call_soon read per call, stdlib's and
+    # ours, in slots (beside the instance dict the stdlib's classes give):
+    # aio_iter.c reads them through their member descriptors, not by a
+    # lookup in a dict of some 40 keys each time, and stdlib code that
+    # sets them (loop._debug = True, stop()'s _stopping) still does.
+    __slots__ = ("_debug", "_closed", "_stopping", "_ready", "_scheduled",
+                 "_clock_resolution", "_timer_cancelled_count", "_sb", "_p",
+                 "_rest", "_later")
+
     def __init__(self, *, backend: Optional[str] = None,
                  trigger: Optional[str] = None,
                  max_connections: int = 65536, batch: int = 512) -> None:

@@ -419,3 +419,78 @@ def test_two_loops_in_turn_keep_their_own_state():
     finally:
         a.close()
         b.close()
+
+
+def test_loop_state_written_as_the_stdlib_does_takes_effect():
+    """_debug, _closed, _stopping, _ready and _scheduled are EventLoop slots
+    the C iteration reads directly: plain attribute writes (as stdlib code
+    and tests make them) must be what it sees."""
+    def scenario(loop):
+        seen = []
+        loop._debug = True              # set_debug's write, done by hand
+        h = loop.call_soon(seen.append, "debug")
+        debug_tb = h._source_traceback is not None
+        loop._debug = False
+        loop.call_soon(seen.append, "plain")
+        loop._stopping = True           # stop()'s write: one iteration
+        loop.run_forever()
+        closed = []
+        loop._closed = True
+        try:
+            loop.call_soon(seen.append, "closed")
+        except RuntimeError as exc:
+            closed.append(str(exc))
+        loop._closed = False
+        # A new ready queue and timer heap, as _prune_timers's rebuild.
+        loop._ready = type(loop._ready)()
+        loop._scheduled = []
+        loop.call_soon(seen.append, "new ready")
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        return seen, debug_tb, closed, "_debug" in vars(loop)
+    std, ours = on_both(scenario)
+    assert ours[:3] == std[:3]
+    assert ours[0] == ["debug", "plain", "new ready"]
+    assert ours[1] is True and ours[2] == ["Event loop is closed"]
+    assert ours[3] is False             # a slot, not in the instance dict
+
+
+def test_a_subclass_redefining_loop_state_is_read_through_it():
+    """A subclass whose _debug is its own (here a property) is read by
+    getattr, not through EventLoop's slot."""
+    class Loud(EventLoop):
+        reads = 0
+
+        @property
+        def _debug(self):
+            Loud.reads += 1
+            return False
+
+        @_debug.setter
+        def _debug(self, value):
+            pass
+    loop = Loud()
+    try:
+        seen = []
+        before = Loud.reads
+        loop.call_soon(seen.append, 1)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert seen == [1]
+        assert loop.get_debug() is False
+        assert Loud.reads - before >= 4     # call_soon x2, iteration, get_debug
+    finally:
+        loop.close()
+
+
+def test_an_unset_loop_slot_raises_attribute_error():
+    loop = EventLoop()
+    try:
+        del loop._debug
+        with pytest.raises(AttributeError):
+            loop.get_debug()
+        with pytest.raises(AttributeError):
+            loop.call_soon(print)
+        loop._debug = False
+    finally:
+        loop.close()
