@@ -494,3 +494,25 @@ def test_an_unset_loop_slot_raises_attribute_error():
         loop._debug = False
     finally:
         loop.close()
+
+
+def test_a_serving_loop_keeps_at_most_30_instance_attributes():
+    """CPython 3.11+ keeps an instance's attributes inline (cheaper
+    lookups and misses) up to 30 of them; EventLoop's slots hold the rest.
+    A loop that served a connection must still be within that."""
+    async def serve():
+        server = await asyncio.start_server(
+            lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        await r.read()
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+    loop = EventLoop()
+    try:
+        loop.run_until_complete(serve())
+        assert len(vars(loop)) <= 30, sorted(vars(loop))
+    finally:
+        loop.close()
