@@ -108,7 +108,8 @@ def _load_speedups() -> Any:
     _speedups.iter_init(
         asyncio.Handle, contextvars.Context, contextvars.copy_context,
         heapq.heappop, _report_handle_failure, _MIN_SCHEDULED,
-        _MIN_CANCELLED_FRACTION, _MAX_SELECT_TIMEOUT, futures.Future)
+        _MIN_CANCELLED_FRACTION, _MAX_SELECT_TIMEOUT, futures.Future,
+        asyncio.TimerHandle)
     return _speedups
 
 

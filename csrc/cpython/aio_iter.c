@@ -72,6 +72,30 @@ static PyObject *hget(PyObject *h, int f)
     return PyObject_GetAttr(h, *field_name[f]);
 }
 
+/* asyncio.TimerHandle's `_when` slot: its member descriptor and that
+ * one's get function (NULL: getattr), read per iteration while a timer is
+ * pending (aiohttp's keep-alive always is). */
+static PyTypeObject *timer_type;
+static PyObject *when_descr;
+static descrgetfunc when_get;
+
+/* A timer's _when as a double: -1.0 with an exception on failure. */
+static double timer_when(PyObject *t)
+{
+    PyObject *v;
+    double d;
+
+    if (when_get && Py_TYPE(t) == timer_type)
+        v = when_get(when_descr, t, (PyObject *)timer_type);
+    else
+        v = PyObject_GetAttr(t, s_when);
+    if (!v)
+        return -1.0;
+    d = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return d;
+}
+
 static Py_ssize_t min_scheduled;
 static double min_cancelled_fraction, max_select_timeout;
 
@@ -86,18 +110,6 @@ static int attr_true(PyObject *o, PyObject *name)
     r = PyObject_IsTrue(v);
     Py_DECREF(v);
     return r;
-}
-
-static double attr_double(PyObject *o, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(o, name);
-    double d;
-
-    if (!v)
-        return -1.0;
-    d = PyFloat_AsDouble(v);
-    Py_DECREF(v);
-    return d;
 }
 
 /* The loop's own state (_debug, _ready, ...): EventLoop's __slots__
@@ -382,7 +394,7 @@ fail:
 static PyObject *run_once(PyObject *loop, PyObject *unused)
 {
     PyObject *scheduled = NULL, *ready = NULL, *timeout = NULL, *events;
-    PyObject *append = NULL, *h;
+    PyObject *h;
     Py_ssize_t n, todo, i;
     int t;
 
@@ -419,7 +431,7 @@ static PyObject *run_once(PyObject *loop, PyObject *unused)
         double when, now;
 
         Py_INCREF(head);
-        when = attr_double(head, s_when);
+        when = timer_when(head);
         Py_DECREF(head);
         if (when == -1.0 && PyErr_Occurred())
             goto fail;
@@ -458,15 +470,12 @@ static PyObject *run_once(PyObject *loop, PyObject *unused)
         if (res == -1.0 && PyErr_Occurred())
             goto fail;
         end += res;
-        append = PyObject_GetAttr(ready, s_append);
-        if (!append)
-            goto fail;
         while (PyList_Size(scheduled) > 0) {
             PyObject *head = PyList_GetItem(scheduled, 0);
             double when;
 
             Py_INCREF(head);
-            when = attr_double(head, s_when);
+            when = timer_when(head);
             Py_DECREF(head);
             if (when == -1.0 && PyErr_Occurred())
                 goto fail;
@@ -476,7 +485,8 @@ static PyObject *run_once(PyObject *loop, PyObject *unused)
             if (!h)
                 goto fail;
             if (PyObject_SetAttr(h, s_scheduled_flag, Py_False) < 0 ||
-                call_drop(PyObject_CallFunctionObjArgs(append, h, NULL)) < 0) {
+                call_drop(PyObject_CallMethodObjArgs(ready, s_append, h,
+                                                     NULL)) < 0) {
                 Py_DECREF(h);
                 goto fail;
             }
@@ -498,12 +508,10 @@ static PyObject *run_once(PyObject *loop, PyObject *unused)
         if (t < 0)
             goto fail;
     }
-    Py_XDECREF(append);
     Py_DECREF(ready);
     Py_DECREF(scheduled);
     Py_RETURN_NONE;
 fail:
-    Py_XDECREF(append);
     Py_XDECREF(timeout);
     Py_XDECREF(ready);
     Py_XDECREF(scheduled);
@@ -777,17 +785,17 @@ static void keep(PyObject **slot, PyObject *v)
 
 /* iter_init(Handle, Context, copy_context, heappop, report_failure,
  *           min_scheduled, min_cancelled_fraction, max_select_timeout,
- *           Future) */
+ *           Future[, TimerHandle]) */
 static PyObject *iter_init(PyObject *module, PyObject *args)
 {
-    PyObject *ht, *ct, *cc, *hp, *rf, *ft, *run;
+    PyObject *ht, *ct, *cc, *hp, *rf, *ft, *tt = NULL, *run;
     Py_ssize_t ms;
     double frac, mx;
     int i;
 
-    if (!PyArg_ParseTuple(args, "O!O!OOOnddO!", &PyType_Type, &ht,
+    if (!PyArg_ParseTuple(args, "O!O!OOOnddO!|O!", &PyType_Type, &ht,
                           &PyType_Type, &ct, &cc, &hp, &rf, &ms, &frac, &mx,
-                          &PyType_Type, &ft))
+                          &PyType_Type, &ft, &PyType_Type, &tt))
         return NULL;
     if (!(PyType_GetFlags((PyTypeObject *)ht) & Py_TPFLAGS_HEAPTYPE)) {
         PyErr_SetString(PyExc_TypeError, "iter_init: Handle must be a class");
@@ -825,6 +833,22 @@ static PyObject *iter_init(PyObject *module, PyObject *args)
     keep(&heappop, hp);
     keep(&report_failure, rf);
     keep(&future_type, ft);
+    when_get = NULL;            /* getattr unless TimerHandle's is known */
+    if (tt) {
+        PyObject *descr = PyObject_GetAttr(tt, s_when);
+        descrgetfunc g;
+
+        if (!descr)
+            return NULL;
+        g = Py_TYPE(descr) == Py_TYPE(field_descr[F_CONTEXT])
+            ? (descrgetfunc)PyType_GetSlot(Py_TYPE(descr), Py_tp_descr_get)
+            : NULL;
+        PyErr_Clear();          /* 3.9: no slots of a static type */
+        keep(&when_descr, descr);
+        Py_DECREF(descr);
+        keep((PyObject **)&timer_type, tt);
+        when_get = g;
+    }
     min_scheduled = ms;
     min_cancelled_fraction = frac;
     max_select_timeout = mx;
@@ -834,7 +858,8 @@ static PyObject *iter_init(PyObject *module, PyObject *args)
 static PyMethodDef iter_functions[] = {
     {"iter_init", iter_init, METH_VARARGS,
      "iter_init(Handle, Context, copy_context, heappop, report_failure, "
-     "min_scheduled, min_cancelled_fraction, max_select_timeout, Future)"},
+     "min_scheduled, min_cancelled_fraction, max_select_timeout, Future"
+     "[, TimerHandle])"},
     {"iter_methods", iter_methods, METH_O,
      "iter_methods(cls) -> (_run_once, call_soon, create_future, get_debug) "
      "in C, as methods of cls"},

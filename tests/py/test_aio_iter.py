@@ -516,3 +516,34 @@ def test_a_serving_loop_keeps_at_most_30_instance_attributes():
         assert len(vars(loop)) <= 30, sorted(vars(loop))
     finally:
         loop.close()
+
+
+def test_timers_of_a_timerhandle_subclass_fire_in_order():
+    """The C iteration reads TimerHandle's _when through its slot; a heap
+    entry of another type (here a subclass whose _when is a property) is
+    read by getattr and still orders the heap as on the stdlib's loop."""
+    import heapq
+
+    class Shifted(asyncio.TimerHandle):
+        __slots__ = ("_shift",)
+
+        @property
+        def _when(self):
+            return self._shift
+
+        @_when.setter
+        def _when(self, value):
+            self._shift = value
+
+    def scenario(loop):
+        seen = []
+        t0 = loop.time()
+        loop.call_at(t0 + 0.03, seen.append, "plain")
+        h = Shifted(t0 + 0.01, seen.append, ("shifted",), loop)
+        h._scheduled = True
+        heapq.heappush(loop._scheduled, h)
+        loop.call_at(t0 + 0.05, loop.stop)
+        loop.run_forever()
+        return seen
+    std, ours = on_both(scenario)
+    assert ours == std == ["shifted", "plain"]
