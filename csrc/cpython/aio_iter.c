@@ -35,6 +35,7 @@ static PyObject *s_debug, *s_closed, *s_ready, *s_scheduled, *s_stopping,
     *s_scheduled_flag, *s_kw_context, *s_cancelled_count;
 
 static PyObject *empty_tuple;
+static PyObject *kw_context_seen;       /* a str equal to "context" */
 static PyObject *future_type;           /* asyncio.Future (create_future) */
 static PyObject *s_loop_kw, *s_closing, *s_create_future_py;
 /* CTransport's `_closing` slot: its member descriptor and that one's
@@ -238,7 +239,15 @@ static int prune_timers(PyObject *loop, PyObject *scheduled, Py_ssize_t n)
     if (!head)
         return -1;
     Py_INCREF(head);
-    cancelled = attr_true(head, s_cancelled);
+    if (Py_TYPE(head) == timer_type || Py_TYPE(head) == handle_type) {
+        /* Handle's own slot (TimerHandle leaves it alone). */
+        PyObject *v = hget(head, F_CANCELLED);
+
+        cancelled = v ? PyObject_IsTrue(v) : -1;
+        Py_XDECREF(v);
+    } else {
+        cancelled = attr_true(head, s_cancelled);
+    }
     Py_DECREF(head);
     if (cancelled < 0)
         return -1;
@@ -537,12 +546,16 @@ static PyObject *call_soon(PyObject *loop, PyObject *const *args,
     if (nkw == 1) {
         PyObject *k = PyTuple_GetItem(kwnames, 0);
 
-        t = k == s_kw_context ? 1
+        /* _asyncio's "context" is not our interned string: the last
+         * key object found equal is remembered, not compared again. */
+        t = k == s_kw_context || k == kw_context_seen ? 1
             : PyObject_RichCompareBool(k, s_kw_context, Py_EQ);
         if (t < 0)
             return NULL;
         if (!t)
             goto python;
+        if (k != kw_context_seen && PyUnicode_CheckExact(k))
+            keep(&kw_context_seen, k);
         ctx = args[nargs];
     }
     cb = args[0];
