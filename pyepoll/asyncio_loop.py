@@ -108,7 +108,8 @@ def _load_speedups() -> Any:
     _speedups.iter_init(
         asyncio.Handle, contextvars.Context, contextvars.copy_context,
         heapq.heappop, _report_handle_failure, _MIN_SCHEDULED,
-        _MIN_CANCELLED_FRACTION, _MAX_SELECT_TIMEOUT, futures.Future)
+        _MIN_CANCELLED_FRACTION, _MAX_SELECT_TIMEOUT, futures.Future,
+        asyncio.TimerHandle)
     return _speedups
 
 
@@ -221,6 +222,20 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
     as asyncio expects); ``max_connections`` bounds the C connection table
     (sockets beyond it get the stdlib's transports); ``batch`` is the most
     events one wait hands out."""
+
+    # The state the iteration and call_soon read per call, stdlib's and
+    # ours, in slots (beside the instance dict the stdlib's classes give):
+    # aio_iter.c reads them through their member descriptors, not by a
+    # lookup in a dict of some 40 keys each time, and stdlib code that
+    # sets them (loop._debug = True, stop()'s _stopping) still does.  With
+    # a few more here the dict keeps at most 30 keys, CPython 3.11+'s
+    # bound for an instance's attributes kept inline (its lookups, and the
+    # misses _asyncio's loop.call_soon/get_debug make before finding the
+    # method, cost less then).
+    __slots__ = ("_debug", "_closed", "_stopping", "_ready", "_scheduled",
+                 "_clock_resolution", "_timer_cancelled_count", "_sb", "_p",
+                 "_rest", "_later", "_conns", "_selector", "_task_factory",
+                 "_thread_id")
 
     def __init__(self, *, backend: Optional[str] = None,
                  trigger: Optional[str] = None,

@@ -35,6 +35,7 @@ static PyObject *s_debug, *s_closed, *s_ready, *s_scheduled, *s_stopping,
     *s_scheduled_flag, *s_kw_context, *s_cancelled_count;
 
 static PyObject *empty_tuple;
+static PyObject *kw_context_seen;       /* a str equal to "context" */
 static PyObject *future_type;           /* asyncio.Future (create_future) */
 static PyObject *s_loop_kw, *s_closing, *s_create_future_py;
 /* CTransport's `_closing` slot: its member descriptor and that one's
@@ -72,6 +73,30 @@ static PyObject *hget(PyObject *h, int f)
     return PyObject_GetAttr(h, *field_name[f]);
 }
 
+/* asyncio.TimerHandle's `_when` slot: its member descriptor and that
+ * one's get function (NULL: getattr), read per iteration while a timer is
+ * pending (aiohttp's keep-alive always is). */
+static PyTypeObject *timer_type;
+static PyObject *when_descr;
+static descrgetfunc when_get;
+
+/* A timer's _when as a double: -1.0 with an exception on failure. */
+static double timer_when(PyObject *t)
+{
+    PyObject *v;
+    double d;
+
+    if (when_get && Py_TYPE(t) == timer_type)
+        v = when_get(when_descr, t, (PyObject *)timer_type);
+    else
+        v = PyObject_GetAttr(t, s_when);
+    if (!v)
+        return -1.0;
+    d = PyFloat_AsDouble(v);
+    Py_DECREF(v);
+    return d;
+}
+
 static Py_ssize_t min_scheduled;
 static double min_cancelled_fraction, max_select_timeout;
 
@@ -88,22 +113,67 @@ static int attr_true(PyObject *o, PyObject *name)
     return r;
 }
 
-static double attr_double(PyObject *o, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(o, name);
-    double d;
+/* The loop's own state (_debug, _ready, ...): EventLoop's __slots__
+ * (asyncio_loop.py), read through their member descriptors' get function
+ * as getattr ends in for them, minus the lookups through EventLoop's long
+ * MRO.  A loop type that is not EventLoop or a subclass leaving these
+ * names alone, or a runtime without the slot functions (3.9), reads them
+ * by getattr. */
+enum { L_DEBUG, L_CLOSED, L_STOPPING, L_READY, L_SCHEDULED, L_CLOCK_RES,
+       L_CANCELLED_COUNT, L_SB, L_P, L_REST, L_LATER, NLFIELDS };
+static PyObject **const lfield_name[NLFIELDS] = {
+    &s_debug, &s_closed, &s_stopping, &s_ready, &s_scheduled, &s_clock_res,
+    &s_cancelled_count, &s_sb, &s_p, &s_rest, &s_later,
+};
+static PyTypeObject *loop_type;         /* EventLoop (iter_methods) */
+static PyObject *lfield_descr[NLFIELDS];
+static descrgetfunc lfield_get;         /* one for all: member_descriptor's */
+/* The subclass of EventLoop checked last and whether it left every one of
+ * these names to EventLoop's slots (a strong reference: no other type can
+ * reuse its address while it is remembered). */
+static PyTypeObject *checked_type;
+static int checked_plain;
 
-    if (!v)
-        return -1.0;
-    d = PyFloat_AsDouble(v);
-    Py_DECREF(v);
-    return d;
+static int same_slots(PyTypeObject *t)
+{
+    int i, ok = 1;
+
+    if (t == loop_type)
+        return lfield_get != NULL;
+    if (t == checked_type)
+        return checked_plain;
+    if (!lfield_get || !PyType_IsSubtype(t, loop_type))
+        ok = 0;
+    for (i = 0; ok && i < NLFIELDS; i++) {
+        /* On the class a member descriptor's get gives itself. */
+        PyObject *v = PyObject_GetAttr((PyObject *)t, *lfield_name[i]);
+
+        if (!v) {
+            PyErr_Clear();
+            ok = 0;
+        } else {
+            ok = v == lfield_descr[i];
+            Py_DECREF(v);
+        }
+    }
+    Py_INCREF(t);
+    Py_XDECREF(checked_type);
+    checked_type = t;
+    checked_plain = ok;
+    return ok;
 }
 
-static PyObject *lget(PyObject *d, PyObject *loop, PyObject *name);
+/* loop.<field f>: a new reference, or NULL with an exception (an unset
+ * slot: AttributeError, as getattr). */
+static PyObject *lget(PyObject *loop, int f)
+{
+    if (same_slots(Py_TYPE(loop)))
+        return lfield_get(lfield_descr[f], loop, (PyObject *)loop_type);
+    return PyObject_GetAttr(loop, *lfield_name[f]);
+}
 
 /* loop._ready: the Batch's, or looked up (a new reference). */
-static PyObject *lready(PyObject *d, PyObject *loop)
+static PyObject *lready(PyObject *loop)
 {
     PyObject *r = pe_py_loop_ready(loop);
 
@@ -111,29 +181,12 @@ static PyObject *lready(PyObject *d, PyObject *loop)
         Py_INCREF(r);
         return r;
     }
-    return lget(d, loop, s_ready);
+    return lget(loop, L_READY);
 }
 
-/* The loop's own attributes (_ready, _debug, ...) are read from its
- * instance dict d (one getattr of __dict__ per call instead of a full
- * attribute lookup through EventLoop's long MRO each); one not there is
- * looked up the usual way.  A new reference, or NULL with an exception. */
-static PyObject *lget(PyObject *d, PyObject *loop, PyObject *name)
+static int ltrue(PyObject *loop, int f)
 {
-    PyObject *v = d ? PyDict_GetItemWithError(d, name) : NULL;
-
-    if (v) {
-        Py_INCREF(v);
-        return v;
-    }
-    if (PyErr_Occurred())
-        return NULL;
-    return PyObject_GetAttr(loop, name);
-}
-
-static int ltrue(PyObject *d, PyObject *loop, PyObject *name)
-{
-    PyObject *v = lget(d, loop, name);
+    PyObject *v = lget(loop, f);
     int r;
 
     if (!v)
@@ -143,9 +196,9 @@ static int ltrue(PyObject *d, PyObject *loop, PyObject *name)
     return r;
 }
 
-static double ldouble(PyObject *d, PyObject *loop, PyObject *name)
+static double ldouble(PyObject *loop, int f)
 {
-    PyObject *v = lget(d, loop, name);
+    PyObject *v = lget(loop, f);
     double x;
 
     if (!v)
@@ -153,13 +206,6 @@ static double ldouble(PyObject *d, PyObject *loop, PyObject *name)
     x = PyFloat_AsDouble(v);
     Py_DECREF(v);
     return x;
-}
-
-/* loop.__dict__ (a new reference), or NULL without an exception when it
- * has none. */
-static PyObject *loop_dict(PyObject *loop)
-{
-    return pe_py_loop_dict(loop);
 }
 
 static double call_time(PyObject *loop)
@@ -185,7 +231,7 @@ static int call_drop(PyObject *r)
 /* The cancelled timers: when the heap's head is one, or when they are many
  * (the stdlib's thresholds), loop._prune_timers() does the stdlib's work.
  * 0, or -1 with an exception. */
-static int prune_timers(PyObject *loop, PyObject *d, PyObject *scheduled, Py_ssize_t n)
+static int prune_timers(PyObject *loop, PyObject *scheduled, Py_ssize_t n)
 {
     PyObject *head = PyList_GetItem(scheduled, 0);      /* borrowed */
     int cancelled;
@@ -193,12 +239,20 @@ static int prune_timers(PyObject *loop, PyObject *d, PyObject *scheduled, Py_ssi
     if (!head)
         return -1;
     Py_INCREF(head);
-    cancelled = attr_true(head, s_cancelled);
+    if (Py_TYPE(head) == timer_type || Py_TYPE(head) == handle_type) {
+        /* Handle's own slot (TimerHandle leaves it alone). */
+        PyObject *v = hget(head, F_CANCELLED);
+
+        cancelled = v ? PyObject_IsTrue(v) : -1;
+        Py_XDECREF(v);
+    } else {
+        cancelled = attr_true(head, s_cancelled);
+    }
     Py_DECREF(head);
     if (cancelled < 0)
         return -1;
     if (!cancelled && n > min_scheduled) {
-        PyObject *c = lget(d, loop, s_cancelled_count);
+        PyObject *c = lget(loop, L_CANCELLED_COUNT);
         double count;
 
         if (!c)
@@ -218,7 +272,7 @@ static int prune_timers(PyObject *loop, PyObject *d, PyObject *scheduled, Py_ssi
  * Batch.select, its rare results and the loop's odd states the Python
  * _select's.  A new reference to the fd events' list (possibly empty) or
  * Py_None; NULL with an exception. */
-static PyObject *loop_wait(PyObject *loop, PyObject *d, PyObject *timeout)
+static PyObject *loop_wait(PyObject *loop, PyObject *timeout)
 {
     PyObject *sb = NULL, *v, *r;
     int plain, known;
@@ -226,23 +280,23 @@ static PyObject *loop_wait(PyObject *loop, PyObject *d, PyObject *timeout)
     /* The loop that waited last, alive: its _sb and _p need no lookup. */
     known = pe_py_loop_known(loop);
     if (!known) {
-        sb = lget(d, loop, s_sb);
+        sb = lget(loop, L_SB);
         if (!sb)
             return NULL;
     }
     plain = known || sb != Py_None;
     if (plain && !known) {
-        v = lget(d, loop, s_p);
+        v = lget(loop, L_P);
         plain = v && v != Py_None;
         Py_XDECREF(v);
     }
     if (plain) {
-        v = lget(d, loop, s_rest);
+        v = lget(loop, L_REST);
         plain = v && v == Py_None;
         Py_XDECREF(v);
     }
     if (plain) {
-        v = lget(d, loop, s_later);
+        v = lget(loop, L_LATER);
         plain = v && v == Py_None;
         Py_XDECREF(v);
     }
@@ -346,18 +400,18 @@ fail:
 }
 
 /* EventLoop._run_once: the steps of _run_once_py (the stdlib's, in order). */
-static PyObject *run_once_in(PyObject *loop, PyObject *d)
+static PyObject *run_once(PyObject *loop, PyObject *unused)
 {
     PyObject *scheduled = NULL, *ready = NULL, *timeout = NULL, *events;
-    PyObject *popleft = NULL, *append = NULL, *h;
+    PyObject *h;
     Py_ssize_t n, todo, i;
     int t;
 
-    t = ltrue(d, loop, s_debug);
+    t = ltrue(loop, L_DEBUG);
     if (t)
         return t < 0 ? NULL
                      : PyObject_CallMethodObjArgs(loop, s_run_once_py, NULL);
-    scheduled = lget(d, loop, s_scheduled);
+    scheduled = lget(loop, L_SCHEDULED);
     if (!scheduled)
         return NULL;
     if (!PyList_CheckExact(scheduled)) {
@@ -366,17 +420,17 @@ static PyObject *run_once_in(PyObject *loop, PyObject *d)
     }
     n = PyList_Size(scheduled);
     if (n) {
-        if (prune_timers(loop, d, scheduled, n) < 0)
+        if (prune_timers(loop, scheduled, n) < 0)
             goto fail;
         Py_DECREF(scheduled);
-        scheduled = lget(d, loop, s_scheduled);    /* pruning renews it */
+        scheduled = lget(loop, L_SCHEDULED);    /* pruning renews it */
         if (!scheduled)
             goto fail;
     }
-    ready = lready(d, loop);
+    ready = lready(loop);
     if (!ready || (n = PyObject_Size(ready)) < 0)
         goto fail;
-    t = n ? 1 : ltrue(d, loop, s_stopping);
+    t = n ? 1 : ltrue(loop, L_STOPPING);
     if (t < 0)
         goto fail;
     if (t) {
@@ -386,7 +440,7 @@ static PyObject *run_once_in(PyObject *loop, PyObject *d)
         double when, now;
 
         Py_INCREF(head);
-        when = attr_double(head, s_when);
+        when = timer_when(head);
         Py_DECREF(head);
         if (when == -1.0 && PyErr_Occurred())
             goto fail;
@@ -405,7 +459,7 @@ static PyObject *run_once_in(PyObject *loop, PyObject *d)
     }
     if (!timeout)
         goto fail;
-    events = loop_wait(loop, d, timeout);
+    events = loop_wait(loop, timeout);
     Py_CLEAR(timeout);
     if (!events)
         goto fail;
@@ -421,19 +475,16 @@ static PyObject *run_once_in(PyObject *loop, PyObject *d)
 
         if (end == -1.0 && PyErr_Occurred())
             goto fail;
-        res = ldouble(d, loop, s_clock_res);
+        res = ldouble(loop, L_CLOCK_RES);
         if (res == -1.0 && PyErr_Occurred())
             goto fail;
         end += res;
-        append = PyObject_GetAttr(ready, s_append);
-        if (!append)
-            goto fail;
         while (PyList_Size(scheduled) > 0) {
             PyObject *head = PyList_GetItem(scheduled, 0);
             double when;
 
             Py_INCREF(head);
-            when = attr_double(head, s_when);
+            when = timer_when(head);
             Py_DECREF(head);
             if (when == -1.0 && PyErr_Occurred())
                 goto fail;
@@ -443,24 +494,22 @@ static PyObject *run_once_in(PyObject *loop, PyObject *d)
             if (!h)
                 goto fail;
             if (PyObject_SetAttr(h, s_scheduled_flag, Py_False) < 0 ||
-                call_drop(PyObject_CallFunctionObjArgs(append, h, NULL)) < 0) {
+                call_drop(PyObject_CallMethodObjArgs(ready, s_append, h,
+                                                     NULL)) < 0) {
                 Py_DECREF(h);
                 goto fail;
             }
             Py_DECREF(h);
         }
     }
-    /* Only the callbacks ready now; those they schedule run next time. */
+    /* Only the callbacks ready now; those they schedule run next time.
+     * popleft called as a method: no bound method made per iteration for
+     * the one or two callbacks a wakeup mostly has. */
     todo = PyObject_Size(ready);
     if (todo < 0)
         goto fail;
-    if (todo) {
-        popleft = PyObject_GetAttr(ready, s_popleft);
-        if (!popleft)
-            goto fail;
-    }
     for (i = 0; i < todo; i++) {
-        h = PyObject_CallObject(popleft, NULL);
+        h = PyObject_CallMethodObjArgs(ready, s_popleft, NULL);
         if (!h)
             goto fail;
         t = run_handle(h);
@@ -468,14 +517,10 @@ static PyObject *run_once_in(PyObject *loop, PyObject *d)
         if (t < 0)
             goto fail;
     }
-    Py_XDECREF(popleft);
-    Py_XDECREF(append);
     Py_DECREF(ready);
     Py_DECREF(scheduled);
     Py_RETURN_NONE;
 fail:
-    Py_XDECREF(popleft);
-    Py_XDECREF(append);
     Py_XDECREF(timeout);
     Py_XDECREF(ready);
     Py_XDECREF(scheduled);
@@ -489,9 +534,8 @@ fail:
  * (args[0..nargs), then the values of the keywords named in kwnames): a
  * Future's done callbacks come with context=, and a keyword dict per
  * call was a third of this call's cost. */
-static PyObject *call_soon_in(PyObject *loop, PyObject *d,
-                             PyObject *const *args, Py_ssize_t nargs,
-                             PyObject *kwnames)
+static PyObject *call_soon(PyObject *loop, PyObject *const *args,
+                           Py_ssize_t nargs, PyObject *kwnames)
 {
     PyObject *ctx = Py_None, *cb, *cbargs = NULL, *h = NULL, *ready;
     Py_ssize_t i, nkw = kwnames ? PyTuple_Size(kwnames) : 0;
@@ -502,19 +546,23 @@ static PyObject *call_soon_in(PyObject *loop, PyObject *d,
     if (nkw == 1) {
         PyObject *k = PyTuple_GetItem(kwnames, 0);
 
-        t = k == s_kw_context ? 1
+        /* _asyncio's "context" is not our interned string: the last
+         * key object found equal is remembered, not compared again. */
+        t = k == s_kw_context || k == kw_context_seen ? 1
             : PyObject_RichCompareBool(k, s_kw_context, Py_EQ);
         if (t < 0)
             return NULL;
         if (!t)
             goto python;
+        if (k != kw_context_seen && PyUnicode_CheckExact(k))
+            keep(&kw_context_seen, k);
         ctx = args[nargs];
     }
     cb = args[0];
     if (!PyCallable_Check(cb))
         goto python;
-    if ((t = ltrue(d, loop, s_debug)) != 0 ||
-        (t = ltrue(d, loop, s_closed)) != 0) {
+    if ((t = ltrue(loop, L_DEBUG)) != 0 ||
+        (t = ltrue(loop, L_CLOSED)) != 0) {
         if (t < 0)
             return NULL;
         goto python;
@@ -541,7 +589,7 @@ static PyObject *call_soon_in(PyObject *loop, PyObject *d,
         goto fail;
     Py_CLEAR(ctx);
     Py_CLEAR(cbargs);
-    ready = lready(d, loop);
+    ready = lready(loop);
     if (!ready)
         goto fail;
     t = call_drop(PyObject_CallMethodObjArgs(ready, s_append, h, NULL));
@@ -559,7 +607,7 @@ python:
         /* _call_soon_py(*args, **kwargs): rebuilt as a tuple and a dict. */
         PyObject *f = NULL, *a = NULL, *kw = NULL, *r = NULL;
 
-        f = lget(d, loop, s_call_soon_py);
+        f = PyObject_GetAttr(loop, s_call_soon_py);
         a = f ? PyTuple_New(nargs) : NULL;
         if (!a)
             goto pyfail;
@@ -585,32 +633,13 @@ pyfail:
     }
 }
 
-static PyObject *run_once(PyObject *loop, PyObject *unused)
-{
-    PyObject *d = loop_dict(loop), *r = run_once_in(loop, d);
-
-    Py_XDECREF(d);
-    return r;
-}
-
-static PyObject *call_soon(PyObject *loop, PyObject *const *args,
-                           Py_ssize_t nargs, PyObject *kwnames)
-{
-    PyObject *d = loop_dict(loop);
-    PyObject *r = call_soon_in(loop, d, args, nargs, kwnames);
-
-    Py_XDECREF(d);
-    return r;
-}
-
 /* EventLoop.create_future(): BaseEventLoop's `futures.Future(loop=self)`,
  * without its Python frame (every StreamReader read makes one). */
 static PyObject *create_future(PyObject *loop, PyObject *unused)
 {
-    PyObject *d = loop_dict(loop), *kw, *r;
-    int t = ltrue(d, loop, s_debug);
+    PyObject *kw, *r;
+    int t = ltrue(loop, L_DEBUG);
 
-    Py_XDECREF(d);
     if (t)      /* debug: the Future's source traceback shows this call */
         return t < 0 ? NULL
                      : PyObject_CallMethodObjArgs(loop, s_create_future_py,
@@ -634,10 +663,7 @@ static PyObject *create_future(PyObject *loop, PyObject *unused)
  * its Python frame (every Future's __init__ asks it). */
 static PyObject *get_debug(PyObject *loop, PyObject *unused)
 {
-    PyObject *d = loop_dict(loop), *r = lget(d, loop, s_debug);
-
-    Py_XDECREF(d);
-    return r;
+    return lget(loop, L_DEBUG);
 }
 
 /* CTransport.is_closing(): `return self._closing`, without a Python frame
@@ -674,6 +700,39 @@ static PyMethodDef is_closing_def = {
     "Return True if the transport is closing or closed."
 };
 
+/* cls's slots for the loop fields: their member descriptors when every
+ * one is one (Handle's _context tells the type), else none (getattr). */
+static int loop_slots(PyObject *cls)
+{
+    PyTypeObject *member_type = Py_TYPE(field_descr[F_CONTEXT]);
+    descrgetfunc g = NULL;
+    int i, all = 1;
+
+    lfield_get = NULL;          /* getattr until all are known */
+    Py_CLEAR(checked_type);
+    for (i = 0; i < NLFIELDS; i++) {
+        PyObject *descr = PyObject_GetAttr(cls, *lfield_name[i]);
+
+        if (!descr) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+                return -1;
+            PyErr_Clear();      /* no such slot: getattr */
+            all = 0;
+            continue;
+        }
+        all = all && Py_TYPE(descr) == member_type;
+        keep(&lfield_descr[i], descr);
+        Py_DECREF(descr);
+    }
+    if (all) {
+        g = (descrgetfunc)PyType_GetSlot(member_type, Py_tp_descr_get);
+        PyErr_Clear();          /* 3.9: no slots of a static type */
+    }
+    keep((PyObject **)&loop_type, cls);
+    lfield_get = g;
+    return 0;
+}
+
 /* iter_methods(cls) -> (_run_once, call_soon, create_future, get_debug)
  * as method descriptors of cls */
 static PyObject *iter_methods(PyObject *module, PyObject *cls)
@@ -688,6 +747,8 @@ static PyObject *iter_methods(PyObject *module, PyObject *cls)
         PyErr_SetString(PyExc_RuntimeError, "iter_init() was not called");
         return NULL;
     }
+    if (loop_slots(cls) < 0)
+        return NULL;
     a = PyDescr_NewMethod((PyTypeObject *)cls, &run_once_def);
     b = a ? PyDescr_NewMethod((PyTypeObject *)cls, &call_soon_def) : NULL;
     c = b ? PyDescr_NewMethod((PyTypeObject *)cls, &create_future_def) : NULL;
@@ -737,17 +798,17 @@ static void keep(PyObject **slot, PyObject *v)
 
 /* iter_init(Handle, Context, copy_context, heappop, report_failure,
  *           min_scheduled, min_cancelled_fraction, max_select_timeout,
- *           Future) */
+ *           Future[, TimerHandle]) */
 static PyObject *iter_init(PyObject *module, PyObject *args)
 {
-    PyObject *ht, *ct, *cc, *hp, *rf, *ft, *run;
+    PyObject *ht, *ct, *cc, *hp, *rf, *ft, *tt = NULL, *run;
     Py_ssize_t ms;
     double frac, mx;
     int i;
 
-    if (!PyArg_ParseTuple(args, "O!O!OOOnddO!", &PyType_Type, &ht,
+    if (!PyArg_ParseTuple(args, "O!O!OOOnddO!|O!", &PyType_Type, &ht,
                           &PyType_Type, &ct, &cc, &hp, &rf, &ms, &frac, &mx,
-                          &PyType_Type, &ft))
+                          &PyType_Type, &ft, &PyType_Type, &tt))
         return NULL;
     if (!(PyType_GetFlags((PyTypeObject *)ht) & Py_TPFLAGS_HEAPTYPE)) {
         PyErr_SetString(PyExc_TypeError, "iter_init: Handle must be a class");
@@ -785,6 +846,22 @@ static PyObject *iter_init(PyObject *module, PyObject *args)
     keep(&heappop, hp);
     keep(&report_failure, rf);
     keep(&future_type, ft);
+    when_get = NULL;            /* getattr unless TimerHandle's is known */
+    if (tt) {
+        PyObject *descr = PyObject_GetAttr(tt, s_when);
+        descrgetfunc g;
+
+        if (!descr)
+            return NULL;
+        g = Py_TYPE(descr) == Py_TYPE(field_descr[F_CONTEXT])
+            ? (descrgetfunc)PyType_GetSlot(Py_TYPE(descr), Py_tp_descr_get)
+            : NULL;
+        PyErr_Clear();          /* 3.9: no slots of a static type */
+        keep(&when_descr, descr);
+        Py_DECREF(descr);
+        keep((PyObject **)&timer_type, tt);
+        when_get = g;
+    }
     min_scheduled = ms;
     min_cancelled_fraction = frac;
     max_select_timeout = mx;
@@ -794,7 +871,8 @@ static PyObject *iter_init(PyObject *module, PyObject *args)
 static PyMethodDef iter_functions[] = {
     {"iter_init", iter_init, METH_VARARGS,
      "iter_init(Handle, Context, copy_context, heappop, report_failure, "
-     "min_scheduled, min_cancelled_fraction, max_select_timeout, Future)"},
+     "min_scheduled, min_cancelled_fraction, max_select_timeout, Future"
+     "[, TimerHandle])"},
     {"iter_methods", iter_methods, METH_O,
      "iter_methods(cls) -> (_run_once, call_soon, create_future, get_debug) "
      "in C, as methods of cls"},

@@ -68,7 +68,6 @@ typedef struct {
     /* bind(): what select() walks with (the loop, its _conns and _ready);
      * a cycle through the loop, which detach() breaks. */
     PyObject *loop, *conns, *ready;
-    PyObject *dict;             /* loop.__dict__ (pe_py_loop_dict) */
     PyObject *future_kw;        /* {"loop": loop} (pe_py_loop_future_kw) */
 } Batch;
 
@@ -130,7 +129,6 @@ static int batch_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(b->loop);
     Py_VISIT(b->conns);
     Py_VISIT(b->ready);
-    Py_VISIT(b->dict);
     Py_VISIT(b->future_kw);
     return 0;
 }
@@ -141,7 +139,6 @@ static int batch_clear(PyObject *self)
     Py_CLEAR(b->loop);
     Py_CLEAR(b->conns);
     Py_CLEAR(b->ready);
-    Py_CLEAR(b->dict);
     Py_CLEAR(b->future_kw);
     return 0;
 }
@@ -158,27 +155,17 @@ static void batch_dealloc(PyObject *self)
     Py_DECREF(tp);
 }
 
-/* bind(loop, conns, ready): what select() walks with; the loop's
- * __dict__ is kept too (an EventLoop's is never replaced). */
+/* bind(loop, conns, ready): what select() walks with. */
 static PyObject *batch_bind(PyObject *self, PyObject *args)
 {
     Batch *b = (Batch *)self;
-    PyObject *loop, *conns, *ready, *dict, *kw;
+    PyObject *loop, *conns, *ready, *kw;
 
     if (!PyArg_ParseTuple(args, "OO!O", &loop, &PyDict_Type, &conns, &ready))
         return NULL;
-    dict = PyObject_GetAttrString(loop, "__dict__");
-    if (!dict)
-        return NULL;
-    if (!PyDict_CheckExact(dict)) {
-        Py_DECREF(dict);
-        PyErr_SetString(PyExc_TypeError, "Batch.bind: the loop has no dict");
-        return NULL;
-    }
     kw = PyDict_New();
     if (!kw || PyDict_SetItemString(kw, "loop", loop) < 0) {
         Py_XDECREF(kw);
-        Py_DECREF(dict);
         return NULL;
     }
     batch_clear(self);
@@ -188,7 +175,6 @@ static PyObject *batch_bind(PyObject *self, PyObject *args)
     b->loop = loop;
     b->conns = conns;
     b->ready = ready;
-    b->dict = dict;
     b->future_kw = kw;
     current = b;
     Py_RETURN_NONE;
@@ -202,23 +188,6 @@ PyObject *pe_py_loop_ready(PyObject *loop)
 PyObject *pe_py_loop_future_kw(PyObject *loop)
 {
     return current && current->loop == loop ? current->future_kw : NULL;
-}
-
-PyObject *pe_py_loop_dict(PyObject *loop)
-{
-    PyObject *d;
-
-    if (current && current->loop == loop && current->dict) {
-        Py_INCREF(current->dict);
-        return current->dict;
-    }
-    d = PyObject_GetAttrString(loop, "__dict__");
-    if (!d || !PyDict_CheckExact(d)) {
-        PyErr_Clear();
-        Py_XDECREF(d);
-        return NULL;
-    }
-    return d;       /* another loop than the one that waited last */
 }
 
 static PyObject *batch_detach(PyObject *self, PyObject *unused)

@@ -35,11 +35,6 @@
  * exception to propagate (speedups.c). */
 int pe_py_report_raised(PyObject *func, PyObject *lead, PyObject *trail);
 
-/* loop.__dict__ (a new reference), or NULL without an exception when it
- * has none: the dict the Batch of the loop that waited last kept, else
- * the getattr (speedups.c). */
-PyObject *pe_py_loop_dict(PyObject *loop);
-
 /* Whether loop is the one that waited last (or was bound last) and its C
  * loop is live: then its _sb is that Batch and its _p is set, and
  * pe_py_loop_select(timeout) is its Batch.select(timeout) (speedups.c). */

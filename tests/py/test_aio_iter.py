@@ -419,3 +419,131 @@ def test_two_loops_in_turn_keep_their_own_state():
     finally:
         a.close()
         b.close()
+
+
+def test_loop_state_written_as_the_stdlib_does_takes_effect():
+    """_debug, _closed, _stopping, _ready and _scheduled are EventLoop slots
+    the C iteration reads directly: plain attribute writes (as stdlib code
+    and tests make them) must be what it sees."""
+    def scenario(loop):
+        seen = []
+        loop._debug = True              # set_debug's write, done by hand
+        h = loop.call_soon(seen.append, "debug")
+        debug_tb = h._source_traceback is not None
+        loop._debug = False
+        loop.call_soon(seen.append, "plain")
+        loop._stopping = True           # stop()'s write: one iteration
+        loop.run_forever()
+        closed = []
+        loop._closed = True
+        try:
+            loop.call_soon(seen.append, "closed")
+        except RuntimeError as exc:
+            closed.append(str(exc))
+        loop._closed = False
+        # A new ready queue and timer heap, as _prune_timers's rebuild.
+        loop._ready = type(loop._ready)()
+        loop._scheduled = []
+        loop.call_soon(seen.append, "new ready")
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        return seen, debug_tb, closed, "_debug" in vars(loop)
+    std, ours = on_both(scenario)
+    assert ours[:3] == std[:3]
+    assert ours[0] == ["debug", "plain", "new ready"]
+    assert ours[1] is True and ours[2] == ["Event loop is closed"]
+    assert ours[3] is False             # a slot, not in the instance dict
+
+
+def test_a_subclass_redefining_loop_state_is_read_through_it():
+    """A subclass whose _debug is its own (here a property) is read by
+    getattr, not through EventLoop's slot."""
+    class Loud(EventLoop):
+        reads = 0
+
+        @property
+        def _debug(self):
+            Loud.reads += 1
+            return False
+
+        @_debug.setter
+        def _debug(self, value):
+            pass
+    loop = Loud()
+    try:
+        seen = []
+        before = Loud.reads
+        loop.call_soon(seen.append, 1)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert seen == [1]
+        assert loop.get_debug() is False
+        assert Loud.reads - before >= 4     # call_soon x2, iteration, get_debug
+    finally:
+        loop.close()
+
+
+def test_an_unset_loop_slot_raises_attribute_error():
+    loop = EventLoop()
+    try:
+        del loop._debug
+        with pytest.raises(AttributeError):
+            loop.get_debug()
+        with pytest.raises(AttributeError):
+            loop.call_soon(print)
+        loop._debug = False
+    finally:
+        loop.close()
+
+
+def test_a_serving_loop_keeps_at_most_30_instance_attributes():
+    """CPython 3.11+ keeps an instance's attributes inline (cheaper
+    lookups and misses) up to 30 of them; EventLoop's slots hold the rest.
+    A loop that served a connection must still be within that."""
+    async def serve():
+        server = await asyncio.start_server(
+            lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        await r.read()
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+    loop = EventLoop()
+    try:
+        loop.run_until_complete(serve())
+        assert len(vars(loop)) <= 30, sorted(vars(loop))
+    finally:
+        loop.close()
+
+
+def test_timers_of_a_timerhandle_subclass_fire_in_order():
+    """The C iteration reads TimerHandle's _when through its slot; a heap
+    entry of another type (here a subclass whose _when is a property) is
+    read by getattr and still orders the heap as on the stdlib's loop."""
+    import heapq
+
+    class Shifted(asyncio.TimerHandle):
+        __slots__ = ("_shift",)
+
+        @property
+        def _when(self):
+            return self._shift
+
+        @_when.setter
+        def _when(self, value):
+            self._shift = value
+
+    def scenario(loop):
+        seen = []
+        t0 = loop.time()
+        loop.call_at(t0 + 0.03, seen.append, "plain")
+        h = Shifted(t0 + 0.01, seen.append, ("shifted",), loop)
+        h._scheduled = True
+        heapq.heappush(loop._scheduled, h)
+        loop.call_at(t0 + 0.05, loop.stop)
+        loop.run_forever()
+        return seen
+    std, ours = on_both(scenario)
+    assert ours == std == ["shifted", "plain"]

@@ -61,6 +61,20 @@ def test_time_is_the_monotonic_clock_and_follows_a_patched_one(monkeypatch):
         assert loop.time() == 1234.5
         monkeypatch.undo()
         assert loop.time() >= now
+        # base_events' `time` replaced by something not a module, and a
+        # module whose monotonic comes from its __getattr__.
+        from asyncio import base_events
+        monkeypatch.setattr(base_events, "time",
+                            types.SimpleNamespace(monotonic=lambda: 7.25))
+        assert loop.time() == 7.25
+        lazy = types.ModuleType("lazy_time")
+        lazy.__getattr__ = lambda name: (lambda: 8.5)
+        monkeypatch.setattr(base_events, "time", lazy)
+        assert loop.time() == 8.5
+        monkeypatch.undo()
+        # The real clock again, read as time.monotonic reads it.
+        a, b, c = time.monotonic(), loop.time(), time.monotonic()
+        assert a <= b <= c
     finally:
         loop.close()
 
