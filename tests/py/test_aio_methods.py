@@ -17,24 +17,13 @@ import pytest
 
 from pyepoll import asyncio_loop
 from pyepoll.asyncio_loop import CTransport, EventLoop
+from test_aio_iter import on_both
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("aio_path")]
 
 # The stdlib's create_task takes context= from 3.11 on.
 HAS_CONTEXT = sys.version_info >= (3, 11)
 VAR: contextvars.ContextVar = contextvars.ContextVar("VAR", default="unset")
-
-
-def on_both(scenario, ours=EventLoop):
-    """scenario(loop) on the stdlib's loop and on EventLoop: both results."""
-    out = []
-    for make in (asyncio.SelectorEventLoop, ours):
-        loop = make()
-        try:
-            out.append(scenario(loop))
-        finally:
-            loop.close()
-    return out
 
 
 async def answer(x):
