@@ -597,6 +597,26 @@ static int run_batch(LoopCalls *c, int necho, int ms)
     }
 }
 
+/* What wait_batch and wait_batch_echo do before their first run: the
+ * timeout converted (*ms, *t0) and the queued echoes taken into eq
+ * (*necho).  0; 1 when the Python method must do the call (a closed loop,
+ * more echoes than a batch holds); -1 with an exception. */
+static int batch_begin(LoopCalls *c, PyObject *timeout, int *ms, double *t0,
+                       int *necho)
+{
+    Py_ssize_t nq;
+
+    if (c->l == NULL || c->eq == NULL ||
+        (nq = PyObject_Size(c->echoq)) < 0 || nq > c->cap)
+        return PyErr_Occurred() ? -1 : 1;
+    if (timeout_ms(c, timeout, ms, t0) < 0)
+        return -1;
+    if (c->l == NULL)               /* the timeout's __index__ closed it */
+        return 1;
+    *necho = nq ? take_echoes(c, nq) : 0;
+    return *necho < 0 ? -1 : 0;
+}
+
 /* wait_batch(timeout=None): Loop.wait_batch. */
 static PyObject *lc_wait_batch(PyObject *self, PyObject *const *args,
                                Py_ssize_t nargs, PyObject *kwnames)
@@ -604,8 +624,7 @@ static PyObject *lc_wait_batch(PyObject *self, PyObject *const *args,
     LoopCalls *c = (LoopCalls *)self;
     PyObject *timeout = nargs > 0 ? args[0] : Py_None;
     double t0;
-    Py_ssize_t nq;
-    int ms, necho, n;
+    int ms, necho, n, rc;
 
     if (kwnames)
         return whole_python(c, PY_WAIT_BATCH, args, nargs, kwnames);
@@ -615,16 +634,11 @@ static PyObject *lc_wait_batch(PyObject *self, PyObject *const *args,
                      nargs);
         return NULL;
     }
-    if (c->l == NULL || c->eq == NULL ||
-        (nq = PyObject_Size(c->echoq)) < 0 || nq > c->cap)
+    if ((rc = batch_begin(c, timeout, &ms, &t0, &necho)) != 0) {
+        if (rc < 0)
+            return NULL;
         goto python;
-    if (timeout_ms(c, timeout, &ms, &t0) < 0)
-        return NULL;
-    if (c->l == NULL)               /* the timeout's __index__ closed it */
-        goto python;
-    necho = nq ? take_echoes(c, nq) : 0;
-    if (necho < 0)
-        return NULL;
+    }
     if ((n = run_batch(c, necho, ms)) == RUN_RAISED)
         return NULL;
     if (c->l == NULL || (n <= 0 && (n || ms)))
@@ -666,8 +680,7 @@ static PyObject *lc_wait_batch_echo(PyObject *self, PyObject *const *args,
     LoopCalls *c = (LoopCalls *)self;
     PyObject *timeout = nargs > 0 ? args[0] : Py_None;
     double t0;
-    Py_ssize_t nq;
-    int ms, ms0, necho, n, i;
+    int ms, ms0, necho, n, i, rc;
 
     if (kwnames)
         return whole_python(c, PY_WAIT_ECHO, args, nargs, kwnames);
@@ -677,17 +690,12 @@ static PyObject *lc_wait_batch_echo(PyObject *self, PyObject *const *args,
                      nargs);
         return NULL;
     }
-    if (c->l == NULL || c->eq == NULL ||
-        (nq = PyObject_Size(c->echoq)) < 0 || nq > c->cap)
+    if ((rc = batch_begin(c, timeout, &ms, &t0, &necho)) != 0) {
+        if (rc < 0)
+            return NULL;
         goto python;
-    if (timeout_ms(c, timeout, &ms, &t0) < 0)
-        return NULL;
-    if (c->l == NULL)               /* the timeout's __index__ closed it */
-        goto python;
+    }
     ms0 = ms;
-    necho = nq ? take_echoes(c, nq) : 0;
-    if (necho < 0)
-        return NULL;
     for (;;) {
         if ((n = run_batch(c, necho, ms)) == RUN_RAISED)
             return NULL;                /* the echoes went out */
