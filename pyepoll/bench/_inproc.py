@@ -26,7 +26,7 @@ import asyncio
 import sys
 from typing import Any, Optional
 
-from pyepoll.bench._serve import BODY
+from pyepoll.bench._serve import BODY, aiohttp_runner
 
 GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -94,15 +94,7 @@ class Driver:
 
 
 async def _setup(driver: Driver) -> Any:
-    from aiohttp import web
-
-    async def hello(request: "web.Request") -> "web.Response":
-        return web.Response(text=BODY.decode())
-
-    app = web.Application()
-    app.router.add_get("/", hello)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    runner = await aiohttp_runner()
     proto = runner.server()
     proto.connection_made(IdealTransport(asyncio.get_running_loop(), driver))
     await asyncio.sleep(0)              # the connection task now waits

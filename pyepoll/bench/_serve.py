@@ -31,7 +31,7 @@ import resource
 import signal
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List
 
 BODY = b"Hello, World!\n"
 BACKLOG = 4096
@@ -299,7 +299,9 @@ async def _uvicorn(port: int) -> None:
     await uvicorn.Server(config).serve()
 
 
-async def _aiohttp(port: int) -> None:
+async def aiohttp_runner() -> Any:
+    """aiohttp.web's hello app, set up and not yet serving: the bench's
+    server and the in-process floor (_inproc.py) run the same app."""
     from aiohttp import web
 
     async def hello(request: "web.Request") -> "web.Response":
@@ -309,6 +311,13 @@ async def _aiohttp(port: int) -> None:
     app.router.add_get("/", hello)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    return runner
+
+
+async def _aiohttp(port: int) -> None:
+    from aiohttp import web
+
+    runner = await aiohttp_runner()
     await web.TCPSite(runner, "127.0.0.1", port, backlog=BACKLOG).start()
     await asyncio.Future()
 
