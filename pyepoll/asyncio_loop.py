@@ -872,9 +872,22 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         self._listener_of.clear()
         p, self._p = self._p, None
         if self._sb is not None:
-            self._sb.detach()       # before the C loop is freed
+            self._sb.detach()       # before the C loop is torn down
         if p is not None:
-            ffi.release(p)          # closes the C connections it owns
+            # Closes the C connections it owns now; the struct itself goes
+            # with the last reference to p, so a call_soon_threadsafe in
+            # another thread that read self._p before this still wakes a
+            # dead loop (a no-op), never freed memory.
+            lib.pe_loop_teardown(p)
+
+    def _write_to_self(self) -> None:
+        # call_soon_threadsafe (and a Python signal handler's callback)
+        # wakes the wait through the C loop's eventfd: one write, none
+        # while a wakeup is pending, drained in C with no Python callback.
+        # The stdlib's self-pipe stays for signal.set_wakeup_fd.
+        p = self._p
+        if p is not None:
+            lib.pe_loop_wakeup(p)
 
 
 class CTransport(transports._FlowControlMixin,  # type: ignore[misc]

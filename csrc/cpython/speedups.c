@@ -549,6 +549,8 @@ static PyObject *walk(Batch *b, PyObject *loop, PyObject *conns,
                 goto fail;
             continue;
         }
+        if (e->kind == PE_EV_WAKEUP)
+            continue;           /* call_soon_threadsafe: the wait returned */
         if (e->kind == PE_EV_DATA) {
             PyObject *key, *t, *w;
             int rc;

@@ -266,7 +266,14 @@ int pe__loop_get_stats(pe_loop *l, struct pe_loop_stats *out)
 
 int pe_loop_wakeup(pe_loop *l)
 {
-    return pe__wakeup_signal(l->wake_w);
+    int rc;
+
+    if (atomic_exchange(&l->wake_pending, 1))
+        return 0;                       /* one is on its way already */
+    rc = pe__wakeup_signal(l->wake_w);
+    if (rc < 0)
+        atomic_store(&l->wake_pending, 0);  /* nothing is on its way */
+    return rc;
 }
 
 /* ---------------------------------------------------------------- timeouts */
@@ -337,6 +344,13 @@ static void dispatch(pe_loop *l, const struct pe_event *ev)
         return;
     if (v == PE_FD_WAKEUP) {
         pe__wakeup_drain(l->wake_r);
+        /* Cleared after the read, never before: a wakeup that skipped its
+         * write saw the flag set, so it came before this store, and the
+         * work it announced (queued before it called) is handled after
+         * this run returns; one after the store writes, and the next wait
+         * sees it.  Cleared before the read, a write landing between the
+         * two would be drained and leave the flag set over an empty fd. */
+        atomic_store(&l->wake_pending, 0);
         l->st.syscalls++;
         pe__loop_emit(l, PE_EV_WAKEUP, 0, 0);
     } else if (PE_FD_IS_FOREIGN(v)) {

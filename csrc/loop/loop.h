@@ -90,6 +90,10 @@ struct pe_loop {
     int reserve_fd;              /* spare descriptor for EMFILE */
 
     int wake_r, wake_w;
+    /* A wakeup is written and not yet drained: pe_loop_wakeup skips its
+     * write() then (a burst of call_soon_threadsafe costs one syscall, as
+     * libuv's uv_async_send does with its pending flag). */
+    atomic_int wake_pending;
 
     struct pe_event *evs;        /* poller output, reused */
     int nevs;

@@ -1096,6 +1096,102 @@ static void test_wakeup(void **state)
     env_close(&e);
 }
 
+/* Wakeups made while one is pending write nothing more: the descriptor
+ * holds one (a burst of call_soon_threadsafe is one syscall). */
+static void test_wakeup_coalesces(void **state)
+{
+    struct pe_loop_config cfg;
+    struct env e;
+    char buf[64];
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(pe_loop_wakeup(e.l), 0);
+    /* What the descriptor holds, read behind the loop's back: one eventfd
+     * count of 1, or one pipe byte.  Then put it back as it was. */
+#ifdef __linux__
+    uint64_t count = 0;
+
+    assert_int_equal(read(e.l->wake_r, &count, sizeof(count)), sizeof(count));
+    assert_int_equal(count, 1);
+#else
+    assert_int_equal(read(e.l->wake_r, buf, sizeof(buf)), 1);
+#endif
+    assert_int_equal(pe__wakeup_signal(e.l->wake_w), 0);
+    assert_int_equal(pump(&e, 1000), 1);
+    assert_int_equal(count_ev(&e, PE_EV_WAKEUP, 0), 1);
+    /* Drained: the next wakeup writes again and is seen. */
+    assert_int_equal(pe_loop_wakeup(e.l), 0);
+    assert_int_equal(pump(&e, 1000), 1);
+    assert_int_equal(count_ev(&e, PE_EV_WAKEUP, 0), 2);
+    assert_int_equal(pump(&e, 0), 0);
+    (void)buf;
+    env_close(&e);
+}
+
+/* Another thread queues work (a counter) and wakes the loop, many times
+ * over, while the loop waits, drains and takes the work: no wakeup is
+ * lost to the pending flag, whatever the interleaving. */
+struct wake_ping {
+    pe_loop *l;
+    atomic_int queued, handled, failed;
+    int rounds;
+};
+
+static void *wake_pinger(void *arg)
+{
+    struct wake_ping *w = arg;
+
+    for (int i = 1; i <= w->rounds; i++) {
+        uint64_t until = now_ms() + DEADLINE_MS;
+
+        atomic_store(&w->queued, i);
+        if (pe_loop_wakeup(w->l) != 0)
+            atomic_store(&w->failed, 1);
+        /* Three rounds in four go on at once: wakeups then also land while
+         * the loop is between its drain and its next wait. */
+        while (!(i & 3) && atomic_load(&w->handled) < i && !atomic_load(&w->failed))
+            if (now_ms() > until) {
+                atomic_store(&w->failed, 1);
+                break;
+            }
+        if (atomic_load(&w->failed))
+            break;
+    }
+    return NULL;
+}
+
+static void test_wakeup_never_lost(void **state)
+{
+    struct pe_loop_config cfg;
+    struct env e;
+    struct wake_ping w;
+    struct pe_loop_event ev[8];
+    pthread_t t;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    memset(&w, 0, sizeof(w));
+    w.l = e.l;
+    w.rounds = 20000;
+    assert_int_equal(pthread_create(&t, NULL, wake_pinger, &w), 0);
+    while (atomic_load(&w.handled) < w.rounds && !atomic_load(&w.failed)) {
+        int n = pe_loop_run(e.l, ev, 8, 2000);
+
+        assert_true(n >= 0 || n == -EINTR);
+        if (n == 0 && atomic_load(&w.queued) > atomic_load(&w.handled)) {
+            atomic_store(&w.failed, 1);     /* queued work and no wakeup */
+            break;
+        }
+        atomic_store(&w.handled, atomic_load(&w.queued));
+    }
+    pthread_join(t, NULL);
+    assert_int_equal(atomic_load(&w.failed), 0);
+    assert_int_equal(atomic_load(&w.handled), w.rounds);
+    env_close(&e);
+}
+
 /* ----------------------------------------------------------------- threads */
 
 struct blocked_run {
@@ -2110,6 +2206,8 @@ int main(void)
         T(test_pause_resume),
         T(test_pause_resume_small),
         T(test_wakeup),
+        T(test_wakeup_coalesces),
+        T(test_wakeup_never_lost),
         T(test_threads_busy),
         T(test_threads_teardown),
         T(test_stale_handle),

@@ -863,6 +863,72 @@ def test_timers_and_call_soon_threadsafe_wake_a_blocked_wait():
     assert lag < 1.0
 
 
+def test_call_soon_threadsafe_bursts_from_threads_all_run(aio_path):
+    # Four threads each queue 500 callbacks while the loop waits: every
+    # one runs, in each thread's order, though wakeups made while one is
+    # pending write nothing (the C loop's eventfd, not the self-pipe).
+    async def main():
+        loop = asyncio.get_running_loop()
+        # What the stdlib's self-pipe reader would hand on (signal
+        # numbers, or call_soon_threadsafe's zero bytes).
+        piped = []
+        loop._process_self_data = piped.append
+        got = {n: [] for n in range(4)}
+        done = loop.create_future()
+        left = [4 * 500]
+
+        def one(n, i):
+            got[n].append(i)
+            left[0] -= 1
+            if not left[0]:
+                done.set_result(None)
+
+        def burst(n):
+            for i in range(500):
+                loop.call_soon_threadsafe(one, n, i)
+
+        threads = [threading.Thread(target=burst, args=(n,))
+                   for n in range(4)]
+        for th in threads:
+            th.start()
+        await done
+        for th in threads:
+            th.join()
+        return got, piped
+
+    (got, piped), errors = run(main)
+    assert errors == []
+    assert piped == []              # the self-pipe carried none of it
+    assert all(got[n] == list(range(500)) for n in range(4))
+
+
+def test_call_soon_threadsafe_after_close_is_refused_not_a_crash():
+    # A thread that keeps calling while the loop closes gets the
+    # stdlib's RuntimeError once it is closed; the wakeup of a loop torn
+    # down meanwhile is a no-op.
+    loop = EventLoop()
+    stop = threading.Event()
+    seen = []
+
+    def keep_calling():
+        while not stop.is_set():
+            try:
+                loop.call_soon_threadsafe(lambda: None)
+            except RuntimeError as exc:
+                seen.append(str(exc))
+                return
+
+    th = threading.Thread(target=keep_calling)
+    th.start()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    loop.close()
+    th.join(LIMIT)
+    stop.set()
+    assert not th.is_alive()
+    assert seen == ["Event loop is closed"]
+    loop._write_to_self()           # closed: nothing to wake, no error
+
+
 def test_timeout_is_rounded_up_not_spun():
     # A timer 0.5 ms away: the wait rounds up to 1 ms instead of polling.
     async def main():
