@@ -97,7 +97,7 @@ class IdealTransport(asyncio.Transport):
         return default
 
     def close(self) -> None:
-        pass
+        self.is_closing = functools.partial(bool, True)
 
 
 def run_fake(n: int) -> None:
@@ -120,12 +120,13 @@ def run_fake(n: int) -> None:
         data_received(MSG)                  # as a loop's read would
         run_ready()                         # the Task: write, drain, read
     # The echo really ran: the last write was the message, and EOF ends
-    # the Task without an error.
-    written = transport.write.__self__
-    if list(written) != [MSG]:
-        raise AssertionError(f"the echo wrote {list(written)!r}, not the message")
+    # the Task without an error.  EOF first, so that a failed check leaves
+    # no pending Task behind (its __del__ would report to the loop).
+    written = list(transport.write.__self__)
     protocol.eof_received()
     run_ready()
+    if written != [MSG]:
+        raise AssertionError(f"the echo wrote {written!r}, not the message")
     if not tasks[0].done() or tasks[0].exception() is not None:
         raise AssertionError(f"the echo Task did not end cleanly: {tasks[0]!r}")
 
