@@ -34,7 +34,8 @@ from ._proc import (Run, ServerProc, Skip, cpu_delta, cpu_sample, disabled,
                     raise_nofile, rss_bytes, run_loadgen, run_wrk)
 from ._report import Section, Table, check_line
 from ._servers import (C_ECHO, FRAMEWORKS, Fleet, asyncio_servers, check_echo,
-                       running_loop, server_python_description)
+                       _env, _need_module, running_loop, server_python,
+                       server_python_description)
 
 FLAVOURS = ("Protocol", "BufferedProtocol", "streams")
 
@@ -55,6 +56,9 @@ def build() -> argparse.ArgumentParser:
     ap.add_argument("--idle", type=int, default=5000,
                     help="idle connections of the memory rows (default: "
                          "%(default)s; 0: none)")
+    ap.add_argument("--threadsafe", type=int, default=20000,
+                    help="round trips of the call_soon_threadsafe rows "
+                         "(default: %(default)s; 0: none)")
     return ap
 
 
@@ -70,6 +74,7 @@ def run(args: argparse.Namespace) -> Section:
         args.wrk_conns = min(args.wrk_conns, 8)
         args.profile_seconds = min(args.profile_seconds, 0.5)
         args.idle = min(args.idle, 200)
+        args.threadsafe = min(args.threadsafe, 2000)
     points = [(s, c) for s in args.sizes for c in args.conns]
     # HTTP: keep-alive GETs, one in flight per connection (size 0 marks it).
     http_points = [(0, c) for c in args.conns]
@@ -98,6 +103,9 @@ def run(args: argparse.Namespace) -> Section:
         fleet.stop()
     memory, mem_skipped = (idle_memory(specs, args) if args.idle > 0
                            else (Table("", "", []), {}))
+    wakeups, wake_skipped = (threadsafe_round_trips(args)
+                             if args.threadsafe > 0
+                             else (Table("", "", []), {}))
 
     sec = Section("asyncio", intro=_cli.standard_intro(args))
     sec.intro.append("every server first echoed 7 B and 200 KB byte-exact; "
@@ -148,6 +156,8 @@ def run(args: argparse.Namespace) -> Section:
     sec.tables += [cpu, user, thr, p99, hcpu, hthr, wcpu, wthr]
     if memory.points:
         sec.tables.append(memory)
+    if wakeups.rows:
+        sec.tables.append(wakeups)
     note = _cli.client_note(results)
     if note:
         sec.tables[0].notes.append(note)
@@ -163,11 +173,65 @@ def run(args: argparse.Namespace) -> Section:
             sec.summary.append(check_line(
                 f"pyepoll loop memory per idle connection vs uvloop ({col})",
                 r, 0.5, "<="))
+    if wakeups.rows:
+        col = wakeups.points[0]
+        r = wakeups.ratio("pyepoll loop", col)
+        sec.summary.append(
+            f"pyepoll loop call_soon_threadsafe round trip vs "
+            f"{wakeups.reference}: "
+            + (f"{r:.2f}x" if r is not None else "not measured"))
     sec.summary += shares
     sec.skipped = fleet.skip_notes() + [
         f"{n} (memory): {why}" for n, why in mem_skipped.items()
-        if n not in fleet.skipped]
+        if n not in fleet.skipped] + [
+        f"{n} (call_soon_threadsafe): {why}" for n, why in wake_skipped.items()]
     return sec
+
+
+# Rows of the call_soon_threadsafe table: name -> runtime of _threadsafe.py.
+THREADSAFE_ROWS = {"asyncio": "asyncio", "pyepoll loop": "pyepollaio",
+                   "uvloop": "uvloop"}
+
+
+def threadsafe_round_trips(args: argparse.Namespace
+                           ) -> Tuple[Table, Dict[str, str]]:
+    """Each loop in a fresh process per repeat (interleaved): a worker
+    thread answers each future the loop awaits with call_soon_threadsafe
+    (pyepoll/bench/_threadsafe.py).  Returns the table (process CPU per
+    round trip) and the rows skipped, with why."""
+    n = args.threadsafe
+    col = f"{n} round trips"
+    table = Table("asyncio call_soon_threadsafe round trip (a thread answers "
+                  "each awaited future)", "us user+sys", [col],
+                  reference="asyncio" if on_pypy() else "uvloop")
+    # "pyepoll loop Protocol" picks the "pyepoll loop" row too.
+    names = [r for r in THREADSAFE_ROWS if not args.servers
+             or r == table.reference
+             or any(w in r or r in w for w in args.servers)]
+    skipped: Dict[str, str] = {}
+    if "uvloop" in names:
+        try:
+            _need_module("uvloop")
+        except Skip as e:
+            skipped["uvloop"] = str(e)
+    for rep in range(args.repeats):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            if name in skipped:
+                continue
+            res = subprocess.run(
+                [server_python(), "-m", "pyepoll.bench._threadsafe",
+                 THREADSAFE_ROWS[name], str(n)], capture_output=True,
+                text=True, env=_env(), cwd="/", timeout=60 + n / 1000)
+            if res.returncode != 0:
+                last = (res.stderr.strip().splitlines() or ["failed"])[-1]
+                raise RuntimeError(f"{name}: call_soon_threadsafe run "
+                                   f"failed: {last}")
+            table.add(name, col, json.loads(res.stdout)["cpu_us"])
+    table.notes.append("CPU of the whole process (the loop's thread and the "
+                       "worker's) per round trip, as a finished "
+                       "run_in_executor job wakes its loop")
+    return table, skipped
 
 
 # -- the loop's share of a framework request ---------------------------------------

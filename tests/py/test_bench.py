@@ -510,6 +510,12 @@ def test_asyncio_smoke_frameworks_share_and_memory() -> None:
             if perf.group(1):
                 assert 95 <= sum(int(g) for g in perf.groups()) <= 105, perf.group(0)
     assert "pyepoll loop memory per idle connection vs uvloop (200 idle)" in out
+    wake = rows(out, "asyncio call_soon_threadsafe round trip")
+    # --servers picks pyepoll's row; uvloop's is the reference.
+    assert set(wake) == {"pyepoll loop", "uvloop"}, wake
+    assert re.search(r"\d\.\d\dx", wake["pyepoll loop"]), wake
+    assert re.search(r"pyepoll loop call_soon_threadsafe round trip vs uvloop: "
+                     r"\d+\.\d\dx", out), out
 
 
 @linux
@@ -528,3 +534,8 @@ def test_asyncio_smoke_skips_frameworks_that_are_absent() -> None:
     # Memory still measured on the loops that are here, without a ratio.
     mem = rows(out, "asyncio memory per idle connection")
     assert "n/a" not in mem["pyepoll loop Protocol"]
+    # So are the call_soon_threadsafe round trips.
+    assert "skipped: uvloop (call_soon_threadsafe): uvloop not installed" in out
+    wake = rows(out, "asyncio call_soon_threadsafe round trip")
+    assert set(wake) == {"pyepoll loop"}, wake
+    assert re.match(r"\d+\.\d", wake["pyepoll loop"]), wake
