@@ -111,7 +111,10 @@ def test_a_subclass_keeps_its_own_create_future_and_get_debug():
 def test_transport_is_closing_follows_close_and_the_peers_reset():
     async def scenario():
         loop = asyncio.get_running_loop()
-        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        # The server's side closes too: from 3.12 on, Server.wait_closed
+        # waits for its connections.
+        server = await asyncio.start_server(lambda r, w: w.close(),
+                                            "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         r, w = await asyncio.open_connection("127.0.0.1", port)
         t = w.transport
