@@ -22,6 +22,8 @@
  */
 #include "speedups.h"
 
+#include <structmember.h>
+
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -998,8 +1000,188 @@ static PyType_Spec lc_spec = {
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, lc_slots,
 };
 
+/* ---------------------------------------------------------------- HotMethod
+ *
+ * HotMethod(func): Loop's descriptor for wait, recv, send, ... (loop.py's
+ * _Hot, in C).  On the class it is func (its doc); on a Loop it is the
+ * bound method of that Loop's LoopCalls (loop._fast) of func's name, or
+ * func bound to the Loop where _fast is None.  The bound method is kept
+ * for the Loop it was made for, known by a weak reference whose callback
+ * drops it with the Loop: `loop.wait()` in a handler finds it in ~20
+ * instructions, where loop.py's _Hot ran a Python __get__ and made a new
+ * bound method each time (~1,650 instructions a lookup, three a round
+ * trip in the README's echo).
+ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *func;
+    PyObject *name;             /* func.__name__ */
+    PyObject *ref;              /* a weak reference to the Loop served last */
+    PyObject *bound;            /* its LoopCalls' method */
+    PyObject *forget;           /* ref's callback: this object's forget() */
+} HotMethod;
+
+static PyObject *fast_name;     /* "_fast", interned */
+
+static int hm_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    HotMethod *h = (HotMethod *)self;
+
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(h->func);
+    Py_VISIT(h->name);
+    Py_VISIT(h->ref);
+    Py_VISIT(h->bound);
+    Py_VISIT(h->forget);
+    return 0;
+}
+
+static int hm_clear(PyObject *self)
+{
+    HotMethod *h = (HotMethod *)self;
+
+    Py_CLEAR(h->func);
+    Py_CLEAR(h->name);
+    Py_CLEAR(h->ref);
+    Py_CLEAR(h->bound);
+    Py_CLEAR(h->forget);
+    return 0;
+}
+
+static void hm_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    hm_clear(self);
+    ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);
+    Py_DECREF(tp);
+}
+
+/* forget(ref): the Loop ref named is gone; so is its bound method. */
+static PyObject *hm_forget(PyObject *self, PyObject *ref)
+{
+    HotMethod *h = (HotMethod *)self;
+
+    if (ref == h->ref) {
+        PyObject *bound = h->bound;
+
+        h->bound = NULL;
+        Py_CLEAR(h->ref);
+        Py_XDECREF(bound);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef hm_forget_def = {
+    "forget", hm_forget, METH_O, "drop the method kept for a gone Loop",
+};
+
+static PyObject *hm_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    PyObject *func;
+    HotMethod *h;
+
+    if (kw && PyDict_Size(kw)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "HotMethod() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O", &func))
+        return NULL;
+    if (!PyCallable_Check(func)) {
+        PyErr_SetString(PyExc_TypeError, "HotMethod() needs a function");
+        return NULL;
+    }
+    if (!(h = (HotMethod *)PyType_GenericAlloc(type, 0)))
+        return NULL;
+    Py_INCREF(func);
+    h->func = func;
+    h->name = PyObject_GetAttrString(func, "__name__");
+    if (!h->name || !PyUnicode_Check(h->name) ||
+        !(h->forget = PyCFunction_New(&hm_forget_def, (PyObject *)h))) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "__name__ is not a str");
+        Py_DECREF(h);
+        return NULL;
+    }
+    return (PyObject *)h;
+}
+
+static PyObject *hm_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    HotMethod *h = (HotMethod *)self;
+    PyObject *fast, *bound, *ref, *old_ref, *old_bound;
+
+    if (obj == NULL || obj == Py_None) {
+        Py_INCREF(h->func);
+        return h->func;
+    }
+    if (h->ref && PyWeakref_GetObject(h->ref) == obj) {
+        Py_INCREF(h->bound);
+        return h->bound;
+    }
+    if (!(fast = PyObject_GetAttr(obj, fast_name)))
+        return NULL;
+    if (fast == Py_None) {              /* the Python methods */
+        Py_DECREF(fast);
+        return PyObject_CallMethod(h->func, "__get__", "OO", obj,
+                                   type ? type : Py_None);
+    }
+    bound = PyObject_GetAttr(fast, h->name);
+    Py_DECREF(fast);
+    if (!bound)
+        return NULL;
+    /* Kept only where the Loop takes weak references (a Loop does). */
+    if (!(ref = PyWeakref_NewRef(obj, h->forget))) {
+        PyErr_Clear();
+        return bound;
+    }
+    old_ref = h->ref;
+    old_bound = h->bound;
+    h->ref = ref;
+    Py_INCREF(bound);
+    h->bound = bound;
+    Py_XDECREF(old_ref);                /* its callback is not called */
+    Py_XDECREF(old_bound);
+    return bound;
+}
+
+static PyMemberDef hm_members[] = {
+    {"__func__", T_OBJECT, offsetof(HotMethod, func), READONLY,
+     "the Python method"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot hm_slots[] = {
+    {Py_tp_new, hm_new},
+    {Py_tp_dealloc, hm_dealloc},
+    {Py_tp_traverse, hm_traverse},
+    {Py_tp_clear, hm_clear},
+    {Py_tp_descr_get, hm_get},
+    {Py_tp_members, hm_members},
+    {Py_tp_doc, "HotMethod(func): a pyepoll.Loop method that is the Loop's "
+                "C one (LoopCalls) where it has one"},
+    {0, NULL},
+};
+
+static PyType_Spec hm_spec = {
+    "pyepoll._speedups.HotMethod", sizeof(HotMethod), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, hm_slots,
+};
+
 int pe_py_add_loop(PyObject *m)
 {
+    PyObject *hm;
+
+    if (!(fast_name = PyUnicode_InternFromString("_fast")))
+        return -1;
+    if (!(hm = PyType_FromSpec(&hm_spec)))
+        return -1;
+    if (PyModule_AddObject(m, "HotMethod", hm) < 0) {
+        Py_DECREF(hm);
+        return -1;
+    }
     loop_calls_type = (PyTypeObject *)PyType_FromSpec(&lc_spec);
     if (!loop_calls_type)
         return -1;

@@ -1802,6 +1802,73 @@ def test_c_calls_in_use(loop_path):
         loop.close()
 
 
+_HOT = ("wait", "recv", "wait_batch", "wait_batch_echo", "send", "reply")
+
+
+def test_method_lookup_per_loop(loop_path):
+    # `loop.wait` is that loop's method whichever loop was looked up last
+    # (the C descriptor keeps the last one's), and the class gives the
+    # Python function with its doc.
+    a, b = Loop(), Loop()
+    try:
+        for _ in range(2):
+            for loop in (a, b, b, a):
+                for name in _HOT:
+                    m = getattr(loop, name)
+                    if loop_path == "c":
+                        assert m.__self__ is loop._fast, name
+                    else:
+                        assert m.__self__ is loop, name
+                        assert m.__func__ is getattr(Loop, name), name
+        for name in _HOT:
+            assert callable(getattr(Loop, name)), name
+            assert getattr(Loop, name).__doc__, name
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.skipif(not hasattr(sys, "getrefcount"), reason="CPython refcounts")
+def test_method_lookup_keeps_nothing_of_a_dead_loop(loop_path):
+    # The kept method goes with its Loop: the Loop's C calls (and the C
+    # loop they keep alive) are freed with it, not at the next lookup.
+    loop = Loop()
+    fast = loop._fast
+    if fast is None:                    # the Python path keeps nothing
+        assert loop.wait.__self__ is loop
+        loop.close()
+        return
+    base = sys.getrefcount(fast)
+    for name in _HOT:
+        getattr(loop, name)
+    assert sys.getrefcount(fast) - base == len(_HOT)    # one kept each
+    loop.close()
+    del loop
+    # Only `fast` here (and getrefcount's argument) are left, at once.
+    assert sys.getrefcount(fast) == base - 1
+
+
+def test_hot_method_arguments():
+    hot = getattr(pyepoll.loop._sp, "HotMethod", None)
+    if hot is None:
+        pytest.skip("no pyepoll._speedups (PyPy or PYEPOLL_SPEEDUPS=0)")
+    with pytest.raises(TypeError):
+        hot()
+    with pytest.raises(TypeError):
+        hot(1)
+    with pytest.raises(TypeError):
+        hot(len, len)
+    with pytest.raises(TypeError):
+        hot(func=Loop.close)
+
+    class Plain:                        # no _fast: AttributeError, as _Hot
+        m = hot(lambda self: 1)
+
+    with pytest.raises(AttributeError):
+        Plain().m
+    assert Plain.m(None) == 1
+
+
 def test_calls_on_closed_loop_bound_before(loop_path):
     loop = Loop()
     loop.batch_view
