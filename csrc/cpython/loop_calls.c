@@ -22,6 +22,8 @@
  */
 #include "speedups.h"
 
+#include <structmember.h>
+
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -71,6 +73,16 @@ typedef struct {
      * round trip at one connection). */
     PyObject *last_obj;
     pe_handle last_h;
+    /* The list wait last returned, refilled by the next wait when this is
+     * its only reference (the caller dropped it: nobody can see it
+     * change), and the event tuple it last held with that event's values,
+     * returned again for the same event (a tuple cannot change).  A quiet
+     * server's wait then allocates nothing (~550 instructions a round
+     * trip at one connection, list and tuple made and freed). */
+    PyObject *wlist;
+    PyObject *last_ev;
+    uint64_t last_ev_kind, last_ev_arg;
+    pe_handle last_ev_h;
     run_batch_fn run_batch;
     send_fn send;
     reply_fn reply;
@@ -149,6 +161,8 @@ static int lc_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(c->loop_ref);
     Py_VISIT(c->echoq);
     Py_VISIT(c->owners);
+    Py_VISIT(c->wlist);
+    Py_VISIT(c->last_ev);
     for (i = 0; i < PY_N; i++)
         Py_VISIT(c->py[i]);
     return 0;
@@ -162,6 +176,8 @@ static int lc_clear(PyObject *self)
     c->l = NULL;
     c->eq = NULL;
     Py_CLEAR(c->last_obj);
+    Py_CLEAR(c->wlist);
+    Py_CLEAR(c->last_ev);
     Py_CLEAR(c->loop_ref);
     Py_CLEAR(c->echoq);
     Py_CLEAR(c->owners);
@@ -325,25 +341,120 @@ static PyObject *event_obj(LoopCalls *c, int n, uint64_t kind, pe_handle h,
     return t;
 }
 
-/* wait's n events as the list of (kind, handle, arg) it returns. */
-static PyObject *wait_list(LoopCalls *c, int n)
+/* A new reference to wait's tuple (kind, handle, arg) for event e: the
+ * one last made when e is that event again, else a new one, which
+ * becomes the kept one. */
+static PyObject *wait_event_obj(LoopCalls *c, const struct pe_loop_event *e)
 {
-    PyObject *list = PyList_New(n);
-    int i;
+    PyObject *t;
 
-    if (!list)
-        return NULL;
-    for (i = 0; i < n; i++) {
-        const struct pe_loop_event *e = &c->wev[i];
-        PyObject *t = event_obj(c, 3, e->kind, e->handle, e->arg, 0);
-
-        if (!t) {
-            Py_DECREF(list);
-            return NULL;
-        }
-        PyList_SetItem(list, i, t);             /* steals t */
+    if (c->last_ev && c->last_ev_kind == e->kind && c->last_ev_h ==
+        e->handle && c->last_ev_arg == e->arg) {
+        Py_INCREF(c->last_ev);
+        return c->last_ev;
     }
+    if (!(t = event_obj(c, 3, e->kind, e->handle, e->arg, 0)))
+        return NULL;
+    Py_INCREF(t);
+    Py_XDECREF(c->last_ev);             /* a tuple of ints: no __del__ */
+    c->last_ev = t;
+    c->last_ev_kind = e->kind;
+    c->last_ev_h = e->handle;
+    c->last_ev_arg = e->arg;
+    return t;
+}
+
+/* Whether o is a tuple of exact ints, as wait makes them: dropping it
+ * runs no Python code. */
+static int int_tuple(PyObject *o)
+{
+    Py_ssize_t i, n;
+
+    if (!PyTuple_CheckExact(o))
+        return 0;
+    n = PyTuple_Size(o);
+    for (i = 0; i < n; i++)
+        if (!PyLong_CheckExact(PyTuple_GetItem(o, i)))
+            return 0;
+    return 1;
+}
+
+/* The list wait returned last, taken out of c, when nobody else holds
+ * it (else NULL), for wait_list to refill.  Taken before the run, as
+ * whatever the caller put in it is dropped here: a __del__ that calls
+ * wait must neither get this list nor run between the run and the
+ * events it left in c->wev being read.  -1 with an exception. */
+static int take_wlist(LoopCalls *c, PyObject **out)
+{
+    PyObject *list = c->wlist;
+    Py_ssize_t i, n;
+
+    *out = NULL;
+    if (!list || Py_REFCNT(list) != 1)
+        return 0;
+    c->wlist = NULL;
+    n = PyList_Size(list);
+    for (i = 0; i < n; i++) {
+        PyObject *t = PyList_GetItem(list, i);
+
+        if (t != c->last_ev && !int_tuple(t)) {
+            if (PyList_SetSlice(list, 0, n, NULL) < 0) {
+                Py_DECREF(list);
+                return -1;
+            }
+            break;
+        }
+    }
+    *out = list;
+    return 0;
+}
+
+/* A list take_wlist took that wait does not return: kept again (its
+ * items are wait's tuples, dropping it runs no Python code). */
+static void keep_wlist(LoopCalls *c, PyObject *list)
+{
+    if (list && !c->wlist)
+        c->wlist = list;
+    else
+        Py_XDECREF(list);
+}
+
+/* wait's n events as the list of (kind, handle, arg) it returns: list
+ * (take_wlist's), resized, or if NULL a new one; kept for the next wait. */
+static PyObject *wait_list(LoopCalls *c, int n, PyObject *list)
+{
+    Py_ssize_t have = n, i;
+
+    if (list) {
+        have = PyList_Size(list);
+        if (have > n && PyList_SetSlice(list, n, have, NULL) < 0)
+            goto fail;
+    } else if (!(list = PyList_New(n))) {
+        return NULL;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *t = wait_event_obj(c, &c->wev[i]);
+
+        if (!t)
+            goto fail;
+        if (i >= have) {
+            if (PyList_Append(list, t) < 0) {
+                Py_DECREF(t);
+                goto fail;
+            }
+            Py_DECREF(t);
+        } else if (PyList_GetItem(list, i) == t) {
+            Py_DECREF(t);               /* already there */
+        } else {
+            PyList_SetItem(list, i, t); /* steals t, drops the old item */
+        }
+    }
+    Py_INCREF(list);
+    keep_wlist(c, list);
     return list;
+fail:
+    Py_DECREF(list);
+    return NULL;
 }
 
 /* The handle in h as the uint64 value the core takes; the int wait last
@@ -482,6 +593,7 @@ static PyObject *lc_wait(PyObject *self, PyObject *const *args,
                          Py_ssize_t nargs, PyObject *kwnames)
 {
     LoopCalls *c = (LoopCalls *)self;
+    PyObject *list;
     double t0;
     Py_ssize_t nq;
     pe_loop *l;
@@ -491,10 +603,13 @@ static PyObject *lc_wait(PyObject *self, PyObject *const *args,
         (nq = PyObject_Size(c->echoq)) != 0)    /* echoes go out first */
         return PyErr_Occurred() ? NULL
                : whole_python(c, PY_WAIT, args, nargs, kwnames);
-    if (timeout_ms(c, nargs ? args[0] : Py_None, &ms, &t0) < 0)
+    if (timeout_ms(c, nargs ? args[0] : Py_None, &ms, &t0) < 0 ||
+        take_wlist(c, &list) < 0)
         return NULL;
-    if ((l = c->l) == NULL)         /* the timeout's __index__ closed it */
+    if ((l = c->l) == NULL) {       /* the timeout's __index__ closed it */
+        keep_wlist(c, list);
         return whole_python(c, PY_WAIT, args, nargs, kwnames);
+    }
     if (ms == 0) {
         n = c->run(l, c->wev, c->wcap, 0);
     } else {
@@ -508,9 +623,11 @@ static PyObject *lc_wait(PyObject *self, PyObject *const *args,
         n = c->run(l, c->wev, c->wcap, ms);
         Py_END_ALLOW_THREADS
     }
-    if (c->l == NULL || (n <= 0 && (n || ms)))
+    if (c->l == NULL || (n <= 0 && (n || ms))) {
+        keep_wlist(c, list);
         return wait_tail(c, PY_WAIT_TAIL, n, ms, t0);
-    return wait_list(c, n);
+    }
+    return wait_list(c, n, list);
 }
 
 /* recv(h, max=-1): Loop.recv, the GIL held (a copy out of the ring). */
@@ -883,8 +1000,188 @@ static PyType_Spec lc_spec = {
     Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, lc_slots,
 };
 
+/* ---------------------------------------------------------------- HotMethod
+ *
+ * HotMethod(func): Loop's descriptor for wait, recv, send, ... (loop.py's
+ * _Hot, in C).  On the class it is func (its doc); on a Loop it is the
+ * bound method of that Loop's LoopCalls (loop._fast) of func's name, or
+ * func bound to the Loop where _fast is None.  The bound method is kept
+ * for the Loop it was made for, known by a weak reference whose callback
+ * drops it with the Loop: `loop.wait()` in a handler finds it in ~20
+ * instructions, where loop.py's _Hot ran a Python __get__ and made a new
+ * bound method each time (~1,650 instructions a lookup, three a round
+ * trip in the README's echo).
+ */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *func;
+    PyObject *name;             /* func.__name__ */
+    PyObject *ref;              /* a weak reference to the Loop served last */
+    PyObject *bound;            /* its LoopCalls' method */
+    PyObject *forget;           /* ref's callback: this object's forget() */
+} HotMethod;
+
+static PyObject *fast_name;     /* "_fast", interned */
+
+static int hm_traverse(PyObject *self, visitproc visit, void *arg)
+{
+    HotMethod *h = (HotMethod *)self;
+
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(h->func);
+    Py_VISIT(h->name);
+    Py_VISIT(h->ref);
+    Py_VISIT(h->bound);
+    Py_VISIT(h->forget);
+    return 0;
+}
+
+static int hm_clear(PyObject *self)
+{
+    HotMethod *h = (HotMethod *)self;
+
+    Py_CLEAR(h->func);
+    Py_CLEAR(h->name);
+    Py_CLEAR(h->ref);
+    Py_CLEAR(h->bound);
+    Py_CLEAR(h->forget);
+    return 0;
+}
+
+static void hm_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    hm_clear(self);
+    ((freefunc)PyType_GetSlot(tp, Py_tp_free))(self);
+    Py_DECREF(tp);
+}
+
+/* forget(ref): the Loop ref named is gone; so is its bound method. */
+static PyObject *hm_forget(PyObject *self, PyObject *ref)
+{
+    HotMethod *h = (HotMethod *)self;
+
+    if (ref == h->ref) {
+        PyObject *bound = h->bound;
+
+        h->bound = NULL;
+        Py_CLEAR(h->ref);
+        Py_XDECREF(bound);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef hm_forget_def = {
+    "forget", hm_forget, METH_O, "drop the method kept for a gone Loop",
+};
+
+static PyObject *hm_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    PyObject *func;
+    HotMethod *h;
+
+    if (kw && PyDict_Size(kw)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "HotMethod() takes no keyword arguments");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "O", &func))
+        return NULL;
+    if (!PyCallable_Check(func)) {
+        PyErr_SetString(PyExc_TypeError, "HotMethod() needs a function");
+        return NULL;
+    }
+    if (!(h = (HotMethod *)PyType_GenericAlloc(type, 0)))
+        return NULL;
+    Py_INCREF(func);
+    h->func = func;
+    h->name = PyObject_GetAttrString(func, "__name__");
+    if (!h->name || !PyUnicode_Check(h->name) ||
+        !(h->forget = PyCFunction_New(&hm_forget_def, (PyObject *)h))) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "__name__ is not a str");
+        Py_DECREF(h);
+        return NULL;
+    }
+    return (PyObject *)h;
+}
+
+static PyObject *hm_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    HotMethod *h = (HotMethod *)self;
+    PyObject *fast, *bound, *ref, *old_ref, *old_bound;
+
+    if (obj == NULL || obj == Py_None) {
+        Py_INCREF(h->func);
+        return h->func;
+    }
+    if (h->ref && PyWeakref_GetObject(h->ref) == obj) {
+        Py_INCREF(h->bound);
+        return h->bound;
+    }
+    if (!(fast = PyObject_GetAttr(obj, fast_name)))
+        return NULL;
+    if (fast == Py_None) {              /* the Python methods */
+        Py_DECREF(fast);
+        return PyObject_CallMethod(h->func, "__get__", "OO", obj,
+                                   type ? type : Py_None);
+    }
+    bound = PyObject_GetAttr(fast, h->name);
+    Py_DECREF(fast);
+    if (!bound)
+        return NULL;
+    /* Kept only where the Loop takes weak references (a Loop does). */
+    if (!(ref = PyWeakref_NewRef(obj, h->forget))) {
+        PyErr_Clear();
+        return bound;
+    }
+    old_ref = h->ref;
+    old_bound = h->bound;
+    h->ref = ref;
+    Py_INCREF(bound);
+    h->bound = bound;
+    Py_XDECREF(old_ref);                /* its callback is not called */
+    Py_XDECREF(old_bound);
+    return bound;
+}
+
+static PyMemberDef hm_members[] = {
+    {"__func__", T_OBJECT, offsetof(HotMethod, func), READONLY,
+     "the Python method"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot hm_slots[] = {
+    {Py_tp_new, hm_new},
+    {Py_tp_dealloc, hm_dealloc},
+    {Py_tp_traverse, hm_traverse},
+    {Py_tp_clear, hm_clear},
+    {Py_tp_descr_get, hm_get},
+    {Py_tp_members, hm_members},
+    {Py_tp_doc, "HotMethod(func): a pyepoll.Loop method that is the Loop's "
+                "C one (LoopCalls) where it has one"},
+    {0, NULL},
+};
+
+static PyType_Spec hm_spec = {
+    "pyepoll._speedups.HotMethod", sizeof(HotMethod), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, hm_slots,
+};
+
 int pe_py_add_loop(PyObject *m)
 {
+    PyObject *hm;
+
+    if (!(fast_name = PyUnicode_InternFromString("_fast")))
+        return -1;
+    if (!(hm = PyType_FromSpec(&hm_spec)))
+        return -1;
+    if (PyModule_AddObject(m, "HotMethod", hm) < 0) {
+        Py_DECREF(hm);
+        return -1;
+    }
     loop_calls_type = (PyTypeObject *)PyType_FromSpec(&lc_spec);
     if (!loop_calls_type)
         return -1;

@@ -109,7 +109,8 @@ static void copy_out(const struct pe_ring *r, char *dst, size_t n)
     if (first > n)
         first = n;
     memcpy(dst, r->buf + r->head, first);
-    memcpy(dst + first, r->buf, n - first);
+    if (n > first)                      /* wrapped: the rest from the start */
+        memcpy(dst + first, r->buf, n - first);
 }
 
 int pe__ring_reserve(struct pe_ring *r, struct pe_bufpool *pool, size_t need,

@@ -1812,6 +1812,73 @@ def test_c_calls_in_use(loop_path):
         loop.close()
 
 
+_HOT = ("wait", "recv", "wait_batch", "wait_batch_echo", "send", "reply")
+
+
+def test_method_lookup_per_loop(loop_path):
+    # `loop.wait` is that loop's method whichever loop was looked up last
+    # (the C descriptor keeps the last one's), and the class gives the
+    # Python function with its doc.
+    a, b = Loop(), Loop()
+    try:
+        for _ in range(2):
+            for loop in (a, b, b, a):
+                for name in _HOT:
+                    m = getattr(loop, name)
+                    if loop_path == "c":
+                        assert m.__self__ is loop._fast, name
+                    else:
+                        assert m.__self__ is loop, name
+                        assert m.__func__ is getattr(Loop, name), name
+        for name in _HOT:
+            assert callable(getattr(Loop, name)), name
+            assert getattr(Loop, name).__doc__, name
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.skipif(not hasattr(sys, "getrefcount"), reason="CPython refcounts")
+def test_method_lookup_keeps_nothing_of_a_dead_loop(loop_path):
+    # The kept method goes with its Loop: the Loop's C calls (and the C
+    # loop they keep alive) are freed with it, not at the next lookup.
+    loop = Loop()
+    fast = loop._fast
+    if fast is None:                    # the Python path keeps nothing
+        assert loop.wait.__self__ is loop
+        loop.close()
+        return
+    base = sys.getrefcount(fast)
+    for name in _HOT:
+        getattr(loop, name)
+    assert sys.getrefcount(fast) - base == len(_HOT)    # one kept each
+    loop.close()
+    del loop
+    # Only `fast` here (and getrefcount's argument) are left, at once.
+    assert sys.getrefcount(fast) == base - 1
+
+
+def test_hot_method_arguments():
+    hot = getattr(pyepoll.loop._sp, "HotMethod", None)
+    if hot is None:
+        pytest.skip("no pyepoll._speedups (PyPy or PYEPOLL_SPEEDUPS=0)")
+    with pytest.raises(TypeError):
+        hot()
+    with pytest.raises(TypeError):
+        hot(1)
+    with pytest.raises(TypeError):
+        hot(len, len)
+    with pytest.raises(TypeError):
+        hot(func=Loop.close)
+
+    class Plain:                        # no _fast: AttributeError, as _Hot
+        m = hot(lambda self: 1)
+
+    with pytest.raises(AttributeError):
+        Plain().m
+    assert Plain.m(None) == 1
+
+
 def test_calls_on_closed_loop_bound_before(loop_path):
     loop = Loop()
     loop.batch_view
@@ -1887,6 +1954,98 @@ def test_wait_events_and_arguments(loop_path):
             loop.wait(1e300)
         for c, _ in conns:
             c.close()
+    finally:
+        loop.close()
+
+
+def _data_event(loop: Loop, c: socket.socket, h: int, msg: bytes
+                ) -> list:
+    """The list wait() returns for msg sent on c, its bytes taken."""
+    c.sendall(msg)
+    deadline = time.monotonic() + 5
+    while True:
+        assert time.monotonic() < deadline, "no DATA"
+        events = loop.wait(0.05)
+        if events:
+            assert loop.recv(h) == msg
+            return events
+
+
+def test_wait_never_changes_a_list_the_caller_holds(loop_path):
+    # The C wait refills the list it returned last when the caller dropped
+    # it; one the caller kept (or iterates) stays as it was.
+    loop = Loop()
+    try:
+        [(c, h)] = _open_conns(loop, 1)
+        kept = _data_event(loop, c, h, b"abc")
+        assert kept == [(EV_DATA, h, 3)]
+        it = iter(_data_event(loop, c, h, b"abcd"))   # an iterator holds it
+        later = _data_event(loop, c, h, b"abcde")
+        assert later == [(EV_DATA, h, 5)] and later is not kept
+        assert kept == [(EV_DATA, h, 3)]
+        assert list(it) == [(EV_DATA, h, 4)]
+        # Dropped ones, whatever the caller did to them: the next wait's
+        # list holds only its own events.
+        for change in (lambda ev: ev.append("x"), lambda ev: ev.clear(),
+                       lambda ev: ev.__setitem__(0, "x"),
+                       lambda ev: ev.extend(range(1000))):
+            ev = _data_event(loop, c, h, b"ab")
+            change(ev)
+            del ev
+            assert _data_event(loop, c, h, b"xyz") == [(EV_DATA, h, 3)]
+        assert loop.wait(0) == []
+        assert _data_event(loop, c, h, b"q") == [(EV_DATA, h, 1)]
+        assert kept == [(EV_DATA, h, 3)]
+        c.close()
+    finally:
+        loop.close()
+
+
+def test_wait_from_del_of_a_dropped_list_item(loop_path):
+    # An object the caller put in a returned list, whose __del__ calls
+    # wait: that wait and the one dropping the list each get their own.
+    loop = Loop()
+    try:
+        [(c, h)] = _open_conns(loop, 1)
+        inner: List[list] = []
+
+        class CallsWait:
+            def __del__(self) -> None:
+                inner.append(loop.wait(0))
+
+        ev = _data_event(loop, c, h, b"ab")
+        ev[0] = CallsWait()
+        ev.append(CallsWait())
+        del ev          # (the C wait drops them before its run, below)
+        outer = loop.wait(0)
+        assert outer == [] and inner == [[], []]
+        assert all(r is not outer for r in inner) and inner[0] is not inner[1]
+        assert _data_event(loop, c, h, b"xyz") == [(EV_DATA, h, 3)]
+        assert outer == [] and inner == [[], []]
+        c.close()
+    finally:
+        loop.close()
+
+
+def test_wait_reuses_its_dropped_list(loop_path):
+    # What makes the C wait cheaper (issue 15): a dropped list and the
+    # same event's tuple come back instead of new ones.
+    loop = Loop()
+    try:
+        [(c, h)] = _open_conns(loop, 1)
+        first = _data_event(loop, c, h, b"ab")
+        event, list_id = first[0], id(first)
+        del first
+        second = _data_event(loop, c, h, b"cd")
+        assert second == [(EV_DATA, h, 2)]
+        # The tuple is still held here: only the C wait hands it out again.
+        assert (second[0] is event) == (loop_path == "c")
+        if loop_path == "c":
+            # (The Python path's new list may get the freed one's address.)
+            assert id(second) == list_id
+        third = _data_event(loop, c, h, b"xyz")     # another event
+        assert third == [(EV_DATA, h, 3)] and third[0] is not event
+        c.close()
     finally:
         loop.close()
 
