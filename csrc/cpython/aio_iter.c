@@ -59,18 +59,209 @@ static PyObject *field_descr[NFIELDS];
 static descrgetfunc field_get[NFIELDS];
 static descrsetfunc field_set[NFIELDS];
 
+/* Where each of Handle's slots sits in a Handle (bytes from its start),
+ * found by probe_fields(): set through its member descriptor, a slot is a
+ * plain object pointer in the instance, and reading or writing it there
+ * is what that descriptor does, minus its call, type check and
+ * PyMember_SetOne (~45 instructions a slot, 7 per call_soon).  0: not
+ * known (the probe failed or did not run), use the descriptors. */
+static Py_ssize_t field_off[NFIELDS];
+static int fields_direct;
+
+static PyObject **hslot(PyObject *h, int f)
+{
+    return (PyObject **)((char *)h + field_off[f]);
+}
+
+/* h.<field f> = v.  h: a Handle (the exact type, or TimerHandle, which
+ * keeps its base's layout). */
 static int hset(PyObject *h, int f, PyObject *v)
 {
+    if (fields_direct) {
+        PyObject **p = hslot(h, f), *old = *p;
+
+        Py_INCREF(v);
+        *p = v;
+        Py_XDECREF(old);
+        return 0;
+    }
     if (field_set[f])
         return field_set[f](field_descr[f], h, v);
     return PyObject_SetAttr(h, *field_name[f], v);
 }
 
+/* h.<field f>, a new reference; an unset slot raises AttributeError as
+ * its descriptor does. */
 static PyObject *hget(PyObject *h, int f)
 {
+    if (fields_direct) {
+        PyObject *v = *hslot(h, f);
+
+        if (!v) {
+            PyErr_SetObject(PyExc_AttributeError, *field_name[f]);
+            return NULL;
+        }
+        Py_INCREF(v);
+        return v;
+    }
     if (field_get[f])
         return field_get[f](field_descr[f], h, (PyObject *)handle_type);
     return PyObject_GetAttr(h, *field_name[f]);
+}
+
+/* Handles run_once ran that nobody else references, their four
+ * per-call slots cleared (_cancelled False, _repr and _source_traceback
+ * None as call_soon sets them): call_soon takes one before allocating a
+ * new Handle, which saves the allocation, the GC linking and the dealloc
+ * per task wake-up.  Only with fields_direct and a known weakref slot. */
+#define HANDLE_POOL 16
+static PyObject *handle_pool[HANDLE_POOL];
+static int handle_pooled;
+static int pool_ok;
+static Py_ssize_t weaklist_off;         /* 0: Handle takes no weakrefs */
+
+/* No one but the caller holds h, not even a weak reference. */
+static int handle_alone(PyObject *h)
+{
+    return Py_REFCNT(h) == 1 &&
+           (!weaklist_off || !*(PyObject **)((char *)h + weaklist_off));
+}
+
+/* After run_once ran h (its reference, which this takes): into the pool
+ * when h is a plain Handle left as call_soon made it and no one else
+ * holds it; else dropped as before. */
+static void handle_done(PyObject *h)
+{
+    if (pool_ok && handle_pooled < HANDLE_POOL &&
+        Py_TYPE(h) == handle_type && handle_alone(h) &&
+        *hslot(h, F_CANCELLED) == Py_False &&
+        *hslot(h, F_REPR) == Py_None && *hslot(h, F_SOURCE_TB) == Py_None) {
+        static const int drop[] = { F_CONTEXT, F_LOOP, F_CALLBACK, F_ARGS };
+        PyObject *old[4];
+        size_t i;
+
+        /* Unlinked first, then released: a finalizer that runs meanwhile
+         * finds h in the pool, complete. */
+        for (i = 0; i < 4; i++) {
+            old[i] = *hslot(h, drop[i]);
+            *hslot(h, drop[i]) = NULL;
+        }
+        handle_pool[handle_pooled++] = h;
+        for (i = 0; i < 4; i++)
+            Py_XDECREF(old[i]);
+        return;
+    }
+    Py_DECREF(h);
+}
+
+/* A pooled Handle no one else took meanwhile (gc.get_objects() shows
+ * them), or NULL. */
+static PyObject *handle_reuse(void)
+{
+    while (handle_pooled > 0) {
+        PyObject *h = handle_pool[--handle_pooled];
+
+        if (handle_alone(h))
+            return h;
+        Py_DECREF(h);
+    }
+    return NULL;
+}
+
+static void pool_clear(void)
+{
+    while (handle_pooled > 0) {
+        PyObject *h = handle_pool[--handle_pooled];
+        Py_DECREF(h);
+    }
+}
+
+static Py_ssize_t type_ssize(PyObject *type, const char *attr)
+{
+    PyObject *v = PyObject_GetAttrString(type, attr);
+    Py_ssize_t n;
+
+    if (!v)
+        return -1;
+    n = PyLong_AsSsize_t(v);
+    Py_DECREF(v);
+    return n;
+}
+
+/* Find where Handle keeps each slot: a fresh Handle gets a distinct new
+ * object in each slot through its descriptor, and each must then sit in
+ * exactly one pointer-sized word of the instance (after the object
+ * header, within __basicsize__); the weakref slot (__weakrefoffset__)
+ * must be NULL, then set while a weakref lives.  Anything else leaves
+ * the descriptors in use (fields_direct 0, no pool).  0, or -1 with an
+ * exception (only for a failed allocation or call). */
+static int probe_fields(void)
+{
+    PyObject *h = NULL, *mark[NFIELDS] = { NULL }, *ref;
+    Py_ssize_t size, off, found[NFIELDS];
+    int i, ok = 0, rc = -1;
+
+    fields_direct = pool_ok = 0;
+    pool_clear();
+    size = type_ssize((PyObject *)handle_type, "__basicsize__");
+    if (size < 0)
+        goto done;
+    weaklist_off = type_ssize((PyObject *)handle_type, "__weakrefoffset__");
+    if (weaklist_off == -1 && PyErr_Occurred())
+        goto done;
+    h = handle_new(handle_type, empty_tuple, NULL);
+    if (!h)
+        goto done;
+    for (i = 0; i < NFIELDS; i++) {
+        mark[i] = PyObject_CallObject((PyObject *)&PyBaseObject_Type, NULL);
+        if (!mark[i] || hset(h, i, mark[i]) < 0)
+            goto done;
+        found[i] = 0;
+    }
+    ok = 1;
+    for (i = 0; i < NFIELDS; i++) {
+        int hits = 0;
+
+        for (off = (Py_ssize_t)sizeof(PyObject);
+             off + (Py_ssize_t)sizeof(PyObject *) <= size;
+             off += (Py_ssize_t)sizeof(PyObject *))
+            if (*(PyObject **)((char *)h + off) == mark[i]) {
+                hits++;
+                found[i] = off;
+            }
+        ok = ok && hits == 1;
+    }
+    if (!ok)
+        goto fine;
+    for (i = 0; i < NFIELDS; i++)
+        field_off[i] = found[i];
+    if (weaklist_off) {
+        PyObject **w = (PyObject **)((char *)h + weaklist_off);
+
+        /* In the instance, or (3.12+, "managed") in the words before
+         * its GC header. */
+        if (weaklist_off > size - (Py_ssize_t)sizeof(PyObject *) ||
+            (weaklist_off > 0 && weaklist_off < (Py_ssize_t)sizeof(PyObject))
+            || weaklist_off < -4 * (Py_ssize_t)sizeof(PyObject *))
+            goto fine;
+        if (*w)
+            goto fine;
+        ref = PyWeakref_NewRef(h, NULL);
+        if (!ref)
+            goto done;
+        ok = *w != NULL;
+        Py_DECREF(ref);
+        ok = ok && !*w;
+    }
+    fields_direct = ok;
+    pool_ok = ok;
+fine:
+    rc = 0;
+done:
+    Py_XDECREF(h);
+    for (i = 0; i < NFIELDS; i++)
+        Py_XDECREF(mark[i]);
+    return rc;
 }
 
 /* asyncio.TimerHandle's `_when` slot: its member descriptor and that
@@ -513,7 +704,7 @@ static PyObject *run_once(PyObject *loop, PyObject *unused)
         if (!h)
             goto fail;
         t = run_handle(h);
-        Py_DECREF(h);
+        handle_done(h);
         if (t < 0)
             goto fail;
     }
@@ -580,13 +771,21 @@ static PyObject *call_soon(PyObject *loop, PyObject *const *args,
         Py_INCREF(args[i]);
         PyTuple_SetItem(cbargs, i - 1, args[i]);        /* steals */
     }
-    h = handle_new(handle_type, empty_tuple, NULL);
-    if (!h ||
-        hset(h, F_CONTEXT, ctx) < 0 || hset(h, F_LOOP, loop) < 0 ||
-        hset(h, F_CALLBACK, cb) < 0 || hset(h, F_ARGS, cbargs) < 0 ||
-        hset(h, F_CANCELLED, Py_False) < 0 || hset(h, F_REPR, Py_None) < 0 ||
-        hset(h, F_SOURCE_TB, Py_None) < 0)
-        goto fail;
+    h = handle_reuse();
+    if (h) {            /* _cancelled, _repr, _source_traceback are set */
+        hset(h, F_CONTEXT, ctx);
+        hset(h, F_LOOP, loop);
+        hset(h, F_CALLBACK, cb);
+        hset(h, F_ARGS, cbargs);
+    } else {
+        h = handle_new(handle_type, empty_tuple, NULL);
+        if (!h ||
+            hset(h, F_CONTEXT, ctx) < 0 || hset(h, F_LOOP, loop) < 0 ||
+            hset(h, F_CALLBACK, cb) < 0 || hset(h, F_ARGS, cbargs) < 0 ||
+            hset(h, F_CANCELLED, Py_False) < 0 ||
+            hset(h, F_REPR, Py_None) < 0 || hset(h, F_SOURCE_TB, Py_None) < 0)
+            goto fail;
+    }
     Py_CLEAR(ctx);
     Py_CLEAR(cbargs);
     ready = lready(loop);
@@ -841,6 +1040,8 @@ static PyObject *iter_init(PyObject *module, PyObject *args)
             field_set[i] = st;
         }
     }
+    if (probe_fields() < 0)
+        return NULL;
     keep(&context_type, ct);
     keep(&copy_context, cc);
     keep(&heappop, hp);
@@ -868,7 +1069,19 @@ static PyObject *iter_init(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* handle_pool() -> (direct, pooled): whether Handle's slots are reached
+ * at their probed offsets (and Handles pooled), and how many Handles wait
+ * in the pool now (tests). */
+static PyObject *handle_pool_state(PyObject *module, PyObject *unused)
+{
+    return Py_BuildValue("(Oi)", fields_direct ? Py_True : Py_False,
+                         handle_pooled);
+}
+
 static PyMethodDef iter_functions[] = {
+    {"handle_pool", handle_pool_state, METH_NOARGS,
+     "handle_pool() -> (direct, pooled): Handle slots by offset, and the "
+     "Handles call_soon may reuse now"},
     {"iter_init", iter_init, METH_VARARGS,
      "iter_init(Handle, Context, copy_context, heappop, report_failure, "
      "min_scheduled, min_cancelled_fraction, max_select_timeout, Future"
