@@ -375,6 +375,43 @@ static PyObject *lready(PyObject *loop)
     return lget(loop, L_READY);
 }
 
+static int call_drop(PyObject *r)
+{
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* loop._ready.append(h): 0, or -1 with an exception.  The Batch's bound
+ * method when it has this loop's _ready. */
+static int ready_append(PyObject *loop, PyObject *h)
+{
+    PyObject *f = pe_py_loop_ready_append(loop), *ready;
+    int t;
+
+    if (f)
+        return call_drop(PyObject_CallFunctionObjArgs(f, h, NULL));
+    ready = lget(loop, L_READY);
+    if (!ready)
+        return -1;
+    t = call_drop(PyObject_CallMethodObjArgs(ready, s_append, h, NULL));
+    Py_DECREF(ready);
+    return t;
+}
+
+/* ready.popleft() (ready: what lready() gave), likewise; a new reference
+ * or NULL.  A callback may have bound another loop's Batch meanwhile. */
+static PyObject *ready_popleft(PyObject *loop, PyObject *ready)
+{
+    PyObject *f = pe_py_loop_ready(loop) == ready
+                  ? pe_py_loop_ready_popleft(loop) : NULL;
+
+    if (f)
+        return PyObject_CallObject(f, NULL);
+    return PyObject_CallMethodObjArgs(ready, s_popleft, NULL);
+}
+
 static int ltrue(PyObject *loop, int f)
 {
     PyObject *v = lget(loop, f);
@@ -409,14 +446,6 @@ static double call_time(PyObject *loop)
     d = PyFloat_AsDouble(v);
     Py_DECREF(v);
     return d;
-}
-
-static int call_drop(PyObject *r)
-{
-    if (!r)
-        return -1;
-    Py_DECREF(r);
-    return 0;
 }
 
 /* The cancelled timers: when the heap's head is one, or when they are many
@@ -700,7 +729,7 @@ static PyObject *run_once(PyObject *loop, PyObject *unused)
     if (todo < 0)
         goto fail;
     for (i = 0; i < todo; i++) {
-        h = PyObject_CallMethodObjArgs(ready, s_popleft, NULL);
+        h = ready_popleft(loop, ready);
         if (!h)
             goto fail;
         t = run_handle(h);
@@ -728,7 +757,7 @@ fail:
 static PyObject *call_soon(PyObject *loop, PyObject *const *args,
                            Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *ctx = Py_None, *cb, *cbargs = NULL, *h = NULL, *ready;
+    PyObject *ctx = Py_None, *cb, *cbargs = NULL, *h = NULL;
     Py_ssize_t i, nkw = kwnames ? PyTuple_Size(kwnames) : 0;
     int t;
 
@@ -788,12 +817,7 @@ static PyObject *call_soon(PyObject *loop, PyObject *const *args,
     }
     Py_CLEAR(ctx);
     Py_CLEAR(cbargs);
-    ready = lready(loop);
-    if (!ready)
-        goto fail;
-    t = call_drop(PyObject_CallMethodObjArgs(ready, s_append, h, NULL));
-    Py_DECREF(ready);
-    if (t < 0)
+    if (ready_append(loop, h) < 0)
         goto fail;
     return h;
 fail:
