@@ -188,6 +188,31 @@ static Py_ssize_t type_ssize(PyObject *type, const char *attr)
     return n;
 }
 
+/* Where in obj (size bytes, __basicsize__) each of marks[0..n) sits:
+ * each must be in exactly one pointer-sized word after the object
+ * header.  1 with off[] filled, else 0. */
+static int find_marks(PyObject *obj, Py_ssize_t size, PyObject *const *marks,
+                      int n, Py_ssize_t *off)
+{
+    Py_ssize_t at;
+    int i;
+
+    for (i = 0; i < n; i++) {
+        int hits = 0;
+
+        for (at = (Py_ssize_t)sizeof(PyObject);
+             at + (Py_ssize_t)sizeof(PyObject *) <= size;
+             at += (Py_ssize_t)sizeof(PyObject *))
+            if (*(PyObject **)((char *)obj + at) == marks[i]) {
+                hits++;
+                off[i] = at;
+            }
+        if (hits != 1)
+            return 0;
+    }
+    return 1;
+}
+
 /* Find where Handle keeps each slot: a fresh Handle gets a distinct new
  * object in each slot through its descriptor, and each must then sit in
  * exactly one pointer-sized word of the instance (after the object
@@ -198,8 +223,8 @@ static Py_ssize_t type_ssize(PyObject *type, const char *attr)
 static int probe_fields(void)
 {
     PyObject *h = NULL, *mark[NFIELDS] = { NULL }, *ref;
-    Py_ssize_t size, off, found[NFIELDS];
-    int i, ok = 0, rc = -1;
+    Py_ssize_t size, found[NFIELDS];
+    int i, ok, rc = -1;
 
     fields_direct = pool_ok = 0;
     pool_clear();
@@ -216,22 +241,8 @@ static int probe_fields(void)
         mark[i] = PyObject_CallObject((PyObject *)&PyBaseObject_Type, NULL);
         if (!mark[i] || hset(h, i, mark[i]) < 0)
             goto done;
-        found[i] = 0;
     }
-    ok = 1;
-    for (i = 0; i < NFIELDS; i++) {
-        int hits = 0;
-
-        for (off = (Py_ssize_t)sizeof(PyObject);
-             off + (Py_ssize_t)sizeof(PyObject *) <= size;
-             off += (Py_ssize_t)sizeof(PyObject *))
-            if (*(PyObject **)((char *)h + off) == mark[i]) {
-                hits++;
-                found[i] = off;
-            }
-        ok = ok && hits == 1;
-    }
-    if (!ok)
+    if (!find_marks(h, size, mark, NFIELDS, found))
         goto fine;
     for (i = 0; i < NFIELDS; i++)
         field_off[i] = found[i];
@@ -251,10 +262,11 @@ static int probe_fields(void)
             goto done;
         ok = *w != NULL;
         Py_DECREF(ref);
-        ok = ok && !*w;
+        if (!ok || *w)
+            goto fine;
     }
-    fields_direct = ok;
-    pool_ok = ok;
+    fields_direct = 1;
+    pool_ok = 1;
 fine:
     rc = 0;
 done:
@@ -319,6 +331,11 @@ static PyObject **const lfield_name[NLFIELDS] = {
 static PyTypeObject *loop_type;         /* EventLoop (iter_methods) */
 static PyObject *lfield_descr[NLFIELDS];
 static descrgetfunc lfield_get;         /* one for all: member_descriptor's */
+/* Where loop_type keeps each (probe_loop()), as for Handle's slots; 0:
+ * not known. */
+static Py_ssize_t lfield_off[NLFIELDS];
+static int loop_direct;
+static descrsetfunc lfield_set;
 /* The subclass of EventLoop checked last and whether it left every one of
  * these names to EventLoop's slots (a strong reference: no other type can
  * reuse its address while it is remembered). */
@@ -358,8 +375,17 @@ static int same_slots(PyTypeObject *t)
  * slot: AttributeError, as getattr). */
 static PyObject *lget(PyObject *loop, int f)
 {
-    if (same_slots(Py_TYPE(loop)))
+    if (same_slots(Py_TYPE(loop))) {
+        PyObject *v = loop_direct
+            ? *(PyObject **)((char *)loop + lfield_off[f]) : NULL;
+
+        if (v) {
+            Py_INCREF(v);
+            return v;
+        }
+        /* unset (AttributeError), or offsets not known */
         return lfield_get(lfield_descr[f], loop, (PyObject *)loop_type);
+    }
     return PyObject_GetAttr(loop, *lfield_name[f]);
 }
 
@@ -923,6 +949,49 @@ static PyMethodDef is_closing_def = {
     "Return True if the transport is closing or closed."
 };
 
+/* Find where cls (EventLoop) keeps the loop fields, as probe_fields()
+ * does for Handle, on an instance made by object.__new__ (no __init__;
+ * its _closed ends True, so that its __del__ finds nothing to close).
+ * 0, or -1 with an exception. */
+static int probe_loop(PyObject *cls)
+{
+    PyObject *loop, *mark[NLFIELDS] = { NULL };
+    Py_ssize_t size = type_ssize(cls, "__basicsize__"), found[NLFIELDS];
+    int i, rc = -1;
+
+    if (size < 0)
+        return -1;
+    loop = PyObject_CallMethod((PyObject *)&PyBaseObject_Type, "__new__",
+                               "O", cls);
+    if (!loop)
+        return -1;
+    for (i = 0; i < NLFIELDS; i++) {
+        mark[i] = PyObject_CallObject((PyObject *)&PyBaseObject_Type, NULL);
+        if (!mark[i] ||
+            lfield_set(lfield_descr[i], loop, mark[i]) < 0)
+            goto done;
+    }
+    if (find_marks(loop, size, mark, NLFIELDS, found)) {
+        for (i = 0; i < NLFIELDS; i++)
+            lfield_off[i] = found[i];
+        loop_direct = 1;
+    }
+    rc = 0;
+done:
+    {
+        PyObject *type, *value, *tb;
+
+        PyErr_Fetch(&type, &value, &tb);
+        if (lfield_set(lfield_descr[L_CLOSED], loop, Py_True) < 0)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
+    Py_DECREF(loop);
+    for (i = 0; i < NLFIELDS; i++)
+        Py_XDECREF(mark[i]);
+    return rc;
+}
+
 /* cls's slots for the loop fields: their member descriptors when every
  * one is one (Handle's _context tells the type), else none (getattr). */
 static int loop_slots(PyObject *cls)
@@ -949,11 +1018,17 @@ static int loop_slots(PyObject *cls)
     }
     if (all) {
         g = (descrgetfunc)PyType_GetSlot(member_type, Py_tp_descr_get);
+        lfield_set = g ? (descrsetfunc)PyType_GetSlot(member_type,
+                                                      Py_tp_descr_set)
+                       : NULL;
         PyErr_Clear();          /* 3.9: no slots of a static type */
+        if (!lfield_set)
+            g = NULL;
     }
     keep((PyObject **)&loop_type, cls);
     lfield_get = g;
-    return 0;
+    loop_direct = 0;
+    return g ? probe_loop(cls) : 0;
 }
 
 /* iter_methods(cls) -> (_run_once, call_soon, create_future, get_debug)
@@ -1093,19 +1168,20 @@ static PyObject *iter_init(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* handle_pool() -> (direct, pooled): whether Handle's slots are reached
- * at their probed offsets (and Handles pooled), and how many Handles wait
- * in the pool now (tests). */
+/* handle_pool() -> (direct, pooled, loop_direct): whether Handle's slots
+ * are reached at their probed offsets (and Handles pooled), how many
+ * Handles wait in the pool now, and whether the loop's slots are reached
+ * at theirs (tests). */
 static PyObject *handle_pool_state(PyObject *module, PyObject *unused)
 {
-    return Py_BuildValue("(Oi)", fields_direct ? Py_True : Py_False,
-                         handle_pooled);
+    return Py_BuildValue("(OiO)", fields_direct ? Py_True : Py_False,
+                         handle_pooled, loop_direct ? Py_True : Py_False);
 }
 
 static PyMethodDef iter_functions[] = {
     {"handle_pool", handle_pool_state, METH_NOARGS,
-     "handle_pool() -> (direct, pooled): Handle slots by offset, and the "
-     "Handles call_soon may reuse now"},
+     "handle_pool() -> (direct, pooled, loop_direct): Handle slots by "
+     "offset, the Handles call_soon may reuse now, loop slots by offset"},
     {"iter_init", iter_init, METH_VARARGS,
      "iter_init(Handle, Context, copy_context, heappop, report_failure, "
      "min_scheduled, min_cancelled_fraction, max_select_timeout, Future"
