@@ -440,9 +440,18 @@ static PyObject *ready_popleft(PyObject *loop, PyObject *ready)
 
 static int ltrue(PyObject *loop, int f)
 {
-    PyObject *v = lget(loop, f);
+    PyObject *v;
     int r;
 
+    if (loop_direct && Py_TYPE(loop) == loop_type) {
+        /* _debug, _closed, _stopping: mostly exactly False */
+        v = *(PyObject **)((char *)loop + lfield_off[f]);
+        if (v == Py_False)
+            return 0;
+        if (v == Py_True)
+            return 1;
+    }
+    v = lget(loop, f);
     if (!v)
         return -1;
     r = v == Py_True ? 1 : v == Py_False ? 0 : PyObject_IsTrue(v);
@@ -619,6 +628,22 @@ static int run_handle(PyObject *h)
         return call_drop(PyObject_CallMethodObjArgs(h, s_run, NULL));
     }
     na = PyTuple_Size(args);
+    if (na <= 2) {
+        /* ctx.run(cb, *a) for the one or two arguments a Future's
+         * callback or a task step has: no argument tuple made per call
+         * (h holds ctx, cb and args meanwhile). */
+        r = PyObject_CallFunctionObjArgs(
+            context_run, ctx, cb, na > 0 ? PyTuple_GetItem(args, 0) : NULL,
+            na > 1 ? PyTuple_GetItem(args, 1) : NULL, NULL);
+        Py_DECREF(ctx);
+        Py_DECREF(cb);
+        Py_DECREF(args);
+        if (r) {
+            Py_DECREF(r);
+            return 0;
+        }
+        return handle_failed(h);
+    }
     call = PyTuple_New(na + 2);
     if (!call)
         goto fail;

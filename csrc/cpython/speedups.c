@@ -361,22 +361,17 @@ static PyObject *conn_state(PyObject *self, PyObject *unused)
 
 /* --------------------------------------------------------------- the walk */
 
+/* callable(arg), taking arg's reference; no argument tuple made. */
 static PyObject *call1(PyObject *callable, PyObject *arg)
 {
-    PyObject *args, *r;
+    PyObject *r;
 
     if (!arg)
         return NULL;
-    args = PyTuple_New(1);
-    if (!args) {
-        Py_DECREF(arg);
-        return NULL;
-    }
-    PyTuple_SetItem(args, 0, arg);              /* steals arg */
     Py_INCREF(callable);             /* a callback may drop the Conn's ref */
-    r = PyObject_Call(callable, args, NULL);
+    r = PyObject_CallFunctionObjArgs(callable, arg, NULL);
     Py_DECREF(callable);
-    Py_DECREF(args);
+    Py_DECREF(arg);
     return r;
 }
 

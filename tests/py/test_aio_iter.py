@@ -695,3 +695,38 @@ def test_the_c_path_reuses_the_handles_it_ran(aio_path):
             assert ran == taken == before
     finally:
         loop.close()
+
+
+def test_callbacks_of_each_arity_get_their_arguments_and_context():
+    # The C iteration calls ctx.run(cb, *args) without an argument tuple
+    # for up to two arguments, with one from three on.
+    class Big:
+        pass
+
+    def scenario(loop):
+        seen = []
+        ctx = contextvars.copy_context()
+        ctx.run(VAR.set, "ran-in-ctx")
+        holder: dict = {}
+
+        def record(*a):
+            seen.append((len(a), a[-1:] if a else (), VAR.get()))
+
+        def cancel_self(x, y):
+            holder[x].cancel()      # drops the Handle's args while running
+            seen.append(("cancelled", x, type(y).__name__, VAR.get()))
+        for n in range(5):
+            loop.call_soon(record, *range(n), context=ctx)
+        holder["a"] = loop.call_soon(cancel_self, "a", Big(), context=ctx)
+        holder["b"] = loop.call_soon(cancel_self, "b", Big())
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        return seen, [h._args for h in holder.values()]
+    std, ours = on_both(scenario)
+    assert ours == std
+    assert ours[0][:5] == [(0, (), "ran-in-ctx"), (1, (0,), "ran-in-ctx"),
+                           (2, (1,), "ran-in-ctx"), (3, (2,), "ran-in-ctx"),
+                           (4, (3,), "ran-in-ctx")]
+    assert ours[0][5:] == [("cancelled", "a", "Big", "ran-in-ctx"),
+                           ("cancelled", "b", "Big", "unset")]
+    assert ours[1] == [None, None]
