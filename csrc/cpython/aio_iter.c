@@ -59,18 +59,221 @@ static PyObject *field_descr[NFIELDS];
 static descrgetfunc field_get[NFIELDS];
 static descrsetfunc field_set[NFIELDS];
 
+/* Where each of Handle's slots sits in a Handle (bytes from its start),
+ * found by probe_fields(): set through its member descriptor, a slot is a
+ * plain object pointer in the instance, and reading or writing it there
+ * is what that descriptor does, minus its call, type check and
+ * PyMember_SetOne (~45 instructions a slot, 7 per call_soon).  0: not
+ * known (the probe failed or did not run), use the descriptors. */
+static Py_ssize_t field_off[NFIELDS];
+static int fields_direct;
+
+static PyObject **hslot(PyObject *h, int f)
+{
+    return (PyObject **)((char *)h + field_off[f]);
+}
+
+/* h.<field f> = v.  h: a Handle (the exact type, or TimerHandle, which
+ * keeps its base's layout). */
 static int hset(PyObject *h, int f, PyObject *v)
 {
+    if (fields_direct) {
+        PyObject **p = hslot(h, f), *old = *p;
+
+        Py_INCREF(v);
+        *p = v;
+        Py_XDECREF(old);
+        return 0;
+    }
     if (field_set[f])
         return field_set[f](field_descr[f], h, v);
     return PyObject_SetAttr(h, *field_name[f], v);
 }
 
+/* h.<field f>, a new reference; an unset slot raises AttributeError as
+ * its descriptor does. */
 static PyObject *hget(PyObject *h, int f)
 {
+    if (fields_direct) {
+        PyObject *v = *hslot(h, f);
+
+        if (!v) {
+            PyErr_SetObject(PyExc_AttributeError, *field_name[f]);
+            return NULL;
+        }
+        Py_INCREF(v);
+        return v;
+    }
     if (field_get[f])
         return field_get[f](field_descr[f], h, (PyObject *)handle_type);
     return PyObject_GetAttr(h, *field_name[f]);
+}
+
+/* Handles run_once ran that nobody else references, their four
+ * per-call slots cleared (_cancelled False, _repr and _source_traceback
+ * None as call_soon sets them): call_soon takes one before allocating a
+ * new Handle, which saves the allocation, the GC linking and the dealloc
+ * per task wake-up.  Only with fields_direct and a known weakref slot. */
+#define HANDLE_POOL 16
+static PyObject *handle_pool[HANDLE_POOL];
+static int handle_pooled;
+static int pool_ok;
+static Py_ssize_t weaklist_off;         /* 0: Handle takes no weakrefs */
+
+/* No one but the caller holds h, not even a weak reference. */
+static int handle_alone(PyObject *h)
+{
+    return Py_REFCNT(h) == 1 &&
+           (!weaklist_off || !*(PyObject **)((char *)h + weaklist_off));
+}
+
+/* After run_once ran h (its reference, which this takes): into the pool
+ * when h is a plain Handle left as call_soon made it and no one else
+ * holds it; else dropped as before. */
+static void handle_done(PyObject *h)
+{
+    if (pool_ok && handle_pooled < HANDLE_POOL &&
+        Py_TYPE(h) == handle_type && handle_alone(h) &&
+        *hslot(h, F_CANCELLED) == Py_False &&
+        *hslot(h, F_REPR) == Py_None && *hslot(h, F_SOURCE_TB) == Py_None) {
+        static const int drop[] = { F_CONTEXT, F_LOOP, F_CALLBACK, F_ARGS };
+        PyObject *old[4];
+        size_t i;
+
+        /* Unlinked first, then released: a finalizer that runs meanwhile
+         * finds h in the pool, complete. */
+        for (i = 0; i < 4; i++) {
+            old[i] = *hslot(h, drop[i]);
+            *hslot(h, drop[i]) = NULL;
+        }
+        handle_pool[handle_pooled++] = h;
+        for (i = 0; i < 4; i++)
+            Py_XDECREF(old[i]);
+        return;
+    }
+    Py_DECREF(h);
+}
+
+/* A pooled Handle no one else took meanwhile (gc.get_objects() shows
+ * them), or NULL. */
+static PyObject *handle_reuse(void)
+{
+    while (handle_pooled > 0) {
+        PyObject *h = handle_pool[--handle_pooled];
+
+        if (handle_alone(h))
+            return h;
+        Py_DECREF(h);
+    }
+    return NULL;
+}
+
+static void pool_clear(void)
+{
+    while (handle_pooled > 0) {
+        PyObject *h = handle_pool[--handle_pooled];
+        Py_DECREF(h);
+    }
+}
+
+static Py_ssize_t type_ssize(PyObject *type, const char *attr)
+{
+    PyObject *v = PyObject_GetAttrString(type, attr);
+    Py_ssize_t n;
+
+    if (!v)
+        return -1;
+    n = PyLong_AsSsize_t(v);
+    Py_DECREF(v);
+    return n;
+}
+
+/* Where in obj (size bytes, __basicsize__) each of marks[0..n) sits:
+ * each must be in exactly one pointer-sized word after the object
+ * header.  1 with off[] filled, else 0. */
+static int find_marks(PyObject *obj, Py_ssize_t size, PyObject *const *marks,
+                      int n, Py_ssize_t *off)
+{
+    Py_ssize_t at;
+    int i;
+
+    for (i = 0; i < n; i++) {
+        int hits = 0;
+
+        for (at = (Py_ssize_t)sizeof(PyObject);
+             at + (Py_ssize_t)sizeof(PyObject *) <= size;
+             at += (Py_ssize_t)sizeof(PyObject *))
+            if (*(PyObject **)((char *)obj + at) == marks[i]) {
+                hits++;
+                off[i] = at;
+            }
+        if (hits != 1)
+            return 0;
+    }
+    return 1;
+}
+
+/* Find where Handle keeps each slot: a fresh Handle gets a distinct new
+ * object in each slot through its descriptor, and each must then sit in
+ * exactly one pointer-sized word of the instance (after the object
+ * header, within __basicsize__); the weakref slot (__weakrefoffset__)
+ * must be NULL, then set while a weakref lives.  Anything else leaves
+ * the descriptors in use (fields_direct 0, no pool).  0, or -1 with an
+ * exception (only for a failed allocation or call). */
+static int probe_fields(void)
+{
+    PyObject *h = NULL, *mark[NFIELDS] = { NULL }, *ref;
+    Py_ssize_t size, found[NFIELDS];
+    int i, ok, rc = -1;
+
+    fields_direct = pool_ok = 0;
+    pool_clear();
+    size = type_ssize((PyObject *)handle_type, "__basicsize__");
+    if (size < 0)
+        goto done;
+    weaklist_off = type_ssize((PyObject *)handle_type, "__weakrefoffset__");
+    if (weaklist_off == -1 && PyErr_Occurred())
+        goto done;
+    h = handle_new(handle_type, empty_tuple, NULL);
+    if (!h)
+        goto done;
+    for (i = 0; i < NFIELDS; i++) {
+        mark[i] = PyObject_CallObject((PyObject *)&PyBaseObject_Type, NULL);
+        if (!mark[i] || hset(h, i, mark[i]) < 0)
+            goto done;
+    }
+    if (!find_marks(h, size, mark, NFIELDS, found))
+        goto fine;
+    for (i = 0; i < NFIELDS; i++)
+        field_off[i] = found[i];
+    if (weaklist_off) {
+        PyObject **w = (PyObject **)((char *)h + weaklist_off);
+
+        /* In the instance, or (3.12+, "managed") in the words before
+         * its GC header. */
+        if (weaklist_off > size - (Py_ssize_t)sizeof(PyObject *) ||
+            (weaklist_off > 0 && weaklist_off < (Py_ssize_t)sizeof(PyObject))
+            || weaklist_off < -4 * (Py_ssize_t)sizeof(PyObject *))
+            goto fine;
+        if (*w)
+            goto fine;
+        ref = PyWeakref_NewRef(h, NULL);
+        if (!ref)
+            goto done;
+        ok = *w != NULL;
+        Py_DECREF(ref);
+        if (!ok || *w)
+            goto fine;
+    }
+    fields_direct = 1;
+    pool_ok = 1;
+fine:
+    rc = 0;
+done:
+    Py_XDECREF(h);
+    for (i = 0; i < NFIELDS; i++)
+        Py_XDECREF(mark[i]);
+    return rc;
 }
 
 /* asyncio.TimerHandle's `_when` slot: its member descriptor and that
@@ -128,6 +331,11 @@ static PyObject **const lfield_name[NLFIELDS] = {
 static PyTypeObject *loop_type;         /* EventLoop (iter_methods) */
 static PyObject *lfield_descr[NLFIELDS];
 static descrgetfunc lfield_get;         /* one for all: member_descriptor's */
+/* Where loop_type keeps each (probe_loop()), as for Handle's slots; 0:
+ * not known. */
+static Py_ssize_t lfield_off[NLFIELDS];
+static int loop_direct;
+static descrsetfunc lfield_set;
 /* The subclass of EventLoop checked last and whether it left every one of
  * these names to EventLoop's slots (a strong reference: no other type can
  * reuse its address while it is remembered). */
@@ -167,8 +375,17 @@ static int same_slots(PyTypeObject *t)
  * slot: AttributeError, as getattr). */
 static PyObject *lget(PyObject *loop, int f)
 {
-    if (same_slots(Py_TYPE(loop)))
+    if (same_slots(Py_TYPE(loop))) {
+        PyObject *v = loop_direct
+            ? *(PyObject **)((char *)loop + lfield_off[f]) : NULL;
+
+        if (v) {
+            Py_INCREF(v);
+            return v;
+        }
+        /* unset (AttributeError), or offsets not known */
         return lfield_get(lfield_descr[f], loop, (PyObject *)loop_type);
+    }
     return PyObject_GetAttr(loop, *lfield_name[f]);
 }
 
@@ -184,11 +401,57 @@ static PyObject *lready(PyObject *loop)
     return lget(loop, L_READY);
 }
 
+static int call_drop(PyObject *r)
+{
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* loop._ready.append(h): 0, or -1 with an exception.  The Batch's bound
+ * method when it has this loop's _ready. */
+static int ready_append(PyObject *loop, PyObject *h)
+{
+    PyObject *f = pe_py_loop_ready_append(loop), *ready;
+    int t;
+
+    if (f)
+        return call_drop(PyObject_CallFunctionObjArgs(f, h, NULL));
+    ready = lget(loop, L_READY);
+    if (!ready)
+        return -1;
+    t = call_drop(PyObject_CallMethodObjArgs(ready, s_append, h, NULL));
+    Py_DECREF(ready);
+    return t;
+}
+
+/* ready.popleft() (ready: what lready() gave), likewise; a new reference
+ * or NULL.  A callback may have bound another loop's Batch meanwhile. */
+static PyObject *ready_popleft(PyObject *loop, PyObject *ready)
+{
+    PyObject *f = pe_py_loop_ready(loop) == ready
+                  ? pe_py_loop_ready_popleft(loop) : NULL;
+
+    if (f)
+        return PyObject_CallObject(f, NULL);
+    return PyObject_CallMethodObjArgs(ready, s_popleft, NULL);
+}
+
 static int ltrue(PyObject *loop, int f)
 {
-    PyObject *v = lget(loop, f);
+    PyObject *v;
     int r;
 
+    if (loop_direct && Py_TYPE(loop) == loop_type) {
+        /* _debug, _closed, _stopping: mostly exactly False */
+        v = *(PyObject **)((char *)loop + lfield_off[f]);
+        if (v == Py_False)
+            return 0;
+        if (v == Py_True)
+            return 1;
+    }
+    v = lget(loop, f);
     if (!v)
         return -1;
     r = v == Py_True ? 1 : v == Py_False ? 0 : PyObject_IsTrue(v);
@@ -218,14 +481,6 @@ static double call_time(PyObject *loop)
     d = PyFloat_AsDouble(v);
     Py_DECREF(v);
     return d;
-}
-
-static int call_drop(PyObject *r)
-{
-    if (!r)
-        return -1;
-    Py_DECREF(r);
-    return 0;
 }
 
 /* The cancelled timers: when the heap's head is one, or when they are many
@@ -373,6 +628,22 @@ static int run_handle(PyObject *h)
         return call_drop(PyObject_CallMethodObjArgs(h, s_run, NULL));
     }
     na = PyTuple_Size(args);
+    if (na <= 2) {
+        /* ctx.run(cb, *a) for the one or two arguments a Future's
+         * callback or a task step has: no argument tuple made per call
+         * (h holds ctx, cb and args meanwhile). */
+        r = PyObject_CallFunctionObjArgs(
+            context_run, ctx, cb, na > 0 ? PyTuple_GetItem(args, 0) : NULL,
+            na > 1 ? PyTuple_GetItem(args, 1) : NULL, NULL);
+        Py_DECREF(ctx);
+        Py_DECREF(cb);
+        Py_DECREF(args);
+        if (r) {
+            Py_DECREF(r);
+            return 0;
+        }
+        return handle_failed(h);
+    }
     call = PyTuple_New(na + 2);
     if (!call)
         goto fail;
@@ -509,11 +780,11 @@ static PyObject *run_once(PyObject *loop, PyObject *unused)
     if (todo < 0)
         goto fail;
     for (i = 0; i < todo; i++) {
-        h = PyObject_CallMethodObjArgs(ready, s_popleft, NULL);
+        h = ready_popleft(loop, ready);
         if (!h)
             goto fail;
         t = run_handle(h);
-        Py_DECREF(h);
+        handle_done(h);
         if (t < 0)
             goto fail;
     }
@@ -537,7 +808,7 @@ fail:
 static PyObject *call_soon(PyObject *loop, PyObject *const *args,
                            Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *ctx = Py_None, *cb, *cbargs = NULL, *h = NULL, *ready;
+    PyObject *ctx = Py_None, *cb, *cbargs = NULL, *h = NULL;
     Py_ssize_t i, nkw = kwnames ? PyTuple_Size(kwnames) : 0;
     int t;
 
@@ -580,21 +851,24 @@ static PyObject *call_soon(PyObject *loop, PyObject *const *args,
         Py_INCREF(args[i]);
         PyTuple_SetItem(cbargs, i - 1, args[i]);        /* steals */
     }
-    h = handle_new(handle_type, empty_tuple, NULL);
-    if (!h ||
-        hset(h, F_CONTEXT, ctx) < 0 || hset(h, F_LOOP, loop) < 0 ||
-        hset(h, F_CALLBACK, cb) < 0 || hset(h, F_ARGS, cbargs) < 0 ||
-        hset(h, F_CANCELLED, Py_False) < 0 || hset(h, F_REPR, Py_None) < 0 ||
-        hset(h, F_SOURCE_TB, Py_None) < 0)
-        goto fail;
+    h = handle_reuse();
+    if (h) {            /* _cancelled, _repr, _source_traceback are set */
+        hset(h, F_CONTEXT, ctx);
+        hset(h, F_LOOP, loop);
+        hset(h, F_CALLBACK, cb);
+        hset(h, F_ARGS, cbargs);
+    } else {
+        h = handle_new(handle_type, empty_tuple, NULL);
+        if (!h ||
+            hset(h, F_CONTEXT, ctx) < 0 || hset(h, F_LOOP, loop) < 0 ||
+            hset(h, F_CALLBACK, cb) < 0 || hset(h, F_ARGS, cbargs) < 0 ||
+            hset(h, F_CANCELLED, Py_False) < 0 ||
+            hset(h, F_REPR, Py_None) < 0 || hset(h, F_SOURCE_TB, Py_None) < 0)
+            goto fail;
+    }
     Py_CLEAR(ctx);
     Py_CLEAR(cbargs);
-    ready = lready(loop);
-    if (!ready)
-        goto fail;
-    t = call_drop(PyObject_CallMethodObjArgs(ready, s_append, h, NULL));
-    Py_DECREF(ready);
-    if (t < 0)
+    if (ready_append(loop, h) < 0)
         goto fail;
     return h;
 fail:
@@ -700,6 +974,49 @@ static PyMethodDef is_closing_def = {
     "Return True if the transport is closing or closed."
 };
 
+/* Find where cls (EventLoop) keeps the loop fields, as probe_fields()
+ * does for Handle, on an instance made by object.__new__ (no __init__;
+ * its _closed ends True, so that its __del__ finds nothing to close).
+ * 0, or -1 with an exception. */
+static int probe_loop(PyObject *cls)
+{
+    PyObject *loop, *mark[NLFIELDS] = { NULL };
+    Py_ssize_t size = type_ssize(cls, "__basicsize__"), found[NLFIELDS];
+    int i, rc = -1;
+
+    if (size < 0)
+        return -1;
+    loop = PyObject_CallMethod((PyObject *)&PyBaseObject_Type, "__new__",
+                               "O", cls);
+    if (!loop)
+        return -1;
+    for (i = 0; i < NLFIELDS; i++) {
+        mark[i] = PyObject_CallObject((PyObject *)&PyBaseObject_Type, NULL);
+        if (!mark[i] ||
+            lfield_set(lfield_descr[i], loop, mark[i]) < 0)
+            goto done;
+    }
+    if (find_marks(loop, size, mark, NLFIELDS, found)) {
+        for (i = 0; i < NLFIELDS; i++)
+            lfield_off[i] = found[i];
+        loop_direct = 1;
+    }
+    rc = 0;
+done:
+    {
+        PyObject *type, *value, *tb;
+
+        PyErr_Fetch(&type, &value, &tb);
+        if (lfield_set(lfield_descr[L_CLOSED], loop, Py_True) < 0)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+    }
+    Py_DECREF(loop);
+    for (i = 0; i < NLFIELDS; i++)
+        Py_XDECREF(mark[i]);
+    return rc;
+}
+
 /* cls's slots for the loop fields: their member descriptors when every
  * one is one (Handle's _context tells the type), else none (getattr). */
 static int loop_slots(PyObject *cls)
@@ -726,11 +1043,17 @@ static int loop_slots(PyObject *cls)
     }
     if (all) {
         g = (descrgetfunc)PyType_GetSlot(member_type, Py_tp_descr_get);
+        lfield_set = g ? (descrsetfunc)PyType_GetSlot(member_type,
+                                                      Py_tp_descr_set)
+                       : NULL;
         PyErr_Clear();          /* 3.9: no slots of a static type */
+        if (!lfield_set)
+            g = NULL;
     }
     keep((PyObject **)&loop_type, cls);
     lfield_get = g;
-    return 0;
+    loop_direct = 0;
+    return g ? probe_loop(cls) : 0;
 }
 
 /* iter_methods(cls) -> (_run_once, call_soon, create_future, get_debug)
@@ -841,6 +1164,8 @@ static PyObject *iter_init(PyObject *module, PyObject *args)
             field_set[i] = st;
         }
     }
+    if (probe_fields() < 0)
+        return NULL;
     keep(&context_type, ct);
     keep(&copy_context, cc);
     keep(&heappop, hp);
@@ -868,7 +1193,20 @@ static PyObject *iter_init(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* handle_pool() -> (direct, pooled, loop_direct): whether Handle's slots
+ * are reached at their probed offsets (and Handles pooled), how many
+ * Handles wait in the pool now, and whether the loop's slots are reached
+ * at theirs (tests). */
+static PyObject *handle_pool_state(PyObject *module, PyObject *unused)
+{
+    return Py_BuildValue("(OiO)", fields_direct ? Py_True : Py_False,
+                         handle_pooled, loop_direct ? Py_True : Py_False);
+}
+
 static PyMethodDef iter_functions[] = {
+    {"handle_pool", handle_pool_state, METH_NOARGS,
+     "handle_pool() -> (direct, pooled, loop_direct): Handle slots by "
+     "offset, the Handles call_soon may reuse now, loop slots by offset"},
     {"iter_init", iter_init, METH_VARARGS,
      "iter_init(Handle, Context, copy_context, heappop, report_failure, "
      "min_scheduled, min_cancelled_fraction, max_select_timeout, Future"

@@ -69,6 +69,9 @@ typedef struct {
      * a cycle through the loop, which detach() breaks. */
     PyObject *loop, *conns, *ready;
     PyObject *future_kw;        /* {"loop": loop} (pe_py_loop_future_kw) */
+    /* ready.append and ready.popleft, bound once: a call each per
+     * callback, without looking the method up each time. */
+    PyObject *ready_append, *ready_popleft;
 } Batch;
 
 /* CTransport's `_w` slot: its member descriptor and that one's get
@@ -130,6 +133,8 @@ static int batch_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(b->conns);
     Py_VISIT(b->ready);
     Py_VISIT(b->future_kw);
+    Py_VISIT(b->ready_append);
+    Py_VISIT(b->ready_popleft);
     return 0;
 }
 
@@ -140,6 +145,8 @@ static int batch_clear(PyObject *self)
     Py_CLEAR(b->conns);
     Py_CLEAR(b->ready);
     Py_CLEAR(b->future_kw);
+    Py_CLEAR(b->ready_append);
+    Py_CLEAR(b->ready_popleft);
     return 0;
 }
 
@@ -159,16 +166,21 @@ static void batch_dealloc(PyObject *self)
 static PyObject *batch_bind(PyObject *self, PyObject *args)
 {
     Batch *b = (Batch *)self;
-    PyObject *loop, *conns, *ready, *kw;
+    PyObject *loop, *conns, *ready, *kw, *append = NULL, *popleft = NULL;
 
     if (!PyArg_ParseTuple(args, "OO!O", &loop, &PyDict_Type, &conns, &ready))
         return NULL;
     kw = PyDict_New();
-    if (!kw || PyDict_SetItemString(kw, "loop", loop) < 0) {
+    if (!kw || PyDict_SetItemString(kw, "loop", loop) < 0 ||
+        !(append = PyObject_GetAttrString(ready, "append")) ||
+        !(popleft = PyObject_GetAttrString(ready, "popleft"))) {
         Py_XDECREF(kw);
+        Py_XDECREF(append);
         return NULL;
     }
     batch_clear(self);
+    b->ready_append = append;
+    b->ready_popleft = popleft;
     Py_INCREF(loop);
     Py_INCREF(conns);
     Py_INCREF(ready);
@@ -183,6 +195,16 @@ static PyObject *batch_bind(PyObject *self, PyObject *args)
 PyObject *pe_py_loop_ready(PyObject *loop)
 {
     return current && current->loop == loop ? current->ready : NULL;
+}
+
+PyObject *pe_py_loop_ready_append(PyObject *loop)
+{
+    return current && current->loop == loop ? current->ready_append : NULL;
+}
+
+PyObject *pe_py_loop_ready_popleft(PyObject *loop)
+{
+    return current && current->loop == loop ? current->ready_popleft : NULL;
 }
 
 PyObject *pe_py_loop_future_kw(PyObject *loop)
@@ -339,22 +361,17 @@ static PyObject *conn_state(PyObject *self, PyObject *unused)
 
 /* --------------------------------------------------------------- the walk */
 
+/* callable(arg), taking arg's reference; no argument tuple made. */
 static PyObject *call1(PyObject *callable, PyObject *arg)
 {
-    PyObject *args, *r;
+    PyObject *r;
 
     if (!arg)
         return NULL;
-    args = PyTuple_New(1);
-    if (!args) {
-        Py_DECREF(arg);
-        return NULL;
-    }
-    PyTuple_SetItem(args, 0, arg);              /* steals arg */
     Py_INCREF(callable);             /* a callback may drop the Conn's ref */
-    r = PyObject_Call(callable, args, NULL);
+    r = PyObject_CallFunctionObjArgs(callable, arg, NULL);
     Py_DECREF(callable);
-    Py_DECREF(args);
+    Py_DECREF(arg);
     return r;
 }
 

@@ -49,6 +49,9 @@ PyObject *pe_py_loop_future_kw(PyObject *loop);
 /* loop._ready (never rebound after __init__) as the Batch of the loop
  * that waited last keeps it, or NULL for another loop (borrowed). */
 PyObject *pe_py_loop_ready(PyObject *loop);
+/* That _ready's append and popleft, bound (borrowed; NULL likewise). */
+PyObject *pe_py_loop_ready_append(PyObject *loop);
+PyObject *pe_py_loop_ready_popleft(PyObject *loop);
 
 int pe_py_add_iter(PyObject *m);      /* aio_iter.c: EventLoop's iteration */
 int pe_py_add_loop(PyObject *m);      /* loop_calls.c: pyepoll.Loop */

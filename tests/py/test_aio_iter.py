@@ -554,3 +554,182 @@ def test_timers_of_a_timerhandle_subclass_fire_in_order():
         return seen
     std, ours = on_both(scenario)
     assert ours == std == ["shifted", "plain"]
+
+
+# -- Handles call_soon reuses (aio_iter.c's pool) -----------------------------
+# The C call_soon may hand out again a Handle the C iteration ran when no
+# one else holds it; none of that may show: a Handle someone keeps, or
+# holds a weak reference to, or finds by gc, stays what it was, and what a
+# Handle held is released once it ran, as on the stdlib's loop.
+
+
+def test_a_kept_handle_stays_as_it_ran():
+    def scenario(loop):
+        seen = []
+        kept = [loop.call_soon(seen.append, i) for i in range(3)]
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        # More callbacks than the pool holds, after the kept ones ran.
+        for i in range(3, 40):
+            loop.call_soon(seen.append, i)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        return seen, [(h._callback == seen.append, h._args, h.cancelled(),
+                       h._loop is loop) for h in kept]
+    std, ours = on_both(scenario)
+    assert ours == std
+    assert ours[0] == list(range(40))
+    assert ours[1] == [(True, (i,), False, True) for i in range(3)]
+
+
+def test_a_weakly_referenced_handle_dies_and_is_not_reused():
+    import weakref
+
+    def scenario(loop):
+        seen, died = [], []
+        ref = weakref.ref(loop.call_soon(seen.append, "a"),
+                          lambda r: died.append("a"))
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        after_run = ref() is None
+        handles = [loop.call_soon(seen.append, i) for i in range(20)]
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        return seen, died, after_run, ref() is None, all(
+            h is not ref() for h in handles)
+    std, ours = on_both(scenario)
+    assert ours == std
+    assert ours == (["a"] + list(range(20)), ["a"], True, True, True)
+
+
+def test_what_a_handle_held_is_released_once_it_ran():
+    import weakref
+
+    class Arg:
+        pass
+
+    def scenario(loop):
+        arg, ctx = Arg(), contextvars.copy_context()
+        refs = (weakref.ref(arg), weakref.ref(ctx))
+        loop.call_soon(lambda a: None, arg, context=ctx)
+        del arg, ctx
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        return [r() is None for r in refs]
+    std, ours = on_both(scenario)
+    assert ours == std == [True, True]
+
+
+def test_a_handle_cancelled_or_kept_by_its_own_callback():
+    def scenario(loop):
+        seen, keep = [], []
+        holder: dict = {}
+
+        def cancel_self():
+            seen.append("cancel")
+            holder["h"].cancel()
+
+        def keep_self():
+            seen.append("keep")
+            keep.append(holder.pop("k"))
+        holder["h"] = loop.call_soon(cancel_self)
+        holder["k"] = loop.call_soon(keep_self)
+        h = holder.pop("h")
+        del h
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        # The Handles made next start fresh: not cancelled, and they run.
+        later = [loop.call_soon(seen.append, i) for i in range(4)]
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        return (seen, [h.cancelled() for h in later], keep[0]._args,
+                keep[0].cancelled())
+    std, ours = on_both(scenario)
+    assert ours == std
+    assert ours == (["cancel", "keep", 0, 1, 2, 3], [False] * 4, (), False)
+
+
+def test_a_pooled_handle_found_by_gc_is_never_handed_out():
+    import gc
+
+    def scenario(loop):
+        for i in range(20):
+            loop.call_soon(len, ())
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        # Handles of no loop: on the C path, those waiting in the pool.
+        found = [o for o in gc.get_objects() if type(o) is asyncio.Handle
+                 and getattr(o, "_loop", None) is None]
+        handles = [loop.call_soon(len, ()) for i in range(20)]
+        reused = sum(h is f for h in handles for f in found)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        return reused, [h._args for h in handles] == [((),)] * 20
+    std, ours = on_both(scenario)
+    assert ours == std == (0, True)
+
+
+def test_the_c_path_reuses_the_handles_it_ran(aio_path):
+    """The pool is the C path's alone: there, Handles the iteration ran and
+    dropped wait in it and call_soon takes them back; the Python path
+    never touches it."""
+    sp = asyncio_loop._sp_module
+    if sp is None:
+        pytest.skip("pyepoll._speedups is not built here (PyPy)")
+    loop = EventLoop()
+    try:
+        direct, before, loop_direct = sp.handle_pool()
+        if sys.implementation.name == "cpython" and sys.version_info >= (3, 10):
+            # The slot functions the probes start from (3.9 has none).
+            assert direct and loop_direct
+        for i in range(5):
+            loop.call_soon(len, ())
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        ran = sp.handle_pool()[1]
+        h = loop.call_soon(len, ())
+        taken = sp.handle_pool()[1]
+        assert type(h) is asyncio.Handle and h._args == ((),)
+        if aio_path == "c" and direct:
+            # The six call_soon took what the pool had (up to six).
+            assert ran == min(16, max(0, before - 6) + 6)
+            assert taken == ran - 1
+        else:
+            assert ran == taken == before
+    finally:
+        loop.close()
+
+
+def test_callbacks_of_each_arity_get_their_arguments_and_context():
+    # The C iteration calls ctx.run(cb, *args) without an argument tuple
+    # for up to two arguments, with one from three on.
+    class Big:
+        pass
+
+    def scenario(loop):
+        seen = []
+        ctx = contextvars.copy_context()
+        ctx.run(VAR.set, "ran-in-ctx")
+        holder: dict = {}
+
+        def record(*a):
+            seen.append((len(a), a[-1:] if a else (), VAR.get()))
+
+        def cancel_self(x, y):
+            holder[x].cancel()      # drops the Handle's args while running
+            seen.append(("cancelled", x, type(y).__name__, VAR.get()))
+        for n in range(5):
+            loop.call_soon(record, *range(n), context=ctx)
+        holder["a"] = loop.call_soon(cancel_self, "a", Big(), context=ctx)
+        holder["b"] = loop.call_soon(cancel_self, "b", Big())
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        return seen, [h._args for h in holder.values()]
+    std, ours = on_both(scenario)
+    assert ours == std
+    assert ours[0][:5] == [(0, (), "ran-in-ctx"), (1, (0,), "ran-in-ctx"),
+                           (2, (1,), "ran-in-ctx"), (3, (2,), "ran-in-ctx"),
+                           (4, (3,), "ran-in-ctx")]
+    assert ours[0][5:] == [("cancelled", "a", "Big", "ran-in-ctx"),
+                           ("cancelled", "b", "Big", "unset")]
+    assert ours[1] == [None, None]
