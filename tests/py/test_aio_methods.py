@@ -108,6 +108,35 @@ def test_create_task_plain_named_and_with_context():
     assert ours[0] == ([1, 2, "mine", "unset"] if HAS_CONTEXT else [1, 2])
 
 
+def test_create_task_gives_each_task_its_own_loop(monkeypatch):
+    # The running loop's Tasks get its shared {"loop": loop} keywords; a
+    # Task class that changes the keywords it got changes no later Task's,
+    # and a second loop's create_task (not the one bound last) gets itself.
+    from asyncio import tasks as asyncio_tasks
+    seen = []
+
+    class Meddling(asyncio.Task):
+        def __init__(self, coro, **kw):
+            seen.append(kw["loop"])
+            kw["loop"] = None
+            super().__init__(coro, loop=seen[-1])
+
+    monkeypatch.setattr(asyncio_tasks, "Task", Meddling)
+    loop, other = EventLoop(), EventLoop()
+    try:
+        async def main():
+            made = [loop.create_task(answer(i)) for i in range(3)]
+            made.append(other.create_task(answer(3)))
+            return made
+        made = loop.run_until_complete(main())     # main's Task first
+        assert seen == [loop, loop, loop, loop, other]
+        assert [t.get_loop() for t in made] == seen[1:]
+        assert loop.run_until_complete(asyncio.gather(*made[:3])) == [0, 1, 2]
+        assert other.run_until_complete(made[3]) == 3
+    finally:
+        loop.close()
+        other.close()
+
 def test_create_task_uses_the_task_factory():
     def scenario(loop):
         made = []
