@@ -533,7 +533,9 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
                        = None) -> List[Tuple[selectors.SelectorKey, int]]:
         """What Batch.select's answer other than None means (the C path of
         _select, and aio_iter.c's run_once): the fds' events, a failed or
-        interrupted wait, or a batch left for a queued walk."""
+        interrupted wait, or a batch left for a queued walk (aio_iter.c's
+        queue_walk takes the same steps in C, and gives the fds' events
+        here as a list)."""
         if fd_to_key is None:
             fd_to_key = self._selector._fd_to_key
         if type(r) is list:
@@ -555,8 +557,15 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
         if self._later is not vals:
             return                       # walked already (see _select)
         self._later = None
-        if self._sb is not None:
-            self._walk_c(False, None)
+        sb = self._sb
+        if sb is not None:
+            # _walk_c(False, None) inlined: one frame less per queued walk,
+            # which a busy server pays once per wakeup.
+            try:
+                sb.walk(self, self._conns, False)
+            except BaseException:
+                self._rest = False
+                raise
             return
         it = iter(vals)
         self._walk(zip(it, it, it, it), None)

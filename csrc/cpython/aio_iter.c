@@ -32,7 +32,8 @@ static PyObject *s_debug, *s_closed, *s_ready, *s_scheduled, *s_stopping,
     *s_repr, *s_source_tb, *s_time, *s_clock_res, *s_sb, *s_p, *s_rest,
     *s_later, *s_select, *s_select_py, *s_select_result, *s_process_events,
     *s_run, *s_run_once_py, *s_call_soon_py, *s_prune, *s_append, *s_popleft,
-    *s_scheduled_flag, *s_kw_context, *s_cancelled_count;
+    *s_scheduled_flag, *s_kw_context, *s_cancelled_count, *s_walk_later,
+    *s_fd_events, *s_conns, *s_walk;
 
 static PyObject *empty_tuple;
 static PyObject *kw_context_seen;       /* a str equal to "context" */
@@ -523,6 +524,110 @@ static int prune_timers(PyObject *loop, PyObject *scheduled, Py_ssize_t n)
     return call_drop(PyObject_CallMethodObjArgs(loop, s_prune, NULL));
 }
 
+static PyObject *call_soon(PyObject *loop, PyObject *const *args,
+                           Py_ssize_t nargs, PyObject *kwnames);
+
+/* EventLoop._walk_later(token) as the callback queue_walk queues, bound to
+ * the loop: the Python method's steps without its frame.  A batch walked
+ * already (an interrupted iteration's _select did it) is left; a loop with
+ * no Batch (the Python path) takes the Python method's way. */
+static PyObject *walk_later(PyObject *loop, PyObject *token)
+{
+    PyObject *later = lget(loop, L_LATER), *sb, *conns, *r;
+
+    if (!later)
+        return NULL;
+    Py_DECREF(later);
+    if (later != token)
+        Py_RETURN_NONE;
+    sb = lget(loop, L_SB);
+    if (!sb)
+        return NULL;
+    if (sb == Py_None) {
+        Py_DECREF(sb);
+        return PyObject_CallMethodObjArgs(loop, s_walk_later, token, NULL);
+    }
+    if (PyObject_SetAttr(loop, s_later, Py_None) < 0) {
+        Py_DECREF(sb);
+        return NULL;
+    }
+    conns = PyObject_GetAttr(loop, s_conns);
+    r = conns ? PyObject_CallMethodObjArgs(sb, s_walk, loop, conns, Py_False,
+                                           NULL)
+              : NULL;
+    Py_XDECREF(conns);
+    Py_DECREF(sb);
+    if (!r) {
+        /* As _walk_c: the rest of the batch waits for the next select. */
+        PyObject *type, *value, *tb;
+
+        PyErr_Fetch(&type, &value, &tb);
+        if (PyObject_SetAttr(loop, s_rest, Py_False) < 0)
+            PyErr_Clear();
+        PyErr_Restore(type, value, tb);
+        return NULL;
+    }
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef walk_later_def = {
+    "_walk_later", walk_later, METH_O,
+    "Walk the batch a wait left behind the ready callbacks (C)."
+};
+
+/* Batch.select's answer n > 0: callbacks were ready before the wait, so
+ * the batch's connection events wait behind them.  _select_result's steps
+ * without its frames (and the Python Handle.__init__ of its _call_soon):
+ * `token = loop._later = [n]`, walk_later queued with token, then
+ * the fds' events of the batch; those (rare: the self-pipe, add_reader fds)
+ * go to _select_result as the list it turns into selector keys.  Takes r;
+ * a new reference to the events' list or Py_None, NULL with an exception. */
+static PyObject *queue_walk(PyObject *loop, PyObject *r)
+{
+    PyObject *token = PyList_New(1), *args[2], *h, *sb, *fds, *v;
+    Py_ssize_t n;
+
+    if (!token) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    PyList_SetItem(token, 0, r);                        /* steals r */
+    if (PyObject_SetAttr(loop, s_later, token) < 0) {
+        Py_DECREF(token);
+        return NULL;
+    }
+    args[0] = PyCFunction_New(&walk_later_def, loop);
+    if (!args[0]) {
+        Py_DECREF(token);
+        return NULL;
+    }
+    args[1] = token;
+    h = call_soon(loop, args, 2, NULL);
+    Py_DECREF(args[0]);
+    Py_DECREF(token);
+    if (!h)
+        return NULL;
+    Py_DECREF(h);
+    sb = lget(loop, L_SB);
+    if (!sb)
+        return NULL;
+    fds = PyObject_CallMethodObjArgs(sb, s_fd_events, NULL);
+    Py_DECREF(sb);
+    if (!fds)
+        return NULL;
+    n = PyObject_Size(fds);
+    if (n <= 0) {
+        Py_DECREF(fds);
+        if (n < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    v = PyObject_CallMethodObjArgs(loop, s_select_result, fds, NULL);
+    Py_DECREF(fds);
+    return v;
+}
+
 /* The wait, with the timeout in seconds (None: block).  The common case is
  * Batch.select, its rare results and the loop's odd states the Python
  * _select's.  A new reference to the fd events' list (possibly empty) or
@@ -581,6 +686,8 @@ static PyObject *loop_wait(PyObject *loop, PyObject *timeout)
     }
     if (r == Py_None)
         return r;
+    if (PyLong_CheckExact(r) && PyLong_AsLong(r) > 0)
+        return queue_walk(loop, r);
     v = PyObject_CallMethodObjArgs(loop, s_select_result, r, NULL);
     Py_DECREF(r);
     return v;
@@ -1253,7 +1360,10 @@ int pe_py_add_iter(PyObject *m)
         name(&s_cancelled_count, "_timer_cancelled_count") < 0 ||
         name(&s_loop_kw, "loop") < 0 ||
         name(&s_closing, "_closing") < 0 ||
-        name(&s_create_future_py, "_create_future_py") < 0)
+        name(&s_create_future_py, "_create_future_py") < 0 ||
+        name(&s_walk_later, "_walk_later") < 0 ||
+        name(&s_fd_events, "fd_events") < 0 ||
+        name(&s_conns, "_conns") < 0 || name(&s_walk, "walk") < 0)
         return -1;
     empty_tuple = PyTuple_New(0);
     if (!empty_tuple)

@@ -185,8 +185,13 @@ static PyObject *loop_create_task(PyObject *self, PyObject *args, PyObject *kw)
     Py_DECREF(tasks);
     if (!task_type)
         return NULL;
-    kwargs = PyDict_New();
-    if (!kwargs || PyDict_SetItem(kwargs, s_loop, self) < 0) {
+    /* The running loop's own {"loop": loop} (create_future's too): Task's
+     * __init__ reads it and keeps no reference; else one made here. */
+    kwargs = pe_py_loop_future_kw(self);
+    if (kwargs) {
+        Py_INCREF(kwargs);
+    } else if (!(kwargs = PyDict_New()) ||
+               PyDict_SetItem(kwargs, s_loop, self) < 0) {
         Py_XDECREF(kwargs);
         Py_DECREF(task_type);
         return NULL;

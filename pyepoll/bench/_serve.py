@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dis
 import email.utils
 import json
 import os
@@ -341,6 +342,10 @@ def _part(filename: str) -> str:
     return "other"
 
 
+# The opcode a function (and a resumed coroutine) starts at, 3.11+.
+_RESUME = dis.opmap.get("RESUME")
+
+
 class _Sampler:
     """A statistical profile of the server's CPU: ITIMER_PROF fires every
     millisecond of CPU time (user and system), and each SIGPROF counts the
@@ -351,18 +356,31 @@ class _Sampler:
     C core and its send/recv/epoll_wait to pyepoll.asyncio_loop).
     (ITIMER_VIRTUAL, meant for user time only, was measured to land the
     same way on a Linux kernel with tick-based CPU accounting, so it is no
-    way to leave the kernel out.)
+    way to leave the kernel out.)  A signal that lands in C code which then
+    calls a Python function is handled at that function's first
+    instruction (RESUME, 3.11+; also where a coroutine resumes): it counts
+    to the caller's frame, so the C loop's batch walk, sends and Task
+    steps count to the loop, not to the protocol callback or coroutine
+    they start.
     SIGUSR1 starts it, SIGUSR2 stops it and writes the counts, by part of
     the stack and by function, to ``profile.json`` in the working
     directory."""
 
     def __init__(self) -> None:
         self.counts: Dict[object, int] = collections.Counter()   # by code object
+        self.ops: Dict[object, bytes] = {}      # code object -> its co_code
         signal.signal(signal.SIGUSR1, self.start)
         signal.signal(signal.SIGUSR2, self.stop)
 
     def sample(self, signum: int, frame) -> None:
         code = frame.f_code if frame is not None else None
+        if (_RESUME is not None and code is not None and
+                frame.f_back is not None and frame.f_lasti >= 0):
+            ops = self.ops.get(code)
+            if ops is None:
+                ops = self.ops[code] = code.co_code
+            if frame.f_lasti < len(ops) and ops[frame.f_lasti] == _RESUME:
+                code = frame.f_back.f_code      # not started: the caller's
         self.counts[code] += 1
 
     def start(self, signum: int, frame) -> None:

@@ -197,6 +197,73 @@ def test_a_callback_scheduled_by_a_callback_runs_next_iteration():
     assert stdlib == ours == (["a", "a2"], ["a", "a2", "b"])
 
 
+@pytest.mark.parametrize("with_fd", [False, True])
+def test_io_of_a_wait_after_ready_callbacks_runs_behind_them(with_fd):
+    # Callbacks ready before the wait run before the wait's I/O callbacks
+    # (a connection's data_received, an add_reader fd's callback), which
+    # run before what those ready callbacks scheduled.  On EventLoop the
+    # connection events then go in one queued walk (aio_iter.c's
+    # queue_walk); with an fd event in the same batch, that comes back as
+    # the stdlib's selector keys.
+    import socket
+    import time
+
+    queued = []
+
+    def scenario(loop):
+        seen = []
+
+        class P(asyncio.Protocol):
+            def connection_made(self, t):
+                seen.append("made")
+
+            def data_received(self, data):
+                seen.append(data)
+
+        async def main():
+            server = await loop.create_server(P, "127.0.0.1", 0)
+            port = server.sockets[0].getsockname()[1]
+            client = socket.create_connection(("127.0.0.1", port))
+            r, w = socket.socketpair()
+            try:
+                while seen != ["made"]:
+                    await asyncio.sleep(0.005)
+                if with_fd:
+                    loop.add_reader(r, lambda: seen.append(r.recv(10)))
+                done = loop.create_future()
+
+                def block_then_schedule():
+                    client.sendall(b"data")
+                    w.send(b"fd")
+                    time.sleep(0.2)     # both arrive before the next wait
+
+                    def ready():
+                        seen.append("ready")
+                        if isinstance(loop, EventLoop):
+                            queued.extend(getattr(h._callback, "__name__", "")
+                                          for h in loop._ready)
+                        loop.call_soon(seen.append, "next")
+                        loop.call_soon(done.set_result, None)
+                    loop.call_soon(ready)
+                loop.call_soon(block_then_schedule)
+                await done
+            finally:
+                if with_fd:
+                    loop.remove_reader(r)
+                client.close()
+                r.close()
+                w.close()
+                server.close()
+                await server.wait_closed()
+            return seen
+        return loop.run_until_complete(main())
+    for seen in on_both(scenario):
+        io = [b"data", b"fd"] if with_fd else [b"data"]
+        assert seen[:2] == ["made", "ready"]
+        assert sorted(seen[2:2 + len(io)]) == io
+        assert seen[2 + len(io)] == "next"
+    assert "_walk_later" in queued      # the batch went in a queued walk
+
 def test_timers_run_in_the_stdlibs_order():
     def scenario(loop):
         seen = []

@@ -108,6 +108,35 @@ def test_create_task_plain_named_and_with_context():
     assert ours[0] == ([1, 2, "mine", "unset"] if HAS_CONTEXT else [1, 2])
 
 
+def test_create_task_gives_each_task_its_own_loop(monkeypatch):
+    # The running loop's Tasks get its shared {"loop": loop} keywords; a
+    # Task class that changes the keywords it got changes no later Task's,
+    # and a second loop's create_task (not the one bound last) gets itself.
+    from asyncio import tasks as asyncio_tasks
+    seen = []
+
+    class Meddling(asyncio.Task):
+        def __init__(self, coro, **kw):
+            seen.append(kw["loop"])
+            kw["loop"] = None
+            super().__init__(coro, loop=seen[-1])
+
+    monkeypatch.setattr(asyncio_tasks, "Task", Meddling)
+    loop, other = EventLoop(), EventLoop()
+    try:
+        async def main():
+            made = [loop.create_task(answer(i)) for i in range(3)]
+            made.append(other.create_task(answer(3)))
+            return made
+        made = loop.run_until_complete(main())     # main's Task first
+        assert seen == [loop, loop, loop, loop, other]
+        assert [t.get_loop() for t in made] == seen[1:]
+        assert loop.run_until_complete(asyncio.gather(*made[:3])) == [0, 1, 2]
+        assert other.run_until_complete(made[3]) == 3
+    finally:
+        loop.close()
+        other.close()
+
 def test_create_task_uses_the_task_factory():
     def scenario(loop):
         made = []
@@ -261,3 +290,48 @@ def test_wakeup_cost_knows_the_aiohttp_targets():
     assert wakeup_cost.argv_for("uvloop-aiohttp", 1)[-2] == "uvloop-aiohttp"
     assert wakeup_cost.argv_for("floor-aio-aiohttp", 0, 700)[-3:] == [
         "pyepoll.bench._inproc", "pyepollaio", "700"]
+
+
+def test_wakeup_cost_drives_k_connections_a_round_at_a_time():
+    # drive(conns=K): one round trip alone, then each round one message on
+    # every connection before any answer is read (a batch of K per wakeup).
+    import os
+    import threading
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
+                                    "scripts"))
+    try:
+        import wakeup_cost
+    finally:
+        sys.path.pop(0)
+    got = []            # (connection number, bytes) in arrival order
+    loop = EventLoop()
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, t):
+            self.t, self.n = t, len(conns)
+            conns.append(self)
+
+        def data_received(self, data):
+            got.append((self.n, len(data)))
+            self.t.write(data)
+
+    conns = []
+    server = loop.run_until_complete(
+        loop.create_server(Echo, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    th = threading.Thread(target=loop.run_forever)
+    th.start()
+    try:
+        wakeup_cost.drive(port, 4, False, 0.0, 3)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        th.join(10)
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+        loop.close()
+    assert len(conns) == 3
+    # 64 B messages (a read may split one): the first alone on connection
+    # 0, then 4 rounds on each of the three.
+    per = {n: sum(b for m, b in got if m == n) for n in range(3)}
+    assert per == {0: 64 * 5, 1: 64 * 4, 2: 64 * 4}
+    assert got[0][0] == 0

@@ -107,6 +107,49 @@ def test_installed_cpython_package_has_the_abi3_speedups():
 # -- the batch walk ---------------------------------------------------------------
 
 
+def test_keyboard_interrupt_in_a_queued_walk_keeps_the_rest():
+    # A callback ready before the wait: the batch is walked by a callback
+    # queued behind it (aio_iter.c's queue_walk, _walk_later), and what a
+    # KeyboardInterrupt there leaves is handed out before the next wait.
+    loop = EventLoop()
+    got, protos, ran = [], [], []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, t):
+            protos.append(self)
+
+        def data_received(self, data):
+            got.append((data, list(ran)))
+            if data.startswith(b"ki"):
+                raise KeyboardInterrupt
+
+    try:
+        server = loop.run_until_complete(
+            loop.create_server(P, "127.0.0.1", 0))
+        port = server.sockets[0].getsockname()[1]
+        clients = [socket.create_connection(("127.0.0.1", port))
+                   for _ in range(3)]
+        loop.run_until_complete(until(lambda: len(protos) == 3, "accepts"))
+        for c, msg in zip(clients, (b"ki-0", b"ki-1", b"ok-2")):
+            c.sendall(msg)
+        time.sleep(0.3)         # all three arrive before the loop waits
+        loop.call_soon(ran.append, "ready")
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_forever()
+        # The callback ready before the wait ran first.
+        assert len(got) == 1 and got[0][1] == ["ready"]
+        assert loop._rest is not None and loop._later is None
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_forever()
+        loop.run_until_complete(until(lambda: len(got) == 3, "the rest"))
+        assert sorted(d for d, _ in got) == [b"ki-0", b"ki-1", b"ok-2"]
+        for c in clients:
+            c.close()
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+    finally:
+        loop.close()
+
 def test_keyboard_interrupt_mid_batch_keeps_the_rest():
     loop = EventLoop()
     got, protos = [], []

@@ -452,6 +452,39 @@ def test_sampler_counts_the_function_that_spends_the_cpu(tmp_path) -> None:
 
 
 @linux
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="RESUME is 3.11's")
+def test_sampler_counts_c_code_to_the_caller_not_to_its_callback(tmp_path) -> None:
+    # C code that calls back into Python (as the C loop calls
+    # data_received): a signal landing in the C part is handled at the
+    # callback's first instruction, and counts to the frame that called
+    # the C code.  re.sub scanning 2 MB in C, its callback called once per scan.
+    code = ("import os, re, signal, time\n"
+            "from pyepoll.bench import _serve\n"
+            "_serve._Sampler()\n"
+            "def cb(m):\n"
+            "    return 'y'\n"
+            "def scan():\n"
+            "    s = 'a' * 2_000_000 + 'b'\n"
+            "    t = time.process_time()\n"
+            "    while time.process_time() - t < 0.3:\n"
+            "        re.sub('b', cb, s)\n"
+            "os.kill(os.getpid(), signal.SIGUSR1)\n"
+            "scan()\n"
+            "os.kill(os.getpid(), signal.SIGUSR2)\n")
+    env = dict(os.environ, PYTHONPATH=_servers.PKG_PARENT)
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                   check=True, timeout=60)
+    import json
+    prof = json.loads((tmp_path / "profile.json").read_text())
+    total = sum(prof["parts"].values())
+    assert total >= 50, prof
+    funcs = prof["functions"]
+    assert funcs.get("other|<string>:cb", 0) <= 0.1 * total, prof
+    # re.sub's Python wrapper called the C scan; scan itself builds s.
+    assert (funcs.get("other|__init__.py:sub", 0) +
+            funcs.get("other|<string>:scan", 0)) >= 0.8 * total, prof
+
+@linux
 @plain
 def test_fleet_rejects_a_server_on_the_wrong_loop() -> None:
     # The stdlib-loop Protocol server, told to be on pyepoll's loop.
