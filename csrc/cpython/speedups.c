@@ -168,7 +168,8 @@ static PyObject *batch_bind(PyObject *self, PyObject *args)
     Batch *b = (Batch *)self;
     PyObject *loop, *conns, *ready, *kw, *append = NULL, *popleft = NULL;
 
-    if (!PyArg_ParseTuple(args, "OO!O", &loop, &PyDict_Type, &conns, &ready))
+    if (!PyArg_ParseTuple(args, "OO!O", &loop, pe_py_conn_map_type, &conns,
+                          &ready))
         return NULL;
     kw = PyDict_New();
     if (!kw || PyDict_SetItemString(kw, "loop", loop) < 0 ||
@@ -546,7 +547,8 @@ static int deliver(PyObject *loop, PyObject *t, Conn *c,
     return rc < 0 ? -1 : 0;
 }
 
-/* walk(loop, conns, want_fds) -> [(fd, bits)] or None.  Walks the last
+/* walk(loop, conns, want_fds) -> [(fd, bits)] or None (conns: the loop's
+ * _conns, a ConnMap).  Walks the last
  * batch from where it stopped: DATA of a transport on a fast path is
  * delivered here, every other event goes to loop._event(kind, h, arg, off)
  * in batch order, FD events are collected (if want_fds).  An exception
@@ -569,19 +571,12 @@ static PyObject *walk(Batch *b, PyObject *loop, PyObject *conns,
         if (e->kind == PE_EV_WAKEUP)
             continue;           /* call_soon_threadsafe: the wait returned */
         if (e->kind == PE_EV_DATA) {
-            PyObject *key, *t, *w;
+            PyObject *t, *w;
             int rc;
 
-            key = PyLong_FromUnsignedLongLong(e->handle);
-            if (!key)
-                goto fail;
-            t = PyDict_GetItemWithError(conns, key);
-            Py_DECREF(key);
-            if (!t) {
-                if (PyErr_Occurred())
-                    goto fail;
+            t = pe_py_conn_of(conns, e->handle);
+            if (!t)
                 continue;                       /* closed meanwhile */
-            }
             Py_INCREF(t);
             w = get_w(t);
             if (!w) {
@@ -634,7 +629,7 @@ static PyObject *batch_walk(PyObject *self, PyObject *args)
     PyObject *loop, *conns;
     int want_fds;
 
-    if (!PyArg_ParseTuple(args, "OO!p", &loop, &PyDict_Type, &conns,
+    if (!PyArg_ParseTuple(args, "OO!p", &loop, pe_py_conn_map_type, &conns,
                           &want_fds))
         return NULL;
     return walk((Batch *)self, loop, conns, want_fds);
@@ -927,7 +922,8 @@ PyMODINIT_FUNC PyInit__speedups(void)
         Py_DECREF(m);
         return NULL;
     }
-    if (pe_py_add_iter(m) < 0 || pe_py_add_methods(m) < 0) {
+    if (pe_py_add_conn_map(m) < 0 || pe_py_add_iter(m) < 0 ||
+        pe_py_add_methods(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }
