@@ -6,6 +6,7 @@ so the two cannot drift apart; test_aio_loop.py and test_asyncio.py run
 whole on both paths too."""
 from __future__ import annotations
 
+import array
 import asyncio
 import errno
 import importlib.util
@@ -217,9 +218,13 @@ class Keep(asyncio.BufferedProtocol):
 
 
 @pytest.mark.parametrize("kind", ["bytearray", "memoryview", "small view",
-                                  "view cast to int", "short bytearray"])
+                                  "view cast to int", "short bytearray",
+                                  "array", "view of an array"])
 def test_buffered_protocol_buffers_the_c_walk_fills_or_hands_back(kind):
     makers = {
+        "array": lambda n: array.array("B", bytes(n + 10)),
+        "view of an array": lambda n: memoryview(array.array("h", bytes(
+            n + 10 + n % 2)))[1:],
         "bytearray": lambda n: bytearray(n + 10),
         "memoryview": lambda n: memoryview(bytearray(n + 10)),
         "small view": lambda n: memoryview(bytearray(7)),
@@ -323,6 +328,25 @@ def test_write_takes_every_bytes_like_intact():
 
     got, errors = run(main)
     assert got == want
+    assert errors == []
+
+
+def test_write_of_a_released_view_raises_as_the_python_way():
+    async def main():
+        t, p, b = await pair(asyncio.Protocol)
+        view = memoryview(bytearray(b"abc"))
+        view.release()
+        with pytest.raises(ValueError, match="released"):
+            t.write(view)
+        t.write(b"after")
+        got = await asyncio.get_running_loop().run_in_executor(
+            None, recv_exactly, b, 5)
+        t.close()
+        b.close()
+        return got
+
+    got, errors = run(main)
+    assert got == b"after"
     assert errors == []
 
 
