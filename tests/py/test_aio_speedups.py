@@ -9,6 +9,7 @@ from __future__ import annotations
 import array
 import asyncio
 import errno
+import functools
 import importlib.util
 import logging
 import os
@@ -147,6 +148,47 @@ def test_keyboard_interrupt_mid_batch_keeps_the_rest():
         loop.run_until_complete(server.wait_closed())
     finally:
         loop.close()
+
+
+class CallableSink:
+    """A data_received that is an instance with __call__ (no vectorcall
+    slot: the call goes through tp_call)."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def __call__(self, data):
+        self.out.append(data)
+
+
+@pytest.mark.parametrize("kind", ["instance", "partial", "builtin"])
+def test_data_received_of_any_callable_kind(kind):
+    got = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, t):
+            if kind == "instance":
+                self.data_received = CallableSink(got)
+            elif kind == "partial":
+                self.data_received = functools.partial(
+                    lambda sink, data: sink.append(data), got)
+            else:
+                self.data_received = got.append
+            t.set_protocol(self)       # the transport reads the new callable
+
+    async def main():
+        t, p, b = await pair(P)
+        b.sendall(b"one")
+        await until(lambda: b"".join(got) == b"one", "first bytes")
+        b.sendall(b"two")
+        await until(lambda: b"".join(got) == b"onetwo", "all bytes")
+        t.close()
+        b.close()
+        return [type(x) for x in got]
+
+    types, errors = run(main)
+    assert set(types) == {bytes}
+    assert errors == []
 
 
 def test_system_exit_in_data_received_propagates():
