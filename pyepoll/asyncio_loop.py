@@ -305,7 +305,9 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
                 int(addr("uintptr_t", self._bev)), batch,
                 int(addr("uintptr_t", self._bbuf)), self._bsize,
                 (self._p, self._bev, self._bbuf))
-        self._conns: Dict[int, CTransport] = {}
+        # handle -> CTransport; on the C paths a ConnMap (the same use, an
+        # array indexed by the handle's slot, read by the C walk per DATA).
+        self._conns: Any = {} if _sp is None else _sp.ConnMap()
         # listener id -> (protocol factory, Server); listening fd -> id.
         self._serving: Dict[int, Tuple[Callable[[], Any], Any]] = {}
         self._listener_of: Dict[int, int] = {}

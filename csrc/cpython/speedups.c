@@ -17,12 +17,13 @@
  * implementation of asyncio's semantics; this file only does the common
  * case the same way.
  *
- * Limited API 3.9 (one abi3 module for every CPython >= 3.9): no
- * PyObject_GetBuffer, so only bytes and bytearray are read directly;
- * memoryviews are copied or assigned through their own slicing.
+ * Limited API 3.9 (one abi3 module for every CPython >= 3.9), plus the
+ * buffer protocol, which joined it in 3.11 (declared below for older
+ * headers).
  */
 #include "speedups.h"
 
+#include <dlfcn.h>
 #include <errno.h>
 #include <string.h>
 
@@ -38,17 +39,36 @@ static PyTypeObject *batch_type;
 static PyTypeObject *conn_type;
 
 /* Interned attribute and method names. */
-static PyObject *s_w, *s_c_contiguous, *s_event, *s_feed_at, *s_fatal_error, *s_write_py,
+static PyObject *s_w, *s_event, *s_feed_at, *s_fatal_error, *s_write_py,
     *s_maybe_pause, *s_write_failed;
 
-/* A memoryview written up to this size is copied into a bytes object and
- * sent from C; a larger one goes the Python way (cffi sends it in place). */
+/* A memoryview written up to this size is sent from C; a larger one goes
+ * the Python way (cffi sends it in place). */
 #define COPY_MAX 65536
 
-/* PyMemoryView_FromMemory's flag: declared for the limited API from 3.11
- * on, the same value since 3.3. */
-#ifndef PyBUF_READ
-#define PyBUF_READ 0x100
+/* The buffer protocol: in the limited API (and its headers) from 3.11 on;
+ * every CPython 3 exports these two functions, with this Py_buffer layout
+ * since 3.3, so a module built for 3.9 declares them itself. */
+#if Py_LIMITED_API + 0 >= 0x030B0000
+typedef Py_buffer pe_buffer;
+#define pe_get_buffer PyObject_GetBuffer
+#define pe_release_buffer PyBuffer_Release
+#else
+typedef struct {
+    void *buf;
+    PyObject *obj;
+    Py_ssize_t len, itemsize;
+    int readonly, ndim;
+    char *format;
+    Py_ssize_t *shape, *strides, *suboffsets;
+    void *internal;
+} pe_buffer;
+PyAPI_FUNC(int) PyObject_GetBuffer(PyObject *, pe_buffer *, int);
+PyAPI_FUNC(void) PyBuffer_Release(pe_buffer *);
+#define pe_get_buffer PyObject_GetBuffer
+#define pe_release_buffer PyBuffer_Release
+#define PyBUF_SIMPLE 0
+#define PyBUF_WRITABLE 0x0001
 #endif
 
 /* ------------------------------------------------------------------ Batch */
@@ -168,7 +188,8 @@ static PyObject *batch_bind(PyObject *self, PyObject *args)
     Batch *b = (Batch *)self;
     PyObject *loop, *conns, *ready, *kw, *append = NULL, *popleft = NULL;
 
-    if (!PyArg_ParseTuple(args, "OO!O", &loop, &PyDict_Type, &conns, &ready))
+    if (!PyArg_ParseTuple(args, "OO!O", &loop, pe_py_conn_map_type, &conns,
+                          &ready))
         return NULL;
     kw = PyDict_New();
     if (!kw || PyDict_SetItemString(kw, "loop", loop) < 0 ||
@@ -268,7 +289,6 @@ typedef struct {
     int mode;                   /* MODE_*: how the walk delivers DATA */
     PyObject *cb1;              /* data_received, or get_buffer */
     PyObject *cb2;              /* buffer_updated */
-    PyObject *view;             /* a memoryview get_buffer gave, checked */
 } Conn;
 
 static PyObject *conn_new(PyTypeObject *type, PyObject *args, PyObject *kw)
@@ -297,7 +317,6 @@ static int conn_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(c->batch);
     Py_VISIT(c->cb1);
     Py_VISIT(c->cb2);
-    Py_VISIT(c->view);
     return 0;
 }
 
@@ -309,7 +328,6 @@ static int conn_clear(PyObject *self)
     Py_CLEAR(c->batch);
     Py_CLEAR(c->cb1);
     Py_CLEAR(c->cb2);
-    Py_CLEAR(c->view);
     return 0;
 }
 
@@ -348,7 +366,6 @@ static PyObject *conn_set(PyObject *self, PyObject *args)
     c->cb2 = cb2 == Py_None ? NULL : (Py_INCREF(cb2), cb2);
     Py_XDECREF(old1);
     Py_XDECREF(old2);
-    Py_CLEAR(c->view);
     Py_RETURN_NONE;
 }
 
@@ -361,15 +378,33 @@ static PyObject *conn_state(PyObject *self, PyObject *unused)
 
 /* --------------------------------------------------------------- the walk */
 
+/* PyObject_VectorcallDict, which every CPython from 3.9 on exports but
+ * the limited API does not declare: looked up at import (NULL if this
+ * interpreter lacks it: the varargs call, which costs some 60
+ * instructions more per callback, walking its va_list). */
+typedef PyObject *(*vcall_dict_fn)(PyObject *, PyObject *const *, size_t,
+                                   PyObject *);
+static vcall_dict_fn vcall_dict;
+
+/* The vectorcall flag letting a bound method put self in args[-1] instead
+ * of copying the arguments (CPython's value since 3.8). */
+#define ARGS_OFFSET ((size_t)1 << (8 * sizeof(size_t) - 1))
+
 /* callable(arg), taking arg's reference; no argument tuple made. */
 static PyObject *call1(PyObject *callable, PyObject *arg)
 {
-    PyObject *r;
+    PyObject *r, *args[2];
 
     if (!arg)
         return NULL;
     Py_INCREF(callable);             /* a callback may drop the Conn's ref */
-    r = PyObject_CallFunctionObjArgs(callable, arg, NULL);
+    if (vcall_dict) {
+        args[0] = NULL;
+        args[1] = arg;
+        r = vcall_dict(callable, args + 1, 1 | ARGS_OFFSET, NULL);
+    } else {
+        r = PyObject_CallFunctionObjArgs(callable, arg, NULL);
+    }
     Py_DECREF(callable);
     Py_DECREF(arg);
     return r;
@@ -437,61 +472,34 @@ int pe_py_report_raised(PyObject *func, PyObject *lead, PyObject *trail)
 
 /* BufferedProtocol: n bytes at src into what get_buffer returned, then
  * buffer_updated(n).  1: done; 0: not a buffer handled here (the Python
- * way takes it); -1: an exception to propagate. */
-static int feed_buffer(PyObject *t, Conn *c, PyObject *buffer_updated,
-                       PyObject *buf, const char *src, Py_ssize_t n)
+ * way takes it, and says what is wrong with it); -1: an exception to
+ * propagate. */
+static int feed_buffer(PyObject *t, PyObject *buffer_updated, PyObject *buf,
+                       const char *src, Py_ssize_t n)
 {
+    pe_buffer view;
     PyObject *r;
 
     if (PyByteArray_CheckExact(buf)) {
         if (PyByteArray_Size(buf) < n)
             return 0;
         memcpy(PyByteArray_AsString(buf), src, (size_t)n);
-    } else if (PyMemoryView_Check(buf)) {
-        /* buf[:n] = the bytes: memoryview's own assignment copies them,
-         * and refuses (no byte written) a read-only view, another format
-         * or too little room; the Python way then says what is wrong. */
-        PyObject *from, *slice, *stop, *contiguous;
-        int rc;
-
-        /* A strided view would take the bytes; the Python way refuses it.
-         * A view's layout never changes: the one checked last time (a
-         * protocol's usual one buffer) is not checked again. */
-        if (buf != c->view) {
-            contiguous = PyObject_GetAttr(buf, s_c_contiguous);
-            rc = contiguous == Py_True;
-            Py_XDECREF(contiguous);
-            if (!rc) {
-                PyErr_Clear();
-                return 0;
-            }
-            PyObject *old = c->view;
-
-            Py_INCREF(buf);
-            c->view = buf;
-            Py_XDECREF(old);
-        }
-        if (PyObject_Size(buf) < n) {
-            PyErr_Clear();
-            return 0;
-        }
-        from = PyMemoryView_FromMemory((char *)src, n, PyBUF_READ);
-        if (!from)
-            return -1;
-        stop = PyLong_FromSsize_t(n);
-        slice = stop ? PySlice_New(NULL, stop, NULL) : NULL;
-        Py_XDECREF(stop);
-        rc = slice ? PyObject_SetItem(buf, slice, from) : -1;
-        Py_XDECREF(slice);
-        Py_DECREF(from);
-        if (rc < 0) {
+    } else {
+        /* Writable and C-contiguous (a strided memoryview refuses a
+         * request without strides), its size in bytes, as the Python
+         * way's memoryview(buf) checks. */
+        if (pe_get_buffer(buf, &view, PyBUF_WRITABLE) < 0) {
             if (!PyErr_ExceptionMatches(PyExc_Exception))
                 return -1;
             PyErr_Clear();
             return 0;
         }
-    } else {
-        return 0;
+        if (view.len < n) {
+            pe_release_buffer(&view);
+            return 0;
+        }
+        memcpy(view.buf, src, (size_t)n);
+        pe_release_buffer(&view);
     }
     r = call1(buffer_updated, PyLong_FromSsize_t(n));
     if (!r)
@@ -532,7 +540,7 @@ static int deliver(PyObject *loop, PyObject *t, Conn *c,
         return callback_failed(
             t, "Fatal error: protocol.get_buffer() call failed.");
     }
-    rc = feed_buffer(t, c, buffer_updated, r, src, n);
+    rc = feed_buffer(t, buffer_updated, r, src, n);
     Py_DECREF(buffer_updated);
     if (rc == 0) {
         /* Smaller, odd or refused: the Python way, from this buffer. */
@@ -546,7 +554,8 @@ static int deliver(PyObject *loop, PyObject *t, Conn *c,
     return rc < 0 ? -1 : 0;
 }
 
-/* walk(loop, conns, want_fds) -> [(fd, bits)] or None.  Walks the last
+/* walk(loop, conns, want_fds) -> [(fd, bits)] or None (conns: the loop's
+ * _conns, a ConnMap).  Walks the last
  * batch from where it stopped: DATA of a transport on a fast path is
  * delivered here, every other event goes to loop._event(kind, h, arg, off)
  * in batch order, FD events are collected (if want_fds).  An exception
@@ -569,19 +578,12 @@ static PyObject *walk(Batch *b, PyObject *loop, PyObject *conns,
         if (e->kind == PE_EV_WAKEUP)
             continue;           /* call_soon_threadsafe: the wait returned */
         if (e->kind == PE_EV_DATA) {
-            PyObject *key, *t, *w;
+            PyObject *t, *w;
             int rc;
 
-            key = PyLong_FromUnsignedLongLong(e->handle);
-            if (!key)
-                goto fail;
-            t = PyDict_GetItemWithError(conns, key);
-            Py_DECREF(key);
-            if (!t) {
-                if (PyErr_Occurred())
-                    goto fail;
+            t = pe_py_conn_of(conns, e->handle);
+            if (!t)
                 continue;                       /* closed meanwhile */
-            }
             Py_INCREF(t);
             w = get_w(t);
             if (!w) {
@@ -634,7 +636,7 @@ static PyObject *batch_walk(PyObject *self, PyObject *args)
     PyObject *loop, *conns;
     int want_fds;
 
-    if (!PyArg_ParseTuple(args, "OO!p", &loop, &PyDict_Type, &conns,
+    if (!PyArg_ParseTuple(args, "OO!p", &loop, pe_py_conn_map_type, &conns,
                           &want_fds))
         return NULL;
     return walk((Batch *)self, loop, conns, want_fds);
@@ -689,9 +691,17 @@ static PyObject *batch_select(PyObject *self, PyObject *timeout)
             }
         }
     }
-    Py_BEGIN_ALLOW_THREADS
-    n = core_run_into(b->l, NULL, 0, b->ev, b->max, ms, b->buf, b->buflen);
-    Py_END_ALLOW_THREADS
+    if (ms == 0) {
+        /* A poll that cannot block (callbacks are ready): with the GIL
+         * held, as a non-blocking send is; letting it go and taking it
+         * back costs some 400 instructions, more than the poll. */
+        n = core_run_into(b->l, NULL, 0, b->ev, b->max, 0, b->buf, b->buflen);
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        n = core_run_into(b->l, NULL, 0, b->ev, b->max, ms, b->buf,
+                          b->buflen);
+        Py_END_ALLOW_THREADS
+    }
     b->n = n > 0 ? n : 0;
     b->pos = 0;
     if (n == 0)
@@ -722,7 +732,9 @@ static PyObject *batch_select(PyObject *self, PyObject *timeout)
  * send does not block).  Everything else is CTransport._write_py's. */
 static PyObject *transport_write(PyObject *self, PyObject *data)
 {
-    PyObject *w, *copy = NULL;
+    PyObject *w;
+    pe_buffer view;
+    int held = 0;
     const char *p;
     Py_ssize_t len;
     long long high;
@@ -742,31 +754,31 @@ static PyObject *transport_write(PyObject *self, PyObject *data)
         p = PyByteArray_AsString(data);
         len = PyByteArray_Size(data);
     } else if (PyMemoryView_Check(data)) {
-        /* No buffer API before 3.11 in the limited API: a copy, which
-         * costs less than the Python way for small writes. */
-        len = PyObject_Size(data);
-        if (len < 0 || len > COPY_MAX) {
+        /* Its bytes in place when C-contiguous; a strided or released
+         * view goes the Python way, which says what is wrong. */
+        if (pe_get_buffer(data, &view, PyBUF_SIMPLE) < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                Py_DECREF(w);
+                return NULL;
+            }
             PyErr_Clear();
             goto python;
         }
-        copy = PyBytes_FromObject(data);
-        if (!copy) {
-            PyErr_Clear();              /* a released view, say */
+        if (view.len > COPY_MAX) {
+            pe_release_buffer(&view);
             goto python;
         }
-        p = PyBytes_AsString(copy);
-        len = PyBytes_Size(copy);
+        held = 1;
+        p = view.buf;
+        len = view.len;
     } else {
         goto python;
     }
-    if (len == 0) {
-        Py_XDECREF(copy);
-        Py_DECREF(w);
-        Py_RETURN_NONE;
-    }
-    rc = core_write(c->batch->l, c->h, p, (size_t)len);
+    /* The core copies what the socket does not take now. */
+    rc = len ? core_write(c->batch->l, c->h, p, (size_t)len) : 0;
     high = c->high;
-    Py_XDECREF(copy);
+    if (held)
+        pe_release_buffer(&view);
     Py_DECREF(w);
     if (rc > high)
         return PyObject_CallMethodObjArgs(self, s_maybe_pause, NULL);
@@ -906,13 +918,14 @@ PyMODINIT_FUNC PyInit__speedups(void)
     PyObject *m;
 
     if (intern(&s_w, "_w") < 0 ||
-        intern(&s_c_contiguous, "c_contiguous") < 0 || intern(&s_event, "_event") < 0 ||
+        intern(&s_event, "_event") < 0 ||
         intern(&s_feed_at, "_feed_at") < 0 ||
         intern(&s_fatal_error, "_fatal_error") < 0 ||
         intern(&s_write_py, "_write_py") < 0 ||
         intern(&s_maybe_pause, "_maybe_pause_protocol") < 0 ||
         intern(&s_write_failed, "_write_failed") < 0)
         return NULL;
+    vcall_dict = (vcall_dict_fn)dlsym(RTLD_DEFAULT, "PyObject_VectorcallDict");
     m = PyModule_Create(&module_def);
     if (!m)
         return NULL;
@@ -927,7 +940,8 @@ PyMODINIT_FUNC PyInit__speedups(void)
         Py_DECREF(m);
         return NULL;
     }
-    if (pe_py_add_iter(m) < 0 || pe_py_add_methods(m) < 0) {
+    if (pe_py_add_conn_map(m) < 0 || pe_py_add_iter(m) < 0 ||
+        pe_py_add_methods(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

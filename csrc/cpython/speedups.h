@@ -53,6 +53,12 @@ PyObject *pe_py_loop_ready(PyObject *loop);
 PyObject *pe_py_loop_ready_append(PyObject *loop);
 PyObject *pe_py_loop_ready_popleft(PyObject *loop);
 
+/* EventLoop._conns on the C paths (conn_map.c): its type, and the
+ * transport stored under exactly handle h (borrowed), or NULL. */
+extern PyTypeObject *pe_py_conn_map_type;
+PyObject *pe_py_conn_of(PyObject *map, pe_handle h);
+
+int pe_py_add_conn_map(PyObject *m); /* conn_map.c: ConnMap */
 int pe_py_add_iter(PyObject *m);      /* aio_iter.c: EventLoop's iteration */
 int pe_py_add_loop(PyObject *m);      /* loop_calls.c: pyepoll.Loop */
 int pe_py_add_methods(PyObject *m);   /* aio_methods.c: small methods */

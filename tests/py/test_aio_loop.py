@@ -590,6 +590,66 @@ def test_pause_reading_from_another_protocols_callback_in_the_same_batch():
     assert errors == []
 
 
+def test_close_from_another_protocols_callback_and_slot_reuse():
+    # Two connections whose bytes arrive in one batch; whichever is
+    # delivered first closes the other, whose bytes (already in the batch)
+    # must never reach its protocol.  With room for two connections, the
+    # next one takes the freed slot under a new handle (generation): the
+    # old handle finds nothing, the new one its own transport.
+    async def main():
+        loop = asyncio.get_running_loop()
+        pairs = [socket.socketpair() for _ in range(2)]
+        ts, ps = [], []
+        for a, b in pairs:
+            t, p = await loop.connect_accepted_socket(Recorder, a)
+            ts.append(t)
+            ps.append(p)
+        await asyncio.sleep(0)
+
+        def closing(i):
+            orig = ps[i].data_received
+
+            def data_received(data):
+                if not any(p.data for p in ps):
+                    ts[1 - i].close()
+                orig(data)
+            return data_received
+
+        for i in range(2):
+            ps[i].data_received = closing(i)
+            ts[i].set_protocol(ps[i])
+        handles = [t._h for t in ts]
+        pairs[0][1].send(b"zero")
+        pairs[1][1].send(b"one")
+        await until(lambda: any(p.data for p in ps), "first data")
+        first = 0 if ps[0].data else 1
+        other = 1 - first
+        await ps[other].lost
+        gone = handles[other]
+        a, b = socket.socketpair()
+        t3, p3 = await loop.connect_accepted_socket(Recorder, a)
+        b.send(b"three")
+        await until(lambda: p3.data == b"three", "new connection's data")
+        conns = loop._conns
+        state = (gone in conns, conns.get(gone), conns.get(t3._h) is t3,
+                 t3._h & 0xFFFFFFFF == gone & 0xFFFFFFFF, t3._h != gone,
+                 len(conns))
+        for t in (ts[first], t3):
+            t.close()
+        await ps[first].lost
+        await p3.lost
+        for s in (a, b, *(x for pr in pairs for x in pr)):
+            s.close()
+        return ps[other].calls, bytes(ps[first].data), state, len(conns)
+
+    (calls, data, state, left), errors = run(main, max_connections=2)
+    assert calls == ["made", "lost"]
+    assert data in (b"zero", b"one")
+    assert state == (False, None, True, True, True, 2)
+    assert left == 0
+    assert errors == []
+
+
 # -- BufferedProtocol -----------------------------------------------------------
 
 

@@ -6,8 +6,10 @@ so the two cannot drift apart; test_aio_loop.py and test_asyncio.py run
 whole on both paths too."""
 from __future__ import annotations
 
+import array
 import asyncio
 import errno
+import functools
 import importlib.util
 import logging
 import os
@@ -191,6 +193,47 @@ def test_keyboard_interrupt_mid_batch_keeps_the_rest():
         loop.close()
 
 
+class CallableSink:
+    """A data_received that is an instance with __call__ (no vectorcall
+    slot: the call goes through tp_call)."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def __call__(self, data):
+        self.out.append(data)
+
+
+@pytest.mark.parametrize("kind", ["instance", "partial", "builtin"])
+def test_data_received_of_any_callable_kind(kind):
+    got = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, t):
+            if kind == "instance":
+                self.data_received = CallableSink(got)
+            elif kind == "partial":
+                self.data_received = functools.partial(
+                    lambda sink, data: sink.append(data), got)
+            else:
+                self.data_received = got.append
+            t.set_protocol(self)       # the transport reads the new callable
+
+    async def main():
+        t, p, b = await pair(P)
+        b.sendall(b"one")
+        await until(lambda: b"".join(got) == b"one", "first bytes")
+        b.sendall(b"two")
+        await until(lambda: b"".join(got) == b"onetwo", "all bytes")
+        t.close()
+        b.close()
+        return [type(x) for x in got]
+
+    types, errors = run(main)
+    assert set(types) == {bytes}
+    assert errors == []
+
+
 def test_system_exit_in_data_received_propagates():
     class P(asyncio.Protocol):
         def data_received(self, data):
@@ -260,9 +303,13 @@ class Keep(asyncio.BufferedProtocol):
 
 
 @pytest.mark.parametrize("kind", ["bytearray", "memoryview", "small view",
-                                  "view cast to int", "short bytearray"])
+                                  "view cast to int", "short bytearray",
+                                  "array", "view of an array"])
 def test_buffered_protocol_buffers_the_c_walk_fills_or_hands_back(kind):
     makers = {
+        "array": lambda n: array.array("B", bytes(n + 10)),
+        "view of an array": lambda n: memoryview(array.array("h", bytes(
+            n + 10 + n % 2)))[1:],
         "bytearray": lambda n: bytearray(n + 10),
         "memoryview": lambda n: memoryview(bytearray(n + 10)),
         "small view": lambda n: memoryview(bytearray(7)),
@@ -366,6 +413,25 @@ def test_write_takes_every_bytes_like_intact():
 
     got, errors = run(main)
     assert got == want
+    assert errors == []
+
+
+def test_write_of_a_released_view_raises_as_the_python_way():
+    async def main():
+        t, p, b = await pair(asyncio.Protocol)
+        view = memoryview(bytearray(b"abc"))
+        view.release()
+        with pytest.raises(ValueError, match="released"):
+            t.write(view)
+        t.write(b"after")
+        got = await asyncio.get_running_loop().run_in_executor(
+            None, recv_exactly, b, 5)
+        t.close()
+        b.close()
+        return got
+
+    got, errors = run(main)
+    assert got == b"after"
     assert errors == []
 
 
@@ -505,5 +571,122 @@ def test_write_on_a_closed_loop_reaches_no_freed_memory():
     if sb is not None:
         assert t._w.state()[0] == 0
         assert sb.select(0) == -errno.EBADF
-        assert sb.walk(loop, {}, True) is None
+        assert sb.walk(loop, asyncio_loop._sp.ConnMap(), True) is None
     b.close()
+
+
+# -- ConnMap: EventLoop._conns on the C path ------------------------------------
+
+
+def _conn_map(aio_path):
+    if aio_path != "c":
+        pytest.skip("ConnMap is the C path's (the Python path keeps a dict)")
+    return asyncio_loop._sp_module.ConnMap()
+
+
+def _h(slot, gen):
+    return slot | gen << 32
+
+
+def test_conn_map_answers_as_the_dict_it_replaces(aio_path):
+    m, d = _conn_map(aio_path), {}
+    objs = [object() for _ in range(6)]
+    ops = [("set", _h(0, 1), 0), ("set", _h(40, 3), 1), ("set", _h(7, 1), 2),
+           ("pop", _h(40, 3)), ("set", _h(40, 4), 3), ("del", _h(7, 1)),
+           ("set", _h(1000, 9), 4), ("set", _h(0, 1), 5), ("pop", _h(9, 1))]
+    for op in ops:
+        if op[0] == "set":
+            m[op[1]] = d[op[1]] = objs[op[2]]
+        elif op[0] == "pop":
+            assert m.pop(op[1], "none") is d.pop(op[1], "none")
+        else:
+            del m[op[1]], d[op[1]]
+        assert len(m) == len(d)
+        assert sorted(m.keys()) == sorted(d) == sorted(m)
+        assert {id(v) for v in m.values()} == {id(v) for v in d.values()}
+        assert sorted((k, id(v)) for k, v in m.items()) == \
+            sorted((k, id(v)) for k, v in d.items())
+        for k in (_h(0, 1), _h(40, 3), _h(40, 4), _h(7, 1), _h(1000, 9)):
+            assert (k in m) == (k in d)
+            assert m.get(k) is d.get(k)
+            if k in d:
+                assert m[k] is d[k]
+            else:
+                with pytest.raises(KeyError):
+                    m[k]
+    with pytest.raises(KeyError):
+        m.pop(_h(9, 1))
+    with pytest.raises(KeyError):
+        del m[_h(9, 1)]
+    m.clear()
+    assert len(m) == 0 and m.values() == [] and list(m) == []
+
+
+def test_conn_map_never_answers_a_stale_handle(aio_path):
+    m = _conn_map(aio_path)
+    old, new = object(), object()
+    m[_h(3, 1)] = old
+    # The slot's next connection has the next generation.
+    assert m.get(_h(3, 2)) is None and _h(3, 2) not in m
+    assert m.pop(_h(3, 2), None) is None and m[_h(3, 1)] is old
+    m[_h(3, 2)] = new
+    assert m.get(_h(3, 1)) is None and _h(3, 1) not in m
+    assert m[_h(3, 2)] is new and len(m) == 1
+    assert m.pop(_h(3, 1), "gone") == "gone" and len(m) == 1
+
+
+def test_conn_map_refuses_what_is_no_handle(aio_path):
+    m = _conn_map(aio_path)
+    with pytest.raises(TypeError):
+        m["1"] = object()
+    with pytest.raises(ValueError):
+        m[5] = object()                  # generation 0: never a handle
+    with pytest.raises(ValueError):
+        m[_h(0x7FFFFFF0, 1)] = object()  # beyond the C loop's table
+    with pytest.raises(OverflowError):
+        m[-1] = object()
+    with pytest.raises(TypeError):
+        asyncio_loop._sp_module.ConnMap({})
+    # Looked up, they are keys no entry has, as in a dict.
+    for k in ("1", 5, -1, 1 << 70, None, 1.5):
+        assert m.get(k) is None and k not in m
+        with pytest.raises(KeyError):
+            m[k]
+    assert len(m) == 0
+
+
+def test_conn_map_entry_whose_release_changes_the_map(aio_path):
+    m = _conn_map(aio_path)
+
+    class Dropping:
+        def __del__(self):
+            m.pop(_h(1, 1), None)
+            m[_h(2, 1)] = "after"
+
+    m[_h(0, 1)] = Dropping()
+    m[_h(1, 1)] = "other"
+    m[_h(0, 1)] = "replaced"             # Dropping goes: its __del__ runs
+    assert sorted(m.items()) == [(_h(0, 1), "replaced"), (_h(2, 1), "after")]
+    m[_h(0, 1)] = Dropping()
+    m.clear()
+    assert len(m) in (0, 1) and m.get(_h(1, 1)) is None
+    m.clear()
+    assert len(m) == 0
+
+
+def test_conn_map_cycle_is_collected(aio_path):
+    import gc
+    import weakref
+
+    m = _conn_map(aio_path)
+
+    class T:
+        pass
+
+    t = T()
+    t.conns = m
+    m[_h(0, 1)] = t
+    ref = weakref.ref(t)
+    del t, m
+    gc.collect()
+    assert ref() is None
