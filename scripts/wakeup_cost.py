@@ -139,9 +139,14 @@ def one_run(target: str, tool: str, n: int, tmp: str, gap: float = 0.0,
         pre = ["strace", "-f", "-c", "-o", out]
     env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=ROOT)
     # A floor target runs all the requests itself: n on each of conns.
+    # SIGINT back to its default for the server: started from a shell's
+    # background job it inherits SIGINT ignored, Python then installs no
+    # KeyboardInterrupt handler, and the stop below would never end it.
     proc = subprocess.Popen(pre + argv_for(target, port, n * conns), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT,
+                                                             signal.SIG_DFL))
     if target.startswith("floor-"):
         if proc.wait(timeout=600) != 0:
             raise SystemExit(f"{target} failed")
