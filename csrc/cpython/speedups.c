@@ -23,7 +23,6 @@
  */
 #include "speedups.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <string.h>
 
@@ -379,12 +378,19 @@ static PyObject *conn_state(PyObject *self, PyObject *unused)
 /* --------------------------------------------------------------- the walk */
 
 /* PyObject_VectorcallDict, which every CPython from 3.9 on exports but
- * the limited API does not declare: looked up at import (NULL if this
- * interpreter lacks it: the varargs call, which costs some 60
- * instructions more per callback, walking its va_list). */
-typedef PyObject *(*vcall_dict_fn)(PyObject *, PyObject *const *, size_t,
-                                   PyObject *);
-static vcall_dict_fn vcall_dict;
+ * the limited API does not declare: declared weak here, so the loader
+ * binds it as it binds every Py* function, and an interpreter without it
+ * leaves it NULL (then the varargs call, which costs some 60 instructions
+ * more per callback, walking its va_list).  Not dlsym: that would tie
+ * the module to glibc 2.34 and the wheel to manylinux_2_34. */
+#if defined(__GNUC__) || defined(__clang__)
+PyAPI_FUNC(PyObject *) PyObject_VectorcallDict(PyObject *, PyObject *const *,
+                                               size_t, PyObject *)
+    __attribute__((weak));
+#define vcall_dict PyObject_VectorcallDict
+#else
+#define vcall_dict NULL
+#endif
 
 /* The vectorcall flag letting a bound method put self in args[-1] instead
  * of copying the arguments (CPython's value since 3.8). */
@@ -925,7 +931,6 @@ PyMODINIT_FUNC PyInit__speedups(void)
         intern(&s_maybe_pause, "_maybe_pause_protocol") < 0 ||
         intern(&s_write_failed, "_write_failed") < 0)
         return NULL;
-    vcall_dict = (vcall_dict_fn)dlsym(RTLD_DEFAULT, "PyObject_VectorcallDict");
     m = PyModule_Create(&module_def);
     if (!m)
         return NULL;
