@@ -163,7 +163,8 @@ pe_loop *pe_loop_new(const struct pe_loop_config *cfg, int *err)
     pe__bufpool_init(&l->pool, cfg->max_conns < 512 ? (cfg->max_conns < 64 ?
                                                        64 : cfg->max_conns)
                                                     : 512);
-    if (!(l->p = pe_poller_new(cfg->backend, 0, &rc)))
+    /* Owned: every use of it runs under the loop's guard (loop_guard.c). */
+    if (!(l->p = pe_poller_new(cfg->backend, PE_POLLER_OWNED, &rc)))
         goto fail;
     l->caps = pe_poller_caps(l->p);
     if (cfg->edge && !(l->caps & PE_CAP_EDGE)) {
