@@ -88,11 +88,38 @@ typedef struct {
     reply_fn reply;
     PyObject *loop_ref;         /* a weak reference: no cycle via the Loop */
     PyObject *echoq;            /* Loop._echoq (the array queue_echo fills) */
+    int echoq_is_array;         /* exactly an array.array: see echoes_queued */
     PyObject *owners;           /* cffi objects that own l and the buffers */
     PyObject *py[PY_N];
 } LoopCalls;
 
 static PyTypeObject *loop_calls_type;
+
+/* Whether o is exactly an array.array: 1, 0, or -1 with an exception. */
+static int is_array(PyObject *o)
+{
+    PyObject *mod = PyImport_ImportModule("array"), *type;
+    int r;
+
+    if (!mod)
+        return -1;
+    type = PyObject_GetAttrString(mod, "array");
+    Py_DECREF(mod);
+    if (!type)
+        return -1;
+    r = (PyObject *)Py_TYPE(o) == type;
+    Py_DECREF(type);
+    return r;
+}
+
+/* How many handles Loop._echoq holds (queue_echo appends them), or -1
+ * with an exception.  An array.array keeps its length in ob_size (its
+ * sq_length returns just that): read there, not through PyObject_Size,
+ * which wait and send both ask (~30 instructions a round trip). */
+static Py_ssize_t echoes_queued(LoopCalls *c)
+{
+    return c->echoq_is_array ? Py_SIZE(c->echoq) : PyObject_Size(c->echoq);
+}
 
 /* LoopCalls(loop, l, owner, echoq, (run_batch, send, reply, run, read),
  *           fallbacks, (ev, batch, rbuf, rsize, owners)) */
@@ -139,6 +166,10 @@ static PyObject *lc_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     c->rsize = (size_t)rsize;
     Py_INCREF(echoq);
     c->echoq = echoq;
+    if ((c->echoq_is_array = is_array(echoq)) < 0) {
+        Py_DECREF(c);
+        return NULL;
+    }
     c->owners = PyList_New(0);
     if (!c->owners || PyList_Append(c->owners, owner) < 0 ||
         PyList_Append(c->owners, bufowners) < 0) {
@@ -600,11 +631,16 @@ static PyObject *lc_wait(PyObject *self, PyObject *const *args,
     int ms, n;
 
     if (kwnames || nargs > 1 || c->l == NULL ||
-        (nq = PyObject_Size(c->echoq)) != 0)    /* echoes go out first */
+        (nq = echoes_queued(c)) != 0)   /* echoes go out first */
         return PyErr_Occurred() ? NULL
                : whole_python(c, PY_WAIT, args, nargs, kwnames);
-    if (timeout_ms(c, nargs ? args[0] : Py_None, &ms, &t0) < 0 ||
-        take_wlist(c, &list) < 0)
+    if (nargs == 0 || args[0] == Py_None) {
+        ms = -1;                    /* wait(): no call to convert it */
+        t0 = 0.0;
+    } else if (timeout_ms(c, args[0], &ms, &t0) < 0) {
+        return NULL;
+    }
+    if (take_wlist(c, &list) < 0)
         return NULL;
     if ((l = c->l) == NULL) {       /* the timeout's __index__ closed it */
         keep_wlist(c, list);
@@ -724,7 +760,7 @@ static int batch_begin(LoopCalls *c, PyObject *timeout, int *ms, double *t0,
     Py_ssize_t nq;
 
     if (c->l == NULL || c->eq == NULL ||
-        (nq = PyObject_Size(c->echoq)) < 0 || nq > c->cap)
+        (nq = echoes_queued(c)) < 0 || nq > c->cap)
         return PyErr_Occurred() ? -1 : 1;
     if (timeout_ms(c, timeout, ms, t0) < 0)
         return -1;
@@ -888,7 +924,7 @@ static PyObject *lc_send_impl(PyObject *self, PyObject *const *args,
     } else {
         goto python;
     }
-    if (PyObject_Size(c->echoq) != 0)  /* queued echoes go out first */
+    if (echoes_queued(c) != 0)      /* queued echoes go out first */
         goto python;
     rc = c->send(c->l, h, buf, (size_t)len);
     if (rc >= 0)
@@ -944,7 +980,7 @@ static PyObject *lc_reply_impl(PyObject *self, PyObject *const *args,
     }
     if (off > UINT32_MAX || len > UINT32_MAX)
         goto python;
-    nq = PyObject_Size(c->echoq);
+    nq = echoes_queued(c);
     if (nq != 0)
         goto python;
     rc = c->reply(c->l, h, (uint32_t)off, (uint32_t)len);
