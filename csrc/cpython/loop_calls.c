@@ -83,16 +83,48 @@ typedef struct {
     PyObject *last_ev;
     uint64_t last_ev_kind, last_ev_arg;
     pe_handle last_ev_h;
+    /* wait_batch's tuple (kind, handle, arg, off) last made, kept the
+     * same way (a tuple and an int made and freed per event, ~100
+     * instructions each round trip). */
+    PyObject *last_bev;
+    struct pe_loop_bevent last_bev_is;
     run_batch_fn run_batch;
     send_fn send;
     reply_fn reply;
     PyObject *loop_ref;         /* a weak reference: no cycle via the Loop */
     PyObject *echoq;            /* Loop._echoq (the array queue_echo fills) */
+    int echoq_is_array;         /* exactly an array.array: see echoes_queued */
     PyObject *owners;           /* cffi objects that own l and the buffers */
     PyObject *py[PY_N];
 } LoopCalls;
 
 static PyTypeObject *loop_calls_type;
+
+/* Whether o is exactly an array.array: 1, 0, or -1 with an exception. */
+static int is_array(PyObject *o)
+{
+    PyObject *mod = PyImport_ImportModule("array"), *type;
+    int r;
+
+    if (!mod)
+        return -1;
+    type = PyObject_GetAttrString(mod, "array");
+    Py_DECREF(mod);
+    if (!type)
+        return -1;
+    r = (PyObject *)Py_TYPE(o) == type;
+    Py_DECREF(type);
+    return r;
+}
+
+/* How many handles Loop._echoq holds (queue_echo appends them), or -1
+ * with an exception.  An array.array keeps its length in ob_size (its
+ * sq_length returns just that): read there, not through PyObject_Size,
+ * which wait and send both ask (~30 instructions a round trip). */
+static Py_ssize_t echoes_queued(LoopCalls *c)
+{
+    return c->echoq_is_array ? Py_SIZE(c->echoq) : PyObject_Size(c->echoq);
+}
 
 /* LoopCalls(loop, l, owner, echoq, (run_batch, send, reply, run, read),
  *           fallbacks, (ev, batch, rbuf, rsize, owners)) */
@@ -139,6 +171,10 @@ static PyObject *lc_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     c->rsize = (size_t)rsize;
     Py_INCREF(echoq);
     c->echoq = echoq;
+    if ((c->echoq_is_array = is_array(echoq)) < 0) {
+        Py_DECREF(c);
+        return NULL;
+    }
     c->owners = PyList_New(0);
     if (!c->owners || PyList_Append(c->owners, owner) < 0 ||
         PyList_Append(c->owners, bufowners) < 0) {
@@ -163,6 +199,7 @@ static int lc_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(c->owners);
     Py_VISIT(c->wlist);
     Py_VISIT(c->last_ev);
+    Py_VISIT(c->last_bev);
     for (i = 0; i < PY_N; i++)
         Py_VISIT(c->py[i]);
     return 0;
@@ -178,6 +215,7 @@ static int lc_clear(PyObject *self)
     Py_CLEAR(c->last_obj);
     Py_CLEAR(c->wlist);
     Py_CLEAR(c->last_ev);
+    Py_CLEAR(c->last_bev);
     Py_CLEAR(c->loop_ref);
     Py_CLEAR(c->echoq);
     Py_CLEAR(c->owners);
@@ -364,6 +402,27 @@ static PyObject *wait_event_obj(LoopCalls *c, const struct pe_loop_event *e)
     return t;
 }
 
+/* A new reference to wait_batch's tuple (kind, handle, arg, off) for
+ * event b, kept as wait_event_obj keeps wait's. */
+static PyObject *batch_event_obj(LoopCalls *c, const struct pe_loop_bevent *b)
+{
+    const struct pe_loop_bevent *k = &c->last_bev_is;
+    PyObject *t;
+
+    if (c->last_bev && k->kind == b->kind && k->handle == b->handle &&
+        k->arg == b->arg && k->off == b->off) {
+        Py_INCREF(c->last_bev);
+        return c->last_bev;
+    }
+    if (!(t = event_obj(c, 4, b->kind, b->handle, b->arg, b->off)))
+        return NULL;
+    Py_INCREF(t);
+    Py_XDECREF(c->last_bev);            /* a tuple of ints: no __del__ */
+    c->last_bev = t;
+    c->last_bev_is = *b;
+    return t;
+}
+
 /* Whether o is a tuple of exact ints, as wait makes them: dropping it
  * runs no Python code. */
 static int int_tuple(PyObject *o)
@@ -380,16 +439,20 @@ static int int_tuple(PyObject *o)
 }
 
 /* The list wait returned last, taken out of c, when nobody else holds
- * it (else NULL), for wait_list to refill.  Taken before the run, as
+ * it (else NULL), for wait_list to refill, with its length and its first
+ * item (borrowed; NULL if none), so wait_list need not ask again: nobody
+ * can change a list only this call holds.  Taken before the run, as
  * whatever the caller put in it is dropped here: a __del__ that calls
  * wait must neither get this list nor run between the run and the
  * events it left in c->wev being read.  -1 with an exception. */
-static int take_wlist(LoopCalls *c, PyObject **out)
+static int take_wlist(LoopCalls *c, PyObject **out, Py_ssize_t *len,
+                      PyObject **first)
 {
     PyObject *list = c->wlist;
     Py_ssize_t i, n;
 
-    *out = NULL;
+    *out = *first = NULL;
+    *len = 0;
     if (!list || Py_REFCNT(list) != 1)
         return 0;
     c->wlist = NULL;
@@ -402,10 +465,16 @@ static int take_wlist(LoopCalls *c, PyObject **out)
                 Py_DECREF(list);
                 return -1;
             }
+            n = 0;
             break;
         }
+        if (i == 0)
+            *first = t;
     }
     *out = list;
+    *len = n;
+    if (n == 0)
+        *first = NULL;
     return 0;
 }
 
@@ -420,17 +489,21 @@ static void keep_wlist(LoopCalls *c, PyObject *list)
 }
 
 /* wait's n events as the list of (kind, handle, arg) it returns: list
- * (take_wlist's), resized, or if NULL a new one; kept for the next wait. */
-static PyObject *wait_list(LoopCalls *c, int n, PyObject *list)
+ * (take_wlist's, of length have, first its first item), resized, or if
+ * NULL a new one; kept for the next wait. */
+static PyObject *wait_list(LoopCalls *c, int n, PyObject *list,
+                           Py_ssize_t have, PyObject *first)
 {
-    Py_ssize_t have = n, i;
+    Py_ssize_t i;
 
     if (list) {
-        have = PyList_Size(list);
         if (have > n && PyList_SetSlice(list, n, have, NULL) < 0)
             goto fail;
     } else if (!(list = PyList_New(n))) {
         return NULL;
+    } else {
+        have = n;                       /* n NULL items, each set below */
+        first = NULL;
     }
     for (i = 0; i < n; i++) {
         PyObject *t = wait_event_obj(c, &c->wev[i]);
@@ -443,7 +516,7 @@ static PyObject *wait_list(LoopCalls *c, int n, PyObject *list)
                 goto fail;
             }
             Py_DECREF(t);
-        } else if (PyList_GetItem(list, i) == t) {
+        } else if ((i == 0 ? first : PyList_GetItem(list, i)) == t) {
             Py_DECREF(t);               /* already there */
         } else {
             PyList_SetItem(list, i, t); /* steals t, drops the old item */
@@ -484,8 +557,8 @@ static PyObject *events(LoopCalls *c, int n)
     if (!t)
         return NULL;
     for (i = 0; i < n; i++) {
-        const struct pe_loop_bevent *b = &c->ev[i];
-        PyObject *e = event_obj(c, 4, b->kind, b->handle, b->arg, b->off);
+        PyObject *e = batch_event_obj(c, &c->ev[i]);
+
         if (!e) {
             Py_DECREF(t);
             return NULL;
@@ -593,18 +666,23 @@ static PyObject *lc_wait(PyObject *self, PyObject *const *args,
                          Py_ssize_t nargs, PyObject *kwnames)
 {
     LoopCalls *c = (LoopCalls *)self;
-    PyObject *list;
+    PyObject *list, *first;
     double t0;
-    Py_ssize_t nq;
+    Py_ssize_t nq, have;
     pe_loop *l;
     int ms, n;
 
     if (kwnames || nargs > 1 || c->l == NULL ||
-        (nq = PyObject_Size(c->echoq)) != 0)    /* echoes go out first */
+        (nq = echoes_queued(c)) != 0)   /* echoes go out first */
         return PyErr_Occurred() ? NULL
                : whole_python(c, PY_WAIT, args, nargs, kwnames);
-    if (timeout_ms(c, nargs ? args[0] : Py_None, &ms, &t0) < 0 ||
-        take_wlist(c, &list) < 0)
+    if (nargs == 0 || args[0] == Py_None) {
+        ms = -1;                    /* wait(): no call to convert it */
+        t0 = 0.0;
+    } else if (timeout_ms(c, args[0], &ms, &t0) < 0) {
+        return NULL;
+    }
+    if (take_wlist(c, &list, &have, &first) < 0)
         return NULL;
     if ((l = c->l) == NULL) {       /* the timeout's __index__ closed it */
         keep_wlist(c, list);
@@ -627,7 +705,7 @@ static PyObject *lc_wait(PyObject *self, PyObject *const *args,
         keep_wlist(c, list);
         return wait_tail(c, PY_WAIT_TAIL, n, ms, t0);
     }
-    return wait_list(c, n, list);
+    return wait_list(c, n, list, have, first);
 }
 
 /* recv(h, max=-1): Loop.recv, the GIL held (a copy out of the ring). */
@@ -724,7 +802,7 @@ static int batch_begin(LoopCalls *c, PyObject *timeout, int *ms, double *t0,
     Py_ssize_t nq;
 
     if (c->l == NULL || c->eq == NULL ||
-        (nq = PyObject_Size(c->echoq)) < 0 || nq > c->cap)
+        (nq = echoes_queued(c)) < 0 || nq > c->cap)
         return PyErr_Occurred() ? -1 : 1;
     if (timeout_ms(c, timeout, ms, t0) < 0)
         return -1;
@@ -888,7 +966,7 @@ static PyObject *lc_send_impl(PyObject *self, PyObject *const *args,
     } else {
         goto python;
     }
-    if (PyObject_Size(c->echoq) != 0)  /* queued echoes go out first */
+    if (echoes_queued(c) != 0)      /* queued echoes go out first */
         goto python;
     rc = c->send(c->l, h, buf, (size_t)len);
     if (rc >= 0)
@@ -944,7 +1022,7 @@ static PyObject *lc_reply_impl(PyObject *self, PyObject *const *args,
     }
     if (off > UINT32_MAX || len > UINT32_MAX)
         goto python;
-    nq = PyObject_Size(c->echoq);
+    nq = echoes_queued(c);
     if (nq != 0)
         goto python;
     rc = c->reply(c->l, h, (uint32_t)off, (uint32_t)len);

@@ -56,6 +56,12 @@ extern "C" {
 #define PE_POLLER_RAW      0x01
 /* NOCLOEXEC: leave the kernel descriptor inheritable across exec. */
 #define PE_POLLER_NOCLOEXEC 0x02
+/* OWNED: the caller never lets two threads use the poller at once (its own
+ * lock or guard serializes every call, as the Loop's does).  Waits then skip
+ * what lets another thread register, wait or close meanwhile (the claim on
+ * the shared scratch, the sequence lock): ~60 instructions of a wait with
+ * one event.  Events are filtered exactly as without it. */
+#define PE_POLLER_OWNED    0x04
 
 typedef struct pe_poller pe_poller;
 

@@ -163,7 +163,8 @@ pe_loop *pe_loop_new(const struct pe_loop_config *cfg, int *err)
     pe__bufpool_init(&l->pool, cfg->max_conns < 512 ? (cfg->max_conns < 64 ?
                                                        64 : cfg->max_conns)
                                                     : 512);
-    if (!(l->p = pe_poller_new(cfg->backend, 0, &rc)))
+    /* Owned: every use of it runs under the loop's guard (loop_guard.c). */
+    if (!(l->p = pe_poller_new(cfg->backend, PE_POLLER_OWNED, &rc)))
         goto fail;
     l->caps = pe_poller_caps(l->p);
     if (cfg->edge && !(l->caps & PE_CAP_EDGE)) {
@@ -357,6 +358,7 @@ static void dispatch(pe_loop *l, const struct pe_event *ev)
         pe__fd_event(l, v, ev);
     } else if (v & PE_FD_LISTENER) {
         l->ls[v & ~PE_FD_LISTENER].ready = 1;
+        l->ls_ready = 1;
     } else if (l->ct.slots[v - 1].fd == ev->fd) {
         pe__conn_event(l, v - 1, ev->events);
     }
@@ -398,10 +400,13 @@ int pe__loop_run_io(pe_loop *l, int timeout_ms)
         dispatch(l, &l->evs[i]);
     if (l->npend)
         run_pending(l);
-    for (i = 0; i < l->nls; i++) {
-        if (l->ls[i].ready) {
-            l->ls[i].ready = 0;
-            pe__loop_accept(l, i);
+    if (l->ls_ready) {          /* else no listener's turn: no scan */
+        l->ls_ready = 0;
+        for (i = 0; i < l->nls; i++) {
+            if (l->ls[i].ready) {
+                l->ls[i].ready = 0;
+                pe__loop_accept(l, i);
+            }
         }
     }
     if ((l->accept_paused & PE_AP_EMFILE) && l->now >= l->emfile_until)

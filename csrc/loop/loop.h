@@ -85,6 +85,7 @@ struct pe_loop {
 
     struct pe_listener *ls;
     int nls;
+    int ls_ready;                /* a listener's ready may be set: run looks */
     unsigned accept_paused;      /* PE_AP_* */
     uint64_t emfile_until;       /* ms: retry accepting after EMFILE */
     int reserve_fd;              /* spare descriptor for EMFILE */

@@ -143,26 +143,6 @@ int pe__ring_reserve(struct pe_ring *r, struct pe_bufpool *pool, size_t need,
     return 0;
 }
 
-int pe__ring_space_iov(const struct pe_ring *r, struct iovec iov[2])
-{
-    uint32_t free_ = r->cap - r->len, tail, first;
-
-    if (free_ == 0)
-        return 0;
-    tail = (r->head + r->len) & (r->cap - 1);
-    first = r->cap - tail;
-    iov[0].iov_base = r->buf + tail;
-    /* True as well when the data wraps: the gap [tail, head) is it all. */
-    if (first >= free_) {
-        iov[0].iov_len = free_;
-        return 1;
-    }
-    iov[0].iov_len = first;
-    iov[1].iov_base = r->buf;
-    iov[1].iov_len = free_ - first;
-    return 2;
-}
-
 int pe__ring_data_iov(const struct pe_ring *r, struct iovec iov[2])
 {
     uint32_t first = r->cap - r->head;
@@ -178,12 +158,6 @@ int pe__ring_data_iov(const struct pe_ring *r, struct iovec iov[2])
     iov[1].iov_base = r->buf;
     iov[1].iov_len = r->len - first;
     return 2;
-}
-
-void pe__ring_commit(struct pe_ring *r, size_t n)
-{
-    assert(n <= (size_t)(r->cap - r->len));
-    r->len += (uint32_t)n;
 }
 
 void pe__ring_consume(struct pe_ring *r, struct pe_bufpool *pool, size_t n)
@@ -217,7 +191,12 @@ size_t pe__ring_take(struct pe_ring *r, struct pe_bufpool *pool, void *dst,
     if (n > r->len)
         n = r->len;
     copy_out(r, dst, n);
-    pe__ring_consume(r, pool, n);
+    if (n == r->len) {
+        release(r, pool);               /* all of it: the buffer goes back */
+    } else {
+        r->head = (r->head + (uint32_t)n) & (r->cap - 1);
+        r->len -= (uint32_t)n;
+    }
     return n;
 }
 

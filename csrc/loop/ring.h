@@ -17,6 +17,7 @@
 #ifndef PE_RING_H
 #define PE_RING_H
 
+#include <assert.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
@@ -51,13 +52,40 @@ int pe__ring_reserve(struct pe_ring *r, struct pe_bufpool *pool, size_t need,
 
 /* Free space as up to two iovecs (after pe__ring_reserve); returns count.
  * This is all the free space, which may be more than `need` and more than
- * `max` allows: the caller bounds what it commits. */
-int pe__ring_space_iov(const struct pe_ring *r, struct iovec iov[2]);
+ * `max` allows: the caller bounds what it commits.  Inline, as is
+ * pe__ring_commit: each runs once per read, where a call cost as much as
+ * their work. */
+static inline int pe__ring_space_iov(const struct pe_ring *r,
+                                     struct iovec iov[2])
+{
+    uint32_t free_ = r->cap - r->len, tail, first;
+
+    if (free_ == 0)
+        return 0;
+    tail = (r->head + r->len) & (r->cap - 1);
+    first = r->cap - tail;
+    iov[0].iov_base = r->buf + tail;
+    /* True as well when the data wraps: the gap [tail, head) is it all. */
+    if (first >= free_) {
+        iov[0].iov_len = free_;
+        return 1;
+    }
+    iov[0].iov_len = first;
+    iov[1].iov_base = r->buf;
+    iov[1].iov_len = free_ - first;
+    return 2;
+}
+
 /* Data as up to two iovecs, oldest first; returns count (0 when empty). */
 int pe__ring_data_iov(const struct pe_ring *r, struct iovec iov[2]);
 
 /* n bytes were written into the space iovecs. */
-void pe__ring_commit(struct pe_ring *r, size_t n);
+static inline void pe__ring_commit(struct pe_ring *r, size_t n)
+{
+    assert(n <= (size_t)(r->cap - r->len));
+    r->len += (uint32_t)n;
+}
+
 /* n bytes were taken from the front; releases the buffer when empty.
  * n may be 0: an empty ring then gives back a buffer reserved for a read
  * that brought nothing (EAGAIN), so an idle connection holds no memory. */

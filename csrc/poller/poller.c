@@ -67,7 +67,8 @@ static pe_poller *make(const char *backend, int fd, unsigned flags, int *err)
     pe_poller *p = NULL;
     int rc = 0;
 
-    if (flags & ~(unsigned)(PE_POLLER_RAW | PE_POLLER_NOCLOEXEC))
+    if (flags & ~(unsigned)(PE_POLLER_RAW | PE_POLLER_NOCLOEXEC |
+                           PE_POLLER_OWNED))
         rc = -EINVAL;
     else if (!be)
         rc = -ENOSYS;

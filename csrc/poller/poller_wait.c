@@ -121,6 +121,38 @@ static int wait_lockfree(pe_poller *p, struct pe_event *out, int max,
     return n;
 }
 
+/* The wait of a kwait backend on a PE_POLLER_OWNED poller: no other
+ * thread can be inside it, so the scratch is free, the table cannot change
+ * under deliver() and the poller cannot close meanwhile.  Same results as
+ * wait_lockfree. */
+static int wait_owned(pe_poller *p, struct pe_event *out, int max,
+                      int timeout_ms)
+{
+    const struct pe_backend *be = p->be;
+    int n, cnt;
+
+    if (p->closed)
+        return -EBADF;
+    if (max > p->nraw) {           /* once per larger batch, not per call */
+        void *r = realloc(p->raw, scratch_bytes(be, max));
+
+        if (!r)
+            return -ENOMEM;
+        p->raw = r;
+        p->nraw = max;
+    }
+    n = be->kwait(p->kfd, p->raw, max, timeout_ms);
+    if (n <= 0)
+        return n;
+    cnt = deliver(p, p->raw, n, out);
+    if (n == max && cnt < n) {     /* topped up as in collect() */
+        n = be->kwait(p->kfd, p->raw, max - cnt, 0);
+        if (n > 0)
+            cnt += deliver(p, p->raw, n, out + cnt);
+    }
+    return cnt;
+}
+
 /* Backend wait into the scratch, then filter into out.  A full batch that
  * lost entries to staleness (epoll keeps a closed fd's registration while
  * a dup of its file lives) is topped up once without blocking, so stale
@@ -152,7 +184,9 @@ static inline int wait_into(pe_poller *p, struct pe_event *out,
     if (maxevents <= 0)
         return -EINVAL;
     if (be->kwait)
-        return wait_lockfree(p, out, maxevents, timeout_ms);
+        return (p->flags & PE_POLLER_OWNED)
+                   ? wait_owned(p, out, maxevents, timeout_ms)
+                   : wait_lockfree(p, out, maxevents, timeout_ms);
     pe__lock(p);
     if (p->closed) {
         n = -EBADF;

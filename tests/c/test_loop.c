@@ -1503,6 +1503,56 @@ static void test_listeners(void **state)
     env_close(&e);
 }
 
+/* Listeners and a connection ready in the same runs, and runs with only
+ * the connection's events between them: every listener's turn comes (a
+ * run looks at the listeners only when one of them was reported). */
+static void test_listeners_and_data_in_one_run(void **state)
+{
+    struct pe_loop_config cfg;
+    struct env e;
+    int port2, lfd2, id2, c, a, b, round;
+    pe_handle h;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    lfd2 = tcp_listener(&port2);
+    id2 = pe_loop_add_listener(e.l, lfd2);
+    assert_true(id2 >= 0);
+    c = tcp_client(e.port, 0);
+    h = next_open(&e);
+    for (round = 0; round < 3; round++) {
+        size_t opens = count_ev(&e, PE_EV_OPEN, 0);
+        size_t datas = count_ev(&e, PE_EV_DATA, h), start = e.nev, i;
+        int from1, from2;
+        char buf[8];
+
+        a = tcp_client(e.port, 0);
+        b = tcp_client(port2, 0);
+        assert_int_equal(send(c, "x", 1, 0), 1);
+        PUMP_UNTIL(&e, count_ev(&e, PE_EV_OPEN, 0) == opens + 2 &&
+                       count_ev(&e, PE_EV_DATA, h) > datas);
+        assert_int_equal(pe_loop_read(e.l, h, buf, sizeof(buf)), 1);
+        for (i = start, from1 = from2 = 0; i < e.nev; i++) {
+            if (e.ev[i].kind == PE_EV_OPEN) {
+                from1 += e.ev[i].arg == (uint32_t)e.lid;
+                from2 += e.ev[i].arg == (uint32_t)id2;
+            }
+        }
+        assert_int_equal(from1, 1);         /* one from each listener */
+        assert_int_equal(from2, 1);
+        /* Runs with the connection's data alone, then the listeners. */
+        assert_int_equal(send(c, "y", 1, 0), 1);
+        PUMP_UNTIL(&e, count_ev(&e, PE_EV_DATA, h) > datas + 1);
+        assert_int_equal(pe_loop_read(e.l, h, buf, sizeof(buf)), 1);
+        close(a);
+        close(b);
+    }
+    assert_int_equal(count_ev(&e, PE_EV_OPEN, 0), 1 + 3 * 2);
+    close(c);
+    close(lfd2);
+    env_close(&e);
+}
+
 /* ------------------------------------------------------- batch delivery */
 
 /* pe_loop_run_into through the env's event log; DATA bytes are checked
@@ -2217,6 +2267,7 @@ int main(void)
         T(test_events_beyond_max),
         T(test_no_sigpipe),
         T(test_listeners),
+        T(test_listeners_and_data_in_one_run),
         T(test_batch_echo_reply),
         T(test_batch_echo_queued),
         T(test_batch_echo_in_run),

@@ -38,6 +38,7 @@
 #define FLAGS (PE_EDGE | PE_ONESHOT | PE_EXCLUSIVE)
 
 static const char *g_backend;       /* the backend the current group tests */
+static unsigned g_flags;            /* and the flags its pollers are made with */
 
 struct fx {
     pe_poller *p;
@@ -116,7 +117,7 @@ static int setup(void **state)
     int err = 1;
 
     assert_non_null(f);
-    f->p = pe_poller_new(g_backend, 0, &err);
+    f->p = pe_poller_new(g_backend, g_flags, &err);
     assert_non_null(f->p);
     assert_int_equal(err, 0);
     assert_string_equal(pe_poller_backend(f->p), g_backend);
@@ -1115,7 +1116,34 @@ int main(void)
         T(test_epoll_raw_and_fromfd),
 #endif
     };
-    char names[64], *name, *save = NULL;
+    /* The contract again on PE_POLLER_OWNED pollers (the Loop's): every
+     * test above that keeps to one thread. */
+    const struct CMUnitTest owned[] = {
+        T(test_level_repeats),
+        T(test_edge_once),
+        T(test_oneshot_until_rearmed),
+        T(test_write_ready),
+        T(test_hup_after_peer_close),
+        T(test_rdhup_after_peer_shutdown),
+        T(test_hup_reported_without_interest),
+        T(test_modify_changes_interest),
+        T(test_unregister_stops_events),
+        T(test_reused_fd_gets_no_stale_event),
+        T(test_close_of_dup_or_registered_fd),
+        T(test_errors),
+        T(test_closed_fd_number),
+        T(test_regular_file),
+        T(test_fd_beyond_fd_setsize),
+        T(test_use_after_close),
+        T(test_timeouts),
+        T(test_small_batches_reach_every_fd),
+        T(test_ten_thousand_fds),
+        T(test_waiter_one_event_in_result),
+        T(test_waiter_claimed_while_events_are_read),
+        T(test_waiter_timeout_and_errors),
+        T(test_flags_and_fromfd),
+    };
+    char names[64], *name, *save = NULL, group[80];
     int fails;
 
     signal(SIGPIPE, SIG_IGN);
@@ -1124,7 +1152,11 @@ int main(void)
     for (name = strtok_r(names, ",", &save); name;
          name = strtok_r(NULL, ",", &save)) {
         g_backend = name;
+        g_flags = 0;
         fails += cmocka_run_group_tests_name(name, contract, NULL, NULL);
+        g_flags = PE_POLLER_OWNED;
+        snprintf(group, sizeof(group), "%s owned", name);
+        fails += cmocka_run_group_tests_name(group, owned, NULL, NULL);
     }
     return fails ? 1 : 0;
 }

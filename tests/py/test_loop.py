@@ -2053,6 +2053,41 @@ def test_wait_reuses_its_dropped_list(loop_path):
         loop.close()
 
 
+def _batch_data_event(loop: Loop, c: socket.socket, msg: bytes) -> tuple:
+    """The DATA event wait_batch() hands out for msg sent on c, its bytes
+    checked in batch_view."""
+    c.sendall(msg)
+    deadline = time.monotonic() + 5
+    while True:
+        assert time.monotonic() < deadline, "no DATA"
+        events = list(loop.wait_batch(0.05))
+        if events:
+            [event] = events
+            kind, _, n, off = event
+            assert kind == EV_DATA
+            assert bytes(loop.batch_view[off:off + n]) == msg
+            return event
+
+
+def test_wait_batch_reuses_an_event_tuple(loop_path):
+    # As wait's (issue 15): the same event's tuple comes back from the C
+    # wait_batch; another event gets its own, with its own values.
+    loop = Loop()
+    try:
+        [(c, h)] = _open_conns(loop, 1)
+        first = _batch_data_event(loop, c, b"ab")
+        assert first == (EV_DATA, h, 2, 0)
+        second = _batch_data_event(loop, c, b"cd")
+        assert second == (EV_DATA, h, 2, 0)
+        assert (second is first) == (loop_path == "c")
+        third = _batch_data_event(loop, c, b"xyz")
+        assert third == (EV_DATA, h, 3, 0) and third is not first
+        assert first == (EV_DATA, h, 2, 0)      # never changed
+        c.close()
+    finally:
+        loop.close()
+
+
 def test_wait_sends_queued_echoes_first(loop_path):
     loop = Loop()
     try:
