@@ -125,6 +125,12 @@ bad = [t for t in tags if (t.interpreter, t.abi) != ("cp39", "abi3")
        or not t.platform.startswith("manylinux")]
 if bad or not any(t.platform.startswith("manylinux_2_") for t in tags):
     sys.exit(f"wheel tags are not all cp39-abi3-manylinux_*: {sorted(map(str, tags))}")
+# glibc 2.17 (manylinux2014, cibuildwheel's default image) at most: a
+# newer symbol (dlsym moved to libc in 2.34) would shut older systems out.
+glibc = min(int(t.platform.split("_")[2]) for t in tags
+            if t.platform.startswith("manylinux_2_"))
+if glibc > 17:
+    sys.exit(f"the wheel needs glibc 2.{glibc}; it must run on 2.17: {sorted(map(str, tags))}")
 whl = zipfile.ZipFile(sys.argv[1])
 lic = [n for n in whl.namelist() if n.endswith(".dist-info/licenses/LICENSE")]
 core = [n for n in whl.namelist() if n.startswith("pyepoll/_core")]
