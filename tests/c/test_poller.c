@@ -1083,65 +1083,47 @@ int main(void)
     const struct CMUnitTest general[] = {
         cmocka_unit_test(test_backend_names),
     };
+/* The contract for every poller, one thread at a time. */
+#define ONE_THREAD_CONTRACT                     \
+        T(test_level_repeats),                  \
+        T(test_edge_once),                      \
+        T(test_oneshot_until_rearmed),          \
+        T(test_write_ready),                    \
+        T(test_hup_after_peer_close),           \
+        T(test_rdhup_after_peer_shutdown),      \
+        T(test_hup_reported_without_interest),  \
+        T(test_modify_changes_interest),        \
+        T(test_unregister_stops_events),        \
+        T(test_reused_fd_gets_no_stale_event),  \
+        T(test_close_of_dup_or_registered_fd),  \
+        T(test_errors),                         \
+        T(test_closed_fd_number),               \
+        T(test_regular_file),                   \
+        T(test_fd_beyond_fd_setsize),           \
+        T(test_use_after_close),                \
+        T(test_timeouts),                       \
+        T(test_small_batches_reach_every_fd),   \
+        T(test_ten_thousand_fds),               \
+        T(test_waiter_one_event_in_result),     \
+        T(test_waiter_claimed_while_events_are_read), \
+        T(test_waiter_timeout_and_errors),      \
+        T(test_flags_and_fromfd)
     const struct CMUnitTest contract[] = {
-        T(test_level_repeats),
-        T(test_edge_once),
-        T(test_oneshot_until_rearmed),
-        T(test_write_ready),
-        T(test_hup_after_peer_close),
-        T(test_rdhup_after_peer_shutdown),
-        T(test_hup_reported_without_interest),
-        T(test_modify_changes_interest),
-        T(test_unregister_stops_events),
-        T(test_reused_fd_gets_no_stale_event),
-        T(test_close_of_dup_or_registered_fd),
-        T(test_errors),
-        T(test_closed_fd_number),
-        T(test_regular_file),
-        T(test_fd_beyond_fd_setsize),
-        T(test_use_after_close),
-        T(test_timeouts),
-        T(test_small_batches_reach_every_fd),
-        T(test_ten_thousand_fds),
+        ONE_THREAD_CONTRACT,
+        /* and what other threads may do meanwhile */
         T(test_signal_interrupts_infinite_wait),
         T(test_other_thread_while_waiting),
         T(test_close_while_waiting),
-        T(test_waiter_one_event_in_result),
-        T(test_waiter_claimed_while_events_are_read),
-        T(test_waiter_timeout_and_errors),
         T(test_waiter_held_by_a_blocked_thread),
         T(test_wait_while_table_changes),
-        T(test_flags_and_fromfd),
 #ifdef PE_HAVE_EPOLL
         T(test_epoll_raw_and_fromfd),
 #endif
     };
-    /* The contract again on PE_POLLER_OWNED pollers (the Loop's): every
-     * test above that keeps to one thread. */
+    /* The contract again on PE_POLLER_OWNED pollers (the Loop's), which
+     * one thread uses at a time. */
     const struct CMUnitTest owned[] = {
-        T(test_level_repeats),
-        T(test_edge_once),
-        T(test_oneshot_until_rearmed),
-        T(test_write_ready),
-        T(test_hup_after_peer_close),
-        T(test_rdhup_after_peer_shutdown),
-        T(test_hup_reported_without_interest),
-        T(test_modify_changes_interest),
-        T(test_unregister_stops_events),
-        T(test_reused_fd_gets_no_stale_event),
-        T(test_close_of_dup_or_registered_fd),
-        T(test_errors),
-        T(test_closed_fd_number),
-        T(test_regular_file),
-        T(test_fd_beyond_fd_setsize),
-        T(test_use_after_close),
-        T(test_timeouts),
-        T(test_small_batches_reach_every_fd),
-        T(test_ten_thousand_fds),
-        T(test_waiter_one_event_in_result),
-        T(test_waiter_claimed_while_events_are_read),
-        T(test_waiter_timeout_and_errors),
-        T(test_flags_and_fromfd),
+        ONE_THREAD_CONTRACT,
     };
     char names[64], *name, *save = NULL, group[80];
     int fails;
