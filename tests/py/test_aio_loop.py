@@ -539,32 +539,41 @@ def test_pause_reading_holds_data_until_resume():
     assert held == b""
 
 
+async def two_connections_one_acting_on_the_other(loop, act):
+    """Two accepted connections (socketpairs) with Recorder protocols;
+    whichever gets its bytes first calls act(the other's transport) before
+    recording them.  Returns (pairs, transports, protocols)."""
+    pairs = [socket.socketpair() for _ in range(2)]
+    ts, ps = [], []
+    for a, b in pairs:
+        t, p = await loop.connect_accepted_socket(Recorder, a)
+        ts.append(t)
+        ps.append(p)
+    await asyncio.sleep(0)
+
+    def acting(i):
+        orig = ps[i].data_received
+
+        def data_received(data):
+            if not any(p.data for p in ps):
+                act(ts[1 - i])
+            orig(data)
+        return data_received
+
+    for i in range(2):
+        ps[i].data_received = acting(i)
+        ts[i].set_protocol(ps[i])
+    return pairs, ts, ps
+
+
 def test_pause_reading_from_another_protocols_callback_in_the_same_batch():
     # Two connections whose bytes arrive in one batch; whichever is
     # delivered first pauses the other, whose bytes (already read into the
     # batch) must wait until it is resumed, then come first, in order.
     async def main():
         loop = asyncio.get_running_loop()
-        pairs = [socket.socketpair() for _ in range(2)]
-        ts, ps = [], []
-        for a, b in pairs:
-            t, p = await loop.connect_accepted_socket(Recorder, a)
-            ts.append(t)
-            ps.append(p)
-        await asyncio.sleep(0)
-
-        def pausing(i):
-            orig = ps[i].data_received
-
-            def data_received(data):
-                if not any(p.data for p in ps):
-                    ts[1 - i].pause_reading()
-                orig(data)
-            return data_received
-
-        for i in range(2):
-            ps[i].data_received = pausing(i)
-            ts[i].set_protocol(ps[i])
+        pairs, ts, ps = await two_connections_one_acting_on_the_other(
+            loop, lambda t: t.pause_reading())
         pairs[0][1].send(b"zero-1")
         pairs[1][1].send(b"one-1")
         await until(lambda: any(p.data for p in ps), "first data")
@@ -598,26 +607,8 @@ def test_close_from_another_protocols_callback_and_slot_reuse():
     # old handle finds nothing, the new one its own transport.
     async def main():
         loop = asyncio.get_running_loop()
-        pairs = [socket.socketpair() for _ in range(2)]
-        ts, ps = [], []
-        for a, b in pairs:
-            t, p = await loop.connect_accepted_socket(Recorder, a)
-            ts.append(t)
-            ps.append(p)
-        await asyncio.sleep(0)
-
-        def closing(i):
-            orig = ps[i].data_received
-
-            def data_received(data):
-                if not any(p.data for p in ps):
-                    ts[1 - i].close()
-                orig(data)
-            return data_received
-
-        for i in range(2):
-            ps[i].data_received = closing(i)
-            ts[i].set_protocol(ps[i])
+        pairs, ts, ps = await two_connections_one_acting_on_the_other(
+            loop, lambda t: t.close())
         handles = [t._h for t in ts]
         pairs[0][1].send(b"zero")
         pairs[1][1].send(b"one")

@@ -109,86 +109,83 @@ def test_installed_cpython_package_has_the_abi3_speedups():
 # -- the batch walk ---------------------------------------------------------------
 
 
+class _Interrupted:
+    """A server on a new EventLoop whose three clients' bytes (ki-0, ki-1,
+    ok-2) wait in the kernel before the loop's next wait; data_received
+    records (data, what `ran` held then) and raises KeyboardInterrupt for
+    the ki- ones."""
+
+    def __init__(self) -> None:
+        self.loop = EventLoop()
+        self.got: list = []
+        self.ran: list = []
+        protos: list = []
+        got, ran = self.got, self.ran
+
+        class P(asyncio.Protocol):
+            def connection_made(self, t):
+                protos.append(self)
+
+            def data_received(self, data):
+                got.append((data, list(ran)))
+                if data.startswith(b"ki"):
+                    raise KeyboardInterrupt
+
+        loop = self.loop
+        self.server = loop.run_until_complete(
+            loop.create_server(P, "127.0.0.1", 0))
+        port = self.server.sockets[0].getsockname()[1]
+        self.clients = [socket.create_connection(("127.0.0.1", port))
+                        for _ in range(3)]
+        loop.run_until_complete(until(lambda: len(protos) == 3, "accepts"))
+        for c, msg in zip(self.clients, (b"ki-0", b"ki-1", b"ok-2")):
+            c.sendall(msg)
+        time.sleep(0.3)         # all three arrive before the loop waits
+
+    def rest_and_close(self) -> list:
+        """Run until all three were delivered; their data, sorted."""
+        loop = self.loop
+        loop.run_until_complete(until(lambda: len(self.got) == 3, "the rest"))
+        for c in self.clients:
+            c.close()
+        self.server.close()
+        loop.run_until_complete(self.server.wait_closed())
+        return sorted(d for d, _ in self.got)
+
+
 def test_keyboard_interrupt_in_a_queued_walk_keeps_the_rest():
     # A callback ready before the wait: the batch is walked by a callback
     # queued behind it (aio_iter.c's queue_walk, _walk_later), and what a
     # KeyboardInterrupt there leaves is handed out before the next wait.
-    loop = EventLoop()
-    got, protos, ran = [], [], []
-
-    class P(asyncio.Protocol):
-        def connection_made(self, t):
-            protos.append(self)
-
-        def data_received(self, data):
-            got.append((data, list(ran)))
-            if data.startswith(b"ki"):
-                raise KeyboardInterrupt
-
+    x = _Interrupted()
+    loop = x.loop
     try:
-        server = loop.run_until_complete(
-            loop.create_server(P, "127.0.0.1", 0))
-        port = server.sockets[0].getsockname()[1]
-        clients = [socket.create_connection(("127.0.0.1", port))
-                   for _ in range(3)]
-        loop.run_until_complete(until(lambda: len(protos) == 3, "accepts"))
-        for c, msg in zip(clients, (b"ki-0", b"ki-1", b"ok-2")):
-            c.sendall(msg)
-        time.sleep(0.3)         # all three arrive before the loop waits
-        loop.call_soon(ran.append, "ready")
+        loop.call_soon(x.ran.append, "ready")
         with pytest.raises(KeyboardInterrupt):
             loop.run_forever()
         # The callback ready before the wait ran first.
-        assert len(got) == 1 and got[0][1] == ["ready"]
+        assert len(x.got) == 1 and x.got[0][1] == ["ready"]
         assert loop._rest is not None and loop._later is None
         with pytest.raises(KeyboardInterrupt):
             loop.run_forever()
-        loop.run_until_complete(until(lambda: len(got) == 3, "the rest"))
-        assert sorted(d for d, _ in got) == [b"ki-0", b"ki-1", b"ok-2"]
-        for c in clients:
-            c.close()
-        server.close()
-        loop.run_until_complete(server.wait_closed())
+        assert x.rest_and_close() == [b"ki-0", b"ki-1", b"ok-2"]
     finally:
         loop.close()
 
+
 def test_keyboard_interrupt_mid_batch_keeps_the_rest():
-    loop = EventLoop()
-    got, protos = [], []
-
-    class P(asyncio.Protocol):
-        def connection_made(self, t):
-            protos.append(self)
-
-        def data_received(self, data):
-            got.append(data)
-            if data.startswith(b"ki"):
-                raise KeyboardInterrupt
-
+    x = _Interrupted()
+    loop = x.loop
     try:
-        server = loop.run_until_complete(
-            loop.create_server(P, "127.0.0.1", 0))
-        port = server.sockets[0].getsockname()[1]
-        clients = [socket.create_connection(("127.0.0.1", port))
-                   for _ in range(3)]
-        loop.run_until_complete(until(lambda: len(protos) == 3, "accepts"))
-        for c, msg in zip(clients, (b"ki-0", b"ki-1", b"ok-2")):
-            c.sendall(msg)
-        time.sleep(0.3)         # all three arrive before the loop waits
         with pytest.raises(KeyboardInterrupt):
             loop.run_forever()
-        assert len(got) == 1
+        assert len(x.got) == 1
         # The rest of that batch is kept (edge-triggered: never reported
         # again), and handed out before the next wait.
         assert loop._rest is not None
         with pytest.raises(KeyboardInterrupt):
             loop.run_forever()
-        loop.run_until_complete(until(lambda: len(got) == 3, "the rest"))
-        assert sorted(got) == [b"ki-0", b"ki-1", b"ok-2"]
-        for c in clients:
-            c.close()
-        server.close()
-        loop.run_until_complete(server.wait_closed())
+        assert x.rest_and_close() == [b"ki-0", b"ki-1", b"ok-2"]
     finally:
         loop.close()
 
