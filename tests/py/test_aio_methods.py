@@ -277,7 +277,8 @@ def test_inproc_aiohttp_transport_sees_each_response():
         assert data.endswith(b"\r\n\r\n" + _inproc.BODY)
 
 
-def test_wakeup_cost_knows_the_aiohttp_targets():
+def _wakeup_cost():
+    """scripts/wakeup_cost.py as a module."""
     import os
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
                                     "scripts"))
@@ -285,6 +286,11 @@ def test_wakeup_cost_knows_the_aiohttp_targets():
         import wakeup_cost
     finally:
         sys.path.pop(0)
+    return wakeup_cost
+
+
+def test_wakeup_cost_knows_the_aiohttp_targets():
+    wakeup_cost = _wakeup_cost()
     assert wakeup_cost.argv_for("aio-aiohttp", 8080)[-2:] == [
         "pyepollaio-aiohttp", "8080"]
     assert wakeup_cost.argv_for("uvloop-aiohttp", 1)[-2] == "uvloop-aiohttp"
@@ -295,14 +301,8 @@ def test_wakeup_cost_knows_the_aiohttp_targets():
 def test_wakeup_cost_drives_k_connections_a_round_at_a_time():
     # drive(conns=K): one round trip alone, then each round one message on
     # every connection before any answer is read (a batch of K per wakeup).
-    import os
     import threading
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..",
-                                    "scripts"))
-    try:
-        import wakeup_cost
-    finally:
-        sys.path.pop(0)
+    wakeup_cost = _wakeup_cost()
     got = []            # (connection number, bytes) in arrival order
     loop = EventLoop()
 
