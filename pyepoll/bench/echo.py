@@ -138,6 +138,10 @@ def low_tables(results: Dict[str, Dict[object, List[Run]]], low) -> List[Table]:
     cols = [low_label(p) for p in low]
     cpu = Table("echo at low concurrency: server CPU per round trip", "us user+sys",
                 cols, reference=C_ECHO)
+    # User space apart: most of a round trip is the kernel's, and that share
+    # drifts between runs by as much as the servers differ in user space.
+    user = Table("echo at low concurrency: server user-space CPU per round trip", "us user",
+                 cols, reference=C_ECHO)
     p50 = Table("echo at low concurrency: latency p50", "us round trip", cols,
                 reference=C_ECHO)
     p99 = Table("echo at low concurrency: latency p99", "us round trip", cols,
@@ -150,13 +154,14 @@ def low_tables(results: Dict[str, Dict[object, List[Run]]], low) -> List[Table]:
             for r in by_point.get(point, []):
                 col = low_label(point)
                 cpu.add(name, col, r.cpu_per_op_us)
+                user.add(name, col, r.user_per_op_us)
                 p50.add(name, col, r.p50)
                 p99.add(name, col, r.p99)
                 if r.ops_per_sleep == r.ops_per_sleep:
                     batch.add(name, col, r.ops_per_sleep)
     cpu.notes.append("1 connection: every wait returns one event, so this is the "
                      "cost of one wakeup plus one read and one write")
-    return [cpu, p50, p99, batch]
+    return [cpu, user, p50, p99, batch]
 
 
 def paired_ratio(results: Dict[str, Dict[object, List[Run]]], a: str, b: str,
