@@ -688,19 +688,7 @@ static PyObject *lc_wait(PyObject *self, PyObject *const *args,
         keep_wlist(c, list);
         return whole_python(c, PY_WAIT, args, nargs, kwnames);
     }
-    if (ms == 0) {
-        n = c->run(l, c->wev, c->wcap, 0);
-    } else {
-        /* A wait that may block lets other threads run (and call wakeup()
-         * or close()).  A zero-timeout run first, with the GIL held, and
-         * the release only if it found nothing, was measured and is worse
-         * at one connection: the next request is rarely there yet, so it
-         * adds an epoll_wait (1.22 a round trip under strace) and, under
-         * callgrind, costs more instructions than the release it saves. */
-        Py_BEGIN_ALLOW_THREADS
-        n = c->run(l, c->wev, c->wcap, ms);
-        Py_END_ALLOW_THREADS
-    }
+    PE_PY_WAIT(n, ms, c->run(l, c->wev, c->wcap, ms));
     if (c->l == NULL || (n <= 0 && (n || ms))) {
         keep_wlist(c, list);
         return wait_tail(c, PY_WAIT_TAIL, n, ms, t0);
@@ -774,14 +762,9 @@ static int run_batch(LoopCalls *c, int necho, int ms)
     int n;
 
     for (;;) {
-        if (ms) {
-            pe_loop *l = c->l;
-            Py_BEGIN_ALLOW_THREADS
-            n = c->run_batch(l, necho, ms);
-            Py_END_ALLOW_THREADS
-        } else {
-            n = c->run_batch(c->l, necho, ms);
-        }
+        pe_loop *l = c->l;
+
+        PE_PY_WAIT(n, ms, c->run_batch(l, necho, ms));
         if (n != 0 || ms >= 0 || c->l == NULL)
             return n;
         if (PyErr_CheckSignals() < 0)

@@ -697,17 +697,8 @@ static PyObject *batch_select(PyObject *self, PyObject *timeout)
             }
         }
     }
-    if (ms == 0) {
-        /* A poll that cannot block (callbacks are ready): with the GIL
-         * held, as a non-blocking send is; letting it go and taking it
-         * back costs some 400 instructions, more than the poll. */
-        n = core_run_into(b->l, NULL, 0, b->ev, b->max, 0, b->buf, b->buflen);
-    } else {
-        Py_BEGIN_ALLOW_THREADS
-        n = core_run_into(b->l, NULL, 0, b->ev, b->max, ms, b->buf,
-                          b->buflen);
-        Py_END_ALLOW_THREADS
-    }
+    PE_PY_WAIT(n, ms, core_run_into(b->l, NULL, 0, b->ev, b->max, ms, b->buf,
+                                    b->buflen));
     b->n = n > 0 ? n : 0;
     b->pos = 0;
     if (n == 0)
