@@ -14,6 +14,7 @@ figure that still separates servers then."""
 from __future__ import annotations
 
 import argparse
+import statistics
 from typing import Dict, List, Optional, Sequence
 
 from . import _cli
@@ -175,6 +176,14 @@ def paired_ratio(results: Dict[str, Dict[object, List[Run]]], a: str, b: str,
     return ratios[len(ratios) // 2] if ratios else None
 
 
+def median_of(results: Dict[str, Dict[object, List[Run]]], name: str, point,
+              key) -> Optional[float]:
+    """The median of key over name's runs at point (as the tables take
+    it), or None."""
+    vals = [key(x) for x in results.get(name, {}).get(point, [])]
+    return statistics.median(vals) if vals else None
+
+
 LOW_PY = "pyepoll Loop py wait/recv/send"
 REF_ECHO = "ref server eventloop"
 
@@ -196,6 +205,14 @@ def low_summary(results: Dict[str, Dict[object, List[Run]]], low) -> List[str]:
                            r(REF_ECHO, C_ECHO), 1.1, "<="),
                 check_line("Loop py wait/recv/send CPU/round trip vs plain C",
                            r(LOW_PY, C_ECHO), 1.05, "<=")]
+        # Most of a round trip is the kernel's: what each spent above it.
+        user = {name: median_of(results, name, one, lambda x: x.user_per_op_us)
+                for name in (LOW_PY, REF_ECHO, UVLOOP_ECHO, C_ECHO)}
+        if all(v is not None for v in user.values()):
+            out.append("user-space CPU/round trip (medians): " + ", ".join(
+                f"{short} {user[name]:.2f} us" for short, name in (
+                    ("Loop py", LOW_PY), ("ref server", REF_ECHO),
+                    ("uvloop", UVLOOP_ECHO), ("plain C", C_ECHO))))
     for point in low:
         for q in ("p50", "p99"):
             ratio = paired_ratio(results, REF_ECHO, UVLOOP_ECHO, point,

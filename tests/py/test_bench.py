@@ -310,12 +310,19 @@ def test_server_python_is_what_python_servers_run_with(tmp_path) -> None:
 @need_cc
 @installed
 def test_echo_smoke_with_python_option() -> None:
-    out = bench("echo", "--smoke", "--servers", "Loop py wait",
+    out = bench("echo", "--smoke", "--servers", "Loop py wait", "ref server eventloop",
                 "--python", sys.executable)
     assert f"Python servers run on: {platform.python_implementation()} " \
            f"{platform.python_version()} {sys.executable}" in out
     thr = rows(out, "echo throughput, 8 connections")
     assert "n/a" not in thr["pyepoll Loop py wait/recv/send"]
+    # User space apart at low concurrency, and in the summary when all four
+    # servers of the line ran (uvloop may be missing here).
+    user = rows(out, "echo at low concurrency: server user-space CPU per round trip")
+    assert "n/a" not in user["pyepoll Loop py wait/recv/send"]
+    line = [ln for ln in out.splitlines() if "user-space CPU/round trip (medians)" in ln]
+    assert len(line) == (0 if "uvloop Protocol" not in user
+                         or "ref server eventloop" not in user else 1)
     res = subprocess.run([sys.executable, "-m", "pyepoll.bench", "echo",
                           "--smoke", "--python", "/no/such/python"],
                          capture_output=True, text=True, timeout=60)
