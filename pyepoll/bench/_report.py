@@ -314,6 +314,12 @@ def have_matplotlib() -> bool:
     return True
 
 
+def ratio_line(what: str, value: Optional[float]) -> str:
+    """A ratio the summary reports beside the issue's claims, with no target."""
+    return f"{what}: " + ("not measured" if value is None or value != value
+                          else f"{value:.2f}x")
+
+
 def check_line(what: str, value: Optional[float], target: float, op: str,
                unit: str = "x") -> str:
     """One claim of an issue, with the measured value and met/MISSED."""

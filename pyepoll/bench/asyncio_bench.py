@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from . import _cli
 from ._proc import (Run, ServerProc, Skip, cpu_delta, cpu_sample, disabled,
                     raise_nofile, rss_bytes, run_loadgen, run_wrk)
-from ._report import Section, Table, check_line
+from ._report import Section, Table, check_line, ratio_line
 from ._servers import (C_ECHO, FRAMEWORKS, Fleet, asyncio_servers, check_echo,
                        _env, _need_module, running_loop, server_python,
                        server_python_description)
@@ -166,9 +166,8 @@ def run(args: argparse.Namespace) -> Section:
         col = memory.points[0]
         r = memory.ratio("pyepoll loop Protocol", col)
         if on_pypy():       # no uvloop there, and issue 14 sets no target
-            sec.summary.append(
-                f"pyepoll loop memory per idle connection vs the stdlib loop "
-                f"({col}): " + (f"{r:.2f}x" if r is not None else "not measured"))
+            sec.summary.append(ratio_line(
+                f"pyepoll loop memory per idle connection vs the stdlib loop ({col})", r))
         else:
             sec.summary.append(check_line(
                 f"pyepoll loop memory per idle connection vs uvloop ({col})",
@@ -176,10 +175,8 @@ def run(args: argparse.Namespace) -> Section:
     if wakeups.rows:
         col = wakeups.points[0]
         r = wakeups.ratio("pyepoll loop", col)
-        sec.summary.append(
-            f"pyepoll loop call_soon_threadsafe round trip vs "
-            f"{wakeups.reference}: "
-            + (f"{r:.2f}x" if r is not None else "not measured"))
+        sec.summary.append(ratio_line(
+            f"pyepoll loop call_soon_threadsafe round trip vs {wakeups.reference}", r))
     sec.summary += shares
     sec.skipped = fleet.skip_notes() + [
         f"{n} (memory): {why}" for n, why in mem_skipped.items()
@@ -450,10 +447,12 @@ def summary(results: Dict[str, Dict[object, List[Run]]], point,
         return x / y if x is not None and y else None
 
     out = [f"server CPU per message at {point[0]} B x {point[1]} (medians):"]
-    floor = ratio(C_ECHO, "uvloop Protocol")
-    if floor is not None:
-        out.append(f"floor: plain C epoll (no Python) vs uvloop Protocol: "
-                   f"{floor:.2f}x")
+    # Each uvloop target's floor: the plain C server against that uvloop row.
+    for flavour in ("Protocol", "BufferedProtocol"):
+        floor = ratio(C_ECHO, f"uvloop {flavour}")
+        if floor is not None:
+            out.append(f"floor: plain C epoll (no Python) vs uvloop {flavour}: "
+                       f"{floor:.2f}x")
     out += [
         check_line("pyepoll loop Protocol vs uvloop",
                    ratio("pyepoll loop Protocol", "uvloop Protocol"), 0.85, "<="),
@@ -462,6 +461,8 @@ def summary(results: Dict[str, Dict[object, List[Run]]], point,
         check_line("pyepoll loop BufferedProtocol vs uvloop",
                    ratio("pyepoll loop BufferedProtocol",
                          "uvloop BufferedProtocol"), 0.8, "<="),
+        ratio_line("pyepoll loop BufferedProtocol vs plain C",
+                   ratio("pyepoll loop BufferedProtocol", C_ECHO)),
         check_line("pyepoll loop streams vs uvloop",
                    ratio("pyepoll loop streams", "uvloop streams"), 0.9, "<="),
         check_line("pyepoll loop httptools hello vs uvloop (CPU/request)",

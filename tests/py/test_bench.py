@@ -15,7 +15,7 @@ import time
 import pytest
 
 from pyepoll.bench import _proc, _servers
-from pyepoll.bench._report import Section, Table, check_line
+from pyepoll.bench._report import Section, Table, check_line, ratio_line
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"),
                            reason="the network scenarios are Linux only")
@@ -120,6 +120,12 @@ def test_check_line_says_met_or_missed() -> None:
     assert check_line("a", 1.2, 1.0, "<=").endswith("MISSED")
     assert check_line("a", 1.6, 1.5, ">=").endswith("met")
     assert check_line("a", None, 1.5, ">=").endswith("not measured")
+
+
+def test_ratio_line_says_the_ratio_or_not_measured() -> None:
+    assert ratio_line("a vs b", 0.876) == "a vs b: 0.88x"
+    assert ratio_line("a vs b", None) == "a vs b: not measured"
+    assert ratio_line("a vs b", float("nan")) == "a vs b: not measured"
 
 
 def test_section_markdown_lists_skips_and_charts() -> None:
