@@ -418,13 +418,13 @@ def test_echo_round_trips_keep_stats_lines_and_stop(start_server):
             second = srv.wait_for(rx, start=len(srv.lines) - 1)
         assert int(second.group(1)) > int(first.group(1)) > 0
         assert pinger.is_alive() and pinger.error is None
-        done = pinger.done
         t0 = time.monotonic()
         srv.signal(signal.SIGTERM)
         pinger.join(10)
         # Closed after an echo: EOF, or a reset when the close found the
-        # next message unread.
-        assert not pinger.is_alive() and pinger.done > done
+        # next message unread.  No further echo is promised: the signal can
+        # come between an echo and the next message (under ASan it did).
+        assert not pinger.is_alive()
         assert pinger.eof or isinstance(pinger.error, ConnectionResetError), \
             pinger.error
         assert srv.wait(timeout=10) == 0
