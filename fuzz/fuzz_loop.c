@@ -5,7 +5,7 @@
  * Build and run (scripts/fuzz.sh does the same):
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -DPE_HAVE_EPOLL=1 \
  *     -Icsrc -Icsrc/include fuzz/fuzz_loop.c csrc/poller/{poller,poller_wait,epoll,poll,select}.c \
- *     csrc/loop/*.c csrc/http/http.c \
+ *     csrc/loop/[a-z]*.c csrc/http/http.c \
  *     -o /tmp/fuzz_loop
  *   /tmp/fuzz_loop -runs=10000000 /tmp/corpus-loop fuzz/corpus/loop
  *
