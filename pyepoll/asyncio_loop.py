@@ -861,12 +861,15 @@ class EventLoop(asyncio.SelectorEventLoop):  # type: ignore[misc, valid-type]
 
     def _stop_serving(self, sock: socket.socket) -> None:
         lid = self._listener_of.pop(sock.fileno(), None)
-        if lid is None:
-            return super()._stop_serving(sock)
-        if self._p is not None:
-            lib.pe_loop_remove_listener(self._p, lid)
-        del self._serving[lid]
-        sock.close()
+        if lid is not None:
+            if self._p is not None:
+                lib.pe_loop_remove_listener(self._p, lid)
+            del self._serving[lid]
+        # Then the stdlib's own, which finds no reader for a C listener: it
+        # closes the socket, and from 3.13 removes a Unix server's socket
+        # file unless the file was replaced (create_unix_server's
+        # cleanup_socket).
+        super()._stop_serving(sock)
 
     def close(self) -> None:
         if self.is_running():

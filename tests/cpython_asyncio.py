@@ -50,6 +50,8 @@ def use_pyepoll_loop() -> None:
     TestedLoop.__name__ = TestedLoop.__qualname__ = "SelectorEventLoop"
     asyncio.SelectorEventLoop = TestedLoop
     unix_events.SelectorEventLoop = TestedLoop
+    if hasattr(unix_events, "EventLoop"):       # 3.13+: the platform's loop
+        asyncio.EventLoop = unix_events.EventLoop = TestedLoop
     policy = unix_events._UnixDefaultEventLoopPolicy
     policy._loop_factory = TestedLoop
     asyncio.set_event_loop_policy(None)

@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 
@@ -287,6 +288,35 @@ def test_unix_server_is_served_in_c(tmp_path):
     (got, st, ct), errors = run(main)
     assert got == b"over unix"
     assert (st, ct) == (CTransport, CTransport)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13),
+                    reason="cleanup_socket is new in Python 3.13")
+def test_unix_server_close_removes_its_socket_file_as_the_stdlib(tmp_path):
+    async def main(path, replace, **kw):
+        server = await asyncio.get_running_loop().create_unix_server(
+            asyncio.Protocol, path, **kw)
+        replaced = None
+        if replace:                     # another server's file now: kept
+            os.unlink(path)
+            replaced = socket.socket(socket.AF_UNIX)
+            replaced.bind(path)
+        server.close()
+        await server.wait_closed()
+        if replaced is not None:
+            replaced.close()
+        return os.path.exists(path)
+
+    for make in (asyncio.SelectorEventLoop, EventLoop):
+        for name, replace, kw, kept in (("default", False, {}, False),
+                                        ("replaced", True, {}, True),
+                                        ("off", False, {"cleanup_socket": False}, True)):
+            path = str(tmp_path / f"{make.__name__}-{name}.sock")
+            loop = make()
+            try:
+                assert loop.run_until_complete(main(path, replace, **kw)) is kept
+            finally:
+                loop.close()
 
 
 # -- closing ------------------------------------------------------------------
