@@ -314,6 +314,13 @@ def have_matplotlib() -> bool:
     return True
 
 
+def median_by(runs: Sequence, key) -> Optional[float]:
+    """The median of key over runs (the upper middle one of an even
+    count), or None for no runs: the summaries' medians."""
+    vals = sorted(key(r) for r in runs)
+    return vals[len(vals) // 2] if vals else None
+
+
 def ratio_line(what: str, value: Optional[float]) -> str:
     """A ratio the summary reports beside the issue's claims, with no target."""
     return f"{what}: " + ("not measured" if value is None or value != value

@@ -27,12 +27,12 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from . import _cli
 from ._proc import (Run, ServerProc, Skip, cpu_delta, cpu_sample, disabled,
                     raise_nofile, rss_bytes, run_loadgen, run_wrk)
-from ._report import Section, Table, check_line, ratio_line
+from ._report import Section, Table, check_line, median_by, ratio_line
 from ._servers import (C_ECHO, FRAMEWORKS, Fleet, asyncio_servers, check_echo,
                        _env, _need_module, running_loop, server_python,
                        server_python_description)
@@ -60,11 +60,6 @@ def build() -> argparse.ArgumentParser:
                     help="round trips of the call_soon_threadsafe rows "
                          "(default: %(default)s; 0: none)")
     return ap
-
-
-def _median(runs: Sequence[Run], key) -> Optional[float]:
-    vals = sorted(key(r) for r in runs)
-    return vals[len(vals) // 2] if vals else None
 
 
 def run(args: argparse.Namespace) -> Section:
@@ -439,7 +434,7 @@ def summary(results: Dict[str, Dict[object, List[Run]]], point,
             http_point, wrk_point) -> List[str]:
     """Issue 14's targets at the first point (1 KiB x 64 by default)."""
     def med(name: str, at=point) -> Optional[float]:
-        return _median(results.get(name, {}).get(at, []),
+        return median_by(results.get(name, {}).get(at, []),
                        lambda r: r.cpu_per_op_us)
 
     def ratio(a: str, b: str, at=point) -> Optional[float]:

@@ -14,12 +14,11 @@ figure that still separates servers then."""
 from __future__ import annotations
 
 import argparse
-import statistics
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 from . import _cli
 from ._proc import Run, run_loadgen
-from ._report import Chart, Section, Table, check_line
+from ._report import Chart, Section, Table, check_line, median_by
 from ._servers import C_ECHO, CECHO, PY_HANDLERS, UVLOOP_ECHO, Fleet, echo_servers
 
 SIZES = [64, 1024, 16384, 65536]
@@ -47,11 +46,6 @@ def low_label(point) -> str:
     size, conns = point
     unit = f"{size // 1024} KiB" if size >= 1024 and not size % 1024 else f"{size} B"
     return f"{unit} x {conns}"
-
-
-def _median(runs: Sequence[Run], key) -> Optional[float]:
-    vals = sorted(key(r) for r in runs)
-    return vals[len(vals) // 2] if vals else None
 
 
 def run(args: argparse.Namespace) -> Section:
@@ -176,14 +170,6 @@ def paired_ratio(results: Dict[str, Dict[object, List[Run]]], a: str, b: str,
     return ratios[len(ratios) // 2] if ratios else None
 
 
-def median_of(results: Dict[str, Dict[object, List[Run]]], name: str, point,
-              key) -> Optional[float]:
-    """The median of key over name's runs at point (as the tables take
-    it), or None."""
-    vals = [key(x) for x in results.get(name, {}).get(point, [])]
-    return statistics.median(vals) if vals else None
-
-
 LOW_PY = "pyepoll Loop py wait/recv/send"
 REF_ECHO = "ref server eventloop"
 
@@ -206,7 +192,8 @@ def low_summary(results: Dict[str, Dict[object, List[Run]]], low) -> List[str]:
                 check_line("Loop py wait/recv/send CPU/round trip vs plain C",
                            r(LOW_PY, C_ECHO), 1.05, "<=")]
         # Most of a round trip is the kernel's: what each spent above it.
-        user = {name: median_of(results, name, one, lambda x: x.user_per_op_us)
+        user = {name: median_by(results.get(name, {}).get(one, []),
+                                lambda x: x.user_per_op_us)
                 for name in (LOW_PY, REF_ECHO, UVLOOP_ECHO, C_ECHO)}
         if all(v is not None for v in user.values()):
             out.append("user-space CPU/round trip (medians): " + ", ".join(
@@ -228,7 +215,7 @@ def summary(results: Dict[str, Dict[object, List[Run]]]) -> List[str]:
 
     def med(name: str, key) -> Optional[float]:
         runs = results.get(name, {}).get(point, [])
-        return _median(runs, key)
+        return median_by(runs, key)
 
     def ratio(a: str, b: str, key) -> Optional[float]:
         x, y = med(a, key), med(b, key)
