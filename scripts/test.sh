@@ -24,23 +24,41 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 # CMake build trees (CMake refuses a cache made for another source tree).
 WORK=${PYEPOLL_TEST_DIR:-/tmp/pyepoll-test-$(printf %s "$ROOT" | cksum | cut -d' ' -f1)}
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
-PY=$(command -v "${PYTHON:-python3}")   # before the venv goes first on PATH
 mkdir -p "$WORK"
 rm -rf "$WORK/build-c" "$WORK/build-asan" "$WORK/build-asan-py"   # every run builds afresh
 
 say() { printf '\n=== %s\n' "$*"; }
 
 say "system packages"
+apt_install() {
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
 need=()
 for pkg in libcmocka-dev clang valgrind curl libclang-rt-dev \
            pypy3 pypy3-dev pypy3-venv; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
-if ((${#need[@]})); then
-  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+# A bare Debian has no python3 at all.
+[ -n "${PYTHON:-}" ] || command -v python3 >/dev/null || need+=(python3)
+if ((${#need[@]})); then apt_install "${need[@]}"; fi
+PY=$(command -v "${PYTHON:-python3}")   # before the venv goes first on PATH
+# Debian splits its own CPython: venv, the headers the extension builds
+# against, and the stdlib's test package (test.test_asyncio, which the
+# CPython-suite tests run) are packages of their own.
+if PY_PKG=$(dpkg -S "$(readlink -f "$PY")" 2>/dev/null); then
+  ver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  need=()
+  for pkg in "python$ver-venv" "python$ver-dev" "libpython$ver-testsuite"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+  done
+  if ((${#need[@]})); then apt_install "${need[@]}"; fi
+  echo "python: $PY (Debian's, ${PY_PKG%%:*})"
 fi
+# CPython's own asyncio tests must run in the CPython stages, not skip.
+"$PY" -c 'import test.test_asyncio' \
+  || { echo "$PY has no test.test_asyncio (CPython's asyncio tests)" >&2; exit 1; }
 
 say "python environment"
 rm -rf "$WORK/venv"
