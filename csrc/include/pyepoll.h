@@ -278,6 +278,12 @@ int pe_loop_remove_listener(pe_loop *l, int id);    /* -ENOENT: unknown id */
  * which then does not block.  Returns the count or -errno (-EINTR
  * included). */
 int pe_loop_run(pe_loop *l, struct pe_loop_event *out, int max, int timeout_ms);
+/* Put n events that pe_loop_run handed out back at the front of the queue,
+ * in their order: the next run hands them out first, without blocking (a
+ * handler that raised part-way through a batch leaves the rest unhandled,
+ * not lost; a DATA event's bytes are still unread).  0, -EINVAL, or
+ * -ENOMEM (nothing put back). */
+int pe_loop_unget(pe_loop *l, const struct pe_loop_event *ev, int n);
 /* An event of pe_loop_run_into: every field a 64-bit word, so Python
  * reads a batch through one memoryview slice and one iterator. */
 struct pe_loop_bevent {

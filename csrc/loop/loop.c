@@ -104,6 +104,27 @@ static int deliver(pe_loop *l, struct pe_loop_event *out, int max)
     return (int)n;
 }
 
+/* Events handed out but not handled (a handler raised part-way through a
+ * batch) go back to the front of the queue, in their order, so that the
+ * next run hands them out again before anything new. */
+int pe__loop_unget(pe_loop *l, const struct pe_loop_event *ev, int n)
+{
+    int i;
+
+    if (n < 0 || (n > 0 && !ev))
+        return -EINVAL;
+    while (l->qcap - l->qlen < (uint32_t)n)
+        if (queue_grow(l) < 0)
+            return -ENOMEM;
+    for (i = n - 1; i >= 0; i--) {
+        l->qhead = (l->qhead - 1) & (l->qcap - 1);
+        l->q[l->qhead] = ev[i];
+        l->qlen++;
+    }
+    l->st.events -= (uint64_t)n;        /* counted again when handed out */
+    return 0;
+}
+
 /* ------------------------------------------------------------------ fd map */
 
 int pe__loop_fdmap_set(pe_loop *l, int fd, uint32_t v)

@@ -150,6 +150,7 @@ void pe__loop_set_clock(pe_loop *l, uint64_t (*fn)(void *), void *arg);
  * call them with the loop held; inside the core, call these. */
 int     pe__loop_run(pe_loop *l, struct pe_loop_event *out, int max,
                      int timeout_ms);
+int     pe__loop_unget(pe_loop *l, const struct pe_loop_event *ev, int n);
 int     pe__loop_run_into(pe_loop *l, const pe_handle *echo, size_t necho,
                           struct pe_loop_bevent *out, int max, int timeout_ms,
                           void *buf, size_t buflen);

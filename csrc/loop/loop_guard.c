@@ -69,6 +69,8 @@ int pe_loop_teardown(pe_loop *l)
 
 GUARDED(int, run, (pe_loop *l, struct pe_loop_event *out, int max,
                    int timeout_ms), (l, out, max, timeout_ms))
+GUARDED(int, unget, (pe_loop *l, const struct pe_loop_event *ev, int n),
+        (l, ev, n))
 GUARDED(int, run_into, (pe_loop *l, const pe_handle *echo, size_t necho,
                         struct pe_loop_bevent *out, int max, int timeout_ms,
                         void *buf, size_t buflen),

@@ -2238,6 +2238,60 @@ static void test_canned_two_no_events(void **state)
 
 #define T(f) cmocka_unit_test(f)
 
+/* Events put back with pe_loop_unget come out of the next run first, in
+ * their order, without blocking, before an event queued earlier; a DATA
+ * event put back still has its bytes unread; the queue grows past its
+ * first 256 entries to take them; the events count is not doubled. */
+static void test_unget(void **state)
+{
+    struct pe_loop_config cfg;
+    struct pe_loop_stats st;
+    struct pe_loop_event back[300], out[400];
+    struct env e;
+    pe_handle h;
+    char buf[16];
+    uint64_t events;
+    int c, n, i;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    c = tcp_client(e.port, 0);
+    h = next_open(&e);
+    assert_int_equal(send(c, "ping", 4, 0), 4);
+    PUMP_UNTIL(&e, count_ev(&e, PE_EV_DATA, h) == 1);
+    assert_int_equal(pe_loop_get_stats(e.l, &st), 0);
+    events = st.events;
+    /* The DATA event goes back, behind 299 made-up wakeups before it and
+     * a real wakeup already queued behind them all. */
+    for (i = 0; i < 299; i++) {
+        back[i].kind = PE_EV_WAKEUP;
+        back[i].arg = (uint32_t)i;
+        back[i].handle = 0;
+    }
+    back[299] = *last_ev(&e, PE_EV_DATA, h);
+    assert_int_equal(pe_loop_wakeup(e.l), 0);
+    assert_int_equal(pe_loop_unget(e.l, back, 300), 0);
+    n = pe_loop_run(e.l, out, 400, -1);     /* must not block */
+    assert_int_equal(n, 301);
+    for (i = 0; i < 300; i++) {
+        assert_int_equal(out[i].kind, back[i].kind);
+        assert_int_equal(out[i].arg, back[i].arg);
+        assert_int_equal(out[i].handle, back[i].handle);
+    }
+    assert_int_equal(out[300].kind, PE_EV_WAKEUP);
+    assert_int_equal(pe_loop_get_stats(e.l, &st), 0);
+    assert_int_equal(st.events, events + 1);
+    assert_int_equal(pe_loop_read(e.l, h, buf, sizeof(buf)), 4);
+    assert_memory_equal(buf, "ping", 4);
+    /* Nothing else is queued; refusals change nothing. */
+    assert_int_equal(pe_loop_unget(e.l, back, -1), -EINVAL);
+    assert_int_equal(pe_loop_unget(e.l, NULL, 1), -EINVAL);
+    assert_int_equal(pe_loop_unget(e.l, NULL, 0), 0);
+    assert_int_equal(pe_loop_run(e.l, out, 400, 0), 0);
+    close(c);
+    env_close(&e);
+}
+
 int main(void)
 {
     struct CMUnitTest per_mode[] = {
@@ -2265,6 +2319,7 @@ int main(void)
         T(test_threads_teardown),
         T(test_stale_handle),
         T(test_events_beyond_max),
+        T(test_unget),
         T(test_no_sigpipe),
         T(test_listeners),
         T(test_listeners_and_data_in_one_run),
