@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import array
 import errno
+import logging
 import math
 import os
 import socket
@@ -125,6 +126,8 @@ _CALL_ADDRS = tuple(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
 def _address(cdata: Any) -> int:
     return int(ffi.cast("uintptr_t", cdata))
 
+
+_log = logging.getLogger("pyepoll.loop")
 
 # Loops alive in this process, so that a fork can disarm them in the child.
 _live: "weakref.WeakSet[Loop]" = weakref.WeakSet()
@@ -245,7 +248,7 @@ class Loop:
                  "_echoq", "queue_echo", "_eq", "_eqv",
                  "_out_max", "_backend", "_trigger", "_echo", "_listeners",
                  "_owned", "_u32a", "_u32b",
-                 "_pid_fork", "_fast",
+                 "_pid_fork", "_fast", "_stopping",
                  "_u64", "_int", "_host", "_stats", "__weakref__")
 
     def __init__(self, *, backend: Optional[str] = None,
@@ -340,6 +343,7 @@ class Loop:
         self.queue_echo: Callable[[int], None] = self._echoq.append
         # The C calls of this loop; they hold the cffi owner of p too, so
         # the struct outlives a call that is inside when close() comes.
+        self._stopping = False          # stop() was called (serve)
         self._fast: Any = None
         if _LoopCalls is not None:
             self._fast = _LoopCalls(
@@ -817,6 +821,136 @@ class Loop:
         p = self._check_open()
         _check(lib.pe_loop_wakeup(p), "waking the loop")
 
+    def serve(self, on_data: Callable[[int, bytes], Any],
+              on_event: Optional[Callable[[int, int, int], Any]] = None,
+              timeout: Optional[float] = None) -> None:
+        """Run the loop with a handler per event until :meth:`stop` is
+        called (by a handler or another thread) or ``timeout`` seconds
+        pass (None: no limit).
+
+        ``on_data(h, data)`` gets each :data:`EV_DATA` connection's unread
+        bytes; what it returns, if not None, is sent back on ``h`` as
+        :meth:`send` sends it.  ``on_event(kind, h, arg)`` gets every other
+        event; without it an :data:`EV_EOF` closes the connection
+        (``"flush"``) and the other kinds are dropped.
+
+        No client can stop it: a handler that raises an :class:`Exception`
+        (or returns what :meth:`send` refuses) is logged on the
+        ``pyepoll.loop`` logger and its connection aborted, and serving
+        goes on; a reply to a connection that is gone is dropped (its
+        :data:`EV_CLOSED` follows).  Any other exception (KeyboardInterrupt
+        from a signal, SystemExit) ends ``serve`` with the events not yet
+        handled put back for the next :meth:`wait` or ``serve``.  On
+        CPython the loop runs in C: one call of ``on_data`` a message, and
+        no other Python code."""
+        if not callable(on_data):
+            raise TypeError(f"on_data must be callable, not "
+                            f"{type(on_data).__name__}")
+        if on_event is not None and not callable(on_event):
+            raise TypeError(f"on_event must be callable or None, not "
+                            f"{type(on_event).__name__}")
+        ms = -1 if timeout is None else timeout_to_ms(timeout)
+        deadline = _monotonic() + ms / 1000.0 if ms > 0 else 0.0
+        self._check_open()
+        try:
+            while True:
+                if ms > 0:
+                    left = deadline - _monotonic()
+                    if left <= 0:
+                        return
+                    ms = math.ceil(left * 1000.0)
+                fast = self._fast
+                if fast is not None:
+                    rc = fast.serve(on_data, on_event, ms)
+                    if rc is None:
+                        return          # stopped, timed out or closed
+                    _check(rc, "serve")
+                # One turn in Python: without the C calls, or for what the
+                # C loop leaves to it (queued echoes, sent by wait).
+                events = self.wait(None if ms < 0 else ms / 1000.0)
+                if self._p is None:
+                    return
+                self._serve_events(events, on_data, on_event)
+                if self._stopping or self._p is None or not ms:
+                    return
+        finally:
+            self._stopping = False
+            if self._fast is not None:
+                self._fast.stop(False)
+
+    def _serve_events(self, events: List[Tuple[int, int, int]],
+                      on_data: Callable[[int, bytes], Any],
+                      on_event: Optional[Callable[[int, int, int], Any]]
+                      ) -> None:
+        # What LoopCalls.serve does with a batch, in Python.
+        for i, (kind, h, arg) in enumerate(events):
+            try:
+                if kind == EV_DATA:
+                    try:
+                        data = self.recv(h)
+                    except StaleHandleError:
+                        continue        # closed earlier in this batch
+                    if data:
+                        reply = on_data(h, data)
+                        if reply is not None:
+                            self._serve_reply(h, reply)
+                elif on_event is not None:
+                    on_event(kind, h, arg)
+                elif kind == EV_EOF:
+                    self.close_connection(h)
+            except Exception as exc:
+                self._serve_failed(h, exc)
+            except BaseException:
+                self._serve_unget(events, i + 1)
+                raise
+            if self._p is None:
+                return
+
+    def _serve_reply(self, h: int, reply: Any) -> None:
+        try:
+            self.send(h, reply)
+        except (ConnectionError, StaleHandleError):
+            pass                # gone: dropped (its EV_CLOSED follows)
+
+    def _serve_failed(self, h: int, exc: BaseException) -> None:
+        # A handler raised, or its reply was refused: the server goes on,
+        # that connection does not (its state is the handler's unknown).
+        _log.error("pyepoll.Loop.serve: the handler failed on connection "
+                   "%#x; connection aborted", h, exc_info=exc)
+        if self._p is not None and h:
+            self.close_connection(h, "abort")
+
+    def _serve_unget(self, events: Optional[List[Tuple[int, int, int]]],
+                     start: int, end: int = 0) -> None:
+        # Called with the exception that ends serve() being raised: the
+        # events from start on go back to the loop, for the next wait
+        # (events None: LoopCalls.serve's batch, self._ev[start:end]).
+        p = self._p
+        n = (end if events is None else len(events)) - start
+        if p is None or n <= 0:
+            return
+        if events is None:
+            rc = lib.pe_loop_unget(p, self._ev + start, n)
+        else:
+            ev = ffi.new("struct pe_loop_event[]", n)
+            for j, (kind, h, arg) in enumerate(events[start:]):
+                ev[j].kind, ev[j].handle, ev[j].arg = kind, h, arg
+            rc = lib.pe_loop_unget(p, ev, n)
+        if rc < 0:
+            _log.error("pyepoll.Loop.serve: %d unhandled events lost (%s)",
+                       n, os.strerror(-rc))
+
+    def stop(self) -> None:
+        """End :meth:`serve` after the batch it is handling (or, called
+        before it, its first batch).  Safe from any thread."""
+        self._stopping = True
+        fast = self._fast
+        if fast is not None:
+            fast.stop(True)
+        p = self._p
+        if p is not None:
+            lib.pe_loop_wakeup(p)
+
     # -- connections -----------------------------------------------------------
 
     def recv(self, h: int, max: int = -1) -> bytes:
@@ -1043,7 +1177,8 @@ _FALLBACKS = (Loop.wait_batch, Loop._batch_tail, Loop.send,
               Loop._send_failed, Loop.reply, Loop._reply_failed,
               timeout_to_ms, _monotonic, Loop.wait, Loop._wait_tail,
               Loop.recv, Loop._recv_rest, Loop._recv_failed,
-              Loop.wait_batch_echo)
+              Loop.wait_batch_echo, Loop._serve_failed, Loop._serve_unget,
+              Loop.close_connection, Loop._serve_reply)
 # CPython: the same descriptor in C, which keeps the bound method of the
 # Loop it served last (a Python __get__ per `loop.wait` was ~1,650
 # instructions; three a round trip in the README's echo handler).

@@ -52,6 +52,10 @@ enum {
     PY_RECV_REST,       /* (loop, h, head): the buffer filled up */
     PY_RECV_FAILED,     /* (loop, rc) */
     PY_WAIT_ECHO,       /* (loop, timeout): the whole wait_batch_echo */
+    PY_SERVE_FAILED,    /* (loop, h, exc): a handler of serve raised */
+    PY_SERVE_UNGET,     /* (loop, None, start, end): events put back */
+    PY_CLOSE,           /* (loop, h): Loop.close_connection */
+    PY_SERVE_REPLY,     /* (loop, h, reply): the whole reply of serve */
     PY_N
 };
 
@@ -95,6 +99,12 @@ typedef struct {
     PyObject *echoq;            /* Loop._echoq (the array queue_echo fills) */
     int echoq_is_array;         /* exactly an array.array: see echoes_queued */
     PyObject *owners;           /* cffi objects that own l and the buffers */
+    int stopping;               /* Loop.stop() came: serve returns */
+    /* serve's (h, data) for on_data, filled again for the next message
+     * when nobody else kept it: PyObject_Call on a tuple is ~70
+     * instructions less than PyObject_CallFunctionObjArgs, which
+     * counts and copies its varargs each call. */
+    PyObject *data_args;
     PyObject *py[PY_N];
 } LoopCalls;
 
@@ -200,6 +210,7 @@ static int lc_traverse(PyObject *self, visitproc visit, void *arg)
     Py_VISIT(c->wlist);
     Py_VISIT(c->last_ev);
     Py_VISIT(c->last_bev);
+    Py_VISIT(c->data_args);
     for (i = 0; i < PY_N; i++)
         Py_VISIT(c->py[i]);
     return 0;
@@ -216,6 +227,7 @@ static int lc_clear(PyObject *self)
     Py_CLEAR(c->wlist);
     Py_CLEAR(c->last_ev);
     Py_CLEAR(c->last_bev);
+    Py_CLEAR(c->data_args);
     Py_CLEAR(c->loop_ref);
     Py_CLEAR(c->echoq);
     Py_CLEAR(c->owners);
@@ -1028,6 +1040,276 @@ python:
     return fallback(c, PY_REPLY, args[0], args[1], args[2], NULL);
 }
 
+/* ------------------------------------------------------------------ serve */
+
+/* The exception a handler of serve raised, if it is an Exception, given
+ * to Loop._serve_failed (logged, the connection aborted) and cleared: 0.
+ * -1 leaves it raised to end serve (KeyboardInterrupt, SystemExit, or
+ * _serve_failed itself raised). */
+static int serve_failed(LoopCalls *c, PyObject *h)
+{
+    PyObject *type, *value, *tb, *r;
+
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb && value)
+        PyException_SetTraceback(value, tb);
+    r = fallback(c, PY_SERVE_FAILED, h, value ? value : Py_None, NULL, NULL);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    if (!r)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Events start..end-1 of the batch in wev put back into the loop, the
+ * exception that ends serve kept. */
+static void serve_unget(LoopCalls *c, int start, int end)
+{
+    PyObject *type, *value, *tb, *a, *b, *r = NULL;
+
+    if (start >= end)
+        return;
+    PyErr_Fetch(&type, &value, &tb);
+    a = PyLong_FromLong(start);
+    b = PyLong_FromLong(end);
+    if (a && b)
+        r = fallback(c, PY_SERVE_UNGET, Py_None, a, b, NULL);
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    Py_XDECREF(r);
+    PyErr_Clear();                      /* the exception ending serve wins */
+    PyErr_Restore(type, value, tb);
+}
+
+/* All unread bytes of h (as recv() returns them), or NULL: with an
+ * exception, or none when there is nothing to hand over (none unread, or
+ * h closed earlier in the batch). */
+static PyObject *serve_read(LoopCalls *c, PyObject *h, pe_handle hv)
+{
+    int64_t n = c->read(c->l, hv, c->rbuf, c->rsize);
+    PyObject *b, *r;
+
+    if (n > 0) {
+        if (!(b = PyBytes_FromStringAndSize(c->rbuf, (Py_ssize_t)n)) ||
+            (size_t)n < c->rsize)
+            return b;
+        r = fallback(c, PY_RECV_REST, h, b, NULL, NULL);
+        Py_DECREF(b);
+        return r;
+    }
+    if (n == 0 || n == -ESTALE)
+        return NULL;
+    if ((b = PyLong_FromLongLong(n)) != NULL) {
+        Py_XDECREF(fallback(c, PY_RECV_FAILED, b, NULL, NULL, NULL));
+        Py_DECREF(b);
+    }
+    return NULL;                        /* with what recv() raises */
+}
+
+/* on_data's reply r sent on h as send() sends it: 0 (a connection gone
+ * is no error here: ConnectionError, its EV_CLOSED follows, or
+ * StaleHandleError, closed already), or -1 with the exception. */
+static int serve_reply(LoopCalls *c, PyObject *h, pe_handle hv, PyObject *r)
+{
+    char *buf;
+    Py_ssize_t len, nq;
+    int64_t rc;
+    PyObject *prc, *res;
+
+    if (PyBytes_CheckExact(r)) {
+        if (PyBytes_AsStringAndSize(r, &buf, &len) < 0)
+            return -1;
+    } else if (PyByteArray_CheckExact(r)) {
+        buf = PyByteArray_AsString(r);
+        len = PyByteArray_Size(r);
+    } else {
+        goto python;
+    }
+    if ((nq = echoes_queued(c)) != 0) { /* queued echoes go out first */
+        if (nq < 0)
+            return -1;
+        goto python;
+    }
+    rc = c->send(c->l, hv, buf, (size_t)len);
+    if (rc >= 0 || rc == -ESTALE)
+        return 0;
+    if (!(prc = PyLong_FromLongLong(rc)))
+        return -1;
+    res = fallback(c, PY_SEND_FAILED, h, prc, NULL, NULL);
+    Py_DECREF(prc);
+    if (res) {
+        Py_DECREF(res);
+        return 0;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_ConnectionError))
+        return -1;
+    PyErr_Clear();
+    return 0;
+python:
+    res = fallback(c, PY_SERVE_REPLY, h, r, NULL, NULL);
+    Py_XDECREF(res);
+    return res ? 0 : -1;
+}
+
+/* on_data(h, data), both references taken (the tuple keeps them until
+ * the next message); what it returned, or NULL with its exception. */
+static PyObject *call_on_data(LoopCalls *c, PyObject *on_data, PyObject *h,
+                              PyObject *data)
+{
+    PyObject *t = c->data_args, *r;
+
+    if (t == NULL || Py_REFCNT(t) != 1) {
+        Py_CLEAR(c->data_args);         /* someone kept it: a new one */
+        if (!(t = c->data_args = PyTuple_New(2))) {
+            Py_DECREF(h);
+            Py_DECREF(data);
+            return NULL;
+        }
+    }
+    PyTuple_SetItem(t, 0, h);           /* steal; drop the last ones */
+    PyTuple_SetItem(t, 1, data);
+    Py_INCREF(t);
+    r = PyObject_Call(on_data, t, NULL);
+    Py_DECREF(t);
+    return r;
+}
+
+/* Event e of serve's batch handled: 0, or -1 with the exception that
+ * ends serve. */
+static int serve_event(LoopCalls *c, PyObject *on_data, PyObject *on_event,
+                       const struct pe_loop_event *e)
+{
+    PyObject *h, *r, *kind, *arg;
+    int rc = 0;
+
+    if (!(h = handle_obj(c, e->handle)))
+        return -1;
+    if (e->kind == PE_EV_DATA) {
+        PyObject *data = serve_read(c, h, e->handle);
+
+        if (!data) {
+            rc = PyErr_Occurred() ? serve_failed(c, h) : 0;
+            Py_DECREF(h);
+            return rc;
+        }
+        Py_INCREF(h);
+        r = call_on_data(c, on_data, h, data);
+        if (r && r != Py_None && c->l != NULL &&
+            serve_reply(c, h, e->handle, r) < 0)
+            Py_CLEAR(r);
+    } else if (on_event != Py_None) {
+        kind = U64_FROM(e->kind);
+        arg = U64_FROM(e->arg);
+        r = kind && arg ? PyObject_CallFunctionObjArgs(on_event, kind, h,
+                                                       arg, NULL) : NULL;
+        Py_XDECREF(kind);
+        Py_XDECREF(arg);
+    } else if (e->kind == PE_EV_EOF) {
+        r = fallback(c, PY_CLOSE, h, NULL, NULL, NULL);
+    } else {
+        Py_DECREF(h);
+        return 0;
+    }
+    if (r)
+        Py_DECREF(r);
+    else
+        rc = serve_failed(c, h);
+    Py_DECREF(h);
+    return rc;
+}
+
+/* serve(on_data, on_event, ms): Loop.serve's loop (loop.py), the waits
+ * and the calls of the handlers made from here: per message, one call of
+ * on_data and no other Python code.  None when serve is over: stop()
+ * came, the ms passed (-1: no limit), or the loop closed.  An int when
+ * Python must take a turn: 0 for queued echoes (its wait sends them), a
+ * -errno the run failed with.  NULL with the exception that ends serve
+ * (a signal handler's, or a handler's that is no Exception; the batch's
+ * events not yet handled are put back). */
+static PyObject *lc_serve(PyObject *self, PyObject *const *args,
+                          Py_ssize_t nargs)
+{
+    LoopCalls *c = (LoopCalls *)self;
+    PyObject *on_data, *on_event;
+    double t0 = 0.0;
+    long ms0;
+    int ms, n, i;
+
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError,
+                     "serve() takes 3 positional arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    on_data = args[0];
+    on_event = args[1];
+    ms0 = PyLong_AsLong(args[2]);
+    if (ms0 == -1 && PyErr_Occurred())
+        return NULL;
+    if (ms0 < -1 || ms0 > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "serve: ms out of range");
+        return NULL;
+    }
+    ms = (int)ms0;
+    if (ms > 0)
+        t0 = mono_now();
+    for (;;) {
+        pe_loop *l = c->l;
+        Py_ssize_t nq;
+
+        if (l == NULL)
+            Py_RETURN_NONE;
+        if ((nq = echoes_queued(c)) != 0)
+            return nq < 0 ? NULL : PyLong_FromLong(0);
+        PE_PY_WAIT(n, ms, c->run(l, c->wev, c->wcap, ms));
+        if (c->l == NULL)
+            Py_RETURN_NONE;             /* closed while it waited */
+        if (n == -EINTR || (n == 0 && ms < 0)) {
+            /* A signal (or a run whose reads were all answered in C,
+             * which a signal may have come during): its handler now, as
+             * wait runs it; one that raises ends serve. */
+            if (PyErr_CheckSignals() < 0)
+                return NULL;
+            n = 0;
+        } else if (n < 0) {
+            return PyLong_FromLong(n);
+        }
+        for (i = 0; i < n; i++) {
+            if (serve_event(c, on_data, on_event, &c->wev[i]) < 0) {
+                serve_unget(c, i + 1, n);
+                return NULL;
+            }
+            if (c->l == NULL)           /* a handler closed the loop */
+                Py_RETURN_NONE;
+        }
+        if (c->stopping || ms == 0)
+            Py_RETURN_NONE;
+        if (ms > 0) {
+            double left = ms0 / 1000.0 - (mono_now() - t0);
+
+            if (left <= 0)
+                Py_RETURN_NONE;
+            ms = (int)ceil(left * 1000.0);
+        }
+    }
+}
+
+/* stop(on): Loop.stop's flag (True), cleared as serve returns (False). */
+static PyObject *lc_stop(PyObject *self, PyObject *on)
+{
+    int v = PyObject_IsTrue(on);
+
+    if (v < 0)
+        return NULL;
+    ((LoopCalls *)self)->stopping = v;
+    Py_RETURN_NONE;
+}
+
 #define FAST(name, doc)                                         \
     {#name, (PyCFunction)(void (*)(void))lc_##name,             \
      METH_FASTCALL | METH_KEYWORDS, doc}
@@ -1039,6 +1321,9 @@ static PyMethodDef lc_methods[] = {
     FAST(wait_batch_echo, "Loop.wait_batch_echo"),
     FAST(send, "Loop.send"),
     FAST(reply, "Loop.reply"),
+    {"serve", (PyCFunction)(void (*)(void))lc_serve, METH_FASTCALL,
+     "serve(on_data, on_event, ms): Loop.serve's loop"},
+    {"stop", lc_stop, METH_O, "stop(on): Loop.stop's flag"},
     {"setup", lc_setup, METH_VARARGS, "setup(eq, ev, cap, owners)"},
     {"detach", lc_detach, METH_NOARGS,
      "forget the C loop: the Loop closed (or is the parent's)"},

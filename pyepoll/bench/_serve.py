@@ -3,7 +3,8 @@
 
 Echo: pyepoll.Loop with a Python handler (``loop-py``: wait/recv/send;
 ``loop-batch``: wait_batch/reply; ``loop-queue``: wait_batch/queue_echo;
-``loop-fn``: wait_batch and a handler function per message) or the C echo
+``loop-fn``: wait_batch and a handler function per message;
+``loop-serve``: Loop.serve calling a handler function per message) or the C echo
 path (``loop-c``), level or edge; asyncio Protocol and streams, on asyncio's own
 loop, on uvloop, and on pyepoll's asyncio loops (``pyepollaio``: the C
 connection loop; ``pyepollsel``: the stdlib loop on pyepoll's selector);
@@ -66,6 +67,21 @@ def serve_loop(port: int, trigger: str, c_echo: bool) -> None:
                     pass
             elif kind == EV_EOF:
                 close(h)
+
+
+def serve_loop_serve(port: int, trigger: str) -> None:
+    """Loop.serve with a Python handler: the loop calls it per message and
+    sends what it returns."""
+    from pyepoll import Loop
+
+    cap = max(1024, min(_nofile() - 64, 1 << 16))
+    loop = Loop(trigger=trigger, max_connections=cap)
+    loop.listen("127.0.0.1", port, backlog=BACKLOG)
+
+    def handler(h: int, data: bytes) -> bytes:
+        return data                       # an echo: the reply is the input
+
+    loop.serve(handler)
 
 
 def serve_loop_fn(port: int, trigger: str) -> None:
@@ -438,6 +454,8 @@ def main(argv: List[str]) -> None:
         _, what, trigger = kind.split("-")      # loop-py-level, loop-c-edge
         if what == "fn":
             serve_loop_fn(port, trigger)
+        elif what == "serve":
+            serve_loop_serve(port, trigger)
         elif what in ("batch", "queue"):
             serve_loop_batch(port, trigger, what == "queue")
         else:
