@@ -235,10 +235,12 @@ UVLOOP_ECHO = "uvloop Protocol"
 UVLOOP_HTTP = "uvloop+httptools"
 C_HTTP = "plain C epoll HTTP"
 CECHO = "pyepoll Loop C echo"
-# pyepoll.Loop with Python code per message, four ways (name, kind): what a
-# first handler looks like, the batch API's two replies, and a handler
-# function returning its reply on the batch API.
+# pyepoll.Loop with Python code per message, five ways (name, kind): what a
+# first handler looks like, a handler function Loop.serve calls, the batch
+# API's two replies, and a handler function returning its reply on the
+# batch API.
 PY_HANDLERS = [("pyepoll Loop py wait/recv/send", "loop-py"),
+               ("pyepoll Loop py serve(handler)", "loop-serve"),
                ("pyepoll Loop py batch+reply", "loop-batch"),
                ("pyepoll Loop py batch+queue_echo", "loop-queue"),
                ("pyepoll Loop py batch+handler fn", "loop-fn")]

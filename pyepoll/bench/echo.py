@@ -171,6 +171,7 @@ def paired_ratio(results: Dict[str, Dict[object, List[Run]]], a: str, b: str,
 
 
 LOW_PY = "pyepoll Loop py wait/recv/send"
+LOW_SERVE = "pyepoll Loop py serve(handler)"
 REF_ECHO = "ref server eventloop"
 
 
@@ -190,16 +191,21 @@ def low_summary(results: Dict[str, Dict[object, List[Run]]], low) -> List[str]:
                 check_line(f"{REF_ECHO} CPU/round trip vs plain C",
                            r(REF_ECHO, C_ECHO), 1.1, "<="),
                 check_line("Loop py wait/recv/send CPU/round trip vs plain C",
-                           r(LOW_PY, C_ECHO), 1.05, "<=")]
+                           r(LOW_PY, C_ECHO), 1.05, "<="),
+                check_line("Loop py serve(handler) CPU/round trip vs plain C",
+                           r(LOW_SERVE, C_ECHO), 1.05, "<=")]
         # Most of a round trip is the kernel's: what each spent above it.
         user = {name: median_by(results.get(name, {}).get(one, []),
                                 lambda x: x.user_per_op_us)
-                for name in (LOW_PY, REF_ECHO, UVLOOP_ECHO, C_ECHO)}
-        if all(v is not None for v in user.values()):
+                for name in (LOW_PY, LOW_SERVE, REF_ECHO, UVLOOP_ECHO,
+                             C_ECHO)}
+        shown = [(short, user[name]) for short, name in (
+            ("Loop py", LOW_PY), ("serve(handler)", LOW_SERVE),
+            ("ref server", REF_ECHO), ("uvloop", UVLOOP_ECHO),
+            ("plain C", C_ECHO)) if user[name] is not None]
+        if user[C_ECHO] is not None and len(shown) > 1:
             out.append("user-space CPU/round trip (medians): " + ", ".join(
-                f"{short} {user[name]:.2f} us" for short, name in (
-                    ("Loop py", LOW_PY), ("ref server", REF_ECHO),
-                    ("uvloop", UVLOOP_ECHO), ("plain C", C_ECHO))))
+                f"{short} {v:.2f} us" for short, v in shown))
     for point in low:
         for q in ("p50", "p99"):
             ratio = paired_ratio(results, REF_ECHO, UVLOOP_ECHO, point,

@@ -139,6 +139,14 @@ def check_loop_echo(tmp_path, code: str) -> None:
         assert _closed(s)
 
 
+def check_serve_echo(tmp_path, code: str) -> None:
+    with _server(tmp_path, code) as s:
+        s.sendall(b"hello, serve")
+        assert _recv_exactly(s, 12) == b"HELLO, SERVE"
+        s.sendall(b"quit")
+        assert _closed(s)
+
+
 def check_batch_echo(tmp_path, code: str) -> None:
     with _server(tmp_path, code) as s:
         s.sendall(b"batch ping")
@@ -163,6 +171,7 @@ EXAMPLES: Dict[str, Callable] = {
     "pyepoll.run(main())": check_dropins,
     "loop.wait():": check_loop_echo,
     "loop.wait_batch():": check_batch_echo,
+    "loop.serve(on_data)": check_serve_echo,
     "serve(Shout": check_shout,
 }
 
