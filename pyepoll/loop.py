@@ -120,7 +120,7 @@ _LoopCalls: Any = None if _sp is None else _sp.LoopCalls
 _CALL_ADDRS = tuple(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
                     for name in ("pe_loop_run_batch", "pe_loop_send",
                                  "pe_loop_reply", "pe_loop_run",
-                                 "pe_loop_read"))
+                                 "pe_loop_read", "pe_loop_unget"))
 
 
 def _address(cdata: Any) -> int:
@@ -920,22 +920,18 @@ class Loop:
         if self._p is not None and h:
             self.close_connection(h, "abort")
 
-    def _serve_unget(self, events: Optional[List[Tuple[int, int, int]]],
-                     start: int, end: int = 0) -> None:
+    def _serve_unget(self, events: List[Tuple[int, int, int]],
+                     start: int) -> None:
         # Called with the exception that ends serve() being raised: the
-        # events from start on go back to the loop, for the next wait
-        # (events None: LoopCalls.serve's batch, self._ev[start:end]).
+        # events from start on go back to the loop, for the next wait.
         p = self._p
-        n = (end if events is None else len(events)) - start
+        n = len(events) - start
         if p is None or n <= 0:
             return
-        if events is None:
-            rc = lib.pe_loop_unget(p, self._ev + start, n)
-        else:
-            ev = ffi.new("struct pe_loop_event[]", n)
-            for j, (kind, h, arg) in enumerate(events[start:]):
-                ev[j].kind, ev[j].handle, ev[j].arg = kind, h, arg
-            rc = lib.pe_loop_unget(p, ev, n)
+        ev = ffi.new("struct pe_loop_event[]", n)
+        for j, (kind, h, arg) in enumerate(events[start:]):
+            ev[j].kind, ev[j].handle, ev[j].arg = kind, h, arg
+        rc = lib.pe_loop_unget(p, ev, n)
         if rc < 0:
             _log.error("pyepoll.Loop.serve: %d unhandled events lost (%s)",
                        n, os.strerror(-rc))
@@ -1177,7 +1173,7 @@ _FALLBACKS = (Loop.wait_batch, Loop._batch_tail, Loop.send,
               Loop._send_failed, Loop.reply, Loop._reply_failed,
               timeout_to_ms, _monotonic, Loop.wait, Loop._wait_tail,
               Loop.recv, Loop._recv_rest, Loop._recv_failed,
-              Loop.wait_batch_echo, Loop._serve_failed, Loop._serve_unget,
+              Loop.wait_batch_echo, Loop._serve_failed,
               Loop.close_connection, Loop._serve_reply)
 # CPython: the same descriptor in C, which keeps the bound method of the
 # Loop it served last (a Python __get__ per `loop.wait` was ~1,650

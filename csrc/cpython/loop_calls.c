@@ -35,6 +35,7 @@ typedef int64_t (*read_fn)(pe_loop *, pe_handle, void *, size_t);
 typedef int (*run_batch_fn)(pe_loop *, int, int);
 typedef int64_t (*send_fn)(pe_loop *, pe_handle, const void *, size_t);
 typedef int64_t (*reply_fn)(pe_loop *, pe_handle, uint32_t, uint32_t);
+typedef int (*unget_fn)(pe_loop *, const struct pe_loop_event *, int);
 
 /* The Python fallbacks (loop.py), each called with the Loop first. */
 enum {
@@ -53,7 +54,6 @@ enum {
     PY_RECV_FAILED,     /* (loop, rc) */
     PY_WAIT_ECHO,       /* (loop, timeout): the whole wait_batch_echo */
     PY_SERVE_FAILED,    /* (loop, h, exc): a handler of serve raised */
-    PY_SERVE_UNGET,     /* (loop, None, start, end): events put back */
     PY_CLOSE,           /* (loop, h): Loop.close_connection */
     PY_SERVE_REPLY,     /* (loop, h, reply): the whole reply of serve */
     PY_N
@@ -95,6 +95,7 @@ typedef struct {
     run_batch_fn run_batch;
     send_fn send;
     reply_fn reply;
+    unget_fn unget;
     PyObject *loop_ref;         /* a weak reference: no cycle via the Loop */
     PyObject *echoq;            /* Loop._echoq (the array queue_echo fills) */
     int echoq_is_array;         /* exactly an array.array: see echoes_queued */
@@ -136,12 +137,14 @@ static Py_ssize_t echoes_queued(LoopCalls *c)
     return c->echoq_is_array ? Py_SIZE(c->echoq) : PyObject_Size(c->echoq);
 }
 
-/* LoopCalls(loop, l, owner, echoq, (run_batch, send, reply, run, read),
+/* LoopCalls(loop, l, owner, echoq, (run_batch, send, reply, run, read,
+ *                                   unget),
  *           fallbacks, (ev, batch, rbuf, rsize, owners)) */
 static PyObject *lc_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
     PyObject *loop, *owner, *echoq, *fallbacks, *bufowners;
-    unsigned long long l, run_batch, send, reply, run, read, wev, rbuf, rsize;
+    unsigned long long l, run_batch, send, reply, run, read, unget, wev, rbuf,
+        rsize;
     LoopCalls *c;
     int i, wcap;
 
@@ -150,12 +153,13 @@ static PyObject *lc_new(PyTypeObject *type, PyObject *args, PyObject *kw)
                         "LoopCalls() takes no keyword arguments");
         return NULL;
     }
-    if (!PyArg_ParseTuple(args, "OKOO(KKKKK)O!(KiKKO)", &loop, &l, &owner,
+    if (!PyArg_ParseTuple(args, "OKOO(KKKKKK)O!(KiKKO)", &loop, &l, &owner,
                           &echoq, &run_batch, &send, &reply, &run, &read,
-                          &PyTuple_Type, &fallbacks, &wev, &wcap, &rbuf,
-                          &rsize, &bufowners))
+                          &unget, &PyTuple_Type, &fallbacks, &wev, &wcap,
+                          &rbuf, &rsize, &bufowners))
         return NULL;
-    if (!l || !run_batch || !send || !reply || !run || !read || !wev ||
+    if (!l || !run_batch || !send || !reply || !run || !read || !unget ||
+        !wev ||
         wcap <= 0 || !rbuf || !rsize || PyTuple_Size(fallbacks) != PY_N) {
         PyErr_SetString(PyExc_ValueError,
                         "LoopCalls: null address or wrong fallbacks");
@@ -175,6 +179,7 @@ static PyObject *lc_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     c->reply = (reply_fn)(uintptr_t)reply;
     c->run = (run_fn)(uintptr_t)run;
     c->read = (read_fn)(uintptr_t)read;
+    c->unget = (unget_fn)(uintptr_t)unget;
     c->wev = (struct pe_loop_event *)(uintptr_t)wev;
     c->wcap = wcap;
     c->rbuf = (char *)(uintptr_t)rbuf;
@@ -1066,24 +1071,13 @@ static int serve_failed(LoopCalls *c, PyObject *h)
     return 0;
 }
 
-/* Events start..end-1 of the batch in wev put back into the loop, the
- * exception that ends serve kept. */
-static void serve_unget(LoopCalls *c, int start, int end)
+/* The events of serve's batch from the first not handled on put back
+ * into the loop, for its next wait; the exception that ends serve kept. */
+static void serve_unget(LoopCalls *c, const struct pe_loop_event *ev, int n)
 {
-    PyObject *type, *value, *tb, *a, *b, *r = NULL;
-
-    if (start >= end)
-        return;
-    PyErr_Fetch(&type, &value, &tb);
-    a = PyLong_FromLong(start);
-    b = PyLong_FromLong(end);
-    if (a && b)
-        r = fallback(c, PY_SERVE_UNGET, Py_None, a, b, NULL);
-    Py_XDECREF(a);
-    Py_XDECREF(b);
-    Py_XDECREF(r);
-    PyErr_Clear();                      /* the exception ending serve wins */
-    PyErr_Restore(type, value, tb);
+    if (n > 0 && c->l != NULL && c->unget(c->l, ev, n) < 0)
+        PySys_WriteStderr("pyepoll.Loop.serve: %d unhandled events lost "
+                          "(out of memory)\n", n);
 }
 
 /* All unread bytes of h (as recv() returns them), or NULL: with an
@@ -1235,7 +1229,8 @@ static PyObject *lc_serve(PyObject *self, PyObject *const *args,
                           Py_ssize_t nargs)
 {
     LoopCalls *c = (LoopCalls *)self;
-    PyObject *on_data, *on_event;
+    PyObject *on_data, *on_event, *r = NULL;
+    struct pe_loop_event *ev;
     double t0 = 0.0;
     long ms0;
     int ms, n, i;
@@ -1258,45 +1253,58 @@ static PyObject *lc_serve(PyObject *self, PyObject *const *args,
     ms = (int)ms0;
     if (ms > 0)
         t0 = mono_now();
+    /* Its own batch, not wait's buffer (Loop._ev): a handler may call
+     * wait() or serve() itself, which would write over it. */
+    if (!(ev = PyMem_Malloc((size_t)c->wcap * sizeof(*ev))))
+        return PyErr_NoMemory();
     for (;;) {
         pe_loop *l = c->l;
         Py_ssize_t nq;
 
         if (l == NULL)
-            Py_RETURN_NONE;
-        if ((nq = echoes_queued(c)) != 0)
-            return nq < 0 ? NULL : PyLong_FromLong(0);
-        PE_PY_WAIT(n, ms, c->run(l, c->wev, c->wcap, ms));
+            break;
+        if ((nq = echoes_queued(c)) != 0) {
+            if (nq > 0)
+                r = PyLong_FromLong(0);
+            goto out;
+        }
+        PE_PY_WAIT(n, ms, c->run(l, ev, c->wcap, ms));
         if (c->l == NULL)
-            Py_RETURN_NONE;             /* closed while it waited */
+            break;                      /* closed while it waited */
         if (n == -EINTR || (n == 0 && ms < 0)) {
             /* A signal (or a run whose reads were all answered in C,
              * which a signal may have come during): its handler now, as
              * wait runs it; one that raises ends serve. */
             if (PyErr_CheckSignals() < 0)
-                return NULL;
+                goto out;
             n = 0;
         } else if (n < 0) {
-            return PyLong_FromLong(n);
+            r = PyLong_FromLong(n);
+            goto out;
         }
         for (i = 0; i < n; i++) {
-            if (serve_event(c, on_data, on_event, &c->wev[i]) < 0) {
-                serve_unget(c, i + 1, n);
-                return NULL;
+            if (serve_event(c, on_data, on_event, &ev[i]) < 0) {
+                serve_unget(c, ev + i + 1, n - i - 1);
+                goto out;
             }
             if (c->l == NULL)           /* a handler closed the loop */
-                Py_RETURN_NONE;
+                break;
         }
-        if (c->stopping || ms == 0)
-            Py_RETURN_NONE;
+        if (c->l == NULL || c->stopping || ms == 0)
+            break;
         if (ms > 0) {
             double left = ms0 / 1000.0 - (mono_now() - t0);
 
             if (left <= 0)
-                Py_RETURN_NONE;
+                break;
             ms = (int)ceil(left * 1000.0);
         }
     }
+    Py_INCREF(Py_None);
+    r = Py_None;
+out:
+    PyMem_Free(ev);
+    return r;
 }
 
 /* stop(on): Loop.stop's flag (True), cleared as serve returns (False). */
