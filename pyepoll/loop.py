@@ -933,8 +933,11 @@ class Loop:
             ev[j].kind, ev[j].handle, ev[j].arg = kind, h, arg
         rc = lib.pe_loop_unget(p, ev, n)
         if rc < 0:
-            _log.error("pyepoll.Loop.serve: %d unhandled events lost (%s)",
-                       n, os.strerror(-rc))
+            self._serve_lost(n, rc)
+
+    def _serve_lost(self, n: int, rc: int) -> None:
+        _log.error("pyepoll.Loop.serve: %d unhandled events lost (%s)",
+                   n, os.strerror(-rc))
 
     def stop(self) -> None:
         """End :meth:`serve` after the batch it is handling (or, called
@@ -1174,7 +1177,7 @@ _FALLBACKS = (Loop.wait_batch, Loop._batch_tail, Loop.send,
               timeout_to_ms, _monotonic, Loop.wait, Loop._wait_tail,
               Loop.recv, Loop._recv_rest, Loop._recv_failed,
               Loop.wait_batch_echo, Loop._serve_failed,
-              Loop.close_connection, Loop._serve_reply)
+              Loop.close_connection, Loop._serve_reply, Loop._serve_lost)
 # CPython: the same descriptor in C, which keeps the bound method of the
 # Loop it served last (a Python __get__ per `loop.wait` was ~1,650
 # instructions; three a round trip in the README's echo handler).

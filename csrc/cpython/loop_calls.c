@@ -56,6 +56,7 @@ enum {
     PY_SERVE_FAILED,    /* (loop, h, exc): a handler of serve raised */
     PY_CLOSE,           /* (loop, h): Loop.close_connection */
     PY_SERVE_REPLY,     /* (loop, h, reply): the whole reply of serve */
+    PY_SERVE_LOST,      /* (loop, n, rc): events could not be put back */
     PY_N
 };
 
@@ -1072,12 +1073,25 @@ static int serve_failed(LoopCalls *c, PyObject *h)
 }
 
 /* The events of serve's batch from the first not handled on put back
- * into the loop, for its next wait; the exception that ends serve kept. */
+ * into the loop, for its next wait; the exception that ends serve kept
+ * (a failure to put them back is logged, as the Python path logs it). */
 static void serve_unget(LoopCalls *c, const struct pe_loop_event *ev, int n)
 {
-    if (n > 0 && c->l != NULL && c->unget(c->l, ev, n) < 0)
-        PySys_WriteStderr("pyepoll.Loop.serve: %d unhandled events lost "
-                          "(out of memory)\n", n);
+    PyObject *type, *value, *tb, *pn, *prc, *r = NULL;
+    int rc;
+
+    if (n <= 0 || c->l == NULL || (rc = c->unget(c->l, ev, n)) >= 0)
+        return;
+    PyErr_Fetch(&type, &value, &tb);
+    pn = PyLong_FromLong(n);
+    prc = PyLong_FromLong(rc);
+    if (pn && prc)
+        r = fallback(c, PY_SERVE_LOST, pn, prc, NULL, NULL);
+    Py_XDECREF(pn);
+    Py_XDECREF(prc);
+    Py_XDECREF(r);
+    PyErr_Clear();                      /* the exception ending serve wins */
+    PyErr_Restore(type, value, tb);
 }
 
 /* All unread bytes of h (as recv() returns them), or NULL: with an
