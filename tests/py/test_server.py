@@ -58,10 +58,12 @@ class ServerProcess:
 
     def __init__(self, args: List[str], cwd: str,
                  script: Optional[str] = None) -> None:
+        # -X faulthandler: a server that will not stop is sent SIGABRT by
+        # wait(), and its threads' stacks land in the report.
         if script is not None:
-            cmd = [sys.executable, script]
+            cmd = [sys.executable, "-X", "faulthandler", script]
         else:
-            cmd = [sys.executable, "-m", "pyepoll.server"]
+            cmd = [sys.executable, "-X", "faulthandler", "-m", "pyepoll.server"]
         cmd += args
         if "--port" not in args:
             cmd += ["--port", "0"]
@@ -132,7 +134,19 @@ class ServerProcess:
         self.proc.send_signal(sig)
 
     def wait(self, timeout: float = 20.0) -> int:
-        code = self.proc.wait(timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGABRT)   # stacks, then it ends
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+            self._reader.join(5)
+            raise AssertionError(
+                f"the server was still running {timeout} s on; its log and "
+                f"threads:\n" + self.output()[-12000:]) from None
         self._reader.join(5)
         return code
 
