@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import select
+import signal
 import socket
 import struct
 import threading
@@ -156,11 +157,35 @@ class ThreadedModel:
 
     def run(self, reporter) -> None:
         """Accept on this thread until stopped, then drain."""
+        # A signal may be delivered to any thread that does not block it,
+        # and then the acceptor's poll() (no timeout without a stats
+        # interval) is not interrupted: SIGTERM's Python handler would wait
+        # for the next connection.  signal.set_wakeup_fd has the C-level
+        # handler write a byte to a pipe whichever thread takes it, which
+        # wakes the poll, and the handler runs as the poll returns.  A pipe
+        # of its own: the drain pipe, once written, stays readable.
+        sig_r, sig_w = os.pipe()
+        os.set_blocking(sig_r, False)
+        os.set_blocking(sig_w, False)
+        old_wakeup = None
+        if threading.current_thread() is threading.main_thread():
+            old_wakeup = signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
+        try:
+            self._accept_until_stopped(reporter, sig_r)
+        finally:
+            if old_wakeup is not None:
+                signal.set_wakeup_fd(old_wakeup)
+            os.close(sig_r)
+            os.close(sig_w)
+        self._drain(reporter)
+
+    def _accept_until_stopped(self, reporter, sig_r: int) -> None:
         listener = self._listener
         listener.setblocking(False)
         poller = select.poll()
         poller.register(listener, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
+        poller.register(sig_r, select.POLLIN)
         if not self._per_conn:
             factory_maker = self._new_factory
             for i in range(self._capacity):
@@ -179,10 +204,13 @@ class ThreadedModel:
                 continue
             ms = -1 if wait is None else math.ceil(wait * 1000)
             for fd, _ in poller.poll(ms):
-                if fd == self._wake_r:
-                    continue
-                self._accept_some(listener)
-        self._drain(reporter)
+                if fd == sig_r:
+                    try:
+                        os.read(sig_r, 512)
+                    except BlockingIOError:
+                        pass
+                elif fd != self._wake_r:
+                    self._accept_some(listener)
 
     def _full(self) -> bool:
         return self._active + len(self._fifo) >= self._capacity + self._qcap

@@ -7,9 +7,11 @@ HTTP response reader) is shared by the other test_server_*.py files.
 """
 from __future__ import annotations
 
+import ctypes
 import email.utils
 import http.client
 import os
+import platform
 import re
 import shutil
 import signal
@@ -738,6 +740,32 @@ def test_sigterm_drains_in_flight_request(start_server, model):
     assert srv.wait(timeout=10) == 0
     idle.close()
     busy.close()
+
+
+_TGKILL = {"x86_64": 234, "aarch64": 131}.get(platform.machine())
+
+
+@pytest.mark.skipif(sys.platform != "linux" or _TGKILL is None,
+                    reason="tgkill: Linux x86_64/aarch64")
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_sigterm_taken_by_another_thread_still_stops(start_server, model):
+    """A process-directed signal may be taken by any thread that does not
+    block it.  Sent to one of the server's other threads (tgkill), SIGTERM
+    must still stop it: the main thread may be blocked in a wait that the
+    signal does not interrupt."""
+    pool = ["--pool-threads", "4"] if model == "threadpool" else []
+    srv = start_server("--model", model, *pool)
+    with connect(srv.addr) as s:                # a connection's thread exists
+        s.sendall(GET)
+        assert Reader(s).response().body == HELLO
+        others = [int(t) for t in os.listdir(f"/proc/{srv.pid}/task")
+                  if int(t) != srv.pid]
+        if not others:
+            pytest.skip(f"the {model} model runs no other thread here")
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.syscall(_TGKILL, srv.pid, others[-1],
+                            int(signal.SIGTERM)) == 0, ctypes.get_errno()
+        assert srv.wait(timeout=10) == 0
 
 
 def _backend_trigger_params():
