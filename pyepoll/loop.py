@@ -899,7 +899,7 @@ class Loop:
                 elif kind == EV_EOF:
                     self.close_connection(h)
             except Exception as exc:
-                self._serve_failed(h, exc)
+                self._serve_failed(exc, h)
             except BaseException:
                 self._serve_unget(events, i + 1)
                 raise
@@ -912,7 +912,7 @@ class Loop:
         except (ConnectionError, StaleHandleError):
             pass                # gone: dropped (its EV_CLOSED follows)
 
-    def _serve_failed(self, h: int, exc: BaseException) -> None:
+    def _serve_failed(self, exc: BaseException, h: int) -> None:
         # A handler raised, or its reply was refused: the server goes on,
         # that connection does not (its state is the handler's unknown).
         _log.error("pyepoll.Loop.serve: the handler failed on connection "

@@ -53,7 +53,7 @@ enum {
     PY_RECV_REST,       /* (loop, h, head): the buffer filled up */
     PY_RECV_FAILED,     /* (loop, rc) */
     PY_WAIT_ECHO,       /* (loop, timeout): the whole wait_batch_echo */
-    PY_SERVE_FAILED,    /* (loop, h, exc): a handler of serve raised */
+    PY_SERVE_FAILED,    /* (loop, exc, h): a handler of serve raised */
     PY_CLOSE,           /* (loop, h): Loop.close_connection */
     PY_SERVE_REPLY,     /* (loop, h, reply): the whole reply of serve */
     PY_SERVE_LOST,      /* (loop, n, rc): events could not be put back */
@@ -1054,22 +1054,15 @@ python:
  * _serve_failed itself raised). */
 static int serve_failed(LoopCalls *c, PyObject *h)
 {
-    PyObject *type, *value, *tb, *r;
+    PyObject *loop = c->loop_ref ? PyWeakref_GetObject(c->loop_ref) : NULL;
+    int rc;
 
-    if (!PyErr_ExceptionMatches(PyExc_Exception))
+    if (!PyErr_ExceptionMatches(PyExc_Exception) || !loop || loop == Py_None)
         return -1;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb && value)
-        PyException_SetTraceback(value, tb);
-    r = fallback(c, PY_SERVE_FAILED, h, value ? value : Py_None, NULL, NULL);
-    Py_XDECREF(type);
-    Py_XDECREF(value);
-    Py_XDECREF(tb);
-    if (!r)
-        return -1;
-    Py_DECREF(r);
-    return 0;
+    Py_INCREF(loop);
+    rc = pe_py_report_raised(c->py[PY_SERVE_FAILED], loop, h);
+    Py_DECREF(loop);
+    return rc;
 }
 
 /* The events of serve's batch from the first not handled on put back
