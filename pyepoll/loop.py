@@ -38,6 +38,7 @@ import errno
 import logging
 import math
 import os
+import signal
 import socket
 import struct
 import sys
@@ -248,7 +249,7 @@ class Loop:
                  "_echoq", "queue_echo", "_eq", "_eqv",
                  "_out_max", "_backend", "_trigger", "_echo", "_listeners",
                  "_owned", "_u32a", "_u32b",
-                 "_pid_fork", "_fast", "_stopping",
+                 "_pid_fork", "_fast", "_stopping", "_sigwake",
                  "_u64", "_int", "_host", "_stats", "__weakref__")
 
     def __init__(self, *, backend: Optional[str] = None,
@@ -262,6 +263,7 @@ class Loop:
                  echo: bool = False, batch: int = 1024) -> None:
         self._p: Any = None
         self._pid_fork: Optional[int] = None
+        self._sigwake: Optional[Tuple[int, int, int]] = None
         self._listeners: Dict[int, socket.socket] = {}
         self._owned: Dict[int, socket.socket] = {}
         if backend is not None:
@@ -420,6 +422,7 @@ class Loop:
         # thread inside a call holds one), so no call can reach freed memory.
         if lib.pe_loop_teardown(p) == 0:
             self._close_owned()
+        self._sigwake_off()
 
     def _close_owned(self) -> None:
         # After the C teardown: a listening socket's number must not be
@@ -781,7 +784,7 @@ class Loop:
         while True:
             if rc > 0:
                 return rc
-            if rc == -errno.EINTR or (rc == 0 and deadline is None
+            if rc == -errno.EINTR or (rc == 0 and deadline != 0.0
                                        and _HANDLERS_NEED_A_CALL):
                 # One that raises ends wait (PEP 475).  A blocking run that
                 # returned nothing (every read answered in C: canned
@@ -820,6 +823,62 @@ class Loop:
         :data:`EV_WAKEUP` event.  Safe from any thread."""
         p = self._check_open()
         _check(lib.pe_loop_wakeup(p), "waking the loop")
+
+    def wake_on_signals(self, on: bool = True) -> None:
+        """Have every signal wake a blocked :meth:`wait` or :meth:`serve`
+        of this loop, whichever thread the kernel gives it to, so that its
+        Python handler runs at once (the wait then goes on unless the
+        handler raises, as after an interrupted wait).  ``False`` undoes
+        it; so does :meth:`close`.
+
+        Needed when the process has other threads: a process-directed
+        signal (``kill``) may go to any thread that does not block it, and
+        only the main thread's blocked call is interrupted; one taken by
+        another thread is handled when the wait next returns, maybe never.
+        It sets :func:`signal.set_wakeup_fd` to a pipe the loop watches
+        (reading it in C, reporting nothing), so it must be called from
+        the main thread, and it replaces the wakeup fd set before, which
+        ``False`` puts back."""
+        p = self._check_open()
+        if not on:
+            self._sigwake_off()
+            return
+        if self._sigwake is not None:
+            return
+        r, w = os.pipe()
+        try:
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            _check(lib.pe_loop_watch_wake(p, r, 1), "watching a pipe")
+            old = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        except BaseException:
+            lib.pe_loop_watch_wake(p, r, 0)
+            os.close(r)
+            os.close(w)
+            raise
+        self._sigwake = (r, w, old)
+
+    def _sigwake_off(self) -> None:
+        sw = self._sigwake
+        if sw is None:
+            return
+        r, w, old = sw
+        self._sigwake = None
+        try:
+            mine = signal.set_wakeup_fd(old)
+        except ValueError:
+            # close() off the main thread, which cannot change the wakeup
+            # fd: the pipe stays open (two descriptors), because a signal
+            # still writes to w, and a number reused by another file would
+            # take the byte.
+            return
+        if mine != w:
+            signal.set_wakeup_fd(mine)  # set again since: not ours to undo
+        p = self._p
+        if p is not None:
+            lib.pe_loop_watch_wake(p, r, 0)
+        os.close(r)
+        os.close(w)
 
     def serve(self, on_data: Callable[[int, bytes], Any],
               on_event: Optional[Callable[[int, int, int], Any]] = None,

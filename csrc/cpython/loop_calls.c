@@ -1278,10 +1278,11 @@ static PyObject *lc_serve(PyObject *self, PyObject *const *args,
         PE_PY_WAIT(n, ms, c->run(l, ev, c->wcap, ms));
         if (c->l == NULL)
             break;                      /* closed while it waited */
-        if (n == -EINTR || (n == 0 && ms < 0)) {
+        if (n == -EINTR || n == 0) {
             /* A signal (or a run whose reads were all answered in C,
-             * which a signal may have come during): its handler now, as
-             * wait runs it; one that raises ends serve. */
+             * which a signal may have come during, or one woken by
+             * wake_on_signals' pipe): its handler now, as wait runs it;
+             * one that raises ends serve. */
             if (PyErr_CheckSignals() < 0)
                 goto out;
             n = 0;

@@ -395,6 +395,13 @@ int pe_loop_get_stats(pe_loop *l, struct pe_loop_stats *out);
  * without being forgotten is forgotten when its number becomes a
  * connection. */
 int pe_loop_watch(pe_loop *l, int fd, uint32_t events);
+/* on: fd (the caller's, non-blocking: the read end of the pipe given to
+ * CPython's signal.set_wakeup_fd) wakes a blocked pe_loop_run, which reads
+ * it empty and reports nothing for it, so a run woken by it alone returns
+ * 0 as if a signal had interrupted its wait: the caller runs its signal
+ * handlers whichever thread took the signal.  off (0): forgets fd.
+ * -EEXIST: a descriptor the loop has another use for. */
+int pe_loop_watch_wake(pe_loop *l, int fd, int on);
 
 /* pe_loop_adopt flags. */
 #define PE_ADOPT_PAUSED 0x1     /* do not read until pe_loop_resume_reading */

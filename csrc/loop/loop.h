@@ -55,6 +55,9 @@
 /* pe_loop_watch: | 1 watched for reading, | 2 for writing (never both 0). */
 #define PE_FD_FOREIGN  0x7FFFFFF8u
 #define PE_FD_IS_FOREIGN(v) (((v) & ~3u) == PE_FD_FOREIGN)
+/* pe_loop_watch_wake: a foreign fd watched for no event of its own (so one
+ * closed unforgotten is forgotten as the others are). */
+#define PE_FD_WAKE_ONLY PE_FD_FOREIGN
 
 /* accept_paused reasons. */
 #define PE_AP_FULL   0x1
@@ -177,6 +180,7 @@ int     pe__loop_peer(pe_loop *l, pe_handle h, char *host, size_t hostlen,
 int     pe__loop_fileno(pe_loop *l, pe_handle h);
 int     pe__loop_get_stats(pe_loop *l, struct pe_loop_stats *out);
 int     pe__loop_watch(pe_loop *l, int fd, uint32_t events);
+int     pe__loop_watch_wake(pe_loop *l, int fd, int on);
 int     pe__loop_adopt(pe_loop *l, int fd, uint32_t flags, pe_handle *out);
 int     pe__loop_keep_fd(pe_loop *l, pe_handle h);
 int     pe__loop_notify_below(pe_loop *l, pe_handle h, uint32_t low);

@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <unistd.h>
 #ifdef __linux__
 #include <sys/sendfile.h>
 #endif
@@ -37,7 +38,7 @@ int pe__loop_watch(pe_loop *l, int fd, uint32_t events)
     if (events & ~(uint32_t)(PE_READ | PE_WRITE))
         return -EINVAL;
     v = fd < l->nfdmap ? l->fdmap[fd] : 0;
-    if (v && !PE_FD_IS_FOREIGN(v))
+    if (v && (!PE_FD_IS_FOREIGN(v) || v == PE_FD_WAKE_ONLY))
         return -EEXIST;
     have = v ? tag_events(v) : 0;
     if (events == have)
@@ -62,9 +63,58 @@ int pe__loop_watch(pe_loop *l, int fd, uint32_t events)
                                      ((events & PE_WRITE) ? 2u : 0));
 }
 
+int pe__loop_watch_wake(pe_loop *l, int fd, int on)
+{
+    uint32_t v;
+    int rc;
+
+    if (fd < 0)
+        return -EBADF;
+    v = fd < l->nfdmap ? l->fdmap[fd] : 0;
+    if (v && v != PE_FD_WAKE_ONLY)
+        return -EEXIST;
+    if (!on == !v)
+        return 0;
+    l->st.syscalls++;
+    if (!on) {
+        rc = pe_poller_unregister(l->p, fd);
+        l->fdmap[fd] = 0;
+        return rc == -ENOENT || rc == -EBADF ? 0 : rc;
+    }
+    if ((rc = pe_poller_register(l->p, fd, PE_READ)) < 0)
+        return rc;
+    if ((rc = pe__loop_fdmap_set(l, fd, PE_FD_WAKE_ONLY)) < 0)
+        pe_poller_unregister(l->p, fd);
+    return rc;
+}
+
+/* Read a wake-only fd empty (edge mode sees no new edge for bytes left
+ * behind); its bytes (signal numbers) mean nothing here.  Bounded: a
+ * writer faster than this loop is drained on the next wakeup. */
+static void wake_drain(pe_loop *l, int fd)
+{
+    char buf[256];
+    ssize_t n;
+    int i;
+
+    for (i = 0; i < 16; i++) {
+        n = read(fd, buf, sizeof(buf));
+        l->st.syscalls++;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < (ssize_t)sizeof(buf))
+            break;                       /* a short read: it is empty */
+    }
+}
+
 void pe__fd_event(pe_loop *l, uint32_t v, const struct pe_event *ev)
 {
     uint32_t r = 0;
+
+    if (v == PE_FD_WAKE_ONLY) {
+        wake_drain(l, ev->fd);
+        return;
+    }
 
     /* As selectors do: an error or hangup wakes readers and writers. */
     if ((v & 1u) && (ev->events & (PE_READ | PE_PRI | PE_RDHUP | PE_ERR |

@@ -106,6 +106,7 @@ GUARDED(int, peer, (pe_loop *l, pe_handle h, char *host, size_t hostlen,
 GUARDED(int, fileno, (pe_loop *l, pe_handle h), (l, h))
 GUARDED(int, get_stats, (pe_loop *l, struct pe_loop_stats *out), (l, out))
 GUARDED(int, watch, (pe_loop *l, int fd, uint32_t events), (l, fd, events))
+GUARDED(int, watch_wake, (pe_loop *l, int fd, int on), (l, fd, on))
 GUARDED(int, adopt, (pe_loop *l, int fd, uint32_t flags, pe_handle *out),
         (l, fd, flags, out))
 GUARDED(int, keep_fd, (pe_loop *l, pe_handle h), (l, h))

@@ -25,6 +25,7 @@ import collections
 import logging
 import socket
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Deque, List, Optional
@@ -303,6 +304,12 @@ class EventLoopModel:
         # to do between waits: no clock read or calls per wakeup then.
         timed = reporter.active()
         timeout = None
+        # A signal may go to any thread that does not block it (a
+        # --pool-threads worker, libkqueue's own thread), and then no wait
+        # of this one is interrupted: SIGTERM's handler would run at the
+        # next event, maybe never.  The loop watches a signal wakeup fd.
+        if threading.current_thread() is threading.main_thread():
+            loop.wake_on_signals()
         try:
             while True:
                 if timed or self._stop:
@@ -433,6 +440,8 @@ class EventLoopModel:
                             self._nconns)
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
+            if not loop.closed:
+                loop.wake_on_signals(False)
 
     def close(self) -> None:
         if not self.loop.closed:

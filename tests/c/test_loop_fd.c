@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -604,6 +605,88 @@ static void test_sendfile(void **state)
 }
 #endif
 
+/* ------------------------------------------------------------- watch_wake */
+
+/* A blocked run returns (0 events) when the wake fd is written, from
+ * another process here as CPython's signal handler would from another
+ * thread, and reads it empty, more than one read's worth included. */
+static void test_watch_wake(void **state)
+{
+    pe_loop *l = new_loop(state, 8);
+    struct batch b;
+    uint64_t t0;
+    char buf[300];
+    int p[2];
+    pid_t pid;
+
+    assert_int_equal(pipe(p), 0);
+    assert_int_equal(fcntl(p[0], F_SETFL, O_NONBLOCK), 0);
+    assert_int_equal(pe_loop_watch_wake(l, p[0], 1), 0);
+    assert_int_equal(pe_loop_watch_wake(l, p[0], 1), 0);     /* again: no-op */
+    assert_int_equal(run(l, &b, 0), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct timespec ts = {0, 50 * 1000 * 1000};
+
+        nanosleep(&ts, NULL);
+        memset(buf, 15, sizeof(buf));
+        _exit(write(p[1], buf, sizeof(buf)) == (ssize_t)sizeof(buf) ? 0 : 1);
+    }
+    /* Woken, it returns with nothing to report (SIGCHLD is ignored: no
+     * EINTR), long before its timeout. */
+    t0 = now_ms();
+    assert_int_equal(run(l, &b, DEADLINE_MS), 0);
+    assert_true(now_ms() - t0 < DEADLINE_MS - 1000);
+    {
+        int st;
+
+        assert_int_equal(waitpid(pid, &st, 0), pid);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
+    /* The 300 bytes were read (more than one read of 256). */
+    assert_int_equal(read(p[0], buf, sizeof(buf)), -1);
+    assert_int_equal(errno, EAGAIN);
+    assert_int_equal(run(l, &b, 10), 0);
+    /* Off: bytes stay unread, and no run returns early for them. */
+    assert_int_equal(pe_loop_watch_wake(l, p[0], 0), 0);
+    assert_int_equal(pe_loop_watch_wake(l, p[0], 0), 0);
+    assert_int_equal(write(p[1], "s", 1), 1);
+    t0 = now_ms();
+    assert_int_equal(run(l, &b, 100), 0);
+    assert_true(now_ms() - t0 >= 90);
+    assert_int_equal(read(p[0], buf, sizeof(buf)), 1);
+    pe_loop_free(l);
+    assert_true(fd_open(p[0]));                  /* never the loop's to close */
+    close(p[0]);
+    close(p[1]);
+}
+
+static void test_watch_wake_refusals(void **state)
+{
+    pe_loop *l = new_loop(state, 8);
+    int port, lfd = tcp_listener(&port), p[2], q[2];
+
+    assert_true(pe_loop_add_listener(l, lfd) >= 0);
+    assert_int_equal(pe_loop_watch_wake(l, lfd, 1), -EEXIST);
+    assert_int_equal(pe_loop_watch_wake(l, -1, 1), -EBADF);
+    assert_int_equal(pipe(p), 0);
+    assert_int_equal(pipe(q), 0);
+    assert_int_equal(pe_loop_watch(l, q[0], PE_READ), 0);
+    assert_int_equal(pe_loop_watch_wake(l, q[0], 1), -EEXIST);
+    assert_int_equal(pe_loop_watch_wake(l, q[0], 0), -EEXIST);
+    assert_int_equal(pe_loop_watch_wake(l, p[0], 1), 0);
+    assert_int_equal(pe_loop_watch(l, p[0], PE_READ), -EEXIST);
+    assert_int_equal(pe_loop_watch(l, p[0], 0), -EEXIST);
+    assert_int_equal(pe_loop_add_listener(l, p[0]), -EEXIST);
+    pe_loop_free(l);
+    close(lfd);
+    close(p[0]);
+    close(p[1]);
+    close(q[0]);
+    close(q[1]);
+}
+
 #define T(f) cmocka_unit_test(f)
 
 int main(void)
@@ -621,6 +704,8 @@ int main(void)
         T(test_adopt_refusals),
         T(test_keep_fd_accepted),
         T(test_notify_below),
+        T(test_watch_wake),
+        T(test_watch_wake_refusals),
 #ifdef __linux__
         T(test_sendfile),
 #endif

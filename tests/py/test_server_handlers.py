@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from test_server import ALL_MODELS, connect, start_server  # noqa: F401
+from test_server import (ALL_MODELS, connect, needs_tgkill,  # noqa: F401
+                         sigterm_to_another_thread, start_server)
 
 # Every test here finishes by itself well within this.
 pytestmark = pytest.mark.timeout(120)
@@ -150,6 +151,20 @@ def test_handler_that_raises(start_server, script, model):
     srv.signal(signal.SIGTERM)
     assert srv.wait() == 0
     srv.wait_for(r"stats \(final\):.* errors=1$")
+
+
+@needs_tgkill
+def test_sigterm_taken_by_a_pool_thread_still_stops(start_server, script):
+    """The event-loop model's main thread sleeps in the loop's wait; a
+    SIGTERM that a pool worker takes must still wake it and drain."""
+    srv = start_server("--model", "eventloop", script=script)
+    c = Lines(srv.addr)
+    c.send(b"sleep 0\n")                 # a pool thread exists now
+    assert c.line().startswith(b"slept 0 in pyepoll-pool")
+    assert sigterm_to_another_thread(srv)
+    assert srv.wait(timeout=10) == 0
+    srv.wait_for(r"stopped by SIGTERM")
+    c.close()
 
 
 @pytest.mark.parametrize("model", ALL_MODELS)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import threading
@@ -247,5 +248,186 @@ def test_asyncio_add_signal_handler_keyboard_interrupt():
         finally:
             assert loop.remove_signal_handler(SIG)
         assert loop.run_until_complete(asyncio.sleep(0, "ok")) == "ok"
+    finally:
+        loop.close()
+
+
+# -- Loop.wake_on_signals: a signal another thread takes ---------------------
+
+CONFIGS = [(b, t) for b in BACKENDS
+           for t in (("level", "edge") if b in ("epoll", "kqueue")
+                     else ("level",))]
+
+
+@contextlib.contextmanager
+def signal_to_other_thread(delay: float = 0.05):
+    """Yields go(): delay seconds after it is called, SIG goes to a thread
+    other than the main one, which takes it (pthread_kill on itself), as
+    the kernel may give a kill() to any thread of the process.  The main
+    thread's blocked call is not interrupted by it."""
+    started = threading.Event()
+
+    def send():
+        started.wait()
+        time.sleep(delay)
+        signal.pthread_kill(threading.get_ident(), SIG)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    try:
+        yield started.set
+    finally:
+        started.set()
+        thread.join()
+
+
+def elapsed_until_interrupt(call) -> float:
+    """Seconds from go() until call() raised Interrupt (the signal's
+    handler), the signal taken by another thread."""
+    with signal_to_other_thread() as go:
+        t0 = time.monotonic()
+        go()
+        with pytest.raises(Interrupt):
+            call()
+            # Returned without the handler having run yet: it runs at the
+            # interpreter's next check (CPython) or on this call (PyPy).
+            pyepoll._binding.run_signal_handlers()
+        return time.monotonic() - t0
+
+
+def test_without_wake_on_signals_another_threads_signal_waits():
+    """What wake_on_signals is for (and proof that the signal really goes
+    to the other thread): without it the wait sleeps through the signal
+    until its timeout."""
+    loop = Loop()
+    old = signal.signal(SIG, lambda s, f: (_ for _ in ()).throw(Interrupt))
+    try:
+        elapsed = elapsed_until_interrupt(lambda: loop.wait(1.0))
+        assert elapsed >= 0.9, f"interrupted after {elapsed:.2f} s"
+    finally:
+        signal.signal(SIG, old)
+        loop.close()
+
+
+@pytest.mark.parametrize("backend,trigger", CONFIGS)
+@pytest.mark.parametrize("method", ["wait", "wait_batch", "wait_batch_echo",
+                                    "serve"])
+@pytest.mark.parametrize("timeout", [WAIT, None])
+def test_wake_on_signals_ends_a_wait(raising_handler, backend, trigger,
+                                     method, timeout):
+    loop = Loop(backend=backend, trigger=trigger)
+    try:
+        loop.wake_on_signals()
+        if method == "serve":
+            def call():
+                loop.serve(lambda h, d: d, timeout=timeout)
+        else:
+            wait = getattr(loop, method)
+
+            def call():
+                list(wait(timeout))
+        for _ in range(ROUNDS):
+            # A waker at WAIT ends a blocking wait that missed the signal.
+            timer = threading.Timer(WAIT, loop.stop if method == "serve"
+                                    else loop.wakeup)
+            timer.start()
+            try:
+                elapsed = elapsed_until_interrupt(call)
+            finally:
+                timer.cancel()
+            assert elapsed < PROMPT, f"the handler ran after {elapsed:.2f} s"
+        assert list(loop.wait(0)) == []   # still usable, nothing left
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wake_on_signals_handler_that_stops_serve(backend):
+    """The reference server's drain: a handler that returns after
+    Loop.stop() ends serve at once, the signal taken by another thread."""
+    loop = Loop(backend=backend)
+    old = signal.signal(SIG, lambda s, f: loop.stop())
+    try:
+        loop.wake_on_signals()
+        for _ in range(ROUNDS):
+            timer = threading.Timer(WAIT, loop.stop)
+            timer.start()
+            try:
+                with signal_to_other_thread() as go:
+                    t0 = time.monotonic()
+                    go()
+                    loop.serve(lambda h, d: d)
+                    elapsed = time.monotonic() - t0
+            finally:
+                timer.cancel()
+            assert elapsed < PROMPT, f"stopped after {elapsed:.2f} s"
+    finally:
+        signal.signal(SIG, old)
+        loop.close()
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="Linux /proc")
+def test_wake_on_signals_on_off_close_restore_the_wakeup_fd():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    before = signal.set_wakeup_fd(a.fileno())
+    try:
+        loop = Loop()
+        nfds = _fds()
+        loop.wake_on_signals()
+        loop.wake_on_signals()                  # again: nothing more
+        assert _fds() == nfds + 2               # one pipe
+        ours = signal.set_wakeup_fd(a.fileno())
+        assert ours not in (-1, a.fileno())
+        signal.set_wakeup_fd(ours)
+        loop.wake_on_signals(False)
+        assert signal.set_wakeup_fd(a.fileno()) == a.fileno()  # put back
+        assert _fds() == nfds                   # the pipe closed
+        loop.wake_on_signals(False)             # off twice: nothing
+        loop.wake_on_signals()
+        loop.close()
+        assert signal.set_wakeup_fd(a.fileno()) == a.fileno()
+        assert _fds() <= nfds                   # the pipe closed with it
+        with pytest.raises(ValueError, match="closed"):
+            loop.wake_on_signals()
+        # A wakeup fd set after it is left alone by off.
+        loop = Loop()
+        loop.wake_on_signals()
+        signal.set_wakeup_fd(b.fileno())
+        loop.wake_on_signals(False)
+        assert signal.set_wakeup_fd(a.fileno()) == b.fileno()
+        loop.close()
+    finally:
+        signal.set_wakeup_fd(before)
+        a.close()
+        b.close()
+
+
+def test_wake_on_signals_off_the_main_thread_is_refused():
+    """As signal.set_wakeup_fd refuses: ValueError, and nothing is left
+    watched or open."""
+    loop = Loop()
+    out = {}
+
+    def other():
+        try:
+            loop.wake_on_signals()
+        except ValueError as exc:
+            out["exc"] = exc
+
+    try:
+        nfds = _fds() if os.path.isdir("/proc/self/fd") else None
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        assert "main thread" in str(out["exc"])
+        if nfds is not None:
+            assert _fds() == nfds
+        assert loop.wait(0) == []
     finally:
         loop.close()
