@@ -173,6 +173,19 @@ def _seconds_to_ms(name: str, value: Optional[float]) -> int:
     return int(ms)
 
 
+def _busy_poll_us(value: Optional[float]) -> int:
+    """Loop's busy_poll in seconds -> microseconds for the C core (0: off)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"busy_poll must be a number of seconds or None, "
+                        f"not {type(value).__name__}")
+    if not 0 <= value <= 1:             # NaN fails both
+        raise ValueError(f"busy_poll must be between 0 and 1 second, got "
+                         f"{value!r}")
+    return int(math.ceil(value * 1e6))
+
+
 def _choice(name: str, value: Any, table: Dict[str, int]) -> int:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, not {type(value).__name__}")
@@ -223,7 +236,12 @@ class Loop:
     and :meth:`send` refuses to queue beyond ``output_max``.  With
     ``echo=True`` the C core sends back whatever it reads (no
     :data:`EV_DATA`).  ``batch`` is the most events one :meth:`wait`
-    returns; the rest stay queued for the next.
+    returns; the rest stay queued for the next.  ``busy_poll`` (seconds,
+    at most 1; None: off) makes a wait that would sleep poll first,
+    without sleeping, for up to that long: under steady load the next
+    request is found by the poll rather than by waking a sleeping thread,
+    whose wake-up is what a server's tail latency is made of; the price is
+    the CPU spent polling, up to ``busy_poll`` after each batch.
 
     ``queue_echo(h)`` queues, for a handle whose :data:`EV_DATA` came in
     the last :meth:`wait_batch`, a reply made of exactly those bytes (an
@@ -260,7 +278,8 @@ class Loop:
                  input_high: int = 65536, input_low: int = 16384,
                  output_high: int = 65536, output_max: int = 16 * 2**20,
                  accept_batch: int = 64, nodelay: bool = True,
-                 echo: bool = False, batch: int = 1024) -> None:
+                 echo: bool = False, batch: int = 1024,
+                 busy_poll: Optional[float] = None) -> None:
         self._p: Any = None
         self._pid_fork: Optional[int] = None
         self._sigwake: Optional[Tuple[int, int, int]] = None
@@ -282,6 +301,7 @@ class Loop:
         cfg.overflow = _choice("overflow", overflow, _OVERFLOWS)
         cfg.idle_timeout_ms = _seconds_to_ms("idle_timeout", idle_timeout)
         cfg.read_timeout_ms = _seconds_to_ms("read_timeout", read_timeout)
+        cfg.busy_poll_us = _busy_poll_us(busy_poll)
         cfg.in_high = _size("input_high", input_high, 1)
         cfg.in_low = _size("input_low", input_low, 0)
         if input_low > input_high:

@@ -204,6 +204,8 @@ struct pe_loop_event {
 #define PE_CLOSE_NOW   1        /* close now, dropping queued output */
 #define PE_CLOSE_ABORT 2        /* send RST (SO_LINGER 0) and close now */
 
+#define PE_BUSY_POLL_MAX_US 1000000u   /* 1 s */
+
 struct pe_loop_config {
     const char *backend;        /* NULL: best available */
     int      edge;              /* 1: edge-triggered, 0: level-triggered */
@@ -227,6 +229,13 @@ struct pe_loop_config {
                                    the next run (or pe_loop_flush) sends
                                    them, one send per connection; a write
                                    that would exceed it sends at once */
+    uint32_t busy_poll_us;      /* 0: off.  Else a run that would sleep
+                                   polls first, without sleeping, for up
+                                   to this many microseconds (of its
+                                   timeout): what comes meanwhile is
+                                   handled without the wake-up of a
+                                   sleeping thread, for the CPU the
+                                   polling spends */
 };
 
 /* Counters since pe_loop_new.  conns_open is current (connections still

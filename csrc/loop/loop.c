@@ -152,7 +152,8 @@ static int check_config(const struct pe_loop_config *c)
     if (c->max_conns == 0 || c->max_conns > PE_CT_MAX ||
         c->overflow > PE_OVERFLOW_CLOSE || c->in_high == 0 ||
         c->in_low > c->in_high || c->out_max == 0 ||
-        c->idle_timeout_ms > INT32_MAX || c->read_timeout_ms > INT32_MAX)
+        c->idle_timeout_ms > INT32_MAX || c->read_timeout_ms > INT32_MAX ||
+        c->busy_poll_us > PE_BUSY_POLL_MAX_US)
         return -EINVAL;
     return 0;
 }
@@ -396,6 +397,51 @@ static void run_pending(pe_loop *l)
     l->npend -= n;
 }
 
+static int64_t mono_ns(void)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* A wait with cfg.busy_poll_us: poll without sleeping until something is
+ * ready or the time is up (at most *timeout_ms, which is left reduced by
+ * the time spent), then sleep.  Adaptive, so that sparse traffic costs no
+ * polling: it polls only if the last wait ended within the time, and a
+ * wait whose polling found nothing decides the next by how long it then
+ * slept.  The poller's count of events, or its -errno. */
+static int busy_wait(pe_loop *l, int timeout_ms)
+{
+    int64_t budget = (int64_t)l->cfg.busy_poll_us * 1000, t0, spent = 0;
+    int n;
+
+    t0 = mono_ns();
+    if (l->spin_ok) {
+        if (timeout_ms > 0 && (int64_t)timeout_ms * 1000000 < budget)
+            budget = (int64_t)timeout_ms * 1000000;
+        for (;;) {
+            n = pe_poller_wait(l->p, l->evs, l->nevs, 0);
+            l->st.syscalls++;
+            if (n != 0)
+                return n;
+            if ((spent = mono_ns() - t0) >= budget)
+                break;
+        }
+        if (timeout_ms > 0) {
+            int ms = (int)(spent / 1000000);
+
+            timeout_ms = timeout_ms > ms ? timeout_ms - ms : 0;
+        }
+        t0 += spent;
+    }
+    n = pe_poller_wait(l->p, l->evs, l->nevs, timeout_ms);
+    l->st.syscalls++;
+    l->spin_ok = !l->spin_ok && n > 0 &&
+                 mono_ns() - t0 < (int64_t)l->cfg.busy_poll_us * 1000;
+    return n;
+}
+
 int pe__loop_run_io(pe_loop *l, int timeout_ms)
 {
     int timers = l->cfg.idle_timeout_ms || l->cfg.read_timeout_ms ||
@@ -408,8 +454,12 @@ int pe__loop_run_io(pe_loop *l, int timeout_ms)
         timeout = 0;
     else if (timers)
         timeout = wait_timeout(l, timeout_ms);
-    n = pe_poller_wait(l->p, l->evs, l->nevs, timeout);
-    l->st.syscalls++;
+    if (timeout != 0 && l->cfg.busy_poll_us) {
+        n = busy_wait(l, timeout);
+    } else {
+        n = pe_poller_wait(l->p, l->evs, l->nevs, timeout);
+        l->st.syscalls++;
+    }
     if (n < 0) {
         if (!l->qlen)
             return n;

@@ -90,6 +90,9 @@ struct pe_loop {
     int nls;
     int ls_ready;                /* a listener's ready may be set: run looks */
     unsigned accept_paused;      /* PE_AP_* */
+    /* cfg.busy_poll_us: the last wait ended within it, so the next one
+     * polls first (a wait that had to sleep longer does not). */
+    int spin_ok;
     uint64_t emfile_until;       /* ms: retry accepting after EMFILE */
     int reserve_fd;              /* spare descriptor for EMFILE */
 

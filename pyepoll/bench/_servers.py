@@ -233,6 +233,11 @@ def _pure_c_loop(trigger: str) -> Callable[[], List[str]]:
 C_ECHO = "plain C epoll"
 UVLOOP_ECHO = "uvloop Protocol"
 UVLOOP_HTTP = "uvloop+httptools"
+# The reference server with --busy-poll: its waits poll this long before
+# they sleep, while the traffic is that dense (no "eventloop" in the name,
+# so --servers "ref server eventloop" does not pick it).
+BUSY_POLL_US = "50"
+REF_BUSY = f"ref server busy-poll {BUSY_POLL_US}us"
 C_HTTP = "plain C epoll HTTP"
 CECHO = "pyepoll Loop C echo"
 # pyepoll.Loop with Python code per message, five ways (name, kind): what a
@@ -256,6 +261,8 @@ def echo_servers(pool_threads: int = 64) -> Dict[str, Spec]:
         Spec(CECHO, "echo", _serve("loop-c-level")),
         Spec("pyepoll C loop, C driver", "echo", _pure_c_loop("level")),
         Spec("ref server eventloop", "echo", _reference("echo", "eventloop")),
+        Spec(REF_BUSY, "echo", _reference("echo", "eventloop",
+                                          "--busy-poll", BUSY_POLL_US)),
         Spec("ref server threadpool", "echo", _reference(
             "echo", "threadpool", "--pool-threads", str(pool_threads))),
         Spec("ref server threads", "echo", _reference("echo", "threads")),
@@ -321,6 +328,8 @@ def http_servers() -> Dict[str, Spec]:
         # The floor: the same answer from a few lines of C (kernel + ~0).
         Spec(C_HTTP, "http", _c_http),
         Spec("ref server eventloop", "http", _reference("http", "eventloop")),
+        Spec(REF_BUSY, "http", _reference("http", "eventloop",
+                                          "--busy-poll", BUSY_POLL_US)),
         Spec("ref server threads", "http", _reference("http", "threads")),
         Spec(UVLOOP_HTTP, "http", _serve("uvloop-httptools", ["uvloop", "httptools"])),
         Spec("asyncio hand parser", "http", _serve("asyncio-http")),

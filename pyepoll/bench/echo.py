@@ -19,7 +19,8 @@ from typing import Dict, List, Optional
 from . import _cli
 from ._proc import Run, run_loadgen
 from ._report import Chart, Section, Table, check_line, median_by
-from ._servers import C_ECHO, CECHO, PY_HANDLERS, UVLOOP_ECHO, Fleet, echo_servers
+from ._servers import (C_ECHO, CECHO, PY_HANDLERS, REF_BUSY, UVLOOP_ECHO, Fleet,
+                       echo_servers)
 
 SIZES = [64, 1024, 16384, 65536]
 CONNS = [1, 64]
@@ -206,12 +207,19 @@ def low_summary(results: Dict[str, Dict[object, List[Run]]], low) -> List[str]:
         if user[C_ECHO] is not None and len(shown) > 1:
             out.append("user-space CPU/round trip (medians): " + ", ".join(
                 f"{short} {v:.2f} us" for short, v in shown))
+    busy = REF_BUSY in results
+    if one in low and busy:
+        out += [check_line(f"{REF_BUSY} CPU/round trip vs uvloop",
+                           r(REF_BUSY, UVLOOP_ECHO), 1.0, "<="),
+                check_line(f"{REF_BUSY} CPU/round trip vs plain C",
+                           r(REF_BUSY, C_ECHO), 1.1, "<=")]
     for point in low:
-        for q in ("p50", "p99"):
-            ratio = paired_ratio(results, REF_ECHO, UVLOOP_ECHO, point,
-                                 lambda x, q=q: getattr(x, q))
-            out.append(check_line(f"{REF_ECHO} {q} vs uvloop, {low_label(point)}",
-                                  ratio, 1.0, "<="))
+        for name in (REF_ECHO, REF_BUSY) if busy else (REF_ECHO,):
+            for q in ("p50", "p99"):
+                ratio = paired_ratio(results, name, UVLOOP_ECHO, point,
+                                     lambda x, q=q: getattr(x, q))
+                out.append(check_line(f"{name} {q} vs uvloop, "
+                                      f"{low_label(point)}", ratio, 1.0, "<="))
     return out
 
 

@@ -42,6 +42,8 @@ class Config:
     backend: Optional[str] = None
     log_level: str = "info"
     stats_interval: float = 0.0
+    #: Eventloop model: microseconds a wait polls before it sleeps (0: off).
+    busy_poll_us: int = 0
 
     #: Handler class (or no-argument factory) for your own protocol; when
     #: set, ``protocol`` only names it in the logs.
@@ -88,6 +90,8 @@ class Config:
                 raise ValueError(f"{name} must be at least 1")
         if self.queue_size < 0:
             raise ValueError("queue_size must not be negative")
+        if not 0 <= self.busy_poll_us <= 1000000:
+            raise ValueError("busy_poll_us must be in 0..1000000")
         for name in ("idle_timeout", "stats_interval", "grace"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

@@ -196,7 +196,7 @@ class EventLoopModel:
             overflow="backlog" if self._queueing else "close",
             idle_timeout=idle,
             read_timeout=cfg.request_timeout,
-            batch=1024)
+            batch=1024, busy_poll=cfg.busy_poll_us / 1e6 or None)
         self.send = self.loop.send
         self._lid = self.loop.add_listener(listener)
         self._conn_cls = type("_Conn", (_LoopConn,), {"__slots__": (),

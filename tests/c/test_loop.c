@@ -1097,6 +1097,72 @@ static void test_wakeup(void **state)
     env_close(&e);
 }
 
+/* busy_poll_us: a run that would sleep polls first (counted syscalls)
+ * when the last wait ended within the polling time, never past its
+ * timeout; a wait that polled in vain, or slept longer, makes the next
+ * one sleep at once (sparse traffic costs no polling).  What comes
+ * during the polling is handled as a blocking wait would handle it. */
+static void test_busy_poll(void **state)
+{
+    struct pe_loop_config cfg;
+    struct env e;
+    pthread_t t;
+    uint64_t t0, s0, el;
+    pe_handle h;
+    int fd, err = 0;
+
+    base_config(&cfg, state);
+    cfg.busy_poll_us = 20000;                   /* 20 ms */
+    env_open(&e, &cfg);
+    /* The first wait sleeps: nothing says traffic is dense. */
+    s0 = syscalls(&e);
+    assert_int_equal(pump(&e, 30), 0);
+    assert_int_equal(syscalls(&e) - s0, 1);
+    /* A wait that ends at once (a wakeup): the next one polls, for 20 ms,
+     * then sleeps out its 60. */
+    assert_int_equal(pe_loop_wakeup(e.l), 0);
+    assert_int_equal(pump(&e, 5000), 1);
+    s0 = syscalls(&e);
+    t0 = now_ms();
+    assert_int_equal(pump(&e, 60), 0);
+    el = now_ms() - t0;
+    assert_true(el >= 55 && el < 2000);
+    assert_true(syscalls(&e) - s0 > 3);
+    /* It polled in vain: the next one sleeps at once. */
+    s0 = syscalls(&e);
+    assert_int_equal(pump(&e, 10), 0);
+    assert_int_equal(syscalls(&e) - s0, 1);
+    /* A timeout shorter than the polling bounds it. */
+    assert_int_equal(pe_loop_wakeup(e.l), 0);
+    assert_int_equal(pump(&e, 5000), 1);
+    t0 = now_ms();
+    assert_int_equal(pump(&e, 5), 0);
+    assert_true(now_ms() - t0 < 1000);
+    /* A poll (timeout 0) polls once. */
+    s0 = syscalls(&e);
+    assert_int_equal(pump(&e, 0), 0);
+    assert_int_equal(syscalls(&e) - s0, 1);
+    /* Found while polling or sleeping: a wakeup from another thread 50 ms
+     * on, then echoes byte-exact. */
+    t0 = now_ms();
+    assert_int_equal(pthread_create(&t, NULL, wake_later, e.l), 0);
+    while (count_ev(&e, PE_EV_WAKEUP, 0) < 3 && now_ms() - t0 < 5000)
+        pump(&e, 5000);
+    pthread_join(t, NULL);
+    assert_int_equal(count_ev(&e, PE_EV_WAKEUP, 0), 3);
+    fd = tcp_client(e.port, 0);
+    h = next_open(&e);
+    for (int i = 0; i < 20; i++)
+        roundtrip(&e, fd, h);
+    close(fd);
+    env_close(&e);
+    /* More than a second is refused. */
+    pe_loop_config_init(&cfg);
+    cfg.busy_poll_us = PE_BUSY_POLL_MAX_US + 1;
+    assert_null(pe_loop_new(&cfg, &err));
+    assert_int_equal(err, -EINVAL);
+}
+
 /* Wakeups made while one is pending write nothing more: the descriptor
  * holds one (a burst of call_soon_threadsafe is one syscall). */
 static void test_wakeup_coalesces(void **state)
@@ -2313,6 +2379,7 @@ int main(void)
         T(test_pause_resume),
         T(test_pause_resume_small),
         T(test_wakeup),
+        T(test_busy_poll),
         T(test_wakeup_coalesces),
         T(test_wakeup_never_lost),
         T(test_threads_busy),

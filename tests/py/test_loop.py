@@ -1445,6 +1445,11 @@ def test_closed_loop_raises_everywhere():
     ({"idle_timeout": float("nan")}, ValueError),
     ({"idle_timeout": "1"}, TypeError),
     ({"read_timeout": 1e12}, OverflowError),
+    ({"busy_poll": -1e-6}, ValueError),
+    ({"busy_poll": 1.5}, ValueError),
+    ({"busy_poll": float("nan")}, ValueError),
+    ({"busy_poll": "50us"}, TypeError),
+    ({"busy_poll": True}, TypeError),
 ])
 def test_bad_configuration(kw, exc):
     with pytest.raises(exc):

@@ -413,3 +413,35 @@ def test_rst_from_a_client_mid_reply_is_no_error(loop, caplog):
     t.join(10)
     assert out == {"returned": True}
     assert not [r for r in caplog.records if r.name == "pyepoll.loop"]
+
+
+@pytest.mark.parametrize("backend,trigger", CONFIGS)
+def test_busy_poll_serves_the_same_and_keeps_timeouts(backend, trigger):
+    """busy_poll changes when the loop sleeps, nothing it delivers: echoes
+    byte-exact, and a wait or serve with nothing to do still ends at its
+    timeout (polling counts towards it), having polled (syscalls) after a
+    wait that ended at once."""
+    loop = Loop(backend=backend, trigger=trigger, busy_poll=0.005)
+    try:
+        loop.wakeup()                   # a wait that ends at once: the
+        assert loop.wait(5) == [(EV_WAKEUP, 0, 0)]  # next one polls
+        s0 = loop.stats()["syscalls"]
+        t0 = time.monotonic()
+        assert loop.wait(0.05) == []
+        assert 0.045 <= time.monotonic() - t0 < 2.0
+        assert loop.stats()["syscalls"] - s0 > 2
+        t0 = time.monotonic()
+        loop.serve(lambda h, d: d, timeout=0.05)
+        assert 0.045 <= time.monotonic() - t0 < 2.0
+        c, _ = connect(loop)
+        t, out = serve_in_thread(loop, lambda h, d: d[::-1])
+        with c:
+            for i in range(50):
+                msg = bytes(range(i % 200 + 1))
+                c.sendall(msg)
+                assert read_exactly(c, len(msg)) == msg[::-1]
+        loop.stop()
+        t.join(10)
+        assert out == {"returned": True}
+    finally:
+        loop.close()

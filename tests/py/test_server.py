@@ -814,11 +814,31 @@ def test_eventloop_every_backend_and_trigger(start_server, backend, trigger):
     assert get(srv.addr)[2] == HELLO
 
 
+def test_busy_poll_serves_http_and_echo(start_server):
+    srv = start_server("--busy-poll", "200")
+    raw = GET + post(b"y" * 70000) + GET
+    assert [r.body for r in request(srv.addr, raw, n=3)] == \
+        [HELLO, b"y" * 70000, HELLO]
+    echo = start_server("--protocol", "echo", "--busy-poll", "200")
+    with connect(echo.addr) as s:
+        for i in range(20):
+            msg = os.urandom(1 + i * 500)
+            s.sendall(msg)
+            got = b""
+            while len(got) < len(msg):
+                chunk = s.recv(65536)
+                assert chunk, "closed early"
+                got += chunk
+            assert got == msg
+
+
 def test_cli_rejects_bad_settings(tmp_path):
     for args, message in [
             (["--backend", "nope"], "unknown backend"),
             (["--workers", "0"], "workers must be at least 1"),
-            (["--idle-timeout", "-1"], "must not be negative")]:
+            (["--idle-timeout", "-1"], "must not be negative"),
+            (["--busy-poll", "1000001"], "busy_poll_us must be in"),
+            (["--busy-poll", "-1"], "busy_poll_us must be in")]:
         out = subprocess.run([sys.executable, "-m", "pyepoll.server",
                               "--port", "0", *args], cwd=str(tmp_path),
                              capture_output=True, text=True, timeout=20)
@@ -837,7 +857,8 @@ def test_help_lists_every_option(tmp_path):
                    "--max-connections N", "--overflow {queue,reject}",
                    "--queue-size N", "--idle-timeout SECONDS",
                    "--pool-threads N", "--trigger {level,edge}",
-                   "--backend", "--log-level", "--stats-interval"):
+                   "--backend", "--log-level", "--stats-interval",
+                   "--busy-poll USEC"):
         assert option in text, option
 
 

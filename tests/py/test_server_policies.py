@@ -246,6 +246,8 @@ def test_capacity_and_overflow_as_help_says(start_server, model, capacity,
     ("threads", ["--trigger", "level"]),
     ("threads", ["--backend", "epoll"]),
     ("threads", ["--pool-threads", "4"]),
+    ("threadpool", ["--busy-poll", "50"]),
+    ("threads", ["--busy-poll", "0"]),
     ("threads", ["--overflow", "reject", "--queue-size", "0"]),
     ("threadpool", ["--overflow", "reject", "--queue-size", "10"]),
 ])
