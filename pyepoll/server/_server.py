@@ -177,6 +177,8 @@ class Server:
         details = f"model={cfg.model}"
         if cfg.model == "eventloop":
             details += f" backend={model.backend} trigger={cfg.trigger}"
+            if cfg.busy_poll_us:
+                details += f" busy_poll={cfg.busy_poll_us}us"
         details += (f" max_connections={cfg.max_connections}"
                     f" overflow={cfg.overflow} queue_size={cfg.queue_size}"
                     f" pool_threads={cfg.pool_threads}"

@@ -816,6 +816,7 @@ def test_eventloop_every_backend_and_trigger(start_server, backend, trigger):
 
 def test_busy_poll_serves_http_and_echo(start_server):
     srv = start_server("--busy-poll", "200")
+    srv.wait_for(r"trigger=level busy_poll=200us max_connections=")
     raw = GET + post(b"y" * 70000) + GET
     assert [r.body for r in request(srv.addr, raw, n=3)] == \
         [HELLO, b"y" * 70000, HELLO]
