@@ -238,10 +238,13 @@ class Loop:
     :data:`EV_DATA`).  ``batch`` is the most events one :meth:`wait`
     returns; the rest stay queued for the next.  ``busy_poll`` (seconds,
     at most 1; None: off) makes a wait that would sleep poll first,
-    without sleeping, for up to that long: under steady load the next
-    request is found by the poll rather than by waking a sleeping thread,
-    whose wake-up is what a server's tail latency is made of; the price is
-    the CPU spent polling, up to ``busy_poll`` after each batch.
+    without sleeping, for up to that long, while the last wait ended
+    within that time (a wait that polled in vain, or slept longer, makes
+    the next one sleep at once, so sparse traffic never polls): under
+    dense traffic the next request is found by a poll rather than by
+    waking a sleeping thread, whose wake-up is what a server's tail
+    latency is made of; the price is the CPU spent polling where the
+    other side is the slow one.
 
     ``queue_echo(h)`` queues, for a handle whose :data:`EV_DATA` came in
     the last :meth:`wait_batch`, a reply made of exactly those bytes (an
