@@ -232,7 +232,9 @@ struct pe_loop_config {
     uint32_t busy_poll_us;      /* 0: off.  Else a run that would sleep
                                    polls first, without sleeping, for up
                                    to this many microseconds (of its
-                                   timeout): what comes meanwhile is
+                                   timeout) if the last wait ended within
+                                   that time (so sparse traffic never
+                                   polls): what comes meanwhile is
                                    handled without the wake-up of a
                                    sleeping thread, for the CPU the
                                    polling spends */
