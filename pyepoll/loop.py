@@ -42,6 +42,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -887,14 +888,18 @@ class Loop:
             return
         r, w, old = sw
         self._sigwake = None
-        try:
-            mine = signal.set_wakeup_fd(old)
-        except ValueError:
+        if threading.current_thread() is not threading.main_thread():
             # close() off the main thread, which cannot change the wakeup
             # fd: the pipe stays open (two descriptors), because a signal
             # still writes to w, and a number reused by another file would
             # take the byte.
             return
+        try:
+            mine = signal.set_wakeup_fd(old)
+        except (OSError, ValueError):
+            # The fd to put back was closed (or made blocking) since:
+            # there is none to put back.
+            mine = signal.set_wakeup_fd(-1)
         if mine != w:
             signal.set_wakeup_fd(mine)  # set again since: not ours to undo
         p = self._p

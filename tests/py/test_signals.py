@@ -421,6 +421,23 @@ def test_wake_on_signals_on_off_close_restore_the_wakeup_fd():
         b.close()
 
 
+def test_wake_on_signals_off_when_the_old_wakeup_fd_is_gone():
+    """close() puts back no wakeup fd that was closed meanwhile (an
+    asyncio loop's, say), and raises nothing: the wakeup fd is unset."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    before = signal.set_wakeup_fd(a.fileno())
+    try:
+        loop = Loop()
+        loop.wake_on_signals()
+        a.close()
+        loop.close()
+        assert signal.set_wakeup_fd(-1) == -1
+    finally:
+        signal.set_wakeup_fd(before)
+        b.close()
+
+
 def test_wake_on_signals_off_the_main_thread_is_refused():
     """As signal.set_wakeup_fd refuses: ValueError, and nothing is left
     watched or open."""
@@ -444,3 +461,28 @@ def test_wake_on_signals_off_the_main_thread_is_refused():
         assert loop.wait(0) == []
     finally:
         loop.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="Linux /proc")
+def test_close_off_the_main_thread_keeps_the_pipe_a_signal_writes_to():
+    """Only the main thread may change the wakeup fd: closed from another
+    thread, the loop leaves it and its pipe as they are (a signal still
+    writes there), and raises nothing."""
+    before = signal.set_wakeup_fd(-1)
+    try:
+        loop = Loop()
+        loop.wake_on_signals()
+        w = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(w)
+        t = threading.Thread(target=loop.close)
+        t.start()
+        t.join()
+        assert loop.closed
+        assert signal.set_wakeup_fd(-1) == w        # still the loop's pipe
+        link = os.readlink(f"/proc/self/fd/{w}")    # and still open
+        assert link.startswith("pipe:")
+        for fd, other in _pipes():
+            if other == link:
+                os.close(fd)                        # both ends
+    finally:
+        signal.set_wakeup_fd(before)
