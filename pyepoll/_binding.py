@@ -13,7 +13,8 @@ import errno
 import os
 import signal
 import sys
-from typing import NoReturn
+import threading
+from typing import NoReturn, Optional
 
 
 def _no_core(exc: ModuleNotFoundError) -> ImportError:
@@ -122,6 +123,54 @@ else:
     def run_signal_handlers() -> None:
         """Without pthread_sigmask, calling a Python function is the point
         where the interpreter runs pending handlers."""
+
+
+class WakeupPipe:
+    """A non-blocking pipe for :func:`signal.set_wakeup_fd`: its C-level
+    handler writes a byte to it whichever thread takes a signal, so a wait
+    that watches ``r`` wakes and the Python handler runs (a signal taken
+    by another thread interrupts no wait of the main thread's).
+
+    :meth:`install` (main thread only, as CPython requires) points the
+    wakeup fd here; :meth:`uninstall` puts back the one it replaced, then
+    :meth:`close` closes the pipe."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe()
+        self._old: Optional[int] = None     # the fd replaced, if installed
+        try:
+            os.set_blocking(self.r, False)
+            os.set_blocking(self.w, False)
+        except BaseException:
+            self.close()
+            raise
+
+    def install(self) -> None:
+        self._old = signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
+
+    def uninstall(self) -> bool:
+        """Undo :meth:`install`; False off the main thread, which cannot
+        change the wakeup fd: then the pipe must stay open (a signal still
+        writes to w, and a number reused by another file would take the
+        byte)."""
+        if self._old is None:
+            return True
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        try:
+            mine = signal.set_wakeup_fd(self._old)
+        except (OSError, ValueError):
+            # The fd to put back was closed (or made blocking) since:
+            # there is none to put back.
+            mine = signal.set_wakeup_fd(-1)
+        if mine != self.w:
+            signal.set_wakeup_fd(mine)  # set again since: not ours to undo
+        self._old = None
+        return True
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
 
 
 def fileno_of(fileobj: object) -> int:

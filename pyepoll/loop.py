@@ -38,17 +38,15 @@ import errno
 import logging
 import math
 import os
-import signal
 import socket
 import struct
 import sys
-import threading
 import time
 import weakref
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from ._binding import (StaleHandleError, ffi, fileno_of, lib, load_speedups,
-                       raise_errno, run_signal_handlers)
+from ._binding import (StaleHandleError, WakeupPipe, ffi, fileno_of, lib,
+                       load_speedups, raise_errno, run_signal_handlers)
 from ._poller import (
     ForkError, available_backends, best_backend, timeout_to_ms,
 )
@@ -286,7 +284,7 @@ class Loop:
                  busy_poll: Optional[float] = None) -> None:
         self._p: Any = None
         self._pid_fork: Optional[int] = None
-        self._sigwake: Optional[Tuple[int, int, int]] = None
+        self._sigwake: Optional[WakeupPipe] = None
         self._listeners: Dict[int, socket.socket] = {}
         self._owned: Dict[int, socket.socket] = {}
         if backend is not None:
@@ -869,44 +867,24 @@ class Loop:
             return
         if self._sigwake is not None:
             return
-        r, w = os.pipe()
+        pipe = WakeupPipe()
         try:
-            os.set_blocking(r, False)
-            os.set_blocking(w, False)
-            _check(lib.pe_loop_watch_wake(p, r, 1), "watching a pipe")
-            old = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+            _check(lib.pe_loop_watch_wake(p, pipe.r, 1), "watching a pipe")
+            pipe.install()
         except BaseException:
-            lib.pe_loop_watch_wake(p, r, 0)
-            os.close(r)
-            os.close(w)
+            lib.pe_loop_watch_wake(p, pipe.r, 0)
+            pipe.close()
             raise
-        self._sigwake = (r, w, old)
+        self._sigwake = pipe
 
     def _sigwake_off(self) -> None:
-        sw = self._sigwake
-        if sw is None:
-            return
-        r, w, old = sw
-        self._sigwake = None
-        if threading.current_thread() is not threading.main_thread():
-            # close() off the main thread, which cannot change the wakeup
-            # fd: the pipe stays open (two descriptors), because a signal
-            # still writes to w, and a number reused by another file would
-            # take the byte.
-            return
-        try:
-            mine = signal.set_wakeup_fd(old)
-        except (OSError, ValueError):
-            # The fd to put back was closed (or made blocking) since:
-            # there is none to put back.
-            mine = signal.set_wakeup_fd(-1)
-        if mine != w:
-            signal.set_wakeup_fd(mine)  # set again since: not ours to undo
+        pipe, self._sigwake = self._sigwake, None
+        if pipe is None or not pipe.uninstall():
+            return                      # off the main thread: kept open
         p = self._p
         if p is not None:
-            lib.pe_loop_watch_wake(p, r, 0)
-        os.close(r)
-        os.close(w)
+            lib.pe_loop_watch_wake(p, pipe.r, 0)
+        pipe.close()
 
     def serve(self, on_data: Callable[[int, bytes], Any],
               on_event: Optional[Callable[[int, int, int], Any]] = None,

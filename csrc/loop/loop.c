@@ -413,7 +413,8 @@ static int64_t mono_ns(void)
  * slept.  The poller's count of events, or its -errno. */
 static int busy_wait(pe_loop *l, int timeout_ms)
 {
-    int64_t budget = (int64_t)l->cfg.busy_poll_us * 1000, t0, spent = 0;
+    int64_t full = (int64_t)l->cfg.busy_poll_us * 1000, budget = full, t0;
+    int64_t spent = 0;
     int n;
 
     t0 = mono_ns();
@@ -437,8 +438,7 @@ static int busy_wait(pe_loop *l, int timeout_ms)
     }
     n = pe_poller_wait(l->p, l->evs, l->nevs, timeout_ms);
     l->st.syscalls++;
-    l->spin_ok = !l->spin_ok && n > 0 &&
-                 mono_ns() - t0 < (int64_t)l->cfg.busy_poll_us * 1000;
+    l->spin_ok = !l->spin_ok && n > 0 && mono_ns() - t0 < full;
     return n;
 }
 

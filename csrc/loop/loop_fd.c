@@ -28,6 +28,17 @@ static uint32_t tag_events(uint32_t v)
     return ((v & 1u) ? PE_READ : 0) | ((v & 2u) ? PE_WRITE : 0);
 }
 
+/* Stop watching fd (pe_loop_watch or pe_loop_watch_wake). */
+static int unwatch(pe_loop *l, int fd)
+{
+    int rc = pe_poller_unregister(l->p, fd);
+
+    l->fdmap[fd] = 0;
+    /* Closed before it was forgotten: the close took the kernel's
+     * registration along, which is what forgetting wanted. */
+    return rc == -ENOENT || rc == -EBADF ? 0 : rc;
+}
+
 int pe__loop_watch(pe_loop *l, int fd, uint32_t events)
 {
     uint32_t v, have;
@@ -44,13 +55,8 @@ int pe__loop_watch(pe_loop *l, int fd, uint32_t events)
     if (events == have)
         return 0;
     l->st.syscalls++;
-    if (!events) {
-        rc = pe_poller_unregister(l->p, fd);
-        l->fdmap[fd] = 0;
-        /* Closed before it was forgotten: the close took the kernel's
-         * registration along, which is what forgetting wanted. */
-        return rc == -ENOENT || rc == -EBADF ? 0 : rc;
-    }
+    if (!events)
+        return unwatch(l, fd);
     rc = have ? pe_poller_modify(l->p, fd, events)
               : pe_poller_register(l->p, fd, events);
     if (rc < 0) {
@@ -76,11 +82,8 @@ int pe__loop_watch_wake(pe_loop *l, int fd, int on)
     if (!on == !v)
         return 0;
     l->st.syscalls++;
-    if (!on) {
-        rc = pe_poller_unregister(l->p, fd);
-        l->fdmap[fd] = 0;
-        return rc == -ENOENT || rc == -EBADF ? 0 : rc;
-    }
+    if (!on)
+        return unwatch(l, fd);
     if ((rc = pe_poller_register(l->p, fd, PE_READ)) < 0)
         return rc;
     if ((rc = pe__loop_fdmap_set(l, fd, PE_FD_WAKE_ONLY)) < 0)

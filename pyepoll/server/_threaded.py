@@ -27,13 +27,13 @@ import logging
 import math
 import os
 import select
-import signal
 import socket
 import struct
 import threading
 import time
 from typing import Callable, Deque, Optional, Tuple
 
+from .._binding import WakeupPipe
 from ..http import response
 from . import _connlog
 from ._config import Config
@@ -164,19 +164,14 @@ class ThreadedModel:
         # handler write a byte to a pipe whichever thread takes it, which
         # wakes the poll, and the handler runs as the poll returns.  A pipe
         # of its own: the drain pipe, once written, stays readable.
-        sig_r, sig_w = os.pipe()
-        os.set_blocking(sig_r, False)
-        os.set_blocking(sig_w, False)
-        old_wakeup = None
-        if threading.current_thread() is threading.main_thread():
-            old_wakeup = signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
+        pipe = WakeupPipe()
         try:
-            self._accept_until_stopped(reporter, sig_r)
+            if threading.current_thread() is threading.main_thread():
+                pipe.install()
+            self._accept_until_stopped(reporter, pipe.r)
         finally:
-            if old_wakeup is not None:
-                signal.set_wakeup_fd(old_wakeup)
-            os.close(sig_r)
-            os.close(sig_w)
+            if pipe.uninstall():
+                pipe.close()
         self._drain(reporter)
 
     def _accept_until_stopped(self, reporter, sig_r: int) -> None:
