@@ -199,6 +199,14 @@ class EventLoopModel:
             batch=1024, busy_poll=cfg.busy_poll_us / 1e6 or None)
         self.send = self.loop.send
         self._lid = self.loop.add_listener(listener)
+        # A signal may go to any thread that does not block it (a
+        # --pool-threads worker, libkqueue's own thread), and then no wait
+        # of this one is interrupted: SIGTERM's handler would run at the
+        # next event, maybe never.  The loop watches a signal wakeup fd.
+        # Here, not in run: before the server announces itself, so that
+        # what it holds then (its descriptors) is what it holds serving.
+        if threading.current_thread() is threading.main_thread():
+            self.loop.wake_on_signals()
         self._conn_cls = type("_Conn", (_LoopConn,), {"__slots__": (),
                                                       "_m": self})
         # Indexed by table slot; an entry is checked against the full
@@ -304,12 +312,6 @@ class EventLoopModel:
         # to do between waits: no clock read or calls per wakeup then.
         timed = reporter.active()
         timeout = None
-        # A signal may go to any thread that does not block it (a
-        # --pool-threads worker, libkqueue's own thread), and then no wait
-        # of this one is interrupted: SIGTERM's handler would run at the
-        # next event, maybe never.  The loop watches a signal wakeup fd.
-        if threading.current_thread() is threading.main_thread():
-            loop.wake_on_signals()
         try:
             while True:
                 if timed or self._stop:

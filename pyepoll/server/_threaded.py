@@ -135,6 +135,18 @@ class ThreadedModel:
         self._drain_deadline: Optional[float] = None
         self._reject_answer = response(503, b"503 Service Unavailable\n",
                                        keep_alive=False)
+        # A signal may be delivered to any thread that does not block it,
+        # and then the acceptor's poll() (no timeout without a stats
+        # interval) is not interrupted: SIGTERM's Python handler would wait
+        # for the next connection.  signal.set_wakeup_fd has the C-level
+        # handler write a byte to a pipe whichever thread takes it, which
+        # wakes the poll, and the handler runs as the poll returns.  A pipe
+        # of its own: the drain pipe, once written, stays readable.  Made
+        # here, before the server announces itself, so that what it holds
+        # then (its descriptors) is what it holds serving.
+        self._sig_pipe: Optional[WakeupPipe] = WakeupPipe()
+        if threading.current_thread() is threading.main_thread():
+            self._sig_pipe.install()
 
     # ---------------------------------------------------------------- control
 
@@ -157,22 +169,18 @@ class ThreadedModel:
 
     def run(self, reporter) -> None:
         """Accept on this thread until stopped, then drain."""
-        # A signal may be delivered to any thread that does not block it,
-        # and then the acceptor's poll() (no timeout without a stats
-        # interval) is not interrupted: SIGTERM's Python handler would wait
-        # for the next connection.  signal.set_wakeup_fd has the C-level
-        # handler write a byte to a pipe whichever thread takes it, which
-        # wakes the poll, and the handler runs as the poll returns.  A pipe
-        # of its own: the drain pipe, once written, stays readable.
-        pipe = WakeupPipe()
         try:
-            if threading.current_thread() is threading.main_thread():
-                pipe.install()
-            self._accept_until_stopped(reporter, pipe.r)
+            self._accept_until_stopped(reporter, self._sig_pipe.r)
         finally:
-            if pipe.uninstall():
-                pipe.close()
+            self.close()
         self._drain(reporter)
+
+    def close(self) -> None:
+        """Put back the signal wakeup fd (once; the pipe stays open off
+        the main thread, where it cannot be put back)."""
+        pipe, self._sig_pipe = self._sig_pipe, None
+        if pipe is not None and pipe.uninstall():
+            pipe.close()
 
     def _accept_until_stopped(self, reporter, sig_r: int) -> None:
         listener = self._listener

@@ -33,22 +33,44 @@ if _wanted and pyepoll.best_backend() != _wanted:
 OVER_LIBKQUEUE = sys.platform.startswith("linux") and "kqueue" in BACKENDS
 
 
-def _runs_on_kqueue(item: pytest.Item) -> bool:
-    """Whether the test uses the kqueue backend: its parameters name a
-    backend (ids like "kqueue" or "kqueue-edge"), else the default one."""
+def _backends_named(item: pytest.Item) -> set:
+    """The backends the test's parameters name (ids like "kqueue",
+    "kqueue-edge", "KqueueSelector", "pyepoll.KqueueSelector")."""
     callspec = getattr(item, "callspec", None)
     words = re.split(r"[^a-z]+", callspec.id.lower()) if callspec else []
-    # "kqueue", "kqueue-edge", "KqueueSelector", "pyepoll.KqueueSelector"
-    named = {w[:-len("selector")] if w.endswith("selector") else w
-             for w in words} & {"epoll", "kqueue", "poll", "select"}
+    return {w[:-len("selector")] if w.endswith("selector") else w
+            for w in words} & {"epoll", "kqueue", "poll", "select"}
+
+
+def _runs_on_kqueue(item: pytest.Item) -> bool:
+    """Whether the test uses the kqueue backend: the one its parameters
+    name, else the default one."""
+    named = _backends_named(item)
     return "kqueue" in named if named else pyepoll.best_backend() == "kqueue"
 
 
+# PYEPOLL_TEST_ONLY_BACKEND=kqueue (scripts/test.sh's libkqueue stage): a
+# test whose parameters name another backend is deselected, not run: that
+# backend's code is the same in this build as in the wheel's, tested there.
+_ONLY = os.environ.get("PYEPOLL_TEST_ONLY_BACKEND")
+if _ONLY and _ONLY not in BACKENDS:
+    raise RuntimeError(f"PYEPOLL_TEST_ONLY_BACKEND={_ONLY} but this pyepoll "
+                       f"has {BACKENDS}")
+
+
 def pytest_collection_modifyitems(config, items):
-    """@pytest.mark.libkqueue(reason, strict=True, trigger=None): on kqueue
+    """PYEPOLL_TEST_ONLY_BACKEND (above); and
+    @pytest.mark.libkqueue(reason, strict=True, trigger=None): on kqueue
     over libkqueue (with that trigger, if given) the test is expected to
     fail for that libkqueue behaviour (strict: passing fails the run, so a
     fixed libkqueue is noticed); elsewhere nothing changes."""
+    if _ONLY:
+        other = [i for i in items
+                 if _backends_named(i) and _ONLY not in _backends_named(i)]
+        if other:
+            config.hook.pytest_deselected(items=other)
+            gone = set(map(id, other))
+            items[:] = [i for i in items if id(i) not in gone]
     if not OVER_LIBKQUEUE:
         return
     for item in items:
