@@ -27,7 +27,8 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 mkdir -p "$WORK"
 rm -rf "$WORK/build-c" "$WORK/build-asan" "$WORK/build-asan-py"   # every run builds afresh
 
-say() { printf '\n=== %s\n' "$*"; }
+# Each stage's line says when it began (s since the start): CI's budget.
+say() { printf '\n=== %s (at %d s)\n' "$*" "$SECONDS"; }
 
 say "system packages"
 apt_install() {
@@ -200,7 +201,9 @@ print(sys.implementation.name, sys.version.split()[0], c.__file__)")
 # The chaos test's full length runs in the wheel stage; the later stages
 # run each of its configurations for 1 s, and the ASan and libkqueue stages
 # test the C path of Loop and the asyncio loop only (PYEPOLL_TEST_PATHS=c;
-# the Python path runs here and in the wheel stage): CI's time budget.
+# the Python path runs here and in the wheel stage) and the server's
+# event-loop model only (PYEPOLL_TEST_LOOP_MODEL_ONLY; tests/py/conftest.py
+# says why): CI's time budget.
 # --assert=plain: PyPy before 7.3.16 (Debian 12 ships 7.3.11) can crash in
 # pytest's assertion rewriting, a GC array-copy bug (pypy/pypy#3959, fixed
 # by pypy/pypy#4928; pytest-dev/pytest#11168). A CI run segfaulted there,
@@ -225,7 +228,7 @@ ASAN_RT="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libubsan.so)"
    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
    PYEPOLL_REQUIRE_INSTALLED=1 PYEPOLL_SANITIZED=1 PYEPOLL_CHAOS_SECONDS=1 \
-   PYEPOLL_TEST_PATHS=c \
+   PYEPOLL_TEST_PATHS=c PYEPOLL_TEST_LOOP_MODEL_ONLY=1 \
    "$WORK/venv-asan/bin/pytest" "$ROOT/tests/py" -p no:cacheprovider -q -m "not slow")
 
 say "kqueue over libkqueue"
@@ -276,6 +279,7 @@ if [ -f "$KQ_TARBALL" ]; then
   # is the same here as in the wheel, whose stage runs them.  CI's time.
   (cd "$WORK" && PYEPOLL_DEFAULT_BACKEND=kqueue PYEPOLL_TEST_ONLY_BACKEND=kqueue \
      PYEPOLL_REQUIRE_INSTALLED=1 PYEPOLL_CHAOS_SECONDS=1 PYEPOLL_TEST_PATHS=c \
+     PYEPOLL_TEST_LOOP_MODEL_ONLY=1 \
      "$WORK/venv-kq/bin/pytest" "$ROOT/tests/py" -p no:cacheprovider -q \
      -m "not slow" -rxXs)
   echo "kqueue over libkqueue: $((SECONDS - kq_start))s"

@@ -33,13 +33,18 @@ if _wanted and pyepoll.best_backend() != _wanted:
 OVER_LIBKQUEUE = sys.platform.startswith("linux") and "kqueue" in BACKENDS
 
 
-def _backends_named(item: pytest.Item) -> set:
-    """The backends the test's parameters name (ids like "kqueue",
-    "kqueue-edge", "KqueueSelector", "pyepoll.KqueueSelector")."""
+def _named(item: pytest.Item, names: set) -> set:
+    """Which of `names` the test's parameters name (ids like "kqueue",
+    "kqueue-edge", "KqueueSelector", "pyepoll.KqueueSelector",
+    "threads-queue-echo")."""
     callspec = getattr(item, "callspec", None)
     words = re.split(r"[^a-z]+", callspec.id.lower()) if callspec else []
     return {w[:-len("selector")] if w.endswith("selector") else w
-            for w in words} & {"epoll", "kqueue", "poll", "select"}
+            for w in words} & names
+
+
+def _backends_named(item: pytest.Item) -> set:
+    return _named(item, {"epoll", "kqueue", "poll", "select"})
 
 
 def _runs_on_kqueue(item: pytest.Item) -> bool:
@@ -49,28 +54,42 @@ def _runs_on_kqueue(item: pytest.Item) -> bool:
     return "kqueue" in named if named else pyepoll.best_backend() == "kqueue"
 
 
-# PYEPOLL_TEST_ONLY_BACKEND=kqueue (scripts/test.sh's libkqueue stage): a
-# test whose parameters name another backend is deselected, not run: that
-# backend's code is the same in this build as in the wheel's, tested there.
+# scripts/test.sh's later stages run the part of the suite their build
+# changes; a test whose parameters name something else is deselected (not
+# run, and reported so), as it runs in the wheel stage:
+# PYEPOLL_TEST_ONLY_BACKEND=kqueue (the libkqueue stage): the tests of the
+# other backends, whose code is the same in that build as in the wheel's;
+# PYEPOLL_TEST_LOOP_MODEL_ONLY=1 (the ASan and libkqueue stages): the
+# server's thread models, which do their I/O with blocking sockets and the
+# stdlib's select.poll, not the C loop (their one C part, the HTTP parser,
+# meets the same requests under the event-loop model, and is fuzzed).
 _ONLY = os.environ.get("PYEPOLL_TEST_ONLY_BACKEND")
 if _ONLY and _ONLY not in BACKENDS:
     raise RuntimeError(f"PYEPOLL_TEST_ONLY_BACKEND={_ONLY} but this pyepoll "
                        f"has {BACKENDS}")
+_LOOP_MODEL_ONLY = os.environ.get("PYEPOLL_TEST_LOOP_MODEL_ONLY") == "1"
+
+
+def _elsewhere(item: pytest.Item) -> bool:
+    """Whether the item is one this stage leaves to another (above)."""
+    if _ONLY:
+        named = _backends_named(item)
+        if named and _ONLY not in named:
+            return True
+    return _LOOP_MODEL_ONLY and bool(_named(item, {"threadpool", "threads"}))
 
 
 def pytest_collection_modifyitems(config, items):
-    """PYEPOLL_TEST_ONLY_BACKEND (above); and
+    """The stages' deselection (above); and
     @pytest.mark.libkqueue(reason, strict=True, trigger=None): on kqueue
     over libkqueue (with that trigger, if given) the test is expected to
     fail for that libkqueue behaviour (strict: passing fails the run, so a
     fixed libkqueue is noticed); elsewhere nothing changes."""
-    if _ONLY:
-        other = [i for i in items
-                 if _backends_named(i) and _ONLY not in _backends_named(i)]
+    if _ONLY or _LOOP_MODEL_ONLY:
+        other = [i for i in items if _elsewhere(i)]
         if other:
             config.hook.pytest_deselected(items=other)
-            gone = set(map(id, other))
-            items[:] = [i for i in items if id(i) not in gone]
+            items[:] = [i for i in items if not _elsewhere(i)]
     if not OVER_LIBKQUEUE:
         return
     for item in items:

@@ -190,6 +190,33 @@ def test_check_echo_rejects_a_wrong_byte() -> None:
 
 @linux
 @need_cc
+def test_echo_low_summary_puts_the_latency_floor_beside_each_check() -> None:
+    """Issue 15's latency targets are checked against uvloop with the plain
+    C server's own ratio beside each: the floor of a server that sleeps."""
+    from pyepoll.bench.echo import REF_ECHO, low_summary
+
+    def run(p50: float, p99: float) -> _proc.Run:
+        return _proc.Run(ops=1000, rate=1.0, bad=0, closed=0, p50=p50,
+                         p99=p99, p999=p99, server_user=0.01,
+                         server_sys=0.01, client_cpu=0.0, wall=1.0)
+    point = (1024, 4)
+    results = {_servers.C_ECHO: {point: [run(22.0, 66.0)] * 3},
+               _servers.UVLOOP_ECHO: {point: [run(20.0, 60.0)] * 3},
+               REF_ECHO: {point: [run(19.0, 63.0)] * 3}}
+    out = low_summary(results, [point])
+    i = out.index("floor: plain C epoll p99 vs uvloop, 1 KiB x 4: 1.10x")
+    assert out[i + 1] == check_line(f"{REF_ECHO} p99 vs uvloop, 1 KiB x 4",
+                                    1.05, 1.0, "<=")
+    assert "floor: plain C epoll p50 vs uvloop, 1 KiB x 4: 1.10x" in out
+    assert check_line(f"{REF_ECHO} p50 vs uvloop, 1 KiB x 4", 0.95, 1.0,
+                      "<=") in out
+    # No plain C run: no floor line, the check still there.
+    del results[_servers.C_ECHO]
+    out = low_summary(results, [point])
+    assert not [line for line in out if line.startswith("floor")]
+    assert len(out) == 2
+
+
 def test_c_http_floor_answers_split_and_pipelined_heads() -> None:
     # The HTTP floor server must be right to be a floor: a head split
     # inside its blank line, then three pipelined heads in one write.
