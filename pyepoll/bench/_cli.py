@@ -6,7 +6,8 @@ import argparse
 import sys
 from typing import Callable, Dict, List, Optional, Sequence, TypeVar
 
-from ._proc import Run, Skip, pinning_note, saturation_note
+from ._proc import (STEAL_NOTED_MS, Run, Skip, pinning_note, saturation_note,
+                    steal_note)
 from ._report import Section, have_matplotlib
 from ._servers import Fleet, server_python_description, set_server_python
 
@@ -90,7 +91,10 @@ def interleave(fleet: Fleet, points: Sequence[T], repeats: int,
                 if progress:
                     print(f"  [{r + 1}/{repeats}] {name:30} {point!s:>12}: "
                           f"{run.rate:11,.0f}/s  cpu {run.cpu_per_op_us:7.2f} us/op  "
-                          f"client {run.client_load:4.0%}", file=sys.stderr, flush=True)
+                          f"client {run.client_load:4.0%}"
+                          + (f"  steal {run.steal_ms:,.0f} ms"
+                             if run.steal_ms >= STEAL_NOTED_MS else ""),
+                          file=sys.stderr, flush=True)
     return out
 
 
@@ -105,5 +109,7 @@ def standard_intro(args: argparse.Namespace, extra: str = "") -> List[str]:
 
 
 def client_note(results: Dict[str, Dict[T, List[Run]]], what: str = "throughput") -> Optional[str]:
+    """Was the client the bottleneck; and did the host stall the runs."""
     runs = [run for by_point in results.values() for rs in by_point.values() for run in rs]
-    return saturation_note(runs, what)
+    notes = [n for n in (saturation_note(runs, what), steal_note(runs)) if n]
+    return "; ".join(notes) or None

@@ -360,6 +360,7 @@ class Run:
     client_cpu: float         # client CPU seconds (user + sys)
     wall: float
     server_sleeps: int = 0    # voluntary context switches during the run
+    steal_ms: float = 0.0     # the VM's CPU time the host took during it
 
     @property
     def ops_per_sleep(self) -> float:
@@ -387,6 +388,18 @@ class Run:
         return self.client_load >= SATURATED
 
 
+def steal_ms() -> float:
+    """The machine's steal time so far, ms: on a VM, the time its CPUs were
+    runnable but the host ran something else (/proc/stat; 0 elsewhere).  A
+    round trip caught in it takes that long, whatever the server."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) * 1000.0 / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _run_pinned(cmd: Sequence[str], timeout: float) -> Tuple[str, str, float, int]:
     """Run the client on the client core; (stdout, stderr, wall s, status)."""
     t0 = time.monotonic()
@@ -408,10 +421,11 @@ def run_loadgen(server: ServerProc, mode: str, conns: int, seconds: float,
     # The client's own CPU: RUSAGE_CHILDREN accumulates every reaped child,
     # so take it as a difference around this one.
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    c0, z0 = cpu_sample(server.pid), sleeps(server.pid)
+    c0, z0, st0 = cpu_sample(server.pid), sleeps(server.pid), steal_ms()
     out, err, wall, rc = _run_pinned(
         [str(exe), mode, str(server.port), str(conns), str(seconds), str(arg)],
         timeout=seconds + 30)
+    stolen = steal_ms() - st0
     su, ss = cpu_delta(c0, cpu_sample(server.pid))
     z = sleeps(server.pid) - z0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -423,7 +437,7 @@ def run_loadgen(server: ServerProc, mode: str, conns: int, seconds: float,
     client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     # The client's timed part excludes connecting; so does its CPU, nearly.
     return Run(ops, rate, bad, closed, *map(float, fields[4:7]),
-               su, ss, client_cpu, min(wall, seconds) or wall, z)
+               su, ss, client_cpu, min(wall, seconds) or wall, z, stolen)
 
 
 WRK_PIPELINE = """\
@@ -455,8 +469,9 @@ def run_wrk(server: ServerProc, conns: int, seconds: float, depth: int) -> Run:
         cmd += ["-s", script]
     cmd.append(f"http://127.0.0.1:{server.port}/")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    c0, z0 = cpu_sample(server.pid), sleeps(server.pid)
+    c0, z0, st0 = cpu_sample(server.pid), sleeps(server.pid), steal_ms()
     out, err, wall, rc = _run_pinned(cmd, timeout=seconds + 30)
+    stolen = steal_ms() - st0
     su, ss = cpu_delta(c0, cpu_sample(server.pid))
     z = sleeps(server.pid) - z0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -479,7 +494,24 @@ def run_wrk(server: ServerProc, conns: int, seconds: float, depth: int) -> Run:
         return float(mm.group(1)) * {"us": 1.0, "ms": 1e3, "s": 1e6}[mm.group(2)]
     client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return Run(ops, ops / secs if secs else 0.0, bad, closed, pct("50"), pct("99"),
-               float("nan"), su, ss, client_cpu, secs or wall, z)
+               float("nan"), su, ss, client_cpu, secs or wall, z, stolen)
+
+
+# Less than a clock tick or two is the counter's granularity, not a stall.
+STEAL_NOTED_MS = 20.0
+
+
+def steal_note(runs: Sequence[Run]) -> Optional[str]:
+    """Whether the host took this VM's CPUs during the runs: a round trip
+    waiting out the steal takes its length, so a p99 of milliseconds in
+    such a run is the host's, not the server's."""
+    hit = [r for r in runs if r.steal_ms >= STEAL_NOTED_MS]
+    if not hit:
+        return None
+    return (f"host steal time (the hypervisor ran something else on this "
+            f"VM's CPUs) in {len(hit)} of {len(runs)} runs, up to "
+            f"{max(r.steal_ms for r in hit):,.0f} ms in one: latency "
+            f"tails of milliseconds there are the host's")
 
 
 def saturation_note(runs: Sequence[Run], what: str = "throughput") -> Optional[str]:

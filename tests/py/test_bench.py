@@ -217,6 +217,31 @@ def test_echo_low_summary_puts_the_latency_floor_beside_each_check() -> None:
     assert len(out) == 2
 
 
+def test_steal_time_is_counted_and_named_in_the_client_note() -> None:
+    """A VM's host may take its CPUs for tens of ms (seen: 100 ms stalls
+    with the client and server each on a core): a run that saw steal time
+    says so, beside the client's saturation."""
+    from pyepoll.bench import _cli
+
+    a = _proc.steal_ms()
+    assert a >= 0.0 and _proc.steal_ms() >= a    # a counter: never back
+
+    def run(steal: float) -> _proc.Run:
+        return _proc.Run(ops=1000, rate=1.0, bad=0, closed=0, p50=1.0,
+                         p99=2.0, p999=3.0, server_user=0.01,
+                         server_sys=0.0, client_cpu=0.2, wall=1.0,
+                         steal_ms=steal)
+    quiet = {"x": {1: [run(0.0), run(10.0)]}}
+    assert _proc.steal_note([run(0.0), run(10.0)]) is None
+    assert _cli.client_note(quiet) == _proc.saturation_note(quiet["x"][1])
+    stalled = {"x": {1: [run(0.0), run(110.0)]}, "y": {1: [run(1500.0)]}}
+    note = _cli.client_note(stalled)
+    sat, steal = note.split("; host steal time")
+    assert sat == "load client not saturated: at most 20% of its core in every run"
+    assert steal.startswith(" (the hypervisor ran something else")
+    assert "in 2 of 3 runs, up to 1,500 ms in one" in steal
+
+
 def test_c_http_floor_answers_split_and_pipelined_heads() -> None:
     # The HTTP floor server must be right to be a floor: a head split
     # inside its blank line, then three pipelined heads in one write.
