@@ -414,30 +414,53 @@ def _run_pinned(cmd: Sequence[str], timeout: float) -> Tuple[str, str, float, in
     return out, err, time.monotonic() - t0, proc.returncode
 
 
-def run_loadgen(server: ServerProc, mode: str, conns: int, seconds: float,
-                arg: int) -> Run:
-    """mode "echo" (arg = message size) or "http" (arg = pipeline depth)."""
-    exe = loadgen()
+@dataclass
+class _Measured:
+    """One load client's run and what it cost, measured around it."""
+
+    out: str
+    err: str
+    wall: float
+    rc: int
+    server_user: float
+    server_sys: float
+    server_sleeps: int
+    steal_ms: float
+    client_cpu: float
+
+
+def _run_measured(server: ServerProc, cmd: Sequence[str], timeout: float) -> _Measured:
+    """_run_pinned, with the server's CPU and sleeps, the machine's steal
+    time and the client's own CPU over the run."""
     # The client's own CPU: RUSAGE_CHILDREN accumulates every reaped child,
     # so take it as a difference around this one.
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     c0, z0, st0 = cpu_sample(server.pid), sleeps(server.pid), steal_ms()
-    out, err, wall, rc = _run_pinned(
-        [str(exe), mode, str(server.port), str(conns), str(seconds), str(arg)],
-        timeout=seconds + 30)
+    out, err, wall, rc = _run_pinned(cmd, timeout)
     stolen = steal_ms() - st0
     su, ss = cpu_delta(c0, cpu_sample(server.pid))
     z = sleeps(server.pid) - z0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    fields = out.split()
-    if len(fields) != 7:
-        raise RuntimeError(f"{server.name}: load client failed (status {rc}): "
-                           f"{err.strip() or out.strip()}")
-    ops, rate, bad, closed = int(fields[0]), float(fields[1]), int(fields[2]), int(fields[3])
     client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return _Measured(out, err, wall, rc, su, ss, z, stolen, client_cpu)
+
+
+def run_loadgen(server: ServerProc, mode: str, conns: int, seconds: float,
+                arg: int) -> Run:
+    """mode "echo" (arg = message size) or "http" (arg = pipeline depth)."""
+    exe = loadgen()
+    m = _run_measured(
+        server, [str(exe), mode, str(server.port), str(conns), str(seconds), str(arg)],
+        timeout=seconds + 30)
+    fields = m.out.split()
+    if len(fields) != 7:
+        raise RuntimeError(f"{server.name}: load client failed (status {m.rc}): "
+                           f"{m.err.strip() or m.out.strip()}")
+    ops, rate, bad, closed = int(fields[0]), float(fields[1]), int(fields[2]), int(fields[3])
     # The client's timed part excludes connecting; so does its CPU, nearly.
     return Run(ops, rate, bad, closed, *map(float, fields[4:7]),
-               su, ss, client_cpu, min(wall, seconds) or wall, z, stolen)
+               m.server_user, m.server_sys, m.client_cpu,
+               min(m.wall, seconds) or m.wall, m.server_sleeps, m.steal_ms)
 
 
 WRK_PIPELINE = """\
@@ -468,16 +491,11 @@ def run_wrk(server: ServerProc, conns: int, seconds: float, depth: int) -> Run:
             f.write(WRK_PIPELINE % depth)
         cmd += ["-s", script]
     cmd.append(f"http://127.0.0.1:{server.port}/")
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    c0, z0, st0 = cpu_sample(server.pid), sleeps(server.pid), steal_ms()
-    out, err, wall, rc = _run_pinned(cmd, timeout=seconds + 30)
-    stolen = steal_ms() - st0
-    su, ss = cpu_delta(c0, cpu_sample(server.pid))
-    z = sleeps(server.pid) - z0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run = _run_measured(server, cmd, timeout=seconds + 30)
+    out = run.out
     m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
-    if rc != 0 or not m:
-        raise RuntimeError(f"{server.name}: wrk failed: {err.strip() or out.strip()}")
+    if run.rc != 0 or not m:
+        raise RuntimeError(f"{server.name}: wrk failed: {run.err.strip() or out.strip()}")
     ops = int(m.group(1))
     secs = float(m.group(2)) * {"ms": 1e-3, "s": 1.0, "m": 60.0}.get(m.group(3), 1.0)
     bad = int(re.search(r"Non-2xx or 3xx responses: (\d+)", out).group(1)) \
@@ -492,9 +510,9 @@ def run_wrk(server: ServerProc, conns: int, seconds: float, depth: int) -> Run:
             # deep pipelining): not a measurement.
             return float("nan")
         return float(mm.group(1)) * {"us": 1.0, "ms": 1e3, "s": 1e6}[mm.group(2)]
-    client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return Run(ops, ops / secs if secs else 0.0, bad, closed, pct("50"), pct("99"),
-               float("nan"), su, ss, client_cpu, secs or wall, z, stolen)
+               float("nan"), run.server_user, run.server_sys, run.client_cpu,
+               secs or run.wall, run.server_sleeps, run.steal_ms)
 
 
 # Less than a clock tick or two is the counter's granularity, not a stall.

@@ -14,6 +14,7 @@ figure that still separates servers then."""
 from __future__ import annotations
 
 import argparse
+import operator
 from typing import Dict, List, Optional
 
 from . import _cli
@@ -215,16 +216,16 @@ def low_summary(results: Dict[str, Dict[object, List[Run]]], low) -> List[str]:
                            r(REF_BUSY, C_ECHO), 1.1, "<=")]
     for point in low:
         for q in ("p50", "p99"):
+            latency = operator.attrgetter(q)
             # Where a server that sleeps between events stands: the plain
             # C server's latency against uvloop's, measured beside them.
-            c = paired_ratio(results, C_ECHO, UVLOOP_ECHO, point,
-                             lambda x, q=q: getattr(x, q))
+            c = paired_ratio(results, C_ECHO, UVLOOP_ECHO, point, latency)
             if c is not None:
                 out.append(f"floor: plain C epoll {q} vs uvloop, "
                            f"{low_label(point)}: {c:.2f}x")
             for name in (REF_ECHO, REF_BUSY) if busy else (REF_ECHO,):
                 ratio = paired_ratio(results, name, UVLOOP_ECHO, point,
-                                     lambda x, q=q: getattr(x, q))
+                                     latency)
                 out.append(check_line(f"{name} {q} vs uvloop, "
                                       f"{low_label(point)}", ratio, 1.0, "<="))
     return out

@@ -86,10 +86,12 @@ def pytest_collection_modifyitems(config, items):
     fail for that libkqueue behaviour (strict: passing fails the run, so a
     fixed libkqueue is noticed); elsewhere nothing changes."""
     if _ONLY or _LOOP_MODEL_ONLY:
-        other = [i for i in items if _elsewhere(i)]
+        keep, other = [], []
+        for item in items:
+            (other if _elsewhere(item) else keep).append(item)
         if other:
             config.hook.pytest_deselected(items=other)
-            items[:] = [i for i in items if not _elsewhere(i)]
+            items[:] = keep
     if not OVER_LIBKQUEUE:
         return
     for item in items:

@@ -188,8 +188,6 @@ def test_check_echo_rejects_a_wrong_byte() -> None:
         bad.close()
 
 
-@linux
-@need_cc
 def test_echo_low_summary_puts_the_latency_floor_beside_each_check() -> None:
     """Issue 15's latency targets are checked against uvloop with the plain
     C server's own ratio beside each: the floor of a server that sleeps."""
@@ -242,6 +240,8 @@ def test_steal_time_is_counted_and_named_in_the_client_note() -> None:
     assert "in 2 of 3 runs, up to 1,500 ms in one" in steal
 
 
+@linux
+@need_cc
 def test_c_http_floor_answers_split_and_pipelined_heads() -> None:
     # The HTTP floor server must be right to be a floor: a head split
     # inside its blank line, then three pipelined heads in one write.
