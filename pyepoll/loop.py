@@ -118,7 +118,7 @@ _iter_bevents = struct.Struct("=4Q").iter_unpack
 _sp: Any = load_speedups()
 _LoopCalls: Any = None if _sp is None else _sp.LoopCalls
 _CALL_ADDRS = tuple(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
-                    for name in ("pe_loop_run_batch", "pe_loop_send",
+                    for name in ("pe_loop_run_batch_repeat", "pe_loop_send",
                                  "pe_loop_reply", "pe_loop_run",
                                  "pe_loop_read", "pe_loop_unget"))
 
@@ -697,7 +697,8 @@ class Loop:
         0), so the caller handles :data:`EV_DATA` as after
         :meth:`wait_batch`.  Signal handlers run between two waits.  With
         one client doing round trips, no Python code runs per round trip
-        on CPython (the loop is in C there)."""
+        on CPython (the loop is in C there); with :meth:`wake_on_signals`
+        on, the GIL is not taken per round trip either."""
         ms = -1 if timeout is None else timeout_to_ms(timeout)
         deadline = _monotonic() + ms / 1000.0 if ms > 0 else 0.0
         queue = self.queue_echo
@@ -860,7 +861,13 @@ class Loop:
         It sets :func:`signal.set_wakeup_fd` to a pipe the loop watches
         (reading it in C, reporting nothing), so it must be called from
         the main thread, and it replaces the wakeup fd set before, which
-        ``False`` puts back."""
+        ``False`` puts back.
+
+        On CPython it also lets the C loop go on from run to run without
+        the GIL while they need no Python (the echoes of
+        :meth:`wait_batch_echo`, :meth:`set_canned` answers): a signal
+        brings it back at once, so the GIL is taken once per batch that
+        Python handles, not once per round trip."""
         p = self._check_open()
         if not on:
             self._sigwake_off()
@@ -876,9 +883,13 @@ class Loop:
             pipe.close()
             raise
         self._sigwake = pipe
+        if self._fast is not None:
+            self._fast.sigwake(True)
 
     def _sigwake_off(self) -> None:
         pipe, self._sigwake = self._sigwake, None
+        if pipe is not None and self._fast is not None:
+            self._fast.sigwake(False)
         if pipe is None or not pipe.uninstall():
             return                      # off the main thread: kept open
         p = self._p

@@ -32,7 +32,7 @@
 
 typedef int (*run_fn)(pe_loop *, struct pe_loop_event *, int, int);
 typedef int64_t (*read_fn)(pe_loop *, pe_handle, void *, size_t);
-typedef int (*run_batch_fn)(pe_loop *, int, int);
+typedef int (*run_batch_fn)(pe_loop *, int, int, unsigned);
 typedef int64_t (*send_fn)(pe_loop *, pe_handle, const void *, size_t);
 typedef int64_t (*reply_fn)(pe_loop *, pe_handle, uint32_t, uint32_t);
 typedef int (*unget_fn)(pe_loop *, const struct pe_loop_event *, int);
@@ -102,6 +102,10 @@ typedef struct {
     int echoq_is_array;         /* exactly an array.array: see echoes_queued */
     PyObject *owners;           /* cffi objects that own l and the buffers */
     int stopping;               /* Loop.stop() came: serve returns */
+    /* Loop.wake_on_signals is on: every signal wakes the C loop, so runs
+     * that need no Python may follow each other without the GIL (see
+     * run_batch). */
+    int sigwake;
     /* serve's (h, data) for on_data, filled again for the next message
      * when nobody else kept it: PyObject_Call on a tuple is ~70
      * instructions less than PyObject_CallFunctionObjArgs, which
@@ -774,15 +778,20 @@ static PyObject *lc_recv(PyObject *self, PyObject *const *args,
  * C echo) is run again here after the signal handlers, as a wait that a
  * signal interrupted would: a signal that came while the loop was
  * answering interrupted no syscall, and must not wait for the next
- * event to be handled. */
-static int run_batch(LoopCalls *c, int necho, int ms)
+ * event to be handled.  With wake_on_signals on, a signal wakes the loop
+ * wherever it is, so the core repeats such runs (and, with echo, echoes
+ * batches of DATA only) itself: the GIL is taken once per batch Python
+ * needs, not once per round trip (~400 instructions of one, issue 15). */
+static int run_batch(LoopCalls *c, int necho, int ms, int echo)
 {
+    unsigned flags = !c->sigwake ? 0
+                     : PE_RUN_AGAIN_EMPTY | (echo ? PE_RUN_ECHO_DATA : 0);
     int n;
 
     for (;;) {
         pe_loop *l = c->l;
 
-        PE_PY_WAIT(n, ms, c->run_batch(l, necho, ms));
+        PE_PY_WAIT(n, ms, c->run_batch(l, necho, ms, flags));
         if (n != 0 || ms >= 0 || c->l == NULL)
             return n;
         if (PyErr_CheckSignals() < 0)
@@ -835,7 +844,7 @@ static PyObject *lc_wait_batch(PyObject *self, PyObject *const *args,
             return NULL;
         goto python;
     }
-    if ((n = run_batch(c, necho, ms)) == RUN_RAISED)
+    if ((n = run_batch(c, necho, ms, 0)) == RUN_RAISED)
         return NULL;
     if (c->l == NULL || (n <= 0 && (n || ms)))
         return wait_tail(c, PY_BATCH_TAIL, n, ms, t0);
@@ -893,7 +902,7 @@ static PyObject *lc_wait_batch_echo(PyObject *self, PyObject *const *args,
     }
     ms0 = ms;
     for (;;) {
-        if ((n = run_batch(c, necho, ms)) == RUN_RAISED)
+        if ((n = run_batch(c, necho, ms, 1)) == RUN_RAISED)
             return NULL;                /* the echoes went out */
         /* As wait_batch: the Python tail, with the whole timeout. */
         if (c->l == NULL || (n <= 0 && (n || ms)))
@@ -1326,6 +1335,17 @@ static PyObject *lc_stop(PyObject *self, PyObject *on)
     Py_RETURN_NONE;
 }
 
+/* sigwake(on): Loop.wake_on_signals is on (True) or off (False). */
+static PyObject *lc_sigwake(PyObject *self, PyObject *on)
+{
+    int v = PyObject_IsTrue(on);
+
+    if (v < 0)
+        return NULL;
+    ((LoopCalls *)self)->sigwake = v;
+    Py_RETURN_NONE;
+}
+
 #define FAST(name, doc)                                         \
     {#name, (PyCFunction)(void (*)(void))lc_##name,             \
      METH_FASTCALL | METH_KEYWORDS, doc}
@@ -1340,6 +1360,8 @@ static PyMethodDef lc_methods[] = {
     {"serve", (PyCFunction)(void (*)(void))lc_serve, METH_FASTCALL,
      "serve(on_data, on_event, ms): Loop.serve's loop"},
     {"stop", lc_stop, METH_O, "stop(on): Loop.stop's flag"},
+    {"sigwake", lc_sigwake, METH_O,
+     "sigwake(on): Loop.wake_on_signals is on or off"},
     {"setup", lc_setup, METH_VARARGS, "setup(eq, ev, cap, owners)"},
     {"detach", lc_detach, METH_NOARGS,
      "forget the C loop: the Loop closed (or is the parent's)"},

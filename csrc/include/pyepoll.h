@@ -325,6 +325,26 @@ int pe_loop_batch_setup(pe_loop *l, const pe_handle *echo, size_t echo_cap,
                         struct pe_loop_bevent *out, int max, void *buf,
                         size_t buflen);
 int pe_loop_run_batch(pe_loop *l, int necho, int timeout_ms);
+/* pe_loop_run_batch_repeat flags. */
+#define PE_RUN_ECHO_DATA   0x1  /* a batch of DATA only: echo it, run again */
+#define PE_RUN_AGAIN_EMPTY 0x2  /* a run that made no event: run again */
+/* pe_loop_run_batch, run again inside the loop while its batch needs
+ * nothing of the caller: with PE_RUN_ECHO_DATA a batch of DATA events only
+ * is echoed (as pe_loop_echo would, each event's bytes sent back once) and
+ * the loop runs again; with PE_RUN_AGAIN_EMPTY a run that made no event
+ * (its reads all answered by pe_loop_set_canned, or one that returned
+ * early) runs again, with what is left of the timeout.  The caller's
+ * echoes go out with the first run.  Returns as pe_loop_run_batch, and at
+ * once after a run in which a
+ * pe_loop_watch_wake fd was read (a signal: the caller's handlers must
+ * run), in which the loop began closing, or after which the timeout is up
+ * (the last batch, maybe DATA only, is then the caller's).  For a caller
+ * that must take a lock to look at a batch (CPython's GIL): it takes it
+ * once per batch it needs, not once per run.  Signals reach a caller only
+ * through a watch_wake fd or an interrupted wait, so without such an fd it
+ * must pass no flag (one run, as pe_loop_run_batch). */
+int pe_loop_run_batch_repeat(pe_loop *l, int necho, int timeout_ms,
+                             unsigned flags);
 /* pe_loop_send of len bytes at off in the buffer the last
  * pe_loop_run_into filled (-EINVAL outside it): an echo-like reply with
  * no conversion of a buffer object. */

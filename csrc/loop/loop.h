@@ -93,6 +93,7 @@ struct pe_loop {
     /* cfg.busy_poll_us: the last wait ended within it, so the next one
      * polls first (a wait that had to sleep longer does not). */
     int spin_ok;
+    int woke;                    /* a watch_wake fd was read (run_repeat) */
     uint64_t emfile_until;       /* ms: retry accepting after EMFILE */
     int reserve_fd;              /* spare descriptor for EMFILE */
 
@@ -166,6 +167,8 @@ int     pe__loop_batch_setup(pe_loop *l, const pe_handle *echo, size_t echo_cap,
                              struct pe_loop_bevent *out, int max, void *buf,
                              size_t buflen);
 int     pe__loop_run_batch(pe_loop *l, int necho, int timeout_ms);
+int     pe__loop_run_batch_repeat(pe_loop *l, int necho, int timeout_ms,
+                                  unsigned flags);
 int64_t pe__loop_read(pe_loop *l, pe_handle h, void *buf, size_t len);
 int64_t pe__loop_send(pe_loop *l, pe_handle h, const void *buf, size_t len);
 int64_t pe__loop_reply(pe_loop *l, pe_handle h, uint32_t off, uint32_t len);

@@ -49,30 +49,71 @@ int64_t pe__loop_reply(pe_loop *l, pe_handle h, uint32_t off, uint32_t len)
     return pe__loop_send(l, h, l->bbuf + off, len);
 }
 
-int pe__loop_echo(pe_loop *l, const pe_handle *hs, size_t n)
+/* h's DATA of the last batch sent back, once: 1 if sent or queued. */
+static int echo_one(pe_loop *l, pe_handle h)
 {
     struct pe_loop_bevent *e;
     struct pe_conn *c;
     uint32_t idx;
     int64_t rc;
+
+    if (!(c = pe__ct_get(&l->ct, h)) || !c->bidx)
+        return 0;
+    idx = c->bidx - 1;
+    c->bidx = 0;                         /* once per DATA */
+    if (idx >= l->bn || (e = &l->bout[idx])->handle != h ||
+        e->kind != PE_EV_DATA)
+        return 0;                        /* its DATA was in an older batch */
+    rc = pe__loop_send(l, h, l->bbuf + e->off, (size_t)e->arg);
+    if (rc == -ENOBUFS)                  /* nobody to tell but CLOSED */
+        pe__conn_close(l, (uint32_t)h, ENOBUFS);
+    return rc >= 0;
+}
+
+int pe__loop_echo(pe_loop *l, const pe_handle *hs, size_t n)
+{
     size_t i;
     int sent = 0;
 
-    for (i = 0; i < n; i++) {
-        if (!(c = pe__ct_get(&l->ct, hs[i])) || !c->bidx)
-            continue;
-        idx = c->bidx - 1;
-        c->bidx = 0;                     /* once per DATA */
-        if (idx >= l->bn || (e = &l->bout[idx])->handle != hs[i] ||
-            e->kind != PE_EV_DATA)
-            continue;                    /* its DATA was in an older batch */
-        rc = pe__loop_send(l, hs[i], l->bbuf + e->off, (size_t)e->arg);
-        if (rc == -ENOBUFS)              /* nobody to tell but CLOSED */
-            pe__conn_close(l, (uint32_t)hs[i], ENOBUFS);
-        else if (rc >= 0)
-            sent++;
-    }
+    for (i = 0; i < n; i++)
+        sent += echo_one(l, hs[i]);
     return sent;
+}
+
+/* The runs a binding would otherwise make one by one, each between taking
+ * and giving up its lock: only the first gets the caller's echoes. */
+int pe__loop_run_batch_repeat(pe_loop *l, int necho, int timeout_ms,
+                              unsigned flags)
+{
+    uint64_t deadline = 0, now;
+    int n, i;
+
+    if (flags & ~(unsigned)(PE_RUN_ECHO_DATA | PE_RUN_AGAIN_EMPTY))
+        return -EINVAL;
+    if (timeout_ms > 0)
+        deadline = l->clock(l->clock_arg) + (uint64_t)timeout_ms;
+    for (;;) {
+        l->woke = 0;
+        n = pe__loop_run_batch(l, necho, timeout_ms);
+        if (n < 0 || l->woke || atomic_load(&l->closing) || timeout_ms == 0)
+            return n;
+        if (!(flags & (n ? PE_RUN_ECHO_DATA : PE_RUN_AGAIN_EMPTY)))
+            return n;
+        for (i = 0; i < n && l->sb_out[i].kind == PE_EV_DATA; i++)
+            ;
+        if (i < n)
+            return n;
+        /* A run may return nothing before its time (a poll for pending
+         * reads, a stale event); the whole timeout is the call's. */
+        if (timeout_ms > 0) {
+            if ((now = l->clock(l->clock_arg)) >= deadline)
+                return n;
+            timeout_ms = (int)(deadline - now);
+        }
+        for (i = 0; i < n; i++)
+            echo_one(l, l->sb_out[i].handle);
+        necho = 0;
+    }
 }
 
 int pe__loop_set_canned(pe_loop *l, const void *ask, size_t ask_len,

@@ -116,6 +116,7 @@ void pe__fd_event(pe_loop *l, uint32_t v, const struct pe_event *ev)
 
     if (v == PE_FD_WAKE_ONLY) {
         wake_drain(l, ev->fd);
+        l->woke = 1;
         return;
     }
 

@@ -81,6 +81,8 @@ GUARDED(int, batch_setup, (pe_loop *l, const pe_handle *echo, size_t echo_cap,
         (l, echo, echo_cap, out, max, buf, buflen))
 GUARDED(int, run_batch, (pe_loop *l, int necho, int timeout_ms),
         (l, necho, timeout_ms))
+GUARDED(int, run_batch_repeat, (pe_loop *l, int necho, int timeout_ms,
+                                unsigned flags), (l, necho, timeout_ms, flags))
 GUARDED(int, add_listener, (pe_loop *l, int fd), (l, fd))
 GUARDED(int, remove_listener, (pe_loop *l, int id), (l, id))
 GUARDED(int64_t, read, (pe_loop *l, pe_handle h, void *buf, size_t len),

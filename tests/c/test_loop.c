@@ -2300,6 +2300,181 @@ static void test_canned_two_no_events(void **state)
     env_close(&e);
 }
 
+/* --------------------------------------------------- runs repeated inside */
+
+/* A blocking client thread: rounds of `ask` answered by `answer` (each
+ * checked), then a half-close; or, with wake_fd >= 0, a byte written to
+ * wake_fd instead (a signal's wakeup). */
+struct asker {
+    int fd, wake_fd, rounds, done;
+    const char *ask, *answer;
+    size_t asklen, anslen;
+};
+
+static void *asker_main(void *arg)
+{
+    struct asker *a = arg;
+    char got[256];
+
+    for (a->done = 0; a->done < a->rounds; a->done++) {
+        size_t n = 0;
+        ssize_t r;
+
+        if (send(a->fd, a->ask, a->asklen, 0) != (ssize_t)a->asklen)
+            return NULL;
+        while (n < a->anslen) {
+            if ((r = recv_wait(a->fd, got + n, a->anslen - n,
+                               DEADLINE_MS)) <= 0)
+                return NULL;
+            n += (size_t)r;
+        }
+        if (memcmp(got, a->answer, a->anslen) != 0)
+            return NULL;
+    }
+    if (a->wake_fd >= 0)
+        (void)!write(a->wake_fd, "s", 1);
+    else
+        shutdown(a->fd, SHUT_WR);
+    return NULL;
+}
+
+static void repeat_setup(struct env *e, void **state, struct batch *b,
+                         unsigned char *buf, size_t len)
+{
+    struct pe_loop_config cfg;
+
+    base_config(&cfg, state);
+    env_open(e, &cfg);
+    b->buf = buf;
+    b->len = len;
+    b->necho = 0;
+    assert_int_equal(pe_loop_batch_setup(e->l, b->echo, 256, b->out, 256,
+                                         b->buf, b->len), 0);
+}
+
+/* ECHO_DATA: 200 round trips, each a batch of one DATA, are all echoed
+ * inside one call, which returns with the client's EOF; the events count
+ * every DATA.  (AGAIN_EMPTY: edge mode's poll for a pending read may
+ * make a run return nothing early.) */
+static void test_run_repeat_echo(void **state)
+{
+    static unsigned char buf[65536];
+    static struct batch b;
+    struct asker a = { -1, -1, 200, 0, NULL, NULL, 64, 64 };
+    char msg[64];
+    struct pe_loop_stats before;
+    struct env e;
+    pthread_t t;
+    pe_handle h;
+    int n;
+
+    repeat_setup(&e, state, &b, buf, sizeof(buf));
+    memset(msg, 'e', sizeof(msg));
+    a.ask = a.answer = msg;
+    a.fd = tcp_client(e.port, 0);
+    h = next_open(&e);
+    before = stats(&e);
+    assert_int_equal(pthread_create(&t, NULL, asker_main, &a), 0);
+    n = pe_loop_run_batch_repeat(e.l, 0, DEADLINE_MS,
+                                 PE_RUN_ECHO_DATA | PE_RUN_AGAIN_EMPTY);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(a.done, 200);
+    assert_int_equal(n, 1);
+    assert_int_equal(b.out[0].kind, PE_EV_EOF);
+    assert_true(b.out[0].handle == h);
+    assert_int_equal(stats(&e).bytes_out - before.bytes_out, 200 * 64);
+    assert_int_equal(stats(&e).events - before.events, 201);
+    close(a.fd);
+    env_close(&e);
+}
+
+/* AGAIN_EMPTY: runs whose reads were all answered (canned) follow each
+ * other inside one call, which returns 0 once a watch_wake fd is read;
+ * a byte already there ends the call after one run. */
+static void test_run_repeat_canned_until_woken(void **state)
+{
+    static unsigned char buf[65536];
+    static struct batch b;
+    struct asker a = { -1, -1, 100, 0, ASK, ANSWER, sizeof(ASK) - 1,
+                       sizeof(ANSWER) - 1 };
+    struct env e;
+    pthread_t t;
+    pe_handle h;
+    int wp[2];
+
+    repeat_setup(&e, state, &b, buf, sizeof(buf));
+    assert_int_equal(pipe2(wp, O_NONBLOCK | O_CLOEXEC), 0);
+    assert_int_equal(pe_loop_watch_wake(e.l, wp[0], 1), 0);
+    a.wake_fd = wp[1];
+    a.fd = tcp_client(e.port, 0);
+    h = next_open(&e);
+    assert_int_equal(pe_loop_set_canned(e.l, ASK, sizeof(ASK) - 1, ANSWER,
+                                        sizeof(ANSWER) - 1,
+                                        (int64_t)time(NULL) + 3600), 0);
+    assert_int_equal(pe_loop_canned_mark(e.l, h, 1), 0);
+    assert_int_equal(pthread_create(&t, NULL, asker_main, &a), 0);
+    assert_int_equal(pe_loop_run_batch_repeat(e.l, 0, -1,
+                                              PE_RUN_AGAIN_EMPTY), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(a.done, 100);
+    assert_int_equal(stats(&e).canned, 100);
+    /* Woken before the call: one run, nothing to report. */
+    assert_int_equal(write(wp[1], "s", 1), 1);
+    assert_int_equal(pe_loop_run_batch_repeat(e.l, 0, -1,
+                                              PE_RUN_AGAIN_EMPTY |
+                                              PE_RUN_ECHO_DATA), 0);
+    assert_int_equal(pe_loop_watch_wake(e.l, wp[0], 0), 0);
+    close(wp[0]);
+    close(wp[1]);
+    close(a.fd);
+    env_close(&e);
+}
+
+/* Without flags it is one run (a DATA batch comes back unanswered); with
+ * a timeout, a data-only batch that came when the time was up is the
+ * caller's; bad flags and a loop without setup are refused. */
+static void test_run_repeat_once_and_refusals(void **state)
+{
+    static unsigned char buf[65536];
+    static struct batch b;
+    struct pe_loop_config cfg;
+    char got[8];
+    struct env e;
+    pe_handle h;
+    int fd, n;
+
+    base_config(&cfg, state);
+    env_open(&e, &cfg);
+    assert_int_equal(pe_loop_run_batch_repeat(e.l, 0, 0, 0), -EINVAL);
+    env_close(&e);
+    repeat_setup(&e, state, &b, buf, sizeof(buf));
+    assert_int_equal(pe_loop_run_batch_repeat(e.l, 0, 0, 0x4), -EINVAL);
+    fd = tcp_client(e.port, 0);
+    h = next_open(&e);
+    assert_int_equal(send(fd, "ping", 4, 0), 4);
+    n = pe_loop_run_batch_repeat(e.l, 0, DEADLINE_MS, 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(b.out[0].kind, PE_EV_DATA);
+    assert_true(b.out[0].handle == h);
+    assert_int_equal(recv_wait(fd, got, sizeof(got), 50), -2);
+    /* Time up (a poll): the data-only batch is returned, not echoed. */
+    assert_int_equal(send(fd, "pong", 4, 0), 4);
+    sleep_ms(20);
+    n = pe_loop_run_batch_repeat(e.l, 0, 0, PE_RUN_ECHO_DATA);
+    assert_int_equal(n, 1);
+    assert_int_equal(b.out[0].kind, PE_EV_DATA);
+    assert_memory_equal(buf + b.out[0].off, "pong", 4);
+    assert_int_equal(recv_wait(fd, got, sizeof(got), 50), -2);
+    /* The caller's echoes go out with the first run. */
+    b.echo[0] = h;
+    assert_int_equal(pe_loop_run_batch_repeat(e.l, 1, 0, PE_RUN_ECHO_DATA),
+                     0);
+    assert_int_equal(recv_wait(fd, got, sizeof(got), 1000), 4);
+    assert_memory_equal(got, "pong", 4);
+    close(fd);
+    env_close(&e);
+}
+
 /* ------------------------------------------------------------------ main */
 
 #define T(f) cmocka_unit_test(f)
@@ -2398,6 +2573,9 @@ int main(void)
         T(test_batch_small_buffer),
         T(test_batch_echo_refusals),
         T(test_batch_echo_enobufs),
+        T(test_run_repeat_echo),
+        T(test_run_repeat_canned_until_woken),
+        T(test_run_repeat_once_and_refusals),
         T(test_batch_stale_data_dropped),
         T(test_batch_direct_and_ring),
         T(test_canned),

@@ -2573,9 +2573,18 @@ class _RoundTrips(threading.Thread):
         self.sock.close()
 
 
-def test_wait_batch_echo_answers_round_trips_in_one_call(loop_path):
+# With wake_on_signals on, the C loop repeats the runs itself (no GIL
+# between them, pe_loop_run_batch_repeat); off, the binding does.
+SIGWAKE = [pytest.param(False, id="sigwake-off"),
+           pytest.param(True, id="sigwake-on")]
+
+
+@pytest.mark.parametrize("sigwake", SIGWAKE)
+def test_wait_batch_echo_answers_round_trips_in_one_call(loop_path, sigwake):
     loop = Loop()
     try:
+        if sigwake:
+            loop.wake_on_signals()
         [(c, h)] = _open_conns(loop, 1)
         before = loop.stats()
         rt = _RoundTrips(c, 300)
@@ -2594,9 +2603,12 @@ def test_wait_batch_echo_answers_round_trips_in_one_call(loop_path):
         loop.close()
 
 
-def test_wait_batch_echo_returns_mixed_batches_unanswered(loop_path):
+@pytest.mark.parametrize("sigwake", SIGWAKE)
+def test_wait_batch_echo_returns_mixed_batches_unanswered(loop_path, sigwake):
     loop = Loop()
     try:
+        if sigwake:
+            loop.wake_on_signals()
         [(c, h)] = _open_conns(loop, 1)
         c.sendall(b"ping")
         loop.wakeup()
@@ -2637,9 +2649,12 @@ def test_wait_batch_echo_poll_returns_data_as_is(loop_path):
         loop.close()
 
 
-def test_wait_batch_echo_keeps_its_timeout_while_echoing(loop_path):
+@pytest.mark.parametrize("sigwake", SIGWAKE)
+def test_wait_batch_echo_keeps_its_timeout_while_echoing(loop_path, sigwake):
     loop = Loop()
     try:
+        if sigwake:
+            loop.wake_on_signals()
         [(c, h)] = _open_conns(loop, 1)
         assert list(loop.wait_batch_echo(0.05)) == []       # nothing came
         rt = _RoundTrips(c, 10**6)

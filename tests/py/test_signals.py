@@ -23,7 +23,7 @@ import time
 import pytest
 
 import pyepoll
-from pyepoll import Loop, Poller, READ
+from pyepoll import EV_DATA, EV_OPEN, Loop, Poller, READ
 from pyepoll import selectors as pesel
 from pyepoll.asyncio_loop import EventLoop
 
@@ -363,6 +363,120 @@ def test_wake_on_signals_handler_that_stops_serve(backend):
             assert elapsed < PROMPT, f"stopped after {elapsed:.2f} s"
     finally:
         signal.signal(SIG, old)
+        loop.close()
+
+
+class _Asker(threading.Thread):
+    """A blocking client that sends ``ask`` and reads ``len(answer)``
+    bytes (checked) until stop(); ``done`` counts the answers.  An answer
+    the server lost leaves its recv waiting: ``error`` says so."""
+
+    def __init__(self, sock: socket.socket, ask: bytes, answer: bytes):
+        super().__init__(daemon=True)
+        self.sock, self.ask, self.answer = sock, ask, answer
+        self.done = 0
+        self.stopping = False
+        self.error = None
+
+    def run(self) -> None:
+        try:
+            self.sock.setblocking(True)
+            self.sock.settimeout(10)
+            while not self.stopping:
+                self.sock.sendall(self.ask)
+                got = b""
+                while len(got) < len(self.answer):
+                    chunk = self.sock.recv(len(self.answer) - len(got))
+                    assert chunk, "closed"
+                    got += chunk
+                assert got == self.answer
+                self.done += 1
+        except BaseException as exc:            # reported by the test
+            self.error = exc
+
+    def finish(self) -> None:
+        """Stop at once: the answer under way fails."""
+        self.stopping = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.join(10)
+        self.sock.close()
+
+    def stop(self, serve) -> None:
+        """Stop after the answer under way, serve() called until then."""
+        self.stopping = True
+        until = time.monotonic() + 10
+        while self.is_alive() and time.monotonic() < until:
+            serve()
+        self.join(1)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("backend,trigger", CONFIGS)
+@pytest.mark.parametrize("method", ["wait_batch_echo", "wait_batch"])
+def test_wake_on_signals_during_round_trips(raising_handler, loop_path,
+                                            backend, trigger, method):
+    """With wake_on_signals on, the C loop answers round trip after round
+    trip without coming back to Python (echoes, canned answers): a signal
+    taken by another thread meanwhile still runs its handler at once, and
+    no answer is lost to the exception (the echoes of the interrupted
+    batch go out with the next wait).  That last part holds where the
+    loop between two waits is C's (LoopCalls) or the answers are: a Python
+    loop (PyPy, PYEPOLL_SPEEDUPS=0) can take the handler's exception
+    between a wait and the echoes of its batch."""
+    lossless = loop_path == "c" or method == "wait_batch"
+    loop = Loop(backend=backend, trigger=trigger)
+    try:
+        loop.wake_on_signals()
+        addr = loop.sockname(loop.listen())
+        sock = socket.create_connection(addr, timeout=5)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        [h] = [h for kind, h, _, _ in loop.wait_batch(5) if kind == EV_OPEN]
+        if method == "wait_batch":
+            ask, answer = b"ping\n", b"pong\n"
+            loop.set_canned(ask, answer, until=time.time() + 3600)
+            loop.canned_mark(h)
+        else:
+            ask = answer = b"x" * 64
+        client = _Asker(sock, ask, answer)
+
+        def serve(timeout=0.05):
+            # A data-only batch comes back when the time is up.
+            for kind, hh, _, _ in getattr(loop, method)(timeout):
+                assert (kind, method) == (EV_DATA, "wait_batch_echo")
+                loop.queue_echo(hh)
+
+        def serve_until_raised():
+            until = time.monotonic() + WAIT
+            while time.monotonic() < until:
+                serve(WAIT)
+        client.start()
+        try:
+            for _ in range(ROUNDS if lossless else 1):
+                elapsed = elapsed_until_interrupt(serve_until_raised)
+                assert elapsed < PROMPT, \
+                    f"the handler ran after {elapsed:.2f} s"
+                assert client.done > 0 and client.error is None
+                if not lossless:
+                    break
+                # Serving goes on, with every answer: the client waits for
+                # each one before it asks again.
+                done = client.done
+                until = time.monotonic() + 5
+                while client.done < done + 20:
+                    assert time.monotonic() < until, client.error
+                    serve()
+            assert client.error is None and client.is_alive()
+        finally:
+            if lossless:
+                client.stop(serve)
+            else:
+                client.finish()
+        if lossless:
+            assert client.error is None and not client.is_alive()
+    finally:
         loop.close()
 
 
