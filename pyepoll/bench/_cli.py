@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Callable, Dict, List, Optional, Sequence, TypeVar
 
-from ._proc import (STEAL_NOTED_MS, Run, Skip, pinning_note, saturation_note,
+from ._proc import (STEAL_NOTED_MS, STEAL_REMEASURE, Run, Skip, pinning_note, saturation_note,
                     steal_note)
 from ._report import Section, have_matplotlib
 from ._servers import Fleet, server_python_description, set_server_python
@@ -78,15 +78,12 @@ def interleave(fleet: Fleet, points: Sequence[T], repeats: int,
                     fleet.skipped.setdefault(name, f"died: {proc.tail()[-200:]}")
                     continue
                 try:
-                    run = measure(name, point)
+                    run = _measure_unstolen(name, point, measure, progress)
                 except Skip as e:
                     fleet.skipped.setdefault(name, str(e))
                     continue
                 if run is None:
                     continue
-                if run.bad:
-                    raise AssertionError(f"{name} at {point}: {run.bad} wrong "
-                                         f"bytes/responses under load")
                 out[name].setdefault(point, []).append(run)
                 if progress:
                     print(f"  [{r + 1}/{repeats}] {name:30} {point!s:>12}: "
@@ -96,6 +93,31 @@ def interleave(fleet: Fleet, points: Sequence[T], repeats: int,
                              if run.steal_ms >= STEAL_NOTED_MS else ""),
                           file=sys.stderr, flush=True)
     return out
+
+
+def _measure_unstolen(name: str, point: T,
+                      measure: Callable[[str, T], Optional[Run]],
+                      progress: bool) -> Optional[Run]:
+    """measure(name, point), again (up to STEAL_REMEASURE times) while the
+    host stole STEAL_NOTED_MS or more during it; the least stolen run is
+    kept, with how many were thrown away."""
+    best: Optional[Run] = None
+    for attempt in range(STEAL_REMEASURE + 1):
+        run = measure(name, point)
+        if run is None:
+            return best
+        if run.bad:
+            raise AssertionError(f"{name} at {point}: {run.bad} wrong "
+                                 f"bytes/responses under load")
+        if best is None or run.steal_ms < best.steal_ms:
+            best = run
+        best.remeasured = attempt
+        if best.steal_ms < STEAL_NOTED_MS:
+            break
+        if progress and attempt < STEAL_REMEASURE:
+            print(f"      {name} {point!s}: steal {run.steal_ms:,.0f} ms, "
+                  f"measured again", file=sys.stderr, flush=True)
+    return best
 
 
 def standard_intro(args: argparse.Namespace, extra: str = "") -> List[str]:

@@ -237,7 +237,50 @@ def test_steal_time_is_counted_and_named_in_the_client_note() -> None:
     sat, steal = note.split("; host steal time")
     assert sat == "load client not saturated: at most 20% of its core in every run"
     assert steal.startswith(" (the hypervisor ran something else")
-    assert "in 2 of 3 runs, up to 1,500 ms in one" in steal
+    assert "in 2 of 3 runs kept, up to 1,500 ms in one" in steal
+
+
+def test_runs_stolen_by_the_host_are_measured_again() -> None:
+    """A run during which the host stole 20 ms or more is measured again,
+    up to twice; the least stolen run is kept and says how many were
+    thrown away, and the client note counts them."""
+    from pyepoll.bench import _cli
+
+    def runs(*steals: float, bad: int = 0):
+        made = []
+
+        def measure(name: str, point: int) -> _proc.Run:
+            assert (name, point) == ("x", 1)
+            made.append(_proc.Run(ops=1000, rate=1.0, bad=bad, closed=0,
+                                  p50=1.0, p99=2.0, p999=3.0,
+                                  server_user=0.01, server_sys=0.0,
+                                  client_cpu=0.2, wall=1.0,
+                                  steal_ms=steals[len(made)]))
+            return made[-1]
+        return measure, made
+
+    measure, made = runs(0.0)
+    run = _cli._measure_unstolen("x", 1, measure, False)
+    assert (len(made), run.steal_ms, run.remeasured) == (1, 0.0, 0)
+    measure, made = runs(150.0, 19.0)
+    run = _cli._measure_unstolen("x", 1, measure, False)
+    assert (len(made), run.steal_ms, run.remeasured) == (2, 19.0, 1)
+    measure, made = runs(150.0, 300.0, 40.0)
+    run = _cli._measure_unstolen("x", 1, measure, False)
+    assert (len(made), run.steal_ms, run.remeasured) == (3, 40.0, 2)
+    measure, made = runs(150.0, 30.0, 300.0, 0.0)      # at most 2 more
+    run = _cli._measure_unstolen("x", 1, measure, False)
+    assert (len(made), run.steal_ms, run.remeasured) == (3, 30.0, 2)
+    measure, made = runs(150.0, 0.0, bad=1)
+    with pytest.raises(AssertionError, match="wrong bytes"):
+        _cli._measure_unstolen("x", 1, measure, False)
+    kept = [_cli._measure_unstolen("x", 1, runs(*s)[0], False)
+            for s in ((0.0,), (150.0, 0.0), (150.0, 30.0, 40.0))]
+    note = _proc.steal_note(kept)
+    assert note.startswith("2 of 3 runs were measured again (3 runs thrown "
+                           "away) because the host stole 20 ms or more")
+    assert "; host steal time" in note and "in 1 of 3 runs kept, up to 30 ms" in note
+    assert _proc.steal_note(kept[:2]).endswith("CPU time during them")
 
 
 @linux
