@@ -99,7 +99,7 @@ _HANDLE_CODE = "L" if array.array("L").itemsize == 8 else "Q"
 # per call (measured +22 ns a call), so these are not bound as defaults.
 _run = lib.pe_loop_run
 _run_into = lib.pe_loop_run_into
-_run_batch = lib.pe_loop_run_batch
+_run_batch = lib.pe_loop_run_batch_repeat
 _read = lib.pe_loop_read
 _send = lib.pe_loop_send
 _reply = lib.pe_loop_reply
@@ -627,6 +627,14 @@ class Loop:
         is needed to read.  The view's contents stay valid until the next
         :meth:`wait` or :meth:`wait_batch`; :meth:`reply` sends a part of
         it back.  ``offset`` is 0 for the other kinds."""
+        # With wake_on_signals on, runs that make no event (canned answers)
+        # are repeated in C: a signal still ends them (see the core's
+        # pe_loop_run_batch_repeat).
+        return self._wait_batch(timeout, 0 if self._sigwake is None
+                                else lib.PE_RUN_AGAIN_EMPTY)
+
+    def _wait_batch(self, timeout: Optional[float], flags: int
+                    ) -> Iterator[Tuple[int, int, int, int]]:
         ms = -1 if timeout is None else timeout_to_ms(timeout)
         p = self._p
         if p is None:
@@ -640,13 +648,13 @@ class Loop:
             # converts three arguments, not eight (callgrind: ~600 fewer
             # instructions a wait).
             if not q:
-                n = _run_batch(p, 0, ms)
+                n = _run_batch(p, 0, ms, flags)
             elif len(q) == 1:
                 # One echo (a one-event batch answered): one item set and
                 # one pop instead of a slice copy and a slice delete
                 # (callgrind: ~400 fewer instructions).
                 self._eqv[0] = q.pop()
-                n = _run_batch(p, 1, ms)
+                n = _run_batch(p, 1, ms, flags)
             elif len(q) <= self._batch:
                 # The queued echoes go out in the same C call, copied into
                 # C memory first (one memcpy; exporting the array with
@@ -654,7 +662,7 @@ class Loop:
                 nq = len(q)
                 self._eqv[0:nq] = q
                 del q[:]
-                n = _run_batch(p, nq, ms)
+                n = _run_batch(p, nq, ms, flags)
             else:
                 # More than a batch (a handle queued twice): the array is
                 # exported, so cannot be resized, while C reads it.
@@ -665,7 +673,7 @@ class Loop:
             if n <= 0 and (n or ms):
                 n = self._wait_slow(
                     n, None if ms < 0 else start + ms / 1000.0 if ms else 0.0,
-                    True)
+                    True, flags)
         finally:
             if self._p is None and self._owned:
                 self._close_owned()     # close() came while we waited
@@ -702,8 +710,13 @@ class Loop:
         ms = -1 if timeout is None else timeout_to_ms(timeout)
         deadline = _monotonic() + ms / 1000.0 if ms > 0 else 0.0
         queue = self.queue_echo
+        # With wake_on_signals on, data-only batches are echoed in C, run
+        # after run (pe_loop_run_batch_repeat): one turn here per batch
+        # that is not data only, per signal, or at the timeout.
+        flags = 0 if self._sigwake is None else (lib.PE_RUN_ECHO_DATA
+                                                 | lib.PE_RUN_AGAIN_EMPTY)
         while True:
-            batch = list(self.wait_batch(timeout))
+            batch = list(self._wait_batch(timeout, flags))
             if not batch or not ms or self._p is None:
                 return iter(batch)      # (closed meanwhile: as wait_batch)
             for event in batch:
@@ -801,7 +814,7 @@ class Loop:
         self._send_failed(h, rc)
 
     def _wait_slow(self, rc: int, deadline: Optional[float],
-                   into: bool = False) -> int:
+                   into: bool = False, flags: int = 0) -> int:
         # Nothing to report yet (work done in C only, e.g. echo mode), or a
         # signal: keep waiting until the deadline (None: none; 0.0: poll).
         while True:
@@ -837,7 +850,7 @@ class Loop:
             if p is None:
                 return 0
             if into:
-                rc = _run_batch(p, 0, ms)
+                rc = _run_batch(p, 0, ms, flags)
             else:
                 rc = _run(p, self._ev, self._batch, ms)
 
