@@ -99,7 +99,7 @@ _HANDLE_CODE = "L" if array.array("L").itemsize == 8 else "Q"
 # per call (measured +22 ns a call), so these are not bound as defaults.
 _run = lib.pe_loop_run
 _run_into = lib.pe_loop_run_into
-_run_batch = lib.pe_loop_run_batch_repeat
+_run_repeat = lib.pe_loop_run_batch_repeat
 _read = lib.pe_loop_read
 _send = lib.pe_loop_send
 _reply = lib.pe_loop_reply
@@ -648,13 +648,13 @@ class Loop:
             # converts three arguments, not eight (callgrind: ~600 fewer
             # instructions a wait).
             if not q:
-                n = _run_batch(p, 0, ms, flags)
+                n = _run_repeat(p, 0, ms, flags)
             elif len(q) == 1:
                 # One echo (a one-event batch answered): one item set and
                 # one pop instead of a slice copy and a slice delete
                 # (callgrind: ~400 fewer instructions).
                 self._eqv[0] = q.pop()
-                n = _run_batch(p, 1, ms, flags)
+                n = _run_repeat(p, 1, ms, flags)
             elif len(q) <= self._batch:
                 # The queued echoes go out in the same C call, copied into
                 # C memory first (one memcpy; exporting the array with
@@ -662,7 +662,7 @@ class Loop:
                 nq = len(q)
                 self._eqv[0:nq] = q
                 del q[:]
-                n = _run_batch(p, nq, ms, flags)
+                n = _run_repeat(p, nq, ms, flags)
             else:
                 # More than a batch (a handle queued twice): the array is
                 # exported, so cannot be resized, while C reads it.
@@ -850,7 +850,7 @@ class Loop:
             if p is None:
                 return 0
             if into:
-                rc = _run_batch(p, 0, ms, flags)
+                rc = _run_repeat(p, 0, ms, flags)
             else:
                 rc = _run(p, self._ev, self._batch, ms)
 

@@ -335,14 +335,14 @@ int pe_loop_run_batch(pe_loop *l, int necho, int timeout_ms);
  * (its reads all answered by pe_loop_set_canned, or one that returned
  * early) runs again, with what is left of the timeout.  The caller's
  * echoes go out with the first run.  Returns as pe_loop_run_batch, and at
- * once after a run in which a
- * pe_loop_watch_wake fd was read (a signal: the caller's handlers must
- * run), in which the loop began closing, or after which the timeout is up
- * (the last batch, maybe DATA only, is then the caller's).  For a caller
- * that must take a lock to look at a batch (CPython's GIL): it takes it
- * once per batch it needs, not once per run.  Signals reach a caller only
- * through a watch_wake fd or an interrupted wait, so without such an fd it
- * must pass no flag (one run, as pe_loop_run_batch). */
+ * once after a run in which a pe_loop_watch_wake fd was read (a signal:
+ * the caller's handlers must run), in which the loop began closing, or
+ * after which the timeout is up (the last batch, maybe DATA only, is then
+ * the caller's).  For a caller that must take a lock to look at a batch
+ * (CPython's GIL): it takes it once per batch it needs, not once per run.
+ * Signals reach a caller only through a watch_wake fd or an interrupted
+ * wait, so without such an fd it must pass no flag (one run, as
+ * pe_loop_run_batch). */
 int pe_loop_run_batch_repeat(pe_loop *l, int necho, int timeout_ms,
                              unsigned flags);
 /* pe_loop_send of len bytes at off in the buffer the last
