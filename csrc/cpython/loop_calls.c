@@ -1324,26 +1324,27 @@ out:
     return r;
 }
 
-/* stop(on): Loop.stop's flag (True), cleared as serve returns (False). */
-static PyObject *lc_stop(PyObject *self, PyObject *on)
+/* *flag = bool(on): None, or NULL with the exception. */
+static PyObject *set_flag(int *flag, PyObject *on)
 {
     int v = PyObject_IsTrue(on);
 
     if (v < 0)
         return NULL;
-    ((LoopCalls *)self)->stopping = v;
+    *flag = v;
     Py_RETURN_NONE;
+}
+
+/* stop(on): Loop.stop's flag (True), cleared as serve returns (False). */
+static PyObject *lc_stop(PyObject *self, PyObject *on)
+{
+    return set_flag(&((LoopCalls *)self)->stopping, on);
 }
 
 /* sigwake(on): Loop.wake_on_signals is on (True) or off (False). */
 static PyObject *lc_sigwake(PyObject *self, PyObject *on)
 {
-    int v = PyObject_IsTrue(on);
-
-    if (v < 0)
-        return NULL;
-    ((LoopCalls *)self)->sigwake = v;
-    Py_RETURN_NONE;
+    return set_flag(&((LoopCalls *)self)->sigwake, on);
 }
 
 #define FAST(name, doc)                                         \

@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Callable, Dict, List, Optional, Sequence, TypeVar
 
-from ._proc import (STEAL_NOTED_MS, STEAL_REMEASURE, Run, Skip, pinning_note, saturation_note,
-                    steal_note)
+from ._proc import (STEAL_NOTED_MS, STEAL_REMEASURE, Run, Skip, pinning_note,
+                    saturation_note, steal_note)
 from ._report import Section, have_matplotlib
 from ._servers import Fleet, server_python_description, set_server_python
 

@@ -450,18 +450,19 @@ def run_loadgen(server: ServerProc, mode: str, conns: int, seconds: float,
                 arg: int) -> Run:
     """mode "echo" (arg = message size) or "http" (arg = pipeline depth)."""
     exe = loadgen()
-    m = _run_measured(
+    measured = _run_measured(
         server, [str(exe), mode, str(server.port), str(conns), str(seconds), str(arg)],
         timeout=seconds + 30)
-    fields = m.out.split()
+    fields = measured.out.split()
     if len(fields) != 7:
-        raise RuntimeError(f"{server.name}: load client failed (status {m.rc}): "
-                           f"{m.err.strip() or m.out.strip()}")
+        raise RuntimeError(f"{server.name}: load client failed (status {measured.rc}): "
+                           f"{measured.err.strip() or measured.out.strip()}")
     ops, rate, bad, closed = int(fields[0]), float(fields[1]), int(fields[2]), int(fields[3])
     # The client's timed part excludes connecting; so does its CPU, nearly.
     return Run(ops, rate, bad, closed, *map(float, fields[4:7]),
-               m.server_user, m.server_sys, m.client_cpu,
-               min(m.wall, seconds) or m.wall, m.server_sleeps, m.steal_ms)
+               measured.server_user, measured.server_sys, measured.client_cpu,
+               min(measured.wall, seconds) or measured.wall, measured.server_sleeps,
+               measured.steal_ms)
 
 
 WRK_PIPELINE = """\
@@ -492,11 +493,12 @@ def run_wrk(server: ServerProc, conns: int, seconds: float, depth: int) -> Run:
             f.write(WRK_PIPELINE % depth)
         cmd += ["-s", script]
     cmd.append(f"http://127.0.0.1:{server.port}/")
-    run = _run_measured(server, cmd, timeout=seconds + 30)
-    out = run.out
+    measured = _run_measured(server, cmd, timeout=seconds + 30)
+    out = measured.out
     m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
-    if run.rc != 0 or not m:
-        raise RuntimeError(f"{server.name}: wrk failed: {run.err.strip() or out.strip()}")
+    if measured.rc != 0 or not m:
+        raise RuntimeError(f"{server.name}: wrk failed: "
+                           f"{measured.err.strip() or out.strip()}")
     ops = int(m.group(1))
     secs = float(m.group(2)) * {"ms": 1e-3, "s": 1.0, "m": 60.0}.get(m.group(3), 1.0)
     bad = int(re.search(r"Non-2xx or 3xx responses: (\d+)", out).group(1)) \
@@ -512,8 +514,9 @@ def run_wrk(server: ServerProc, conns: int, seconds: float, depth: int) -> Run:
             return float("nan")
         return float(mm.group(1)) * {"us": 1.0, "ms": 1e3, "s": 1e6}[mm.group(2)]
     return Run(ops, ops / secs if secs else 0.0, bad, closed, pct("50"), pct("99"),
-               float("nan"), run.server_user, run.server_sys, run.client_cpu,
-               secs or run.wall, run.server_sleeps, run.steal_ms)
+               float("nan"), measured.server_user, measured.server_sys,
+               measured.client_cpu, secs or measured.wall, measured.server_sleeps,
+               measured.steal_ms)
 
 
 # Less than a clock tick or two is the counter's granularity, not a stall.

@@ -10,6 +10,9 @@ import pathlib
 import re
 import socket
 import sys
+import threading
+import time
+from typing import Callable, Optional
 
 import pytest
 
@@ -159,6 +162,63 @@ def split_at(data: bytes, cuts) -> list:
         last = c
     pieces.append(data[last:])
     return pieces
+
+
+class RoundTrips(threading.Thread):
+    """A blocking client thread on ``sock``: round i sends ``ask(i)`` and
+    reads back ``answer(i)`` (``ask(i)`` again without it: an echo),
+    checked; ``rounds`` rounds then a half-close, or (None) rounds until
+    :meth:`stop` or :meth:`finish`.  ``done`` counts the answers, ``error``
+    keeps what went wrong (an answer the server lost leaves recv waiting
+    out its 10 s)."""
+
+    def __init__(self, sock: socket.socket, ask: Callable[[int], bytes],
+                 answer: Optional[Callable[[int], bytes]] = None,
+                 rounds: Optional[int] = None) -> None:
+        super().__init__(daemon=True)
+        self.sock, self.rounds = sock, rounds
+        self.ask, self.answer = ask, answer or ask
+        self.done = 0
+        self.stopping = False
+        self.error: Optional[BaseException] = None
+
+    def run(self) -> None:
+        try:
+            self.sock.setblocking(True)
+            self.sock.settimeout(10)
+            while not self.stopping and self.done != self.rounds:
+                want = self.answer(self.done)
+                self.sock.sendall(self.ask(self.done))
+                got = b""
+                while len(got) < len(want):
+                    chunk = self.sock.recv(len(want) - len(got))
+                    assert chunk, "closed"
+                    got += chunk
+                assert got == want
+                self.done += 1
+            if self.done == self.rounds:
+                self.sock.shutdown(socket.SHUT_WR)
+        except BaseException as exc:            # reported by the test
+            self.error = exc
+
+    def finish(self) -> None:
+        """Stop at once: the answer under way fails."""
+        self.stopping = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.join(10)
+        self.sock.close()
+
+    def stop(self, serve: Callable[[], None]) -> None:
+        """Stop after the answer under way, ``serve()`` called until then."""
+        self.stopping = True
+        until = time.monotonic() + 10
+        while self.is_alive() and time.monotonic() < until:
+            serve()
+        self.join(1)
+        self.sock.close()
 
 
 # The asyncio loop's two paths (pyepoll.asyncio_loop): the C one

@@ -38,7 +38,7 @@ from pyepoll import (
     StaleHandleError,
 )
 
-from conftest import BACKENDS
+from conftest import BACKENDS, RoundTrips
 
 # Each test on both Loop paths (conftest.loop_path: C calls and Python).
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("loop_path")]
@@ -2535,42 +2535,10 @@ def test_canned_refusals(make):
 # -- wait_batch_echo: data-only batches echoed without returning ----------------
 
 
-class _RoundTrips(threading.Thread):
-    """A blocking client doing ``n`` 64 B round trips (each checked), then
-    a half-close; ``done`` counts the finished ones."""
-
-    def __init__(self, sock: socket.socket, n: int, size: int = 64) -> None:
-        super().__init__(daemon=True)
-        self.sock, self.n, self.size = sock, n, size
-        self.done = 0
-        self.error: Optional[BaseException] = None
-
-    def run(self) -> None:
-        try:
-            self.sock.setblocking(True)
-            self.sock.settimeout(10)
-            for i in range(self.n):
-                msg = bytes([i % 251]) * self.size
-                self.sock.sendall(msg)
-                got = b""
-                while len(got) < self.size:
-                    chunk = self.sock.recv(self.size - len(got))
-                    assert chunk, "closed"
-                    got += chunk
-                assert got == msg
-                self.done += 1
-            self.sock.shutdown(socket.SHUT_WR)
-        except BaseException as exc:            # reported by the test
-            self.error = exc
-
-    def finish(self) -> None:
-        """Stop a client still at its round trips (its recv fails)."""
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.join(10)
-        self.sock.close()
+def _echo_msg(i: int) -> bytes:
+    """Round i's 64 B of a round-trip client: a different byte each round,
+    so an answer out of order or from the wrong round shows."""
+    return bytes([i % 251]) * 64
 
 
 # With wake_on_signals on, the C loop repeats the runs itself (no GIL
@@ -2587,7 +2555,7 @@ def test_wait_batch_echo_answers_round_trips_in_one_call(loop_path, sigwake):
             loop.wake_on_signals()
         [(c, h)] = _open_conns(loop, 1)
         before = loop.stats()
-        rt = _RoundTrips(c, 300)
+        rt = RoundTrips(c, _echo_msg, rounds=300)
         rt.start()
         # Every round trip is a batch of one DATA: all are echoed inside
         # this one call, which returns with the client's EOF.
@@ -2657,7 +2625,7 @@ def test_wait_batch_echo_keeps_its_timeout_while_echoing(loop_path, sigwake):
             loop.wake_on_signals()
         [(c, h)] = _open_conns(loop, 1)
         assert list(loop.wait_batch_echo(0.05)) == []       # nothing came
-        rt = _RoundTrips(c, 10**6)
+        rt = RoundTrips(c, _echo_msg, rounds=10**6)
         rt.start()
         waits = 0
         start = time.monotonic()
@@ -2734,7 +2702,7 @@ def test_wait_batch_echo_signals_between_waits(loop_path):
     kicker: Optional[threading.Thread] = None
     try:
         [(c, h)] = _open_conns(loop, 1)
-        rt = _RoundTrips(c, 10**6)
+        rt = RoundTrips(c, _echo_msg, rounds=10**6)
         rt.start()
         main = threading.get_ident()
 
@@ -2786,7 +2754,7 @@ def test_wait_batch_echo_signals_between_waits(loop_path):
 def test_wait_batch_echo_close_from_another_thread(loop_path):
     loop = Loop()
     [(c, h)] = _open_conns(loop, 1)
-    rt = _RoundTrips(c, 10**6)
+    rt = RoundTrips(c, _echo_msg, rounds=10**6)
     rt.start()
     wait_echo = loop.wait_batch_echo
     out: List[object] = []

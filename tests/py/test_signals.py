@@ -27,7 +27,7 @@ from pyepoll import EV_DATA, EV_OPEN, Loop, Poller, READ
 from pyepoll import selectors as pesel
 from pyepoll.asyncio_loop import EventLoop
 
-from conftest import BACKENDS
+from conftest import BACKENDS, RoundTrips
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(signal, "pthread_kill"),
@@ -366,54 +366,6 @@ def test_wake_on_signals_handler_that_stops_serve(backend):
         loop.close()
 
 
-class _Asker(threading.Thread):
-    """A blocking client that sends ``ask`` and reads ``len(answer)``
-    bytes (checked) until stop(); ``done`` counts the answers.  An answer
-    the server lost leaves its recv waiting: ``error`` says so."""
-
-    def __init__(self, sock: socket.socket, ask: bytes, answer: bytes):
-        super().__init__(daemon=True)
-        self.sock, self.ask, self.answer = sock, ask, answer
-        self.done = 0
-        self.stopping = False
-        self.error = None
-
-    def run(self) -> None:
-        try:
-            self.sock.setblocking(True)
-            self.sock.settimeout(10)
-            while not self.stopping:
-                self.sock.sendall(self.ask)
-                got = b""
-                while len(got) < len(self.answer):
-                    chunk = self.sock.recv(len(self.answer) - len(got))
-                    assert chunk, "closed"
-                    got += chunk
-                assert got == self.answer
-                self.done += 1
-        except BaseException as exc:            # reported by the test
-            self.error = exc
-
-    def finish(self) -> None:
-        """Stop at once: the answer under way fails."""
-        self.stopping = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.join(10)
-        self.sock.close()
-
-    def stop(self, serve) -> None:
-        """Stop after the answer under way, serve() called until then."""
-        self.stopping = True
-        until = time.monotonic() + 10
-        while self.is_alive() and time.monotonic() < until:
-            serve()
-        self.join(1)
-        self.sock.close()
-
-
 @pytest.mark.parametrize("backend,trigger", CONFIGS)
 @pytest.mark.parametrize("method", ["wait_batch_echo", "wait_batch"])
 def test_wake_on_signals_during_round_trips(raising_handler, loop_path,
@@ -440,7 +392,7 @@ def test_wake_on_signals_during_round_trips(raising_handler, loop_path,
             loop.canned_mark(h)
         else:
             ask = answer = b"x" * 64
-        client = _Asker(sock, ask, answer)
+        client = RoundTrips(sock, lambda i: ask, lambda i: answer)
 
         def serve(timeout=0.05):
             # A data-only batch comes back when the time is up.
