@@ -10,7 +10,9 @@ cancel out.
     python scripts/wakeup_cost.py [--tool callgrind|strace] [--top 15] TARGET...
 
 TARGET: c (pyepoll/bench/c/echo_server.c), loop-py, loop-batch,
-loop-queue, loop-fn (pyepoll.bench._serve kinds), server-echo,
+loop-queue, loop-fn, loop-serve (pyepoll.bench._serve kinds),
+handler-floor (c/handler_floor.c: the least a loop calling loop-serve's
+handler per message must do), server-echo,
 server-http (pyepoll-server, eventloop model, as the benchmarks start it;
 server-echo-w2: with --workers 2, for --tool strace: callgrind here
 records the supervisor, not the worker; server-echo-stats: with a stats
@@ -42,7 +44,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pyepoll.bench._proc import build, free_port, wait_listening  # noqa: E402
+from pyepoll.bench._proc import (build, free_port, handler_floor,  # noqa: E402
+                                 wait_listening)
 
 GET = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
@@ -56,6 +59,9 @@ def argv_for(target: str, port: int, n: int = 0) -> list:
         return py + ["-m", "pyepoll.bench._inproc", runtime, str(n)]
     if target == "c":
         return [str(build("echo_server")), str(port), "level"]
+    if target == "handler-floor":
+        handler_floor()                   # built here: the server finds it
+        return py + ["-m", "pyepoll.bench._serve", "floor-handler", str(port)]
     if target.startswith("loop-"):
         return py + ["-m", "pyepoll.bench._serve", f"{target}-level", str(port)]
     if target.split("-")[0] in ("uvloop", "aio", "asyncio"):

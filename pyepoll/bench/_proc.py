@@ -136,6 +136,13 @@ def loadgen() -> pathlib.Path:
     return build("loadgen")
 
 
+def handler_floor() -> pathlib.Path:
+    """c/handler_floor.c as an extension module of this Python (CPython)."""
+    import sysconfig
+    return build("handler_floor", flags=["-shared", "-fPIC", "-I",
+                                         sysconfig.get_paths()["include"]])
+
+
 # -- /proc -------------------------------------------------------------------------
 
 

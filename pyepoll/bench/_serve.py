@@ -5,7 +5,8 @@ Echo: pyepoll.Loop with a Python handler (``loop-py``: wait/recv/send;
 ``loop-batch``: wait_batch/reply; ``loop-queue``: wait_batch/queue_echo;
 ``loop-fn``: wait_batch and a handler function per message;
 ``loop-serve``: Loop.serve calling a handler function per message) or the C echo
-path (``loop-c``), level or edge; asyncio Protocol and streams, on asyncio's own
+path (``loop-c``), level or edge; ``floor-handler``: the least any loop calling
+that handler per message must do (c/handler_floor.c), CPython only; asyncio Protocol and streams, on asyncio's own
 loop, on uvloop, and on pyepoll's asyncio loops (``pyepollaio``: the C
 connection loop; ``pyepollsel``: the stdlib loop on pyepoll's selector);
 ``buffered`` is an asyncio.BufferedProtocol echo.  HTTP: "hello" answered by
@@ -82,6 +83,31 @@ def serve_loop_serve(port: int, trigger: str) -> None:
         return data                       # an echo: the reply is the input
 
     loop.serve(handler)
+
+
+def serve_handler_floor(port: int) -> None:
+    """The floor under serve_loop_serve: the same handler called per message
+    by a C epoll loop that does only what any such loop must (c/
+    handler_floor.c: the GIL around the wait, a bytes object, the call)."""
+    import importlib.machinery
+    import importlib.util
+    import socket
+
+    from ._proc import handler_floor
+
+    path = handler_floor()
+    loader = importlib.machinery.ExtensionFileLoader("handler_floor", str(path))
+    spec = importlib.util.spec_from_loader("handler_floor", loader)
+    floor = importlib.util.module_from_spec(spec)
+    loader.exec_module(floor)
+    _nofile()
+    sock = socket.create_server(("127.0.0.1", port), backlog=BACKLOG)
+    sock.setblocking(False)
+
+    def handler(h: int, data: bytes) -> bytes:
+        return data                       # as serve_loop_serve's handler
+
+    floor.serve(sock.fileno(), handler)
 
 
 def serve_loop_fn(port: int, trigger: str) -> None:
@@ -450,6 +476,9 @@ def _pyepoll_selector() -> asyncio.AbstractEventLoop:
 
 def main(argv: List[str]) -> None:
     kind, port = argv[0], int(argv[1])
+    if kind == "floor-handler":
+        serve_handler_floor(port)
+        return
     if kind.startswith("loop-"):
         _, what, trigger = kind.split("-")      # loop-py-level, loop-c-edge
         if what == "fn":

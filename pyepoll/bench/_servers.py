@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
-from ._proc import ServerProc, Skip, build, disabled
+from ._proc import ServerProc, Skip, build, disabled, handler_floor
 
 # Not resolved: a symlinked package must find its own parent.
 PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -153,6 +153,16 @@ def _serve(kind: str, needs: Sequence[str] = ()) -> Callable[[], List[str]]:
     return argv
 
 
+def _handler_floor() -> List[str]:
+    # A CPython extension, built here (Skip if it cannot be) for the server,
+    # which runs this interpreter and finds it built.
+    import platform
+    if _server_python is not None or platform.python_implementation() != "CPython":
+        raise Skip("the handler floor is a CPython extension: CPython only")
+    handler_floor()
+    return _serve("floor-handler")()
+
+
 def _c_echo(trigger: str) -> Callable[[], List[str]]:
     return lambda: [str(build("echo_server")), "{port}", trigger]
 
@@ -240,6 +250,9 @@ BUSY_POLL_US = "50"
 REF_BUSY = f"ref server busy-poll {BUSY_POLL_US}us"
 C_HTTP = "plain C epoll HTTP"
 CECHO = "pyepoll Loop C echo"
+# The least any loop calling a Python function per message must spend (the
+# GIL around its wait, a bytes object, the call): Loop.serve's floor.
+HANDLER_FLOOR = "Python handler floor (C epoll)"
 # pyepoll.Loop with Python code per message, five ways (name, kind): what a
 # first handler looks like, a handler function Loop.serve calls, the batch
 # API's two replies, and a handler function returning its reply on the
@@ -258,6 +271,7 @@ def echo_servers(pool_threads: int = 64) -> Dict[str, Spec]:
     specs = [
         Spec(C_ECHO, "echo", _c_echo("level")),
         *[Spec(name, "echo", _serve(f"{kind}-level")) for name, kind in PY_HANDLERS],
+        Spec(HANDLER_FLOOR, "echo", _handler_floor),
         Spec(CECHO, "echo", _serve("loop-c-level")),
         Spec("pyepoll C loop, C driver", "echo", _pure_c_loop("level")),
         Spec("ref server eventloop", "echo", _reference("echo", "eventloop")),

@@ -20,8 +20,8 @@ from typing import Dict, List, Optional
 from . import _cli
 from ._proc import Run, run_loadgen
 from ._report import Chart, Section, Table, check_line, median_by
-from ._servers import (C_ECHO, CECHO, PY_HANDLERS, REF_BUSY, UVLOOP_ECHO, Fleet,
-                       echo_servers)
+from ._servers import (C_ECHO, CECHO, HANDLER_FLOOR, PY_HANDLERS, REF_BUSY,
+                       UVLOOP_ECHO, Fleet, echo_servers)
 
 SIZES = [64, 1024, 16384, 65536]
 CONNS = [1, 64]
@@ -196,13 +196,22 @@ def low_summary(results: Dict[str, Dict[object, List[Run]]], low) -> List[str]:
                            r(LOW_PY, C_ECHO), 1.05, "<="),
                 check_line("Loop py serve(handler) CPU/round trip vs plain C",
                            r(LOW_SERVE, C_ECHO), 1.05, "<=")]
+        # What any loop calling that handler per message spends (the GIL
+        # around the wait, a bytes object, the call): serve's own floor.
+        f = r(HANDLER_FLOOR, C_ECHO)
+        if f is not None:
+            s = r(LOW_SERVE, HANDLER_FLOOR)
+            out += [f"floor: {HANDLER_FLOOR} vs plain C CPU/round trip {f:.2f}x",
+                    "Loop py serve(handler) CPU/round trip vs that floor "
+                    + ("not measured" if s is None else f"{s:.2f}x")]
         # Most of a round trip is the kernel's: what each spent above it.
         user = {name: median_by(results.get(name, {}).get(one, []),
                                 lambda x: x.user_per_op_us)
-                for name in (LOW_PY, LOW_SERVE, REF_ECHO, UVLOOP_ECHO,
-                             C_ECHO)}
+                for name in (LOW_PY, LOW_SERVE, HANDLER_FLOOR, REF_ECHO,
+                             UVLOOP_ECHO, C_ECHO)}
         shown = [(short, user[name]) for short, name in (
             ("Loop py", LOW_PY), ("serve(handler)", LOW_SERVE),
+            ("handler floor", HANDLER_FLOOR),
             ("ref server", REF_ECHO), ("uvloop", UVLOOP_ECHO),
             ("plain C", C_ECHO)) if user[name] is not None]
         if user[C_ECHO] is not None and len(shown) > 1:

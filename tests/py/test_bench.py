@@ -315,6 +315,76 @@ def test_c_http_floor_answers_split_and_pipelined_heads() -> None:
         proc.wait(timeout=10)
 
 
+@linux
+@plain
+@need_cc
+@pytest.mark.skipif(platform.python_implementation() != "CPython",
+                    reason="the handler floor is a CPython extension")
+def test_handler_floor_calls_the_handler_per_message_and_sends_its_reply() -> None:
+    """The floor under Loop.serve must serve Loop.serve's bench handler
+    right to be a floor: every message of several connections, bytes
+    intact, a closed connection forgotten and its fd number reused."""
+    spec = _servers.echo_servers()[_servers.HANDLER_FLOOR]
+    try:
+        proc = spec.start()
+    except _proc.Skip as e:             # no Python.h to build it against
+        pytest.skip(str(e))
+    try:
+        for rounds in (1, 2):             # the second reuses closed fds
+            socks = [socket.create_connection(("127.0.0.1", proc.port), timeout=5)
+                     for _ in range(3)]
+            for i in range(50):
+                for k, s in enumerate(socks):
+                    msg = bytes([65 + k]) * (1 + (i * 37 + k) % 200)
+                    s.sendall(msg)
+                    got = b""
+                    while len(got) < len(msg):
+                        chunk = s.recv(4096)
+                        assert chunk, (rounds, i, k)
+                        got += chunk
+                    assert got == msg
+            for s in socks:
+                s.close()
+        assert proc.alive()
+    finally:
+        proc.stop()
+
+
+def test_handler_floor_is_skipped_off_this_cpython(tmp_path) -> None:
+    exe = tmp_path / "python"
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    exe.chmod(0o755)
+    spec = _servers.echo_servers()[_servers.HANDLER_FLOOR]
+    _servers._server_python = str(exe)      # as --python sets it
+    try:
+        with pytest.raises(_proc.Skip, match="CPython extension"):
+            spec.argv()
+    finally:
+        _servers._server_python = None
+
+
+def test_echo_low_summary_sets_serve_beside_its_handler_floor() -> None:
+    from pyepoll.bench.echo import LOW_SERVE, low_summary
+
+    def run(user: float) -> _proc.Run:
+        return _proc.Run(ops=1000, rate=1.0, bad=0, closed=0, p50=20.0,
+                         p99=40.0, p999=40.0, server_user=user * 1e-3,
+                         server_sys=0.01, client_cpu=0.0, wall=1.0)
+    one = (64, 1)
+    results = {_servers.C_ECHO: {one: [run(1.0)] * 3},
+               _servers.HANDLER_FLOOR: {one: [run(1.4)] * 3},
+               LOW_SERVE: {one: [run(1.8)] * 3}}
+    out = low_summary(results, [one])
+    # CPU per round trip: 11, 11.4 and 11.8 ms over 1000 round trips.
+    assert f"floor: {_servers.HANDLER_FLOOR} vs plain C CPU/round trip 1.04x" in out
+    assert "Loop py serve(handler) CPU/round trip vs that floor 1.04x" in out
+    line = [ln for ln in out if "user-space CPU/round trip (medians)" in ln]
+    assert "handler floor 1.40 us" in line[0] and "plain C 1.00 us" in line[0]
+    del results[_servers.HANDLER_FLOOR]
+    out = low_summary(results, [one])
+    assert not [ln for ln in out if _servers.HANDLER_FLOOR in ln]
+
+
 def test_check_http_rejects_non_200() -> None:
     def answer(status: bytes):
         def f(data: bytes) -> bytes:
