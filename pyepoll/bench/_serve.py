@@ -6,10 +6,11 @@ Echo: pyepoll.Loop with a Python handler (``loop-py``: wait/recv/send;
 ``loop-fn``: wait_batch and a handler function per message;
 ``loop-serve``: Loop.serve calling a handler function per message) or the C echo
 path (``loop-c``), level or edge; ``floor-handler``: the least any loop calling
-that handler per message must do (c/handler_floor.c), CPython only; asyncio Protocol and streams, on asyncio's own
-loop, on uvloop, and on pyepoll's asyncio loops (``pyepollaio``: the C
-connection loop; ``pyepollsel``: the stdlib loop on pyepoll's selector);
-``buffered`` is an asyncio.BufferedProtocol echo.  HTTP: "hello" answered by
+that handler per message must do (c/handler_floor.c, CPython only); asyncio
+Protocol and streams, on asyncio's own loop, on uvloop, and on pyepoll's
+asyncio loops (``pyepollaio``: the C connection loop; ``pyepollsel``: the
+stdlib loop on pyepoll's selector); ``buffered`` is an
+asyncio.BufferedProtocol echo.  HTTP: "hello" answered by
 an asyncio Protocol with a small hand parser, or by uvloop + httptools, the
 usual fast Python stack; and by two frameworks as their users run them:
 uvicorn (httptools) serving an ASGI app and aiohttp.web, each on any of the

@@ -125,14 +125,13 @@ static PyObject *serve(PyObject *self, PyObject *args)
                 continue;
             }
             got = read(fd, buf, sizeof(buf));
-            if (got < 0 && errno == EAGAIN)
-                continue;
+            if (got < 0 && (errno == EAGAIN || errno == EINTR))
+                continue;               /* level-triggered: reported again */
             if (got <= 0) {
-                if (fd == last)
-                    last = -1;
                 close(fd);              /* EOF or error: also unregisters */
                 continue;
             }
+            /* h is the fd's number, right for whichever connection has it. */
             if (fd != last) {
                 Py_XDECREF(h);
                 if (!(h = PyLong_FromLong(fd)))
@@ -144,11 +143,8 @@ static PyObject *serve(PyObject *self, PyObject *args)
                 goto out;
             if (PyBytes_Check(r) &&
                 write_rest(fd, PyBytes_AS_STRING(r),
-                           (size_t)PyBytes_GET_SIZE(r)) < 0) {
-                if (fd == last)
-                    last = -1;
+                           (size_t)PyBytes_GET_SIZE(r)) < 0)
                 close(fd);
-            }
             Py_DECREF(r);
         }
     }
