@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Callable, Deque, Optional, Tuple
 
-from .._binding import WakeupPipe
+from .._binding import WakeupPipe, run_signal_handlers
 from ..http import response
 from . import _connlog
 from ._config import Config
@@ -97,6 +97,20 @@ class _SockConn(Connection):
         result = fn(*args)
         if then is not None:
             then(result)
+
+
+def _take_signals(sig_r: int) -> None:
+    """Empty the signal wakeup pipe; if a signal came, run its Python
+    handler now.  Waking up is not enough on PyPy: a signal that a pool
+    thread's periodic check took first waits for a thread switch to reach
+    the main thread, and with the pool idle none may come (a worker saw
+    its SIGTERM handler run 21 s late, when its supervisor was gone)."""
+    try:
+        got = os.read(sig_r, 512)
+    except BlockingIOError:
+        return
+    if got:
+        run_signal_handlers()
 
 
 class ThreadedModel:
@@ -204,14 +218,12 @@ class ThreadedModel:
                 with self._cond:
                     if self._full() and not self._stopping:
                         self._cond.wait(0.5 if wait is None else min(wait, 0.5))
+                _take_signals(sig_r)
                 continue
             ms = -1 if wait is None else math.ceil(wait * 1000)
             for fd, _ in poller.poll(ms):
                 if fd == sig_r:
-                    try:
-                        os.read(sig_r, 512)
-                    except BlockingIOError:
-                        pass
+                    _take_signals(sig_r)
                 elif fd != self._wake_r:
                     self._accept_some(listener)
 
