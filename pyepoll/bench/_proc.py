@@ -112,14 +112,14 @@ def compiler() -> Optional[str]:
 def build(name: str, sources: Sequence[pathlib.Path] = (),
           flags: Sequence[str] = ()) -> pathlib.Path:
     """Compile pyepoll/bench/c/NAME.c (plus `sources`) with -O2 at run time,
-    cached by a hash of the sources, flags and compiler; raises Skip when
-    there is no C compiler."""
+    cached by a hash of the sources, the headers beside them, flags and
+    compiler; raises Skip when there is no C compiler."""
     cc = compiler()
     if cc is None:
         raise Skip("no C compiler (set CC)")
     srcs = [C_DIR / f"{name}.c", *sources]
     h = hashlib.sha256(cc.encode() + b"\0" + "\0".join(flags).encode())
-    for src in srcs:
+    for src in srcs + sorted(C_DIR.glob("*.h")):
         h.update(src.read_bytes())
     out = _cache_dir() / f"{name}-{h.hexdigest()[:16]}"
     if not out.exists():

@@ -17,7 +17,6 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,32 +25,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "write_all.h"
+
 static volatile sig_atomic_t stop;
 
 static void on_signal(int sig)
 {
     (void)sig;
     stop = 1;
-}
-
-/* Rare with one message in flight: finish a short write by waiting. */
-static int write_rest(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-
-        if (w > 0) {
-            p += w;
-            n -= (size_t)w;
-        } else if (w < 0 && errno == EAGAIN) {
-            struct pollfd pf = { fd, POLLOUT, 0 };
-
-            poll(&pf, 1, -1);
-        } else {
-            return -1;
-        }
-    }
-    return 0;
 }
 
 /* Echo what is there.  Level mode reads once (epoll reports the socket
@@ -65,7 +46,7 @@ static void serve(int fd, int edge)
         ssize_t r = read(fd, buf, sizeof(buf));
 
         if (r > 0) {
-            if (write_rest(fd, buf, (size_t)r) < 0) {
+            if (write_all(fd, buf, (size_t)r) < 0) {
                 close(fd);
                 return;
             }

@@ -25,30 +25,11 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Rare with one message in flight: finish a short write by waiting. */
-static int write_rest(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-
-        if (w > 0) {
-            p += w;
-            n -= (size_t)w;
-        } else if (w < 0 && errno == EAGAIN) {
-            struct pollfd pf = { fd, POLLOUT, 0 };
-
-            poll(&pf, 1, -1);
-        } else {
-            return -1;
-        }
-    }
-    return 0;
-}
+#include "write_all.h"
 
 static void accept_all(int ep, int lfd)
 {
@@ -142,7 +123,7 @@ static PyObject *serve(PyObject *self, PyObject *args)
                 !(r = call(handler, &targs, h, data)))
                 goto out;
             if (PyBytes_Check(r) &&
-                write_rest(fd, PyBytes_AS_STRING(r),
+                write_all(fd, PyBytes_AS_STRING(r),
                            (size_t)PyBytes_GET_SIZE(r)) < 0)
                 close(fd);
             Py_DECREF(r);

@@ -21,7 +21,6 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +29,8 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "write_all.h"
 
 #define MAX_FDS 65536
 #define HEAD_MAX 8192           /* a longer head closes the connection */
@@ -71,25 +72,6 @@ static void refresh_response(void)
         "HTTP/1.1 200 OK\r\nServer: bench\r\nDate: %s\r\n"
         "Content-Type: text/plain; charset=utf-8\r\nContent-Length: %zu\r\n"
         "\r\n" BODY, date, sizeof(BODY) - 1);
-}
-
-static int write_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-
-        if (w > 0) {
-            p += w;
-            n -= (size_t)w;
-        } else if (w < 0 && errno == EAGAIN) {
-            struct pollfd pf = { fd, POLLOUT, 0 };
-
-            poll(&pf, 1, -1);
-        } else {
-            return -1;
-        }
-    }
-    return 0;
 }
 
 static void drop(int fd)
