@@ -128,8 +128,9 @@ else:
 class WakeupPipe:
     """A non-blocking pipe for :func:`signal.set_wakeup_fd`: its C-level
     handler writes a byte to it whichever thread takes a signal, so a wait
-    that watches ``r`` wakes and the Python handler runs (a signal taken
-    by another thread interrupts no wait of the main thread's).
+    that watches ``r`` wakes (a signal taken by another thread interrupts
+    no wait of the main thread's); :meth:`take` then runs the Python
+    handler.
 
     :meth:`install` (main thread only, as CPython requires) points the
     wakeup fd here; :meth:`uninstall` puts back the one it replaced, then
@@ -147,6 +148,20 @@ class WakeupPipe:
 
     def install(self) -> None:
         self._old = signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
+
+    def take(self) -> None:
+        """Empty ``r``; if a signal came, run its Python handler now (what
+        it raises is raised here).  Waking up is not enough on PyPy: a
+        signal that another thread's periodic check took first waits for a
+        thread switch to reach the main thread, and with the other threads
+        idle none may come (a server worker saw its SIGTERM handler run
+        21 s late)."""
+        try:
+            got = os.read(self.r, 512)
+        except BlockingIOError:
+            return
+        if got:
+            run_signal_handlers()
 
     def uninstall(self) -> bool:
         """Undo :meth:`install`; False off the main thread, which cannot

@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Callable, Deque, Optional, Tuple
 
-from .._binding import WakeupPipe, run_signal_handlers
+from .._binding import WakeupPipe
 from ..http import response
 from . import _connlog
 from ._config import Config
@@ -97,20 +97,6 @@ class _SockConn(Connection):
         result = fn(*args)
         if then is not None:
             then(result)
-
-
-def _take_signals(sig_r: int) -> None:
-    """Empty the signal wakeup pipe; if a signal came, run its Python
-    handler now.  Waking up is not enough on PyPy: a signal that a pool
-    thread's periodic check took first waits for a thread switch to reach
-    the main thread, and with the pool idle none may come (a worker saw
-    its SIGTERM handler run 21 s late, when its supervisor was gone)."""
-    try:
-        got = os.read(sig_r, 512)
-    except BlockingIOError:
-        return
-    if got:
-        run_signal_handlers()
 
 
 class ThreadedModel:
@@ -184,7 +170,7 @@ class ThreadedModel:
     def run(self, reporter) -> None:
         """Accept on this thread until stopped, then drain."""
         try:
-            self._accept_until_stopped(reporter, self._sig_pipe.r)
+            self._accept_until_stopped(reporter, self._sig_pipe)
         finally:
             self.close()
         self._drain(reporter)
@@ -196,7 +182,8 @@ class ThreadedModel:
         if pipe is not None and pipe.uninstall():
             pipe.close()
 
-    def _accept_until_stopped(self, reporter, sig_r: int) -> None:
+    def _accept_until_stopped(self, reporter, sig_pipe: WakeupPipe) -> None:
+        sig_r = sig_pipe.r
         listener = self._listener
         listener.setblocking(False)
         poller = select.poll()
@@ -218,12 +205,12 @@ class ThreadedModel:
                 with self._cond:
                     if self._full() and not self._stopping:
                         self._cond.wait(0.5 if wait is None else min(wait, 0.5))
-                _take_signals(sig_r)
+                sig_pipe.take()
                 continue
             ms = -1 if wait is None else math.ceil(wait * 1000)
             for fd, _ in poller.poll(ms):
                 if fd == sig_r:
-                    _take_signals(sig_r)
+                    sig_pipe.take()
                 elif fd != self._wake_r:
                     self._accept_some(listener)
 

@@ -793,15 +793,16 @@ def test_sigterm_taken_by_another_thread_still_stops(start_server, model):
 
 TRACED_SIGNALS = r'''
 import logging, sys
-from pyepoll.server import __main__ as cli, _threaded
+from pyepoll import _binding
+from pyepoll.server import __main__ as cli
 
-real = _threaded.run_signal_handlers
+real = _binding.run_signal_handlers
 
 def traced():
     logging.getLogger("pyepoll.server").info("acceptor runs signal handlers")
     real()
 
-_threaded.run_signal_handlers = traced
+_binding.run_signal_handlers = traced
 sys.exit(cli.main())
 '''
 
@@ -811,7 +812,7 @@ sys.exit(cli.main())
 def test_acceptor_woken_by_a_signal_runs_its_handler_at_once(
         start_server, tmp_path, model):
     """The thread models' acceptor, woken by the signal wakeup pipe, runs
-    the pending Python handlers itself (run_signal_handlers).  Returning
+    the pending Python handlers itself (WakeupPipe.take).  Returning
     to the interpreter is not enough on PyPy: a signal that a pool
     thread's check took first waits for a thread switch, and a CI run saw
     a worker's SIGTERM handler run 21 s late.  That race cannot be forced
