@@ -426,6 +426,34 @@ def test_listen_by_name_and_reuse_port(make):
         assert loop.sockname(b)[1] == port
 
 
+def test_listen_on_a_taken_port_raises_and_keeps_nothing(make):
+    """A port another socket holds: the OSError bind raised (EADDRINUSE),
+    as socket.bind raises it, for an address and for a name that resolves
+    to several; every socket tried is closed, and the loop serves on."""
+    loop = make()
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    fds = set(os.listdir("/proc/self/fd"))
+    try:
+        for host in ("127.0.0.1", "localhost"):
+            with pytest.raises(OSError) as info:
+                loop.listen(host, port)
+            assert info.value.errno == errno.EADDRINUSE, host
+        assert set(os.listdir("/proc/self/fd")) == fds
+        lid = loop.listen("127.0.0.1", 0)
+        c = socket.create_connection(loop.sockname(lid), timeout=5)
+        deadline = time.monotonic() + 5
+        kinds = []
+        while pyepoll.EV_OPEN not in kinds and time.monotonic() < deadline:
+            kinds += [kind for kind, _, _ in loop.wait(0.2)]
+        assert pyepoll.EV_OPEN in kinds
+        c.close()
+    finally:
+        taken.close()
+
+
 def test_recv_max_and_recv_into(harness):
     hs = harness("none")
     c, h = hs.connect()

@@ -342,6 +342,47 @@ def test_closed_fd_reused_without_unregister_epoll(cls_pair):
     assert_same(cls_pair, scenario)
 
 
+@pytest.mark.parametrize("timeout", [0, 0.05, None])
+def test_unregistered_after_close_while_a_dup_lives(cls_pair, timeout):
+    """A socket closed while registered, its file kept open by a dup, then
+    unregistered: epoll cannot drop the registration (the number no longer
+    names a file, so the kernel refuses) and goes on reporting it under the
+    old number.  The selector has forgotten that number and must skip its
+    events, whether they come alone or among others and however long the
+    wait; the stdlib's selectors do the same.  (A third socket, never
+    ready, is registered because the stdlib's epoll selector asks the
+    kernel for as many events as it has registrations: with two, the
+    forgotten one would take the only place and the wait would report
+    nothing.)"""
+    def scenario(cls):
+        with cls() as s:
+            a, b = socket.socketpair()
+            c, d = socket.socketpair()
+            e, f = socket.socketpair()
+            keep = os.dup(a.fileno())
+            try:
+                s.register(a, EVENT_READ, "gone")
+                s.register(c, EVENT_READ, "live")
+                s.register(e, EVENT_READ, "idle")
+                fd = a.fileno()
+                a.close()
+                s.unregister(fd)
+                b.send(b"x")
+                # Alone: only the forgotten registration is ready (no
+                # blocking wait then: nothing the selector knows is ready).
+                alone = None if timeout is None else [
+                    (k.data, ev) for k, ev in s.select(timeout)]
+                # Among others: both ready in one wait.
+                d.send(b"y")
+                among = [(k.data, ev) for k, ev in s.select(timeout)]
+                return alone, among
+            finally:
+                os.close(keep)
+                for sock in (b, c, d, e, f):
+                    sock.close()
+    assert assert_same(cls_pair, scenario)[1][1] == [("live", EVENT_READ)]
+
+
 # -- modify -----------------------------------------------------------------------
 
 
