@@ -836,6 +836,88 @@ def test_exception_in_data_received_closes_only_that_transport():
     assert isinstance(ctx["protocol"], Recorder)
 
 
+@pytest.mark.parametrize("debug", [False, True])
+def test_protocol_factory_that_raises_closes_only_that_connection(debug):
+    """The accepted connection is closed at once (the client reads EOF;
+    the stdlib's loop drops the socket, closed when it is collected, which
+    in debug mode is later: its traceback holds it), the server goes on
+    serving, and the exception is reported to the handler in debug mode
+    only, with the stdlib's message."""
+    calls = []
+
+    def factory():
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise ZeroDivisionError("factory")
+        return Recorder(echo=True)
+
+    async def main():
+        asyncio.get_running_loop().set_debug(debug)
+        server = await asyncio.get_running_loop().create_server(
+            factory, "127.0.0.1", 0)
+        r1, w1 = await open_client(server)
+        gone = await r1.read()
+        r2, w2 = await open_client(server)
+        w2.write(b"next")
+        echoed = await r2.readexactly(4)
+        for w in (w1, w2):
+            await close_writer(w)
+        await close_server(server)
+        return gone, echoed
+
+    (gone, echoed), errors = run(main)
+    assert (gone, echoed, len(calls)) == (b"", b"next", 2)
+    if debug:
+        assert [e["message"] for e in errors] == [
+            "Error on transport creation for incoming connection"]
+        assert isinstance(errors[0]["exception"], ZeroDivisionError)
+    else:
+        assert errors == []
+
+
+def test_connection_made_that_raises_closes_that_connection():
+    """A protocol whose connection_made raises never gets a working
+    connection: the transport is closed (the client reads EOF) with the
+    exception reported as a fatal error, its connection_lost gets that
+    exception, and the server goes on.  The stdlib's loop reports it but
+    leaves the connection open with nobody serving it (uvloop closes it,
+    as here): an open one would hold its descriptor until the client
+    left."""
+    class BadMade(Recorder):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            if len(made) == 1:
+                raise ZeroDivisionError("made")
+
+    made = []
+
+    def factory():
+        made.append(BadMade(echo=True))
+        return made[-1]
+
+    async def main():
+        server = await asyncio.get_running_loop().create_server(
+            factory, "127.0.0.1", 0)
+        r1, w1 = await open_client(server)
+        gone = await r1.read()
+        lost = await made[0].lost
+        r2, w2 = await open_client(server)
+        w2.write(b"next")
+        echoed = await r2.readexactly(4)
+        for w in (w1, w2):
+            await close_writer(w)
+        await close_server(server)
+        return gone, lost, echoed
+
+    (gone, lost, echoed), errors = run(main)
+    assert (gone, echoed) == (b"", b"next")
+    assert isinstance(lost, ZeroDivisionError)
+    assert made[0].calls == ["made", "lost"]
+    assert [e["message"] for e in errors] == [
+        "Fatal error: protocol.connection_made() call failed."]
+    assert errors[0]["exception"] is lost
+
+
 def test_exception_in_connection_lost_goes_to_the_handler():
     class BadLost(Recorder):
         def connection_lost(self, exc):
