@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import operator
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from . import _cli
 from ._proc import Run, run_loadgen
@@ -38,10 +38,41 @@ def build() -> argparse.ArgumentParser:
     ap.add_argument("--servers", nargs="+",
                     help="substrings of server names to run (the references "
                          "plain C and uvloop always run)")
-    ap.add_argument("--no-low", dest="low", action="store_false",
-                    help="leave out the low-concurrency points (64 B and "
-                         "1 KiB at 1 and 4 connections)")
+    ap.add_argument("--low", type=low_point, nargs="+", default=LOW,
+                    metavar="SIZExCONNS",
+                    help="the low-concurrency points, message size x "
+                         "connections (default: 64x1 64x4 1024x1 1024x4); "
+                         "64x1 carries the summary's CPU checks")
+    ap.add_argument("--no-low", dest="low", action="store_const", const=[],
+                    help="leave out the low-concurrency points")
     return ap
+
+
+def low_point(text: str) -> Tuple[int, int]:
+    """A --low argument: "64x1" is (64, 1), 64 B messages on 1 connection."""
+    size, sep, conns = text.lower().partition("x")
+    try:
+        point = (int(size), int(conns))
+    except ValueError:
+        point = (0, 0)
+    if not sep or min(point) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected SIZExCONNS with both at least 1, such as 64x1, "
+            f"not {text!r}")
+    return point
+
+
+def points_of(args: argparse.Namespace
+              ) -> Tuple[List[Tuple[int, int]], List[Tuple[int, int]]]:
+    """(every point to run, the low-concurrency ones among them)."""
+    low = list(dict.fromkeys(args.low))     # in order, each once
+    if args.smoke:
+        args.sizes, args.conns = [64, 16384], [1, 8]
+        args.seconds, args.repeats = 0.2, 1
+        low = [p for p in low if p[0] == 64]
+    points = [(s, c) for s in args.sizes for c in args.conns]
+    points += [p for p in low if p not in points]
+    return points, low
 
 
 def low_label(point) -> str:
@@ -51,14 +82,9 @@ def low_label(point) -> str:
 
 
 def run(args: argparse.Namespace) -> Section:
-    low = LOW if args.low else []
-    if args.smoke:
-        args.sizes, args.conns = [64, 16384], [1, 8]
-        args.seconds, args.repeats = 0.2, 1
-        low = [p for p in low if p[0] == 64]
-    points = [(s, c) for s in args.sizes for c in args.conns]
-    points += [p for p in low if p not in points]
-    fleet = Fleet(echo_servers(pool_threads=max(args.conns)), only=args.servers,
+    points, low = points_of(args)
+    fleet = Fleet(echo_servers(pool_threads=max(c for _, c in points)),
+                  only=args.servers,
                   always=[C_ECHO, UVLOOP_ECHO])
     try:
         results = _cli.interleave(fleet, points, args.repeats, lambda name, p: run_loadgen(

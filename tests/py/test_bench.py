@@ -427,6 +427,24 @@ def test_load_client_counts_wrong_bytes() -> None:
 @linux
 @plain
 @need_cc
+def test_echo_low_points_are_chosen_with_low(capsys) -> None:
+    """--low picks the low-concurrency points (each once, in order), so a
+    long run of the issue 15 checks at 64 B x 1 runs that point alone;
+    --no-low drops them; a malformed point is refused by the parser."""
+    from pyepoll.bench import echo
+    ap = echo.build()
+    args = ap.parse_args(["--sizes", "64", "--conns", "1",
+                          "--low", "64x1", "1024X4", "64x1"])
+    assert echo.points_of(args) == ([(64, 1), (1024, 4)], [(64, 1), (1024, 4)])
+    assert echo.points_of(ap.parse_args([]))[1] == echo.LOW
+    assert echo.points_of(ap.parse_args(["--no-low"]))[1] == []
+    assert echo.points_of(ap.parse_args(["--smoke"]))[1] == [(64, 1), (64, 4)]
+    for bad in ("64", "x1", "64x0", "0x1", "ax1", "64x1x2"):
+        with pytest.raises(SystemExit):
+            ap.parse_args(["--low", bad])
+        assert "expected SIZExCONNS" in capsys.readouterr().err
+
+
 def test_echo_smoke_tables() -> None:
     out = bench("echo", "--smoke", "--servers", "Loop C echo")
     assert out.startswith("# ") and "== echo" in out
