@@ -836,6 +836,21 @@ def test_exception_in_data_received_closes_only_that_transport():
     assert isinstance(ctx["protocol"], Recorder)
 
 
+async def first_closed_then_next_served(server):
+    """A server whose first connection is closed by a failure: the first
+    client's read (EOF, b"", if closed), then a second client's echo of
+    b"next"; the clients and the server are closed after."""
+    r1, w1 = await open_client(server)
+    gone = await r1.read()
+    r2, w2 = await open_client(server)
+    w2.write(b"next")
+    echoed = await r2.readexactly(4)
+    for w in (w1, w2):
+        await close_writer(w)
+    await close_server(server)
+    return gone, echoed
+
+
 @pytest.mark.parametrize("debug", [False, True])
 def test_protocol_factory_that_raises_closes_only_that_connection(debug):
     """The accepted connection is closed at once (the client reads EOF;
@@ -855,15 +870,7 @@ def test_protocol_factory_that_raises_closes_only_that_connection(debug):
         asyncio.get_running_loop().set_debug(debug)
         server = await asyncio.get_running_loop().create_server(
             factory, "127.0.0.1", 0)
-        r1, w1 = await open_client(server)
-        gone = await r1.read()
-        r2, w2 = await open_client(server)
-        w2.write(b"next")
-        echoed = await r2.readexactly(4)
-        for w in (w1, w2):
-            await close_writer(w)
-        await close_server(server)
-        return gone, echoed
+        return await first_closed_then_next_served(server)
 
     (gone, echoed), errors = run(main)
     assert (gone, echoed, len(calls)) == (b"", b"next", 2)
@@ -884,32 +891,20 @@ def test_connection_made_that_raises_closes_that_connection():
     as here): an open one would hold its descriptor until the client
     left."""
     class BadMade(Recorder):
+        first = True
+
         def connection_made(self, transport):
             super().connection_made(transport)
-            if len(made) == 1:
+            if BadMade.first:
+                BadMade.first = False
                 raise ZeroDivisionError("made")
 
-    made = []
-
-    def factory():
-        made.append(BadMade(echo=True))
-        return made[-1]
-
     async def main():
-        server = await asyncio.get_running_loop().create_server(
-            factory, "127.0.0.1", 0)
-        r1, w1 = await open_client(server)
-        gone = await r1.read()
-        lost = await made[0].lost
-        r2, w2 = await open_client(server)
-        w2.write(b"next")
-        echoed = await r2.readexactly(4)
-        for w in (w1, w2):
-            await close_writer(w)
-        await close_server(server)
-        return gone, lost, echoed
+        server, made = await recording_server(lambda: BadMade(echo=True))
+        gone, echoed = await first_closed_then_next_served(server)
+        return gone, await made[0].lost, echoed, made
 
-    (gone, lost, echoed), errors = run(main)
+    (gone, lost, echoed, made), errors = run(main)
     assert (gone, echoed) == (b"", b"next")
     assert isinstance(lost, ZeroDivisionError)
     assert made[0].calls == ["made", "lost"]
